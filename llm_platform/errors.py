@@ -1,0 +1,40 @@
+"""The project's own exception hierarchy.
+
+Every error a user can cause or fix derives from :class:`PlatformError`. Its ``str()`` is the readable,
+single-line-per-problem message the CLI prints (without a traceback) and Dagster shows; adapters translate the
+exceptions of the libraries they wrap into these classes so callers never handle ``requests`` or ``kubernetes``
+exceptions directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class PlatformError(Exception):
+    """Base of every error the platform reports to its users."""
+
+
+class CatalogError(PlatformError):
+    """The model catalog is unreadable or invalid; one entry in ``problems`` per problem found."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class UnknownModelError(PlatformError):
+    """A command named a model that the catalog does not contain."""
+
+    def __init__(self, model: str, known: Sequence[str]) -> None:
+        self.model = model
+        choices = ", ".join(sorted(known)) or "none"
+        super().__init__(f"model '{model}' is not in the catalog (known models: {choices})")
+
+
+class ManifestValidationError(PlatformError):
+    """A rendered Kubernetes object does not match its API schema; one entry per invalid field."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))

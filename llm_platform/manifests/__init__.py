@@ -1,0 +1,1 @@
+"""Kubernetes objects for the catalog: pure renderers (``render``) and offline schema validation (``validation``)."""

@@ -1,0 +1,280 @@
+"""Catalog schema: defaults, and one readable line per problem for malformed catalogs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llm_platform.catalog import (
+    DEFAULT_ALLOW_PATTERNS,
+    Catalog,
+    is_commit_sha,
+    load_catalog,
+    parse_catalog,
+    parse_catalog_text,
+    position_limit,
+)
+from llm_platform.errors import CatalogError, UnknownModelError
+
+
+def _model(**overrides: Any) -> dict[str, Any]:
+    model: dict[str, Any] = {"name": "llama", "source": {"repo": "org/llama"}}
+    model.update(overrides)
+    return model
+
+
+def _problems(data: object, **kwargs: Any) -> list[str]:
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(data, origin="models.yaml", **kwargs)
+    return caught.value.problems
+
+
+def test_defaults_follow_the_seed_architecture() -> None:
+    catalog = parse_catalog({"models": [_model()]})
+    model = catalog.model("llama")
+    assert model.serving.gpu_memory_utilization == 0.9
+    assert model.serving.max_model_len == 4096
+    assert model.serving.enable_chunked_prefill is True
+    assert model.serving.image_tag.startswith("v")
+    assert (model.autoscaling.min_replicas, model.autoscaling.max_replicas) == (1, 5)
+    assert model.exposure.rate_limit_rps == 10
+    assert model.exposure.timeout_s >= 600
+    assert model.source.revision == "main"
+    assert model.source.allow_patterns == DEFAULT_ALLOW_PATTERNS
+    assert model.gpus_per_replica == 1
+    assert catalog.platform.gpu_quota == 8
+
+
+def test_example_catalog_is_valid(example_catalog: Catalog) -> None:
+    assert "tiny-llama" in example_catalog.model_names
+    assert len(set(example_catalog.model_names)) == len(example_catalog.models)
+
+
+def test_unknown_model_lists_known_ones() -> None:
+    catalog = parse_catalog({"models": [_model()]})
+    with pytest.raises(UnknownModelError, match=r"model 'nope' is not in the catalog \(known models: llama\)"):
+        catalog.model("nope")
+
+
+def _with(path: str, value: Any, model: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A one-model catalog with ``value`` set at the dotted ``path`` of the model."""
+    data = copy.deepcopy(model or _model())
+    *parents, leaf = path.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return {"models": [data]}
+
+
+MALFORMED: list[tuple[str, object, str]] = [
+    ("not a mapping", ["models"], "models.yaml: expected a mapping with 'models'"),
+    ("no models", {"platform": {}}, "models.yaml: models: must be a non-empty list of models"),
+    ("empty models", {"models": []}, "models.yaml: models: must be a non-empty list of models"),
+    ("unknown top level", {"models": [_model()], "modles": 1}, "models.yaml: modles: unknown top-level field"),
+    ("model not a mapping", {"models": ["llama"]}, "models.yaml: models[0]: expected a mapping with 'name'"),
+    ("missing name", {"models": [{"source": {"repo": "a/b"}}]}, "models.yaml: models[0]: name: required field"),
+    ("missing source", {"models": [{"name": "llama"}]}, "model 'llama': source: required field is missing"),
+    ("upper-case name", _with("name", "Llama3"), "model 'Llama3': name: 'Llama3' is not a DNS-1123 label"),
+    ("underscore name", _with("name", "llama_3"), "model 'llama_3': name: 'llama_3' is not a DNS-1123 label"),
+    ("name too long", _with("name", "a" * 41), "name: '" + "a" * 41 + "' is 41 characters long; at most 40"),
+    ("bad repo id", _with("source.repo", "not a repo"), "source.repo: 'not a repo' is not a Hugging Face repo"),
+    ("bad revision", _with("source.revision", "main..dev"), "source.revision: 'main..dev' is not a branch, tag"),
+    ("repo and path", _with("source.path", "/m"), "source: set exactly one of 'repo'"),
+    ("neither repo nor path", _with("source", {"revision": "main"}), "source: set exactly one of 'repo'"),
+    ("empty allow patterns", _with("source.allow_patterns", []), "source.allow_patterns: must list at least one"),
+    ("utilization above 1", _with("serving.gpu_memory_utilization", 1.2), "must be > 0 and <= 1 (got 1.2)"),
+    ("utilization zero", _with("serving.gpu_memory_utilization", 0), "serving.gpu_memory_utilization: must be > 0"),
+    (
+        "typo in serving",
+        _with("serving.max_model_length", 4096),
+        "serving.max_model_length: unknown field; did you mean 'max_model_len'?",
+    ),
+    (
+        "max_model_len not an int",
+        _with("serving.max_model_len", "long"),
+        "serving.max_model_len: input should be a valid integer",
+    ),
+    (
+        "managed flag in extra args",
+        _with("serving.extra_args", ["--max-model-len=8192"]),
+        "'--max-model-len' is set by serving.max_model_len",
+    ),
+    (
+        "token in extra args",
+        _with("serving.extra_args", ["--tokenizer-token", "hf_" + "a" * 30]),
+        "looks like a Hugging Face token",
+    ),
+    ("latest image", _with("serving.image_tag", "latest"), "serving.image_tag: 'latest' is not a pinned image tag"),
+    ("bad dtype", _with("serving.dtype", "fp8"), "serving.dtype: input should be 'auto'"),
+    ("bad memory quantity", _with("resources.memory", "32GB"), "resources.memory: '32GB' is not a Kubernetes quantity"),
+    (
+        "gpus differ from tp",
+        _with("resources.gpus", 2),
+        "resources.gpus: vLLM uses exactly serving.tensor_parallel_size=1 GPUs per replica but 2 are requested",
+    ),
+    (
+        "max below min replicas",
+        _with("autoscaling", {"min_replicas": 3, "max_replicas": 2}),
+        "autoscaling.max_replicas: must be >= autoscaling.min_replicas (2 < 3)",
+    ),
+    (
+        "scale to zero",
+        _with("autoscaling.min_replicas", 0),
+        "autoscaling.min_replicas: input should be greater than or equal to 1",
+    ),
+    ("negative error rate", _with("slo.max_error_rate", -0.1), "slo.max_error_rate: input should be greater than"),
+    (
+        "short ingress timeout",
+        _with("exposure.timeout_s", 60),
+        "exposure.timeout_s: input should be greater than or equal to 600",
+    ),
+    ("bad host", _with("exposure.host", "LLM Host"), "exposure.host: 'LLM Host' is not a DNS host name"),
+    ("no client labels", _with("exposure.client_labels", {}), "exposure.client_labels: must name at least one label"),
+    ("bad client label", _with("exposure.client_labels", {"team": "a b"}), "'a b' (label 'team') is not a valid"),
+    (
+        "batched tokens below max_model_len without chunking",
+        _with("serving", {"enable_chunked_prefill": False, "max_num_batched_tokens": 2048}),
+        "serving.max_num_batched_tokens: must be >= serving.max_model_len (2048 < 4096) when chunked prefill is off",
+    ),
+    (
+        "batched tokens below max_num_seqs",
+        _with("serving", {"max_num_seqs": 256, "max_num_batched_tokens": 128}),
+        "serving.max_num_batched_tokens: must be >= serving.max_num_seqs (128 < 256)",
+    ),
+    ("duplicate names", {"models": [_model(), _model()]}, "model 'llama': name: duplicate model name"),
+    (
+        "over quota at max replicas",
+        _with("serving.tensor_parallel_size", 2),
+        "model 'llama': autoscaling.max_replicas: needs 12 GPUs at 5 replicas plus 1 rolling-update surge (2 per "
+        "replica) but the namespace quota is 8",
+    ),
+    (
+        "minimums over quota",
+        {
+            "platform": {"gpu_quota": 2},
+            "models": [_model(name=f"m{i}", autoscaling={"max_replicas": 1}) for i in range(3)],
+        },
+        "models.yaml: platform.gpu_quota: the models' min_replicas together need 3 GPUs but the namespace quota is 2",
+    ),
+    (
+        "bad platform namespace",
+        {"platform": {"namespace": "LLM"}, "models": [_model()]},
+        "models.yaml: platform.namespace: 'LLM' is not a DNS-1123 label",
+    ),
+    (
+        "relative mount path",
+        {"platform": {"weights_mount_path": "models"}, "models": [_model()]},
+        "platform.weights_mount_path: 'models' is not an absolute path",
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), [case[1:] for case in MALFORMED], ids=[case[0] for case in MALFORMED])
+def test_malformed_catalog_names_model_and_field(data: object, expected: str) -> None:
+    problems = _problems(data)
+    assert any(expected in problem for problem in problems), problems
+    for problem in problems:
+        assert "\n" not in problem and "Traceback" not in problem
+        assert problem.startswith("models.yaml")
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    data = {"models": [_model(name="Bad"), _model(name="ok", serving={"gpu_memory_utilization": 2})]}
+    problems = _problems(data)
+    assert len(problems) == 2
+    assert str(CatalogError(problems)).count("\n") == 1
+
+
+def test_max_model_len_is_checked_against_the_known_position_limit() -> None:
+    problems = _problems({"models": [_model()]}, model_configs={"llama": {"max_position_embeddings": 2048}})
+    assert problems == [
+        "models.yaml: model 'llama': serving.max_model_len: 4096 exceeds the model's position limit of 2048 tokens; "
+        "set it to 2048 or less"
+    ]
+    parse_catalog({"models": [_model()]}, model_configs={"llama": {"max_position_embeddings": 8192}})
+
+
+@pytest.mark.parametrize(
+    ("config", "limit"),
+    [
+        ({"max_position_embeddings": 4096}, 4096),
+        ({"n_positions": 1024}, 1024),
+        ({"max_position_embeddings": 32768, "seq_length": 8192}, 8192),
+        ({"text_config": {"max_position_embeddings": 2048}}, 2048),
+        ({"max_position_embeddings": 4096, "rope_scaling": {"type": "linear", "factor": 2.0}}, 8192),
+        (  # YaRN configs already state the scaled length
+            {
+                "max_position_embeddings": 131072,
+                "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768},
+            },
+            131072,
+        ),
+        ({"max_position_embeddings": 2048, "rope_parameters": {"rope_type": "dynamic", "factor": 2.0}}, 4096),
+        ({"max_position_embeddings": 8192, "rope_parameters": {"rope_type": "default"}}, 8192),
+        ({"max_position_embeddings": 131072, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, 131072),
+        ({"vocab_size": 10}, None),
+    ],
+)
+def test_position_limit(config: dict[str, Any], limit: int | None) -> None:
+    assert position_limit(config) == limit
+
+
+def test_yaml_errors_have_a_position() -> None:
+    with pytest.raises(CatalogError, match=r"^c.yaml:3:3: invalid YAML: duplicate key 'name'$"):
+        parse_catalog_text("models:\n- name: a\n  name: b\n", origin="c.yaml")
+    with pytest.raises(CatalogError, match=r"^c.yaml:\d+:\d+: invalid YAML: "):
+        parse_catalog_text("models: [\n", origin="c.yaml")
+
+
+def test_load_catalog_reads_local_model_config(tmp_path: Path) -> None:
+    model_dir = tmp_path / "weights"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text('{"max_position_embeddings": 1024}')
+    catalog_file = tmp_path / "models.yaml"
+    catalog_file.write_text(yaml.safe_dump({"models": [{"name": "local", "source": {"path": "weights"}}]}))
+    with pytest.raises(CatalogError, match="4096 exceeds the model's position limit of 1024"):
+        load_catalog(catalog_file)
+    catalog_file.write_text(
+        yaml.safe_dump(
+            {"models": [{"name": "local", "source": {"path": "weights"}, "serving": {"max_model_len": 512}}]}
+        )
+    )
+    assert load_catalog(catalog_file).model("local").source.path == str(model_dir)
+
+
+def test_missing_catalog_file_says_how_to_point_at_one(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="catalog file not found; pass --catalog PATH or set LLM_PLATFORM_CATALOG"):
+        load_catalog(tmp_path / "missing.yaml")
+
+
+def test_catalog_env_var_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog_file = tmp_path / "other.yaml"
+    catalog_file.write_text(yaml.safe_dump({"models": [_model(name="from-env")]}))
+    monkeypatch.setenv("LLM_PLATFORM_CATALOG", str(catalog_file))
+    assert load_catalog().model_names == ["from-env"]
+
+
+def test_commit_sha_detection() -> None:
+    assert is_commit_sha("0123456789abcdef0123456789abcdef01234567")
+    assert not is_commit_sha("main")
+    assert not is_commit_sha("0123456789ABCDEF0123456789ABCDEF01234567")
+
+
+def test_readme_documents_every_catalog_field() -> None:
+    from llm_platform.catalog import ModelSpec, Platform
+    from tests.conftest import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    sections = {name: field.annotation for name, field in ModelSpec.model_fields.items()}
+    missing = []
+    for section, annotation in sections.items():
+        fields = getattr(annotation, "model_fields", None)
+        names = [f"{section}.{name}" for name in fields] if fields else [section]
+        missing += [name for name in names if f"`{name}`" not in readme and f"`{name}," not in readme]
+    missing += [name for name in Platform.model_fields if f"`{name}`" not in readme]
+    assert not missing, f"README.md's catalog reference lacks {missing}"

@@ -1,0 +1,102 @@
+"""Engine arguments: the single translation from a serving config to a vLLM command line."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from llm_platform.catalog import Serving
+from llm_platform.engine import BASE_ENVIRONMENT, VLLM_SERVER_MODULE, engine_args, engine_invocation
+
+
+def _value(args: tuple[str, ...], flag: str) -> str:
+    assert args.count(flag) == 1, f"{flag} appears {args.count(flag)} times in {args}"
+    return args[args.index(flag) + 1]
+
+
+def test_defaults_become_explicit_flags() -> None:
+    args = engine_args(Serving(), served_model_name="llama", weights_path="/models/llama/abc")
+    assert _value(args, "--model") == "/models/llama/abc"
+    assert _value(args, "--served-model-name") == "llama"
+    assert _value(args, "--max-model-len") == "4096"
+    assert _value(args, "--gpu-memory-utilization") == "0.9"
+    assert _value(args, "--tensor-parallel-size") == "1"
+    assert _value(args, "--dtype") == "auto"
+    assert "--enable-chunked-prefill" in args
+    # Unset optional knobs keep vLLM's own defaults: no flag at all.
+    for flag in ("--max-num-seqs", "--max-num-batched-tokens", "--enable-prefix-caching", "--no-enable-prefix-caching"):
+        assert flag not in args
+
+
+@pytest.mark.parametrize(
+    ("serving", "present", "absent"),
+    [
+        (Serving(enable_chunked_prefill=False), ["--no-enable-chunked-prefill"], ["--enable-chunked-prefill"]),
+        (Serving(enable_prefix_caching=True), ["--enable-prefix-caching"], ["--no-enable-prefix-caching"]),
+        (Serving(enable_prefix_caching=False), ["--no-enable-prefix-caching"], ["--enable-prefix-caching"]),
+    ],
+)
+def test_booleans_map_to_vllm_flag_pairs(serving: Serving, present: list[str], absent: list[str]) -> None:
+    args = engine_args(serving, served_model_name="m", weights_path="/w")
+    assert all(flag in args for flag in present)
+    assert not any(flag in args for flag in absent)
+
+
+def test_tuning_knobs_and_extra_args_pass_through_in_order() -> None:
+    serving = Serving(
+        max_num_seqs=64,
+        max_num_batched_tokens=8192,
+        tensor_parallel_size=2,
+        dtype="bfloat16",
+        extra_args=("--seed", "7", "--kv-cache-dtype=fp8"),
+    )
+    args = engine_args(serving, served_model_name="m", weights_path="/w")
+    assert _value(args, "--max-num-seqs") == "64"
+    assert _value(args, "--max-num-batched-tokens") == "8192"
+    assert _value(args, "--tensor-parallel-size") == "2"
+    assert _value(args, "--dtype") == "bfloat16"
+    assert args[-3:] == ("--seed", "7", "--kv-cache-dtype=fp8")
+
+
+def test_invocation_adds_listen_address_and_base_environment() -> None:
+    invocation = engine_invocation(
+        Serving(),
+        served_model_name="m",
+        weights_path="/w",
+        host="127.0.0.1",
+        port=8123,
+        extra_env={"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "0"},
+    )
+    assert _value(invocation.args, "--host") == "127.0.0.1"
+    assert _value(invocation.args, "--port") == "8123"
+    assert invocation.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    # Targets may add settings but not undo the base ones (weights are always local).
+    assert invocation.env["HF_HUB_OFFLINE"] == BASE_ENVIRONMENT["HF_HUB_OFFLINE"] == "1"
+    assert invocation.command("/venv/bin/python")[:3] == ["/venv/bin/python", "-m", VLLM_SERVER_MODULE]
+
+
+def test_fingerprint_changes_with_any_argument_and_only_then() -> None:
+    first = engine_invocation(Serving(), served_model_name="m", weights_path="/w")
+    same = engine_invocation(Serving(), served_model_name="m", weights_path="/w")
+    other = engine_invocation(Serving(max_num_seqs=8), served_model_name="m", weights_path="/w")
+    assert first.fingerprint == same.fingerprint
+    assert first.fingerprint != other.fingerprint
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (make run installs it)")
+def test_vllm_own_parser_accepts_the_arguments() -> None:
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser  # type: ignore[import-not-found]
+    from vllm.utils.argparse_utils import FlexibleArgumentParser  # type: ignore[import-not-found]
+
+    serving = Serving(
+        max_num_seqs=8,
+        max_num_batched_tokens=2048,
+        enable_prefix_caching=False,
+        enable_chunked_prefill=False,
+        max_model_len=2048,
+    )
+    invocation = engine_invocation(serving, served_model_name="m", weights_path="/w", port=8123)
+    parsed = make_arg_parser(FlexibleArgumentParser()).parse_args(list(invocation.args))
+    assert (parsed.model, parsed.max_num_seqs, parsed.max_model_len, parsed.port) == ("/w", 8, 2048, 8123)
+    assert parsed.enable_chunked_prefill is False and parsed.enable_prefix_caching is False

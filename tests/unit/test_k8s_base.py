@@ -1,0 +1,72 @@
+"""Platform-wide objects in k8s/: valid, and consistent with the catalog and the code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llm_platform.catalog import Catalog
+from llm_platform.manifests.validation import validate_objects
+from tests.conftest import REPO_ROOT
+
+K8S = REPO_ROOT / "k8s"
+
+
+def _documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def _kustomization_resources(directory: Path) -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    objects: list[dict[str, Any]] = []
+    for entry in kustomization["resources"]:
+        target = (directory / entry).resolve()
+        objects += _kustomization_resources(target) if target.is_dir() else _documents(target)
+    return objects
+
+
+@pytest.mark.parametrize("directory", ["base", "overlays/dev"])
+def test_kustomize_resources_exist_and_validate(directory: str) -> None:
+    objects = _kustomization_resources(K8S / directory)
+    assert objects
+    validate_objects(objects)
+
+
+def test_quota_matches_the_catalog(example_catalog: Catalog) -> None:
+    (quota,) = _documents(K8S / "base" / "resourcequota.yaml")
+    assert quota["spec"]["hard"]["requests.nvidia.com/gpu"] == str(example_catalog.platform.gpu_quota) == "8"
+
+
+def test_role_binding_grants_the_role_to_the_dagster_service_account() -> None:
+    role, binding = _documents(K8S / "base" / "rbac.yaml")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    values = yaml.safe_load((K8S / "dagster" / "values.yaml").read_text())
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": values["serviceAccount"]["name"], "namespace": "dagster"}
+    ]
+    verbs = {rule_resource: set(rule["verbs"]) for rule in role["rules"] for rule_resource in rule["resources"]}
+    assert "secrets" not in verbs
+    assert "*" not in {verb for granted in verbs.values() for verb in granted}
+
+
+def test_time_slicing_config_shares_gpus() -> None:
+    (config_map,) = _documents(K8S / "overlays" / "dev" / "time-slicing-config.yaml")
+    sharing = yaml.safe_load(config_map["data"]["any"])["sharing"]["timeSlicing"]["resources"]
+    assert sharing[0]["name"] == "nvidia.com/gpu" and sharing[0]["replicas"] > 1
+
+
+def test_dagster_instance_limits_one_promotion_per_model() -> None:
+    instance = yaml.safe_load((REPO_ROOT / "dagster_home" / "dagster.yaml").read_text())
+    assert instance["telemetry"]["enabled"] is False
+    limits = instance["concurrency"]["runs"]["tag_concurrency_limits"]
+    assert {"key": "llm-platform/promotion", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
+    helm = yaml.safe_load((K8S / "dagster" / "values.yaml").read_text())
+    queued = helm["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    assert queued["tagConcurrencyLimits"] == limits

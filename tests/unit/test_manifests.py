@@ -1,0 +1,267 @@
+"""Rendered Kubernetes objects: the fields that matter, and strict offline validation."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from llm_platform.catalog import Catalog, ModelSpec, Platform, parse_catalog
+from llm_platform.errors import ManifestValidationError
+from llm_platform.manifests.render import (
+    render_deployment,
+    render_ingress,
+    render_model,
+    render_network_policy,
+    render_pod_disruption_budget,
+    render_scaled_object,
+    render_service,
+    render_weights_job,
+    render_weights_pvc,
+    selector_labels,
+    weights_job_name,
+)
+from llm_platform.manifests.validation import KUBERNETES_VERSIONS, object_problems, validate_objects
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return parse_catalog(
+        {
+            "platform": {"namespace": "llm", "gpu_node_selector": {"nvidia.com/gpu.product": "H100"}},
+            "models": [
+                {
+                    "name": "llama",
+                    "source": {"repo": "meta/llama"},
+                    "serving": {"tensor_parallel_size": 2, "max_num_seqs": 64},
+                    "resources": {"cpu": "8", "memory": "64Gi"},
+                    "autoscaling": {"max_replicas": 3, "waiting_threshold": 4},
+                    "exposure": {"host": "llama.example.com", "tls_secret": "tls", "client_labels": {"team": "a"}},
+                },
+                {"name": "internal", "source": {"path": "/models/internal"}},
+            ],
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def platform(catalog: Catalog) -> Platform:
+    return catalog.platform
+
+
+@pytest.fixture(scope="module")
+def llama(catalog: Catalog) -> ModelSpec:
+    return catalog.model("llama")
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return dict(containers[0])
+
+
+def _arg(container: dict[str, Any], flag: str) -> str:
+    args = container["args"]
+    return str(args[args.index(flag) + 1])
+
+
+def test_deployment_runs_the_pinned_vllm_image_with_engine_args(platform: Platform, llama: ModelSpec) -> None:
+    deployment = render_deployment(platform, llama, SHA)
+    container = _container(deployment)
+    assert container["image"] == f"vllm/vllm-openai:{llama.serving.image_tag}"
+    assert container["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    assert _arg(container, "--model") == f"/models/llama/{SHA}"
+    assert _arg(container, "--served-model-name") == "llama"
+    assert _arg(container, "--tensor-parallel-size") == "2"
+    assert _arg(container, "--max-num-seqs") == "64"
+    assert _arg(container, "--port") == "8000"
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["llm-platform/weights-revision"] == SHA
+
+
+def test_deployment_requests_gpus_and_leaves_replicas_to_keda(platform: Platform, llama: ModelSpec) -> None:
+    deployment = render_deployment(platform, llama, SHA)
+    resources = _container(deployment)["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "2"
+    assert resources["requests"]["memory"] == resources["limits"]["memory"] == "64Gi"
+    assert "cpu" not in resources["limits"]
+    assert "replicas" not in deployment["spec"]
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+
+
+def test_deployment_volumes_weights_read_only_and_8gi_shm(platform: Platform, llama: ModelSpec) -> None:
+    deployment = render_deployment(platform, llama, SHA)
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["weights"]["persistentVolumeClaim"] == {"claimName": "model-weights", "readOnly": True}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    mounts = {mount["name"]: mount for mount in _container(deployment)["volumeMounts"]}
+    assert mounts["weights"] == {"name": "weights", "mountPath": "/models", "readOnly": True}
+    assert mounts["dshm"]["mountPath"] == "/dev/shm"
+
+
+def test_probes_tolerate_model_loading(platform: Platform, llama: ModelSpec) -> None:
+    container = _container(render_deployment(platform, llama, SHA))
+    startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] == "/health"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= llama.serving.startup_timeout_s
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}
+        assert "initialDelaySeconds" not in container[probe]
+
+
+def test_deployment_is_non_root_and_carries_no_secret(platform: Platform, llama: ModelSpec) -> None:
+    deployment = render_deployment(platform, llama, SHA)
+    container = _container(deployment)
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    env = {item["name"]: item for item in container["env"]}
+    assert env["HF_HUB_OFFLINE"]["value"] == "1"
+    assert not any("TOKEN" in name for name in env)
+    assert deployment["spec"]["template"]["spec"]["enableServiceLinks"] is False
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+
+
+def test_local_path_source_is_served_from_its_path(catalog: Catalog) -> None:
+    container = _container(render_deployment(catalog.platform, catalog.model("internal"), "main"))
+    assert _arg(container, "--model") == "/models/internal"
+
+
+def test_service_and_pdb_select_the_model_pods(platform: Platform, llama: ModelSpec) -> None:
+    service = render_service(platform, llama)
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["selector"] == selector_labels(llama)
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    pdb = render_pod_disruption_budget(platform, llama)
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(llama)}}
+
+
+def test_scaled_object_scales_on_the_model_waiting_queue(platform: Platform, llama: ModelSpec) -> None:
+    spec = render_scaled_object(platform, llama)["spec"]
+    assert spec["scaleTargetRef"]["name"] == "vllm-llama"
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 3)
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert trigger["metricType"] == "AverageValue"
+    metadata = trigger["metadata"]
+    assert metadata["query"] == 'sum(vllm:num_requests_waiting{namespace="llm",model_name="llama"})'
+    assert metadata["threshold"] == "4"
+    assert metadata["ignoreNullValues"] == "false"
+    assert "metricName" not in metadata
+    assert spec["fallback"]["behavior"] == "currentReplicasIfHigher"
+    assert spec["fallback"]["failureThreshold"] >= 1
+
+
+def test_ingress_has_long_timeouts_and_per_ip_rate_limit(platform: Platform, llama: ModelSpec) -> None:
+    ingress = render_ingress(platform, llama)
+    assert ingress is not None
+    annotations = ingress["metadata"]["annotations"]
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 600
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= 600
+    assert annotations["nginx.ingress.kubernetes.io/limit-rps"] == "10"
+    assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "16m"
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["rules"][0]["host"] == "llama.example.com"
+    assert ingress["spec"]["tls"] == [{"hosts": ["llama.example.com"], "secretName": "tls"}]
+
+
+def test_no_ingress_without_a_host(catalog: Catalog) -> None:
+    internal = catalog.model("internal")
+    assert render_ingress(catalog.platform, internal) is None
+    assert "Ingress" not in [obj["kind"] for obj in render_model(catalog.platform, internal)]
+
+
+def test_network_policy_admits_clients_ingress_controller_and_prometheus(platform: Platform, llama: ModelSpec) -> None:
+    spec = render_network_policy(platform, llama)["spec"]
+    assert spec["podSelector"] == {"matchLabels": selector_labels(llama)}
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+    peers = rule["from"]
+    assert peers[0] == {"namespaceSelector": {}, "podSelector": {"matchLabels": {"team": "a"}}}
+    namespaces = [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in peers[1:]]
+    assert namespaces == ["ingress-nginx", "monitoring"]
+
+
+def test_weights_pvc_is_read_write_many(platform: Platform) -> None:
+    pvc = render_weights_pvc(platform)
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pvc["metadata"]["name"] == "model-weights"
+
+
+def test_weights_job_gets_the_token_from_the_secret_only(platform: Platform, llama: ModelSpec) -> None:
+    job = render_weights_job(platform, llama, "main")
+    assert len(job["metadata"]["name"]) <= 63
+    assert job["metadata"]["name"] == weights_job_name(llama, "main") != weights_job_name(llama, SHA)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["python", "-m", "llm_platform.weights"]
+    assert container["args"][:8] == [
+        "--model",
+        "llama",
+        "--repo",
+        "meta/llama",
+        "--revision",
+        "main",
+        "--dest",
+        "/models",
+    ]
+    token = next(item for item in container["env"] if item["name"] == "HF_TOKEN")
+    assert token == {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token", "optional": True}},
+    }
+    assert pod["restartPolicy"] == "Never"
+    assert {"name": "weights", "persistentVolumeClaim": {"claimName": "model-weights"}} in pod["volumes"]
+
+
+def test_rendered_objects_validate_and_agree_with_kubernetes_validate(catalog: Catalog) -> None:
+    for model in catalog.models:
+        objects = [*render_model(catalog.platform, model, SHA), render_weights_pvc(catalog.platform)]
+        if model.source.repo:
+            objects.append(render_weights_job(catalog.platform, model, SHA))
+        validate_objects(objects)
+        for obj in objects:
+            if obj["apiVersion"].startswith("keda.sh"):
+                continue
+            for version in KUBERNETES_VERSIONS:
+                kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_strict_validation_rejects_unknown_and_mistyped_core_fields(platform: Platform, llama: ModelSpec) -> None:
+    deployment = copy.deepcopy(render_deployment(platform, llama, SHA))
+    deployment["spec"]["template"]["spec"]["containers"][0]["gpus"] = 1
+    deployment["spec"]["revisionHistoryLimit"] = "five"
+    problems = object_problems(deployment)
+    assert any("spec.template.spec.containers[0]" in p and "'gpus' was unexpected" in p for p in problems), problems
+    assert any(p.startswith("Deployment/vllm-llama: spec.revisionHistoryLimit:") for p in problems), problems
+    # The reference implementation agrees that this object is invalid.
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, "1.33", strict=True)
+
+
+def test_crd_validation_reports_schema_errors_and_unknown_fields(platform: Platform, llama: ModelSpec) -> None:
+    scaled = copy.deepcopy(render_scaled_object(platform, llama))
+    scaled["spec"]["minReplicaCount"] = "one"
+    scaled["spec"]["triggers"][0]["metricName"] = "vllm_waiting"
+    scaled["spec"]["fallback"]["behaviour"] = "static"
+    with pytest.raises(ManifestValidationError) as caught:
+        validate_objects([scaled])
+    problems = caught.value.problems
+    assert any(p.startswith("ScaledObject/vllm-llama: spec.minReplicaCount:") for p in problems), problems
+    assert "ScaledObject/vllm-llama: spec.triggers[0].metricName: unknown field" in "\n".join(problems)
+    assert "ScaledObject/vllm-llama: spec.fallback.behaviour: unknown field" in "\n".join(problems)
+
+
+def test_unknown_kind_is_reported_not_ignored() -> None:
+    problems = object_problems({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}})
+    assert problems and all("no schema for example.com/v1 Widget" in p for p in problems)
