@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from llm_platform.catalog import CATALOG_ENV_VAR, Catalog, load_catalog
+from llm_platform.catalog import CATALOG_ENV_VAR, Catalog, default_catalog_path, load_catalog
 from llm_platform.errors import CatalogError, ManifestValidationError, PlatformError, UnknownModelError
 from llm_platform.manifests.render import dump_yaml, render_files
 from llm_platform.manifests.validation import KUBERNETES_VERSIONS, validate_objects
@@ -79,7 +79,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     catalog = load_catalog(args.catalog)
     files = _render_validated(catalog, None)
     count = sum(len(objects) for objects in files.values())
-    origin = args.catalog or "the catalog"
+    origin = args.catalog or default_catalog_path()
     print(
         f"{origin}: {len(catalog.models)} models valid; {count} rendered objects valid for Kubernetes "
         f"{' and '.join(KUBERNETES_VERSIONS)}"
@@ -93,7 +93,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     if args.out is None:
         print(dump_yaml([obj for objects in files.values() for obj in objects]), end="")
         return EXIT_OK
-    _write_files(args.out, files, str(args.catalog or "the catalog"))
+    _write_files(args.out, files, str(args.catalog or default_catalog_path()))
     print(f"wrote {len(files)} files to {args.out}: {', '.join(sorted(files))}", file=sys.stderr)
     return EXIT_OK
 
