@@ -22,6 +22,13 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -qq -e '.[test]'
 	@touch $@
 
+# olah (the local Hugging Face hub) lives in its own virtualenv: it needs fastapi>=0.141, vLLM needs <0.137.
+OLAH := $(VENV)-olah/bin/olah-cli
+$(OLAH):
+	$(PYTHON) -m venv $(VENV)-olah
+	$(VENV)-olah/bin/python -m pip install -qq --upgrade pip
+	$(VENV)-olah/bin/python -m pip install -qq 'olah==0.5.4'
+
 run: $(VENV)/.installed-base
 	$(BIN)/llm-platform validate
 	$(BIN)/llm-platform render --out build/manifests
@@ -35,7 +42,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/lint-imports
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
-test: lint
+test: lint $(OLAH)
 	$(BIN)/pytest
 
 clean:

@@ -38,3 +38,27 @@ class ManifestValidationError(PlatformError):
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
+
+
+class WeightsError(PlatformError):
+    """Downloading or verifying a model's weights failed."""
+
+
+class HubNotFoundError(WeightsError):
+    """The repository, or the revision in it, does not exist (or is private to this token)."""
+
+
+class HubAccessError(WeightsError):
+    """The hub refused access: a gated repository, no token, or a token without the right."""
+
+
+class HubUnavailableError(WeightsError):
+    """The hub could not be reached or kept failing (5xx) after the retries."""
+
+
+class ChecksumMismatchError(WeightsError):
+    """A downloaded file does not match the checksum the hub lists for it; the file has been removed."""
+
+
+class InsufficientDiskError(WeightsError):
+    """The model store has less free space than the download needs."""

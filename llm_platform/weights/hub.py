@@ -1,0 +1,181 @@
+"""Adapter to the Hugging Face hub (``huggingface_hub``): resolve revisions, list files, download one file.
+
+Every hub failure becomes one of the project's errors with a one-line message that names the model and says
+what to do. Transient failures (connection errors, timeouts, 429 and 5xx) are retried with exponential backoff;
+the sleeper is injected so that tests run the retries instantly. The token is passed explicitly (never read from
+a token file) and scrubbed from every message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx2
+from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.hf_api import RepoFile
+from tqdm import tqdm
+
+from llm_platform.errors import HubAccessError, HubNotFoundError, HubUnavailableError, WeightsError
+from llm_platform.weights.plan import RemoteFile
+
+T = TypeVar("T")
+DEFAULT_ENDPOINT = "https://huggingface.co"
+_TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+class _NoBar(tqdm):  # type: ignore[type-arg]
+    """A disabled tqdm: huggingface_hub's per-file bars would interleave with the snapshot's own."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)
+
+
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with every occurrence of ``secret`` replaced, for messages that echo server responses."""
+    return text.replace(secret, "***") if secret else text
+
+
+class HubClient:
+    """The calls a weights download makes to one hub endpoint, with retries and the project's errors."""
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        token: str | None = None,
+        *,
+        max_attempts: int = 5,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.endpoint = (endpoint or DEFAULT_ENDPOINT).rstrip("/")
+        self._token = token or None
+        self._api = HfApi(endpoint=self.endpoint, token=self._token or False)
+        self._max_attempts = max_attempts
+        self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._sleep = sleep
+
+    def resolve_revision(self, model: str, repo: str, revision: str) -> str:
+        """The commit sha that ``revision`` (branch, tag or sha) points to now."""
+        info = self._call(model, repo, revision, lambda: self._api.model_info(repo, revision=revision))
+        if not info.sha:
+            raise HubNotFoundError(f"model '{model}': the hub returned no commit for '{repo}' at '{revision}'")
+        return info.sha
+
+    def list_files(self, model: str, repo: str, sha: str) -> list[RemoteFile]:
+        """Every file of the repository at commit ``sha``, with sizes and checksums."""
+
+        def listing() -> list[RemoteFile]:
+            entries = self._api.list_repo_tree(repo, revision=sha, recursive=True)
+            return [
+                RemoteFile(
+                    path=entry.path,
+                    size=entry.size,
+                    sha256=entry.lfs.sha256 if entry.lfs else None,
+                    blob_id=entry.blob_id,
+                )
+                for entry in entries
+                if isinstance(entry, RepoFile)
+            ]
+
+        return self._call(model, repo, sha, listing)
+
+    def download_file(self, model: str, repo: str, sha: str, path: str, local_dir: Path) -> Path:
+        """Download one file into ``local_dir`` (resuming a partial download), returning its path."""
+
+        def download() -> Path:
+            return Path(
+                hf_hub_download(
+                    repo,
+                    path,
+                    revision=sha,
+                    local_dir=local_dir,
+                    endpoint=self.endpoint,
+                    token=self._token or False,
+                    # Progress is reported by the caller (one bar for the whole snapshot), not one bar per file.
+                    tqdm_class=_NoBar,
+                )
+            )
+
+        return self._call(model, repo, sha, download, what=f"file '{path}'")
+
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _call(self, model: str, repo: str, revision: str, call: Callable[[], T], what: str = "") -> T:
+        delay = self._backoff_s
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                return call()
+            except Exception as error:
+                translated = self._translate(error, model, repo, revision, what)
+                if translated is not None:
+                    raise translated from None
+                if attempt == self._max_attempts:
+                    reason = redact(_first_line(error), self._token)
+                    raise HubUnavailableError(
+                        f"model '{model}': the hub at {self.endpoint} kept failing for {what or repr(repo)} after "
+                        f"{attempt} attempts ({reason}); try again later, or check HF_ENDPOINT and the network"
+                    ) from None
+                self._sleep(delay)
+                delay = min(delay * 2, self._max_backoff_s)
+        raise AssertionError("unreachable")
+
+    def _translate(self, error: Exception, model: str, repo: str, revision: str, what: str) -> WeightsError | None:
+        """The project's error for a permanent failure; None for a transient one (retry)."""
+        token_hint = "the token in HF_TOKEN" if self._token else "no token (set HF_TOKEN)"
+        if isinstance(error, GatedRepoError):
+            return HubAccessError(
+                f"model '{model}': '{repo}' is a gated repository and {token_hint} has no access to it; request "
+                "access on the model's page, then use a token of an account that has it"
+            )
+        if isinstance(error, RevisionNotFoundError):
+            return HubNotFoundError(
+                f"model '{model}': revision '{revision}' not found in '{repo}'; check source.revision (a branch, "
+                "tag or 40-hex commit of that repository)"
+            )
+        if isinstance(error, RepositoryNotFoundError):
+            return HubNotFoundError(
+                f"model '{model}': repository '{repo}' not found, or private and {token_hint} cannot see it; check "
+                "source.repo, or set HF_TOKEN to a token with access"
+            )
+        if isinstance(error, HfHubHTTPError) and error.response is not None:
+            status = error.response.status_code
+            if status in (401, 403):
+                return HubAccessError(
+                    f"model '{model}': the hub refused {what or repr(repo)} with HTTP {status} using {token_hint}; "
+                    "check that the token is valid and has read access"
+                )
+            if status in _TRANSIENT_STATUS:
+                return None
+            return HubUnavailableError(
+                f"model '{model}': the hub answered HTTP {status} for {what or repr(repo)}: "
+                f"{redact(_first_line(error), self._token)}"
+            )
+        if isinstance(error, (httpx2.TransportError, LocalEntryNotFoundError, ConnectionError, TimeoutError)):
+            return None
+        if isinstance(error, OSError) and "Consistency check failed" in str(error):
+            return None  # a truncated body; the next attempt resumes it
+        if isinstance(error, OSError):
+            # Local failures while writing (disk full, permissions) are not the hub's: report them as they are.
+            return WeightsError(f"model '{model}': writing {what or 'the download'} failed: {_first_line(error)}")
+        return WeightsError(
+            f"model '{model}': unexpected error from the hub client for {what or repr(repo)}: "
+            f"{type(error).__name__}: {redact(_first_line(error), self._token)}"
+        )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

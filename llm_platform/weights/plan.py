@@ -1,0 +1,96 @@
+"""Pure decisions of a weights download: which repository files to fetch, and which snapshots to keep."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+from llm_platform.catalog import DEFAULT_ALLOW_PATTERNS
+
+#: Pickle-based weight formats: never downloaded when the repository has safetensors (they are slower to load and
+#: can execute code), and only downloaded by the default patterns when it has nothing else.
+PICKLE_WEIGHT_PATTERNS: tuple[str, ...] = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a repository revision, as the hub's tree listing describes it."""
+
+    path: str
+    size: int
+    #: sha256 of the content, for files stored with LFS/Xet (the hub's ``lfs.sha256``).
+    sha256: str | None
+    #: Git blob id (sha1 of ``blob <size>\\0<content>``), for every file.
+    blob_id: str | None
+
+
+def _matches(path: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatch(path, pattern) for pattern in patterns)
+
+
+def select_files(listing: Sequence[RemoteFile], allow_patterns: Sequence[str]) -> list[RemoteFile]:
+    """The files to download: those matching ``allow_patterns``, without pickled weights when safetensors exist.
+
+    With the default patterns, a repository that has no safetensors at all falls back to its pickled weights
+    (``*.bin``/``*.pt``), since it has nothing else vLLM could load.
+    """
+    patterns = list(allow_patterns)
+    has_safetensors = any(item.path.endswith(".safetensors") for item in listing)
+    if tuple(allow_patterns) == DEFAULT_ALLOW_PATTERNS and not has_safetensors:
+        patterns += PICKLE_WEIGHT_PATTERNS
+    selected = [item for item in listing if _matches(item.path, patterns)]
+    if has_safetensors:
+        selected = [item for item in selected if not _matches(item.path, PICKLE_WEIGHT_PATTERNS)]
+    return sorted(selected, key=lambda item: item.path)
+
+
+class ManifestFile(BaseModel):
+    """One verified file of a snapshot."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    size: int
+    sha256: str
+
+
+class SnapshotManifest(BaseModel):
+    """What a completed download put into ``<store>/<model>/<sha>/``; written last, it marks the snapshot usable."""
+
+    model_config = ConfigDict(frozen=True)
+
+    format: int = MANIFEST_FORMAT
+    model: str
+    repo: str
+    requested_revision: str
+    sha: str
+    files: tuple[ManifestFile, ...]
+    total_bytes: int
+    #: Bytes fetched from the hub by the run that completed the snapshot (0 when it only verified).
+    downloaded_bytes: int
+    duration_s: float
+    completed_at: datetime
+
+    @property
+    def file_count(self) -> int:
+        return len(self.files)
+
+    @property
+    def throughput_bytes_per_s(self) -> float:
+        return self.downloaded_bytes / self.duration_s if self.duration_s > 0 else 0.0
+
+
+def snapshots_to_prune(
+    complete: Sequence[SnapshotManifest], keep: int, protected: Iterable[str] = ()
+) -> list[SnapshotManifest]:
+    """Older complete snapshots beyond the newest ``keep`` (0 keeps all), never a ``protected`` sha."""
+    if keep <= 0:
+        return []
+    protected_shas = set(protected)
+    newest_first = sorted(complete, key=lambda manifest: manifest.completed_at, reverse=True)
+    return [manifest for manifest in newest_first[keep:] if manifest.sha not in protected_shas]
