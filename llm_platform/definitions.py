@@ -10,13 +10,19 @@ import dagster as dg
 
 from llm_platform.catalog import Catalog, load_catalog
 from llm_platform.defs.partitions import model_partitions
+from llm_platform.defs.resources import weights_resource_from_env
+from llm_platform.defs.weights import build_weights_asset
 from llm_platform.errors import CatalogError
 
 
 def build_definitions(catalog: Catalog) -> dg.Definitions:
     """All definitions for ``catalog``."""
     partitions = model_partitions(catalog)
-    return dg.Definitions(metadata={"models": dg.MetadataValue.text(", ".join(partitions.get_partition_keys()))})
+    return dg.Definitions(
+        assets=[build_weights_asset(catalog, partitions)],
+        resources={"weights": weights_resource_from_env()},
+        metadata={"models": dg.MetadataValue.text(", ".join(partitions.get_partition_keys()))},
+    )
 
 
 def _load_catalog() -> Catalog:

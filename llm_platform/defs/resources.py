@@ -1,0 +1,71 @@
+"""Dagster resources: typed configuration of the outside systems the assets use, secrets from the environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from llm_platform.catalog import ModelSpec
+from llm_platform.errors import WeightsError
+from llm_platform.weights.download import DEFAULT_WORKERS, DownloadRequest, DownloadResult, download_snapshot
+from llm_platform.weights.hub import HubClient
+from llm_platform.weights.progress import ProgressSink
+from llm_platform.weights.store import ModelStore
+
+STORE_ENV_VAR = "LLM_PLATFORM_MODEL_STORE"
+
+
+def default_store_path() -> str:
+    """``$LLM_PLATFORM_MODEL_STORE``, else ``$DAGSTER_HOME/model-store``, else ``./model-store``."""
+    if configured := os.environ.get(STORE_ENV_VAR):
+        return configured
+    home = os.environ.get("DAGSTER_HOME")
+    return str(Path(home) / "model-store") if home else str(Path("model-store").resolve())
+
+
+class WeightsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """Downloads model weights from a Hugging Face hub into the model store (the local target's directory)."""
+
+    store_path: str = Field(default_factory=default_store_path, description="Root of the model store.")
+    hf_endpoint: str | None = Field(
+        default=None, description="Hub URL (a mirror or the local hub); None for huggingface.co."
+    )
+    hf_token: str | None = Field(
+        default=None, description="Hugging Face token, bound to EnvVar('HF_TOKEN'); never logged or recorded."
+    )
+    keep_revisions: int = Field(
+        default=0,
+        description="Complete snapshots to keep per model; 0 keeps all (the default: nothing is deleted "
+        "that a deployment might still point at).",
+    )
+    workers: int = Field(default=DEFAULT_WORKERS, description="Files downloaded in parallel.")
+
+    def store(self) -> ModelStore:
+        return ModelStore(self.store_path)
+
+    def download(
+        self, model: ModelSpec, revision: str, progress: ProgressSink | None = None, protected: tuple[str, ...] = ()
+    ) -> DownloadResult:
+        if model.source.repo is None:
+            raise WeightsError(f"model '{model.name}' has a local source ({model.source.path}); nothing to download")
+        request = DownloadRequest(model.name, model.source.repo, revision, model.source.allow_patterns)
+        return download_snapshot(
+            request,
+            self.store(),
+            HubClient(self.hf_endpoint, self.hf_token),
+            workers=self.workers,
+            progress=progress,
+            keep_revisions=self.keep_revisions,
+            protected=protected,
+        )
+
+
+def weights_resource_from_env() -> WeightsResource:
+    """The resource as the code location configures it: endpoint and token from the environment."""
+    return WeightsResource(
+        hf_endpoint=dg.EnvVar("HF_ENDPOINT") if os.environ.get("HF_ENDPOINT") else None,
+        hf_token=dg.EnvVar("HF_TOKEN") if os.environ.get("HF_TOKEN") else None,
+    )

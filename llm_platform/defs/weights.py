@@ -1,0 +1,92 @@
+"""The ``model_weights`` asset: one partition per catalog model, the first step users materialize.
+
+No ``from __future__ import annotations`` here: Dagster reads the config and resource annotations at runtime.
+"""
+
+import dagster as dg
+from pydantic import Field
+
+from llm_platform.catalog import Catalog
+from llm_platform.defs.resources import WeightsResource
+from llm_platform.errors import PlatformError
+from llm_platform.weights.download import DownloadResult
+from llm_platform.weights.plan import SnapshotManifest
+from llm_platform.weights.progress import LogProgress
+
+LIFECYCLE_GROUP = "model_lifecycle"
+
+
+class WeightsConfig(dg.Config):
+    """Run configuration of ``model_weights``."""
+
+    revision: str | None = Field(
+        default=None, description="Branch, tag or commit to download instead of the catalog's source.revision."
+    )
+
+
+def weights_metadata(result: DownloadResult, store_path: str) -> dict[str, dg.MetadataValue]:
+    """What the UI shows for a materialization: the commit, sizes, throughput, where, and every file."""
+    manifest: SnapshotManifest = result.manifest
+    files = dg.TableMetadataValue(
+        records=[dg.TableRecord({"path": f.path, "bytes": f.size, "sha256": f.sha256}) for f in manifest.files],
+        schema=dg.TableSchema(
+            columns=[
+                dg.TableColumn("path", "string"),
+                dg.TableColumn("bytes", "int"),
+                dg.TableColumn("sha256", "string"),
+            ]
+        ),
+    )
+    return {
+        "revision_sha": dg.MetadataValue.text(manifest.sha),
+        "requested_revision": dg.MetadataValue.text(manifest.requested_revision),
+        "repo": dg.MetadataValue.text(manifest.repo),
+        "total_bytes": dg.MetadataValue.int(manifest.total_bytes),
+        "file_count": dg.MetadataValue.int(manifest.file_count),
+        "downloaded_bytes": dg.MetadataValue.int(0 if result.reused else manifest.downloaded_bytes),
+        "throughput_mb_per_s": dg.MetadataValue.float(
+            0.0 if result.reused else round(manifest.throughput_bytes_per_s / 1e6, 1)
+        ),
+        "reused_existing_snapshot": dg.MetadataValue.bool(result.reused),
+        "store_path": dg.MetadataValue.path(str(result.directory)),
+        "store_root": dg.MetadataValue.path(store_path),
+        "pruned_revisions": dg.MetadataValue.text(", ".join(result.pruned) or "none"),
+        "files": files,
+    }
+
+
+def build_weights_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    owners = sorted({owner for model in catalog.models for owner in model.owners})
+
+    @dg.asset(
+        name="model_weights",
+        partitions_def=partitions,
+        group_name=LIFECYCLE_GROUP,
+        kinds={"huggingface", "python"},
+        owners=owners,
+        description=(
+            "The model's weights in the model store: the catalog revision resolved to a commit, every file "
+            "verified against the hub's checksums, and a manifest written last. Re-materializing the same commit "
+            "verifies and downloads nothing."
+        ),
+    )
+    def model_weights(
+        context: dg.AssetExecutionContext, config: WeightsConfig, weights: WeightsResource
+    ) -> dg.MaterializeResult[SnapshotManifest]:
+        model = catalog.model(context.partition_key)
+        revision = config.revision or model.source.revision
+        context.log.info(f"model '{model.name}': downloading {model.source.repo}@{revision} to {weights.store_path}")
+        try:
+            result = weights.download(model, revision, progress=LogProgress(context.log.info))
+        except PlatformError as error:
+            # One readable line in the run's failure, not a traceback through the hub client.
+            raise dg.Failure(description=str(error), allow_retries=False) from None
+        if result.reused:
+            context.log.info(f"model '{model.name}': {result.manifest.sha} already complete; verified, nothing fetched")
+        return dg.MaterializeResult(
+            metadata=weights_metadata(result, weights.store_path),
+            data_version=dg.DataVersion(result.manifest.sha),
+            value=result.manifest,
+        )
+
+    return model_weights
