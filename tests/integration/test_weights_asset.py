@@ -83,7 +83,9 @@ def test_materializes_weights_with_metadata_and_never_records_the_token(
         assert metadata["file_count"].value == 2
         assert metadata["total_bytes"].value == 300_000 + 33
         assert metadata["store_path"].value == str(tmp_path / "store" / "gated" / sha)
-        assert [row.data["path"] for row in metadata["files"].value.records] == ["config.json", "model.safetensors"]
+        files = metadata["files"]
+        assert isinstance(files, dg.TableMetadataValue)
+        assert [row.data["path"] for row in files.records] == ["config.json", "model.safetensors"]
         assert materialization.tags is not None and materialization.tags["dagster/data_version"] == sha
 
         # Materialized again: same commit, verified, nothing downloaded.
