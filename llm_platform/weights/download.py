@@ -1,9 +1,9 @@
 """Download one revision of a Hugging Face model into the model store, verified, with a manifest written last.
 
-Files are fetched in parallel by huggingface_hub (``hf_hub_download`` into the snapshot directory, which resumes
-partial files) and each is hashed by the same worker as soon as it lands, so verification overlaps the other
-downloads instead of following them. A run killed mid-way leaves complete files (with the hub's resume metadata)
-and at most one partial file per worker; the next run keeps the complete ones and resumes the partial ones.
+Files are fetched in parallel through huggingface_hub (see ``HubClient.download_file``) and each is hashed by the
+same worker as soon as it lands, so verification overlaps the other downloads instead of following them. A run
+killed mid-way leaves complete files and at most one partial file per worker; the next run keeps the complete ones
+(after verifying them) and resumes the partial ones with Range requests.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from llm_platform.weights.store import (
     ModelStore,
     bytes_on_disk,
     file_digests,
+    partial_path,
     remove_orphaned_partials,
     verification_problem,
     write_manifest,
@@ -67,8 +68,9 @@ def _verify_existing(manifest: SnapshotManifest, directory: Path, workers: int) 
 
 
 def _remove_download_state(directory: Path, path: str) -> None:
-    """Forget a file completely: the file and huggingface_hub's resume metadata for it."""
+    """Forget a file completely: the file, its partial download and huggingface_hub's metadata for it."""
     (directory / path).unlink(missing_ok=True)
+    partial_path(directory, path).unlink(missing_ok=True)
     (directory / HUB_METADATA_DIR / "huggingface" / "download" / f"{path}.metadata").unlink(missing_ok=True)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx2
-from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -22,11 +22,14 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.file_download import http_get
 from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # public, lazily exported
 from tqdm import tqdm
 
 from llm_platform.errors import HubAccessError, HubNotFoundError, HubUnavailableError, WeightsError
 from llm_platform.weights.plan import RemoteFile
+from llm_platform.weights.store import partial_path
 
 T = TypeVar("T")
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -93,21 +96,49 @@ class HubClient:
         return self._call(model, repo, sha, listing)
 
     def download_file(self, model: str, repo: str, sha: str, path: str, local_dir: Path) -> Path:
-        """Download one file into ``local_dir`` (resuming a partial download), returning its path."""
+        """Download one file to ``local_dir/path``, resuming what an earlier (even killed) attempt left.
+
+        Xet-backed files go through ``hf_hub_download`` (hf_xet fetches and caches content-defined chunks, so an
+        interrupted file costs little again). Plain HTTP files are appended to a partial file of our own with
+        huggingface_hub's ``http_get`` and a Range request, then renamed into place: since huggingface_hub 2
+        gives every process a fresh temporary file, its own resume does not survive a killed process.
+        """
+        target = local_dir / path
 
         def download() -> Path:
-            return Path(
-                hf_hub_download(
-                    repo,
-                    path,
-                    revision=sha,
-                    local_dir=local_dir,
-                    endpoint=self.endpoint,
-                    token=self._token or False,
-                    # Progress is reported by the caller (one bar for the whole snapshot), not one bar per file.
-                    tqdm_class=_NoBar,
+            url = hf_hub_url(repo, path, revision=sha, endpoint=self.endpoint)
+            metadata = get_hf_file_metadata(url, token=self._token or False)
+            if metadata.xet_file_data is not None:
+                return Path(
+                    hf_hub_download(
+                        repo,
+                        path,
+                        revision=sha,
+                        local_dir=local_dir,
+                        endpoint=self.endpoint,
+                        token=self._token or False,
+                        # Progress is reported for the whole snapshot, not with one bar per file.
+                        tqdm_class=_NoBar,
+                    )
                 )
-            )
+            if target.is_file() and target.stat().st_size == metadata.size:
+                return target  # completed by an earlier run; the caller verifies its checksum
+            partial = partial_path(local_dir, path)
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            with partial.open("ab") as handle:
+                if metadata.size is None or handle.tell() < metadata.size:
+                    http_get(
+                        metadata.location,
+                        handle,
+                        resume_size=handle.tell(),
+                        headers=build_hf_headers(token=self._token or False),
+                        expected_size=metadata.size,
+                        displayed_filename=path,
+                        tqdm_class=_NoBar,
+                    )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial.replace(target)
+            return target
 
         return self._call(model, repo, sha, download, what=f"file '{path}'")
 

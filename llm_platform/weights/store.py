@@ -19,8 +19,10 @@ from pydantic import ValidationError
 from llm_platform.store_layout import SNAPSHOT_MANIFEST, snapshot_path
 from llm_platform.weights.plan import RemoteFile, SnapshotManifest
 
-#: Where huggingface_hub keeps its resume metadata inside a ``local_dir`` download.
+#: Download state inside a snapshot directory: huggingface_hub's ``local_dir`` metadata and our partial files.
+#: Removed when the snapshot completes.
 HUB_METADATA_DIR = ".cache"
+PARTIAL_DIR = f"{HUB_METADATA_DIR}/llm-platform/partial"
 _CHUNK = 8 * 1024 * 1024
 
 
@@ -130,13 +132,22 @@ def _size(path: Path) -> int:
         return 0
 
 
+def partial_path(directory: Path, path: str) -> Path:
+    """Where the partial download of ``path`` accumulates until it is complete (it survives a killed process)."""
+    return directory / PARTIAL_DIR / f"{path}.part"
+
+
 def bytes_on_disk(directory: Path, files: list[RemoteFile], partial_since: float | None = None) -> int:
-    """Bytes of ``files`` complete in ``directory``, plus (with ``partial_since``) the partial downloads that
-    huggingface_hub has written since that time (older ones belong to a process that died)."""
-    complete = sum(min(_size(directory / item.path), item.size) for item in files)
+    """Bytes of ``files`` in ``directory``: complete files and our resumable partial files, plus (with
+    ``partial_since``) huggingface_hub's temporary files written since then (older ones belong to a dead process
+    and cannot be resumed)."""
+    total = 0
+    for item in files:
+        complete = _size(directory / item.path)
+        total += min(complete or _size(partial_path(directory, item.path)), item.size)
     if partial_since is None:
-        return complete
-    return complete + sum(_size(path) for path in _partial_files(directory) if _mtime(path) >= partial_since)
+        return total
+    return total + sum(_size(path) for path in _partial_files(directory) if _mtime(path) >= partial_since)
 
 
 def _mtime(path: Path) -> float:
@@ -147,6 +158,7 @@ def _mtime(path: Path) -> float:
 
 
 def _partial_files(directory: Path) -> list[Path]:
+    """huggingface_hub's temporary files (of Xet downloads through ``hf_hub_download``)."""
     partial_dir = directory / HUB_METADATA_DIR / "huggingface" / "download"
     return list(partial_dir.rglob("*.incomplete")) if partial_dir.is_dir() else []
 

@@ -28,7 +28,7 @@ from llm_platform.store_layout import SNAPSHOT_MANIFEST
 from llm_platform.weights.download import DownloadRequest, DownloadResult, download_snapshot
 from llm_platform.weights.hub import HubClient
 from llm_platform.weights.progress import LogProgress
-from llm_platform.weights.store import ModelStore
+from llm_platform.weights.store import ModelStore, partial_path
 from tests.conftest import REPO_ROOT
 from tests.fakehub import FakeHub, FakeRepo
 
@@ -278,15 +278,16 @@ def test_kill_mid_download_then_resume_fetches_only_unfinished_files(hub: FakeHu
     complete_before = {p.name for p in directory.iterdir() if p.is_file()}
     assert complete_before == {"config.json", "model-00002-of-00002.safetensors", "tokenizer.json"}
     assert not (directory / SNAPSHOT_MANIFEST).exists()
-    assert sum(p.stat().st_size for p in (directory / ".cache").rglob("*.incomplete")) < size
+    partial = partial_path(directory, big).stat().st_size
+    assert 0 < partial < size
 
     hub.faults.bytes_per_s = 0
     hub.served.clear()
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 0, result.stderr
-    # Only the unfinished file came over the wire again (huggingface_hub >= 2 restarts a partial file that another
-    # process left behind rather than resuming it); the finished files were kept.
-    assert dict(hub.served) == {big: size}
+    # Only the unfinished file came over the wire again, and only the part the killed run had not written.
+    assert dict(hub.served) == {big: size - partial}
+    assert [r for m, p, r in hub.requests if m == "GET" and p.endswith(big)][-1] == f"bytes={partial}-"
     assert not (directory / ".cache").exists()
     manifest_line = result.stdout.strip().splitlines()[-1]
     assert manifest_line.startswith("LLM_PLATFORM_MANIFEST ")
