@@ -62,6 +62,8 @@ class Faults:
     cut_once: set[str] = field(default_factory=set)
     #: Throttle file bodies to this many bytes per second (0: no limit).
     bytes_per_s: int = 0
+    #: Answer Range requests with the whole file (200), as some mirrors do.
+    ignore_range: bool = False
     #: A token every request must carry (Authorization: Bearer ...); None: public.
     required_token: str | None = None
 
@@ -202,7 +204,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if path in hub.faults.corrupt:
                 content = bytes(byte ^ 0xFF for byte in content)
             start = 0
-            if match := re.match(r"bytes=(\d+)-", self.headers.get("Range", "")):
+            if not hub.faults.ignore_range and (match := re.match(r"bytes=(\d+)-", self.headers.get("Range", ""))):
                 start = int(match.group(1))
             body = content[start:]
             self.send_response(206 if start else 200)

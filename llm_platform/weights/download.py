@@ -208,8 +208,12 @@ def _download_and_verify(
     monitor: _ProgressMonitor,
 ) -> list[ManifestFile]:
     def fetch(item: RemoteFile) -> ManifestFile:
-        path = hub.download_file(request.model, request.repo, sha, item.path, directory)
-        digests = file_digests(path)
+        downloaded = hub.download_file(request.model, request.repo, sha, item.path, directory)
+        path = downloaded.path
+        if downloaded.sha256 is not None and item.sha256 is not None:
+            digests: tuple[str, str | None] = (downloaded.sha256, None)  # hashed while it streamed in
+        else:
+            digests = file_digests(path, with_blob_id=item.sha256 is None)
         problem = verification_problem(path, item, digests)
         if problem is not None:
             _remove_download_state(directory, item.path)

@@ -8,10 +8,12 @@ a token file) and scrubbed from every message.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import httpx2
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url
@@ -42,6 +44,54 @@ class _NoBar(tqdm):  # type: ignore[type-arg]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["disable"] = True
         super().__init__(*args, **kwargs)
+
+
+class _HashingWriter:
+    """The file object ``http_get`` writes to: hashes the bytes as they pass, so verification needs no second read.
+
+    Supports what ``http_get`` calls: ``write``, ``tell``, and ``seek`` + ``truncate`` when a server ignores a Range
+    request (the prefix is then hashed again from disk).
+    """
+
+    def __init__(self, handle: BinaryIO, path: Path) -> None:
+        self._handle = handle
+        self._path = path
+        self._sha256 = _prefix_sha256(path, handle.tell())
+
+    def write(self, data: bytes) -> int:
+        self._sha256.update(data)
+        return self._handle.write(data)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        position = self._handle.seek(offset, whence)
+        self._handle.flush()
+        self._sha256 = _prefix_sha256(self._path, position)
+        return position
+
+    def truncate(self, size: int | None = None) -> int:
+        return self._handle.truncate(size)
+
+    def hexdigest(self) -> str:
+        return self._sha256.hexdigest()
+
+
+def _prefix_sha256(path: Path, length: int) -> hashlib._Hash:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while length > 0 and (chunk := handle.read(min(length, 8 * 1024 * 1024))):
+            digest.update(chunk)
+            length -= len(chunk)
+    return digest
+
+
+@dataclass(frozen=True)
+class DownloadedFile:
+    path: Path
+    #: sha256 computed while the bytes streamed in; None when the file came another way (already complete, Xet).
+    sha256: str | None
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -95,7 +145,7 @@ class HubClient:
 
         return self._call(model, repo, sha, listing)
 
-    def download_file(self, model: str, repo: str, sha: str, path: str, local_dir: Path) -> Path:
+    def download_file(self, model: str, repo: str, sha: str, path: str, local_dir: Path) -> DownloadedFile:
         """Download one file to ``local_dir/path``, resuming what an earlier (even killed) attempt left.
 
         Xet-backed files go through ``hf_hub_download`` (hf_xet fetches and caches content-defined chunks, so an
@@ -105,31 +155,35 @@ class HubClient:
         """
         target = local_dir / path
 
-        def download() -> Path:
+        def download() -> DownloadedFile:
             url = hf_hub_url(repo, path, revision=sha, endpoint=self.endpoint)
             metadata = get_hf_file_metadata(url, token=self._token or False)
             if metadata.xet_file_data is not None:
-                return Path(
-                    hf_hub_download(
-                        repo,
-                        path,
-                        revision=sha,
-                        local_dir=local_dir,
-                        endpoint=self.endpoint,
-                        token=self._token or False,
-                        # Progress is reported for the whole snapshot, not with one bar per file.
-                        tqdm_class=_NoBar,
-                    )
+                return DownloadedFile(
+                    Path(
+                        hf_hub_download(
+                            repo,
+                            path,
+                            revision=sha,
+                            local_dir=local_dir,
+                            endpoint=self.endpoint,
+                            token=self._token or False,
+                            # Progress is reported for the whole snapshot, not with one bar per file.
+                            tqdm_class=_NoBar,
+                        )
+                    ),
+                    sha256=None,
                 )
             if target.is_file() and target.stat().st_size == metadata.size:
-                return target  # completed by an earlier run; the caller verifies its checksum
+                return DownloadedFile(target, None)  # completed by an earlier run; the caller verifies it
             partial = partial_path(local_dir, path)
             partial.parent.mkdir(parents=True, exist_ok=True)
             with partial.open("ab") as handle:
+                writer = _HashingWriter(handle, partial)
                 if metadata.size is None or handle.tell() < metadata.size:
                     http_get(
                         metadata.location,
-                        handle,
+                        writer,  # type: ignore[arg-type]  # the subset of BinaryIO that http_get uses
                         resume_size=handle.tell(),
                         headers=build_hf_headers(token=self._token or False),
                         expected_size=metadata.size,
@@ -138,7 +192,7 @@ class HubClient:
                     )
             target.parent.mkdir(parents=True, exist_ok=True)
             partial.replace(target)
-            return target
+            return DownloadedFile(target, writer.hexdigest())
 
         return self._call(model, repo, sha, download, what=f"file '{path}'")
 

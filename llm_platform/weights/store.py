@@ -99,29 +99,31 @@ def write_manifest(directory: Path, manifest: SnapshotManifest) -> None:
         os.close(directory_fd)
 
 
-def file_digests(path: Path) -> tuple[str, str]:
-    """(sha256, git blob sha1) of a file in one pass; hashlib releases the GIL, so threads hash in parallel."""
+def file_digests(path: Path, with_blob_id: bool = True) -> tuple[str, str | None]:
+    """(sha256, git blob sha1 or None) of a file in one pass; hashlib releases the GIL, so threads hash in
+    parallel. The blob id (needed only for files the hub lists without an LFS sha256) is skipped on request."""
     sha256 = hashlib.sha256()
-    blob = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
+    blob = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False) if with_blob_id else None
     with path.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
             sha256.update(chunk)
-            blob.update(chunk)
-    return sha256.hexdigest(), blob.hexdigest()
+            if blob is not None:
+                blob.update(chunk)
+    return sha256.hexdigest(), blob.hexdigest() if blob is not None else None
 
 
-def verification_problem(path: Path, expected: RemoteFile, digests: tuple[str, str] | None = None) -> str | None:
+def verification_problem(path: Path, expected: RemoteFile, digests: tuple[str, str | None] | None = None) -> str | None:
     """Why ``path`` is not the file the hub lists (size, LFS sha256 or git blob id), or None if it is."""
     if not path.is_file():
         return "missing"
     size = path.stat().st_size
     if size != expected.size:
         return f"size {size} instead of {expected.size}"
-    sha256, blob_id = digests or file_digests(path)
+    sha256, blob_id = digests or file_digests(path, with_blob_id=expected.sha256 is None)
     if expected.sha256 is not None and sha256 != expected.sha256:
         return f"sha256 {sha256[:12]}… instead of {expected.sha256[:12]}…"
     if expected.sha256 is None and expected.blob_id is not None and blob_id != expected.blob_id:
-        return f"git blob {blob_id[:12]}… instead of {expected.blob_id[:12]}…"
+        return f"git blob {(blob_id or '?')[:12]}… instead of {expected.blob_id[:12]}…"
     return None
 
 

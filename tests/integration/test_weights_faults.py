@@ -210,6 +210,22 @@ def test_connection_cut_mid_body_is_resumed(hub: FakeHub, tmp_path: Path) -> Non
     assert hub.served[name] < 24_000_000 * 1.5
 
 
+@pytest.mark.parametrize("ignore_range", [False, True], ids=["range", "server-ignores-range"])
+def test_partial_file_left_by_a_killed_run_is_resumed_and_verified(
+    hub: FakeHub, tmp_path: Path, ignore_range: bool
+) -> None:
+    name = "model-00001-of-00002.safetensors"
+    repo = hub.repos["acme/tiny"]
+    partial = partial_path(tmp_path / "tiny" / repo.sha, name)
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(repo.files[name][:250_000])
+    hub.faults.ignore_range = ignore_range
+    result = _download(hub, tmp_path)
+    assert (result.directory / name).read_bytes() == repo.files[name]
+    assert hub.served[name] == (600_000 if ignore_range else 350_000)
+    assert not partial.exists()
+
+
 def test_not_enough_disk_names_needed_and_free_bytes(hub: FakeHub, tmp_path: Path) -> None:
     with pytest.raises(InsufficientDiskError) as caught:
         _download(hub, tmp_path, store_kwargs={"disk_usage": lambda _: SimpleNamespace(free=1000)})
