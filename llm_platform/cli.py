@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.add_argument("models", nargs="*", metavar="MODEL", help="catalog model names (default: all)")
     render.add_argument("--out", type=Path, help="directory to write one file per model into (default: stdout)")
+
+    dev = commands.add_parser("dev", help="developer tools").add_subparsers(dest="dev_command", required=True)
+    tiny = dev.add_parser(
+        "make-tiny-model",
+        help="write the offline demo model (random-weight Llama, local BPE tokenizer) in Hugging Face layout",
+    )
+    tiny.add_argument("directory", type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -98,7 +106,15 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"validate": _cmd_validate, "render": _cmd_render}
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from llm_platform.dev.tiny_model import make_tiny_model  # needs the `local` extra (torch, transformers)
+
+    directory = make_tiny_model(args.directory, seed=args.seed)
+    print(f"wrote the tiny demo model to {directory}: {', '.join(sorted(p.name for p in directory.iterdir()))}")
+    return EXIT_OK
+
+
+_COMMANDS = {"validate": _cmd_validate, "render": _cmd_render, "dev": _cmd_dev}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -62,3 +62,11 @@ class ChecksumMismatchError(WeightsError):
 
 class InsufficientDiskError(WeightsError):
     """The model store has less free space than the download needs."""
+
+
+class TargetError(PlatformError):
+    """A serving target could not start, promote, stop or report a model."""
+
+
+class BenchmarkError(PlatformError):
+    """The benchmark could not run to the end."""

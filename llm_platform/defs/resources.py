@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -10,6 +11,7 @@ from pydantic import Field
 
 from llm_platform.catalog import ModelSpec
 from llm_platform.errors import WeightsError
+from llm_platform.targets.local import LocalTarget, LocalTargetSettings
 from llm_platform.weights.download import DEFAULT_WORKERS, DownloadRequest, DownloadResult, download_snapshot
 from llm_platform.weights.hub import HubClient
 from llm_platform.weights.progress import ProgressSink
@@ -68,4 +70,50 @@ def weights_resource_from_env() -> WeightsResource:
     return WeightsResource(
         hf_endpoint=dg.EnvVar("HF_ENDPOINT") if os.environ.get("HF_ENDPOINT") else None,
         hf_token=dg.EnvVar("HF_TOKEN") if os.environ.get("HF_TOKEN") else None,
+    )
+
+
+def _dagster_home_path(*parts: str) -> str:
+    home = os.environ.get("DAGSTER_HOME")
+    return str(Path(home, *parts) if home else Path(*parts).resolve())
+
+
+class LocalTargetResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """The embedded default target: vLLM on CPU as supervised subprocesses on this machine."""
+
+    state_dir: str = Field(
+        default_factory=lambda: _dagster_home_path("local-target"),
+        description="Server records, logs and the active pointer of each model ($DAGSTER_HOME/local-target).",
+    )
+    file_sd_dir: str = Field(
+        default_factory=lambda: _dagster_home_path("prometheus", "file_sd"),
+        description="Where the Prometheus file_sd target file of each model is written.",
+    )
+    python: str = Field(default=sys.executable, description="Interpreter with vLLM installed.")
+    kv_cache_space_gib: int = Field(default=1, description="VLLM_CPU_KVCACHE_SPACE per server, in GiB.")
+    omp_threads_bind: str | None = Field(
+        default=None, description="VLLM_CPU_OMP_THREADS_BIND (e.g. '0-1'); None keeps vLLM's automatic binding."
+    )
+    startup_timeout_s: float | None = Field(
+        default=None, description="Overrides the catalog's serving.startup_timeout_s."
+    )
+
+    def target(self) -> LocalTarget:
+        return LocalTarget(
+            LocalTargetSettings(
+                state_dir=Path(self.state_dir),
+                file_sd_dir=Path(self.file_sd_dir),
+                python=self.python,
+                kv_cache_space_gib=self.kv_cache_space_gib,
+                omp_threads_bind=self.omp_threads_bind,
+                startup_timeout_s=self.startup_timeout_s,
+            )
+        )
+
+
+def local_target_from_env() -> LocalTargetResource:
+    """KV cache size and thread binding from ``VLLM_CPU_KVCACHE_SPACE`` / ``VLLM_CPU_OMP_THREADS_BIND`` if set."""
+    return LocalTargetResource(
+        kv_cache_space_gib=int(os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")),
+        omp_threads_bind=os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or None,
     )

@@ -86,8 +86,8 @@ def test_fingerprint_changes_with_any_argument_and_only_then() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (make run installs it)")
 def test_vllm_own_parser_accepts_the_arguments() -> None:
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser  # type: ignore[import-not-found]
-    from vllm.utils.argparse_utils import FlexibleArgumentParser  # type: ignore[import-not-found]
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     serving = Serving(
         max_num_seqs=8,

@@ -1,0 +1,104 @@
+"""What a smoke benchmark runs, derived from the catalog, and the ``vllm bench serve`` arguments for it.
+
+The same argument list is used locally (``python -m llm_platform.benchmark.vllm_bench``, a shim around
+``vllm.benchmarks.serve`` because the CPU wheel breaks the ``vllm`` console script) and in the Kubernetes benchmark
+Job (``vllm bench serve`` in the vLLM image), so both paths produce the same result JSON for one parser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from llm_platform.catalog import ModelSpec
+
+#: Percentiles recorded for every latency metric; p95 is what the SLOs use.
+PERCENTILES = (50, 95, 99)
+LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
+
+
+@dataclass(frozen=True)
+class BenchmarkPlan:
+    """A random-dataset benchmark at a few concurrency levels (closed loop: ``--max-concurrency``)."""
+
+    input_len: int = 256
+    output_len: int = 64
+    prompts_per_level: int = 64
+    concurrency_levels: tuple[int, ...] = (1, 8)
+    seed: int = 0
+    num_warmups: int = 2
+    #: Requests are all offered at once and throttled by the concurrency limit.
+    request_rate: str = "inf"
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if not self.concurrency_levels or min(self.concurrency_levels) < 1:
+            raise ValueError("concurrency levels must be positive")
+        if self.input_len < 1 or self.output_len < 1 or self.prompts_per_level < 1:
+            raise ValueError("input_len, output_len and prompts_per_level must be positive")
+
+
+def plan_for(
+    model: ModelSpec, *, prompts_per_level: int = 64, input_len: int | None = None, output_len: int = 64
+) -> BenchmarkPlan:
+    """The default smoke plan of a model: concurrency 1, 8 and ``max_num_seqs`` (when set), prompts that fit.
+
+    Input length defaults to a quarter of ``max_model_len`` (at most 1024 tokens), so that prompt + completion
+    always fit the context the config promises.
+    """
+    levels = {1, 8}
+    if model.serving.max_num_seqs is not None:
+        levels.add(model.serving.max_num_seqs)
+    length = input_len if input_len is not None else min(1024, model.serving.max_model_len // 4)
+    return BenchmarkPlan(
+        input_len=length,
+        output_len=min(output_len, model.serving.max_model_len - length),
+        prompts_per_level=prompts_per_level,
+        concurrency_levels=tuple(sorted(levels)),
+    )
+
+
+def bench_serve_args(
+    plan: BenchmarkPlan,
+    concurrency: int,
+    *,
+    base_url: str,
+    served_model_name: str,
+    tokenizer: str,
+    result_dir: str,
+    result_filename: str,
+) -> list[str]:
+    """Arguments of ``vllm bench serve`` for one concurrency level of ``plan``."""
+    args = [
+        "--backend", "vllm",
+        "--base-url", base_url,
+        "--endpoint", "/v1/completions",
+        "--model", served_model_name,
+        "--served-model-name", served_model_name,
+        "--tokenizer", tokenizer,
+        "--dataset-name", "random",
+        "--random-input-len", str(plan.input_len),
+        "--random-output-len", str(plan.output_len),
+        "--num-prompts", str(plan.prompts_per_level),
+        "--max-concurrency", str(concurrency),
+        "--request-rate", plan.request_rate,
+        "--seed", str(plan.seed),
+        "--num-warmups", str(plan.num_warmups),
+        # Every request generates exactly output_len tokens, so that runs are comparable.
+        "--ignore-eos",
+        "--percentile-metrics", ",".join(LATENCY_METRICS),
+        "--metric-percentiles", ",".join(str(p) for p in PERCENTILES),
+        "--save-result",
+        "--result-dir", result_dir,
+        "--result-filename", result_filename,
+        "--disable-tqdm",
+    ]  # fmt: skip
+    return [*args, *plan.extra_args]
+
+
+def level_filename(concurrency: int) -> str:
+    return f"concurrency-{concurrency}.json"
+
+
+def summary_levels(levels: Sequence[int]) -> str:
+    return ", ".join(str(level) for level in levels)

@@ -1,0 +1,147 @@
+"""The ``smoke_benchmark`` asset and its blocking SLO checks: a config that misses an SLO is never promoted.
+
+No ``from __future__ import annotations`` here: Dagster reads the config and resource annotations at runtime.
+"""
+
+import base64
+import json
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from llm_platform.benchmark.plan import plan_for
+from llm_platform.benchmark.report import plot_png, summary_markdown
+from llm_platform.benchmark.runner import run_plan
+from llm_platform.benchmark.slo import SloResult, evaluate_slos
+from llm_platform.catalog import Catalog
+from llm_platform.defs.resources import LocalTargetResource, WeightsResource
+from llm_platform.defs.weights import LIFECYCLE_GROUP
+from llm_platform.errors import PlatformError
+from llm_platform.weights.plan import SnapshotManifest
+
+SLO_CHECKS = {
+    "ttft_p95_ms": "p95 time to first token at every concurrency level is within slo.ttft_p95_ms",
+    "itl_p95_ms": "p95 inter-token latency at every concurrency level is within slo.itl_p95_ms",
+    "min_output_tokens_per_s": "the best output throughput reaches slo.min_output_tokens_per_s",
+    "max_error_rate": "failed requests stay within slo.max_error_rate",
+}
+BENCHMARK_POOL = "gpu-benchmark"
+TABLE_COLUMNS = [
+    "concurrency", "completed", "failed", "request_throughput", "output_throughput", "achieved_concurrency",
+    "p50_ttft_ms", "p95_ttft_ms", "p95_tpot_ms", "p95_itl_ms", "p95_e2el_ms",
+]  # fmt: skip
+
+
+class BenchmarkConfig(dg.Config):
+    """Run configuration of ``smoke_benchmark``: the plan's size (defaults derive from the catalog)."""
+
+    prompts_per_level: int = Field(default=64, description="Requests per concurrency level.")
+    input_len: int | None = Field(default=None, description="Prompt tokens; default max_model_len / 4, <= 1024.")
+    output_len: int = Field(default=64, description="Generated tokens per request (EOS ignored).")
+    concurrency_levels: list[int] | None = Field(default=None, description="Default: 1, 8 and max_num_seqs.")
+    num_warmups: int = Field(default=2, description="Warm-up requests before each level.")
+
+
+def slo_check_name(slo: str) -> str:
+    return f"slo_{slo}"
+
+
+def frame_table(frame: pd.DataFrame) -> dg.TableMetadataValue:
+    columns = [dg.TableColumn(name, "float") for name in TABLE_COLUMNS]
+    records = [
+        dg.TableRecord({name: round(float(row[name]), 3) for name in TABLE_COLUMNS}) for _, row in frame.iterrows()
+    ]
+    return dg.TableMetadataValue(records=records, schema=dg.TableSchema(columns=columns))
+
+
+def check_results(results: list[SloResult]) -> list[dg.AssetCheckResult]:
+    return [
+        dg.AssetCheckResult(
+            check_name=slo_check_name(result.name),
+            passed=result.passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "measured": dg.MetadataValue.float(float(result.measured)),
+                "threshold": dg.MetadataValue.float(float(result.threshold)),
+                "what": dg.MetadataValue.text(result.description),
+            },
+        )
+        for result in results
+    ]
+
+
+def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="smoke_benchmark",
+        partitions_def=partitions,
+        group_name=LIFECYCLE_GROUP,
+        kinds={"vllm", "pandas"},
+        pool=BENCHMARK_POOL,
+        check_specs=[
+            dg.AssetCheckSpec(slo_check_name(name), asset="smoke_benchmark", blocking=True, description=text)
+            for name, text in SLO_CHECKS.items()
+        ],
+        description=(
+            "vLLM's own benchmark (vllm bench serve, random dataset) of the candidate config at a few concurrency "
+            "levels: one row per level with throughput and TTFT/TPOT/ITL/E2E percentiles. Blocking checks compare "
+            "it with the catalog's SLOs; a failed check stops the promotion."
+        ),
+    )
+    def smoke_benchmark(
+        context: dg.AssetExecutionContext,
+        config: BenchmarkConfig,
+        model_weights: SnapshotManifest,
+        weights: WeightsResource,
+        local_target: LocalTargetResource,
+    ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster rejects a parametrized one with checks
+        model = catalog.model(context.partition_key)
+        weights_path = str(weights.store().snapshot_dir(model.name, model_weights.sha))
+        plan = plan_for(
+            model, prompts_per_level=config.prompts_per_level, input_len=config.input_len, output_len=config.output_len
+        )
+        if config.concurrency_levels:
+            plan = type(plan)(**{**plan.__dict__, "concurrency_levels": tuple(sorted(config.concurrency_levels))})
+        plan = type(plan)(**{**plan.__dict__, "num_warmups": config.num_warmups})
+        target = local_target.target()
+        work_dir = Path(local_target.state_dir) / model.name / "benchmarks" / context.run_id
+        try:
+            server = target.ensure_server(model, weights_path, log=context.log.info)
+            frame, raw = run_plan(
+                plan,
+                model=model.name,
+                base_url=server.base_url,
+                tokenizer=weights_path,
+                work_dir=work_dir,
+                log=context.log.info,
+            )
+        except PlatformError as error:
+            raise dg.Failure(description=str(error), allow_retries=False) from None
+        results = evaluate_slos(frame, model.slo)
+        active = target.active(model.name)
+        if not all(r.passed for r in results) and (active is None or active.fingerprint != server.fingerprint):
+            target.stop_server(model.name, server.fingerprint)  # a rejected candidate must not hold resources
+            context.log.info(f"model '{model.name}': SLOs missed; stopped candidate server {server.fingerprint}")
+        frame.to_csv(work_dir / "results.csv", index=False)
+        png = plot_png(model.name, frame)
+        (work_dir / "results.png").write_bytes(png)
+        image = base64.b64encode(png).decode()
+        return dg.MaterializeResult(
+            value=frame,
+            check_results=check_results(results),
+            metadata={
+                "results": frame_table(frame),
+                "summary": dg.MetadataValue.md(summary_markdown(model.name, frame, results)),
+                "plot": dg.MetadataValue.md(
+                    f"![throughput and p95 TTFT vs concurrency](data:image/png;base64,{image})"
+                ),
+                "server_fingerprint": dg.MetadataValue.text(server.fingerprint),
+                "weights_sha": dg.MetadataValue.text(model_weights.sha),
+                "plan": dg.MetadataValue.json(json.loads(json.dumps(plan.__dict__))),
+                "results_dir": dg.MetadataValue.path(str(work_dir)),
+                "raw_levels": dg.MetadataValue.int(len(raw)),
+            },
+        )
+
+    return smoke_benchmark

@@ -1,0 +1,1 @@
+"""Serving targets behind one interface: ``local`` (vLLM on CPU here) and ``kubernetes`` (production)."""
