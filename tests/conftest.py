@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from llm_platform.catalog import Catalog, load_catalog
-from llm_platform.devhub import LocalHub
+from llm_platform.catalog import Catalog, load_catalog, parse_catalog
+from llm_platform.defs.resources import LocalTargetResource, WeightsResource
+from llm_platform.devhub import LocalHub, publish_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CATALOG = REPO_ROOT / "catalog" / "models.yaml"
@@ -25,3 +27,52 @@ def local_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
     root = tmp_path_factory.mktemp("local-hub")
     with LocalHub(root / "mirrors", log_path=root / "olah.log") as hub:
         yield hub
+
+
+TINY_REPO = "llm-platform/tiny-llama"
+
+
+@dataclass
+class ServedTiny:
+    """The tiny demo model published on the local hub, downloaded, and promoted on the local target."""
+
+    catalog: Catalog
+    weights: WeightsResource
+    local_target: LocalTargetResource
+    weights_path: str
+    endpoint: str
+    fingerprint: str
+
+
+def tiny_catalog(hub_endpoint: str, **sections: object) -> Catalog:
+    """A one-model catalog of the tiny demo model; ``sections`` override slo/serving/... ."""
+    model: dict[str, object] = {
+        "name": "tiny-llama",
+        "source": {"repo": TINY_REPO},
+        "serving": {"max_model_len": 2048, "max_num_seqs": 32, "startup_timeout_s": 300},
+        "slo": {"ttft_p95_ms": 30000, "itl_p95_ms": 5000, "min_output_tokens_per_s": 1, "max_error_rate": 0},
+    }
+    model.update(sections)
+    return parse_catalog({"models": [model]})
+
+
+@pytest.fixture(scope="session")
+def served_tiny(local_hub: LocalHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedTiny]:
+    """One real vLLM-on-CPU server for the whole session (the expensive fixture every serving test shares)."""
+    from llm_platform.dev.tiny_model import make_tiny_model
+
+    root = tmp_path_factory.mktemp("served-tiny")
+    publish_model(local_hub.mirrors_root, TINY_REPO, make_tiny_model(root / "source"))
+    catalog = tiny_catalog(local_hub.endpoint)
+    model = catalog.model("tiny-llama")
+    weights = WeightsResource(store_path=str(root / "store"), hf_endpoint=local_hub.endpoint)
+    manifest = weights.download(model, model.source.revision).manifest
+    weights_path = str(weights.store().snapshot_dir(model.name, manifest.sha))
+    local_target = LocalTargetResource(state_dir=str(root / "target"), file_sd_dir=str(root / "file_sd"))
+    target = local_target.target()
+    try:
+        status = target.promote(model, weights_path)
+        assert status.endpoint is not None and status.active is not None
+        yield ServedTiny(catalog, weights, local_target, weights_path, status.endpoint, status.active.fingerprint)
+    finally:
+        target.stop(model.name)

@@ -79,6 +79,9 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
         group_name=LIFECYCLE_GROUP,
         kinds={"vllm", "pandas"},
         pool=BENCHMARK_POOL,
+        # The value is the results DataFrame; stated here because a parametrized return annotation is not accepted
+        # together with check specs.
+        dagster_type=dg.Any,
         check_specs=[
             dg.AssetCheckSpec(slo_check_name(name), asset="smoke_benchmark", blocking=True, description=text)
             for name, text in SLO_CHECKS.items()
@@ -105,7 +108,7 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
             plan = type(plan)(**{**plan.__dict__, "concurrency_levels": tuple(sorted(config.concurrency_levels))})
         plan = type(plan)(**{**plan.__dict__, "num_warmups": config.num_warmups})
         target = local_target.target()
-        work_dir = Path(local_target.state_dir) / model.name / "benchmarks" / context.run_id
+        work_dir = Path(local_target.state_dir) / model.name / "benchmarks" / context.run.run_id
         try:
             server = target.ensure_server(model, weights_path, log=context.log.info)
             frame, raw = run_plan(

@@ -92,7 +92,9 @@ class LocalTargetResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     python: str = Field(default=sys.executable, description="Interpreter with vLLM installed.")
     kv_cache_space_gib: int = Field(default=1, description="VLLM_CPU_KVCACHE_SPACE per server, in GiB.")
     omp_threads_bind: str | None = Field(
-        default=None, description="VLLM_CPU_OMP_THREADS_BIND (e.g. '0-1'); None keeps vLLM's automatic binding."
+        default="nobind",
+        description="VLLM_CPU_OMP_THREADS_BIND; 'nobind' so that two servers can share the cores during a "
+        "blue/green switch (vLLM's 'auto' pins both to the same core).",
     )
     startup_timeout_s: float | None = Field(
         default=None, description="Overrides the catalog's serving.startup_timeout_s."
@@ -115,5 +117,5 @@ def local_target_from_env() -> LocalTargetResource:
     """KV cache size and thread binding from ``VLLM_CPU_KVCACHE_SPACE`` / ``VLLM_CPU_OMP_THREADS_BIND`` if set."""
     return LocalTargetResource(
         kv_cache_space_gib=int(os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")),
-        omp_threads_bind=os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or None,
+        omp_threads_bind=os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or "nobind",
     )

@@ -24,20 +24,10 @@ CHAT_TEMPLATE = (
 
 
 def _training_text() -> list[str]:
-    """Varied English-like text that ships with Python itself (module docstrings), for the BPE merges."""
-    import pydoc
-    import sys
+    """English text that ships with Python itself (the help topics of ``pydoc``), for the BPE merges."""
+    from pydoc_data.topics import topics
 
-    texts = []
-    for name in sorted(sys.stdlib_module_names)[:200]:
-        try:
-            module = __import__(name)
-        except Exception:  # noqa: S112 - many stdlib modules do not import everywhere; skip them
-            continue
-        doc = pydoc.getdoc(module)
-        if doc:
-            texts.append(doc)
-    return texts or ["the quick brown fox jumps over the lazy dog"] * 100
+    return [topics[name] for name in sorted(topics)]
 
 
 def train_tokenizer(directory: Path) -> None:

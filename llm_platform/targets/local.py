@@ -52,8 +52,10 @@ class LocalTargetSettings:
     """Address the servers and the endpoint listen on."""
     kv_cache_space_gib: int = 1
     """``VLLM_CPU_KVCACHE_SPACE``: memory for the KV cache, per server, in GiB."""
-    omp_threads_bind: str | None = None
-    """``VLLM_CPU_OMP_THREADS_BIND`` (e.g. ``0-1``); None keeps vLLM's automatic binding."""
+    omp_threads_bind: str | None = "nobind"
+    """``VLLM_CPU_OMP_THREADS_BIND``. ``nobind`` by default: vLLM's ``auto`` pins every server to the same cores,
+    and during a blue/green switch the new server then never finishes starting next to the busy old one (seen on
+    2 cores). Set ``auto`` or explicit lists (``0-1``) for a dedicated single-server machine."""
     startup_timeout_s: float | None = None
     """Overrides the catalog's ``serving.startup_timeout_s`` (tests use a short one)."""
     drain_s: float = 2.0
@@ -343,8 +345,9 @@ class LocalTarget:
         self._write_file_sd(model)
 
     def _terminate(self, pid: int, marker: str, grace_s: float = 20.0) -> None:
-        """SIGTERM the process group, SIGKILL it after ``grace_s``; never touches a pid that is not ours."""
-        if not process_alive(pid, marker):
+        """SIGTERM the process group, SIGKILL it after ``grace_s``; never touches a pid that is not ours (a child
+        of this process is ours for sure; a pid from a record must still carry the server's command line)."""
+        if not process_alive(pid, None if pid in self._children else marker):
             return
         try:
             os.killpg(pid, signal.SIGTERM)

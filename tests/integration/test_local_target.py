@@ -1,0 +1,189 @@
+"""The local target with real vLLM on CPU: serving, benchmark, SLO gate, blue/green promotion, failures."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from llm_platform.catalog import Catalog
+from llm_platform.defs.benchmark import build_benchmark_asset
+from llm_platform.defs.deployment import build_deployment_asset
+from llm_platform.defs.partitions import model_partitions
+from llm_platform.defs.weights import build_weights_asset
+from llm_platform.errors import TargetError
+from llm_platform.targets.local import LocalTarget, LocalTargetSettings, process_alive
+from tests.conftest import ServedTiny, tiny_catalog
+
+pytestmark = pytest.mark.integration
+
+SMALL_PLAN = {"prompts_per_level": 12, "input_len": 64, "output_len": 16, "concurrency_levels": [1, 4],
+              "num_warmups": 1}  # fmt: skip
+
+
+def _complete(endpoint: str, prompt: str = "hello", max_tokens: int = 8) -> dict[str, object]:
+    body = json.dumps({"model": "tiny-llama", "prompt": prompt, "max_tokens": max_tokens}).encode()
+    request = urllib.request.Request(
+        f"{endpoint}/v1/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        result: dict[str, object] = json.loads(response.read())
+        return result
+
+
+def _lifecycle(served: ServedTiny, catalog: Catalog, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    partitions = model_partitions(catalog)
+    assets = [
+        build_weights_asset(catalog, partitions),
+        build_benchmark_asset(catalog, partitions),
+        build_deployment_asset(catalog, partitions),
+    ]
+    return dg.materialize(
+        assets,
+        partition_key="tiny-llama",
+        resources={"weights": served.weights, "local_target": served.local_target},
+        run_config={"ops": {"smoke_benchmark": {"config": SMALL_PLAN}}},
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+def test_promoted_model_answers_at_its_endpoint_and_is_listed_for_prometheus(served_tiny: ServedTiny) -> None:
+    result = _complete(served_tiny.endpoint)
+    choices = result["choices"]
+    assert isinstance(choices, list) and choices[0]["finish_reason"] == "length"
+    file_sd = json.loads((Path(served_tiny.local_target.file_sd_dir) / "tiny-llama.json").read_text())
+    assert [group["labels"]["role"] for group in file_sd] == ["active"]
+    assert file_sd[0]["labels"]["fingerprint"] == served_tiny.fingerprint
+
+
+def test_a_restarted_process_finds_the_running_server(served_tiny: ServedTiny) -> None:
+    fresh = served_tiny.local_target.target()  # a new object, as after a restart of Dagster
+    status = fresh.status("tiny-llama")
+    assert status.healthy and status.active is not None
+    assert status.active.fingerprint == served_tiny.fingerprint and process_alive(status.active.pid)
+
+
+def test_loose_slos_pass_and_the_config_is_promoted(served_tiny: ServedTiny, tmp_path: Path) -> None:
+    catalog = tiny_catalog("unused")
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        result = _lifecycle(served_tiny, catalog, instance)
+        assert result.success
+        frame = result.output_for_node("smoke_benchmark")
+        assert list(frame["concurrency"]) == [1.0, 4.0]
+        assert (frame["completed"] == 12).all() and (frame["failed"] == 0).all()
+        assert (frame["output_throughput"] > 0).all()
+        checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+        assert checks == {
+            "slo_ttft_p95_ms": True,
+            "slo_itl_p95_ms": True,
+            "slo_min_output_tokens_per_s": True,
+            "slo_max_error_rate": True,
+        }
+        (bench,) = result.asset_materializations_for_node("smoke_benchmark")
+        assert bench.metadata["server_fingerprint"].value == served_tiny.fingerprint  # reused, not restarted
+        assert "data:image/png;base64," in str(bench.metadata["plot"].value)
+        (deployment,) = result.asset_materializations_for_node("vllm_deployment")
+        assert deployment.metadata["endpoint"].value == served_tiny.endpoint
+
+
+def test_a_too_strict_slo_fails_its_check_and_blocks_promotion(served_tiny: ServedTiny, tmp_path: Path) -> None:
+    catalog = tiny_catalog(
+        "unused", slo={"ttft_p95_ms": 0.001, "itl_p95_ms": 5000, "min_output_tokens_per_s": 1, "max_error_rate": 0}
+    )
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        result = _lifecycle(served_tiny, catalog, instance)
+        checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+        assert checks["slo_ttft_p95_ms"].passed is False
+        assert checks["slo_ttft_p95_ms"].metadata["threshold"].value == 0.001
+        assert checks["slo_itl_p95_ms"].passed is True
+        assert result.asset_materializations_for_node("vllm_deployment") == []
+    # The model keeps serving with its previous config.
+    status = served_tiny.local_target.target().status("tiny-llama")
+    assert status.healthy and status.active is not None and status.active.fingerprint == served_tiny.fingerprint
+
+
+def test_blue_green_promotion_keeps_the_endpoint_answering(served_tiny: ServedTiny) -> None:
+    catalog = tiny_catalog("unused", serving={"max_model_len": 2048, "max_num_seqs": 16, "startup_timeout_s": 300})
+    model = catalog.model("tiny-llama")
+    target = served_tiny.local_target.target()
+    failures: list[str] = []
+    answered = [0]
+    stop = threading.Event()
+
+    def keep_calling() -> None:
+        # A steady trickle of requests (not a flood: the new server must start on the same two cores).
+        while not stop.wait(0.5):
+            try:
+                _complete(served_tiny.endpoint, max_tokens=4)
+                answered[0] += 1
+            except Exception as error:  # noqa: BLE001 - every failure counts
+                failures.append(repr(error))
+
+    caller = threading.Thread(target=keep_calling)
+    caller.start()
+    try:
+        status = target.promote(model, served_tiny.weights_path, log=lambda _: None)
+        status_after = target.promote(
+            served_tiny.catalog.model("tiny-llama"), served_tiny.weights_path, log=lambda _: None
+        )
+    finally:
+        stop.set()
+        caller.join()
+    assert failures == []
+    assert answered[0] > 10
+    assert status.active is not None and status.active.fingerprint != served_tiny.fingerprint
+    assert status.endpoint == served_tiny.endpoint
+    # Promoting the original config back leaves exactly one server: the new one replaced the old each time.
+    assert status_after.active is not None and [s.fingerprint for s in status_after.servers] == [
+        status_after.active.fingerprint
+    ]
+    assert not process_alive(status.active.pid)
+
+
+def _fake_interpreter(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "fake-python"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_a_server_that_never_becomes_healthy_fails_with_its_log_and_leaves_nothing(tmp_path: Path) -> None:
+    python = _fake_interpreter(tmp_path, 'echo "loading weights, slowly"; exec sleep 600')
+    target = LocalTarget(
+        LocalTargetSettings(
+            state_dir=tmp_path / "state", file_sd_dir=tmp_path / "sd", python=python, startup_timeout_s=3
+        )
+    )
+    model = tiny_catalog("unused").model("tiny-llama")
+    with pytest.raises(TargetError) as caught:
+        target.ensure_server(model, "/nowhere", log=lambda _: None)
+    message = str(caught.value)
+    assert message.startswith("model 'tiny-llama': vLLM did not become healthy within 3 s (startup timeout)")
+    assert "loading weights, slowly" in message
+    assert target.servers("tiny-llama") == []
+    logs = list((tmp_path / "state" / "logs").glob("tiny-llama-*.log"))
+    assert len(logs) == 1
+    assert json.loads((tmp_path / "sd" / "tiny-llama.json").read_text()) == []
+    # The process group is gone: no sleeping child survived.
+    assert not any(
+        "sleep 600" in p.read_bytes().decode(errors="replace").replace("\0", " ")
+        for p in Path("/proc").glob("[0-9]*/cmdline")
+        if p.exists()
+    )
+
+
+def test_a_server_that_crashes_reports_its_exit_code_and_log(tmp_path: Path) -> None:
+    python = _fake_interpreter(tmp_path, 'echo "ValueError: no config.json in /nowhere" >&2; exit 3')
+    target = LocalTarget(
+        LocalTargetSettings(
+            state_dir=tmp_path / "state", file_sd_dir=tmp_path / "sd", python=python, startup_timeout_s=30
+        )
+    )
+    with pytest.raises(TargetError, match=r"vLLM exited with code 3 while starting(.|\n)*no config.json"):
+        target.ensure_server(tiny_catalog("unused").model("tiny-llama"), "/nowhere", log=lambda _: None)
+    assert target.servers("tiny-llama") == []

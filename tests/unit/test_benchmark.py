@@ -1,0 +1,122 @@
+"""Benchmark plan, result parsing (recorded JSON of two vLLM generations) and SLO evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from llm_platform.benchmark.parse import COLUMNS, parse_result, results_frame
+from llm_platform.benchmark.plan import BenchmarkPlan, bench_serve_args, plan_for
+from llm_platform.benchmark.report import summary_markdown
+from llm_platform.benchmark.slo import evaluate_slos
+from llm_platform.catalog import Slo, parse_catalog
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def _model(**serving: object):  # type: ignore[no-untyped-def]
+    return parse_catalog({"models": [{"name": "m", "source": {"repo": "o/m"}, "serving": serving}]}).model("m")
+
+
+def test_plan_levels_include_max_num_seqs_and_fit_the_context() -> None:
+    plan = plan_for(_model(max_num_seqs=32, max_model_len=2048))
+    assert plan.concurrency_levels == (1, 8, 32)
+    assert plan.input_len == 512 and plan.input_len + plan.output_len <= 2048
+    assert plan_for(_model()).concurrency_levels == (1, 8)
+    assert plan_for(_model(max_model_len=64)).input_len + plan_for(_model(max_model_len=64)).output_len <= 64
+
+
+def test_plan_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="concurrency levels must be positive"):
+        BenchmarkPlan(concurrency_levels=(0,))
+
+
+def test_bench_serve_args_are_vllm_bench_serve_flags() -> None:
+    plan = BenchmarkPlan(input_len=100, output_len=20, prompts_per_level=10, concurrency_levels=(1, 4), seed=7)
+    args = bench_serve_args(
+        plan,
+        4,
+        base_url="http://h:1",
+        served_model_name="m",
+        tokenizer="/w",
+        result_dir="/r",
+        result_filename="c4.json",
+    )
+    pairs = dict(zip(args[::1], args[1::1], strict=False))
+    assert pairs["--dataset-name"] == "random"
+    assert pairs["--random-input-len"] == "100" and pairs["--random-output-len"] == "20"
+    assert pairs["--max-concurrency"] == "4" and pairs["--num-prompts"] == "10" and pairs["--seed"] == "7"
+    assert pairs["--percentile-metrics"] == "ttft,tpot,itl,e2el" and pairs["--metric-percentiles"] == "50,95,99"
+    assert "--ignore-eos" in args and "--save-result" in args
+
+
+def test_parse_vllm_0_32_result() -> None:
+    raw = json.loads((DATA / "vllm-0.32.0-bench-serve-c8.json").read_text())
+    row = parse_result(raw, 8)
+    assert row["concurrency"] == 8
+    assert row["completed"] == raw["completed"] and row["failed"] == raw["failed"] == 0
+    assert row["output_throughput"] == raw["output_throughput"]
+    assert row["p95_ttft_ms"] == raw["p95_ttft_ms"] and row["p99_e2el_ms"] == raw["p99_e2el_ms"]
+    assert row["p50_itl_ms"] == raw["p50_itl_ms"]
+    assert 1 < row["achieved_concurrency"] <= 8
+
+
+def test_parse_older_result_without_failed_or_p95() -> None:
+    raw = json.loads((DATA / "vllm-0.6-benchmark-serving.json").read_text())
+    row = parse_result(raw)
+    assert row["failed"] == 2  # num_prompts - completed
+    assert row["error_rate"] == pytest.approx(0.01)
+    assert row["p50_ttft_ms"] == raw["median_ttft_ms"]
+    assert math.isnan(row["p95_ttft_ms"]) and math.isnan(row["concurrency"])
+    assert math.isnan(row["p95_e2el_ms"])
+
+
+def test_parse_garbage_is_nan_not_an_exception() -> None:
+    row = parse_result({"completed": "many", "mean_ttft_ms": None, "output_throughput": True})
+    assert all(math.isnan(value) for value in row.values())
+
+
+def _frame(*rows: dict[str, float]) -> pd.DataFrame:
+    base = {"completed": 100.0, "failed": 0.0, "output_throughput": 1000.0, "p95_ttft_ms": 100.0, "p95_itl_ms": 10.0}
+    return results_frame([{**base, "concurrency": float(i + 1), **row} for i, row in enumerate(rows)])
+
+
+@pytest.mark.parametrize(
+    ("rows", "slo", "failing"),
+    [
+        (({}, {}), Slo(), set()),
+        (({}, {"p95_ttft_ms": 2500.0}), Slo(ttft_p95_ms=2000), {"ttft_p95_ms"}),
+        (({"p95_itl_ms": 150.0}, {}), Slo(itl_p95_ms=100), {"itl_p95_ms"}),
+        (
+            ({"output_throughput": 50.0}, {"output_throughput": 90.0}),
+            Slo(min_output_tokens_per_s=100),
+            {"min_output_tokens_per_s"},
+        ),
+        (({"output_throughput": 50.0}, {"output_throughput": 150.0}), Slo(min_output_tokens_per_s=100), set()),
+        (({"failed": 2.0, "completed": 98.0}, {}), Slo(max_error_rate=0.005), {"max_error_rate"}),
+        (({"failed": 2.0, "completed": 98.0}, {}), Slo(max_error_rate=0.01), set()),
+        (({"p95_ttft_ms": math.nan}, {"p95_ttft_ms": math.nan}), Slo(), {"ttft_p95_ms"}),
+    ],
+)
+def test_slo_evaluation(rows: tuple[dict[str, float], ...], slo: Slo, failing: set[str]) -> None:
+    results = evaluate_slos(_frame(*rows), slo)
+    assert [r.name for r in results] == ["ttft_p95_ms", "itl_p95_ms", "min_output_tokens_per_s", "max_error_rate"]
+    assert {r.name for r in results if not r.passed} == failing
+
+
+def test_frame_has_documented_columns_sorted_by_concurrency() -> None:
+    frame = results_frame([{"concurrency": 8.0}, {"concurrency": 1.0}])
+    assert list(frame.columns) == COLUMNS
+    assert list(frame["concurrency"]) == [1.0, 8.0]
+
+
+def test_summary_names_every_slo_and_verdict() -> None:
+    frame = _frame({}, {"p95_ttft_ms": 2500.0})
+    text = summary_markdown("m", frame, evaluate_slos(frame, Slo(ttft_p95_ms=2000)))
+    assert "SLOs **failed**" in text
+    assert "| ttft_p95_ms | 2500 | 2000 | FAIL |" in text
+    assert text.count("\n| 1 |") == 1 and "| 2 | 1000.0 |" in text
