@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -46,7 +47,7 @@ def test_bench_serve_args_are_vllm_bench_serve_flags() -> None:
         result_dir="/r",
         result_filename="c4.json",
     )
-    pairs = dict(zip(args[::1], args[1::1], strict=False))
+    pairs = dict(itertools.pairwise(args))
     assert pairs["--dataset-name"] == "random"
     assert pairs["--random-input-len"] == "100" and pairs["--random-output-len"] == "20"
     assert pairs["--max-concurrency"] == "4" and pairs["--num-prompts"] == "10" and pairs["--seed"] == "7"
