@@ -32,8 +32,10 @@ $(OLAH):
 run: $(VENV)/.installed $(OLAH)
 	$(BIN)/llm-platform validate
 	$(BIN)/llm-platform render --out build/manifests
-	@echo "The embedded lifecycle (local hub -> weights -> benchmark -> promotion) is not wired yet:"
-	@echo "this run validated the example catalog and rendered its manifests to build/manifests/."
+	$(BIN)/llm-platform demo
+
+stop: $(VENV)/.installed
+	$(BIN)/llm-platform local stop
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

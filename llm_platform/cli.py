@@ -7,15 +7,20 @@ on stderr and no traceback, 1 when something outside the user's input failed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llm_platform.catalog import CATALOG_ENV_VAR, Catalog, default_catalog_path, load_catalog
 from llm_platform.errors import CatalogError, ManifestValidationError, PlatformError, UnknownModelError
 from llm_platform.manifests.render import dump_yaml, render_files
 from llm_platform.manifests.validation import KUBERNETES_VERSIONS, validate_objects
+
+if TYPE_CHECKING:
+    from llm_platform.targets.local import LocalTarget
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -56,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.add_argument("models", nargs="*", metavar="MODEL", help="catalog model names (default: all)")
     render.add_argument("--out", type=Path, help="directory to write one file per model into (default: stdout)")
+
+    demo = commands.add_parser(
+        "demo",
+        parents=common,
+        help="run the whole lifecycle of the demo model on this machine (local hub, vLLM on CPU) and leave it serving",
+    )
+    demo.add_argument("--model", default="tiny-llama", help="catalog model to run (default: tiny-llama)")
+
+    local = commands.add_parser("local", help="the local target: status and stop of the models it serves")
+    local_commands = local.add_subparsers(dest="local_command", required=True)
+    local_commands.add_parser("status", help="models served on this machine, their endpoints and servers")
+    stop = local_commands.add_parser("stop", help="stop a model's servers and endpoint (default: all models)")
+    stop.add_argument("models", nargs="*", metavar="MODEL")
 
     dev = commands.add_parser("dev", help="developer tools").add_subparsers(dest="dev_command", required=True)
     tiny = dev.add_parser(
@@ -114,7 +132,71 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"validate": _cmd_validate, "render": _cmd_render, "dev": _cmd_dev}
+def _dagster_home() -> Path:
+    return Path(os.environ.get("DAGSTER_HOME") or "dagster_home").resolve()
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from llm_platform.demo import run_demo
+
+    catalog = load_catalog(args.catalog)
+    home = _dagster_home()
+    os.environ["DAGSTER_HOME"] = str(home)
+    with dg.DagsterInstance.get() as instance:
+        result = run_demo(catalog, model_name=args.model, work_dir=home, instance=instance)
+    print()
+    print(f"Dagster run {result.run_id}: {'succeeded' if result.success else 'did not promote'}")
+    print(f"  weights revision: {result.revision or '-'}")
+    if result.frame is not None:
+        columns = ["concurrency", "output_throughput", "request_throughput", "p95_ttft_ms", "p95_itl_ms", "failed"]
+        print("  smoke benchmark (vllm bench serve):")
+        print("    " + result.frame[columns].round(1).to_string(index=False).replace("\n", "\n    "))
+    if result.checks:
+        print(
+            "  SLO checks: " + ", ".join(f"{name} {'passed' if ok else 'FAILED'}" for name, ok in result.checks.items())
+        )
+    if result.failure:
+        print(f"  failure: {result.failure}")
+    if result.endpoint:
+        print(
+            f"  endpoint: {result.endpoint}  (try: curl {result.endpoint}/v1/completions -H 'Content-Type: "
+            f'application/json\' -d \'{{"model": "{args.model}", "prompt": "Hello", "max_tokens": 16}}\')'
+        )
+    print(f"  Dagster UI: DAGSTER_HOME={home} .venv/bin/dagster dev -w workspace.yaml, then http://127.0.0.1:3000")
+    print("  stop the model: make stop  (or .venv/bin/llm-platform local stop)")
+    return EXIT_OK if result.success else EXIT_FAILED
+
+
+def _local_target() -> LocalTarget:
+    from llm_platform.defs.resources import local_target_from_env
+
+    os.environ.setdefault("DAGSTER_HOME", str(_dagster_home()))
+    return local_target_from_env().target()
+
+
+def _cmd_local(args: argparse.Namespace) -> int:
+    target = _local_target()
+    if args.local_command == "status":
+        models = target.models()
+        if not models:
+            print("no model is served by the local target")
+        for name in models:
+            status = target.status(name)
+            state = "healthy" if status.healthy else "not serving"
+            print(
+                f"{name}: {state}; endpoint {status.endpoint or '-'}; servers: "
+                + (", ".join(f"{s.fingerprint} (pid {s.pid}, port {s.port})" for s in status.servers) or "none")
+            )
+        return EXIT_OK
+    for name in args.models or target.models():
+        target.stop(name)
+        print(f"stopped {name}")
+    return EXIT_OK
+
+
+_COMMANDS = {"validate": _cmd_validate, "render": _cmd_render, "dev": _cmd_dev, "demo": _cmd_demo, "local": _cmd_local}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

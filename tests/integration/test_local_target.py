@@ -187,3 +187,22 @@ def test_a_server_that_crashes_reports_its_exit_code_and_log(tmp_path: Path) -> 
     with pytest.raises(TargetError, match=r"vLLM exited with code 3 while starting(.|\n)*no config.json"):
         target.ensure_server(tiny_catalog("unused").model("tiny-llama"), "/nowhere", log=lambda _: None)
     assert target.servers("tiny-llama") == []
+
+
+def test_cli_local_status_and_stop_of_an_unknown_state(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    status = subprocess.run(
+        [sys.executable, "-m", "llm_platform.cli", "local", "status"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert status.returncode == 0 and status.stdout.strip() == "no model is served by the local target"

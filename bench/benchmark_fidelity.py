@@ -1,0 +1,89 @@
+"""Benchmark fidelity: the platform's smoke benchmark against a direct ``vllm.benchmarks.serve`` run.
+
+One tiny-model vLLM-on-CPU server (started by the local target), then, alternately and ``--rounds`` times: the
+platform's runner (``llm_platform.benchmark.runner.run_plan``, one concurrency level) and vLLM's benchmark called
+directly with hand-written arguments, as a user would type ``vllm bench serve``. Both report output tokens/s;
+medians are compared. Goal: ratio within 1 +/- 0.05 (the platform adds no load generator of its own).
+
+    .venv/bin/python bench/benchmark_fidelity.py [--rounds 3] [--prompts 64] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from llm_platform.benchmark.plan import BenchmarkPlan  # noqa: E402
+from llm_platform.benchmark.runner import run_plan  # noqa: E402
+from llm_platform.catalog import parse_catalog  # noqa: E402
+from llm_platform.dev.tiny_model import make_tiny_model  # noqa: E402
+from llm_platform.targets.local import LocalTarget, LocalTargetSettings  # noqa: E402
+
+DIRECT = """
+import sys
+from vllm.benchmarks.serve import add_cli_args, main
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+parser = FlexibleArgumentParser()
+add_cli_args(parser)
+main(parser.parse_args(sys.argv[1:]))
+"""
+
+
+def direct_run(base_url: str, model_dir: str, prompts: int, concurrency: int, out: Path) -> float:
+    args = ["--backend", "vllm", "--base-url", base_url, "--model", "tiny-llama", "--tokenizer", model_dir,
+            "--dataset-name", "random", "--random-input-len", "256", "--random-output-len", "64",
+            "--num-prompts", str(prompts), "--max-concurrency", str(concurrency), "--seed", "0", "--ignore-eos",
+            "--num-warmups", "2", "--save-result", "--result-dir", str(out.parent),
+            "--result-filename", out.name]  # fmt: skip
+    subprocess.run([sys.executable, "-c", DIRECT, *args], check=True, capture_output=True)
+    return float(json.loads(out.read_text())["output_throughput"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=8)
+    options = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="fidelity-"))
+    model_dir = str(make_tiny_model(work / "tiny"))
+    catalog = parse_catalog({"models": [{"name": "tiny-llama", "source": {"path": model_dir},
+                                         "serving": {"max_model_len": 2048, "max_num_seqs": 32}}]})  # fmt: skip
+    model = catalog.model("tiny-llama")
+    target = LocalTarget(LocalTargetSettings(state_dir=work / "target", file_sd_dir=work / "sd"))
+    plan = BenchmarkPlan(input_len=256, output_len=64, prompts_per_level=options.prompts,
+                         concurrency_levels=(options.concurrency,), seed=0, num_warmups=2)  # fmt: skip
+    ours: list[float] = []
+    direct: list[float] = []
+    try:
+        server = target.ensure_server(model, model_dir, log=lambda _: None)
+        for round_ in range(options.rounds):
+            frame, _ = run_plan(plan, model="tiny-llama", base_url=server.base_url, tokenizer=model_dir,
+                                work_dir=work / f"ours-{round_}")  # fmt: skip
+            ours.append(float(frame["output_throughput"].iloc[0]))
+            direct.append(direct_run(server.base_url, model_dir, options.prompts, options.concurrency,
+                                     work / f"direct-{round_}.json"))  # fmt: skip
+    finally:
+        target.stop("tiny-llama")
+    ours_median, direct_median = statistics.median(ours), statistics.median(direct)
+    ratio = ours_median / direct_median
+    print(f"tiny Llama on vLLM-on-CPU, {options.prompts} prompts (256 in, 64 out) at concurrency {options.concurrency}")
+    print(f"platform benchmark output tok/s: {', '.join(f'{v:.0f}' for v in ours)}")
+    print(f"direct vllm.benchmarks.serve output tok/s: {', '.join(f'{v:.0f}' for v in direct)}")
+    print(
+        f"ours_output_tok_s={ours_median:.0f} direct_output_tok_s={direct_median:.0f} ratio={ratio:.3f} "
+        f"goal=0.95..1.05 goal_met={0.95 <= ratio <= 1.05}"
+    )
+
+
+if __name__ == "__main__":
+    main()
