@@ -54,20 +54,13 @@ def generate(source: Path, shards: int, shard_bytes: int) -> int:
     return sum(path.stat().st_size for path in source.iterdir())
 
 
+def ours_command(endpoint: str, dest: Path) -> list[str]:
+    return [sys.executable, "-m", "llm_platform.weights", "--model", "bench", "--repo", REPO_ID, "--dest", str(dest),
+            "--endpoint", endpoint]  # fmt: skip
+
+
 def run_ours(endpoint: str, dest: Path) -> float:
-    command = [
-        sys.executable,
-        "-m",
-        "llm_platform.weights",
-        "--model",
-        "bench",
-        "--repo",
-        REPO_ID,
-        "--dest",
-        str(dest),
-        "--endpoint",
-        endpoint,
-    ]
+    command = ours_command(endpoint, dest)
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True)
     return time.perf_counter() - start
@@ -125,29 +118,13 @@ def kill_and_resume(source: Path, total: int) -> tuple[int, int, int]:
         hub.repos[REPO_ID] = FakeRepo(files)
         dest = WORK / "kill"
         shutil.rmtree(dest, ignore_errors=True)
-        command = [
-            sys.executable,
-            "-m",
-            "llm_platform.weights",
-            "--model",
-            "bench",
-            "--repo",
-            REPO_ID,
-            "--dest",
-            str(dest),
-            "--endpoint",
-            hub.endpoint,
-        ]
+        command = ours_command(hub.endpoint, dest)
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while sum(hub.served.values()) < total // 2 and process.poll() is None:
             time.sleep(0.005)
         process.send_signal(signal.SIGKILL)
         process.wait()
-        settled = -1
-        while settled != sum(hub.served.values()):
-            settled = sum(hub.served.values())
-            time.sleep(0.3)
-        first = settled
+        first = hub.settled_bytes()
         hub.served.clear()
         subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True)
         second = sum(hub.served.values())

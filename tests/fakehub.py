@@ -101,6 +101,15 @@ class FakeHub:
         with self._lock:
             self.served[path] += sent
 
+    def settled_bytes(self, quiet_s: float = 0.4) -> int:
+        """Bytes served so far, once no more have been written for ``quiet_s`` (after a client was killed, the
+        server may still be writing into the dead connection)."""
+        settled = -1
+        while settled != sum(self.served.values()):
+            settled = sum(self.served.values())
+            time.sleep(quiet_s)
+        return settled
+
     def next_status(self) -> int | None:
         with self._lock:
             return self.faults.statuses.pop(0) if self.faults.statuses else None

@@ -285,11 +285,7 @@ def test_kill_mid_download_then_resume_fetches_only_unfinished_files(hub: FakeHu
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    # Let the server notice the dead connection before counting afresh.
-    settled = -1
-    while settled != sum(hub.served.values()):
-        settled = sum(hub.served.values())
-        time.sleep(0.5)
+    hub.settled_bytes()  # let the server notice the dead connection before counting afresh
     directory = tmp_path / "tiny" / hub.repos["acme/tiny"].sha
     complete_before = {p.name for p in directory.iterdir() if p.is_file()}
     assert complete_before == {"config.json", "model-00002-of-00002.safetensors", "tokenizer.json"}
