@@ -4,6 +4,7 @@ No ``from __future__ import annotations`` here: Dagster reads the config and res
 """
 
 import base64
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from llm_platform.benchmark.runner import run_plan
 from llm_platform.benchmark.slo import SloResult, evaluate_slos
 from llm_platform.catalog import Catalog
 from llm_platform.defs.resources import LocalTargetResource, WeightsResource
-from llm_platform.defs.weights import LIFECYCLE_GROUP
+from llm_platform.defs.weights import LIFECYCLE_GROUP, catalog_owners
 from llm_platform.errors import PlatformError
 from llm_platform.weights.plan import SnapshotManifest
 
@@ -75,9 +76,10 @@ def check_results(results: list[SloResult]) -> list[dg.AssetCheckResult]:
 def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         name="smoke_benchmark",
+        kinds={"vllm", "pandas"},
         partitions_def=partitions,
         group_name=LIFECYCLE_GROUP,
-        kinds={"vllm", "pandas"},
+        owners=catalog_owners(catalog),
         pool=BENCHMARK_POOL,
         # The value is the results DataFrame; stated here because a parametrized return annotation is not accepted
         # together with check specs.
@@ -104,9 +106,9 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
         plan = plan_for(
             model, prompts_per_level=config.prompts_per_level, input_len=config.input_len, output_len=config.output_len
         )
+        plan = dataclasses.replace(plan, num_warmups=config.num_warmups)
         if config.concurrency_levels:
-            plan = type(plan)(**{**plan.__dict__, "concurrency_levels": tuple(sorted(config.concurrency_levels))})
-        plan = type(plan)(**{**plan.__dict__, "num_warmups": config.num_warmups})
+            plan = dataclasses.replace(plan, concurrency_levels=tuple(sorted(config.concurrency_levels)))
         target = local_target.target()
         work_dir = Path(local_target.state_dir) / model.name / "benchmarks" / context.run.run_id
         try:

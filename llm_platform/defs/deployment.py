@@ -7,7 +7,7 @@ import dagster as dg
 
 from llm_platform.catalog import Catalog
 from llm_platform.defs.resources import LocalTargetResource, WeightsResource
-from llm_platform.defs.weights import LIFECYCLE_GROUP
+from llm_platform.defs.weights import LIFECYCLE_GROUP, catalog_owners
 from llm_platform.errors import PlatformError
 from llm_platform.weights.plan import SnapshotManifest
 
@@ -15,9 +15,10 @@ from llm_platform.weights.plan import SnapshotManifest
 def build_deployment_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         name="vllm_deployment",
+        kinds={"vllm"},
         partitions_def=partitions,
         group_name=LIFECYCLE_GROUP,
-        kinds={"vllm"},
+        owners=catalog_owners(catalog),
         deps=["smoke_benchmark"],
         description=(
             "The model served at its endpoint with the benchmarked config. Runs only when every blocking SLO check "

@@ -55,15 +55,18 @@ def weights_metadata(result: DownloadResult, store_path: str) -> dict[str, dg.Me
     }
 
 
-def build_weights_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    owners = sorted({owner for model in catalog.models for owner in model.owners})
+def catalog_owners(catalog: Catalog) -> list[str]:
+    """Owners of the lifecycle assets: everyone the catalog names for any model (assets are shared by models)."""
+    return sorted({owner for model in catalog.models for owner in model.owners})
 
+
+def build_weights_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         name="model_weights",
+        kinds={"huggingface", "python"},
         partitions_def=partitions,
         group_name=LIFECYCLE_GROUP,
-        kinds={"huggingface", "python"},
-        owners=owners,
+        owners=catalog_owners(catalog),
         description=(
             "The model's weights in the model store: the catalog revision resolved to a commit, every file "
             "verified against the hub's checksums, and a manifest written last. Re-materializing the same commit "
