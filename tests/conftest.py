@@ -44,7 +44,7 @@ class ServedTiny:
     fingerprint: str
 
 
-def tiny_catalog(hub_endpoint: str, **sections: object) -> Catalog:
+def tiny_catalog(**sections: object) -> Catalog:
     """A one-model catalog of the tiny demo model; ``sections`` override slo/serving/... ."""
     model: dict[str, object] = {
         "name": "tiny-llama",
@@ -63,11 +63,11 @@ def served_tiny(local_hub: LocalHub, tmp_path_factory: pytest.TempPathFactory) -
 
     root = tmp_path_factory.mktemp("served-tiny")
     publish_model(local_hub.mirrors_root, TINY_REPO, make_tiny_model(root / "source"))
-    catalog = tiny_catalog(local_hub.endpoint)
+    catalog = tiny_catalog()
     model = catalog.model("tiny-llama")
     weights = WeightsResource(store_path=str(root / "store"), hf_endpoint=local_hub.endpoint)
     manifest = weights.download(model, model.source.revision).manifest
-    weights_path = str(weights.store().snapshot_dir(model.name, manifest.sha))
+    weights_path = weights.snapshot_path(manifest)
     local_target = LocalTargetResource(state_dir=str(root / "target"), file_sd_dir=str(root / "file_sd"))
     target = local_target.target()
     try:

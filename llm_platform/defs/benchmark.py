@@ -17,9 +17,9 @@ from llm_platform.benchmark.report import plot_png, summary_markdown
 from llm_platform.benchmark.runner import run_plan
 from llm_platform.benchmark.slo import SloResult, evaluate_slos
 from llm_platform.catalog import Catalog
+from llm_platform.defs.failures import platform_errors_as_failure
 from llm_platform.defs.resources import LocalTargetResource, WeightsResource
 from llm_platform.defs.weights import LIFECYCLE_GROUP, catalog_owners
-from llm_platform.errors import PlatformError
 from llm_platform.weights.plan import SnapshotManifest
 
 SLO_CHECKS = {
@@ -102,7 +102,7 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
         local_target: LocalTargetResource,
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster rejects a parametrized one with checks
         model = catalog.model(context.partition_key)
-        weights_path = str(weights.store().snapshot_dir(model.name, model_weights.sha))
+        weights_path = weights.snapshot_path(model_weights)
         plan = plan_for(
             model, prompts_per_level=config.prompts_per_level, input_len=config.input_len, output_len=config.output_len
         )
@@ -111,7 +111,7 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
             plan = dataclasses.replace(plan, concurrency_levels=tuple(sorted(config.concurrency_levels)))
         target = local_target.target()
         work_dir = Path(local_target.state_dir) / model.name / "benchmarks" / context.run.run_id
-        try:
+        with platform_errors_as_failure():
             server = target.ensure_server(model, weights_path, log=context.log.info)
             frame, raw = run_plan(
                 plan,
@@ -121,8 +121,6 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
                 work_dir=work_dir,
                 log=context.log.info,
             )
-        except PlatformError as error:
-            raise dg.Failure(description=str(error), allow_retries=False) from None
         results = evaluate_slos(frame, model.slo)
         active = target.active(model.name)
         if not all(r.passed for r in results) and (active is None or active.fingerprint != server.fingerprint):

@@ -6,9 +6,9 @@ No ``from __future__ import annotations`` here: Dagster reads the resource annot
 import dagster as dg
 
 from llm_platform.catalog import Catalog
+from llm_platform.defs.failures import platform_errors_as_failure
 from llm_platform.defs.resources import LocalTargetResource, WeightsResource
 from llm_platform.defs.weights import LIFECYCLE_GROUP, catalog_owners
-from llm_platform.errors import PlatformError
 from llm_platform.weights.plan import SnapshotManifest
 
 
@@ -32,12 +32,10 @@ def build_deployment_asset(catalog: Catalog, partitions: dg.PartitionsDefinition
         local_target: LocalTargetResource,
     ) -> dg.MaterializeResult[None]:
         model = catalog.model(context.partition_key)
-        weights_path = str(weights.store().snapshot_dir(model.name, model_weights.sha))
+        weights_path = weights.snapshot_path(model_weights)
         target = local_target.target()
-        try:
+        with platform_errors_as_failure():
             status = target.promote(model, weights_path, log=context.log.info)
-        except PlatformError as error:
-            raise dg.Failure(description=str(error), allow_retries=False) from None
         assert status.active is not None and status.endpoint is not None
         invocation = target.invocation(model, weights_path)
         return dg.MaterializeResult(

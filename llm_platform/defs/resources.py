@@ -14,18 +14,21 @@ from llm_platform.errors import WeightsError
 from llm_platform.targets.local import LocalTarget, LocalTargetSettings
 from llm_platform.weights.download import DEFAULT_WORKERS, DownloadRequest, DownloadResult, download_snapshot
 from llm_platform.weights.hub import HubClient
+from llm_platform.weights.plan import SnapshotManifest
 from llm_platform.weights.progress import ProgressSink
 from llm_platform.weights.store import ModelStore
 
 STORE_ENV_VAR = "LLM_PLATFORM_MODEL_STORE"
 
 
+def _dagster_home_path(*parts: str) -> str:
+    home = os.environ.get("DAGSTER_HOME")
+    return str(Path(home, *parts) if home else Path(*parts).resolve())
+
+
 def default_store_path() -> str:
     """``$LLM_PLATFORM_MODEL_STORE``, else ``$DAGSTER_HOME/model-store``, else ``./model-store``."""
-    if configured := os.environ.get(STORE_ENV_VAR):
-        return configured
-    home = os.environ.get("DAGSTER_HOME")
-    return str(Path(home) / "model-store") if home else str(Path("model-store").resolve())
+    return os.environ.get(STORE_ENV_VAR) or _dagster_home_path("model-store")
 
 
 class WeightsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -47,6 +50,10 @@ class WeightsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     def store(self) -> ModelStore:
         return ModelStore(self.store_path)
+
+    def snapshot_path(self, manifest: SnapshotManifest) -> str:
+        """Where a completed snapshot lives (what vLLM is pointed at)."""
+        return str(self.store().snapshot_dir(manifest.model, manifest.sha))
 
     def download(
         self, model: ModelSpec, revision: str, progress: ProgressSink | None = None, protected: tuple[str, ...] = ()
@@ -71,11 +78,6 @@ def weights_resource_from_env() -> WeightsResource:
         hf_endpoint=dg.EnvVar("HF_ENDPOINT") if os.environ.get("HF_ENDPOINT") else None,
         hf_token=dg.EnvVar("HF_TOKEN") if os.environ.get("HF_TOKEN") else None,
     )
-
-
-def _dagster_home_path(*parts: str) -> str:
-    home = os.environ.get("DAGSTER_HOME")
-    return str(Path(home, *parts) if home else Path(*parts).resolve())
 
 
 class LocalTargetResource(dg.ConfigurableResource):  # type: ignore[type-arg]

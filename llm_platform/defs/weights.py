@@ -7,8 +7,8 @@ import dagster as dg
 from pydantic import Field
 
 from llm_platform.catalog import Catalog
+from llm_platform.defs.failures import platform_errors_as_failure
 from llm_platform.defs.resources import WeightsResource
-from llm_platform.errors import PlatformError
 from llm_platform.weights.download import DownloadResult
 from llm_platform.weights.plan import SnapshotManifest
 from llm_platform.weights.progress import LogProgress
@@ -79,11 +79,8 @@ def build_weights_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -
         model = catalog.model(context.partition_key)
         revision = config.revision or model.source.revision
         context.log.info(f"model '{model.name}': downloading {model.source.repo}@{revision} to {weights.store_path}")
-        try:
+        with platform_errors_as_failure():
             result = weights.download(model, revision, progress=LogProgress(context.log.info))
-        except PlatformError as error:
-            # One readable line in the run's failure, not a traceback through the hub client.
-            raise dg.Failure(description=str(error), allow_retries=False) from None
         if result.reused:
             context.log.info(f"model '{model.name}': {result.manifest.sha} already complete; verified, nothing fetched")
         return dg.MaterializeResult(

@@ -125,6 +125,11 @@ def process_alive(pid: int, marker: str | None = None) -> bool:
     return True
 
 
+def _recorded_process(record: Mapping[str, object]) -> tuple[int, str]:
+    """(pid, command-line marker) of a server or proxy record: the marker tells our process from a reused pid."""
+    return int(str(record["pid"])), f"--port {record['port']}"
+
+
 def http_ok(url: str, timeout_s: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - loopback URLs we built
@@ -205,7 +210,7 @@ class LocalTarget:
     def endpoint(self, model: str) -> str | None:
         """The stable URL of the model (its proxy), if the proxy runs."""
         data = _read_json(self._model_dir(model) / "proxy.json")
-        if data and process_alive(int(str(data["pid"])), f"--port {data['port']}"):
+        if data and process_alive(*_recorded_process(data)):
             return f"http://{self.settings.host}:{data['port']}"
         return None
 
@@ -337,7 +342,7 @@ class LocalTarget:
     def stop_server(self, model: str, fingerprint: str) -> None:
         data = _read_json(self._server_file(model, fingerprint))
         if data:
-            self._terminate(int(str(data["pid"])), f"--port {data['port']}")
+            self._terminate(*_recorded_process(data))
         self._forget(model, fingerprint)
 
     def _forget(self, model: str, fingerprint: str) -> None:
@@ -374,7 +379,7 @@ class LocalTarget:
             self.stop_server(model, record.fingerprint)
         proxy = _read_json(self._model_dir(model) / "proxy.json")
         if proxy:
-            self._terminate(int(str(proxy["pid"])), f"--port {proxy['port']}")
+            self._terminate(*_recorded_process(proxy))
         (self._model_dir(model) / "active.json").unlink(missing_ok=True)
         (self.settings.file_sd_dir / f"{model}.json").unlink(missing_ok=True)
 

@@ -69,7 +69,7 @@ def test_a_restarted_process_finds_the_running_server(served_tiny: ServedTiny) -
 
 
 def test_loose_slos_pass_and_the_config_is_promoted(served_tiny: ServedTiny, tmp_path: Path) -> None:
-    catalog = tiny_catalog("unused")
+    catalog = tiny_catalog()
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         result = _lifecycle(served_tiny, catalog, instance)
         assert result.success
@@ -93,7 +93,7 @@ def test_loose_slos_pass_and_the_config_is_promoted(served_tiny: ServedTiny, tmp
 
 def test_a_too_strict_slo_fails_its_check_and_blocks_promotion(served_tiny: ServedTiny, tmp_path: Path) -> None:
     catalog = tiny_catalog(
-        "unused", slo={"ttft_p95_ms": 0.001, "itl_p95_ms": 5000, "min_output_tokens_per_s": 1, "max_error_rate": 0}
+        slo={"ttft_p95_ms": 0.001, "itl_p95_ms": 5000, "min_output_tokens_per_s": 1, "max_error_rate": 0}
     )
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         result = _lifecycle(served_tiny, catalog, instance)
@@ -108,7 +108,7 @@ def test_a_too_strict_slo_fails_its_check_and_blocks_promotion(served_tiny: Serv
 
 
 def test_blue_green_promotion_keeps_the_endpoint_answering(served_tiny: ServedTiny) -> None:
-    catalog = tiny_catalog("unused", serving={"max_model_len": 2048, "max_num_seqs": 16, "startup_timeout_s": 300})
+    catalog = tiny_catalog(serving={"max_model_len": 2048, "max_num_seqs": 16, "startup_timeout_s": 300})
     model = catalog.model("tiny-llama")
     target = served_tiny.local_target.target()
     failures: list[str] = []
@@ -159,7 +159,7 @@ def test_a_server_that_never_becomes_healthy_fails_with_its_log_and_leaves_nothi
             state_dir=tmp_path / "state", file_sd_dir=tmp_path / "sd", python=python, startup_timeout_s=3
         )
     )
-    model = tiny_catalog("unused").model("tiny-llama")
+    model = tiny_catalog().model("tiny-llama")
     with pytest.raises(TargetError) as caught:
         target.ensure_server(model, "/nowhere", log=lambda _: None)
     message = str(caught.value)
@@ -185,7 +185,7 @@ def test_a_server_that_crashes_reports_its_exit_code_and_log(tmp_path: Path) -> 
         )
     )
     with pytest.raises(TargetError, match=r"vLLM exited with code 3 while starting(.|\n)*no config.json"):
-        target.ensure_server(tiny_catalog("unused").model("tiny-llama"), "/nowhere", log=lambda _: None)
+        target.ensure_server(tiny_catalog().model("tiny-llama"), "/nowhere", log=lambda _: None)
     assert target.servers("tiny-llama") == []
 
 
