@@ -314,6 +314,9 @@ class Platform(_Section):
     """Where the model store is mounted in every pod."""
     hf_token_secret: str = "hf-token"  # noqa: S105 - the Secret's name, not a secret
     """Secret holding the Hugging Face token under the key ``token`` (only the download Job reads it)."""
+    hf_endpoint: str | None = None
+    """Hub the download Job fetches from (an in-cluster mirror such as olah for air-gapped clusters); ``null`` is
+    huggingface.co."""
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     """Prometheus that KEDA queries for the waiting queue."""
     prometheus_namespace: str = "monitoring"

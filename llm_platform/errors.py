@@ -70,3 +70,35 @@ class TargetError(PlatformError):
 
 class BenchmarkError(PlatformError):
     """The benchmark could not run to the end."""
+
+
+class KubernetesApiError(TargetError):
+    """The Kubernetes API refused or failed a call; the message names the verb, the resource and what to do."""
+
+
+class KubernetesAccessError(KubernetesApiError):
+    """401/403: the credentials are wrong or the Role lacks a verb on a resource."""
+
+
+class KubernetesNotServedError(KubernetesApiError):
+    """The cluster does not serve a resource type the platform needs (e.g. KEDA's CRDs are not installed)."""
+
+
+class KubernetesConflictError(KubernetesApiError):
+    """409: another field manager owns a field we apply, or the object already exists."""
+
+
+class KubernetesInvalidError(KubernetesApiError):
+    """422: the API server rejected an object; the message lists the invalid fields."""
+
+
+class KubernetesUnavailableError(KubernetesApiError):
+    """The API server could not be reached or kept failing (5xx, timeouts) after the retries."""
+
+
+class RolloutError(TargetError):
+    """A promotion did not become ready; the message says why and what the model serves now."""
+
+
+class JobFailedError(TargetError):
+    """A Kubernetes Job (weights download, GPU benchmark) failed; the message carries its pod's reason."""

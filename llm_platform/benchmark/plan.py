@@ -15,6 +15,8 @@ from llm_platform.catalog import ModelSpec
 #: Percentiles recorded for every latency metric; p95 is what the SLOs use.
 PERCENTILES = (50, 95, 99)
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
+#: Prefix of the line the Kubernetes benchmark Job prints per level: ``<marker> <concurrency> <result json>``.
+BENCH_RESULT_MARKER = "LLM_PLATFORM_BENCH_RESULT"
 
 
 @dataclass(frozen=True)

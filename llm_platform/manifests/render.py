@@ -8,11 +8,13 @@ is made.
 from __future__ import annotations
 
 import hashlib
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
 
+from llm_platform.benchmark.plan import BENCH_RESULT_MARKER, BenchmarkPlan, bench_serve_args, level_filename
 from llm_platform.catalog import Catalog, ModelSpec, Platform
 from llm_platform.engine import DEFAULT_PORT, VLLM_SERVER_MODULE, EngineInvocation, engine_invocation
 from llm_platform.store_layout import snapshot_path
@@ -102,24 +104,63 @@ def _http_probe(period_s: int, failures: int, timeout_s: int) -> Object:
     }
 
 
-def render_deployment(platform: Platform, model: ModelSpec, revision: str) -> Object:
-    """The vLLM Deployment. ``revision`` is the weights' commit sha (the snapshot directory on the PVC)."""
-    invocation = serving_invocation(platform, model, revision)
+def vllm_image(platform: Platform, model: ModelSpec) -> str:
+    return f"{platform.vllm_image}:{model.serving.image_tag}"
+
+
+def _vllm_container_base(platform: Platform, model: ModelSpec, invocation: EngineInvocation) -> Object:
+    """What the serving container and the benchmark Job's container share: image, env, resources, mounts."""
     gpus = str(model.gpus_per_replica)
-    startup_period_s = 10
-    container: Object = {
+    return {
         "name": "vllm",
-        "image": f"{platform.vllm_image}:{model.serving.image_tag}",
+        "image": vllm_image(platform, model),
         "imagePullPolicy": "IfNotPresent",
-        "command": ["python3", "-m", VLLM_SERVER_MODULE],
-        "args": list(invocation.args),
         "env": [{"name": key, "value": value} for key, value in sorted(invocation.env.items())],
-        "ports": [{"name": PORT_NAME, "containerPort": DEFAULT_PORT, "protocol": "TCP"}],
         # No CPU limit: CFS throttling of the tokenizer and scheduler threads shows up directly as latency.
         "resources": {
             "requests": {"cpu": model.resources.cpu, "memory": model.resources.memory, platform.gpu_resource: gpus},
             "limits": {"memory": model.resources.memory, platform.gpu_resource: gpus},
         },
+        "volumeMounts": [
+            {"name": "weights", "mountPath": platform.weights_mount_path, "readOnly": True},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "cache", "mountPath": CACHE_DIR},
+        ],
+        # The vllm-openai image runs as root by default but needs no root: with HOME (torch/triton compile caches)
+        # on an emptyDir it runs as any UID. The root filesystem stays writable because Python and CUDA libraries
+        # write scratch files in places that vary between releases.
+        "securityContext": {**_restricted_container_security(), "readOnlyRootFilesystem": False},
+    }
+
+
+def _vllm_pod_base(platform: Platform) -> Object:
+    """Pod settings of every vLLM pod (Deployment and benchmark Job)."""
+    return {
+        # Service links inject VLLM_*-looking variables (e.g. VLLM_PORT) that vLLM reads as its own settings.
+        "enableServiceLinks": False,
+        # vLLM never calls the Kubernetes API.
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "volumes": [
+            {"name": "weights", "persistentVolumeClaim": {"claimName": platform.weights_pvc, "readOnly": True}},
+            # NCCL and PyTorch workers exchange tensors through /dev/shm; the container runtime's 64 MiB is far
+            # too small for tensor parallelism.
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}},
+            {"name": "cache", "emptyDir": {}},
+        ],
+        **_gpu_scheduling(platform),
+    }
+
+
+def render_deployment(platform: Platform, model: ModelSpec, revision: str) -> Object:
+    """The vLLM Deployment. ``revision`` is the weights' commit sha (the snapshot directory on the PVC)."""
+    invocation = serving_invocation(platform, model, revision)
+    startup_period_s = 10
+    container: Object = {
+        **_vllm_container_base(platform, model, invocation),
+        "command": ["python3", "-m", VLLM_SERVER_MODULE],
+        "args": list(invocation.args),
+        "ports": [{"name": PORT_NAME, "containerPort": DEFAULT_PORT, "protocol": "TCP"}],
         # Loading weights takes from seconds to tens of minutes depending on size and storage. A fixed
         # initialDelaySeconds (the seed's 60 s) is wrong both ways: too short for a 70B model (the kubelet kills it
         # in a crash loop) and a needless wait for a small one. A startupProbe (as KServe does) holds liveness and
@@ -132,33 +173,8 @@ def render_deployment(platform: Platform, model: ModelSpec, revision: str) -> Ob
         "livenessProbe": _http_probe(period_s=15, failures=4, timeout_s=10),
         # Give the endpoints controller time to take the pod out of the Service before vLLM stops accepting.
         "lifecycle": {"preStop": {"sleep": {"seconds": 10}}},
-        "volumeMounts": [
-            {"name": "weights", "mountPath": platform.weights_mount_path, "readOnly": True},
-            {"name": "dshm", "mountPath": "/dev/shm"},
-            {"name": "cache", "mountPath": CACHE_DIR},
-        ],
-        # The vllm-openai image runs as root by default but needs no root: with HOME (torch/triton compile caches)
-        # on an emptyDir it runs as any UID. The root filesystem stays writable because Python and CUDA libraries
-        # write scratch files in places that vary between releases.
-        "securityContext": {**_restricted_container_security(), "readOnlyRootFilesystem": False},
     }
-    pod_spec: Object = {
-        # Service links inject VLLM_*-looking variables (e.g. VLLM_PORT) that vLLM reads as its own settings.
-        "enableServiceLinks": False,
-        # vLLM never calls the Kubernetes API.
-        "automountServiceAccountToken": False,
-        "terminationGracePeriodSeconds": 60,
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [container],
-        "volumes": [
-            {"name": "weights", "persistentVolumeClaim": {"claimName": platform.weights_pvc, "readOnly": True}},
-            # NCCL and PyTorch workers exchange tensors through /dev/shm; the container runtime's 64 MiB is far
-            # too small for tensor parallelism.
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}},
-            {"name": "cache", "emptyDir": {}},
-        ],
-        **_gpu_scheduling(platform),
-    }
+    pod_spec: Object = {**_vllm_pod_base(platform), "terminationGracePeriodSeconds": 60, "containers": [container]}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -397,6 +413,7 @@ def render_weights_job(platform: Platform, model: ModelSpec, revision: str) -> O
             },
             {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
             {"name": "HOME", "value": "/tmp"},
+            *([{"name": "HF_ENDPOINT", "value": platform.hf_endpoint}] if platform.hf_endpoint else []),
         ],
         "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
         "volumeMounts": [
@@ -433,6 +450,95 @@ def render_weights_job(platform: Platform, model: ModelSpec, revision: str) -> O
                         {"name": "tmp", "emptyDir": {}},
                     ],
                 },
+            },
+        },
+    }
+
+
+def benchmark_job_name(model: ModelSpec, revision: str, fingerprint: str, run_key: str) -> str:
+    """One Job per benchmark run: ``run_key`` (the Dagster run id) keeps reruns of one config apart."""
+    digest = hashlib.sha256(f"{revision}/{fingerprint}/{run_key}".encode()).hexdigest()[:8]
+    return f"bench-{model.name}-{digest}"
+
+
+def benchmark_script(platform: Platform, model: ModelSpec, revision: str, plan: BenchmarkPlan) -> str:
+    """The benchmark container's shell script: serve the candidate, wait for health, ``vllm bench serve`` each level.
+
+    vLLM's own log goes to a file (shown on failure) so that it never interleaves with the result lines: each
+    level prints one ``LLM_PLATFORM_BENCH_RESULT <concurrency> <json>`` line, which the target reads from the pod
+    log and hands to the same parser as the local benchmark.
+    """
+    invocation = serving_invocation(platform, model, revision)
+    result_dir = f"{CACHE_DIR}/bench"
+    server_log = f"{CACHE_DIR}/vllm-server.log"
+    health = f"http://127.0.0.1:{DEFAULT_PORT}/health"
+    probe = f'import urllib.request as u; u.urlopen("{health}", timeout=5)'
+    lines = [
+        "set -u",
+        f"mkdir -p {result_dir}",
+        f"{shlex.join(['python3', '-m', VLLM_SERVER_MODULE, *invocation.args])} >{server_log} 2>&1 &",
+        "server=$!",
+        f"deadline=$(( $(date +%s) + {model.serving.startup_timeout_s} ))",
+        f"until python3 -c {shlex.quote(probe)} 2>/dev/null; do",
+        '  if ! kill -0 "$server" 2>/dev/null; then',
+        f'    echo "error: vLLM exited before it became healthy" >&2; tail -n 40 {server_log} >&2; exit 3',
+        "  fi",
+        '  if [ "$(date +%s)" -ge "$deadline" ]; then',
+        f'    echo "error: vLLM not healthy after {model.serving.startup_timeout_s} s" >&2; '
+        f"tail -n 40 {server_log} >&2; exit 4",
+        "  fi",
+        "  sleep 5",
+        "done",
+    ]
+    for concurrency in plan.concurrency_levels:
+        args = bench_serve_args(
+            plan,
+            concurrency,
+            base_url=f"http://127.0.0.1:{DEFAULT_PORT}",
+            served_model_name=model.name,
+            tokenizer=weights_path(platform, model, revision),
+            result_dir=result_dir,
+            result_filename=level_filename(concurrency),
+        )
+        result_file = f"{result_dir}/{level_filename(concurrency)}"
+        dump = "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))))"
+        lines += [
+            f"{shlex.join(['vllm', 'bench', 'serve', *args])} || "
+            f'{{ echo "error: vllm bench serve failed at concurrency {concurrency}" >&2; exit 5; }}',
+            f"printf '%s ' {BENCH_RESULT_MARKER} {concurrency}; python3 -c {shlex.quote(dump)} {result_file}",
+        ]
+    lines += ['kill "$server"', 'wait "$server" 2>/dev/null', "exit 0"]
+    return "\n".join(lines) + "\n"
+
+
+def render_benchmark_job(
+    platform: Platform, model: ModelSpec, revision: str, plan: BenchmarkPlan, run_key: str
+) -> Object:
+    """The GPU smoke benchmark: one pod serves the candidate config from the PVC and benchmarks it on localhost.
+
+    Same image, engine arguments, GPUs, /dev/shm and scheduling as the Deployment, so the numbers describe what a
+    promotion would serve. ``backoffLimit: 0``: a failed benchmark is a result to report, not to retry.
+    """
+    invocation = serving_invocation(platform, model, revision)
+    container: Object = {
+        **_vllm_container_base(platform, model, invocation),
+        "command": ["/bin/sh", "-c", benchmark_script(platform, model, revision, plan)],
+    }
+    labels = model_labels(model, component="smoke-benchmark")
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(benchmark_job_name(model, revision, invocation.fingerprint, run_key), platform, labels),
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": model.serving.startup_timeout_s + 3600,
+            "ttlSecondsAfterFinished": 24 * 3600,
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {ENGINE_FINGERPRINT_ANNOTATION: invocation.fingerprint},
+                },
+                "spec": {**_vllm_pod_base(platform), "restartPolicy": "Never", "containers": [container]},
             },
         },
     }

@@ -17,10 +17,9 @@ from llm_platform.catalog import DEFAULT_ALLOW_PATTERNS
 from llm_platform.errors import HubAccessError, HubNotFoundError, PlatformError
 from llm_platform.weights.download import DEFAULT_WORKERS, DownloadRequest, download_snapshot
 from llm_platform.weights.hub import HubClient, redact
+from llm_platform.weights.plan import MANIFEST_MARKER
 from llm_platform.weights.progress import LogProgress, TerminalProgress
 from llm_platform.weights.store import ModelStore
-
-MANIFEST_MARKER = "LLM_PLATFORM_MANIFEST"
 
 
 def build_parser() -> argparse.ArgumentParser:

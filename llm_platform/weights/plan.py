@@ -85,6 +85,18 @@ class SnapshotManifest(BaseModel):
         return self.downloaded_bytes / self.duration_s if self.duration_s > 0 else 0.0
 
 
+#: Prefix of the last line the download entrypoint prints: ``<marker> <manifest json>``.
+MANIFEST_MARKER = "LLM_PLATFORM_MANIFEST"
+
+
+def manifest_from_log(log: str) -> SnapshotManifest | None:
+    """The manifest from the download entrypoint's output (the Job's pod log); None if it printed none."""
+    for line in reversed(log.splitlines()):
+        if line.startswith(MANIFEST_MARKER + " "):
+            return SnapshotManifest.model_validate_json(line.split(" ", 1)[1])
+    return None
+
+
 def snapshots_to_prune(
     complete: Sequence[SnapshotManifest], keep: int, protected: Iterable[str] = ()
 ) -> list[SnapshotManifest]:

@@ -1,0 +1,202 @@
+"""Jobs on the kubernetes target (through dagster-k8s' client): the weights download Job end to end, its failures,
+and the least-privilege Role checked against every call the target makes."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llm_platform.catalog import Catalog, parse_catalog
+from llm_platform.errors import JobFailedError, KubernetesAccessError, RolloutError
+from llm_platform.manifests.render import HF_TOKEN_KEY, WEIGHTS_REVISION_ANNOTATION, weights_job_name
+from llm_platform.store_layout import SNAPSHOT_MANIFEST
+from llm_platform.targets.kubernetes import KubernetesTarget, KubernetesTargetSettings
+from tests.conftest import REPO_ROOT
+from tests.fakehub import FakeHub, FakeRepo
+from tests.kubeemu import (
+    JOBS,
+    PVCS,
+    SECRETS,
+    FakeDeploymentController,
+    FakeKubelet,
+    Fault,
+    RunningCluster,
+    running_cluster,
+)
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "hf_" + "k8sjob" * 6
+REPO = "acme/tiny"
+SETTINGS = KubernetesTargetSettings(poll_interval_s=0.05, rollout_timeout_s=3, job_timeout_s=30)
+
+
+@pytest.fixture
+def hub() -> Iterator[FakeHub]:
+    server = FakeHub().start()
+    server.repos[REPO] = FakeRepo(
+        {
+            "config.json": b'{"max_position_embeddings": 4096}',
+            "model.safetensors": os.urandom(300_000),
+            "tokenizer.json": b'{"version": "1.0"}' + b" " * 2000,
+        }
+    )
+    server.faults.required_token = TOKEN
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cluster() -> Iterator[RunningCluster]:
+    with running_cluster() as running:
+        yield running
+
+
+def _catalog(hub: FakeHub, repo: str = REPO) -> Catalog:
+    return parse_catalog(
+        {
+            "platform": {"hf_endpoint": hub.endpoint},
+            "models": [{"name": "tiny", "source": {"repo": repo}, "serving": {"max_model_len": 2048}}],
+        }
+    )
+
+
+@pytest.fixture
+def kubelet(cluster: RunningCluster, tmp_path: Path) -> Iterator[FakeKubelet]:
+    namespace = "llm-serving"
+    cluster.raw().request(
+        "POST",
+        SECRETS.path(namespace),
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf-token"}, "stringData": {HF_TOKEN_KEY: TOKEN}},
+    )
+    with FakeKubelet(cluster, namespace, {"model-weights": tmp_path / "pvc"}, tmp_path / "scratch") as running:
+        yield running
+
+
+def _target(cluster: RunningCluster, catalog: Catalog) -> KubernetesTarget:
+    return KubernetesTarget(cluster.api(sleep=lambda _: None), catalog.platform, SETTINGS)
+
+
+def _stored_text(cluster: RunningCluster) -> str:
+    """Everything the cluster holds but the token's own Secret: objects of every kind and every pod log."""
+    with cluster.emulator.guard:
+        objects = [obj for (_, plural, _, _), obj in cluster.emulator.store.items() if plural != "secrets"]
+        return json.dumps([objects, list(cluster.emulator.pod_logs.values())])
+
+
+def test_weights_job_downloads_to_the_pvc_and_returns_the_manifest(
+    cluster: RunningCluster, hub: FakeHub, kubelet: FakeKubelet, tmp_path: Path
+) -> None:
+    catalog = _catalog(hub)
+    lines: list[str] = []
+
+    manifest = _target(cluster, catalog).download_weights(catalog.model("tiny"), "main", log=lines.append)
+
+    repo = hub.repos[REPO]
+    assert manifest.sha == repo.sha and manifest.model == "tiny"
+    snapshot = tmp_path / "pvc" / "tiny" / repo.sha
+    assert (snapshot / SNAPSHOT_MANIFEST).is_file()
+    assert (snapshot / "model.safetensors").read_bytes() == repo.files["model.safetensors"]
+    assert {entry.path for entry in manifest.files} == set(repo.files)
+    # The token went from the Secret to the hub, and nowhere else.
+    assert hub.tokens_seen == {TOKEN}
+    assert TOKEN not in _stored_text(cluster)
+    assert TOKEN not in "\n".join(lines)
+    assert any("created" in line for line in lines)
+    # The model store (RWX PVC) was applied before the Job that mounts it.
+    assert "model-weights" in cluster.emulator.stored(PVCS)
+
+
+def test_a_succeeded_job_for_a_commit_is_reused(cluster: RunningCluster, hub: FakeHub, kubelet: FakeKubelet) -> None:
+    catalog = _catalog(hub)
+    target = _target(cluster, catalog)
+    sha = hub.repos[REPO].sha
+
+    first = target.download_weights(catalog.model("tiny"), sha)
+    second = target.download_weights(catalog.model("tiny"), sha)
+
+    assert first == second
+    creates = [call for call in cluster.emulator.our_calls() if call.verb == "create" and call.resource == "jobs"]
+    assert len(creates) == 1
+    assert weights_job_name(catalog.model("tiny"), sha) in cluster.emulator.stored(JOBS)
+
+
+def test_a_failed_job_reports_the_pods_error_line(cluster: RunningCluster, hub: FakeHub, kubelet: FakeKubelet) -> None:
+    catalog = _catalog(hub, repo="acme/missing")
+
+    with pytest.raises(JobFailedError) as failure:
+        _target(cluster, catalog).download_weights(catalog.model("tiny"), "main")
+
+    message = str(failure.value)
+    assert "exit code 2" in message
+    assert "error: model 'tiny'" in message and "acme/missing" in message
+    assert TOKEN not in message
+
+
+def test_forbidden_job_creation_names_the_verb(cluster: RunningCluster, hub: FakeHub) -> None:
+    catalog = _catalog(hub)
+    cluster.emulator.faults.append(Fault("create", "jobs", 403, reason="Forbidden"))
+    with pytest.raises(KubernetesAccessError, match=r"not allowed to create jobs\.batch in namespace llm-serving"):
+        _target(cluster, catalog).download_weights(catalog.model("tiny"), "main")
+
+
+def _role_rules() -> set[tuple[str, str, str]]:
+    documents = yaml.safe_load_all((REPO_ROOT / "k8s" / "base" / "rbac.yaml").read_text())
+    role = next(doc for doc in documents if doc["kind"] == "Role")
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_the_role_grants_exactly_the_calls_the_target_makes(
+    cluster: RunningCluster, hub: FakeHub, kubelet: FakeKubelet
+) -> None:
+    """Least privilege, derived: every flow of the target runs against the emulator, which records each call
+    (verb, API group, resource) our client makes; the Role in k8s/base must grant all of them and nothing else."""
+    catalog = parse_catalog(
+        {
+            "platform": {"hf_endpoint": hub.endpoint},
+            "models": [
+                {
+                    "name": "tiny",
+                    "source": {"repo": REPO},
+                    "serving": {"max_model_len": 2048},
+                    "exposure": {"host": "tiny.example.com"},
+                }
+            ],
+        }
+    )
+    model = catalog.model("tiny")
+    target = _target(cluster, catalog)
+    crashing, unpullable = "c" * 40, "e" * 40
+    outcomes = {crashing: "crash_loop", unpullable: "image_pull"}
+
+    def scenario(deployment: dict[str, Any]) -> str:
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        return outcomes.get(annotations[WEIGHTS_REVISION_ANNOTATION], "ready")
+
+    with FakeDeploymentController(cluster.raw(), catalog.platform.namespace, scenario):
+        with pytest.raises(RolloutError, match="no previous revision"):
+            target.promote(model, crashing)  # the new objects are deleted again
+        target.promote(model, "1" * 40)
+        with pytest.raises(RolloutError, match="rolled back to"):
+            target.promote(model, unpullable)
+    target.download_weights(model, "main")
+    target.download_weights(model, "main")  # a branch: the earlier Job is replaced, not reused
+    target.current_revision(model)
+
+    used = {(call.group, call.resource, call.verb) for call in cluster.emulator.our_calls()}
+    granted = _role_rules()
+    assert used - granted == set(), "calls the Role does not grant"
+    assert granted - used == set(), "grants no call needs"
+    assert {call.namespace for call in cluster.emulator.our_calls()} == {catalog.platform.namespace}
