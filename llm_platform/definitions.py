@@ -9,33 +9,37 @@ from __future__ import annotations
 import dagster as dg
 
 from llm_platform.catalog import Catalog, load_catalog
-from llm_platform.defs.benchmark import build_benchmark_asset
-from llm_platform.defs.deployment import build_deployment_asset
-from llm_platform.defs.partitions import model_partitions
-from llm_platform.defs.resources import local_target_from_env, weights_resource_from_env
-from llm_platform.defs.weights import build_weights_asset
-from llm_platform.errors import CatalogError
+from llm_platform.defs.lifecycle import lifecycle_assets
+from llm_platform.defs.resources import (
+    kubernetes_target_from_env,
+    local_target_from_env,
+    target_kind_from_env,
+    weights_resource_from_env,
+)
+from llm_platform.errors import PlatformError
 
 
-def build_definitions(catalog: Catalog) -> dg.Definitions:
-    """All definitions for ``catalog``."""
-    partitions = model_partitions(catalog)
+def build_definitions(catalog: Catalog, target_kind: str = "local") -> dg.Definitions:
+    """All definitions for ``catalog``, deploying to ``target_kind`` (``local`` or ``kubernetes``)."""
     return dg.Definitions(
-        assets=[
-            build_weights_asset(catalog, partitions),
-            build_benchmark_asset(catalog, partitions),
-            build_deployment_asset(catalog, partitions),
-        ],
-        resources={"weights": weights_resource_from_env(), "local_target": local_target_from_env()},
-        metadata={"models": dg.MetadataValue.text(", ".join(partitions.get_partition_keys()))},
+        assets=lifecycle_assets(catalog, target_kind),
+        resources={
+            "weights": weights_resource_from_env(),
+            "local_target": local_target_from_env(),
+            "kubernetes": kubernetes_target_from_env(),
+        },
+        metadata={
+            "models": dg.MetadataValue.text(", ".join(model.name for model in catalog.models)),
+            "target": dg.MetadataValue.text(target_kind),
+        },
     )
 
 
-def _load_catalog() -> Catalog:
+def _load() -> dg.Definitions:
     try:
-        return load_catalog()
-    except CatalogError as error:
+        return build_definitions(load_catalog(), target_kind_from_env())
+    except PlatformError as error:
         raise error.with_traceback(None) from None
 
 
-defs = build_definitions(_load_catalog())
+defs = _load()

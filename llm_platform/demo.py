@@ -15,11 +15,13 @@ import dagster as dg
 import pandas as pd
 
 from llm_platform.catalog import Catalog
-from llm_platform.defs.benchmark import build_benchmark_asset
-from llm_platform.defs.deployment import build_deployment_asset
-from llm_platform.defs.partitions import model_partitions
-from llm_platform.defs.resources import LocalTargetResource, WeightsResource, local_target_from_env
-from llm_platform.defs.weights import build_weights_asset
+from llm_platform.defs.lifecycle import lifecycle_assets
+from llm_platform.defs.resources import (
+    KubernetesTargetResource,
+    LocalTargetResource,
+    WeightsResource,
+    local_target_from_env,
+)
 from llm_platform.devhub import LocalHub, publish_model
 from llm_platform.errors import PlatformError
 
@@ -65,16 +67,18 @@ def run_demo(
     mirrors = work_dir / "local-hub"
     sha = publish_model(mirrors, model.source.repo, source, message="demo model")
     log(f"published {model.source.repo}@{sha[:12]} on the local hub")
-    partitions = model_partitions(catalog)
-    assets = [build_weights_asset(catalog, partitions), build_benchmark_asset(catalog, partitions),
-              build_deployment_asset(catalog, partitions)]  # fmt: skip
+    assets = lifecycle_assets(catalog)
     local_target: LocalTargetResource = local_target_from_env()
     with LocalHub(mirrors, log_path=work_dir / "local-hub.log") as hub:
         log(f"local hub (olah) at {hub.endpoint}; materializing the lifecycle of '{model_name}' through Dagster")
         result = dg.materialize(
             assets,
             partition_key=model_name,
-            resources={"weights": WeightsResource(hf_endpoint=hub.endpoint), "local_target": local_target},
+            resources={
+                "weights": WeightsResource(hf_endpoint=hub.endpoint),
+                "local_target": local_target,
+                "kubernetes": KubernetesTargetResource(),
+            },
             instance=instance,
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
             raise_on_error=False,

@@ -11,6 +11,7 @@ import pytest
 from llm_platform.catalog import Catalog, load_catalog, parse_catalog
 from llm_platform.defs.resources import LocalTargetResource, WeightsResource
 from llm_platform.devhub import LocalHub, publish_model
+from tests.kubeemu import RunningCluster, running_cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CATALOG = REPO_ROOT / "catalog" / "models.yaml"
@@ -29,6 +30,13 @@ def local_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
         yield hub
 
 
+@pytest.fixture
+def cluster() -> Iterator[RunningCluster]:
+    """A fresh Kubernetes API emulator on a real port (no controllers: tests play them)."""
+    with running_cluster() as running:
+        yield running
+
+
 TINY_REPO = "llm-platform/tiny-llama"
 
 
@@ -44,7 +52,7 @@ class ServedTiny:
     fingerprint: str
 
 
-def tiny_catalog(**sections: object) -> Catalog:
+def tiny_catalog(platform: dict[str, object] | None = None, **sections: object) -> Catalog:
     """A one-model catalog of the tiny demo model; ``sections`` override slo/serving/... ."""
     model: dict[str, object] = {
         "name": "tiny-llama",
@@ -53,7 +61,7 @@ def tiny_catalog(**sections: object) -> Catalog:
         "slo": {"ttft_p95_ms": 30000, "itl_p95_ms": 5000, "min_output_tokens_per_s": 1, "max_error_rate": 0},
     }
     model.update(sections)
-    return parse_catalog({"models": [model]})
+    return parse_catalog({"platform": platform or {}, "models": [model]})
 
 
 @pytest.fixture(scope="session")

@@ -12,14 +12,16 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from llm_platform.benchmark.parse import parse_result, results_frame
 from llm_platform.benchmark.plan import plan_for
 from llm_platform.benchmark.report import plot_png, summary_markdown
 from llm_platform.benchmark.runner import run_plan
 from llm_platform.benchmark.slo import SloResult, evaluate_slos
 from llm_platform.catalog import Catalog
 from llm_platform.defs.failures import platform_errors_as_failure
-from llm_platform.defs.resources import LocalTargetResource, WeightsResource
+from llm_platform.defs.resources import KubernetesTargetResource, LocalTargetResource, WeightsResource
 from llm_platform.defs.weights import LIFECYCLE_GROUP, catalog_owners
+from llm_platform.manifests.render import serving_invocation
 from llm_platform.weights.plan import SnapshotManifest
 
 SLO_CHECKS = {
@@ -73,7 +75,12 @@ def check_results(results: list[SloResult]) -> list[dg.AssetCheckResult]:
     ]
 
 
-def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+def build_benchmark_asset(
+    catalog: Catalog, partitions: dg.PartitionsDefinition, target_kind: str = "local"
+) -> dg.AssetsDefinition:
+    """``target_kind`` ``local``: a vLLM-on-CPU server here and ``vllm bench serve`` against it; ``kubernetes``: the
+    GPU benchmark Job (serve + bench in one pod), whose result lines come back through the pod log."""
+
     @dg.asset(
         name="smoke_benchmark",
         kinds={"vllm", "pandas"},
@@ -100,32 +107,43 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
         model_weights: SnapshotManifest,
         weights: WeightsResource,
         local_target: LocalTargetResource,
+        kubernetes: KubernetesTargetResource,
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster rejects a parametrized one with checks
         model = catalog.model(context.partition_key)
-        weights_path = weights.snapshot_path(model_weights)
         plan = plan_for(
             model, prompts_per_level=config.prompts_per_level, input_len=config.input_len, output_len=config.output_len
         )
         plan = dataclasses.replace(plan, num_warmups=config.num_warmups)
         if config.concurrency_levels:
             plan = dataclasses.replace(plan, concurrency_levels=tuple(sorted(config.concurrency_levels)))
-        target = local_target.target()
         work_dir = Path(local_target.state_dir) / model.name / "benchmarks" / context.run.run_id
+        work_dir.mkdir(parents=True, exist_ok=True)
         with platform_errors_as_failure():
-            server = target.ensure_server(model, weights_path, log=context.log.info)
-            frame, raw = run_plan(
-                plan,
-                model=model.name,
-                base_url=server.base_url,
-                tokenizer=weights_path,
-                work_dir=work_dir,
-                log=context.log.info,
-            )
-        results = evaluate_slos(frame, model.slo)
-        active = target.active(model.name)
-        if not all(r.passed for r in results) and (active is None or active.fingerprint != server.fingerprint):
-            target.stop_server(model.name, server.fingerprint)  # a rejected candidate must not hold resources
-            context.log.info(f"model '{model.name}': SLOs missed; stopped candidate server {server.fingerprint}")
+            if target_kind == "kubernetes":
+                raw = kubernetes.target(catalog.platform).smoke_benchmark(
+                    model, model_weights.sha, plan, run_key=context.run.run_id, log=context.log.info
+                )
+                frame = results_frame([parse_result(result, level) for level, result in sorted(raw.items())])
+                fingerprint = serving_invocation(catalog.platform, model, model_weights.sha).fingerprint
+                results = evaluate_slos(frame, model.slo)
+            else:
+                target = local_target.target()
+                weights_path = weights.snapshot_path(model_weights)
+                server = target.ensure_server(model, weights_path, log=context.log.info)
+                frame, raw = run_plan(
+                    plan,
+                    model=model.name,
+                    base_url=server.base_url,
+                    tokenizer=weights_path,
+                    work_dir=work_dir,
+                    log=context.log.info,
+                )
+                fingerprint = server.fingerprint
+                results = evaluate_slos(frame, model.slo)
+                active = target.active(model.name)
+                if not all(r.passed for r in results) and (active is None or active.fingerprint != fingerprint):
+                    target.stop_server(model.name, fingerprint)  # a rejected candidate must not hold resources
+                    context.log.info(f"model '{model.name}': SLOs missed; stopped candidate server {fingerprint}")
         frame.to_csv(work_dir / "results.csv", index=False)
         png = plot_png(model.name, frame)
         (work_dir / "results.png").write_bytes(png)
@@ -139,7 +157,8 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
                 "plot": dg.MetadataValue.md(
                     f"![throughput and p95 TTFT vs concurrency](data:image/png;base64,{image})"
                 ),
-                "server_fingerprint": dg.MetadataValue.text(server.fingerprint),
+                "server_fingerprint": dg.MetadataValue.text(fingerprint),
+                "target": dg.MetadataValue.text(target_kind),
                 "weights_sha": dg.MetadataValue.text(model_weights.sha),
                 "plan": dg.MetadataValue.json(json.loads(json.dumps(plan.__dict__))),
                 "results_dir": dg.MetadataValue.path(str(work_dir)),

@@ -9,8 +9,10 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from llm_platform.catalog import ModelSpec
-from llm_platform.errors import WeightsError
+from llm_platform.catalog import ModelSpec, Platform
+from llm_platform.errors import PlatformError, WeightsError
+from llm_platform.targets.kube_api import KubeApi
+from llm_platform.targets.kubernetes import KubernetesTarget, KubernetesTargetSettings
 from llm_platform.targets.local import LocalTarget, LocalTargetSettings
 from llm_platform.weights.download import DEFAULT_WORKERS, DownloadRequest, DownloadResult, download_snapshot
 from llm_platform.weights.hub import HubClient
@@ -19,6 +21,8 @@ from llm_platform.weights.progress import ProgressSink
 from llm_platform.weights.store import ModelStore
 
 STORE_ENV_VAR = "LLM_PLATFORM_MODEL_STORE"
+TARGET_ENV_VAR = "LLM_PLATFORM_TARGET"
+TARGET_KINDS = ("local", "kubernetes")
 
 
 def _dagster_home_path(*parts: str) -> str:
@@ -121,3 +125,39 @@ def local_target_from_env() -> LocalTargetResource:
         kv_cache_space_gib=int(os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")),
         omp_threads_bind=os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or "nobind",
     )
+
+
+class KubernetesTargetResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """The production target: the catalog's namespace in a Kubernetes cluster (connects only when used)."""
+
+    kube_context: str | None = Field(
+        default=None,
+        description="kubeconfig context; None: in-cluster credentials (Dagster on the cluster), else the current "
+        "context of $KUBECONFIG.",
+    )
+    poll_interval_s: float = Field(default=2.0, description="Pause between two reads of a rollout or a Job.")
+    rollout_timeout_s: float | None = Field(
+        default=None, description="Give up on a rollout after this long; None: progressDeadlineSeconds + 60 s."
+    )
+    job_timeout_s: float = Field(default=6 * 3600, description="Give up on a download or benchmark Job after this.")
+
+    def target(self, platform: Platform) -> KubernetesTarget:
+        settings = KubernetesTargetSettings(
+            poll_interval_s=self.poll_interval_s,
+            rollout_timeout_s=self.rollout_timeout_s,
+            job_timeout_s=self.job_timeout_s,
+        )
+        return KubernetesTarget(KubeApi.from_kubeconfig(self.kube_context), platform, settings)
+
+
+def kubernetes_target_from_env() -> KubernetesTargetResource:
+    """``LLM_PLATFORM_KUBE_CONTEXT`` picks the kubeconfig context if set."""
+    return KubernetesTargetResource(kube_context=os.environ.get("LLM_PLATFORM_KUBE_CONTEXT") or None)
+
+
+def target_kind_from_env() -> str:
+    """``$LLM_PLATFORM_TARGET``: where the code location deploys models, ``local`` (default) or ``kubernetes``."""
+    kind = os.environ.get(TARGET_ENV_VAR) or "local"
+    if kind not in TARGET_KINDS:
+        raise PlatformError(f"{TARGET_ENV_VAR}={kind!r} is not a target; use one of: {', '.join(TARGET_KINDS)}")
+    return kind

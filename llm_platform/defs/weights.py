@@ -6,9 +6,9 @@ No ``from __future__ import annotations`` here: Dagster reads the config and res
 import dagster as dg
 from pydantic import Field
 
-from llm_platform.catalog import Catalog
+from llm_platform.catalog import Catalog, Platform
 from llm_platform.defs.failures import platform_errors_as_failure
-from llm_platform.defs.resources import WeightsResource
+from llm_platform.defs.resources import KubernetesTargetResource, WeightsResource
 from llm_platform.weights.download import DownloadResult
 from llm_platform.weights.plan import SnapshotManifest
 from llm_platform.weights.progress import LogProgress
@@ -55,12 +55,22 @@ def weights_metadata(result: DownloadResult, store_path: str) -> dict[str, dg.Me
     }
 
 
+def pvc_location(platform: Platform) -> str:
+    """How metadata names the model store on the cluster: ``pvc://<claim><mount path>``."""
+    return f"pvc://{platform.weights_pvc}{platform.weights_mount_path}"
+
+
 def catalog_owners(catalog: Catalog) -> list[str]:
     """Owners of the lifecycle assets: everyone the catalog names for any model (assets are shared by models)."""
     return sorted({owner for model in catalog.models for owner in model.owners})
 
 
-def build_weights_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+def build_weights_asset(
+    catalog: Catalog, partitions: dg.PartitionsDefinition, target_kind: str = "local"
+) -> dg.AssetsDefinition:
+    """``target_kind`` ``local``: downloaded in-process into the local model store; ``kubernetes``: by the download
+    Job onto the RWX PVC (the same entrypoint), whose manifest comes back through the pod log."""
+
     @dg.asset(
         name="model_weights",
         kinds={"huggingface", "python"},
@@ -74,17 +84,25 @@ def build_weights_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -
         ),
     )
     def model_weights(
-        context: dg.AssetExecutionContext, config: WeightsConfig, weights: WeightsResource
+        context: dg.AssetExecutionContext,
+        config: WeightsConfig,
+        weights: WeightsResource,
+        kubernetes: KubernetesTargetResource,
     ) -> dg.MaterializeResult[SnapshotManifest]:
         model = catalog.model(context.partition_key)
         revision = config.revision or model.source.revision
-        context.log.info(f"model '{model.name}': downloading {model.source.repo}@{revision} to {weights.store_path}")
+        platform = catalog.platform
+        store_root = pvc_location(platform) if target_kind == "kubernetes" else weights.store_path
+        context.log.info(f"model '{model.name}': downloading {model.source.repo}@{revision} to {store_root}")
         with platform_errors_as_failure():
-            result = weights.download(model, revision, progress=LogProgress(context.log.info))
+            if target_kind == "kubernetes":
+                result = kubernetes.target(platform).download_weights(model, revision, log=context.log.info)
+            else:
+                result = weights.download(model, revision, progress=LogProgress(context.log.info))
         if result.reused:
             context.log.info(f"model '{model.name}': {result.manifest.sha} already complete; verified, nothing fetched")
         return dg.MaterializeResult(
-            metadata=weights_metadata(result, weights.store_path),
+            metadata=weights_metadata(result, store_root),
             data_version=dg.DataVersion(result.manifest.sha),
             value=result.manifest,
         )

@@ -12,6 +12,7 @@ call is idempotent (reads, apply, delete). ``sleep`` is injected so that the ret
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -185,7 +186,10 @@ class KubeApi:
             k8s_config.load_incluster_config(client_configuration=configuration)
         except k8s_config.ConfigException:
             try:
-                k8s_config.load_kube_config(context=context, client_configuration=configuration)
+                # $KUBECONFIG read now: the client reads it once, at import.
+                k8s_config.load_kube_config(
+                    config_file=os.environ.get("KUBECONFIG"), context=context, client_configuration=configuration
+                )
             except (k8s_config.ConfigException, OSError) as error:
                 raise KubernetesAccessError(f"kubernetes: no usable kubeconfig or in-cluster config: {error}") from None
         return cls(k8s_client.ApiClient(configuration), **kwargs)

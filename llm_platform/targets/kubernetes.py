@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from dagster_k8s.client import (
@@ -60,6 +61,7 @@ from llm_platform.manifests.render import (
 )
 from llm_platform.manifests.validation import validate_objects
 from llm_platform.rollout import PROMOTED_REVISION_ANNOTATION, Revision, RolloutState, restorable, rollout_state
+from llm_platform.store_layout import snapshot_path
 from llm_platform.targets.kube_api import (
     DEPLOYMENTS,
     EVENTS,
@@ -69,7 +71,8 @@ from llm_platform.targets.kube_api import (
     map_api_error,
     resource_of,
 )
-from llm_platform.weights.plan import SnapshotManifest, manifest_from_log
+from llm_platform.weights.download import DownloadResult
+from llm_platform.weights.plan import manifest_from_log, reused_in_log
 
 Log = Callable[[str], None]
 Object = dict[str, Any]
@@ -271,8 +274,8 @@ class KubernetesTarget:
 
     # -- Jobs ---------------------------------------------------------------------------------------------------
 
-    def download_weights(self, model: ModelSpec, revision: str, log: Log = lambda _: None) -> SnapshotManifest:
-        """Run the weights download Job for ``revision`` and return the manifest it wrote to the PVC.
+    def download_weights(self, model: ModelSpec, revision: str, log: Log = lambda _: None) -> DownloadResult:
+        """Run the weights download Job for ``revision``; the result carries the manifest it wrote to the PVC.
 
         A succeeded Job for a commit sha is reused (its snapshot is immutable); for a branch or tag a new Job runs,
         which verifies what is already on the PVC and downloads only what the branch now points at.
@@ -286,7 +289,8 @@ class KubernetesTarget:
             raise JobFailedError(
                 f"model '{model.name}': the weights Job {job['metadata']['name']} succeeded but printed no manifest"
             )
-        return manifest
+        on_pvc = snapshot_path(self.platform.weights_mount_path, model.name, manifest.sha)
+        return DownloadResult(manifest, Path(on_pvc), reused=reused_in_log(output))
 
     def smoke_benchmark(
         self, model: ModelSpec, weights_sha: str, plan: BenchmarkPlan, run_key: str, log: Log = lambda _: None
@@ -334,7 +338,8 @@ class KubernetesTarget:
                     ),
                 )
             except DagsterK8sError as error:
-                raise JobFailedError(f"Job {self.namespace}/{name} failed: {self._job_failure(name, error)}") from None
+                reason = self._job_failure(name, error, log)
+                raise JobFailedError(f"Job {self.namespace}/{name} failed: {reason}") from None
         pod = self._succeeded_pod(name)
         return str(self._dagster_k8s("get", lambda: self.jobs.retrieve_pod_logs(pod, self.namespace)))
 
@@ -361,15 +366,17 @@ class KubernetesTarget:
             )
         return str(max(succeeded, key=_created)["metadata"]["name"])
 
-    def _job_failure(self, name: str, error: DagsterK8sError) -> str:
-        """The reason of a failed Job: its last pod's exit and the error line it printed."""
+    def _job_failure(self, name: str, error: DagsterK8sError, log: Log) -> str:
+        """The reason of a failed Job: its last pod's exit and the error line it printed (the log's tail goes to
+        ``log``, for the run's event log)."""
         pods = self._job_pods(name)
         if not pods:
             return str(error).splitlines()[0]
         pod = max(pods, key=_created)
         pod_name = pod["metadata"]["name"]
         problem = job_pod_state(pod)
-        tail = self.api.read_log(self.namespace, pod_name, tail_lines=20)
+        tail = self.api.read_log(self.namespace, pod_name, tail_lines=40)
+        log(f"Job {self.namespace}/{name}: last lines of pod {pod_name}:\n{tail.rstrip()}")
         errors = [line for line in tail.splitlines() if line.startswith("error:")]
         last = errors[-1] if errors else (tail.strip().splitlines() or ["(no log)"])[-1]
         return f"pod {pod_name}: {problem}: {last}"

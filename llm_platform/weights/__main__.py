@@ -17,7 +17,7 @@ from llm_platform.catalog import DEFAULT_ALLOW_PATTERNS
 from llm_platform.errors import HubAccessError, HubNotFoundError, PlatformError
 from llm_platform.weights.download import DEFAULT_WORKERS, DownloadRequest, download_snapshot
 from llm_platform.weights.hub import HubClient, redact
-from llm_platform.weights.plan import MANIFEST_MARKER
+from llm_platform.weights.plan import MANIFEST_MARKER, REUSED_MARKER
 from llm_platform.weights.progress import LogProgress, TerminalProgress
 from llm_platform.weights.store import ModelStore
 
@@ -70,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"model '{manifest.model}': {manifest.sha} already complete in {result.directory}; verified, nothing "
             "downloaded"
         )
+        print(f"{REUSED_MARKER} {manifest.sha}")
     else:
         print(
             f"model '{manifest.model}': downloaded {manifest.file_count} files of {manifest.sha} to "

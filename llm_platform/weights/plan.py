@@ -87,6 +87,13 @@ class SnapshotManifest(BaseModel):
 
 #: Prefix of the last line the download entrypoint prints: ``<marker> <manifest json>``.
 MANIFEST_MARKER = "LLM_PLATFORM_MANIFEST"
+#: Printed (``<marker> <sha>``) when the snapshot was already complete and only verified.
+REUSED_MARKER = "LLM_PLATFORM_REUSED"
+
+
+def reused_in_log(log: str) -> bool:
+    """Whether the download entrypoint's output says it found the snapshot complete and fetched nothing."""
+    return any(line.startswith(REUSED_MARKER + " ") for line in log.splitlines())
 
 
 def manifest_from_log(log: str) -> SnapshotManifest | None:

@@ -27,7 +27,6 @@ from tests.kubeemu import (
     FakeKubelet,
     Fault,
     RunningCluster,
-    running_cluster,
 )
 
 pytestmark = pytest.mark.integration
@@ -50,12 +49,6 @@ def hub() -> Iterator[FakeHub]:
     server.faults.required_token = TOKEN
     yield server
     server.stop()
-
-
-@pytest.fixture
-def cluster() -> Iterator[RunningCluster]:
-    with running_cluster() as running:
-        yield running
 
 
 def _catalog(hub: FakeHub, repo: str = REPO) -> Catalog:
@@ -96,7 +89,9 @@ def test_weights_job_downloads_to_the_pvc_and_returns_the_manifest(
     catalog = _catalog(hub)
     lines: list[str] = []
 
-    manifest = _target(cluster, catalog).download_weights(catalog.model("tiny"), "main", log=lines.append)
+    result = _target(cluster, catalog).download_weights(catalog.model("tiny"), "main", log=lines.append)
+    manifest = result.manifest
+    assert not result.reused and str(result.directory) == f"/models/tiny/{manifest.sha}"
 
     repo = hub.repos[REPO]
     assert manifest.sha == repo.sha and manifest.model == "tiny"
@@ -125,6 +120,11 @@ def test_a_succeeded_job_for_a_commit_is_reused(cluster: RunningCluster, hub: Fa
     creates = [call for call in cluster.emulator.our_calls() if call.verb == "create" and call.resource == "jobs"]
     assert len(creates) == 1
     assert weights_job_name(catalog.model("tiny"), sha) in cluster.emulator.stored(JOBS)
+    # A branch always runs a Job (it may have moved); this one finds the snapshot complete and fetches nothing.
+    served_before = sum(hub.served.values())
+    by_branch = target.download_weights(catalog.model("tiny"), "main")
+    assert by_branch.reused and by_branch.manifest.sha == sha
+    assert sum(hub.served.values()) == served_before
 
 
 def test_a_failed_job_reports_the_pods_error_line(cluster: RunningCluster, hub: FakeHub, kubelet: FakeKubelet) -> None:

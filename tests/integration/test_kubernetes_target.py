@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,19 +21,13 @@ from llm_platform.rollout import PROMOTED_REVISION_ANNOTATION, Revision
 from llm_platform.targets.kube_api import resource_of
 from llm_platform.targets.kubernetes import KubernetesTarget, KubernetesTargetSettings, Promotion
 from tests.conftest import tiny_catalog
-from tests.kubeemu import DEPLOYMENTS, KEDA, PODS, FakeDeploymentController, Fault, RunningCluster, running_cluster
+from tests.kubeemu import DEPLOYMENTS, KEDA, PODS, FakeDeploymentController, Fault, RunningCluster
 
 pytestmark = pytest.mark.integration
 
 FIRST = "1" * 40
 SECOND = "2" * 40
 SETTINGS = KubernetesTargetSettings(poll_interval_s=0.02, rollout_timeout_s=3)
-
-
-@pytest.fixture
-def cluster() -> Iterator[RunningCluster]:
-    with running_cluster() as running:
-        yield running
 
 
 @pytest.fixture

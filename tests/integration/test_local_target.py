@@ -11,10 +11,8 @@ import dagster as dg
 import pytest
 
 from llm_platform.catalog import Catalog
-from llm_platform.defs.benchmark import build_benchmark_asset
-from llm_platform.defs.deployment import build_deployment_asset
-from llm_platform.defs.partitions import model_partitions
-from llm_platform.defs.weights import build_weights_asset
+from llm_platform.defs.lifecycle import lifecycle_assets
+from llm_platform.defs.resources import KubernetesTargetResource
 from llm_platform.errors import TargetError
 from llm_platform.targets.local import LocalTarget, LocalTargetSettings, process_alive
 from tests.conftest import ServedTiny, tiny_catalog
@@ -36,16 +34,14 @@ def _complete(endpoint: str, prompt: str = "hello", max_tokens: int = 8) -> dict
 
 
 def _lifecycle(served: ServedTiny, catalog: Catalog, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    partitions = model_partitions(catalog)
-    assets = [
-        build_weights_asset(catalog, partitions),
-        build_benchmark_asset(catalog, partitions),
-        build_deployment_asset(catalog, partitions),
-    ]
     return dg.materialize(
-        assets,
+        lifecycle_assets(catalog),
         partition_key="tiny-llama",
-        resources={"weights": served.weights, "local_target": served.local_target},
+        resources={
+            "weights": served.weights,
+            "local_target": served.local_target,
+            "kubernetes": KubernetesTargetResource(),
+        },
         run_config={"ops": {"smoke_benchmark": {"config": SMALL_PLAN}}},
         instance=instance,
         raise_on_error=False,

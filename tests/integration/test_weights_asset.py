@@ -11,7 +11,7 @@ import pytest
 
 from llm_platform.catalog import Catalog, parse_catalog
 from llm_platform.defs.partitions import model_partitions
-from llm_platform.defs.resources import WeightsResource
+from llm_platform.defs.resources import KubernetesTargetResource, WeightsResource
 from llm_platform.defs.weights import build_weights_asset
 from llm_platform.weights.plan import SnapshotManifest
 from tests.fakehub import FakeHub, FakeRepo
@@ -48,7 +48,11 @@ def _materialize(
 ) -> dg.ExecuteInProcessResult:
     asset = build_weights_asset(catalog, model_partitions(catalog))
     return dg.materialize(
-        [asset], partition_key=partition, resources={"weights": resource}, instance=instance, raise_on_error=False
+        [asset],
+        partition_key=partition,
+        resources={"weights": resource, "kubernetes": KubernetesTargetResource()},
+        instance=instance,
+        raise_on_error=False,
     )
 
 

@@ -1,0 +1,21 @@
+"""The lifecycle asset graph of every catalog model, for one target."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from llm_platform.catalog import Catalog
+from llm_platform.defs.benchmark import build_benchmark_asset
+from llm_platform.defs.deployment import build_deployment_asset
+from llm_platform.defs.partitions import model_partitions
+from llm_platform.defs.weights import build_weights_asset
+
+
+def lifecycle_assets(catalog: Catalog, target_kind: str = "local") -> list[dg.AssetsDefinition]:
+    """model_weights → smoke_benchmark (blocking SLO checks) → vllm_deployment, partitioned by model."""
+    partitions = model_partitions(catalog)
+    return [
+        build_weights_asset(catalog, partitions, target_kind),
+        build_benchmark_asset(catalog, partitions, target_kind),
+        build_deployment_asset(catalog, partitions, target_kind),
+    ]

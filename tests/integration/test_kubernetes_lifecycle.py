@@ -1,0 +1,107 @@
+"""The whole lifecycle through Dagster on the kubernetes target: the download Job onto the PVC, the GPU benchmark
+Job (its real script, vLLM on CPU standing in for the GPU node), the blocking SLO checks, and the promotion."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from llm_platform.catalog import Catalog
+from llm_platform.defs.lifecycle import lifecycle_assets
+from llm_platform.defs.resources import KubernetesTargetResource, LocalTargetResource, WeightsResource
+from llm_platform.engine import DEFAULT_PORT
+from llm_platform.rollout import Revision
+from tests.conftest import ServedTiny, tiny_catalog
+from tests.kubeemu import DEPLOYMENTS, JOBS, FakeDeploymentController, FakeKubelet, RunningCluster
+
+pytestmark = pytest.mark.integration
+
+SMALL_PLAN = {"prompts_per_level": 8, "input_len": 64, "output_len": 16, "concurrency_levels": [1, 4], "num_warmups": 1}
+
+
+def _vllm_image_shims(directory: Path) -> Path:
+    """What the vLLM image provides, on this machine: ``python3`` with vLLM, and the ``vllm`` CLI (the CPU wheel's
+    console script is broken, so ``vllm bench serve`` goes through our shim of the same code)."""
+    directory.mkdir()
+    shims = {
+        "python3": f'exec {sys.executable} "$@"',  # a script, not a link: a linked venv python loses its venv
+        "vllm": '[ "$1" = bench ] && [ "$2" = serve ] || { echo "shim: only bench serve" >&2; exit 64; }\n'
+        f'shift 2; exec {sys.executable} -m llm_platform.benchmark.vllm_bench "$@"',
+    }
+    for name, body in shims.items():
+        (directory / name).write_text(f"#!/bin/sh\n{body}\n")
+        (directory / name).chmod(0o755)
+    return directory
+
+
+def _kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig with one context, ``emulator``, as kind or a cloud CLI would write it."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "emulator", "cluster": {"server": server}}],
+        "users": [{"name": "dagster", "user": {"token": "emulator-token"}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "dagster"}}],
+        "current-context": "emulator",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_lifecycle_on_kubernetes_through_dagster(
+    cluster: RunningCluster, served_tiny: ServedTiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", DEFAULT_PORT)) == 0:
+            pytest.skip(f"port {DEFAULT_PORT} (the benchmark pod's vLLM port) is taken on this machine")
+    hub_endpoint = served_tiny.weights.hf_endpoint
+    assert hub_endpoint is not None
+    catalog: Catalog = tiny_catalog(platform={"hf_endpoint": hub_endpoint})
+    namespace = catalog.platform.namespace
+    monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "kubeconfig", cluster.url)))
+    node_env = {
+        "PATH": f"{_vllm_image_shims(tmp_path / 'image-bin')}:{os.environ['PATH']}",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    }
+    pvc = tmp_path / "pvc"
+    kubelet = FakeKubelet(cluster, namespace, {"model-weights": pvc}, tmp_path / "scratch", node_env)
+    controller = FakeDeploymentController(cluster.raw(), namespace, lambda _: "ready")
+    with kubelet, controller, dg.instance_for_test() as instance:
+        result = dg.materialize(
+            lifecycle_assets(catalog, target_kind="kubernetes"),
+            partition_key="tiny-llama",
+            resources={
+                "weights": WeightsResource(store_path=str(tmp_path / "unused-local-store")),
+                "local_target": LocalTargetResource(state_dir=str(tmp_path / "state")),
+                "kubernetes": KubernetesTargetResource(kube_context="emulator", poll_interval_s=0.2),
+            },
+            run_config={"ops": {"smoke_benchmark": {"config": SMALL_PLAN}}},
+            instance=instance,
+            raise_on_error=False,
+        )
+
+    assert result.success
+    (weights,) = result.asset_materializations_for_node("model_weights")
+    sha = str(weights.metadata["revision_sha"].value)
+    assert (pvc / "tiny-llama" / sha / "config.json").is_file()  # written by the Job, onto the PVC
+    assert weights.metadata["store_root"].value == "pvc://model-weights/models"
+    assert not (tmp_path / "unused-local-store").exists()
+    assert all(check.passed for check in result.get_asset_check_evaluations())
+    frame = result.output_for_node("smoke_benchmark")
+    assert list(frame["concurrency"]) == [1, 4] and list(frame["completed"]) == [8, 8]
+    assert (frame["output_throughput"] > 0).all()
+    jobs = cluster.emulator.stored(JOBS, namespace)
+    assert {name.split("-")[0] for name in jobs} == {"weights", "bench"}
+    (deployment_event,) = result.asset_materializations_for_node("vllm_deployment")
+    deployment = cluster.emulator.stored(DEPLOYMENTS, namespace)["vllm-tiny-llama"]
+    revision = Revision.from_deployment(deployment)
+    assert revision is not None and revision.weights_sha == sha
+    assert deployment_event.metadata["revision"].value == revision.label()
+    assert deployment_event.metadata["endpoint"].value == "http://vllm-tiny-llama.llm-serving.svc.cluster.local:8000"
