@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -226,6 +227,9 @@ class Slo(_Section):
     """Lowest acceptable output throughput, tokens per second over the benchmark."""
     max_error_rate: float = Field(0.01, ge=0, le=1)
     """Highest acceptable fraction of failed requests."""
+    max_regression_pct: float = Field(20.0, gt=0)
+    """How much worse (output throughput down, p95 TTFT up, in %) the nightly live benchmark may be than the
+    benchmark of the promotion before its check fails."""
 
 
 class Autoscaling(_Section):
@@ -335,6 +339,26 @@ class Platform(_Section):
     """Node labels the vLLM and benchmark pods require (e.g. a GPU product label)."""
     gpu_tolerations: tuple[Toleration, ...] = (Toleration(key="nvidia.com/gpu", effect="NoSchedule"),)
     """Tolerations for GPU node taints."""
+    live_benchmark_cron: str | None = "0 3 * * *"
+    """When the scheduled live benchmark of every deployed model runs (cron, 5 fields); ``null``: never."""
+    live_benchmark_timezone: str = "UTC"
+    """IANA time zone of that cron schedule."""
+
+    @field_validator("live_benchmark_cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5:
+            raise ValueError(f"'{value}' is not a 5-field cron expression such as '0 3 * * *'")
+        return value
+
+    @field_validator("live_benchmark_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"'{value}' is not an IANA time zone such as 'Europe/Berlin'") from None
+        return value
 
     @field_validator("namespace", "weights_pvc", "hf_token_secret")
     @classmethod
@@ -718,3 +742,47 @@ def _resolve_local_paths(catalog: Catalog, base: Path) -> Catalog:
             model = model.model_copy(update={"source": source})
         models.append(model)
     return catalog.model_copy(update={"models": tuple(models)})
+
+
+def parse_assignments(assignments: Sequence[str]) -> dict[str, str]:
+    """``["max_num_seqs=64", …]`` (the CLI's ``--set``) to a mapping; a malformed item is a :class:`CatalogError`."""
+    parsed: dict[str, str] = {}
+    problems = []
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--set {item!r}: expected FIELD=VALUE, e.g. max_num_seqs=64")
+            continue
+        parsed[key.strip().removeprefix("serving.")] = value.strip()
+    if problems:
+        raise CatalogError(problems)
+    return parsed
+
+
+def apply_serving_overrides(model: ModelSpec, overrides: Mapping[str, object], origin: str = "overrides") -> ModelSpec:
+    """``model`` with ``serving`` fields replaced, validated like the catalog itself (one line per problem).
+
+    String values are read as YAML scalars, as in the catalog file: ``"64"`` is 64, ``"true"`` is true,
+    ``"[--seed, '1']"`` a list.
+    """
+    values = {
+        key.removeprefix("serving."): _load_yaml(value, origin) if isinstance(value, str) else value
+        for key, value in overrides.items()
+    }
+    where = f"{origin}: model '{model.name}'"
+    try:
+        serving = Serving.model_validate({**model.serving.model_dump(exclude_unset=True), **values})
+    except ValidationError as error:
+        described = (_describe(problem, Serving) for problem in error.errors())
+        raise CatalogError([_format(where, f"serving.{path}", message) for path, message in described]) from None
+    effective = model.model_copy(update={"serving": serving})
+    problems = model_problems(effective)
+    if problems:
+        raise CatalogError([_format(where, path, message) for path, message in problems])
+    return effective
+
+
+def serving_diff(base: Serving, effective: Serving) -> dict[str, tuple[object, object]]:
+    """Fields whose value differs: ``{field: (catalog value, effective value)}``."""
+    before, after = base.model_dump(), effective.model_dump()
+    return {key: (before[key], after[key]) for key in after if before[key] != after[key]}

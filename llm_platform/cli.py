@@ -14,7 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llm_platform.catalog import CATALOG_ENV_VAR, Catalog, default_catalog_path, load_catalog
+from llm_platform.catalog import (
+    CATALOG_ENV_VAR,
+    Catalog,
+    apply_serving_overrides,
+    default_catalog_path,
+    load_catalog,
+    parse_assignments,
+)
+from llm_platform.dagster_api import DEFAULT_URL
 from llm_platform.errors import CatalogError, ManifestValidationError, PlatformError, UnknownModelError
 from llm_platform.manifests.render import dump_yaml, render_files
 from llm_platform.manifests.validation import KUBERNETES_VERSIONS, validate_objects
@@ -22,6 +30,7 @@ from llm_platform.manifests.validation import KUBERNETES_VERSIONS, validate_obje
 if TYPE_CHECKING:
     from llm_platform.targets.local import LocalTarget
 
+DAGSTER_URL_ENV_VAR = "LLM_PLATFORM_DAGSTER_URL"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -69,10 +78,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--model", default="tiny-llama", help="catalog model to run (default: tiny-llama)")
 
-    local = commands.add_parser("local", help="the local target: status and stop of the models it serves")
+    promote = commands.add_parser(
+        "promote",
+        parents=common,
+        help="submit a promotion of a model to Dagster (GraphQL API); --wait follows it to the end",
+    )
+    promote.add_argument("model", metavar="MODEL")
+    promote.add_argument("--revision", help="weights branch, tag or commit to download first (runs `lifecycle`)")
+    promote.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a serving field for this promotion, e.g. --set max_num_seqs=64 (repeatable)",
+    )
+    promote.add_argument("--reason", default="", help="why (recorded in serving_config's metadata)")
+    promote.add_argument("--benchmark-prompts", type=int, help="requests per concurrency level of the benchmark")
+    promote.add_argument(
+        "--benchmark-concurrency", help="comma-separated concurrency levels of the benchmark, e.g. 1,8,32"
+    )
+    promote.add_argument("--wait", action="store_true", help="follow the run; exit 0 on success, 1 otherwise")
+    promote.add_argument(
+        "--dagster-url",
+        default=os.environ.get(DAGSTER_URL_ENV_VAR) or DEFAULT_URL,
+        help=f"Dagster webserver (default: ${DAGSTER_URL_ENV_VAR} or {DEFAULT_URL})",
+    )
+
+    local = commands.add_parser("local", help="the local target and services: status, stop")
     local_commands = local.add_subparsers(dest="local_command", required=True)
-    local_commands.add_parser("status", help="models served on this machine, their endpoints and servers")
-    stop = local_commands.add_parser("stop", help="stop a model's servers and endpoint (default: all models)")
+    local_commands.add_parser("status", help="models served on this machine, and the local services")
+    stop = local_commands.add_parser(
+        "stop", help="stop a model's servers and endpoint (default: all models, then the local services)"
+    )
     stop.add_argument("models", nargs="*", metavar="MODEL")
 
     dev = commands.add_parser("dev", help="developer tools").add_subparsers(dest="dev_command", required=True)
@@ -137,17 +175,16 @@ def _dagster_home() -> Path:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import dagster as dg
-
     from llm_platform.demo import run_demo
 
-    catalog = load_catalog(args.catalog)
+    catalog_path = args.catalog or default_catalog_path()
+    catalog = load_catalog(catalog_path)
     home = _dagster_home()
     os.environ["DAGSTER_HOME"] = str(home)
-    with dg.DagsterInstance.get() as instance:
-        result = run_demo(catalog, model_name=args.model, work_dir=home, instance=instance)
+    result = run_demo(catalog, catalog_path, model_name=args.model, home=home)
     print()
     print(f"Dagster run {result.run_id}: {'succeeded' if result.success else 'did not promote'}")
+    print(f"  run in the Dagster UI: {result.run_url}")
     print(f"  weights revision: {result.revision or '-'}")
     if result.frame is not None:
         columns = ["concurrency", "output_throughput", "request_throughput", "p95_ttft_ms", "p95_itl_ms", "failed"]
@@ -164,9 +201,54 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"  endpoint: {result.endpoint}  (try: curl {result.endpoint}/v1/completions -H 'Content-Type: "
             f'application/json\' -d \'{{"model": "{args.model}", "prompt": "Hello", "max_tokens": 16}}\')'
         )
-    print(f"  Dagster UI: DAGSTER_HOME={home} .venv/bin/dagster dev -w workspace.yaml, then http://127.0.0.1:3000")
-    print("  stop the model: make stop  (or .venv/bin/llm-platform local stop)")
+    for name, url in result.services.items():
+        print(f"  {name}: {url}")
+    print("  stop the model and the services: make stop  (or .venv/bin/llm-platform local stop)")
     return EXIT_OK if result.success else EXIT_FAILED
+
+
+def _benchmark_options(prompts: int | None, concurrency: str | None) -> dict[str, object]:
+    """The smoke benchmark's run config from ``--benchmark-prompts`` / ``--benchmark-concurrency``."""
+    options: dict[str, object] = {}
+    if prompts is not None:
+        if prompts < 1:
+            raise CatalogError(["--benchmark-prompts: must be at least 1"])
+        options["prompts_per_level"] = prompts
+    if concurrency is not None:
+        try:
+            levels = sorted({int(level) for level in concurrency.split(",")})
+        except ValueError:
+            levels = []
+        if not levels or levels[0] < 1:
+            raise CatalogError([f"--benchmark-concurrency {concurrency!r}: expected positive integers, e.g. 1,8,32"])
+        options["concurrency_levels"] = levels
+    return options
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from llm_platform.dagster_api import DagsterApi, run_url
+    from llm_platform.defs.jobs import promotion_request
+
+    catalog = load_catalog(args.catalog)
+    model = catalog.model(args.model)
+    overrides = parse_assignments(args.assignments)
+    apply_serving_overrides(model, overrides, origin="--set")  # refuse bad input before anything is submitted
+    benchmark = _benchmark_options(args.benchmark_prompts, args.benchmark_concurrency)
+    job, run_config = promotion_request(
+        revision=args.revision, overrides=overrides, reason=args.reason, benchmark=benchmark
+    )
+    api = DagsterApi(args.dagster_url)
+    run_id = api.submit(job, model.name, run_config, tags={"llm-platform/trigger": "cli"})
+    print(f"submitted {job} run {run_id} for '{model.name}': {run_url(api.base_url, run_id)}", flush=True)
+    if not args.wait:
+        return EXIT_OK
+    outcome = api.follow(run_id, log=lambda line: print(line, flush=True))
+    if outcome.succeeded:
+        print(f"run {run_id} succeeded: '{model.name}' is promoted")
+        return EXIT_OK
+    reason = outcome.failures[0].splitlines()[0] if outcome.failures else "see the run in the UI"
+    print(f"run {run_id} ended {outcome.status}: {reason}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _local_target() -> LocalTarget:
@@ -177,8 +259,13 @@ def _local_target() -> LocalTarget:
 
 
 def _cmd_local(args: argparse.Namespace) -> int:
+    from llm_platform.services import LocalServices
+
     target = _local_target()
+    services = LocalServices(_dagster_home())
     if args.local_command == "status":
+        for record in services.running():
+            print(f"service {record.name}: {record.url} (pid {record.pid}, log {record.log_path})")
         models = target.models()
         if not models:
             print("no model is served by the local target")
@@ -193,10 +280,21 @@ def _cmd_local(args: argparse.Namespace) -> int:
     for name in args.models or target.models():
         target.stop(name)
         print(f"stopped {name}")
+    if not args.models:
+        for record in reversed(services.running()):
+            services.stop(record.name)
+            print(f"stopped service {record.name}")
     return EXIT_OK
 
 
-_COMMANDS = {"validate": _cmd_validate, "render": _cmd_render, "dev": _cmd_dev, "demo": _cmd_demo, "local": _cmd_local}
+_COMMANDS = {
+    "validate": _cmd_validate,
+    "render": _cmd_render,
+    "dev": _cmd_dev,
+    "demo": _cmd_demo,
+    "promote": _cmd_promote,
+    "local": _cmd_local,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

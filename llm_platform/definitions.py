@@ -9,7 +9,9 @@ from __future__ import annotations
 import dagster as dg
 
 from llm_platform.catalog import Catalog, load_catalog
+from llm_platform.defs.jobs import lifecycle_jobs, live_benchmark_schedules
 from llm_platform.defs.lifecycle import lifecycle_assets
+from llm_platform.defs.partitions import model_partitions
 from llm_platform.defs.resources import (
     kubernetes_target_from_env,
     local_target_from_env,
@@ -23,6 +25,8 @@ def build_definitions(catalog: Catalog, target_kind: str = "local") -> dg.Defini
     """All definitions for ``catalog``, deploying to ``target_kind`` (``local`` or ``kubernetes``)."""
     return dg.Definitions(
         assets=lifecycle_assets(catalog, target_kind),
+        jobs=lifecycle_jobs(model_partitions(catalog)),
+        schedules=live_benchmark_schedules(catalog),
         resources={
             "weights": weights_resource_from_env(),
             "local_target": local_target_from_env(),

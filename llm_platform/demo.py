@@ -1,102 +1,123 @@
 """The main job on the embedded default: the whole lifecycle of the demo model, on this machine, through Dagster.
 
-Builds the offline demo model, publishes it on the local hub (olah), and materializes ``model_weights`` →
-``smoke_benchmark`` (blocking SLO checks) → ``vllm_deployment`` for it against the Dagster instance in
-``$DAGSTER_HOME`` (so the run is in the UI), then prints what happened and leaves the model serving.
+Builds the offline demo model and publishes it on the local hub, brings up the local services (olah, Prometheus,
+``dagster dev``; reused when already running), submits the ``lifecycle`` job for the demo model through Dagster's
+GraphQL API exactly as ``llm-platform promote`` does, follows the run, and summarizes it from the Dagster instance:
+the weights revision, the benchmark table, the SLO verdicts, the endpoint and the UI's run URL. The model keeps
+serving afterwards; ``llm-platform local stop`` stops it and the services.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
 from llm_platform.catalog import Catalog
-from llm_platform.defs.lifecycle import lifecycle_assets
-from llm_platform.defs.resources import (
-    KubernetesTargetResource,
-    LocalTargetResource,
-    WeightsResource,
-    local_target_from_env,
-)
-from llm_platform.devhub import LocalHub, publish_model
+from llm_platform.dagster_api import DagsterApi, run_url
+from llm_platform.defs.jobs import promotion_request
+from llm_platform.devhub import publish_model
 from llm_platform.errors import PlatformError
+from llm_platform.services import LocalServices, ServiceRecord
 
 DEMO_MODEL = "tiny-llama"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ("hub", "prometheus", "dagster")
 
 
 @dataclass(frozen=True)
 class DemoResult:
     run_id: str
+    run_url: str
     success: bool
     revision: str | None
     frame: pd.DataFrame | None
     checks: dict[str, bool]
     endpoint: str | None
     failure: str | None
+    services: dict[str, str] = field(default_factory=dict)
 
 
-def _failure(result: dg.ExecuteInProcessResult) -> str | None:
-    for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data.error is not None:
-            return event.step_failure_data.error.message.strip()
-    return None
+def bring_up(catalog_path: Path, home: Path, log: Callable[[str], None] = print) -> dict[str, ServiceRecord]:
+    """The hub, Prometheus and Dagster for ``home``: the running ones if all three run, else all three anew."""
+    services = LocalServices(home)
+    running = {record.name: record for record in services.running()}
+    if set(SERVICES) <= set(running):
+        log("local services already running: " + ", ".join(f"{n} {running[n].url}" for n in SERVICES))
+        return running
+    for name in running:
+        services.stop(name)
+    hub = services.start_hub(home / "local-hub")
+    log(f"local hub (olah) at {hub.url}")
+    prometheus = services.start_prometheus(home / "prometheus" / "file_sd")
+    log(f"Prometheus at {prometheus.url}")
+    env = {
+        "HF_ENDPOINT": hub.url,
+        "LLM_PLATFORM_CATALOG": str(catalog_path.resolve()),
+        "LLM_PLATFORM_PROMETHEUS_URL": prometheus.url,
+    }
+    dagster = services.start_dagster(REPO_ROOT / "workspace.yaml", Path(sys.executable).parent / "dagster", env)
+    log(f"Dagster (dagster dev: webserver + daemon) at {dagster.url}")
+    return {"hub": hub, "prometheus": prometheus, "dagster": dagster}
+
+
+def _latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) -> dict[str, dg.MetadataValue]:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
+    ).records
+    materialization = records[0].asset_materialization if records else None
+    return dict(materialization.metadata) if materialization is not None else {}
+
+
+def _table(value: dg.MetadataValue | None) -> pd.DataFrame | None:
+    if not isinstance(value, dg.TableMetadataValue):
+        return None
+    return pd.DataFrame([record.data for record in value.records])
 
 
 def run_demo(
     catalog: Catalog,
+    catalog_path: Path,
     *,
     model_name: str = DEMO_MODEL,
-    work_dir: Path,
-    instance: dg.DagsterInstance,
+    home: Path,
     log: Callable[[str], None] = print,
 ) -> DemoResult:
-    """Publish the demo model on a local hub and run its lifecycle; the local target keeps serving it after."""
+    """Publish the demo model, bring up the services and run its lifecycle through Dagster's API."""
     from llm_platform.dev.tiny_model import make_tiny_model  # the `local` extra
 
     model = catalog.model(model_name)
     if model.source.repo is None:
         raise PlatformError(f"model '{model_name}': the demo publishes a Hugging Face repository; it has a path")
-    source = work_dir / "demo-model" / model_name
+    source = home / "demo-model" / model_name
     if not (source / "config.json").is_file():
         log(f"building the offline demo model in {source}")
         make_tiny_model(source)
-    mirrors = work_dir / "local-hub"
-    sha = publish_model(mirrors, model.source.repo, source, message="demo model")
+    sha = publish_model(home / "local-hub", model.source.repo, source, message="demo model")
     log(f"published {model.source.repo}@{sha[:12]} on the local hub")
-    assets = lifecycle_assets(catalog)
-    local_target: LocalTargetResource = local_target_from_env()
-    with LocalHub(mirrors, log_path=work_dir / "local-hub.log") as hub:
-        log(f"local hub (olah) at {hub.endpoint}; materializing the lifecycle of '{model_name}' through Dagster")
-        result = dg.materialize(
-            assets,
-            partition_key=model_name,
-            resources={
-                "weights": WeightsResource(hf_endpoint=hub.endpoint),
-                "local_target": local_target,
-                "kubernetes": KubernetesTargetResource(),
-            },
-            instance=instance,
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-            raise_on_error=False,
-            tags={"llm-platform/promotion": model_name},
-        )
-    frame = result.output_for_node("smoke_benchmark") if _materialized(result, "smoke_benchmark") else None
-    weights = result.asset_materializations_for_node("model_weights")
-    deployment = result.asset_materializations_for_node("vllm_deployment")
+    services = bring_up(catalog_path, home, log)
+    api = DagsterApi(services["dagster"].url)
+    job, run_config = promotion_request(revision=model.source.revision, reason="llm-platform demo")
+    run_id = api.submit(job, model_name, run_config, tags={"llm-platform/trigger": "demo"})
+    log(f"submitted the {job} run of '{model_name}': {run_url(api.base_url, run_id)}")
+    outcome = api.follow(run_id, log=log)
+    with dg.DagsterInstance.get() as instance:
+        weights = _latest_metadata(instance, "model_weights", model_name)
+        bench = _latest_metadata(instance, "smoke_benchmark", model_name)
+        deployment = _latest_metadata(instance, "vllm_deployment", model_name)
+    endpoint = deployment.get("endpoint")
     return DemoResult(
-        run_id=result.run_id,
-        success=result.success and bool(deployment),
-        revision=str(weights[0].metadata["revision_sha"].value) if weights else None,
-        frame=frame,
-        checks={c.check_name: c.passed for c in result.get_asset_check_evaluations()},
-        endpoint=str(deployment[0].metadata["endpoint"].value) if deployment else None,
-        failure=_failure(result),
+        run_id=run_id,
+        run_url=run_url(api.base_url, run_id),
+        success=outcome.succeeded,
+        revision=str(weights["revision_sha"].value) if "revision_sha" in weights else None,
+        frame=_table(bench.get("results")),
+        checks=outcome.checks,
+        endpoint=str(endpoint.value) if endpoint is not None and outcome.succeeded else None,
+        failure=outcome.failures[0] if outcome.failures else None,
+        services={name: record.url for name, record in services.items()},
     )
-
-
-def _materialized(result: dg.ExecuteInProcessResult, node: str) -> bool:
-    return bool(result.asset_materializations_for_node(node))

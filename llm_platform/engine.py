@@ -90,3 +90,9 @@ def engine_invocation(
     )
     env = {**(extra_env or {}), **BASE_ENVIRONMENT}
     return EngineInvocation(args=args, env=env)
+
+
+def config_fingerprint(serving: Serving, weights_sha: str) -> str:
+    """Target-independent identity of a serving config on a weights commit: what a benchmark verdict is about."""
+    payload = json.dumps({"serving": serving.model_dump(mode="json"), "weights": weights_sha}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -46,3 +46,42 @@ def evaluate_slos(frame: pd.DataFrame, slo: Slo) -> list[SloResult]:
         result("max_error_rate", error_rate, slo.max_error_rate, error_rate <= slo.max_error_rate,
                "failed requests / all requests"),
     ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Regression:
+    """One metric at one concurrency level that got worse than the baseline allows."""
+
+    concurrency: int
+    metric: str
+    baseline: float
+    live: float
+    change_pct: float
+
+    def describe(self) -> str:
+        return (
+            f"{self.metric} at concurrency {self.concurrency}: {self.live:.1f} vs {self.baseline:.1f} at promotion "
+            f"({self.change_pct:+.1f}%)"
+        )
+
+
+def regressions(baseline: pd.DataFrame, live: pd.DataFrame, max_regression_pct: float) -> list[Regression]:
+    """Levels present in both tables where output throughput fell, or p95 TTFT rose, by more than the allowance."""
+    found: list[Regression] = []
+    before = baseline.set_index("concurrency")
+    for _, row in live.iterrows():
+        level = int(row["concurrency"])
+        if level not in before.index:
+            continue
+        base = before.loc[level].to_dict()
+        throughput, base_throughput = float(row["output_throughput"]), float(base["output_throughput"])
+        if base_throughput > 0:
+            change = (throughput - base_throughput) / base_throughput * 100
+            if change < -max_regression_pct or math.isnan(throughput):
+                found.append(Regression(level, "output_throughput", base_throughput, throughput, change))
+        ttft, base_ttft = float(row["p95_ttft_ms"]), float(base["p95_ttft_ms"])
+        if base_ttft > 0:
+            change = (ttft - base_ttft) / base_ttft * 100
+            if change > max_regression_pct or math.isnan(ttft):
+                found.append(Regression(level, "p95_ttft_ms", base_ttft, ttft, change))
+    return found

@@ -1,4 +1,5 @@
-"""The ``smoke_benchmark`` asset and its blocking SLO checks: a config that misses an SLO is never promoted.
+"""The benchmark assets: ``smoke_benchmark`` (blocking SLO checks: a config that misses an SLO is never promoted)
+and ``live_benchmark`` (the deployed config, nightly, compared with the benchmark of its promotion).
 
 No ``from __future__ import annotations`` here: Dagster reads the config and resource annotations at runtime.
 """
@@ -13,16 +14,15 @@ import pandas as pd
 from pydantic import Field
 
 from llm_platform.benchmark.parse import parse_result, results_frame
-from llm_platform.benchmark.plan import plan_for
+from llm_platform.benchmark.plan import BenchmarkPlan, plan_for
 from llm_platform.benchmark.report import plot_png, summary_markdown
 from llm_platform.benchmark.runner import run_plan
-from llm_platform.benchmark.slo import SloResult, evaluate_slos
-from llm_platform.catalog import Catalog
+from llm_platform.benchmark.slo import SloResult, evaluate_slos, regressions
+from llm_platform.catalog import Catalog, ModelSpec
 from llm_platform.defs.failures import platform_errors_as_failure
 from llm_platform.defs.resources import KubernetesTargetResource, LocalTargetResource, WeightsResource
+from llm_platform.defs.values import BenchmarkOutcome, DeploymentRecord, ServingChoice
 from llm_platform.defs.weights import LIFECYCLE_GROUP, catalog_owners
-from llm_platform.manifests.render import serving_invocation
-from llm_platform.weights.plan import SnapshotManifest
 
 SLO_CHECKS = {
     "ttft_p95_ms": "p95 time to first token at every concurrency level is within slo.ttft_p95_ms",
@@ -45,6 +45,16 @@ class BenchmarkConfig(dg.Config):
     output_len: int = Field(default=64, description="Generated tokens per request (EOS ignored).")
     concurrency_levels: list[int] | None = Field(default=None, description="Default: 1, 8 and max_num_seqs.")
     num_warmups: int = Field(default=2, description="Warm-up requests before each level.")
+
+
+def plan_from_config(model: ModelSpec, config: BenchmarkConfig) -> BenchmarkPlan:
+    plan = plan_for(
+        model, prompts_per_level=config.prompts_per_level, input_len=config.input_len, output_len=config.output_len
+    )
+    plan = dataclasses.replace(plan, num_warmups=config.num_warmups)
+    if config.concurrency_levels:
+        plan = dataclasses.replace(plan, concurrency_levels=tuple(sorted(config.concurrency_levels)))
+    return plan
 
 
 def slo_check_name(slo: str) -> str:
@@ -75,6 +85,42 @@ def check_results(results: list[SloResult]) -> list[dg.AssetCheckResult]:
     ]
 
 
+def _measure_on_kubernetes(
+    context: dg.AssetExecutionContext,
+    catalog: Catalog,
+    choice: ServingChoice,
+    plan: BenchmarkPlan,
+    kubernetes: KubernetesTargetResource,
+    against: str | None = None,
+) -> pd.DataFrame:
+    raw = kubernetes.target(catalog.platform).smoke_benchmark(
+        choice.model, choice.weights.sha, plan, run_key=context.run.run_id, log=context.log.info, against=against
+    )
+    return results_frame([parse_result(result, level) for level, result in sorted(raw.items())])
+
+
+def _report_metadata(
+    model: str, frame: pd.DataFrame, slos: list[SloResult], work_dir: Path
+) -> dict[str, dg.MetadataValue]:
+    """Table, summary and plot in the UI; CSV and PNG kept beside the raw JSON under ``work_dir``."""
+    frame.to_csv(work_dir / "results.csv", index=False)
+    png = plot_png(model, frame)
+    (work_dir / "results.png").write_bytes(png)
+    image = base64.b64encode(png).decode()
+    return {
+        "results": frame_table(frame),
+        "summary": dg.MetadataValue.md(summary_markdown(model, frame, slos)),
+        "plot": dg.MetadataValue.md(f"![throughput and p95 TTFT vs concurrency](data:image/png;base64,{image})"),
+        "results_dir": dg.MetadataValue.path(str(work_dir)),
+    }
+
+
+def _work_dir(local_target: LocalTargetResource, model: str, kind: str, run_id: str) -> Path:
+    work_dir = Path(local_target.state_dir) / model / kind / run_id
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return work_dir
+
+
 def build_benchmark_asset(
     catalog: Catalog, partitions: dg.PartitionsDefinition, target_kind: str = "local"
 ) -> dg.AssetsDefinition:
@@ -88,7 +134,7 @@ def build_benchmark_asset(
         group_name=LIFECYCLE_GROUP,
         owners=catalog_owners(catalog),
         pool=BENCHMARK_POOL,
-        # The value is the results DataFrame; stated here because a parametrized return annotation is not accepted
+        # The value is a BenchmarkOutcome; stated here because a parametrized return annotation is not accepted
         # together with check specs.
         dagster_type=dg.Any,
         check_specs=[
@@ -96,41 +142,31 @@ def build_benchmark_asset(
             for name, text in SLO_CHECKS.items()
         ],
         description=(
-            "vLLM's own benchmark (vllm bench serve, random dataset) of the candidate config at a few concurrency "
-            "levels: one row per level with throughput and TTFT/TPOT/ITL/E2E percentiles. Blocking checks compare "
-            "it with the catalog's SLOs; a failed check stops the promotion."
+            "vLLM's own benchmark (vllm bench serve, random dataset) of the candidate serving_config at a few "
+            "concurrency levels: one row per level with throughput and TTFT/TPOT/ITL/E2E percentiles. Blocking "
+            "checks compare it with the catalog's SLOs; a failed check stops the promotion."
         ),
     )
     def smoke_benchmark(
         context: dg.AssetExecutionContext,
         config: BenchmarkConfig,
-        model_weights: SnapshotManifest,
+        serving_config: ServingChoice,
         weights: WeightsResource,
         local_target: LocalTargetResource,
         kubernetes: KubernetesTargetResource,
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster rejects a parametrized one with checks
-        model = catalog.model(context.partition_key)
-        plan = plan_for(
-            model, prompts_per_level=config.prompts_per_level, input_len=config.input_len, output_len=config.output_len
-        )
-        plan = dataclasses.replace(plan, num_warmups=config.num_warmups)
-        if config.concurrency_levels:
-            plan = dataclasses.replace(plan, concurrency_levels=tuple(sorted(config.concurrency_levels)))
-        work_dir = Path(local_target.state_dir) / model.name / "benchmarks" / context.run.run_id
-        work_dir.mkdir(parents=True, exist_ok=True)
+        model = serving_config.model
+        plan = plan_from_config(model, config)
+        work_dir = _work_dir(local_target, model.name, "benchmarks", context.run.run_id)
         with platform_errors_as_failure():
             if target_kind == "kubernetes":
-                raw = kubernetes.target(catalog.platform).smoke_benchmark(
-                    model, model_weights.sha, plan, run_key=context.run.run_id, log=context.log.info
-                )
-                frame = results_frame([parse_result(result, level) for level, result in sorted(raw.items())])
-                fingerprint = serving_invocation(catalog.platform, model, model_weights.sha).fingerprint
+                frame = _measure_on_kubernetes(context, catalog, serving_config, plan, kubernetes)
                 results = evaluate_slos(frame, model.slo)
             else:
                 target = local_target.target()
-                weights_path = weights.snapshot_path(model_weights)
+                weights_path = weights.snapshot_path(serving_config.weights)
                 server = target.ensure_server(model, weights_path, log=context.log.info)
-                frame, raw = run_plan(
+                frame, _ = run_plan(
                     plan,
                     model=model.name,
                     base_url=server.base_url,
@@ -138,32 +174,108 @@ def build_benchmark_asset(
                     work_dir=work_dir,
                     log=context.log.info,
                 )
-                fingerprint = server.fingerprint
                 results = evaluate_slos(frame, model.slo)
                 active = target.active(model.name)
-                if not all(r.passed for r in results) and (active is None or active.fingerprint != fingerprint):
-                    target.stop_server(model.name, fingerprint)  # a rejected candidate must not hold resources
-                    context.log.info(f"model '{model.name}': SLOs missed; stopped candidate server {fingerprint}")
-        frame.to_csv(work_dir / "results.csv", index=False)
-        png = plot_png(model.name, frame)
-        (work_dir / "results.png").write_bytes(png)
-        image = base64.b64encode(png).decode()
+                if not all(r.passed for r in results) and (active is None or active.fingerprint != server.fingerprint):
+                    target.stop_server(model.name, server.fingerprint)  # a rejected candidate must not hold resources
+                    context.log.info(
+                        f"model '{model.name}': SLOs missed; stopped candidate server {server.fingerprint}"
+                    )
+        passed = all(result.passed for result in results)
         return dg.MaterializeResult(
-            value=frame,
+            value=BenchmarkOutcome(frame, serving_config.fingerprint, passed, plan.concurrency_levels),
             check_results=check_results(results),
             metadata={
-                "results": frame_table(frame),
-                "summary": dg.MetadataValue.md(summary_markdown(model.name, frame, results)),
-                "plot": dg.MetadataValue.md(
-                    f"![throughput and p95 TTFT vs concurrency](data:image/png;base64,{image})"
-                ),
-                "server_fingerprint": dg.MetadataValue.text(fingerprint),
+                **_report_metadata(model.name, frame, results, work_dir),
+                "config_fingerprint": dg.MetadataValue.text(serving_config.fingerprint),
                 "target": dg.MetadataValue.text(target_kind),
-                "weights_sha": dg.MetadataValue.text(model_weights.sha),
+                "weights_sha": dg.MetadataValue.text(serving_config.weights.sha),
                 "plan": dg.MetadataValue.json(json.loads(json.dumps(plan.__dict__))),
-                "results_dir": dg.MetadataValue.path(str(work_dir)),
-                "raw_levels": dg.MetadataValue.int(len(raw)),
             },
         )
 
     return smoke_benchmark
+
+
+NO_REGRESSION_CHECK = "no_regression"
+
+
+def build_live_benchmark_asset(
+    catalog: Catalog, partitions: dg.PartitionsDefinition, target_kind: str = "local"
+) -> dg.AssetsDefinition:
+    """The deployed config measured at its endpoint with the plan of its promotion (``benchmark_live`` job)."""
+
+    @dg.asset(
+        name="live_benchmark",
+        kinds={"vllm", "pandas"},
+        partitions_def=partitions,
+        group_name=LIFECYCLE_GROUP,
+        owners=catalog_owners(catalog),
+        pool=BENCHMARK_POOL,
+        dagster_type=dg.Any,
+        check_specs=[
+            dg.AssetCheckSpec(
+                NO_REGRESSION_CHECK,
+                asset="live_benchmark",
+                description="output throughput and p95 TTFT at each level are within slo.max_regression_pct of the "
+                "benchmark taken when the config was promoted",
+            )
+        ],
+        description=(
+            "The deployed model benchmarked where it serves (the local endpoint, or the Service from a client "
+            "Job), with the concurrency levels of its promotion's smoke benchmark, and compared with it."
+        ),
+    )
+    def live_benchmark(
+        context: dg.AssetExecutionContext,
+        config: BenchmarkConfig,
+        vllm_deployment: DeploymentRecord,
+        weights: WeightsResource,
+        local_target: LocalTargetResource,
+        kubernetes: KubernetesTargetResource,
+    ) -> dg.MaterializeResult:  # type: ignore[type-arg]
+        choice = vllm_deployment.choice
+        model = choice.model
+        plan = dataclasses.replace(
+            plan_from_config(model, config), concurrency_levels=vllm_deployment.baseline.concurrency_levels
+        )
+        work_dir = _work_dir(local_target, model.name, "live-benchmarks", context.run.run_id)
+        with platform_errors_as_failure():
+            if target_kind == "kubernetes":
+                frame = _measure_on_kubernetes(
+                    context, catalog, choice, plan, kubernetes, against=vllm_deployment.endpoint
+                )
+            else:
+                frame, _ = run_plan(
+                    plan,
+                    model=model.name,
+                    base_url=vllm_deployment.endpoint,
+                    tokenizer=weights.snapshot_path(choice.weights),
+                    work_dir=work_dir,
+                    log=context.log.info,
+                )
+        allowance = model.slo.max_regression_pct
+        found = regressions(vllm_deployment.baseline.frame, frame, allowance)
+        for regression in found:
+            context.log.warning(f"model '{model.name}': regression: {regression.describe()}")
+        check = dg.AssetCheckResult(
+            check_name=NO_REGRESSION_CHECK,
+            passed=not found,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "max_regression_pct": dg.MetadataValue.float(allowance),
+                "regressions": dg.MetadataValue.text("; ".join(r.describe() for r in found) or "none"),
+            },
+        )
+        return dg.MaterializeResult(
+            value=frame,
+            check_results=[check],
+            metadata={
+                **_report_metadata(model.name, frame, evaluate_slos(frame, model.slo), work_dir),
+                "config_fingerprint": dg.MetadataValue.text(choice.fingerprint),
+                "deployed_revision": dg.MetadataValue.text(vllm_deployment.revision_label),
+                "endpoint": dg.MetadataValue.url(vllm_deployment.endpoint),
+            },
+        )
+
+    return live_benchmark

@@ -8,10 +8,14 @@ import dagster as dg
 from llm_platform.catalog import Catalog, ModelSpec
 from llm_platform.defs.failures import platform_errors_as_failure
 from llm_platform.defs.resources import KubernetesTargetResource, LocalTargetResource, WeightsResource
+from llm_platform.defs.values import BenchmarkOutcome, DeploymentRecord, ServingChoice
 from llm_platform.defs.weights import LIFECYCLE_GROUP, catalog_owners
 from llm_platform.engine import DEFAULT_PORT
 from llm_platform.manifests.render import resource_name, serving_invocation
-from llm_platform.weights.plan import SnapshotManifest
+
+
+def _service_url(catalog: Catalog, model: ModelSpec) -> str:
+    return f"http://{resource_name(model)}.{catalog.platform.namespace}.svc.cluster.local:{DEFAULT_PORT}"
 
 
 def kubernetes_endpoint(catalog: Catalog, model: ModelSpec) -> str:
@@ -19,7 +23,7 @@ def kubernetes_endpoint(catalog: Catalog, model: ModelSpec) -> str:
     if model.exposure.host is not None:
         scheme = "https" if model.exposure.tls_secret else "http"
         return f"{scheme}://{model.exposure.host}"
-    return f"http://{resource_name(model)}.{catalog.platform.namespace}.svc.cluster.local:{DEFAULT_PORT}"
+    return _service_url(catalog, model)
 
 
 def build_deployment_asset(
@@ -34,57 +38,78 @@ def build_deployment_asset(
         partitions_def=partitions,
         group_name=LIFECYCLE_GROUP,
         owners=catalog_owners(catalog),
-        deps=["smoke_benchmark"],
+        dagster_type=dg.Any,
         description=(
-            "The model served at its endpoint with the benchmarked config. Runs only when every blocking SLO check "
-            "of smoke_benchmark passed. Locally the switch is blue/green; on Kubernetes a rolling update that is "
-            "rolled back automatically when the new pods do not become ready."
+            "The model served at its endpoint with the benchmarked serving_config. Runs only when every blocking "
+            "SLO check of smoke_benchmark passed, and refuses a config that is not the one benchmarked. Locally the "
+            "switch is blue/green; on Kubernetes a rolling update that is rolled back automatically when the new "
+            "pods do not become ready."
         ),
     )
     def vllm_deployment(
         context: dg.AssetExecutionContext,
-        model_weights: SnapshotManifest,
+        serving_config: ServingChoice,
+        smoke_benchmark: BenchmarkOutcome,
         weights: WeightsResource,
         local_target: LocalTargetResource,
         kubernetes: KubernetesTargetResource,
-    ) -> dg.MaterializeResult[None]:
-        model = catalog.model(context.partition_key)
+    ) -> dg.MaterializeResult:  # type: ignore[type-arg]
+        model = serving_config.model
+        sha = serving_config.weights.sha
+        if smoke_benchmark.config_fingerprint != serving_config.fingerprint or not smoke_benchmark.slo_passed:
+            # Materializing this asset alone must not promote a config that was never benchmarked, or failed.
+            raise dg.Failure(
+                description=f"model '{model.name}': the last smoke_benchmark "
+                + (
+                    f"measured config {smoke_benchmark.config_fingerprint}, not serving_config "
+                    f"{serving_config.fingerprint}"
+                    if smoke_benchmark.config_fingerprint != serving_config.fingerprint
+                    else "missed its SLOs"
+                )
+                + "; run the promote job (serving_config → smoke_benchmark → vllm_deployment)",
+                allow_retries=False,
+            )
         if target_kind == "kubernetes":
             with platform_errors_as_failure():
-                promotion = kubernetes.target(catalog.platform).promote(model, model_weights.sha, log=context.log.info)
+                promotion = kubernetes.target(catalog.platform).promote(model, sha, log=context.log.info)
             revision = promotion.revision
             previous = promotion.previous.label() if promotion.previous else "none"
-            return dg.MaterializeResult(
-                metadata={
-                    "endpoint": dg.MetadataValue.url(kubernetes_endpoint(catalog, model)),
-                    "target": dg.MetadataValue.text(f"kubernetes ({catalog.platform.namespace})"),
-                    "revision": dg.MetadataValue.text(revision.label()),
-                    "previous_revision": dg.MetadataValue.text(previous),
-                    "image": dg.MetadataValue.text(revision.image),
-                    "server_fingerprint": dg.MetadataValue.text(revision.engine_fingerprint),
-                    "weights_sha": dg.MetadataValue.text(revision.weights_sha),
-                    "engine_args": dg.MetadataValue.json(
-                        list(serving_invocation(catalog.platform, model, revision.weights_sha).args)
-                    ),
-                    "applied": dg.MetadataValue.json(list(promotion.applied)),
-                    "rollout": dg.MetadataValue.text(promotion.detail),
-                },
-            )
-        weights_path = weights.snapshot_path(model_weights)
-        target = local_target.target()
-        with platform_errors_as_failure():
-            status = target.promote(model, weights_path, log=context.log.info)
-        assert status.active is not None and status.endpoint is not None
-        invocation = target.invocation(model, weights_path)
-        return dg.MaterializeResult(
-            metadata={
-                "endpoint": dg.MetadataValue.url(status.endpoint),
+            endpoint = kubernetes_endpoint(catalog, model)
+            record = DeploymentRecord(serving_config, _service_url(catalog, model), smoke_benchmark, revision.label())
+            metadata: dict[str, dg.MetadataValue] = {
+                "target": dg.MetadataValue.text(f"kubernetes ({catalog.platform.namespace})"),
+                "revision": dg.MetadataValue.text(revision.label()),
+                "previous_revision": dg.MetadataValue.text(previous),
+                "image": dg.MetadataValue.text(revision.image),
+                "server_fingerprint": dg.MetadataValue.text(revision.engine_fingerprint),
+                "engine_args": dg.MetadataValue.json(list(serving_invocation(catalog.platform, model, sha).args)),
+                "applied": dg.MetadataValue.json(list(promotion.applied)),
+                "rollout": dg.MetadataValue.text(promotion.detail),
+            }
+        else:
+            weights_path = weights.snapshot_path(serving_config.weights)
+            target = local_target.target()
+            with platform_errors_as_failure():
+                status = target.promote(model, weights_path, log=context.log.info)
+            assert status.active is not None and status.endpoint is not None
+            endpoint = status.endpoint
+            label = f"local server {status.active.fingerprint} weights {sha[:12]}"
+            record = DeploymentRecord(serving_config, endpoint, smoke_benchmark, label)
+            metadata = {
                 "target": dg.MetadataValue.text("local"),
+                "revision": dg.MetadataValue.text(label),
                 "server_fingerprint": dg.MetadataValue.text(status.active.fingerprint),
                 "server_pid": dg.MetadataValue.int(status.active.pid),
-                "weights_sha": dg.MetadataValue.text(model_weights.sha),
-                "engine_args": dg.MetadataValue.json(list(invocation.args)),
+                "engine_args": dg.MetadataValue.json(list(target.invocation(model, weights_path).args)),
                 "server_log": dg.MetadataValue.path(status.active.log_path),
+            }
+        return dg.MaterializeResult(
+            value=record,
+            metadata={
+                "endpoint": dg.MetadataValue.url(endpoint),
+                "config_fingerprint": dg.MetadataValue.text(serving_config.fingerprint),
+                "weights_sha": dg.MetadataValue.text(sha),
+                **metadata,
             },
         )
 

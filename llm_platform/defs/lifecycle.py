@@ -5,17 +5,21 @@ from __future__ import annotations
 import dagster as dg
 
 from llm_platform.catalog import Catalog
-from llm_platform.defs.benchmark import build_benchmark_asset
+from llm_platform.defs.benchmark import build_benchmark_asset, build_live_benchmark_asset
 from llm_platform.defs.deployment import build_deployment_asset
 from llm_platform.defs.partitions import model_partitions
+from llm_platform.defs.serving import build_serving_config_asset
 from llm_platform.defs.weights import build_weights_asset
 
 
 def lifecycle_assets(catalog: Catalog, target_kind: str = "local") -> list[dg.AssetsDefinition]:
-    """model_weights → smoke_benchmark (blocking SLO checks) → vllm_deployment, partitioned by model."""
+    """model_weights → serving_config → smoke_benchmark (blocking SLO checks) → vllm_deployment → live_benchmark,
+    partitioned by model."""
     partitions = model_partitions(catalog)
     return [
         build_weights_asset(catalog, partitions, target_kind),
+        build_serving_config_asset(catalog, partitions),
         build_benchmark_asset(catalog, partitions, target_kind),
         build_deployment_asset(catalog, partitions, target_kind),
+        build_live_benchmark_asset(catalog, partitions, target_kind),
     ]

@@ -461,74 +461,92 @@ def benchmark_job_name(model: ModelSpec, revision: str, fingerprint: str, run_ke
     return f"bench-{model.name}-{digest}"
 
 
-def benchmark_script(platform: Platform, model: ModelSpec, revision: str, plan: BenchmarkPlan) -> str:
+def benchmark_script(
+    platform: Platform, model: ModelSpec, revision: str, plan: BenchmarkPlan, against: str | None = None
+) -> str:
     """The benchmark container's shell script: serve the candidate, wait for health, ``vllm bench serve`` each level.
 
+    With ``against`` (a base URL, e.g. the model's Service) nothing is served: the levels run against that server.
     vLLM's own log goes to a file (shown on failure) so that it never interleaves with the result lines: each
     level prints one ``LLM_PLATFORM_BENCH_RESULT <concurrency> <json>`` line, which the target reads from the pod
     log and hands to the same parser as the local benchmark.
     """
-    invocation = serving_invocation(platform, model, revision)
     result_dir = f"{CACHE_DIR}/bench"
-    server_log = f"{CACHE_DIR}/vllm-server.log"
-    health = f"http://127.0.0.1:{DEFAULT_PORT}/health"
-    probe = f'import urllib.request as u; u.urlopen("{health}", timeout=5)'
-    lines = [
-        "set -u",
-        f"mkdir -p {result_dir}",
-        f"{shlex.join(['python3', '-m', VLLM_SERVER_MODULE, *invocation.args])} >{server_log} 2>&1 &",
-        "server=$!",
-        f"deadline=$(( $(date +%s) + {model.serving.startup_timeout_s} ))",
-        f"until python3 -c {shlex.quote(probe)} 2>/dev/null; do",
-        '  if ! kill -0 "$server" 2>/dev/null; then',
-        f'    echo "error: vLLM exited before it became healthy" >&2; tail -n 40 {server_log} >&2; exit 3',
-        "  fi",
-        '  if [ "$(date +%s)" -ge "$deadline" ]; then',
-        f'    echo "error: vLLM not healthy after {model.serving.startup_timeout_s} s" >&2; '
-        f"tail -n 40 {server_log} >&2; exit 4",
-        "  fi",
-        "  sleep 5",
-        "done",
-    ]
+    lines = ["set -u", f"mkdir -p {result_dir}"]
+    base_url = against or f"http://127.0.0.1:{DEFAULT_PORT}"
+    if against is None:
+        invocation = serving_invocation(platform, model, revision)
+        server_log = f"{CACHE_DIR}/vllm-server.log"
+        probe = f'import urllib.request as u; u.urlopen("{base_url}/health", timeout=5)'
+        timeout = model.serving.startup_timeout_s
+        lines += [
+            f"{shlex.join(['python3', '-m', VLLM_SERVER_MODULE, *invocation.args])} >{server_log} 2>&1 &",
+            "server=$!",
+            f"deadline=$(( $(date +%s) + {timeout} ))",
+            f"until python3 -c {shlex.quote(probe)} 2>/dev/null; do",
+            '  if ! kill -0 "$server" 2>/dev/null; then',
+            f'    echo "error: vLLM exited before it became healthy" >&2; tail -n 40 {server_log} >&2; exit 3',
+            "  fi",
+            '  if [ "$(date +%s)" -ge "$deadline" ]; then',
+            f'    echo "error: vLLM not healthy after {timeout} s" >&2; tail -n 40 {server_log} >&2; exit 4',
+            "  fi",
+            "  sleep 5",
+            "done",
+        ]
+    dump = "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))))"
     for concurrency in plan.concurrency_levels:
         args = bench_serve_args(
             plan,
             concurrency,
-            base_url=f"http://127.0.0.1:{DEFAULT_PORT}",
+            base_url=base_url,
             served_model_name=model.name,
             tokenizer=weights_path(platform, model, revision),
             result_dir=result_dir,
             result_filename=level_filename(concurrency),
         )
-        result_file = f"{result_dir}/{level_filename(concurrency)}"
-        dump = "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))))"
         lines += [
             f"{shlex.join(['vllm', 'bench', 'serve', *args])} || "
             f'{{ echo "error: vllm bench serve failed at concurrency {concurrency}" >&2; exit 5; }}',
-            f"printf '%s ' {BENCH_RESULT_MARKER} {concurrency}; python3 -c {shlex.quote(dump)} {result_file}",
+            f"printf '%s ' {BENCH_RESULT_MARKER} {concurrency}; "
+            f"python3 -c {shlex.quote(dump)} {result_dir}/{level_filename(concurrency)}",
         ]
-    lines += ['kill "$server"', 'wait "$server" 2>/dev/null', "exit 0"]
-    return "\n".join(lines) + "\n"
+    if against is None:
+        lines += ['kill "$server"', 'wait "$server" 2>/dev/null']
+    return "\n".join([*lines, "exit 0"]) + "\n"
 
 
 def render_benchmark_job(
-    platform: Platform, model: ModelSpec, revision: str, plan: BenchmarkPlan, run_key: str
+    platform: Platform,
+    model: ModelSpec,
+    revision: str,
+    plan: BenchmarkPlan,
+    run_key: str,
+    against: str | None = None,
 ) -> Object:
     """The GPU smoke benchmark: one pod serves the candidate config from the PVC and benchmarks it on localhost.
 
     Same image, engine arguments, GPUs, /dev/shm and scheduling as the Deployment, so the numbers describe what a
-    promotion would serve. ``backoffLimit: 0``: a failed benchmark is a result to report, not to retry.
+    promotion would serve. ``backoffLimit: 0``: a failed benchmark is a result to report, not to retry. With
+    ``against`` (the live benchmark of a deployed model) the pod only runs the client: no GPU, no server.
     """
     invocation = serving_invocation(platform, model, revision)
     container: Object = {
         **_vllm_container_base(platform, model, invocation),
-        "command": ["/bin/sh", "-c", benchmark_script(platform, model, revision, plan)],
+        "command": ["/bin/sh", "-c", benchmark_script(platform, model, revision, plan, against)],
     }
-    labels = model_labels(model, component="smoke-benchmark")
+    pod_spec: Object = {**_vllm_pod_base(platform), "restartPolicy": "Never", "containers": [container]}
+    if against is not None:
+        container["resources"] = {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}}
+        for key in ("tolerations", "nodeSelector"):
+            pod_spec.pop(key, None)
+    labels = model_labels(model, component="live-benchmark" if against else "smoke-benchmark")
+    if against is not None:
+        labels.update(model.exposure.client_labels)  # the model's NetworkPolicy admits labelled clients only
+    name = benchmark_job_name(model, revision, invocation.fingerprint + (against or ""), run_key)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(benchmark_job_name(model, revision, invocation.fingerprint, run_key), platform, labels),
+        "metadata": _metadata(name, platform, labels),
         "spec": {
             "backoffLimit": 0,
             "activeDeadlineSeconds": model.serving.startup_timeout_s + 3600,
@@ -538,7 +556,7 @@ def render_benchmark_job(
                     "labels": labels,
                     "annotations": {ENGINE_FINGERPRINT_ANNOTATION: invocation.fingerprint},
                 },
-                "spec": {**_vllm_pod_base(platform), "restartPolicy": "Never", "containers": [container]},
+                "spec": pod_spec,
             },
         },
     }

@@ -293,10 +293,17 @@ class KubernetesTarget:
         return DownloadResult(manifest, Path(on_pvc), reused=reused_in_log(output))
 
     def smoke_benchmark(
-        self, model: ModelSpec, weights_sha: str, plan: BenchmarkPlan, run_key: str, log: Log = lambda _: None
+        self,
+        model: ModelSpec,
+        weights_sha: str,
+        plan: BenchmarkPlan,
+        run_key: str,
+        log: Log = lambda _: None,
+        against: str | None = None,
     ) -> dict[int, dict[str, Any]]:
-        """Run the GPU benchmark Job and return the result JSON of each concurrency level."""
-        job = render_benchmark_job(self.platform, model, weights_sha, plan, run_key)
+        """Run the GPU benchmark Job and return the result JSON of each concurrency level (``against``: only the
+        client, against a deployed model's URL)."""
+        job = render_benchmark_job(self.platform, model, weights_sha, plan, run_key, against)
         results = results_from_log(self.run_job(job, log, reuse_succeeded=True))
         missing = sorted(set(plan.concurrency_levels) - set(results))
         if missing:

@@ -102,3 +102,34 @@ def test_usage_errors_exit_2() -> None:
     result = _cli("render", "--no-such-flag")
     assert result.returncode == 2
     assert "usage: llm-platform" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["promote", "nope"], "error: model 'nope' is not in the catalog (known models: "),
+        (
+            ["promote", "tiny-llama", "--set", "max_num_seq=8"],
+            "error: --set: model 'tiny-llama': serving.max_num_seq: unknown field; did you mean 'max_num_seqs'?",
+        ),
+        (["promote", "tiny-llama", "--set", "max_num_seqs"], "error: --set 'max_num_seqs': expected FIELD=VALUE"),
+        (
+            ["promote", "tiny-llama", "--set", "gpu_memory_utilization=2"],
+            "error: --set: model 'tiny-llama': serving.gpu_memory_utilization: must be > 0 and <= 1 (got 2.0)",
+        ),
+        (["promote", "tiny-llama", "--benchmark-concurrency", "1,x"], "error: --benchmark-concurrency '1,x'"),
+    ],
+)
+def test_promote_refuses_bad_input_before_submitting(args: list[str], expected: str) -> None:
+    # Nothing listens on the URL: a request would fail differently (exit 1), so exit 2 proves nothing was sent.
+    result = _cli(*args, "--catalog", str(EXAMPLE_CATALOG), "--dagster-url", "http://127.0.0.1:9")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(expected)
+    assert "Traceback" not in result.stderr
+
+
+def test_promote_without_a_dagster_says_where_it_looked() -> None:
+    result = _cli("promote", "tiny-llama", "--catalog", str(EXAMPLE_CATALOG), "--dagster-url", "http://127.0.0.1:9")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: Dagster at http://127.0.0.1:9 did not accept the request")
+    assert "make run" in result.stderr and "Traceback" not in result.stderr

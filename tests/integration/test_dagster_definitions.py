@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -51,3 +53,73 @@ def test_bad_catalog_fails_the_load_with_readable_lines(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert f"{bad}: model 'Llama': name: 'Llama' is not a DNS-1123 label" in output
+
+
+def test_jobs_and_one_live_benchmark_schedule_per_model() -> None:
+    from llm_platform.catalog import load_catalog
+    from llm_platform.definitions import build_definitions
+
+    catalog = load_catalog(EXAMPLE_CATALOG)
+    repository = build_definitions(catalog).get_repository_def()
+    jobs = {name: repository.get_job(name) for name in ("lifecycle", "promote", "benchmark_live")}
+    assert {node.name for node in jobs["promote"].nodes_in_topological_order} == {
+        "serving_config",
+        "smoke_benchmark",
+        "vllm_deployment",
+    }
+    assert "model_weights" in {node.name for node in jobs["lifecycle"].nodes_in_topological_order}
+    schedules = {schedule.name: schedule for schedule in repository.schedule_defs}
+    assert set(schedules) == {f"benchmark_live_{name.replace('-', '_')}" for name in catalog.model_names}
+    for schedule in schedules.values():
+        assert schedule.cron_schedule == catalog.platform.live_benchmark_cron
+        assert schedule.execution_timezone == catalog.platform.live_benchmark_timezone
+        assert schedule.job_name == "benchmark_live"
+
+
+def test_live_benchmark_schedule_skips_a_model_never_deployed_and_requests_a_deployed_one() -> None:
+    import dagster as dg
+
+    from llm_platform.catalog import parse_catalog
+    from llm_platform.definitions import build_definitions
+
+    catalog = parse_catalog(
+        {
+            "platform": {"live_benchmark_cron": "30 2 * * *", "live_benchmark_timezone": "Europe/Berlin"},
+            "models": [{"name": "tiny", "source": {"repo": "a/b"}}],
+        }
+    )
+    repository = build_definitions(catalog).get_repository_def()
+    (schedule,) = repository.schedule_defs
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 2 * * *", "Europe/Berlin")
+    with dg.instance_for_test() as instance:
+        at = datetime(2026, 11, 28, 2, 30, tzinfo=ZoneInfo("Europe/Berlin"))
+        context = dg.build_schedule_context(instance, scheduled_execution_time=at, repository_def=repository)
+        skipped = schedule.evaluate_tick(context)
+        assert skipped.skip_message == "model 'tiny' has never been deployed; nothing to benchmark"
+        instance.report_runless_asset_event(dg.AssetMaterialization("vllm_deployment", partition="tiny"))
+        (request,) = schedule.evaluate_tick(context).run_requests or []
+    assert request.partition_key == "tiny"
+    assert request.run_key == "tiny:2026-11-28T02:30:00+01:00"  # one run per tick, even if evaluated twice
+    assert request.tags["llm-platform/trigger"] == "schedule"
+
+
+def test_no_schedule_when_the_catalog_disables_it() -> None:
+    from llm_platform.catalog import parse_catalog
+    from llm_platform.definitions import build_definitions
+
+    catalog = parse_catalog(
+        {"platform": {"live_benchmark_cron": None}, "models": [{"name": "tiny", "source": {"repo": "a/b"}}]}
+    )
+    assert list(build_definitions(catalog).get_repository_def().schedule_defs) == []
+
+
+def test_promotion_request_picks_the_job_and_run_config() -> None:
+    from llm_platform.defs.jobs import promotion_request
+
+    job, config = promotion_request(overrides={"max_num_seqs": "64"}, reason="why")
+    assert job == "promote"
+    assert config == {"ops": {"serving_config": {"config": {"overrides": {"max_num_seqs": "64"}, "reason": "why"}}}}
+    job, config = promotion_request(revision="v2", benchmark={"prompts_per_level": 8})
+    assert job == "lifecycle"
+    assert config["ops"]["model_weights"] == {"config": {"revision": "v2"}}
+    assert config["ops"]["smoke_benchmark"] == {"config": {"prompts_per_level": 8}}

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from llm_platform.catalog import Catalog
+from llm_platform.defs.jobs import LIFECYCLE_ASSETS
 from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.defs.resources import KubernetesTargetResource, LocalTargetResource, WeightsResource
 from llm_platform.engine import DEFAULT_PORT
@@ -76,6 +77,7 @@ def test_lifecycle_on_kubernetes_through_dagster(
     with kubelet, controller, dg.instance_for_test() as instance:
         result = dg.materialize(
             lifecycle_assets(catalog, target_kind="kubernetes"),
+            selection=LIFECYCLE_ASSETS,
             partition_key="tiny-llama",
             resources={
                 "weights": WeightsResource(store_path=str(tmp_path / "unused-local-store")),
@@ -94,7 +96,7 @@ def test_lifecycle_on_kubernetes_through_dagster(
     assert weights.metadata["store_root"].value == "pvc://model-weights/models"
     assert not (tmp_path / "unused-local-store").exists()
     assert all(check.passed for check in result.get_asset_check_evaluations())
-    frame = result.output_for_node("smoke_benchmark")
+    frame = result.output_for_node("smoke_benchmark").frame
     assert list(frame["concurrency"]) == [1, 4] and list(frame["completed"]) == [8, 8]
     assert (frame["output_throughput"] > 0).all()
     jobs = cluster.emulator.stored(JOBS, namespace)

@@ -11,6 +11,7 @@ import dagster as dg
 import pytest
 
 from llm_platform.catalog import Catalog
+from llm_platform.defs.jobs import LIFECYCLE_ASSETS, PROMOTE_ASSETS
 from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.defs.resources import KubernetesTargetResource
 from llm_platform.errors import TargetError
@@ -36,6 +37,7 @@ def _complete(endpoint: str, prompt: str = "hello", max_tokens: int = 8) -> dict
 def _lifecycle(served: ServedTiny, catalog: Catalog, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         lifecycle_assets(catalog),
+        selection=LIFECYCLE_ASSETS,
         partition_key="tiny-llama",
         resources={
             "weights": served.weights,
@@ -69,7 +71,9 @@ def test_loose_slos_pass_and_the_config_is_promoted(served_tiny: ServedTiny, tmp
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         result = _lifecycle(served_tiny, catalog, instance)
         assert result.success
-        frame = result.output_for_node("smoke_benchmark")
+        outcome = result.output_for_node("smoke_benchmark")
+        frame = outcome.frame
+        assert outcome.slo_passed and outcome.config_fingerprint == result.output_for_node("serving_config").fingerprint
         assert list(frame["concurrency"]) == [1.0, 4.0]
         assert (frame["completed"] == 12).all() and (frame["failed"] == 0).all()
         assert (frame["output_throughput"] > 0).all()
@@ -81,10 +85,10 @@ def test_loose_slos_pass_and_the_config_is_promoted(served_tiny: ServedTiny, tmp
             "slo_max_error_rate": True,
         }
         (bench,) = result.asset_materializations_for_node("smoke_benchmark")
-        assert bench.metadata["server_fingerprint"].value == served_tiny.fingerprint  # reused, not restarted
         assert "data:image/png;base64," in str(bench.metadata["plot"].value)
         (deployment,) = result.asset_materializations_for_node("vllm_deployment")
         assert deployment.metadata["endpoint"].value == served_tiny.endpoint
+        assert deployment.metadata["server_fingerprint"].value == served_tiny.fingerprint  # reused, not restarted
 
 
 def test_a_too_strict_slo_fails_its_check_and_blocks_promotion(served_tiny: ServedTiny, tmp_path: Path) -> None:
@@ -202,3 +206,111 @@ def test_cli_local_status_and_stop_of_an_unknown_state(tmp_path: Path) -> None:
         check=False,
     )
     assert status.returncode == 0 and status.stdout.strip() == "no model is served by the local target"
+
+
+def test_overrides_are_benchmarked_promoted_and_benchmarked_live(served_tiny: ServedTiny, tmp_path: Path) -> None:
+    """promote with an override (serving_config diff in metadata), then the benchmark_live job against the endpoint,
+    compared with the promotion's benchmark; the original config is promoted back afterwards."""
+    catalog = tiny_catalog()
+    assets = lifecycle_assets(catalog)
+    resources = {
+        "weights": served_tiny.weights,
+        "local_target": served_tiny.local_target,
+        "kubernetes": KubernetesTargetResource(),
+    }
+    plan = {"config": SMALL_PLAN}
+    try:
+        with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+            dg.materialize(assets, selection=["model_weights"], partition_key="tiny-llama", resources=resources,
+                           instance=instance)  # fmt: skip
+            promoted = dg.materialize(
+                assets,
+                selection=PROMOTE_ASSETS,
+                partition_key="tiny-llama",
+                resources=resources,
+                instance=instance,
+                run_config={
+                    "ops": {
+                        "serving_config": {"config": {"overrides": {"max_num_seqs": "8"}, "reason": "test"}},
+                        "smoke_benchmark": plan,
+                    }
+                },
+            )
+            (config_event,) = promoted.asset_materializations_for_node("serving_config")
+            diff = config_event.metadata["diff_vs_catalog"]
+            assert isinstance(diff, dg.TableMetadataValue)
+            assert [(r.data["field"], r.data["catalog"], r.data["effective"]) for r in diff.records] == [
+                ("max_num_seqs", "32", "8")
+            ]
+            assert "--max-num-seqs" in str(config_event.metadata["engine_args"].value)
+            new_server = promoted.asset_materializations_for_node("vllm_deployment")[0].metadata["server_fingerprint"]
+            assert new_server.value != served_tiny.fingerprint
+
+            live = dg.materialize(
+                assets,
+                selection=["live_benchmark"],
+                partition_key="tiny-llama",
+                resources=resources,
+                instance=instance,
+                run_config={"ops": {"live_benchmark": plan}},
+            )
+            (check,) = live.get_asset_check_evaluations()
+            assert check.check_name == "no_regression"
+            assert check.metadata["max_regression_pct"].value == 20.0
+            frame = live.output_for_node("live_benchmark")
+            assert list(frame["concurrency"]) == [1.0, 4.0] and (frame["failed"] == 0).all()
+            (live_event,) = live.asset_materializations_for_node("live_benchmark")
+            assert live_event.metadata["endpoint"].value == served_tiny.endpoint
+    finally:
+        served_tiny.local_target.target().promote(
+            served_tiny.catalog.model("tiny-llama"), served_tiny.weights_path, log=lambda _: None
+        )
+
+
+def test_a_bad_override_fails_with_the_catalogs_message(served_tiny: ServedTiny, tmp_path: Path) -> None:
+    catalog = tiny_catalog()
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        result = dg.materialize(
+            lifecycle_assets(catalog),
+            selection=["model_weights", "serving_config"],
+            partition_key="tiny-llama",
+            resources={"weights": served_tiny.weights, "kubernetes": KubernetesTargetResource()},
+            instance=instance,
+            run_config={"ops": {"serving_config": {"config": {"overrides": {"max_num_seq": "8"}}}}},
+            raise_on_error=False,
+        )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert failure.step_failure_data.error is not None
+    message = failure.step_failure_data.error.message.strip()
+    assert message == (
+        "serving_config run config: model 'tiny-llama': serving.max_num_seq: unknown field; did you mean "
+        "'max_num_seqs'?"
+    )
+
+
+def test_deployment_refuses_a_config_that_was_not_benchmarked(served_tiny: ServedTiny, tmp_path: Path) -> None:
+    catalog = tiny_catalog()
+    assets = lifecycle_assets(catalog)
+    resources = {
+        "weights": served_tiny.weights,
+        "local_target": served_tiny.local_target,
+        "kubernetes": KubernetesTargetResource(),
+    }
+    strict = tiny_catalog(slo={"ttft_p95_ms": 0.001})
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        failed = dg.materialize(
+            lifecycle_assets(strict), selection=LIFECYCLE_ASSETS, partition_key="tiny-llama", resources=resources,
+            instance=instance, run_config={"ops": {"smoke_benchmark": {"config": SMALL_PLAN}}}, raise_on_error=False,
+        )  # fmt: skip
+        assert not failed.asset_materializations_for_node("vllm_deployment")
+        # Materializing the deployment alone afterwards must not promote the config that missed its SLOs.
+        alone = dg.materialize(
+            assets, selection=["vllm_deployment"], partition_key="tiny-llama", resources=resources,
+            instance=instance, raise_on_error=False,
+        )  # fmt: skip
+    failure = next(e for e in alone.all_events if e.is_step_failure)
+    assert failure.step_failure_data.error is not None
+    assert "the last smoke_benchmark missed its SLOs; run the promote job" in failure.step_failure_data.error.message
+    status = served_tiny.local_target.target().status("tiny-llama")
+    assert status.active is not None and status.active.fingerprint == served_tiny.fingerprint

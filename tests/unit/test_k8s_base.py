@@ -66,7 +66,7 @@ def test_dagster_instance_limits_one_promotion_per_model() -> None:
     instance = yaml.safe_load((REPO_ROOT / "dagster_home" / "dagster.yaml").read_text())
     assert instance["telemetry"]["enabled"] is False
     limits = instance["concurrency"]["runs"]["tag_concurrency_limits"]
-    assert {"key": "llm-platform/promotion", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
+    assert {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
     helm = yaml.safe_load((K8S / "dagster" / "values.yaml").read_text())
     queued = helm["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
     assert queued["tagConcurrencyLimits"] == limits

@@ -1,0 +1,86 @@
+"""The ``serving_config`` asset: the engine configuration a run benchmarks and promotes.
+
+The catalog's serving section plus the overrides of this run (run config, the ``--set`` of ``llm-platform
+promote``, or the drift sensor's proposal), validated exactly like the catalog. Its value carries the weights it
+applies to, so that the benchmark and the deployment downstream act on one consistent choice.
+
+No ``from __future__ import annotations`` here: Dagster reads the config annotations at runtime.
+"""
+
+import dagster as dg
+from pydantic import Field
+
+from llm_platform.catalog import Catalog, apply_serving_overrides, serving_diff
+from llm_platform.defs.failures import platform_errors_as_failure
+from llm_platform.defs.values import ServingChoice
+from llm_platform.defs.weights import LIFECYCLE_GROUP, catalog_owners
+from llm_platform.engine import engine_args
+from llm_platform.weights.plan import SnapshotManifest
+
+
+class ServingOverrides(dg.Config):
+    """Run configuration of ``serving_config``."""
+
+    overrides: dict[str, str] = Field(
+        default_factory=dict,
+        description="serving fields to change for this run, e.g. {max_num_seqs: '64'}; values are read as YAML "
+        "scalars, as in the catalog file, and validated like it.",
+    )
+    reason: str = Field(default="", description="Why this config is tried (the drift sensor states its finding).")
+
+
+def build_serving_config_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="serving_config",
+        kinds={"vllm"},
+        partitions_def=partitions,
+        group_name=LIFECYCLE_GROUP,
+        owners=catalog_owners(catalog),
+        dagster_type=dg.Any,
+        description=(
+            "The vLLM engine configuration to benchmark and promote: the catalog's serving section plus this run's "
+            "overrides (validated like the catalog), on the materialized weights. Metadata shows the diff against "
+            "the catalog and the engine arguments."
+        ),
+    )
+    def serving_config(
+        context: dg.AssetExecutionContext, config: ServingOverrides, model_weights: SnapshotManifest
+    ) -> dg.MaterializeResult:  # type: ignore[type-arg]
+        model = catalog.model(context.partition_key)
+        with platform_errors_as_failure():
+            effective = apply_serving_overrides(model, config.overrides, origin="serving_config run config")
+        choice = ServingChoice(effective, model_weights, dict(config.overrides))
+        diff = serving_diff(model.serving, effective.serving)
+        if diff:
+            changes = ", ".join(f"{key} {old!r} → {new!r}" for key, (old, new) in diff.items())
+            context.log.info(f"model '{model.name}': serving overrides: {changes}")
+        rows = [
+            dg.TableRecord({"field": key, "catalog": repr(old), "effective": repr(new)})
+            for key, (old, new) in diff.items()
+        ]
+        return dg.MaterializeResult(
+            value=choice,
+            data_version=dg.DataVersion(choice.fingerprint),
+            metadata={
+                "config_fingerprint": dg.MetadataValue.text(choice.fingerprint),
+                "weights_sha": dg.MetadataValue.text(model_weights.sha),
+                "overridden_fields": dg.MetadataValue.int(len(diff)),
+                "diff_vs_catalog": dg.TableMetadataValue(
+                    records=rows,
+                    schema=dg.TableSchema(
+                        columns=[
+                            dg.TableColumn("field", "string"),
+                            dg.TableColumn("catalog", "string"),
+                            dg.TableColumn("effective", "string"),
+                        ]
+                    ),
+                ),
+                "engine_args": dg.MetadataValue.json(
+                    list(engine_args(effective.serving, served_model_name=model.name, weights_path="<weights>"))
+                ),
+                "serving": dg.MetadataValue.json(effective.serving.model_dump(mode="json")),
+                "reason": dg.MetadataValue.text(config.reason or ("catalog" if not diff else "run config")),
+            },
+        )
+
+    return serving_config
