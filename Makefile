@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 export PYTHONWARNINGS := ignore::UserWarning:click.core
 
-.PHONY: run test lint stop clean
+.PHONY: run test lint stop clean system-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,18 @@ $(OLAH):
 	$(VENV)-olah/bin/python -m pip install -qq --upgrade pip
 	$(VENV)-olah/bin/python -m pip install -qq 'olah==0.5.4'
 
-run: $(VENV)/.installed $(OLAH)
+# Debian packages: Prometheus (the main job scrapes vLLM with it; its tests query it) and Chromium (the UI
+# screenshot test). Installed with apt when missing (as root, or through sudo).
+SYSTEM_PACKAGES := prometheus chromium
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+	  echo "installing Debian packages:$$missing"; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+run: $(VENV)/.installed $(OLAH) system-packages
 	$(BIN)/llm-platform validate
 	$(BIN)/llm-platform render --out build/manifests
 	$(BIN)/llm-platform demo
@@ -44,7 +55,7 @@ lint: $(VENV)/.installed
 	$(BIN)/lint-imports
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
-test: lint $(OLAH)
+test: lint $(OLAH) system-packages
 	$(BIN)/pytest
 
 clean:

@@ -121,3 +121,32 @@ def test_summary_names_every_slo_and_verdict() -> None:
     assert "SLOs **failed**" in text
     assert "| ttft_p95_ms | 2500 | 2000 | FAIL |" in text
     assert text.count("\n| 1 |") == 1 and "| 2 | 1000.0 |" in text
+
+
+def test_regressions_compare_each_level_with_the_promotion() -> None:
+    import pandas as pd
+
+    from llm_platform.benchmark.slo import regressions
+
+    baseline = pd.DataFrame({"concurrency": [1, 8], "output_throughput": [100.0, 400.0], "p95_ttft_ms": [50.0, 80.0]})
+    live = pd.DataFrame(
+        {"concurrency": [1, 8, 32], "output_throughput": [95.0, 300.0, 1.0], "p95_ttft_ms": [50, 90, 1e9]}
+    )
+    found = regressions(baseline, live, max_regression_pct=20)
+    assert [(r.concurrency, r.metric, round(r.change_pct)) for r in found] == [(8, "output_throughput", -25)]
+    assert found[0].describe() == "output_throughput at concurrency 8: 300.0 vs 400.0 at promotion (-25.0%)"
+    assert regressions(baseline, live, max_regression_pct=30) == []
+
+
+def test_results_and_manifest_come_back_from_a_pod_log() -> None:
+    import json
+
+    from llm_platform.benchmark.parse import results_from_log
+    from llm_platform.weights.plan import manifest_from_log, reused_in_log
+
+    log = (
+        "vLLM noise\nLLM_PLATFORM_BENCH_RESULT 8 " + json.dumps({"completed": 3}) + "\nLLM_PLATFORM_BENCH_RESULT 1 {}\n"
+    )
+    assert results_from_log(log) == {8: {"completed": 3}, 1: {}}
+    assert manifest_from_log("no marker here") is None
+    assert not reused_in_log("LLM_PLATFORM_REUSEDX") and reused_in_log("x\nLLM_PLATFORM_REUSED abc\n")

@@ -278,3 +278,28 @@ def test_readme_documents_every_catalog_field() -> None:
         missing += [name for name in names if f"`{name}`" not in readme and f"`{name}," not in readme]
     missing += [name for name in Platform.model_fields if f"`{name}`" not in readme]
     assert not missing, f"README.md's catalog reference lacks {missing}"
+
+
+def test_serving_overrides_are_read_as_yaml_and_validated_like_the_catalog() -> None:
+    from llm_platform.catalog import apply_serving_overrides, parse_assignments, serving_diff
+    from tests.conftest import EXAMPLE_CATALOG
+
+    model = load_catalog(EXAMPLE_CATALOG).model("tiny-llama")
+    assignments = ["max_num_seqs=64", "serving.enable_prefix_caching=true", "extra_args=[--seed, '1']"]
+    overrides = parse_assignments(assignments)
+    effective = apply_serving_overrides(model, overrides)
+    assert effective.serving.max_num_seqs == 64 and effective.serving.enable_prefix_caching is True
+    assert effective.serving.extra_args == ("--seed", "1")
+    assert set(serving_diff(model.serving, effective.serving)) == {
+        "max_num_seqs",
+        "enable_prefix_caching",
+        "extra_args",
+    }
+    assert model.serving.max_num_seqs == 32  # the catalog's model is untouched
+    with pytest.raises(CatalogError) as cross_field:
+        apply_serving_overrides(model, {"max_num_batched_tokens": "8"}, origin="--set")
+    assert str(cross_field.value) == (
+        "--set: model 'tiny-llama': serving.max_num_batched_tokens: must be >= serving.max_num_seqs (8 < 32)"
+    )
+    with pytest.raises(CatalogError, match="expected FIELD=VALUE"):
+        parse_assignments(["max_num_seqs"])

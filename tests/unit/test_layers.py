@@ -12,6 +12,7 @@ PURE_CORE = [
     "llm_platform.engine",
     "llm_platform.store_layout",
     "llm_platform.manifests.render",
+    "llm_platform.rollout",
 ]
 FORBIDDEN_AT_RUNTIME = [
     "dagster",

@@ -1,0 +1,36 @@
+# The llm-platform image: the Dagster code location (gRPC server for the Helm chart's user deployment, and the run
+# workers the K8sRunLauncher starts) and the weights download Job (platform.platform_image in the catalog).
+# No vLLM here: on Kubernetes vLLM runs in its own image (vllm/vllm-openai), in the Deployment and the benchmark Job.
+#   docker build -t ghcr.io/llm-platform/llm-platform:0.1.0 .
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    DAGSTER_HOME=/opt/dagster/home
+
+# git: huggingface_hub's repository helpers; tini: signals reach Python as PID 1's child.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git tini \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --uid 1000 --create-home --shell /usr/sbin/nologin app \
+ && mkdir -p "$DAGSTER_HOME" && chown app "$DAGSTER_HOME"
+
+WORKDIR /app
+# Dependencies first, so that a code change does not reinstall them.
+COPY pyproject.toml README.md ./
+RUN mkdir llm_platform && touch llm_platform/__init__.py \
+ && pip install . && pip uninstall -y llm-platform && rm -rf llm_platform
+COPY llm_platform ./llm_platform
+RUN pip install --no-deps .
+COPY catalog ./catalog
+COPY workspace.yaml ./
+
+USER 1000
+ENV LLM_PLATFORM_CATALOG=/app/catalog/models.yaml \
+    LLM_PLATFORM_TARGET=kubernetes
+EXPOSE 3030
+ENTRYPOINT ["/usr/bin/tini", "--"]
+CMD ["dagster", "api", "grpc", "--module-name", "llm_platform.definitions", "--host", "0.0.0.0", "--port", "3030"]
