@@ -13,11 +13,13 @@ from llm_platform.defs.jobs import lifecycle_jobs, live_benchmark_schedules
 from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.defs.partitions import model_partitions
 from llm_platform.defs.resources import (
+    PrometheusResource,
     kubernetes_target_from_env,
     local_target_from_env,
     target_kind_from_env,
     weights_resource_from_env,
 )
+from llm_platform.defs.sensors import build_drift_sensor
 from llm_platform.errors import PlatformError
 
 
@@ -27,10 +29,12 @@ def build_definitions(catalog: Catalog, target_kind: str = "local") -> dg.Defini
         assets=lifecycle_assets(catalog, target_kind),
         jobs=lifecycle_jobs(model_partitions(catalog)),
         schedules=live_benchmark_schedules(catalog),
+        sensors=[build_drift_sensor(catalog)],
         resources={
             "weights": weights_resource_from_env(),
             "local_target": local_target_from_env(),
             "kubernetes": kubernetes_target_from_env(),
+            "prometheus": PrometheusResource(),
         },
         metadata={
             "models": dg.MetadataValue.text(", ".join(model.name for model in catalog.models)),

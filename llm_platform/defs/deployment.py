@@ -109,6 +109,8 @@ def build_deployment_asset(
                 "endpoint": dg.MetadataValue.url(endpoint),
                 "config_fingerprint": dg.MetadataValue.text(serving_config.fingerprint),
                 "weights_sha": dg.MetadataValue.text(sha),
+                # What serves now, read by the tuning-drift sensor as the config it tunes from.
+                "serving": dg.MetadataValue.json(model.serving.model_dump(mode="json")),
                 **metadata,
             },
         )

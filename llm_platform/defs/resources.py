@@ -11,6 +11,7 @@ from pydantic import Field
 
 from llm_platform.catalog import ModelSpec, Platform
 from llm_platform.errors import PlatformError, WeightsError
+from llm_platform.prometheus import DEFAULT_PROMETHEUS_URL, PROMETHEUS_URL_ENV_VAR, PrometheusClient
 from llm_platform.targets.kube_api import KubeApi
 from llm_platform.targets.kubernetes import KubernetesTarget, KubernetesTargetSettings
 from llm_platform.targets.local import LocalTarget, LocalTargetSettings
@@ -161,3 +162,16 @@ def target_kind_from_env() -> str:
     if kind not in TARGET_KINDS:
         raise PlatformError(f"{TARGET_ENV_VAR}={kind!r} is not a target; use one of: {', '.join(TARGET_KINDS)}")
     return kind
+
+
+class PrometheusResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """The Prometheus that scrapes the serving models (locally: the one `make run` starts)."""
+
+    url: str = Field(
+        default_factory=lambda: os.environ.get(PROMETHEUS_URL_ENV_VAR) or DEFAULT_PROMETHEUS_URL,
+        description=f"Base URL of Prometheus' HTTP API (${PROMETHEUS_URL_ENV_VAR}).",
+    )
+    timeout_s: float = Field(default=10.0, description="Per-query timeout.")
+
+    def client(self) -> PrometheusClient:
+        return PrometheusClient(self.url, timeout_s=self.timeout_s)

@@ -18,6 +18,7 @@ import yaml
 from llm_platform.dagster_api import DagsterApi
 from llm_platform.defs.jobs import promotion_request
 from llm_platform.defs.resources import LocalTargetResource
+from llm_platform.devhub import free_port
 from llm_platform.services import LocalServices
 from tests.conftest import REPO_ROOT, TINY_REPO, ServedTiny
 
@@ -52,6 +53,8 @@ def dagster_dev(served_tiny: ServedTiny, tmp_path_factory: pytest.TempPathFactor
     env = {
         "HF_ENDPOINT": str(served_tiny.weights.hf_endpoint),
         "LLM_PLATFORM_CATALOG": str(_catalog_file(home / "models.yaml")),
+        # No Prometheus for this Dagster: the drift sensor skips instead of reading another test's metrics.
+        "LLM_PLATFORM_PROMETHEUS_URL": f"http://127.0.0.1:{free_port()}",
     }
     record = services.start_dagster(REPO_ROOT / "workspace.yaml", Path(sys.executable).parent / "dagster", env)
     try:

@@ -13,6 +13,7 @@ PURE_CORE = [
     "llm_platform.store_layout",
     "llm_platform.manifests.render",
     "llm_platform.rollout",
+    "llm_platform.tuning.policy",
 ]
 FORBIDDEN_AT_RUNTIME = [
     "dagster",

@@ -1,0 +1,134 @@
+"""``tuning_drift_sensor``: watches every deployed model in Prometheus and requests a ``promote`` run with new
+engine arguments when the policy (``tuning/policy.py``) recommends them.
+
+One sensor tick: the deployed models and their serving config from the instance (the ``serving`` metadata of their
+latest ``vllm_deployment``), one Prometheus snapshot for all of them (a fixed number of queries), the last windows
+of each model from the cursor (hysteresis), the policy's decision, then the cooldown and the daily cap from the
+cursor. A recommendation becomes a RunRequest for the ``promote`` job with all the overrides of the deployed
+config plus the new ones (run_key: model + rule + window, so a re-evaluated tick never runs twice); otherwise the
+SkipReason lists every model's observed values and why nothing changes.
+
+No ``from __future__ import annotations`` here: Dagster reads the sensor function's annotations at runtime.
+"""
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from llm_platform.catalog import Catalog, ModelSpec, apply_serving_overrides, serving_diff
+from llm_platform.defs.jobs import PROMOTE_JOB, promotion_request
+from llm_platform.defs.resources import PrometheusResource
+from llm_platform.errors import PlatformError
+from llm_platform.tuning.policy import TuningLimits, Window, decide, gate
+
+SENSOR_NAME = "tuning_drift_sensor"
+
+
+@dataclass
+class DriftState:
+    """The sensor's cursor: recent windows and the times of the changes it requested, per model."""
+
+    windows: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    changes: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, cursor: str | None) -> "DriftState":
+        try:
+            data = json.loads(cursor) if cursor else {}
+            return cls(windows=dict(data.get("windows", {})), changes=dict(data.get("changes", {})))
+        except (ValueError, AttributeError):
+            return cls()
+
+    def dump(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def _deployed_serving(context: dg.SensorEvaluationContext, model: ModelSpec) -> ModelSpec | None:
+    """The model as it is deployed (its serving section from the latest vllm_deployment), or None if never."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("vllm_deployment"), asset_partitions=[model.name]), limit=1
+    ).records
+    materialization = records[0].asset_materialization if records else None
+    if materialization is None:
+        return None
+    serving = materialization.metadata.get("serving")
+    if not isinstance(serving, dg.JsonMetadataValue) or not isinstance(serving.value, dict):
+        return model
+    return apply_serving_overrides(model, serving.value, origin="deployed config")
+
+
+def _as_override(value: Any) -> str:
+    """A serving value as the run config's YAML scalar (JSON is YAML)."""
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def build_drift_sensor(
+    catalog: Catalog, *, limits: TuningLimits | None = None, interval_s: int = 300, window: str = "5m"
+) -> dg.SensorDefinition:
+    limits = limits or TuningLimits()
+
+    @dg.sensor(
+        name=SENSOR_NAME,
+        job_name=PROMOTE_JOB,
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Watches every deployed model's vLLM metrics in Prometheus and, when the engine arguments no "
+        "longer fit the traffic (KV saturation, queue at the replica ceiling, context far above the requests), "
+        "requests a promote run with the recommended overrides.",
+    )
+    def tuning_drift_sensor(context: dg.SensorEvaluationContext, prometheus: PrometheusResource) -> dg.SensorResult:
+        state = DriftState.load(context.cursor)
+        deployed = {}
+        for model in catalog.models:
+            try:
+                current = _deployed_serving(context, model)
+            except PlatformError as error:
+                context.log.warning(f"model '{model.name}': deployed config unreadable: {error}")
+                continue
+            if current is not None:
+                deployed[model.name] = current
+        if not deployed:
+            return dg.SensorResult(skip_reason="no model is deployed yet", cursor=state.dump())
+        now = time.time()
+        try:
+            snapshot = prometheus.client().snapshot(window=window, at=now)
+        except PlatformError as error:
+            return dg.SensorResult(skip_reason=f"metrics unavailable: {error}", cursor=state.dump())
+        requests, notes = [], []
+        for name, current in deployed.items():
+            latest = snapshot.get(name) or Window.no_data(now)
+            history = [*state.windows.get(name, []), asdict(latest)][-limits.sustained_windows :]
+            state.windows[name] = history
+            decision = decide(current, [Window(**w) for w in history], now, limits)
+            observed = ", ".join(f"{k}={v:g}" for k, v in decision.observed.items())
+            if decision.kind != "recommend":
+                notes.append(f"{name}: {decision.kind} ({decision.reason}){' [' + observed + ']' if observed else ''}")
+                continue
+            wait = gate(state.changes.get(name, []), now)
+            if wait:
+                notes.append(f"{name}: {decision.reason}; not yet: {wait}")
+                continue
+            overrides = {
+                key: _as_override(new)
+                for key, (_, new) in serving_diff(catalog.model(name).serving, current.serving).items()
+            }
+            overrides.update(decision.overrides)
+            _, run_config = promotion_request(overrides=overrides, reason=f"{decision.rule}: {decision.reason}")
+            requests.append(
+                dg.RunRequest(
+                    partition_key=name,
+                    run_key=f"{name}:{decision.rule}:{int(latest.sample_time)}",
+                    run_config=run_config,
+                    tags={"llm-platform/trigger": SENSOR_NAME, "llm-platform/rule": decision.rule},
+                )
+            )
+            state.changes[name] = [*state.changes.get(name, []), now]
+            state.windows[name] = []  # a new config starts a new observation
+        return dg.SensorResult(
+            run_requests=requests, skip_reason=None if requests else "; ".join(notes), cursor=state.dump()
+        )
+
+    return tuning_drift_sensor

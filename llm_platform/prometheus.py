@@ -1,0 +1,131 @@
+"""Adapter to Prometheus' HTTP API: the serving metrics of every model in a fixed number of queries.
+
+Plain ``requests`` against the documented ``/api/v1/query`` endpoint: the PromQL client packages on PyPI add
+little over it (no typed errors, no batching) and pull in plotting libraries. Every query aggregates ``by
+(model_name)`` - the label vLLM puts on its metrics, set to the served model name, which is the catalog name - so a
+sensor tick costs :data:`QUERIES_PER_SNAPSHOT` queries whatever the number of models. Metric names that vLLM
+renamed are matched under both names (``__name__=~"new|old"``), so a fleet with old and new engines reads the same.
+Transient failures (connection errors, 5xx, 429) are retried with backoff; errors become :class:`PrometheusError`
+with the URL and what to do.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from llm_platform.errors import PlatformError
+from llm_platform.tuning.policy import Window
+
+PROMETHEUS_URL_ENV_VAR = "LLM_PLATFORM_PROMETHEUS_URL"
+DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
+
+#: Current vLLM metric name → every name it has had (vLLM < 0.12 exported the old ones).
+METRIC_NAMES: Mapping[str, tuple[str, ...]] = {
+    "vllm:kv_cache_usage_perc": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+    "vllm:num_preemptions_total": ("vllm:num_preemptions_total", "vllm:num_preemptions"),
+    "vllm:num_requests_waiting": ("vllm:num_requests_waiting",),
+    "vllm:num_requests_running": ("vllm:num_requests_running",),
+    "vllm:request_prompt_tokens_bucket": ("vllm:request_prompt_tokens_bucket",),
+    "vllm:request_generation_tokens_bucket": ("vllm:request_generation_tokens_bucket",),
+}
+
+
+class PrometheusError(PlatformError):
+    """Prometheus could not be queried (unreachable, failing, or the query was refused)."""
+
+
+def selector(metric: str, matchers: str = "") -> str:
+    """A PromQL selector for ``metric`` under all its names: ``{__name__=~"a|b",<matchers>}``."""
+    names = METRIC_NAMES.get(metric, (metric,))
+    if len(names) == 1:
+        return f"{names[0]}{{{matchers}}}" if matchers else names[0]
+    extra = f",{matchers}" if matchers else ""
+    return f'{{__name__=~"{"|".join(names)}"{extra}}}'
+
+
+def snapshot_queries(window: str) -> dict[str, str]:
+    """The queries of one snapshot, keyed by :class:`~llm_platform.tuning.policy.Window` field; each returns one
+    series per model."""
+    by = "by (model_name)"
+    return {
+        "kv_cache_usage_max": f"max {by} (max_over_time({selector('vllm:kv_cache_usage_perc')}[{window}]))",
+        "preemptions_per_s": f"sum {by} (rate({selector('vllm:num_preemptions_total')}[{window}]))",
+        "waiting_avg": f"sum {by} (avg_over_time({selector('vllm:num_requests_waiting')}[{window}]))",
+        "replicas": f"count {by} ({selector('vllm:num_requests_running')})",
+        "prompt_tokens_p999": "histogram_quantile(0.999, sum by (model_name, le) "
+        f"(rate({selector('vllm:request_prompt_tokens_bucket')}[{window}])))",
+        "generation_tokens_p999": "histogram_quantile(0.999, sum by (model_name, le) "
+        f"(rate({selector('vllm:request_generation_tokens_bucket')}[{window}])))",
+    }
+
+
+QUERIES_PER_SNAPSHOT = len(snapshot_queries("5m"))
+
+
+@dataclass
+class PrometheusClient:
+    """Instant PromQL queries with retries; ``session`` and ``sleep`` are injectable for tests."""
+
+    url: str = DEFAULT_PROMETHEUS_URL
+    timeout_s: float = 10.0
+    retries: int = 3
+    backoff_s: float = 0.5
+    session: requests.Session = field(default_factory=requests.Session)
+    sleep: Callable[[float], None] = time.sleep
+    queries_sent: int = 0
+
+    def query(self, promql: str, at: float | None = None) -> list[tuple[dict[str, str], float]]:
+        """``(labels, value)`` per series of an instant query (a scalar result is one series without labels)."""
+        params = {"query": promql, **({"time": f"{at:.3f}"} if at is not None else {})}
+        endpoint = f"{self.url.rstrip('/')}/api/v1/query"
+        for attempt in range(self.retries + 1):
+            self.queries_sent += 1
+            try:
+                response = self.session.get(endpoint, params=params, timeout=self.timeout_s)
+            except requests.RequestException as error:
+                failure = f"unreachable ({type(error).__name__})"
+            else:
+                if response.status_code in (429, 500, 502, 503, 504):
+                    failure = f"HTTP {response.status_code}"
+                else:
+                    return self._parse(response, promql)
+            if attempt == self.retries:
+                raise PrometheusError(
+                    f"Prometheus at {self.url} is {failure} after {self.retries + 1} attempts; check "
+                    f"${PROMETHEUS_URL_ENV_VAR} and that Prometheus runs (`make run` starts one locally)"
+                )
+            self.sleep(self.backoff_s * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _parse(self, response: requests.Response, promql: str) -> list[tuple[dict[str, str], float]]:
+        try:
+            body: dict[str, Any] = response.json()
+        except ValueError:
+            raise PrometheusError(
+                f"{self.url} answered HTTP {response.status_code} without JSON; is it Prometheus?"
+            ) from None
+        if body.get("status") != "success":
+            raise PrometheusError(f"Prometheus refused the query {promql!r}: {body.get('error', 'no reason given')}")
+        data = body.get("data", {})
+        if data.get("resultType") == "scalar":
+            return [({}, float(data["result"][1]))]
+        return [(dict(item.get("metric", {})), float(item["value"][1])) for item in data.get("result", [])]
+
+    def snapshot(self, window: str = "5m", at: float | None = None) -> dict[str, Window]:
+        """Every model's :class:`Window` from :data:`QUERIES_PER_SNAPSHOT` queries (NaN where a query had no
+        series for the model: "no data", never a zero that was not measured)."""
+        values: dict[str, dict[str, float]] = {}
+        sample_time = at if at is not None else time.time()
+        for name, promql in snapshot_queries(window).items():
+            for labels, value in self.query(promql, sample_time):
+                model = labels.get("model_name")
+                if model:
+                    values.setdefault(model, {})[name] = value
+        nothing = dict.fromkeys(snapshot_queries(window), math.nan)
+        return {model: Window(**{**nothing, **fields}, sample_time=sample_time) for model, fields in values.items()}

@@ -1,0 +1,1 @@
+"""Engine tuning: drift detection and recommendations from live metrics (pure)."""

@@ -1,0 +1,164 @@
+"""The tuning-drift policy (pure): from a model's recent metric windows and its current config to a decision.
+
+A rule fires only when its condition held in every one of the last ``limits.sustained_windows`` windows
+(hysteresis), and never on missing, NaN or stale data (the decision is ``skip`` with the reason). The caller keeps
+the windows, and applies the cooldown and the daily cap (:func:`gate`), so that this module stays a table of rules.
+
+Rules, in priority order:
+
+1. **KV cache saturated with preemptions** (max KV usage >= ``kv_saturated`` and preemptions > 0): raise
+   gpu_memory_utilization by ``memory_step`` up to ``memory_cap``; at the cap, lower max_num_seqs by a quarter.
+2. **Queue high at the replica ceiling** (waiting per replica > the catalog's ``waiting_threshold`` while running at
+   ``max_replicas``): with KV headroom (< ``kv_headroom``) raise max_num_seqs by half; without, no engine change
+   helps - the decision says to raise ``autoscaling.max_replicas`` within the GPU quota.
+3. **Context far larger than the traffic** (p99.9 prompt + generation tokens, with ``length_margin``, below half of
+   max_model_len): shrink max_model_len to that length rounded up to ``length_quantum`` (not below
+   ``min_model_len``): the freed KV cache serves more sequences.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from llm_platform.catalog import ModelSpec
+
+#: vLLM's default max_num_seqs when the catalog leaves it unset.
+VLLM_DEFAULT_MAX_NUM_SEQS = 256
+
+
+@dataclass(frozen=True)
+class Window:
+    """One model's measurements over one window (NaN: no data). Mirrors the Prometheus snapshot's fields."""
+
+    kv_cache_usage_max: float
+    preemptions_per_s: float
+    waiting_avg: float
+    replicas: float
+    prompt_tokens_p999: float
+    generation_tokens_p999: float
+    sample_time: float
+
+    @classmethod
+    def no_data(cls, sample_time: float) -> Window:
+        """A window in which nothing was measured (the model's series were absent)."""
+        nan = math.nan
+        return cls(nan, nan, nan, nan, nan, nan, sample_time)
+
+    def missing(self) -> list[str]:
+        """Names of the measurements without data."""
+        return sorted(key for key, value in self.__dict__.items() if math.isnan(value))
+
+
+@dataclass(frozen=True)
+class TuningLimits:
+    """Thresholds and bounds of the policy; each default is a conservative production choice."""
+
+    sustained_windows: int = 3
+    """Windows in a row a condition must hold (hysteresis against one noisy scrape)."""
+    stale_after_s: float = 600.0
+    """A window older than this (against ``now``) is stale: no decision from it."""
+    kv_saturated: float = 0.95
+    """KV-cache usage counted as saturated."""
+    kv_headroom: float = 0.8
+    """KV-cache usage below which more concurrent sequences fit."""
+    memory_step: float = 0.02
+    """How much gpu_memory_utilization is raised per recommendation."""
+    memory_cap: float = 0.95
+    """Never recommend more than this gpu_memory_utilization (CUDA graphs and activations need the rest)."""
+    min_max_num_seqs: int = 8
+    """Never recommend fewer sequences than this."""
+    length_margin: float = 1.25
+    """Headroom over the observed p99.9 request length when shrinking max_model_len."""
+    length_quantum: int = 256
+    """max_model_len recommendations are multiples of this."""
+    min_model_len: int = 512
+    """Never recommend a smaller max_model_len than this."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: Literal["no_change", "recommend", "skip"]
+    reason: str
+    rule: str = ""
+    overrides: Mapping[str, str] = field(default_factory=dict)
+    observed: Mapping[str, float] = field(default_factory=dict)
+
+
+def _observed(latest: Window) -> dict[str, float]:
+    return {key: round(value, 4) for key, value in latest.__dict__.items() if key != "sample_time"}
+
+
+def decide(model: ModelSpec, windows: Sequence[Window], now: float, limits: TuningLimits | None = None) -> Decision:
+    """The decision for ``model`` from its windows, oldest first."""
+    limits = limits or TuningLimits()
+    recent = list(windows)[-limits.sustained_windows :]
+    if len(recent) < limits.sustained_windows:
+        return Decision("skip", f"{len(recent)} of {limits.sustained_windows} windows collected")
+    for window in recent:
+        if window.missing():
+            return Decision("skip", f"no data for {', '.join(window.missing())}")
+    if now - recent[-1].sample_time > limits.stale_after_s:
+        return Decision("skip", f"latest window is {now - recent[-1].sample_time:.0f} s old")
+    serving, latest = model.serving, recent[-1]
+    observed = _observed(latest)
+    seqs = serving.max_num_seqs or VLLM_DEFAULT_MAX_NUM_SEQS
+
+    if all(w.kv_cache_usage_max >= limits.kv_saturated and w.preemptions_per_s > 0 for w in recent):
+        reason = (
+            f"KV cache saturated ({latest.kv_cache_usage_max:.0%}) with {latest.preemptions_per_s:.2f} "
+            f"preemptions/s over {len(recent)} windows"
+        )
+        if serving.gpu_memory_utilization + 1e-9 < limits.memory_cap:
+            memory = min(limits.memory_cap, serving.gpu_memory_utilization + limits.memory_step)
+            return Decision("recommend", reason, "kv_saturation", {"gpu_memory_utilization": f"{memory:.2f}"}, observed)
+        fewer = max(limits.min_max_num_seqs, seqs * 3 // 4)
+        if fewer < seqs:
+            return Decision("recommend", reason, "kv_saturation", {"max_num_seqs": str(fewer)}, observed)
+        return Decision("no_change", f"{reason}, but memory and max_num_seqs are at their limits", "kv_saturation")
+
+    scaling = model.autoscaling
+    if all(
+        w.replicas >= scaling.max_replicas and w.waiting_avg / max(w.replicas, 1) > scaling.waiting_threshold
+        for w in recent
+    ):
+        reason = (
+            f"{latest.waiting_avg:.1f} requests waiting at the ceiling of {scaling.max_replicas} replicas "
+            f"(threshold {scaling.waiting_threshold:g} per replica)"
+        )
+        if latest.kv_cache_usage_max < limits.kv_headroom:
+            more = str(seqs + max(1, seqs // 2))
+            return Decision("recommend", f"{reason}, KV cache has headroom", "queue_at_ceiling",
+                            {"max_num_seqs": more}, observed)  # fmt: skip
+        return Decision(
+            "no_change",
+            f"{reason} and the KV cache is full: raise autoscaling.max_replicas (GPUs within the quota)",
+            "queue_at_ceiling",
+            observed=observed,
+        )
+
+    longest = max(w.prompt_tokens_p999 + w.generation_tokens_p999 for w in recent)
+    needed = math.ceil(longest * limits.length_margin / limits.length_quantum) * limits.length_quantum
+    needed = max(needed, limits.min_model_len)
+    if needed * 2 <= serving.max_model_len:
+        reason = (
+            f"p99.9 request length {longest:.0f} tokens is far below max_model_len {serving.max_model_len}; "
+            f"{needed} covers it with a {limits.length_margin - 1:.0%} margin and frees KV cache"
+        )
+        return Decision("recommend", reason, "context_too_long", {"max_model_len": str(needed)}, observed)
+    return Decision("no_change", "the config fits the traffic", observed=observed)
+
+
+def gate(history: Sequence[float], now: float, cooldown_s: float = 3600.0, max_per_day: int = 3) -> str | None:
+    """Why a recommendation must wait (cooldown since the last one, or the daily cap), or None when it may go.
+
+    ``history`` holds the times of the model's earlier recommendations that were acted on.
+    """
+    if history and now - max(history) < cooldown_s:
+        return f"cooldown: last change {now - max(history):.0f} s ago (< {cooldown_s:.0f} s)"
+    today = [when for when in history if now - when < 86400]
+    if len(today) >= max_per_day:
+        return f"daily cap: {len(today)} changes in the last 24 h (max {max_per_day})"
+    return None
