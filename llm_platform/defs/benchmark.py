@@ -22,7 +22,7 @@ from llm_platform.catalog import Catalog, ModelSpec
 from llm_platform.defs.failures import platform_errors_as_failure
 from llm_platform.defs.resources import KubernetesTargetResource, LocalTargetResource, WeightsResource
 from llm_platform.defs.values import BenchmarkOutcome, DeploymentRecord, ServingChoice
-from llm_platform.defs.weights import LIFECYCLE_GROUP, catalog_owners
+from llm_platform.defs.weights import lifecycle_asset_options
 
 SLO_CHECKS = {
     "ttft_p95_ms": "p95 time to first token at every concurrency level is within slo.ttft_p95_ms",
@@ -130,9 +130,7 @@ def build_benchmark_asset(
     @dg.asset(
         name="smoke_benchmark",
         kinds={"vllm", "pandas"},
-        partitions_def=partitions,
-        group_name=LIFECYCLE_GROUP,
-        owners=catalog_owners(catalog),
+        **lifecycle_asset_options(catalog, partitions),
         pool=BENCHMARK_POOL,
         # The value is a BenchmarkOutcome; stated here because a parametrized return annotation is not accepted
         # together with check specs.
@@ -208,9 +206,7 @@ def build_live_benchmark_asset(
     @dg.asset(
         name="live_benchmark",
         kinds={"vllm", "pandas"},
-        partitions_def=partitions,
-        group_name=LIFECYCLE_GROUP,
-        owners=catalog_owners(catalog),
+        **lifecycle_asset_options(catalog, partitions),
         pool=BENCHMARK_POOL,
         dagster_type=dg.Any,
         check_specs=[

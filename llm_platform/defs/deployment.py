@@ -9,7 +9,7 @@ from llm_platform.catalog import Catalog, ModelSpec
 from llm_platform.defs.failures import platform_errors_as_failure
 from llm_platform.defs.resources import KubernetesTargetResource, LocalTargetResource, WeightsResource
 from llm_platform.defs.values import BenchmarkOutcome, DeploymentRecord, ServingChoice
-from llm_platform.defs.weights import LIFECYCLE_GROUP, catalog_owners
+from llm_platform.defs.weights import lifecycle_asset_options
 from llm_platform.engine import DEFAULT_PORT
 from llm_platform.manifests.render import resource_name, serving_invocation
 
@@ -35,9 +35,7 @@ def build_deployment_asset(
     @dg.asset(
         name="vllm_deployment",
         kinds={"vllm"},
-        partitions_def=partitions,
-        group_name=LIFECYCLE_GROUP,
-        owners=catalog_owners(catalog),
+        **lifecycle_asset_options(catalog, partitions),
         dagster_type=dg.Any,
         description=(
             "The model served at its endpoint with the benchmarked serving_config. Runs only when every blocking "

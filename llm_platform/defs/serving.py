@@ -13,7 +13,7 @@ from pydantic import Field
 from llm_platform.catalog import Catalog, apply_serving_overrides, serving_diff
 from llm_platform.defs.failures import platform_errors_as_failure
 from llm_platform.defs.values import ServingChoice
-from llm_platform.defs.weights import LIFECYCLE_GROUP, catalog_owners
+from llm_platform.defs.weights import lifecycle_asset_options
 from llm_platform.engine import engine_args
 from llm_platform.weights.plan import SnapshotManifest
 
@@ -33,9 +33,7 @@ def build_serving_config_asset(catalog: Catalog, partitions: dg.PartitionsDefini
     @dg.asset(
         name="serving_config",
         kinds={"vllm"},
-        partitions_def=partitions,
-        group_name=LIFECYCLE_GROUP,
-        owners=catalog_owners(catalog),
+        **lifecycle_asset_options(catalog, partitions),
         dagster_type=dg.Any,
         description=(
             "The vLLM engine configuration to benchmark and promote: the catalog's serving section plus this run's "

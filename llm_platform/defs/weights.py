@@ -3,6 +3,8 @@
 No ``from __future__ import annotations`` here: Dagster reads the config and resource annotations at runtime.
 """
 
+from typing import TypedDict
+
 import dagster as dg
 from pydantic import Field
 
@@ -65,6 +67,17 @@ def catalog_owners(catalog: Catalog) -> list[str]:
     return sorted({owner for model in catalog.models for owner in model.owners})
 
 
+class LifecycleAssetOptions(TypedDict):
+    partitions_def: dg.PartitionsDefinition
+    group_name: str
+    owners: list[str]
+
+
+def lifecycle_asset_options(catalog: Catalog, partitions: dg.PartitionsDefinition) -> LifecycleAssetOptions:
+    """What every lifecycle asset shares: the model partitions, the group and the catalog's owners."""
+    return {"partitions_def": partitions, "group_name": LIFECYCLE_GROUP, "owners": catalog_owners(catalog)}
+
+
 def build_weights_asset(
     catalog: Catalog, partitions: dg.PartitionsDefinition, target_kind: str = "local"
 ) -> dg.AssetsDefinition:
@@ -74,9 +87,7 @@ def build_weights_asset(
     @dg.asset(
         name="model_weights",
         kinds={"huggingface", "python"},
-        partitions_def=partitions,
-        group_name=LIFECYCLE_GROUP,
-        owners=catalog_owners(catalog),
+        **lifecycle_asset_options(catalog, partitions),
         description=(
             "The model's weights in the model store: the catalog revision resolved to a commit, every file "
             "verified against the hub's checksums, and a manifest written last. Re-materializing the same commit "

@@ -34,16 +34,16 @@ def _complete(endpoint: str, prompt: str = "hello", max_tokens: int = 8) -> dict
         return result
 
 
+def _resources(served: ServedTiny) -> dict[str, object]:
+    return {"weights": served.weights, "local_target": served.local_target, "kubernetes": KubernetesTargetResource()}
+
+
 def _lifecycle(served: ServedTiny, catalog: Catalog, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         lifecycle_assets(catalog),
         selection=LIFECYCLE_ASSETS,
         partition_key="tiny-llama",
-        resources={
-            "weights": served.weights,
-            "local_target": served.local_target,
-            "kubernetes": KubernetesTargetResource(),
-        },
+        resources=_resources(served),
         run_config={"ops": {"smoke_benchmark": {"config": SMALL_PLAN}}},
         instance=instance,
         raise_on_error=False,
@@ -213,11 +213,7 @@ def test_overrides_are_benchmarked_promoted_and_benchmarked_live(served_tiny: Se
     compared with the promotion's benchmark; the original config is promoted back afterwards."""
     catalog = tiny_catalog()
     assets = lifecycle_assets(catalog)
-    resources = {
-        "weights": served_tiny.weights,
-        "local_target": served_tiny.local_target,
-        "kubernetes": KubernetesTargetResource(),
-    }
+    resources = _resources(served_tiny)
     plan = {"config": SMALL_PLAN}
     try:
         with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
@@ -292,11 +288,7 @@ def test_a_bad_override_fails_with_the_catalogs_message(served_tiny: ServedTiny,
 def test_deployment_refuses_a_config_that_was_not_benchmarked(served_tiny: ServedTiny, tmp_path: Path) -> None:
     catalog = tiny_catalog()
     assets = lifecycle_assets(catalog)
-    resources = {
-        "weights": served_tiny.weights,
-        "local_target": served_tiny.local_target,
-        "kubernetes": KubernetesTargetResource(),
-    }
+    resources = _resources(served_tiny)
     strict = tiny_catalog(slo={"ttft_p95_ms": 0.001})
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         failed = dg.materialize(
