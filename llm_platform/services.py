@@ -21,10 +21,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import yaml
+
 from llm_platform.devhub import default_olah_command, free_port
 from llm_platform.errors import PlatformError
 
 DAGSTER_PORT = 3000
+#: The PrometheusRule shipped for clusters; the local Prometheus loads its groups as well (source checkouts).
+ALERT_RULES = Path(__file__).resolve().parents[1] / "k8s" / "observability" / "prometheusrule.yaml"
 PROMETHEUS_PORT = 9090
 SCRAPE_INTERVAL_S = 5
 
@@ -208,10 +212,16 @@ class LocalServices:
         file_sd_dir.mkdir(parents=True, exist_ok=True)
         config = self.home / "prometheus" / "prometheus.yml"
         config.parent.mkdir(parents=True, exist_ok=True)
+        rules = ""
+        if ALERT_RULES.is_file():  # the production alerts, evaluated here too
+            groups = yaml.safe_load(ALERT_RULES.read_text())["spec"]["groups"]
+            (config.parent / "rules.yml").write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+            rules = f"rule_files: ['{config.parent / 'rules.yml'}']\n"
         config.write_text(
             "global:\n"
             f"  scrape_interval: {SCRAPE_INTERVAL_S}s\n"
             f"  evaluation_interval: {SCRAPE_INTERVAL_S}s\n"
+            f"{rules}"
             "scrape_configs:\n"
             "  - job_name: vllm\n"
             "    file_sd_configs:\n"

@@ -83,10 +83,25 @@ def _core_validator(version: str, api_version: str, kind: str) -> jsonschema_rs.
     return jsonschema_rs.Draft202012Validator(schema, registry=_core_registry(schema_dir))
 
 
+def _scoped_flags(schema: Any) -> Any:
+    """CRD patterns are Go (RE2) regexes: ``a(?i)b`` turns flags on for the rest of the pattern, which the
+    validator's regex dialect refuses; the equivalent scoped group ``a(?i:b)`` is accepted by both."""
+    if isinstance(schema, dict):
+        converted = {key: _scoped_flags(value) for key, value in schema.items()}
+        pattern = schema.get("pattern")
+        if isinstance(pattern, str) and "(?i)" in pattern:
+            head, _, tail = pattern.partition("(?i)")
+            converted["pattern"] = f"{head}(?i:{tail})"
+        return converted
+    if isinstance(schema, list):
+        return [_scoped_flags(item) for item in schema]
+    return schema
+
+
 @functools.cache
 def _custom_schema(file_name: str) -> dict[str, Any]:
     text = resources.files("llm_platform.manifests").joinpath("schemas", file_name).read_text()
-    schema: dict[str, Any] = json.loads(text)
+    schema: dict[str, Any] = _scoped_flags(json.loads(text))
     return schema
 
 

@@ -83,3 +83,15 @@ def test_unreachable_prometheus_is_retried_then_named() -> None:
     with pytest.raises(PlatformError, match=r"is unreachable \(ConnectionError\) after 4 attempts; check "):
         client.snapshot()
     assert sleeps == [0.5, 1.0, 2.0]
+
+
+def test_the_shipped_alerts_load_and_the_dashboard_queries_run(prometheus: str) -> None:
+    from tests.unit.test_observability import dashboard_queries
+
+    with urllib.request.urlopen(f"{prometheus}/api/v1/rules", timeout=10) as response:
+        groups = json.loads(response.read())["data"]["groups"]
+    rules = {rule["name"]: rule["health"] for group in groups for rule in group["rules"]}
+    assert set(rules) == {"VllmQueueGrowingAtMaxReplicas", "VllmKvCacheSaturated", "VllmErrorRate", "VllmTargetDown"}
+    client = PrometheusClient(prometheus)
+    for expr in dashboard_queries():
+        client.query(expr.replace("$__rate_interval", "1m"))  # raises PrometheusError if Prometheus refuses it

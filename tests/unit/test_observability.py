@@ -1,0 +1,75 @@
+"""k8s/observability: the PodMonitor and PrometheusRule validate against the Prometheus Operator's CRD schemas, the
+alert rules pass ``promtool check rules``, the PodMonitor selects the rendered vLLM pods, and the Grafana dashboard
+has the panels operators need."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llm_platform.catalog import load_catalog
+from llm_platform.manifests.render import render_deployment
+from llm_platform.manifests.validation import validate_objects
+from tests.conftest import EXAMPLE_CATALOG, REPO_ROOT
+
+OBSERVABILITY = REPO_ROOT / "k8s" / "observability"
+
+
+def _load(name: str) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((OBSERVABILITY / name).read_text())
+    return document
+
+
+def test_monitoring_objects_match_the_operator_schemas() -> None:
+    validate_objects([_load("podmonitor.yaml"), _load("prometheusrule.yaml")])
+
+
+def test_alert_rules_pass_promtool(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (the Debian prometheus package has it; make test installs it)")
+    rules = tmp_path / "rules.yml"
+    rules.write_text(yaml.safe_dump({"groups": _load("prometheusrule.yaml")["spec"]["groups"]}))
+    result = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    alerts = {rule["alert"] for group in _load("prometheusrule.yaml")["spec"]["groups"] for rule in group["rules"]}
+    assert alerts == {"VllmQueueGrowingAtMaxReplicas", "VllmKvCacheSaturated", "VllmErrorRate", "VllmTargetDown"}
+
+
+def test_pod_monitor_selects_the_rendered_vllm_pods() -> None:
+    catalog = load_catalog(EXAMPLE_CATALOG)
+    monitor = _load("podmonitor.yaml")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    for model in catalog.models:
+        template = render_deployment(catalog.platform, model, "0" * 40)["spec"]["template"]
+        assert selector.items() <= template["metadata"]["labels"].items()
+        port_names = {port["name"] for port in template["spec"]["containers"][0]["ports"]}
+        assert monitor["spec"]["podMetricsEndpoints"][0]["port"] in port_names
+    assert monitor["metadata"]["namespace"] == catalog.platform.namespace
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads((OBSERVABILITY / "grafana-dashboard.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_dashboard_covers_the_serving_metrics() -> None:
+    text = " ".join(dashboard_queries())
+    for metric in (
+        "vllm:generation_tokens_total",
+        "vllm:prefix_cache_hits_total",
+        "vllm:prefix_cache_queries_total",
+        "vllm:kv_cache_usage_perc",
+        "vllm:num_requests_waiting",
+        "vllm:num_requests_running",
+        "vllm:time_to_first_token_seconds_bucket",
+        "vllm:inter_token_latency_seconds_bucket",
+        "kube_horizontalpodautoscaler_spec_max_replicas",
+    ):
+        assert metric in text, metric
