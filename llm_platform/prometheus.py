@@ -49,19 +49,19 @@ def selector(metric: str, matchers: str = "") -> str:
     return f'{{__name__=~"{"|".join(names)}"{extra}}}'
 
 
-def snapshot_queries(window: str) -> dict[str, str]:
+def snapshot_queries(window: str, matchers: str = "") -> dict[str, str]:
     """The queries of one snapshot, keyed by :class:`~llm_platform.tuning.policy.Window` field; each returns one
-    series per model."""
+    series per model. ``matchers`` narrows every selector (e.g. to one model: what a per-model client would do)."""
     by = "by (model_name)"
     return {
-        "kv_cache_usage_max": f"max {by} (max_over_time({selector('vllm:kv_cache_usage_perc')}[{window}]))",
-        "preemptions_per_s": f"sum {by} (rate({selector('vllm:num_preemptions_total')}[{window}]))",
-        "waiting_avg": f"sum {by} (avg_over_time({selector('vllm:num_requests_waiting')}[{window}]))",
-        "replicas": f"count {by} ({selector('vllm:num_requests_running')})",
+        "kv_cache_usage_max": f"max {by} (max_over_time({selector('vllm:kv_cache_usage_perc', matchers)}[{window}]))",
+        "preemptions_per_s": f"sum {by} (rate({selector('vllm:num_preemptions_total', matchers)}[{window}]))",
+        "waiting_avg": f"sum {by} (avg_over_time({selector('vllm:num_requests_waiting', matchers)}[{window}]))",
+        "replicas": f"count {by} ({selector('vllm:num_requests_running', matchers)})",
         "prompt_tokens_p999": "histogram_quantile(0.999, sum by (model_name, le) "
-        f"(rate({selector('vllm:request_prompt_tokens_bucket')}[{window}])))",
+        f"(rate({selector('vllm:request_prompt_tokens_bucket', matchers)}[{window}])))",
         "generation_tokens_p999": "histogram_quantile(0.999, sum by (model_name, le) "
-        f"(rate({selector('vllm:request_generation_tokens_bucket')}[{window}])))",
+        f"(rate({selector('vllm:request_generation_tokens_bucket', matchers)}[{window}])))",
     }
 
 

@@ -46,14 +46,29 @@ class DriftState:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-def _deployed_serving(context: dg.SensorEvaluationContext, model: ModelSpec) -> ModelSpec | None:
-    """The model as it is deployed (its serving section from the latest vllm_deployment), or None if never."""
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("vllm_deployment"), asset_partitions=[model.name]), limit=1
+def _latest_deployments(instance: dg.DagsterInstance, names: list[str]) -> dict[str, dg.AssetMaterialization]:
+    """The latest vllm_deployment materialization of each model, in one query for the usual case (newest first,
+    enough records for a few redeployments per model), then one per model not found in it."""
+    key = dg.AssetKey("vllm_deployment")
+    latest: dict[str, dg.AssetMaterialization] = {}
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=names), limit=max(100, 5 * len(names))
     ).records
-    materialization = records[0].asset_materialization if records else None
-    if materialization is None:
-        return None
+    for record in records:
+        materialization = record.asset_materialization
+        if materialization is not None and materialization.partition not in latest:
+            latest[str(materialization.partition)] = materialization
+    for name in set(names) - set(latest):
+        more = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[name]), limit=1
+        ).records
+        if more and more[0].asset_materialization is not None:
+            latest[name] = more[0].asset_materialization
+    return latest
+
+
+def _deployed_serving(model: ModelSpec, materialization: dg.AssetMaterialization) -> ModelSpec:
+    """The model as it is deployed: its serving section from the deployment's metadata."""
     serving = materialization.metadata.get("serving")
     if not isinstance(serving, dg.JsonMetadataValue) or not isinstance(serving.value, dict):
         return model
@@ -82,14 +97,11 @@ def build_drift_sensor(
     def tuning_drift_sensor(context: dg.SensorEvaluationContext, prometheus: PrometheusResource) -> dg.SensorResult:
         state = DriftState.load(context.cursor)
         deployed = {}
-        for model in catalog.models:
+        for name, materialization in _latest_deployments(context.instance, catalog.model_names).items():
             try:
-                current = _deployed_serving(context, model)
+                deployed[name] = _deployed_serving(catalog.model(name), materialization)
             except PlatformError as error:
-                context.log.warning(f"model '{model.name}': deployed config unreadable: {error}")
-                continue
-            if current is not None:
-                deployed[model.name] = current
+                context.log.warning(f"model '{name}': deployed config unreadable: {error}")
         if not deployed:
             return dg.SensorResult(skip_reason="no model is deployed yet", cursor=state.dump())
         now = time.time()

@@ -1,9 +1,13 @@
-"""The tuning-drift sensor through Dagster's ``build_sensor_context``, against a protocol-level Prometheus."""
+"""The tuning-drift sensor through Dagster's ``build_sensor_context``: against a protocol-level Prometheus for
+precise control of each tick, and against a real Prometheus holding a backfilled half hour of vLLM series."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -11,7 +15,10 @@ import pytest
 from llm_platform.catalog import Catalog, parse_catalog
 from llm_platform.defs.resources import PrometheusResource
 from llm_platform.defs.sensors import build_drift_sensor
-from llm_platform.prometheus import QUERIES_PER_SNAPSHOT
+from llm_platform.dev.promtrace import Behaviour, backfill, openmetrics
+from llm_platform.devhub import free_port
+from llm_platform.prometheus import QUERIES_PER_SNAPSHOT, PrometheusClient
+from llm_platform.services import LocalServices
 from tests.fakeprom import FakePrometheus
 
 pytestmark = pytest.mark.integration
@@ -128,3 +135,37 @@ def test_missing_series_and_unreachable_prometheus_are_skipped_with_the_reason(
         assert "hot: skip (no data for prompt_tokens_p999)" in _skipped(result)
         down = _tick(catalog, instance, "http://127.0.0.1:9", cursor)
     assert _skipped(down).startswith("metrics unavailable: Prometheus at http://127.0.0.1:9 is ")
+
+
+def test_a_scripted_half_hour_in_a_real_prometheus_drives_the_sensor(catalog: Catalog, tmp_path: Path) -> None:
+    """30 minutes of vLLM-named series backfilled into a real Prometheus (promtool): 'hot' saturates its KV cache
+    with preemptions and sees short requests, 'calm' fits; the real client reads them and the sensor acts."""
+    if shutil.which("prometheus") is None or shutil.which("promtool") is None:
+        pytest.skip("prometheus/promtool are not installed (make test installs the Debian package)")
+    now = time.time()
+    scenario = {
+        "hot": Behaviour(kv_cache_usage=0.99, preemptions_per_s=0.5, prompt_tokens=3000, generation_tokens=500),
+        "calm": Behaviour(kv_cache_usage=0.4, prompt_tokens=3000, generation_tokens=500),
+    }
+    services = LocalServices(tmp_path)
+    backfill(openmetrics(scenario, now - 1800, now - 5), tmp_path / "prometheus" / "data")
+    record = services.start_prometheus(tmp_path / "file_sd", port=free_port())
+    try:
+        snapshot = PrometheusClient(record.url).snapshot(window="5m")
+        hot = snapshot["hot"]
+        assert (hot.kv_cache_usage_max, hot.replicas, hot.waiting_avg) == (0.99, 1, 0)
+        assert hot.preemptions_per_s == pytest.approx(0.5, rel=0.05)
+        assert hot.prompt_tokens_p999 == pytest.approx(4096, rel=0.01)  # the bucket holding 3000
+        assert snapshot["calm"].missing() == [] and snapshot["calm"].kv_cache_usage_max == 0.4
+        with dg.instance_for_test() as instance:
+            for name in scenario:
+                _deploy(instance, name, catalog.model(name).serving.model_dump(mode="json"))
+            cursor = None
+            for _ in range(3):
+                result = _tick(catalog, instance, record.url, cursor)
+                cursor = result.cursor
+    finally:
+        services.stop("prometheus")
+    (request,) = result.run_requests or []
+    assert request.partition_key == "hot"
+    assert request.run_config["ops"]["serving_config"]["config"]["overrides"] == {"gpu_memory_utilization": "0.92"}

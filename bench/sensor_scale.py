@@ -1,0 +1,111 @@
+"""One tuning-drift sensor tick over 500 models' series in a real Prometheus.
+
+Setup: a generated history (10 minutes, 15 s steps) of every vLLM series the sensor reads, for N models, backfilled
+into a fresh Prometheus with promtool; N deployed models in a temporary Dagster instance. Our figure: the sensor
+tick (``build_sensor_context`` → instance lookups, one Prometheus snapshot, the policy for every model), its
+number of PromQL queries and its time. The reference, on the same Prometheus in the same run: the same
+measurements queried model by model (6 queries per model with a ``model_name`` matcher), which is what a
+per-model sensor would do. Goals: <= 6 queries and <= 2 s for 500 models.
+
+    .venv/bin/python bench/sensor_scale.py [--models 500] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from llm_platform.catalog import parse_catalog
+from llm_platform.defs.resources import PrometheusResource
+from llm_platform.defs.sensors import build_drift_sensor
+from llm_platform.dev.promtrace import Behaviour, backfill, openmetrics
+from llm_platform.devhub import free_port
+from llm_platform.prometheus import PrometheusClient, snapshot_queries
+from llm_platform.services import LocalServices
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=500)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    rng = random.Random(0)
+    names = [f"model-{index:04d}" for index in range(args.models)]
+    behaviours = {
+        name: Behaviour(
+            kv_cache_usage=rng.uniform(0.2, 1.0),
+            preemptions_per_s=rng.choice([0.0, 0.0, 0.3]),
+            waiting=rng.uniform(0, 20),
+            replicas=rng.randint(1, 5),
+            prompt_tokens=rng.choice([200, 900, 3000]),
+            generation_tokens=rng.choice([50, 300]),
+        )
+        for name in names
+    }
+    catalog = parse_catalog(
+        {
+            "platform": {"gpu_quota": 10 * len(names)},
+            "models": [{"name": n, "source": {"repo": f"org/{n}"}} for n in names],
+        },
+        origin="generated",
+    )
+    now = time.time()
+    with tempfile.TemporaryDirectory() as work:
+        home = Path(work)
+        started = time.perf_counter()
+        backfill(openmetrics(behaviours, now - 600, now - 5), home / "prometheus" / "data")
+        print(f"backfilled {args.models} models in {time.perf_counter() - started:.1f} s")
+        services = LocalServices(home)
+        prometheus = services.start_prometheus(home / "file_sd", port=free_port())
+        try:
+            ours = []
+            with dg.instance_for_test() as instance:
+                for name in names:
+                    instance.report_runless_asset_event(
+                        dg.AssetMaterialization(
+                            "vllm_deployment",
+                            partition=name,
+                            metadata={"serving": dg.MetadataValue.json(catalog.model(name).serving.model_dump())},
+                        )
+                    )
+                sensor = build_drift_sensor(catalog)
+                cursor = None
+                for _ in range(args.repeat):
+                    resource = PrometheusResource(url=prometheus.url)
+                    context = dg.build_sensor_context(
+                        instance=instance, cursor=cursor, resources={"prometheus": resource}
+                    )
+                    started = time.perf_counter()
+                    result = sensor(context)
+                    ours.append(time.perf_counter() - started)
+                    assert isinstance(result, dg.SensorResult)
+                    cursor = result.cursor
+            client = PrometheusClient(prometheus.url)
+            client.snapshot(window="5m")
+            queries = client.queries_sent
+            reference, reference_queries = [], 0
+            for _ in range(max(1, args.repeat // 2)):
+                naive = PrometheusClient(prometheus.url)
+                started = time.perf_counter()
+                for name in names:
+                    for promql in snapshot_queries("5m", f'model_name="{name}"').values():
+                        naive.query(promql)
+                reference.append(time.perf_counter() - started)
+                reference_queries = naive.queries_sent
+        finally:
+            services.stop("prometheus")
+    tick, ref = statistics.median(ours), statistics.median(reference)
+    print(f"sensor tick: median {tick:.3f} s over {len(ours)} ticks, {queries} queries")
+    print(f"per-model reference: median {ref:.3f} s, {reference_queries} queries")
+    print(f"models={args.models} queries={queries} tick_s={tick:.3f} reference_queries={reference_queries} "
+          f"reference_s={ref:.3f} ratio={ref / tick:.1f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
