@@ -117,6 +117,9 @@ class Source(_Section):
     """Glob patterns of the repository files to download."""
     path: str | None = None
     """A directory in Hugging Face layout, used instead of ``repo`` (relative paths start at the catalog file)."""
+    track_revision: bool = False
+    """Opt-in: when ``revision`` (a branch) moves on the hub, a sensor requests a ``lifecycle`` run for the new
+    commit (download, benchmark, promotion with the usual SLO gate)."""
 
     @field_validator("repo")
     @classmethod
@@ -143,6 +146,8 @@ class Source(_Section):
     def _exactly_one_origin(self) -> Source:
         if (self.repo is None) == (self.path is None):
             raise ValueError("set exactly one of 'repo' (a Hugging Face repository) or 'path' (a local directory)")
+        if self.track_revision and (self.repo is None or is_commit_sha(self.revision)):
+            raise ValueError("track_revision needs a repository and a branch or tag to follow, not a commit")
         return self
 
 

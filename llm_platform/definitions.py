@@ -19,7 +19,7 @@ from llm_platform.defs.resources import (
     target_kind_from_env,
     weights_resource_from_env,
 )
-from llm_platform.defs.sensors import build_drift_sensor
+from llm_platform.defs.sensors import build_drift_sensor, build_revision_sensor
 from llm_platform.errors import PlatformError
 
 
@@ -29,7 +29,7 @@ def build_definitions(catalog: Catalog, target_kind: str = "local") -> dg.Defini
         assets=lifecycle_assets(catalog, target_kind),
         jobs=lifecycle_jobs(model_partitions(catalog)),
         schedules=live_benchmark_schedules(catalog),
-        sensors=[build_drift_sensor(catalog)],
+        sensors=[build_drift_sensor(catalog), build_revision_sensor(catalog)],
         resources={
             "weights": weights_resource_from_env(),
             "local_target": local_target_from_env(),

@@ -56,6 +56,9 @@ class WeightsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     def store(self) -> ModelStore:
         return ModelStore(self.store_path)
 
+    def hub(self) -> HubClient:
+        return HubClient(self.hf_endpoint, self.hf_token)
+
     def snapshot_path(self, manifest: SnapshotManifest) -> str:
         """Where a completed snapshot lives (what vLLM is pointed at)."""
         return str(self.store().snapshot_dir(manifest.model, manifest.sha))
@@ -69,7 +72,7 @@ class WeightsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         return download_snapshot(
             request,
             self.store(),
-            HubClient(self.hf_endpoint, self.hf_token),
+            self.hub(),
             workers=self.workers,
             progress=progress,
             keep_revisions=self.keep_revisions,

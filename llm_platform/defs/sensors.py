@@ -1,5 +1,6 @@
-"""``tuning_drift_sensor``: watches every deployed model in Prometheus and requests a ``promote`` run with new
-engine arguments when the policy (``tuning/policy.py``) recommends them.
+"""The sensors. ``tuning_drift_sensor`` watches every deployed model in Prometheus and requests a ``promote`` run
+with new engine arguments when the policy (``tuning/policy.py``) recommends them; ``new_revision_sensor`` runs the
+lifecycle for new hub commits of the models that opt in.
 
 One sensor tick: the deployed models and their serving config from the instance (the ``serving`` metadata of their
 latest ``vllm_deployment``), one Prometheus snapshot for all of them (a fixed number of queries), the last windows
@@ -19,12 +20,13 @@ from typing import Any
 import dagster as dg
 
 from llm_platform.catalog import Catalog, ModelSpec, apply_serving_overrides, serving_diff
-from llm_platform.defs.jobs import PROMOTE_JOB, promotion_request
-from llm_platform.defs.resources import PrometheusResource
+from llm_platform.defs.jobs import LIFECYCLE_JOB, PROMOTE_JOB, promotion_request
+from llm_platform.defs.resources import PrometheusResource, WeightsResource
 from llm_platform.errors import PlatformError
 from llm_platform.tuning.policy import TuningLimits, Window, decide, gate
 
 SENSOR_NAME = "tuning_drift_sensor"
+REVISION_SENSOR_NAME = "new_revision_sensor"
 
 
 @dataclass
@@ -144,3 +146,57 @@ def build_drift_sensor(
         )
 
     return tuning_drift_sensor
+
+
+def _materialized_sha(instance: dg.DagsterInstance, model: str) -> str | None:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("model_weights"), asset_partitions=[model]), limit=1
+    ).records
+    materialization = records[0].asset_materialization if records else None
+    value = materialization.metadata.get("revision_sha") if materialization is not None else None
+    return str(value.value) if isinstance(value, dg.TextMetadataValue) else None
+
+
+def build_revision_sensor(catalog: Catalog, *, interval_s: int = 600) -> dg.SensorDefinition:
+    """``new_revision_sensor``: for models with ``source.track_revision``, a ``lifecycle`` run pinned to the new
+    commit when their branch moves on the hub (run_key: model + commit, so each commit runs once)."""
+    tracked = [model for model in catalog.models if model.source.track_revision]
+
+    @dg.sensor(
+        name=REVISION_SENSOR_NAME,
+        job_name=LIFECYCLE_JOB,
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Follows the hub branch of every model with source.track_revision and runs the lifecycle "
+        "(download, benchmark with the SLO gate, promotion) for each new commit.",
+    )
+    def new_revision_sensor(context: dg.SensorEvaluationContext, weights: WeightsResource) -> dg.SensorResult:
+        if not tracked:
+            return dg.SensorResult(skip_reason="no model sets source.track_revision")
+        hub = weights.hub()
+        requests, notes = [], []
+        for model in tracked:
+            assert model.source.repo is not None  # the catalog requires a repository for tracking
+            try:
+                sha = hub.resolve_revision(model.name, model.source.repo, model.source.revision)
+            except PlatformError as error:
+                notes.append(f"{model.name}: {error}")
+                continue
+            current = _materialized_sha(context.instance, model.name)
+            if sha == current:
+                notes.append(f"{model.name}: {model.source.revision} is still {sha[:12]}")
+                continue
+            _, run_config = promotion_request(
+                revision=sha, reason=f"{model.source.repo}@{model.source.revision} moved to {sha[:12]}"
+            )
+            requests.append(
+                dg.RunRequest(
+                    partition_key=model.name,
+                    run_key=f"{model.name}:{sha}",
+                    run_config=run_config,
+                    tags={"llm-platform/trigger": REVISION_SENSOR_NAME, "llm-platform/revision": sha},
+                )
+            )
+        return dg.SensorResult(run_requests=requests, skip_reason=None if requests else "; ".join(notes))
+
+    return new_revision_sensor

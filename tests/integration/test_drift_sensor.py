@@ -169,3 +169,55 @@ def test_a_scripted_half_hour_in_a_real_prometheus_drives_the_sensor(catalog: Ca
     (request,) = result.run_requests or []
     assert request.partition_key == "hot"
     assert request.run_config["ops"]["serving_config"]["config"]["overrides"] == {"gpu_memory_utilization": "0.92"}
+
+
+def test_new_revision_sensor_runs_the_lifecycle_once_per_new_commit() -> None:
+    from llm_platform.defs.resources import WeightsResource
+    from llm_platform.defs.sensors import build_revision_sensor
+    from tests.fakehub import FakeHub, FakeRepo
+
+    hub = FakeHub().start()
+    try:
+        hub.repos["acme/tracked"] = FakeRepo({"config.json": b"{}"})
+        catalog = parse_catalog(
+            {
+                "models": [
+                    {"name": "tracked", "source": {"repo": "acme/tracked", "track_revision": True}},
+                    {"name": "pinned", "source": {"repo": "acme/pinned"}},
+                ]
+            }
+        )
+        sensor = build_revision_sensor(catalog)
+        resources = {"weights": WeightsResource(hf_endpoint=hub.endpoint)}
+        with dg.instance_for_test() as instance:
+            first = sensor(dg.build_sensor_context(instance=instance, resources=resources))
+            assert isinstance(first, dg.SensorResult)
+            (request,) = first.run_requests or []
+            sha = hub.repos["acme/tracked"].sha
+            assert (request.partition_key, request.run_key) == ("tracked", f"tracked:{sha}")
+            assert request.run_config["ops"]["model_weights"] == {"config": {"revision": sha}}
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization("model_weights", partition="tracked", metadata={"revision_sha": sha})
+            )
+            again = sensor(dg.build_sensor_context(instance=instance, resources=resources))
+            assert isinstance(again, dg.SensorResult) and not again.run_requests
+            assert _skipped(again) == f"tracked: main is still {sha[:12]}"
+            hub.repos["acme/tracked"] = FakeRepo({"config.json": b'{"v": 2}'})  # the branch moves
+            moved = sensor(dg.build_sensor_context(instance=instance, resources=resources))
+            assert isinstance(moved, dg.SensorResult)
+            (request,) = moved.run_requests or []
+            assert request.run_key == f"tracked:{hub.repos['acme/tracked'].sha}"
+            hub.faults.statuses = [503] * 20
+            down = sensor(dg.build_sensor_context(instance=instance, resources=resources))
+            assert isinstance(down, dg.SensorResult)
+            assert "tracked: model 'tracked'" in _skipped(down)
+    finally:
+        hub.stop()
+
+
+def test_tracking_needs_a_branch() -> None:
+    from llm_platform.errors import CatalogError
+
+    with pytest.raises(CatalogError, match="track_revision needs a repository and a branch or tag"):
+        parse_catalog({"models": [{"name": "m", "source": {"repo": "a/b", "revision": "0" * 40,
+                                                               "track_revision": True}}]})  # fmt: skip
