@@ -270,16 +270,16 @@ def test_a_bad_override_fails_with_the_catalogs_message(served_tiny: ServedTiny,
             lifecycle_assets(catalog),
             selection=["model_weights", "serving_config"],
             partition_key="tiny-llama",
-            resources={"weights": served_tiny.weights, "kubernetes": KubernetesTargetResource()},
+            resources=_resources(served_tiny),
             instance=instance,
             run_config={"ops": {"serving_config": {"config": {"overrides": {"max_num_seq": "8"}}}}},
             raise_on_error=False,
         )
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
-    assert failure.step_failure_data.error is not None
-    message = failure.step_failure_data.error.message.strip()
-    assert message == (
+    user_failure = failure.step_failure_data.user_failure_data
+    assert user_failure is not None  # a dg.Failure with our one line, not a crash with a traceback
+    assert user_failure.description == (
         "serving_config run config: model 'tiny-llama': serving.max_num_seq: unknown field; did you mean "
         "'max_num_seqs'?"
     )

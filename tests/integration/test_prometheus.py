@@ -17,7 +17,7 @@ from llm_platform.devhub import free_port
 from llm_platform.errors import PlatformError
 from llm_platform.prometheus import QUERIES_PER_SNAPSHOT, PrometheusClient, PrometheusError, selector
 from llm_platform.services import LocalServices
-from tests.conftest import ServedTiny
+from tests.conftest import ServedTiny, tiny_catalog
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +34,10 @@ def prometheus(served_tiny: ServedTiny, tmp_path_factory: pytest.TempPathFactory
         services.stop("prometheus")
 
 
-def _complete(endpoint: str, prompt_words: int) -> None:
-    body = json.dumps({"model": "tiny-llama", "prompt": "hello " * prompt_words, "max_tokens": 12}).encode()
+def _complete(endpoint: str, prompt_words: int, max_tokens: int = 12, seed: int = 0) -> None:
+    # Distinct words per seed, so that prefix caching cannot make the requests cheap.
+    prompt = " ".join(f"w{seed}x{index}" for index in range(prompt_words))
+    body = json.dumps({"model": "tiny-llama", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}).encode()
     request = urllib.request.Request(
         f"{endpoint}/v1/completions", data=body, headers={"Content-Type": "application/json"}
     )
@@ -44,12 +46,13 @@ def _complete(endpoint: str, prompt_words: int) -> None:
 
 
 def test_one_snapshot_reads_every_serving_metric_of_the_model(prometheus: str, served_tiny: ServedTiny) -> None:
-    for words in (10, 40, 80):
-        _complete(served_tiny.endpoint, words)
     client = PrometheusClient(prometheus)
     deadline = time.monotonic() + 90
     window = None
     while time.monotonic() < deadline:
+        # Traffic between scrapes: rate() needs counters that grow from one sample to the next.
+        for words in (10, 40, 80):
+            _complete(served_tiny.endpoint, words)
         before = client.queries_sent
         snapshot = client.snapshot(window="2m")
         assert client.queries_sent - before == QUERIES_PER_SNAPSHOT  # whatever the number of models
@@ -95,3 +98,38 @@ def test_the_shipped_alerts_load_and_the_dashboard_queries_run(prometheus: str) 
     client = PrometheusClient(prometheus)
     for expr in dashboard_queries():
         client.query(expr.replace("$__rate_interval", "1m"))  # raises PrometheusError if Prometheus refuses it
+
+
+def test_a_saturated_kv_cache_on_real_vllm_makes_the_policy_recommend(prometheus: str, served_tiny: ServedTiny) -> None:
+    """A second server of the tiny model with a deliberately small KV cache (64 blocks, 8,192 tokens on CPU),
+    listed in the same file_sd file, under 16 concurrent requests of ~800 distinct tokens each: Prometheus sees the
+    cache full and vLLM preempting, and the policy (one window; the sensor's hysteresis is tested elsewhere)
+    recommends the kv_saturation change."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from llm_platform.tuning.policy import TuningLimits, decide
+
+    catalog = tiny_catalog(
+        serving={"max_model_len": 2048, "startup_timeout_s": 300, "extra_args": ["--num-gpu-blocks-override", "64"]}
+    )
+    model = catalog.model("tiny-llama")
+    target = served_tiny.local_target.target()
+    server = target.ensure_server(model, served_tiny.weights_path, log=lambda _: None)
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda seed: _complete(server.base_url, 150, max_tokens=300, seed=seed), range(48)))
+        client = PrometheusClient(prometheus)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            window = client.snapshot(window="2m").get("tiny-llama")
+            if window is not None and window.preemptions_per_s > 0:
+                break
+            time.sleep(2)
+        assert window is not None
+        assert window.kv_cache_usage_max >= 0.95, window
+        assert window.preemptions_per_s > 0, window
+        decision = decide(model, [window], time.time(), TuningLimits(sustained_windows=1))
+        assert (decision.kind, decision.rule) == ("recommend", "kv_saturation")
+        assert decision.overrides == {"gpu_memory_utilization": "0.92"}
+    finally:
+        target.stop_server("tiny-llama", server.fingerprint)
