@@ -20,6 +20,7 @@ import pandas as pd
 from llm_platform.catalog import Catalog
 from llm_platform.dagster_api import DagsterApi, run_url
 from llm_platform.defs.jobs import promotion_request
+from llm_platform.defs.partitions import latest_materialization
 from llm_platform.devhub import publish_model
 from llm_platform.errors import PlatformError
 from llm_platform.services import LocalServices, ServiceRecord
@@ -66,10 +67,7 @@ def bring_up(catalog_path: Path, home: Path, log: Callable[[str], None] = print)
 
 
 def _latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) -> dict[str, dg.MetadataValue]:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
-    ).records
-    materialization = records[0].asset_materialization if records else None
+    materialization = latest_materialization(instance, asset, partition)
     return dict(materialization.metadata) if materialization is not None else {}
 
 

@@ -10,6 +10,7 @@ import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from llm_platform.catalog import Catalog
+from llm_platform.defs.partitions import latest_materialization
 
 LIFECYCLE_JOB = "lifecycle"
 PROMOTE_JOB = "promote"
@@ -65,10 +66,7 @@ def _schedule_for(model: str, cron: str, timezone: str) -> dg.ScheduleDefinition
         description=f"Nightly live benchmark of '{model}' (skipped while it has never been deployed).",
     )
     def live_benchmark_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-        deployed = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("vllm_deployment"), asset_partitions=[model]), limit=1
-        )
-        if not deployed.records:
+        if latest_materialization(context.instance, "vllm_deployment", model) is None:
             return dg.SkipReason(f"model '{model}' has never been deployed; nothing to benchmark")
         return dg.RunRequest(
             partition_key=model,

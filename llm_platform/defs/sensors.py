@@ -21,6 +21,7 @@ import dagster as dg
 
 from llm_platform.catalog import Catalog, ModelSpec, apply_serving_overrides, serving_diff
 from llm_platform.defs.jobs import LIFECYCLE_JOB, PROMOTE_JOB, promotion_request
+from llm_platform.defs.partitions import latest_materialization
 from llm_platform.defs.resources import PrometheusResource, WeightsResource
 from llm_platform.errors import PlatformError
 from llm_platform.tuning.policy import TuningLimits, Window, decide, gate
@@ -61,11 +62,9 @@ def _latest_deployments(instance: dg.DagsterInstance, names: list[str]) -> dict[
         if materialization is not None and materialization.partition not in latest:
             latest[str(materialization.partition)] = materialization
     for name in set(names) - set(latest):
-        more = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[name]), limit=1
-        ).records
-        if more and more[0].asset_materialization is not None:
-            latest[name] = more[0].asset_materialization
+        materialization = latest_materialization(instance, "vllm_deployment", name)
+        if materialization is not None:
+            latest[name] = materialization
     return latest
 
 
@@ -149,10 +148,7 @@ def build_drift_sensor(
 
 
 def _materialized_sha(instance: dg.DagsterInstance, model: str) -> str | None:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("model_weights"), asset_partitions=[model]), limit=1
-    ).records
-    materialization = records[0].asset_materialization if records else None
+    materialization = latest_materialization(instance, "model_weights", model)
     value = materialization.metadata.get("revision_sha") if materialization is not None else None
     return str(value.value) if isinstance(value, dg.TextMetadataValue) else None
 
