@@ -1,10 +1,11 @@
 """One tuning-drift sensor tick over 500 models' series in a real Prometheus.
 
-Setup: a generated history (10 minutes, 15 s steps) of every vLLM series the sensor reads, for N models, backfilled
+Setup: a generated history (10 minutes, 15 s steps) of every vLLM and kube-state-metrics series the sensor reads,
+for N models, backfilled
 into a fresh Prometheus with promtool; N deployed models in a temporary Dagster instance. Our figure: the sensor
 tick (``build_sensor_context`` → instance lookups, one Prometheus snapshot, the policy for every model), its
 number of PromQL queries and its time. The reference, on the same Prometheus in the same run: the same
-measurements queried model by model (6 queries per model with a ``model_name`` matcher), which is what a
+measurements queried model by model (one query per measurement with a ``model_name`` matcher), which is what a
 per-model sensor would do. Goals: <= 6 queries and <= 2 s for 500 models.
 
     .venv/bin/python bench/sensor_scale.py [--models 500] [--repeat 5]
@@ -45,6 +46,7 @@ def main() -> None:
             replicas=rng.randint(1, 5),
             prompt_tokens=rng.choice([200, 900, 3000]),
             generation_tokens=rng.choice([50, 300]),
+            oom_kills_per_hour=rng.choice([0.0, 0.0, 0.0, 12.0]),
         )
         for name in names
     }

@@ -58,6 +58,7 @@ MANAGED_ENGINE_FLAGS: Mapping[str, str] = {
     "--tensor-parallel-size": "serving.tensor_parallel_size",
     "-tp": "serving.tensor_parallel_size",
     "--dtype": "serving.dtype",
+    "--custom-histogram-buckets": "the platform (request-length buckets that the tuning policy reads)",
     "--api-key": "a Secret (API keys never go into the catalog)",
 }
 

@@ -49,8 +49,22 @@ def _flag(name: str, value: object) -> list[str]:
     return [f"--{name}", str(value)]
 
 
+#: Fractions of max_model_len that get a request-length bucket of their own.
+CONTEXT_BUCKET_FRACTIONS = (0.5, 0.75, 0.9, 0.95, 1.0)
+
+
+def request_length_buckets(max_model_len: int) -> list[int]:
+    """Bounds of vLLM's request-length histograms: its own 1-2-5 series below max_model_len plus bounds near the
+    limit, which the 1-2-5 series leaves out (for 4096 its last bound is 2000), so that the tuning policy can see
+    requests crowding the context (``context_too_short``)."""
+    series = [base * 10**power for power in range(10) for base in (1, 2, 5)]
+    near_limit = [max(1, round(max_model_len * fraction)) for fraction in CONTEXT_BUCKET_FRACTIONS]
+    return sorted({bound for bound in series if bound < max_model_len} | set(near_limit))
+
+
 def engine_args(serving: Serving, *, served_model_name: str, weights_path: str) -> tuple[str, ...]:
     """vLLM arguments for ``serving``, without host and port (those belong to the target)."""
+    buckets = json.dumps({"request_tokens": request_length_buckets(serving.max_model_len)})
     args = [
         *_flag("model", weights_path),
         *_flag("served-model-name", served_model_name),
@@ -59,6 +73,7 @@ def engine_args(serving: Serving, *, served_model_name: str, weights_path: str) 
         *_flag("tensor-parallel-size", serving.tensor_parallel_size),
         *_flag("dtype", serving.dtype),
         "--enable-chunked-prefill" if serving.enable_chunked_prefill else "--no-enable-chunked-prefill",
+        *_flag("custom-histogram-buckets", buckets),
     ]
     if serving.enable_prefix_caching is not None:
         args.append("--enable-prefix-caching" if serving.enable_prefix_caching else "--no-enable-prefix-caching")

@@ -3,7 +3,9 @@
 Plain ``requests`` against the documented ``/api/v1/query`` endpoint: the PromQL client packages on PyPI add
 little over it (no typed errors, no batching) and pull in plotting libraries. Every query aggregates ``by
 (model_name)`` - the label vLLM puts on its metrics, set to the served model name, which is the catalog name - so a
-sensor tick costs :data:`QUERIES_PER_SNAPSHOT` queries whatever the number of models. Metric names that vLLM
+sensor tick costs :data:`QUERIES_PER_SNAPSHOT` queries whatever the number of models; the fields' expressions
+travel as one PromQL request, each result tagged with its field (``label_replace`` + ``or``), so a tick is one round
+trip. Metric names that vLLM
 renamed are matched under both names (``__name__=~"new|old"``), so a fleet with old and new engines reads the same.
 Transient failures (connection errors, 5xx, 429) are retried with backoff; errors become :class:`PrometheusError`
 with the URL and what to do.
@@ -49,6 +51,27 @@ def selector(metric: str, matchers: str = "") -> str:
     return f'{{__name__=~"{"|".join(names)}"{extra}}}'
 
 
+#: The label that tags each series of the combined snapshot query with its Window field.
+FIELD_LABEL = "llm_platform_field"
+
+#: The vLLM container's name in the rendered Deployment and the pod label naming its model, as kube-state-metrics
+#: exports it (``--metric-labels-allowlist=pods=[llm-platform/model]``; see k8s/observability/).
+VLLM_CONTAINER = "vllm"
+KSM_MODEL_LABEL = "label_llm_platform_model"
+
+
+def oom_restarts_query(window: str, matchers: str = "") -> str:
+    """Restarts in ``window`` of each model's vLLM containers whose last termination was ``OOMKilled``, from
+    kube-state-metrics; 0 for models whose pods it sees without such restarts, no series where it is not scraped.
+    ``matchers`` on ``model_name`` apply to the pods' model label."""
+    restarts = f'kube_pod_container_status_restarts_total{{container="{VLLM_CONTAINER}"}}'
+    oom = f'kube_pod_container_status_last_terminated_reason{{container="{VLLM_CONTAINER}",reason="OOMKilled"}}'
+    pods = ",".join(filter(None, [f'{KSM_MODEL_LABEL}!=""', matchers.replace("model_name", KSM_MODEL_LABEL)]))
+    per_pod = f"(increase({restarts}[{window}]) and on (namespace, pod, container) {oom}) or 0 * {restarts}"
+    with_model = f"({per_pod}) * on (namespace, pod) group_left ({KSM_MODEL_LABEL}) kube_pod_labels{{{pods}}}"
+    return f'sum by (model_name) (label_replace({with_model}, "model_name", "$1", "{KSM_MODEL_LABEL}", "(.+)"))'
+
+
 def snapshot_queries(window: str, matchers: str = "") -> dict[str, str]:
     """The queries of one snapshot, keyed by :class:`~llm_platform.tuning.policy.Window` field; each returns one
     series per model. ``matchers`` narrows every selector (e.g. to one model: what a per-model client would do)."""
@@ -62,10 +85,20 @@ def snapshot_queries(window: str, matchers: str = "") -> dict[str, str]:
         f"(rate({selector('vllm:request_prompt_tokens_bucket', matchers)}[{window}])))",
         "generation_tokens_p999": "histogram_quantile(0.999, sum by (model_name, le) "
         f"(rate({selector('vllm:request_generation_tokens_bucket', matchers)}[{window}])))",
+        "oom_restarts": oom_restarts_query(window, matchers),
     }
 
 
-QUERIES_PER_SNAPSHOT = len(snapshot_queries("5m"))
+def snapshot_query(window: str) -> str:
+    """All of :func:`snapshot_queries` as one PromQL expression; each series carries its field in ``FIELD_LABEL``."""
+    return " or ".join(
+        f'label_replace({promql}, "{FIELD_LABEL}", "{name}", "", "")'
+        for name, promql in snapshot_queries(window).items()
+    )
+
+
+#: PromQL requests per snapshot, whatever the number of models.
+QUERIES_PER_SNAPSHOT = 1
 
 
 @dataclass
@@ -122,10 +155,10 @@ class PrometheusClient:
         series for the model: "no data", never a zero that was not measured)."""
         values: dict[str, dict[str, float]] = {}
         sample_time = at if at is not None else time.time()
-        for name, promql in snapshot_queries(window).items():
-            for labels, value in self.query(promql, sample_time):
-                model = labels.get("model_name")
-                if model:
-                    values.setdefault(model, {})[name] = value
-        nothing = dict.fromkeys(snapshot_queries(window), math.nan)
+        fields = snapshot_queries(window)
+        for labels, value in self.query(snapshot_query(window), sample_time):
+            model, name = labels.get("model_name"), labels.get(FIELD_LABEL)
+            if model and name in fields:
+                values.setdefault(model, {})[name] = value
+        nothing = dict.fromkeys(fields, math.nan)
         return {model: Window(**{**nothing, **fields}, sample_time=sample_time) for model, fields in values.items()}

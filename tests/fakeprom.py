@@ -1,23 +1,20 @@
-"""A protocol-level Prometheus for the sensor's tests: ``/api/v1/query`` answering the snapshot's queries with
-scripted per-model values (a model without a value has no series, as when Prometheus has no data)."""
+"""A protocol-level Prometheus for the sensor's tests: ``/api/v1/query`` answering the snapshot's combined query
+with scripted per-model values, one series per model and field named in the query (a model without a value has no
+series, as when Prometheus has no data)."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-#: Which snapshot field a query computes, recognised by the metric it reads.
-_FIELDS = (
-    ("kv_cache_usage", "kv_cache_usage_max"),
-    ("num_preemptions", "preemptions_per_s"),
-    ("num_requests_waiting", "waiting_avg"),
-    ("num_requests_running", "replicas"),
-    ("request_prompt_tokens_bucket", "prompt_tokens_p999"),
-    ("request_generation_tokens_bucket", "generation_tokens_p999"),
-)
+from llm_platform.prometheus import FIELD_LABEL
+
+#: The fields a combined snapshot query asks for (each sub-expression tags its series with one).
+_FIELD = re.compile(rf'"{FIELD_LABEL}", "(\w+)"')
 
 
 class FakePrometheus:
@@ -42,9 +39,9 @@ class FakePrometheus:
 
     def answer(self, query: str) -> list[dict[str, object]]:
         self.queries.append(query)
-        field = next(name for marker, name in _FIELDS if marker in query)
         return [
-            {"metric": {"model_name": model}, "value": [0, str(values[field])]}
+            {"metric": {"model_name": model, FIELD_LABEL: field}, "value": [0, str(values[field])]}
+            for field in _FIELD.findall(query)
             for model, values in self.models.items()
             if field in values and not math.isnan(values[field])
         ]

@@ -92,7 +92,8 @@ def build_drift_sensor(
         minimum_interval_seconds=interval_s,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Watches every deployed model's vLLM metrics in Prometheus and, when the engine arguments no "
-        "longer fit the traffic (KV saturation, queue at the replica ceiling, context far above the requests), "
+        "longer fit the traffic (OOM kills, KV saturation, queue at the replica ceiling, a context far above or "
+        "crowded by the requests), "
         "requests a promote run with the recommended overrides.",
     )
     def tuning_drift_sensor(context: dg.SensorEvaluationContext, prometheus: PrometheusResource) -> dg.SensorResult:

@@ -2,7 +2,9 @@
 create-blocks-from openmetrics``, so a 30-minute window of a chosen scenario needs no 30-minute wait.
 
 Each model's behaviour is constant over the trace (what the scenario says: KV usage, preemptions/s, waiting
-requests, replicas, request lengths, requests/s); the series carry vLLM's own names and labels.
+requests, replicas, request lengths, requests/s, OOM kills); the series carry vLLM's own names and labels, and
+kube-state-metrics' for the pods' restarts (only for models that set ``oom_kills_per_hour``: the others behave as
+on a cluster that does not scrape it).
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Bucket bounds of the request length histograms (a subset of vLLM's).
-LENGTH_BUCKETS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+from llm_platform.engine import request_length_buckets
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class Behaviour:
     prompt_tokens: int = 1000
     generation_tokens: int = 200
     requests_per_s: float = 2.0
+    max_model_len: int = 4096
+    """Sets the request-length buckets, as the platform's engine arguments do."""
+    oom_kills_per_hour: float | None = None
+    """OOM-killed restarts of the first replica's vLLM container (None: no kube-state-metrics series)."""
 
 
 def _series(name: str, labels: Mapping[str, str]) -> str:
@@ -48,9 +53,11 @@ def openmetrics(models: Mapping[str, Behaviour], start: float, end: float, step_
     def counter(metric: str, per_s: float, labels: Mapping[str, str]) -> tuple[str, list[str]]:
         return _series(metric, labels), [f"{per_s * (t - start):g} {t:.3f}" for t in times]
 
-    def histogram(metric: str, value: int, rate: float, labels: Mapping[str, str]) -> list[tuple[str, list[str]]]:
+    def histogram(
+        metric: str, value: int, rate: float, labels: Mapping[str, str], buckets: list[int]
+    ) -> list[tuple[str, list[str]]]:
         rows = []
-        for bound in (*LENGTH_BUCKETS, "+Inf"):
+        for bound in (*buckets, "+Inf"):
             per_s = rate if bound == "+Inf" or value <= bound else 0.0  # type: ignore[operator]
             rows.append(counter(f"{metric}_bucket", per_s, {**labels, "le": str(bound)}))
         rows.append(counter(f"{metric}_count", rate, labels))
@@ -75,10 +82,27 @@ def openmetrics(models: Mapping[str, Behaviour], start: float, end: float, step_
     ):
         rows = []
         for n in names:
-            rows += histogram(metric, getattr(models[n], attribute), models[n].requests_per_s, base[n])
+            buckets = request_length_buckets(models[n].max_model_len)
+            rows += histogram(metric, getattr(models[n], attribute), models[n].requests_per_s, base[n], buckets)
         family(metric, "histogram", rows)
+    watched = [n for n in names if models[n].oom_kills_per_hour is not None]
+    pods = {n: {"namespace": "llm-serving", "pod": f"{n}-0"} for n in watched}
+    family("kube_pod_container_status_restarts", "counter", [
+        counter("kube_pod_container_status_restarts_total", (models[n].oom_kills_per_hour or 0) / 3600,
+                {**pods[n], "container": "vllm"})
+        for n in watched
+    ])  # fmt: skip
+    family("kube_pod_container_status_last_terminated_reason", "gauge", [
+        gauge("kube_pod_container_status_last_terminated_reason", 1,
+              {**pods[n], "container": "vllm", "reason": "OOMKilled"})
+        for n in watched if models[n].oom_kills_per_hour
+    ])  # fmt: skip
+    family("kube_pod_labels", "gauge",
+           [gauge("kube_pod_labels", 1, {**pods[n], "label_llm_platform_model": n}) for n in watched])  # fmt: skip
     lines = []
     for name, kind, series in families:
+        if not series:
+            continue
         lines.append(f"# TYPE {name} {kind}")
         for key, samples in series:
             lines += [f"{key} {sample}" for sample in samples]

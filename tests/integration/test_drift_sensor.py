@@ -4,6 +4,7 @@ precise control of each tick, and against a real Prometheus holding a backfilled
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Iterator
@@ -49,6 +50,7 @@ def catalog() -> Catalog:
             "models": [
                 {"name": "hot", "source": {"repo": "a/hot"}, "serving": serving},
                 {"name": "calm", "source": {"repo": "a/calm"}, "serving": serving},
+                {"name": "oom", "source": {"repo": "a/oom"}, "serving": serving},
             ]
         }
     )
@@ -139,24 +141,31 @@ def test_missing_series_and_unreachable_prometheus_are_skipped_with_the_reason(
 
 def test_a_scripted_half_hour_in_a_real_prometheus_drives_the_sensor(catalog: Catalog, tmp_path: Path) -> None:
     """30 minutes of vLLM-named series backfilled into a real Prometheus (promtool): 'hot' saturates its KV cache
-    with preemptions and sees short requests, 'calm' fits; the real client reads them and the sensor acts."""
+    with preemptions and sees short requests, 'oom' is OOM-killed every 5 minutes (kube-state-metrics' series),
+    'calm' fits; the real client reads them in one query and the sensor acts on both."""
     if shutil.which("prometheus") is None or shutil.which("promtool") is None:
         pytest.skip("prometheus/promtool are not installed (make test installs the Debian package)")
     now = time.time()
     scenario = {
         "hot": Behaviour(kv_cache_usage=0.99, preemptions_per_s=0.5, prompt_tokens=3000, generation_tokens=500),
-        "calm": Behaviour(kv_cache_usage=0.4, prompt_tokens=3000, generation_tokens=500),
+        "calm": Behaviour(kv_cache_usage=0.4, prompt_tokens=3000, generation_tokens=500, oom_kills_per_hour=0),
+        "oom": Behaviour(kv_cache_usage=0.5, prompt_tokens=3000, generation_tokens=500, oom_kills_per_hour=12),
     }
     services = LocalServices(tmp_path)
     backfill(openmetrics(scenario, now - 1800, now - 5), tmp_path / "prometheus" / "data")
     record = services.start_prometheus(tmp_path / "file_sd", port=free_port())
     try:
-        snapshot = PrometheusClient(record.url).snapshot(window="5m")
+        client = PrometheusClient(record.url)
+        snapshot = client.snapshot(window="5m")
+        assert client.queries_sent == QUERIES_PER_SNAPSHOT == 1
         hot = snapshot["hot"]
         assert (hot.kv_cache_usage_max, hot.replicas, hot.waiting_avg) == (0.99, 1, 0)
         assert hot.preemptions_per_s == pytest.approx(0.5, rel=0.05)
-        assert hot.prompt_tokens_p999 == pytest.approx(4096, rel=0.01)  # the bucket holding 3000
+        assert hot.prompt_tokens_p999 == pytest.approx(3072, rel=0.01)  # the bucket holding 3000
         assert snapshot["calm"].missing() == [] and snapshot["calm"].kv_cache_usage_max == 0.4
+        # kube-state-metrics: one OOM kill in the window, none for 'calm', no series at all for 'hot'.
+        assert snapshot["oom"].oom_restarts == pytest.approx(1, rel=0.05)
+        assert snapshot["calm"].oom_restarts == 0 and math.isnan(hot.oom_restarts)
         with dg.instance_for_test() as instance:
             for name in scenario:
                 _deploy(instance, name, catalog.model(name).serving.model_dump(mode="json"))
@@ -166,9 +175,15 @@ def test_a_scripted_half_hour_in_a_real_prometheus_drives_the_sensor(catalog: Ca
                 cursor = result.cursor
     finally:
         services.stop("prometheus")
-    (request,) = result.run_requests or []
-    assert request.partition_key == "hot"
-    assert request.run_config["ops"]["serving_config"]["config"]["overrides"] == {"gpu_memory_utilization": "0.92"}
+    requests = {str(request.partition_key): request for request in result.run_requests or []}
+    assert sorted(requests) == ["hot", "oom"]
+    assert requests["hot"].run_config["ops"]["serving_config"]["config"]["overrides"] == {
+        "gpu_memory_utilization": "0.92"
+    }
+    assert requests["oom"].tags["llm-platform/rule"] == "oom_restarts"
+    assert requests["oom"].run_config["ops"]["serving_config"]["config"]["overrides"] == {
+        "gpu_memory_utilization": "0.85"
+    }
 
 
 def test_new_revision_sensor_runs_the_lifecycle_once_per_new_commit() -> None:

@@ -100,14 +100,20 @@ def test_the_shipped_alerts_load_and_the_dashboard_queries_run(prometheus: str) 
         client.query(expr.replace("$__rate_interval", "1m"))  # raises PrometheusError if Prometheus refuses it
 
 
-def test_a_saturated_kv_cache_on_real_vllm_makes_the_policy_recommend(prometheus: str, served_tiny: ServedTiny) -> None:
+def test_a_saturated_kv_cache_on_real_vllm_makes_the_sensor_request_a_promotion(
+    prometheus: str, served_tiny: ServedTiny
+) -> None:
     """A second server of the tiny model with a deliberately small KV cache (64 blocks, 8,192 tokens on CPU),
     listed in the same file_sd file, under 16 concurrent requests of ~800 distinct tokens each: Prometheus sees the
-    cache full and vLLM preempting, and the policy (one window; the sensor's hysteresis is tested elsewhere)
-    recommends the kv_saturation change."""
+    cache full and vLLM preempting, and the drift sensor (one window; its hysteresis is tested elsewhere), run
+    through Dagster against that Prometheus, requests a promote run with the kv_saturation change."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from llm_platform.tuning.policy import TuningLimits, decide
+    import dagster as dg
+
+    from llm_platform.defs.resources import PrometheusResource
+    from llm_platform.defs.sensors import build_drift_sensor
+    from llm_platform.tuning.policy import TuningLimits
 
     catalog = tiny_catalog(
         serving={"max_model_len": 2048, "startup_timeout_s": 300, "extra_args": ["--num-gpu-blocks-override", "64"]}
@@ -130,9 +136,23 @@ def test_a_saturated_kv_cache_on_real_vllm_makes_the_policy_recommend(prometheus
         # engine logs ~98 %), so the saturation threshold of this check is lowered to what a scrape sees.
         assert window.preemptions_per_s > 0, window
         assert window.kv_cache_usage_max >= 0.85, window
-        limits = TuningLimits(sustained_windows=1, kv_saturated=0.85)
-        decision = decide(model, [window], time.time(), limits)
-        assert (decision.kind, decision.rule) == ("recommend", "kv_saturation")
-        assert decision.overrides == {"gpu_memory_utilization": "0.92"}
+
+        sensor = build_drift_sensor(catalog, limits=TuningLimits(sustained_windows=1, kv_saturated=0.85), window="2m")
+        with dg.instance_for_test() as instance:
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(
+                    "vllm_deployment",
+                    partition="tiny-llama",
+                    metadata={"serving": dg.MetadataValue.json(model.serving.model_dump(mode="json"))},
+                )
+            )
+            context = dg.build_sensor_context(
+                instance=instance, resources={"prometheus": PrometheusResource(url=prometheus)}
+            )
+            result = sensor(context)
+        assert isinstance(result, dg.SensorResult)
+        (request,) = result.run_requests or []
+        assert (request.partition_key, request.tags["llm-platform/rule"]) == ("tiny-llama", "kv_saturation")
+        assert request.run_config["ops"]["serving_config"]["config"]["overrides"] == {"gpu_memory_utilization": "0.92"}
     finally:
         target.stop_server("tiny-llama", server.fingerprint)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 
@@ -100,3 +101,11 @@ def test_vllm_own_parser_accepts_the_arguments() -> None:
     parsed = make_arg_parser(FlexibleArgumentParser()).parse_args(list(invocation.args))
     assert (parsed.model, parsed.max_num_seqs, parsed.max_model_len, parsed.port) == ("/w", 8, 2048, 8123)
     assert parsed.enable_chunked_prefill is False and parsed.enable_prefix_caching is False
+
+
+def test_request_length_buckets_resolve_the_top_of_the_context() -> None:
+    args = engine_args(Serving(max_model_len=4096), served_model_name="m", weights_path="/w")
+    buckets = json.loads(_value(args, "--custom-histogram-buckets"))["request_tokens"]
+    # vLLM's own 1-2-5 series below the limit, then bounds near it (its default would stop at 2000).
+    assert buckets[:4] == [1, 2, 5, 10] and buckets == sorted(set(buckets))
+    assert buckets[-6:] == [2000, 2048, 3072, 3686, 3891, 4096]

@@ -35,6 +35,8 @@ CALM = Window(
 SATURATED = replace(CALM, kv_cache_usage_max=0.99, preemptions_per_s=0.5)
 QUEUED = replace(CALM, replicas=3, waiting_avg=30)
 SHORT = replace(CALM, prompt_tokens_p999=300, generation_tokens_p999=200)
+OOM = replace(CALM, oom_restarts=1)
+CROWDED = replace(CALM, prompt_tokens_p999=7800)
 
 
 @pytest.mark.parametrize(
@@ -62,6 +64,29 @@ SHORT = replace(CALM, prompt_tokens_p999=300, generation_tokens_p999=200)
             "context_too_long",
             {"max_model_len": "512"},
         ),
+        # OOM kills are counted over the windows (two of three had one), and come before every other rule.
+        (
+            [CALM, replace(SATURATED, oom_restarts=1), OOM],
+            {},
+            "recommend",
+            "oom_restarts",
+            {"gpu_memory_utilization": "0.85"},
+        ),
+        ([CALM, CALM, OOM], {}, "no_change", "", {}),
+        ([OOM] * 3, {"gpu_memory_utilization": 0.72}, "recommend", "oom_restarts", {"gpu_memory_utilization": "0.70"}),
+        ([OOM] * 3, {"gpu_memory_utilization": 0.7}, "recommend", "oom_restarts", {"max_model_len": "4096"}),
+        ([OOM] * 3, {"gpu_memory_utilization": 0.7, "max_model_len": 512}, "no_change", "oom_restarts", {}),
+        # Prompts crowding the context: double it, up to max_context.
+        ([CROWDED] * 3, {}, "recommend", "context_too_short", {"max_model_len": "16384"}),
+        ([CROWDED] * 3, {"max_model_len": 12288}, "no_change", "", {}),  # 7,800 of 12,288: neither rule
+        (
+            [replace(CROWDED, prompt_tokens_p999=32000)] * 3,
+            {"max_model_len": 32768},
+            "no_change",
+            "context_too_short",
+            {},
+        ),
+        ([CROWDED, CALM, CROWDED], {}, "no_change", "", {}),
         # Hysteresis: one calm window among saturated ones, or too few windows, changes nothing.
         ([SATURATED, CALM, SATURATED], {}, "no_change", "", {}),
         ([SATURATED] * 2, {}, "skip", "", {}),
@@ -81,6 +106,13 @@ def test_missing_or_stale_data_is_skipped_with_the_reason() -> None:
     assert (missing.kind, missing.reason) == ("skip", "no data for kv_cache_usage_max")
     stale = decide(MODEL, [replace(SATURATED, sample_time=NOW - 3600)] * 3, NOW)
     assert (stale.kind, stale.reason) == ("skip", "latest window is 3600 s old")
+
+
+def test_clusters_without_kube_state_metrics_leave_only_the_oom_rule_out() -> None:
+    assert math.isnan(SATURATED.oom_restarts) and SATURATED.missing() == []
+    decision = decide(MODEL, [SATURATED] * 3, NOW)
+    assert decision.rule == "kv_saturation" and "oom_restarts" not in decision.observed
+    assert decide(MODEL, [OOM] * 3, NOW).observed["oom_restarts"] == 1
 
 
 def test_limits_are_configurable() -> None:
