@@ -20,6 +20,7 @@ from llm_platform.defs.resources import (
     weights_resource_from_env,
 )
 from llm_platform.defs.sensors import build_drift_sensor, build_revision_sensor
+from llm_platform.defs.tuning import auto_tune_job
 from llm_platform.errors import PlatformError
 
 
@@ -27,7 +28,7 @@ def build_definitions(catalog: Catalog, target_kind: str = "local") -> dg.Defini
     """All definitions for ``catalog``, deploying to ``target_kind`` (``local`` or ``kubernetes``)."""
     return dg.Definitions(
         assets=lifecycle_assets(catalog, target_kind),
-        jobs=lifecycle_jobs(model_partitions(catalog)),
+        jobs=[*lifecycle_jobs(model_partitions(catalog)), auto_tune_job(model_partitions(catalog))],
         schedules=live_benchmark_schedules(catalog),
         sensors=[build_drift_sensor(catalog), build_revision_sensor(catalog)],
         resources={

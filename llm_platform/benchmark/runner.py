@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from llm_platform.benchmark import vllm_bench
 from llm_platform.benchmark.parse import parse_result, results_frame
 from llm_platform.benchmark.plan import BenchmarkPlan, bench_serve_args, level_filename
 from llm_platform.errors import BenchmarkError
@@ -17,6 +20,62 @@ from llm_platform.errors import BenchmarkError
 
 def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def run_level(
+    plan: BenchmarkPlan,
+    concurrency: int,
+    *,
+    model: str,
+    base_url: str,
+    tokenizer: str,
+    work_dir: Path,
+    python: str = sys.executable,
+    timeout_s: float = 1800,
+    in_process: bool = False,
+) -> dict[str, object]:
+    """The result JSON of ``vllm bench serve`` at one concurrency level of ``plan``.
+
+    ``in_process`` runs vLLM's benchmark in this interpreter (its import costs ~10 s on CPU, which a search that
+    measures many short levels pays once instead of per level); otherwise a child process, with ``timeout_s``.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    result_file = work_dir / level_filename(concurrency)
+    result_file.unlink(missing_ok=True)
+    args = bench_serve_args(
+        plan,
+        concurrency,
+        base_url=base_url,
+        served_model_name=model,
+        tokenizer=tokenizer,
+        result_dir=str(work_dir),
+        result_filename=level_filename(concurrency),
+    )
+    if in_process:
+        output = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+                code = vllm_bench.main(args)
+        except (Exception, SystemExit) as error:  # vLLM's benchmark raises what its HTTP client met
+            code, output = 1, io.StringIO(f"{output.getvalue()}\n{type(error).__name__}: {error}")
+        log_text = output.getvalue()
+    else:
+        try:
+            completed = subprocess.run(
+                [python, "-m", "llm_platform.benchmark.vllm_bench", *args],
+                capture_output=True, text=True, timeout=timeout_s, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise BenchmarkError(
+                f"model '{model}': the benchmark at concurrency {concurrency} ran past {timeout_s:.0f} s"
+            ) from None
+        code, log_text = completed.returncode, completed.stdout + completed.stderr
+    if code != 0 or not result_file.is_file():
+        raise BenchmarkError(
+            f"model '{model}': vllm bench serve failed at concurrency {concurrency} (exit {code}):\n{_tail(log_text)}"
+        )
+    result: dict[str, object] = json.loads(result_file.read_text())
+    return result
 
 
 def run_plan(
@@ -31,35 +90,13 @@ def run_plan(
     log: Callable[[str], None] = lambda _: None,
 ) -> tuple[pd.DataFrame, dict[int, dict[str, object]]]:
     """The benchmark table (one row per concurrency level) and the raw result JSON of each level."""
-    work_dir.mkdir(parents=True, exist_ok=True)
     rows, raw = [], {}
     for concurrency in plan.concurrency_levels:
-        args = bench_serve_args(
-            plan,
-            concurrency,
-            base_url=base_url,
-            served_model_name=model,
-            tokenizer=tokenizer,
-            result_dir=str(work_dir),
-            result_filename=level_filename(concurrency),
-        )
         log(f"model '{model}': vllm bench serve at concurrency {concurrency} ({plan.prompts_per_level} prompts)")
-        try:
-            completed = subprocess.run(
-                [python, "-m", "llm_platform.benchmark.vllm_bench", *args],
-                capture_output=True, text=True, timeout=timeout_s, check=False,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            raise BenchmarkError(
-                f"model '{model}': the benchmark at concurrency {concurrency} ran past {timeout_s:.0f} s"
-            ) from None
-        result_file = work_dir / level_filename(concurrency)
-        if completed.returncode != 0 or not result_file.is_file():
-            raise BenchmarkError(
-                f"model '{model}': vllm bench serve failed at concurrency {concurrency} (exit "
-                f"{completed.returncode}):\n{_tail(completed.stdout + completed.stderr)}"
-            )
-        result = json.loads(result_file.read_text())
+        result = run_level(
+            plan, concurrency, model=model, base_url=base_url, tokenizer=tokenizer, work_dir=work_dir,
+            python=python, timeout_s=timeout_s,
+        )  # fmt: skip
         raw[concurrency] = result
         rows.append(parse_result(result, concurrency))
     return results_frame(rows), raw

@@ -9,15 +9,17 @@ from llm_platform.defs.benchmark import build_benchmark_asset, build_live_benchm
 from llm_platform.defs.deployment import build_deployment_asset
 from llm_platform.defs.partitions import model_partitions
 from llm_platform.defs.serving import build_serving_config_asset
+from llm_platform.defs.tuning import build_tuned_serving_config_asset
 from llm_platform.defs.weights import build_weights_asset
 
 
 def lifecycle_assets(catalog: Catalog, target_kind: str = "local") -> list[dg.AssetsDefinition]:
     """model_weights → serving_config → smoke_benchmark (blocking SLO checks) → vllm_deployment → live_benchmark,
-    partitioned by model."""
+    partitioned by model, with model_weights → tuned_serving_config (auto_tune) feeding serving_config."""
     partitions = model_partitions(catalog)
     return [
         build_weights_asset(catalog, partitions, target_kind),
+        build_tuned_serving_config_asset(catalog, partitions, target_kind),
         build_serving_config_asset(catalog, partitions),
         build_benchmark_asset(catalog, partitions, target_kind),
         build_deployment_asset(catalog, partitions, target_kind),

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from llm_platform.catalog import Catalog, apply_serving_overrides, serving_diff
 from llm_platform.defs.failures import platform_errors_as_failure
+from llm_platform.defs.tuning import TUNED_ASSET, tuned_overrides
 from llm_platform.defs.values import ServingChoice
 from llm_platform.defs.weights import lifecycle_asset_options
 from llm_platform.engine import engine_args
@@ -35,19 +36,24 @@ def build_serving_config_asset(catalog: Catalog, partitions: dg.PartitionsDefini
         kinds={"vllm"},
         **lifecycle_asset_options(catalog, partitions),
         dagster_type=dg.Any,
+        deps=[TUNED_ASSET],
         description=(
-            "The vLLM engine configuration to benchmark and promote: the catalog's serving section plus this run's "
-            "overrides (validated like the catalog), on the materialized weights. Metadata shows the diff against "
-            "the catalog and the engine arguments."
+            "The vLLM engine configuration to benchmark and promote: the catalog's serving section, the adopted "
+            "auto_tune result, and this run's overrides (validated like the catalog), on the materialized weights. "
+            "Metadata shows the diff against the catalog and the engine arguments."
         ),
     )
     def serving_config(
         context: dg.AssetExecutionContext, config: ServingOverrides, model_weights: SnapshotManifest
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]
         model = catalog.model(context.partition_key)
+        tuned = tuned_overrides(context.instance, model.name)
+        overrides = {**tuned, **config.overrides}  # the run's own overrides win over the adopted tuning
         with platform_errors_as_failure():
-            effective = apply_serving_overrides(model, config.overrides, origin="serving_config run config")
-        choice = ServingChoice(effective, model_weights, dict(config.overrides))
+            effective = apply_serving_overrides(model, overrides, origin="serving_config run config")
+        if tuned:
+            context.log.info(f"model '{model.name}': adopted auto-tune overrides: {tuned}")
+        choice = ServingChoice(effective, model_weights, overrides)
         diff = serving_diff(model.serving, effective.serving)
         if diff:
             changes = ", ".join(f"{key} {old!r} → {new!r}" for key, (old, new) in diff.items())
@@ -77,7 +83,10 @@ def build_serving_config_asset(catalog: Catalog, partitions: dg.PartitionsDefini
                     list(engine_args(effective.serving, served_model_name=model.name, weights_path="<weights>"))
                 ),
                 "serving": dg.MetadataValue.json(effective.serving.model_dump(mode="json")),
-                "reason": dg.MetadataValue.text(config.reason or ("catalog" if not diff else "run config")),
+                "tuned_overrides": dg.MetadataValue.json(tuned),
+                "reason": dg.MetadataValue.text(
+                    config.reason or ("catalog" if not diff else "run config" if config.overrides else "auto_tune")
+                ),
             },
         )
 

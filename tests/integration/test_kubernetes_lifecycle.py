@@ -16,6 +16,7 @@ from llm_platform.catalog import Catalog
 from llm_platform.defs.jobs import LIFECYCLE_ASSETS
 from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.defs.resources import KubernetesTargetResource, LocalTargetResource, WeightsResource
+from llm_platform.defs.tuning import TUNED_ASSET
 from llm_platform.engine import DEFAULT_PORT
 from llm_platform.rollout import Revision
 from tests.conftest import ServedTiny, tiny_catalog
@@ -74,19 +75,33 @@ def test_lifecycle_on_kubernetes_through_dagster(
     pvc = tmp_path / "pvc"
     kubelet = FakeKubelet(cluster, namespace, {"model-weights": pvc}, tmp_path / "scratch", node_env)
     controller = FakeDeploymentController(cluster.raw(), namespace, lambda _: "ready")
+    assets = lifecycle_assets(catalog, target_kind="kubernetes")
+    resources = {
+        "weights": WeightsResource(store_path=str(tmp_path / "unused-local-store")),
+        "local_target": LocalTargetResource(state_dir=str(tmp_path / "state")),
+        "kubernetes": KubernetesTargetResource(kube_context="emulator", poll_interval_s=0.2),
+    }
     with kubelet, controller, dg.instance_for_test() as instance:
         result = dg.materialize(
-            lifecycle_assets(catalog, target_kind="kubernetes"),
+            assets,
             selection=LIFECYCLE_ASSETS,
             partition_key="tiny-llama",
-            resources={
-                "weights": WeightsResource(store_path=str(tmp_path / "unused-local-store")),
-                "local_target": LocalTargetResource(state_dir=str(tmp_path / "state")),
-                "kubernetes": KubernetesTargetResource(kube_context="emulator", poll_interval_s=0.2),
-            },
+            resources=resources,
             run_config={"ops": {"smoke_benchmark": {"config": SMALL_PLAN}}},
             instance=instance,
             raise_on_error=False,
+        )
+        bench_jobs = {name for name in cluster.emulator.stored(JOBS, namespace) if name.startswith("bench-")}
+        # auto_tune on kubernetes: one benchmark Job per trial, each measuring the load ladder 1, 2, 4.
+        search = {"max_num_seqs": [2, 8], "max_num_batched_tokens": [2048], "load_high": 4, "input_len": 32,
+                  "output_len": 8, "margin_pct": 50.0}  # fmt: skip
+        tuned = dg.materialize(
+            assets,
+            selection=[TUNED_ASSET],
+            partition_key="tiny-llama",
+            resources=resources,
+            run_config={"ops": {TUNED_ASSET: {"config": search}}},
+            instance=instance,
         )
 
     assert result.success
@@ -107,3 +122,16 @@ def test_lifecycle_on_kubernetes_through_dagster(
     assert revision is not None and revision.weights_sha == sha
     assert deployment_event.metadata["revision"].value == revision.label()
     assert deployment_event.metadata["endpoint"].value == "http://vllm-tiny-llama.llm-serving.svc.cluster.local:8000"
+
+    (tuned_event,) = tuned.asset_materializations_for_node(TUNED_ASSET)
+    table = tuned_event.metadata["trial_table"]
+    assert isinstance(table, dg.TableMetadataValue)
+    rows = [record.data for record in table.records]
+    assert [(row["trial"], row["status"]) for row in rows] == [("current", "ok"), ("t1", "ok"), ("t2", "ok")]
+    assert [row["max_num_seqs"] for row in rows[1:]] == [8, 2]  # nearest to the current 32, then the other
+    assert all(float(str(row["goodput_tok_s"])) > 0 and row["probes"] == 3 for row in rows)
+    trial_jobs = {name for name in cluster.emulator.stored(JOBS, namespace) if name.startswith("bench-")} - bench_jobs
+    assert len(trial_jobs) == 3
+    # Equal configs at these loads: nothing beats the current one by 50 %, so nothing is adopted.
+    assert tuned_event.metadata["adopted"].value is False
+    assert tuned_event.metadata["overrides"].value == {}

@@ -1,0 +1,202 @@
+"""The ``tuned_serving_config`` asset and the ``auto_tune`` job: the engine arguments with the most goodput under the
+model's SLO, found by the coordinate search of ``tuning/search.py``, adopted only when they beat the current config.
+
+An adopted result feeds ``serving_config``: its overrides apply on top of the catalog (and under a run's own
+overrides) in every later ``lifecycle`` or ``promote`` run, which benchmarks and promotes them as usual.
+
+No ``from __future__ import annotations`` here: Dagster reads the config and resource annotations at runtime.
+"""
+
+import base64
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+from pydantic import Field
+
+from llm_platform.benchmark.plan import BenchmarkPlan
+from llm_platform.benchmark.report import pareto_png, trials_frame
+from llm_platform.benchmark.trials import KubernetesTrials, LocalTrials, as_overrides
+from llm_platform.catalog import Catalog, ModelSpec, apply_serving_overrides
+from llm_platform.defs.benchmark import BENCHMARK_POOL
+from llm_platform.defs.failures import platform_errors_as_failure
+from llm_platform.defs.partitions import latest_materialization
+from llm_platform.defs.resources import KubernetesTargetResource, LocalTargetResource, WeightsResource
+from llm_platform.defs.weights import lifecycle_asset_options
+from llm_platform.tuning.search import Candidate, SearchSpace, Trial, clamp_seqs, coordinate_search
+from llm_platform.weights.plan import SnapshotManifest
+
+TUNED_ASSET = "tuned_serving_config"
+AUTO_TUNE_JOB = "auto_tune"
+
+
+class AutoTuneConfig(dg.Config):
+    """Run configuration of ``tuned_serving_config``: the search space, the load range and the adoption margin."""
+
+    max_num_seqs: list[int] = Field(default=[4, 8, 16, 32, 64], description="Candidate max_num_seqs, ascending.")
+    max_num_batched_tokens: list[int] = Field(
+        default=[256, 512, 1024, 2048, 4096], description="Candidate max_num_batched_tokens, ascending."
+    )
+    gpu_memory_utilization: list[float] = Field(default=[], description="Optional candidates; empty: held fixed.")
+    max_model_len: list[int] = Field(default=[], description="Optional candidates; empty: held fixed.")
+    load_low: int = Field(default=1, description="Lowest concurrency the bisection tries.")
+    load_high: int = Field(default=32, description="Highest concurrency the bisection (on kubernetes: the doubling "
+                           "ladder) tries.")  # fmt: skip
+    input_len: int = Field(default=128, description="Prompt tokens per benchmark request.")
+    output_len: int = Field(default=32, description="Generated tokens per request (EOS ignored).")
+    prompts_per_load: int = Field(default=2, description="Requests per probe per unit of concurrency.")
+    margin_pct: float = Field(default=10.0, description="Adopt the winner only if its goodput beats the current "
+                              "config's by this much (%).")  # fmt: skip
+
+
+def tuned_overrides(instance: dg.DagsterInstance, model: str) -> dict[str, str]:
+    """The serving overrides of the model's latest adopted tuning (empty when none was adopted)."""
+    materialization = latest_materialization(instance, TUNED_ASSET, model)
+    if materialization is None:
+        return {}
+    adopted = materialization.metadata.get("adopted")
+    overrides = materialization.metadata.get("overrides")
+    if not (isinstance(adopted, dg.BoolMetadataValue) and adopted.value):
+        return {}
+    if not isinstance(overrides, dg.JsonMetadataValue) or not isinstance(overrides.value, dict):
+        return {}
+    return {str(key): str(value) for key, value in overrides.value.items()}
+
+
+def _table(frame: pd.DataFrame) -> dg.TableMetadataValue:
+    """A pandas frame as Dagster's typed table (floats rounded for reading)."""
+    numeric = {column: pd.api.types.is_numeric_dtype(frame[column]) for column in frame.columns}
+    columns = [dg.TableColumn(str(c), "float" if numeric[c] else "string") for c in frame.columns]
+    records = [
+        dg.TableRecord({str(c): round(float(row[c]), 3) if numeric[c] else str(row[c]) for c in frame.columns})
+        for _, row in frame.iterrows()
+    ]
+    return dg.TableMetadataValue(records=records, schema=dg.TableSchema(columns=columns))
+
+
+def _space(config: AutoTuneConfig) -> SearchSpace:
+    axes: dict[str, Sequence[float]] = {
+        "max_num_seqs": config.max_num_seqs,
+        "max_num_batched_tokens": config.max_num_batched_tokens,
+        "gpu_memory_utilization": config.gpu_memory_utilization,
+        "max_model_len": config.max_model_len,
+    }
+    try:
+        return SearchSpace({knob: tuple(float(v) for v in values) for knob, values in axes.items() if values})
+    except ValueError as error:
+        raise dg.Failure(description=f"auto_tune run config: {error}", allow_retries=False) from None
+
+
+def build_tuned_serving_config_asset(
+    catalog: Catalog, partitions: dg.PartitionsDefinition, target_kind: str = "local"
+) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=TUNED_ASSET,
+        kinds={"vllm", "pandas"},
+        **lifecycle_asset_options(catalog, partitions),
+        pool=BENCHMARK_POOL,
+        description=(
+            "Engine arguments with the most goodput (output tokens/s at the highest load that meets the SLO) from "
+            "a coordinate search over max_num_seqs x max_num_batched_tokens: each trial starts the candidate and "
+            "bisects the load (on kubernetes: one benchmark Job measuring a ladder of loads). Adopted, and then "
+            "applied by serving_config, only when it beats the current config by the margin. Metadata: the trial "
+            "table and a Pareto plot."
+        ),
+    )
+    def tuned_serving_config(
+        context: dg.AssetExecutionContext,
+        config: AutoTuneConfig,
+        model_weights: SnapshotManifest,
+        weights: WeightsResource,
+        local_target: LocalTargetResource,
+        kubernetes: KubernetesTargetResource,
+    ) -> dg.MaterializeResult:  # type: ignore[type-arg]
+        name = context.partition_key
+        space = _space(config)
+        previous = tuned_overrides(context.instance, name)
+        with platform_errors_as_failure():
+            current: ModelSpec = apply_serving_overrides(catalog.model(name), previous, origin="adopted tuning")
+        work_dir = Path(local_target.state_dir) / name / "autotune" / context.run.run_id
+        work_dir.mkdir(parents=True, exist_ok=True)
+        plan = BenchmarkPlan(input_len=config.input_len, output_len=config.output_len, prompts_per_level=8,
+                             num_warmups=1)  # fmt: skip
+        trials: Callable[[Candidate], Trial]
+        if target_kind == "kubernetes":
+            trials = KubernetesTrials(
+                target=kubernetes.target(catalog.platform),
+                model=current,
+                weights_sha=model_weights.sha,
+                plan=dataclasses.replace(plan, prompts_per_level=max(8, config.prompts_per_load * config.load_high)),
+                run_key=context.run.run_id,
+                load_low=config.load_low,
+                load_high=config.load_high,
+                log=context.log.info,
+            )
+        else:
+            trials = LocalTrials(
+                target=local_target.target(),
+                model=current,
+                weights_path=weights.snapshot_path(model_weights),
+                plan=plan,
+                work_dir=work_dir,
+                load_low=config.load_low,
+                load_high=config.load_high,
+                prompts_per_load=config.prompts_per_load,
+                log=context.log.info,
+            )
+        baseline = trials({})
+        serving = current.serving.model_dump()
+        result = coordinate_search(
+            space, trials, space.nearest({knob: serving.get(knob) for knob in space.axes}),
+            equivalent=clamp_seqs(config.load_high),
+        )  # fmt: skip
+        best = result.best
+        adopted = best is not None and best.goodput >= baseline.goodput * (1 + config.margin_pct / 100)
+        overrides = as_overrides(best.candidate) if adopted and best is not None else previous
+        labels = ["current", *(f"t{index}" for index in range(1, len(result.trials) + 1))]
+        every = [baseline, *result.trials]
+        frame = trials_frame(every, labels)
+        frame.to_csv(work_dir / "trials.csv", index=False)
+        png = pareto_png(name, every, labels)
+        (work_dir / "pareto.png").write_bytes(png)
+        gain = (best.goodput / baseline.goodput - 1) * 100 if best and baseline.goodput > 0 else float("nan")
+        verdict = (
+            f"adopted {overrides} ({gain:+.1f}% goodput)" if adopted
+            else f"kept the current config (best {gain:+.1f}%, margin {config.margin_pct:g}%)"
+        )  # fmt: skip
+        context.log.info(f"model '{name}': {len(result.trials)} trials; {verdict}")
+        return dg.MaterializeResult(
+            value=overrides,
+            metadata={
+                "adopted": dg.MetadataValue.bool(adopted),
+                "overrides": dg.MetadataValue.json(overrides),
+                "current_goodput_tok_s": dg.MetadataValue.float(float(baseline.goodput)),
+                "best_goodput_tok_s": dg.MetadataValue.float(float(best.goodput if best else 0.0)),
+                "gain_pct": dg.MetadataValue.float(float(gain)),
+                "trials": dg.MetadataValue.int(len(result.trials)),
+                "grid_size": dg.MetadataValue.int(len(space.grid())),
+                "failed_trials": dg.MetadataValue.int(sum(not trial.ok for trial in result.trials)),
+                "trial_table": _table(frame),
+                "pareto": dg.MetadataValue.md(
+                    f"![goodput vs p95 TTFT](data:image/png;base64,{base64.b64encode(png).decode()})"
+                ),
+                "search_space": dg.MetadataValue.json(json.loads(json.dumps(dict(space.axes)))),
+                "results_dir": dg.MetadataValue.path(str(work_dir)),
+            },
+        )
+
+    return tuned_serving_config
+
+
+def auto_tune_job(partitions: dg.PartitionsDefinition) -> UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
+        AUTO_TUNE_JOB,
+        selection=[TUNED_ASSET],
+        partitions_def=partitions,
+        description="Search the engine arguments for the most goodput under the model's SLO; an adopted result "
+        "becomes serving_config's override for the next lifecycle or promote run.",
+    )

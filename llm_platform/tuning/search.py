@@ -1,0 +1,249 @@
+"""SLO-goodput search over vLLM's engine arguments (pure: the caller's ``evaluate`` runs one trial on a target).
+
+**Goodput** of a config is the output throughput (tokens/s) at the highest load that still meets the model's SLO
+(p95 TTFT, p95 ITL, error rate). A trial finds that load by bisection on measured pass/fail (:func:`bisect_load`),
+as vLLM's own sweep does, assuming latency does not fall when the load rises. A trial whose server crashes, runs
+out of memory or refuses the arguments is recorded with its error and never wins.
+
+**Strategy: coordinate search with discrete unimodal line searches** (:func:`coordinate_search`), not the full
+grid that ``benchmarks/auto_tune`` runs, because of how the knobs act on the engine:
+
+- Along one knob, goodput under an SLO rises and then falls or flattens: more ``max_num_seqs`` batches more
+  requests until per-token latency or KV-cache preemption hits the SLO; a larger ``max_num_batched_tokens``
+  prefills faster (TTFT) until long prefill steps stall decoding (ITL). A unimodal function over n sorted values is
+  maximised by a ternary search in about 2·log₁.₅(n) trials instead of n.
+- The knobs interact weakly (the best token budget hardly moves with the batch size), so cycling over the axes from
+  the incumbent converges in one or two passes; a pass that changes nothing ends the search.
+- Equivalent configs are measured once: under a closed-loop load of at most ``load_high`` requests the engine
+  never holds more sequences than that, so every ``max_num_seqs >= load_high`` behaves alike (:func:`clamp_seqs`).
+- Alternatives considered: Bayesian optimisation (Optuna's TPE, scikit-optimize) spends its first 10-20 trials on
+  random start-up points, which is the size of the whole grid here; successive halving needs a cheap low-fidelity
+  trial, but a trial's cost is the server start and the bisection, which a shorter benchmark barely reduces.
+
+Noise on shared machines is absorbed by ``tolerance``: goodputs within it count as equal, and ties go to the
+smaller (cheaper, lower-latency) value.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from llm_platform.catalog import Slo
+
+#: The engine arguments the search may vary (fields of the catalog's serving section).
+KNOBS = ("max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "max_model_len")
+
+Candidate = Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One benchmark run of a candidate at one load (closed-loop concurrency)."""
+
+    load: int
+    output_throughput: float
+    request_throughput: float
+    p95_ttft_ms: float
+    p95_itl_ms: float
+    error_rate: float
+    passed: bool = False
+
+
+def meets_slo(probe: Probe, slo: Slo) -> Probe:
+    """``probe`` with ``passed`` set from the SLO (NaN latencies fail)."""
+    ok = (
+        probe.p95_ttft_ms <= slo.ttft_p95_ms
+        and probe.p95_itl_ms <= slo.itl_p95_ms
+        and probe.error_rate <= slo.max_error_rate
+    )
+    return Probe(**{**probe.__dict__, "passed": bool(ok)})
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A candidate's outcome: its goodput and the probe that set it, or the error that excluded it."""
+
+    candidate: Mapping[str, float]
+    goodput: float = 0.0
+    best: Probe | None = None
+    probes: tuple[Probe, ...] = ()
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    @property
+    def score(self) -> float:
+        """What the search maximises: goodput, and below every success for a failed trial."""
+        return self.goodput if self.ok else -1.0
+
+
+def bisect_load(measure: Callable[[int], Probe], low: int, high: int, precision: float = 0.2) -> Trial:
+    """The highest load in ``[low, high]`` whose probe passes, by bisection (geometric midpoints, since loads span
+    orders of magnitude), stopping when the bracket is within ``precision`` of its lower end. The trial carries no
+    candidate; the caller adds it."""
+    if not 1 <= low <= high:
+        raise ValueError(f"load bounds must satisfy 1 <= low <= high (got {low}, {high})")
+    probes = [measure(high)]
+    if probes[-1].passed:
+        return Trial({}, probes[-1].output_throughput, probes[-1], tuple(probes))
+    if low == high:
+        return Trial({}, 0.0, None, tuple(probes))
+    probes.append(measure(low))
+    if not probes[-1].passed:
+        return Trial({}, 0.0, None, tuple(probes))
+    best, lo, hi = probes[-1], low, high
+    while hi - lo > max(1, math.floor(lo * precision)):
+        mid = min(hi - 1, max(lo + 1, round(math.sqrt(lo * hi))))
+        probes.append(measure(mid))
+        if probes[-1].passed:
+            best, lo = probes[-1], mid
+        else:
+            hi = mid
+    return Trial({}, best.output_throughput, best, tuple(probes))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Sorted candidate values per knob; a knob with one value is held fixed."""
+
+    axes: Mapping[str, tuple[float, ...]]
+
+    def __post_init__(self) -> None:
+        for knob, values in self.axes.items():
+            if knob not in KNOBS:
+                raise ValueError(f"'{knob}' is not a tunable engine argument (one of {', '.join(KNOBS)})")
+            if not values or list(values) != sorted(set(values)):
+                raise ValueError(f"the values of '{knob}' must be distinct and ascending (got {list(values)})")
+
+    def grid(self) -> list[dict[str, float]]:
+        """Every combination: what an exhaustive sweep runs."""
+        knobs = list(self.axes)
+        return [dict(zip(knobs, values, strict=True)) for values in itertools.product(*self.axes.values())]
+
+    def nearest(self, current: Mapping[str, float | None]) -> dict[str, float]:
+        """The grid point closest (in log scale) to ``current``; a knob that is unset starts in the middle."""
+        point = {}
+        for knob, values in self.axes.items():
+            value = current.get(knob)
+            if value is None:
+                point[knob] = values[len(values) // 2]
+            else:
+                target = float(value)
+                point[knob] = min(values, key=lambda v: abs(math.log(v / target)))
+        return point
+
+
+def clamp_seqs(load_high: int) -> Callable[[Candidate], dict[str, float]]:
+    """Equivalence for a closed-loop load of at most ``load_high``: larger max_num_seqs never fill up."""
+
+    def equivalent(candidate: Candidate) -> dict[str, float]:
+        seqs = candidate.get("max_num_seqs")
+        return {**candidate, **({"max_num_seqs": min(seqs, load_high)} if seqs is not None else {})}
+
+    return equivalent
+
+
+def _key(candidate: Candidate) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted(candidate.items()))
+
+
+@dataclass
+class SearchResult:
+    """Every trial run, in order (each distinct config once), and the best successful one."""
+
+    trials: list[Trial] = field(default_factory=list)
+
+    @property
+    def best(self) -> Trial | None:
+        ok = [trial for trial in self.trials if trial.ok and trial.goodput > 0]
+        return max(ok, key=lambda trial: trial.goodput) if ok else None
+
+
+class _Cache:
+    """Runs each distinct (equivalent) candidate once."""
+
+    def __init__(
+        self, evaluate: Callable[[Candidate], Trial], equivalent: Callable[[Candidate], Mapping[str, float]]
+    ) -> None:
+        self.evaluate, self.equivalent = evaluate, equivalent
+        self.result = SearchResult()
+        self._seen: dict[tuple[tuple[str, float], ...], Trial] = {}
+
+    def __call__(self, candidate: Candidate) -> Trial:
+        key = _key(self.equivalent(candidate))
+        if key not in self._seen:
+            trial = self.evaluate(dict(candidate))
+            self._seen[key] = trial
+            self.result.trials.append(trial)
+        return self._seen[key]
+
+
+def grid_search(space: SearchSpace, evaluate: Callable[[Candidate], Trial]) -> SearchResult:
+    """The reference: every grid point, one trial each (what vLLM's ``benchmarks/auto_tune`` does)."""
+    result = SearchResult()
+    for candidate in space.grid():
+        result.trials.append(evaluate(candidate))
+    return result
+
+
+def _line_search(values: Sequence[float], score: Callable[[float], float], tolerance: float) -> float:
+    """The value maximising a unimodal ``score`` over sorted ``values``: ternary search on the indices, then the
+    few values left; near-equal scores (within ``tolerance``) keep both sides and ties go to the smaller value."""
+
+    def same(a: float, b: float) -> bool:
+        return abs(a - b) <= tolerance * max(abs(a), abs(b), 1e-9)
+
+    lo, hi = 0, len(values) - 1
+    while hi - lo > 2:
+        m1, m2 = lo + (hi - lo) // 3, hi - (hi - lo) // 3
+        s1, s2 = score(values[m1]), score(values[m2])
+        if same(s1, s2):
+            if (lo, hi) == (m1, m2):
+                break
+            lo, hi = m1, m2
+        elif s1 < s2:
+            lo = m1 + 1
+        else:
+            hi = m2 - 1
+    best = values[lo]
+    for value in values[lo : hi + 1]:
+        if score(value) > score(best) and not same(score(value), score(best)):
+            best = value
+    return best
+
+
+def coordinate_search(
+    space: SearchSpace,
+    evaluate: Callable[[Candidate], Trial],
+    start: Candidate,
+    *,
+    equivalent: Callable[[Candidate], Mapping[str, float]] = dict,
+    tolerance: float = 0.03,
+    max_passes: int = 3,
+) -> SearchResult:
+    """Cycle over the knobs from ``start`` (a grid point), line-searching each with the others held at the
+    incumbent, until a pass changes nothing or ``max_passes`` is reached."""
+    run = _Cache(evaluate, equivalent)
+    incumbent = dict(start)
+    run(incumbent)
+    tunable = [knob for knob, values in space.axes.items() if len(values) > 1]
+    for _ in range(max_passes):
+        before = dict(incumbent)
+        for knob in tunable:
+
+            def score(value: float, knob: str = knob) -> float:
+                return run({**incumbent, knob: value}).score
+
+            found, current = _line_search(space.axes[knob], score, tolerance), incumbent[knob]
+            better = score(found) > score(current) * (1 + tolerance)
+            cheaper_tie = found < current and score(found) >= score(current) * (1 - tolerance)
+            if better or cheaper_tie:  # a cheaper tie can unlock another knob (e.g. a smaller token budget, more seqs)
+                incumbent[knob] = found
+        if incumbent == before:
+            break
+    return run.result
