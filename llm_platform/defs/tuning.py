@@ -32,6 +32,7 @@ from llm_platform.weights.plan import SnapshotManifest
 
 TUNED_ASSET = "tuned_serving_config"
 AUTO_TUNE_JOB = "auto_tune"
+MIN_PROMPTS_PER_PROBE = 16
 
 
 class AutoTuneConfig(dg.Config):
@@ -48,7 +49,8 @@ class AutoTuneConfig(dg.Config):
                            "ladder) tries.")  # fmt: skip
     input_len: int = Field(default=128, description="Prompt tokens per benchmark request.")
     output_len: int = Field(default=32, description="Generated tokens per request (EOS ignored).")
-    prompts_per_load: int = Field(default=2, description="Requests per probe per unit of concurrency.")
+    prompts_per_load: int = Field(default=4, description="Requests per probe per unit of concurrency (at least 16 "
+                                  "per probe: p95s of fewer requests are mostly noise).")  # fmt: skip
     margin_pct: float = Field(default=10.0, description="Adopt the winner only if its goodput beats the current "
                               "config's by this much (%).")  # fmt: skip
 
@@ -122,15 +124,22 @@ def build_tuned_serving_config_asset(
             current: ModelSpec = apply_serving_overrides(catalog.model(name), previous, origin="adopted tuning")
         work_dir = Path(local_target.state_dir) / name / "autotune" / context.run.run_id
         work_dir.mkdir(parents=True, exist_ok=True)
-        plan = BenchmarkPlan(input_len=config.input_len, output_len=config.output_len, prompts_per_level=8,
-                             num_warmups=1)  # fmt: skip
+        plan = BenchmarkPlan(
+            input_len=config.input_len,
+            output_len=config.output_len,
+            prompts_per_level=MIN_PROMPTS_PER_PROBE,
+            num_warmups=1,
+        )
         trials: Callable[[Candidate], Trial]
         if target_kind == "kubernetes":
             trials = KubernetesTrials(
                 target=kubernetes.target(catalog.platform),
                 model=current,
                 weights_sha=model_weights.sha,
-                plan=dataclasses.replace(plan, prompts_per_level=max(8, config.prompts_per_load * config.load_high)),
+                # One prompt count for every level of the ladder: enough for its highest load.
+                plan=dataclasses.replace(
+                    plan, prompts_per_level=max(MIN_PROMPTS_PER_PROBE, config.prompts_per_load * config.load_high)
+                ),
                 run_key=context.run.run_id,
                 load_low=config.load_low,
                 load_high=config.load_high,
