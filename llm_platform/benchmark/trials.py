@@ -58,6 +58,13 @@ def load_ladder(low: int, high: int) -> tuple[int, ...]:
     return tuple(sorted({*levels, high}))
 
 
+def _failed(model: ModelSpec, candidate: Candidate, error: Exception, log: Callable[[str], None]) -> Trial:
+    """A failed trial with the most telling line of ``error``, logged once."""
+    line = _first_error_line(error)
+    log(f"model '{model.name}': trial {as_overrides(candidate)} failed: {line}")
+    return Trial(candidate, error=line)
+
+
 def _first_error_line(error: Exception) -> str:
     """The most telling line of a failed start: vLLM's own error when the log tail has one."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -89,15 +96,14 @@ class LocalTrials:
             model = apply_serving_overrides(self.model, overrides, origin="auto_tune candidate")
             server = self.target.ensure_server(model, self.weights_path, log=self.log)
         except PlatformError as error:
-            self.log(f"model '{self.model.name}': trial {label} failed: {_first_error_line(error)}")
-            return Trial(candidate, error=_first_error_line(error))
+            return _failed(self.model, candidate, error, self.log)
         work_dir = self.work_dir / server.fingerprint
         try:
             found = bisect_load(
                 lambda load: self._probe(server.base_url, load, work_dir), self.load_low, self.load_high
             )
         except PlatformError as error:
-            return Trial(candidate, error=_first_error_line(error))
+            return _failed(self.model, candidate, error, self.log)
         finally:
             active = self.target.active(self.model.name)
             if active is None or active.fingerprint != server.fingerprint:
@@ -140,8 +146,7 @@ class KubernetesTrials:
             run_key = f"{self.run_key}-{config_fingerprint(model.serving, self.weights_sha)[:8]}"
             results = self.target.smoke_benchmark(model, self.weights_sha, plan, run_key=run_key, log=self.log)
         except PlatformError as error:
-            self.log(f"model '{self.model.name}': trial {overrides} failed: {_first_error_line(error)}")
-            return Trial(candidate, error=_first_error_line(error))
+            return _failed(self.model, candidate, error, self.log)
         probes = tuple(probe_from_result(results[load], load, self.model.slo) for load in ladder)
         best = None
         for probe in probes:  # latency grows with load: the first miss ends the ladder
