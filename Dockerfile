@@ -25,12 +25,13 @@ RUN mkdir llm_platform && touch llm_platform/__init__.py \
  && pip install . && pip uninstall -y llm-platform && rm -rf llm_platform
 COPY llm_platform ./llm_platform
 RUN pip install --no-deps .
-COPY catalog ./catalog
 COPY workspace.yaml ./
 
 USER 1000
-ENV LLM_PLATFORM_CATALOG=/app/catalog/models.yaml \
+# The catalog is configuration, not part of the image: the Helm values mount it from a ConfigMap
+# (k8s/dagster/kustomization.yaml) and set LLM_PLATFORM_CATALOG.
+ENV LLM_PLATFORM_CATALOG=/etc/llm-platform/models.yaml \
     LLM_PLATFORM_TARGET=kubernetes
 EXPOSE 3030
 ENTRYPOINT ["/usr/bin/tini", "--"]
-CMD ["dagster", "api", "grpc", "--module-name", "llm_platform.definitions", "--host", "0.0.0.0", "--port", "3030"]
+CMD ["dagster", "code-server", "start", "--module-name", "llm_platform.definitions", "--host", "0.0.0.0", "--port", "3030"]

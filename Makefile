@@ -29,11 +29,13 @@ $(OLAH):
 	$(VENV)-olah/bin/python -m pip install -qq --upgrade pip
 	$(VENV)-olah/bin/python -m pip install -qq 'olah==0.5.4'
 
-# Debian packages: Prometheus (the main job scrapes vLLM with it; its tests query it) and Chromium (the UI
-# screenshot test). Installed with apt when missing (as root, or through sudo).
-SYSTEM_PACKAGES := prometheus chromium
+# Debian packages: Prometheus (the main job scrapes vLLM with it; its tests query it), Chromium (the UI
+# screenshot test) and PostgreSQL (the Dagster instance of the production-topology tests; the tests run their own
+# throw-away server). Installed with apt when missing (as root, or through sudo).
+SYSTEM_PACKAGES := prometheus chromium postgresql
 system-packages:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
 	  echo "installing Debian packages:$$missing"; \

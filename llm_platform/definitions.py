@@ -11,14 +11,7 @@ import dagster as dg
 from llm_platform.catalog import Catalog, load_catalog
 from llm_platform.defs.jobs import lifecycle_jobs, live_benchmark_schedules
 from llm_platform.defs.lifecycle import lifecycle_assets
-from llm_platform.defs.partitions import model_partitions
-from llm_platform.defs.resources import (
-    PrometheusResource,
-    kubernetes_target_from_env,
-    local_target_from_env,
-    target_kind_from_env,
-    weights_resource_from_env,
-)
+from llm_platform.defs.resources import resources_from_env, target_kind_from_env
 from llm_platform.defs.sensors import build_drift_sensor, build_revision_sensor
 from llm_platform.defs.tuning import auto_tune_job
 from llm_platform.errors import PlatformError
@@ -28,15 +21,10 @@ def build_definitions(catalog: Catalog, target_kind: str = "local") -> dg.Defini
     """All definitions for ``catalog``, deploying to ``target_kind`` (``local`` or ``kubernetes``)."""
     return dg.Definitions(
         assets=lifecycle_assets(catalog, target_kind),
-        jobs=[*lifecycle_jobs(model_partitions(catalog)), auto_tune_job(model_partitions(catalog))],
+        jobs=[*lifecycle_jobs(), auto_tune_job()],
         schedules=live_benchmark_schedules(catalog),
         sensors=[build_drift_sensor(catalog), build_revision_sensor(catalog)],
-        resources={
-            "weights": weights_resource_from_env(),
-            "local_target": local_target_from_env(),
-            "kubernetes": kubernetes_target_from_env(),
-            "prometheus": PrometheusResource(),
-        },
+        resources=resources_from_env(catalog.platform, target_kind),
         metadata={
             "models": dg.MetadataValue.text(", ".join(model.name for model in catalog.models)),
             "target": dg.MetadataValue.text(target_kind),

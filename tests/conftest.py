@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from llm_platform.catalog import Catalog, load_catalog, parse_catalog
-from llm_platform.defs.resources import LocalTargetResource, WeightsResource
+from llm_platform.defs.resources import (
+    ArtifactsResource,
+    KubernetesTargetResource,
+    LocalTargetResource,
+    WeightsResource,
+)
+from llm_platform.defs.storage import InstanceValueIOManager
 from llm_platform.devhub import LocalHub, publish_model
 from tests.kubeemu import RunningCluster, running_cluster
 
@@ -40,6 +46,22 @@ def cluster() -> Iterator[RunningCluster]:
 TINY_REPO = "llm-platform/tiny-llama"
 
 
+def lifecycle_resources(
+    artifacts_root: Path,
+    weights: WeightsResource | None = None,
+    local_target: LocalTargetResource | None = None,
+    kubernetes: KubernetesTargetResource | None = None,
+) -> dict[str, object]:
+    """Every resource the lifecycle assets take, as the code location configures them (values in the instance)."""
+    return {
+        "io_manager": InstanceValueIOManager(),
+        "artifacts": ArtifactsResource(root=str(artifacts_root)),
+        "weights": weights or WeightsResource(store_path=str(artifacts_root / "unused-store")),
+        "local_target": local_target or LocalTargetResource(state_dir=str(artifacts_root / "unused-state")),
+        "kubernetes": kubernetes or KubernetesTargetResource(),
+    }
+
+
 @dataclass
 class ServedTiny:
     """The tiny demo model published on the local hub, downloaded, and promoted on the local target."""
@@ -50,6 +72,11 @@ class ServedTiny:
     weights_path: str
     endpoint: str
     fingerprint: str
+    artifacts_root: Path
+
+    def resources(self) -> dict[str, object]:
+        """The lifecycle resources on this server's model store and local target."""
+        return lifecycle_resources(self.artifacts_root, self.weights, self.local_target)
 
 
 def tiny_catalog(platform: dict[str, object] | None = None, **sections: object) -> Catalog:
@@ -81,6 +108,8 @@ def served_tiny(local_hub: LocalHub, tmp_path_factory: pytest.TempPathFactory) -
     try:
         status = target.promote(model, weights_path)
         assert status.endpoint is not None and status.active is not None
-        yield ServedTiny(catalog, weights, local_target, weights_path, status.endpoint, status.active.fingerprint)
+        yield ServedTiny(
+            catalog, weights, local_target, weights_path, status.endpoint, status.active.fingerprint, root / "artifacts"
+        )
     finally:
         target.stop(model.name)

@@ -20,9 +20,14 @@ from llm_platform.benchmark.runner import run_plan
 from llm_platform.benchmark.slo import SloResult, evaluate_slos, regressions
 from llm_platform.catalog import Catalog, ModelSpec
 from llm_platform.defs.failures import platform_errors_as_failure
-from llm_platform.defs.resources import KubernetesTargetResource, LocalTargetResource, WeightsResource
+from llm_platform.defs.resources import (
+    ArtifactsResource,
+    KubernetesTargetResource,
+    LocalTargetResource,
+    WeightsResource,
+)
 from llm_platform.defs.values import BenchmarkOutcome, DeploymentRecord, ServingChoice
-from llm_platform.defs.weights import lifecycle_asset_options
+from llm_platform.defs.weights import LIVE_BENCHMARK_GROUP, lifecycle_asset_options
 
 SLO_CHECKS = {
     "ttft_p95_ms": "p95 time to first token at every concurrency level is within slo.ttft_p95_ms",
@@ -102,7 +107,7 @@ def _measure_on_kubernetes(
 def _report_metadata(
     model: str, frame: pd.DataFrame, slos: list[SloResult], work_dir: Path
 ) -> dict[str, dg.MetadataValue]:
-    """Table, summary and plot in the UI; CSV and PNG kept beside the raw JSON under ``work_dir``."""
+    """Table, summary and plot in the UI; CSV and PNG kept beside the raw JSON in the artefact directory."""
     frame.to_csv(work_dir / "results.csv", index=False)
     png = plot_png(model, frame)
     (work_dir / "results.png").write_bytes(png)
@@ -111,14 +116,8 @@ def _report_metadata(
         "results": frame_table(frame),
         "summary": dg.MetadataValue.md(summary_markdown(model, frame, slos)),
         "plot": dg.MetadataValue.md(f"![throughput and p95 TTFT vs concurrency](data:image/png;base64,{image})"),
-        "results_dir": dg.MetadataValue.path(str(work_dir)),
+        "artifacts": dg.MetadataValue.path(str(work_dir)),
     }
-
-
-def _work_dir(local_target: LocalTargetResource, model: str, kind: str, run_id: str) -> Path:
-    work_dir = Path(local_target.state_dir) / model / kind / run_id
-    work_dir.mkdir(parents=True, exist_ok=True)
-    return work_dir
 
 
 def build_benchmark_asset(
@@ -149,13 +148,14 @@ def build_benchmark_asset(
         context: dg.AssetExecutionContext,
         config: BenchmarkConfig,
         serving_config: ServingChoice,
+        artifacts: ArtifactsResource,
         weights: WeightsResource,
         local_target: LocalTargetResource,
         kubernetes: KubernetesTargetResource,
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster rejects a parametrized one with checks
         model = serving_config.model
         plan = plan_from_config(model, config)
-        work_dir = _work_dir(local_target, model.name, "benchmarks", context.run.run_id)
+        work_dir = artifacts.directory(model.name, "benchmarks", context.run.run_id)
         with platform_errors_as_failure():
             if target_kind == "kubernetes":
                 frame = _measure_on_kubernetes(context, catalog, serving_config, plan, kubernetes)
@@ -206,7 +206,7 @@ def build_live_benchmark_asset(
     @dg.asset(
         name="live_benchmark",
         kinds={"vllm", "pandas"},
-        **lifecycle_asset_options(catalog, partitions),
+        **lifecycle_asset_options(catalog, partitions, group=LIVE_BENCHMARK_GROUP),
         pool=BENCHMARK_POOL,
         dagster_type=dg.Any,
         check_specs=[
@@ -226,6 +226,7 @@ def build_live_benchmark_asset(
         context: dg.AssetExecutionContext,
         config: BenchmarkConfig,
         vllm_deployment: DeploymentRecord,
+        artifacts: ArtifactsResource,
         weights: WeightsResource,
         local_target: LocalTargetResource,
         kubernetes: KubernetesTargetResource,
@@ -235,7 +236,7 @@ def build_live_benchmark_asset(
         plan = dataclasses.replace(
             plan_from_config(model, config), concurrency_levels=vllm_deployment.baseline.concurrency_levels
         )
-        work_dir = _work_dir(local_target, model.name, "live-benchmarks", context.run.run_id)
+        work_dir = artifacts.directory(model.name, "live-benchmarks", context.run.run_id)
         with platform_errors_as_failure():
             if target_kind == "kubernetes":
                 frame = _measure_on_kubernetes(

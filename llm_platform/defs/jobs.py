@@ -19,26 +19,23 @@ LIFECYCLE_ASSETS = ["model_weights", "serving_config", "smoke_benchmark", "vllm_
 PROMOTE_ASSETS = ["serving_config", "smoke_benchmark", "vllm_deployment"]
 
 
-def lifecycle_jobs(partitions: dg.PartitionsDefinition) -> list[UnresolvedAssetJobDefinition]:
+def lifecycle_jobs() -> list[UnresolvedAssetJobDefinition]:
     return [
         dg.define_asset_job(
             LIFECYCLE_JOB,
             selection=LIFECYCLE_ASSETS,
-            partitions_def=partitions,
             description="Weights (a new revision is downloaded and verified) → serving config → smoke benchmark "
             "with blocking SLO checks → promotion. What `llm-platform promote --revision` submits.",
         ),
         dg.define_asset_job(
             PROMOTE_JOB,
             selection=PROMOTE_ASSETS,
-            partitions_def=partitions,
             description="Serving config (with this run's overrides) → smoke benchmark → promotion, on the weights "
             "already materialized. What `llm-platform promote` and the drift sensor submit.",
         ),
         dg.define_asset_job(
             BENCHMARK_LIVE_JOB,
             selection=["live_benchmark"],
-            partitions_def=partitions,
             description="Benchmark the deployed config where it serves and compare it with its promotion.",
         ),
     ]

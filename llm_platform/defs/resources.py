@@ -24,16 +24,41 @@ from llm_platform.weights.store import ModelStore
 STORE_ENV_VAR = "LLM_PLATFORM_MODEL_STORE"
 TARGET_ENV_VAR = "LLM_PLATFORM_TARGET"
 TARGET_KINDS = ("local", "kubernetes")
+LOCAL_HOME_ENV_VAR = "LLM_PLATFORM_LOCAL_HOME"
+ARTIFACTS_ENV_VAR = "LLM_PLATFORM_ARTIFACTS"
 
 
-def _dagster_home_path(*parts: str) -> str:
-    home = os.environ.get("DAGSTER_HOME")
+def local_home_path(*parts: str) -> str:
+    """A path under the local target's durable directory: ``$LLM_PLATFORM_LOCAL_HOME``, else ``$DAGSTER_HOME``.
+
+    The local target's servers, model store and artefacts belong to the machine, like a cluster's objects and
+    volumes, not to a run: when each run has its own fresh ``DAGSTER_HOME`` (as each pod does on Kubernetes), this
+    variable points every run at the same directory.
+    """
+    home = os.environ.get(LOCAL_HOME_ENV_VAR) or os.environ.get("DAGSTER_HOME")
     return str(Path(home, *parts) if home else Path(*parts).resolve())
 
 
 def default_store_path() -> str:
-    """``$LLM_PLATFORM_MODEL_STORE``, else ``$DAGSTER_HOME/model-store``, else ``./model-store``."""
-    return os.environ.get(STORE_ENV_VAR) or _dagster_home_path("model-store")
+    """``$LLM_PLATFORM_MODEL_STORE``, else ``model-store`` under the local home (:func:`local_home_path`)."""
+    return os.environ.get(STORE_ENV_VAR) or local_home_path("model-store")
+
+
+class ArtifactsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """Where large artefacts go (benchmark CSV and PNG, raw results, trial tables, plots): one directory that
+    outlives the runs. Locally ``artifacts`` under the local home; on Kubernetes a volume mounted into every run
+    pod (the Helm values mount an RWX claim at ``/artifacts`` and set ``$LLM_PLATFORM_ARTIFACTS``)."""
+
+    root: str = Field(
+        default_factory=lambda: os.environ.get(ARTIFACTS_ENV_VAR) or local_home_path("artifacts"),
+        description=f"Root directory of the artefacts (${ARTIFACTS_ENV_VAR}).",
+    )
+
+    def directory(self, model: str, kind: str, run_id: str) -> Path:
+        """``<root>/<model>/<kind>/<run id>``, created."""
+        directory = Path(self.root) / model / kind / run_id
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory
 
 
 class WeightsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -92,11 +117,11 @@ class LocalTargetResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     """The embedded default target: vLLM on CPU as supervised subprocesses on this machine."""
 
     state_dir: str = Field(
-        default_factory=lambda: _dagster_home_path("local-target"),
-        description="Server records, logs and the active pointer of each model ($DAGSTER_HOME/local-target).",
+        default_factory=lambda: local_home_path("local-target"),
+        description="Server records, logs and the active pointer of each model (local-target under the local home).",
     )
     file_sd_dir: str = Field(
-        default_factory=lambda: _dagster_home_path("prometheus", "file_sd"),
+        default_factory=lambda: local_home_path("prometheus", "file_sd"),
         description="Where the Prometheus file_sd target file of each model is written.",
     )
     python: str = Field(default=sys.executable, description="Interpreter with vLLM installed.")
@@ -168,13 +193,49 @@ def target_kind_from_env() -> str:
 
 
 class PrometheusResource(dg.ConfigurableResource):  # type: ignore[type-arg]
-    """The Prometheus that scrapes the serving models (locally: the one `make run` starts)."""
+    """The Prometheus that scrapes the serving models: the catalog's ``platform.prometheus_url`` (the one KEDA
+    queries), or ``$LLM_PLATFORM_PROMETHEUS_URL`` where the code location reaches it elsewhere (``make run``'s)."""
 
-    url: str = Field(
-        default_factory=lambda: os.environ.get(PROMETHEUS_URL_ENV_VAR) or DEFAULT_PROMETHEUS_URL,
-        description=f"Base URL of Prometheus' HTTP API (${PROMETHEUS_URL_ENV_VAR}).",
-    )
+    url: str = Field(description="Base URL of Prometheus' HTTP API.")
     timeout_s: float = Field(default=10.0, description="Per-query timeout.")
 
     def client(self) -> PrometheusClient:
         return PrometheusClient(self.url, timeout_s=self.timeout_s)
+
+
+def prometheus_url(platform: Platform, target_kind: str) -> str:
+    """``$LLM_PLATFORM_PROMETHEUS_URL`` if set, else the catalog's ``platform.prometheus_url``: one source of truth
+    for the sensors and KEDA. The kubernetes target without either cannot watch its models, so it refuses to load."""
+    url = os.environ.get(PROMETHEUS_URL_ENV_VAR) or platform.prometheus_url
+    if url:
+        return url
+    if target_kind == "kubernetes":
+        raise PlatformError(
+            "platform.prometheus_url is not set: the kubernetes target needs the Prometheus that scrapes the vLLM "
+            f"pods (KEDA and the drift sensor query it); set it in the catalog (or ${PROMETHEUS_URL_ENV_VAR})"
+        )
+    return DEFAULT_PROMETHEUS_URL
+
+
+def artifacts_resource_from_env(target_kind: str) -> ArtifactsResource:
+    """``$LLM_PLATFORM_ARTIFACTS``; required on the kubernetes target, where no directory of a run pod survives it."""
+    if target_kind == "kubernetes" and not os.environ.get(ARTIFACTS_ENV_VAR):
+        raise PlatformError(
+            f"{ARTIFACTS_ENV_VAR} is not set: on the kubernetes target the benchmark and tuning artefacts need a "
+            "volume mounted into every run pod (k8s/dagster/values.yaml mounts one at /artifacts)"
+        )
+    return ArtifactsResource()
+
+
+def resources_from_env(platform: Platform, target_kind: str) -> dict[str, object]:
+    """Every resource of the code location, configured from the environment and the catalog's platform section."""
+    from llm_platform.defs.storage import InstanceValueIOManager
+
+    return {
+        "io_manager": InstanceValueIOManager(),
+        "artifacts": artifacts_resource_from_env(target_kind),
+        "weights": weights_resource_from_env(),
+        "local_target": local_target_from_env(),
+        "kubernetes": kubernetes_target_from_env(),
+        "prometheus": PrometheusResource(url=prometheus_url(platform, target_kind)),
+    }

@@ -53,7 +53,7 @@ def build_serving_config_asset(catalog: Catalog, partitions: dg.PartitionsDefini
             effective = apply_serving_overrides(model, overrides, origin="serving_config run config")
         if tuned:
             context.log.info(f"model '{model.name}': adopted auto-tune overrides: {tuned}")
-        choice = ServingChoice(effective, model_weights, overrides)
+        choice = ServingChoice(effective, model_weights)
         diff = serving_diff(model.serving, effective.serving)
         if diff:
             changes = ", ".join(f"{key} {old!r} → {new!r}" for key, (old, new) in diff.items())

@@ -11,7 +11,6 @@ import base64
 import dataclasses
 import json
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -25,8 +24,13 @@ from llm_platform.catalog import Catalog, ModelSpec, apply_serving_overrides
 from llm_platform.defs.benchmark import BENCHMARK_POOL
 from llm_platform.defs.failures import platform_errors_as_failure
 from llm_platform.defs.partitions import latest_materialization
-from llm_platform.defs.resources import KubernetesTargetResource, LocalTargetResource, WeightsResource
-from llm_platform.defs.weights import lifecycle_asset_options
+from llm_platform.defs.resources import (
+    ArtifactsResource,
+    KubernetesTargetResource,
+    LocalTargetResource,
+    WeightsResource,
+)
+from llm_platform.defs.weights import AUTO_TUNE_GROUP, lifecycle_asset_options
 from llm_platform.tuning.search import Candidate, SearchSpace, Trial, clamp_seqs, coordinate_search
 from llm_platform.weights.plan import SnapshotManifest
 
@@ -99,7 +103,7 @@ def build_tuned_serving_config_asset(
     @dg.asset(
         name=TUNED_ASSET,
         kinds={"vllm", "pandas"},
-        **lifecycle_asset_options(catalog, partitions),
+        **lifecycle_asset_options(catalog, partitions, group=AUTO_TUNE_GROUP),
         pool=BENCHMARK_POOL,
         description=(
             "Engine arguments with the most goodput (output tokens/s at the highest load that meets the SLO) from "
@@ -113,6 +117,7 @@ def build_tuned_serving_config_asset(
         context: dg.AssetExecutionContext,
         config: AutoTuneConfig,
         model_weights: SnapshotManifest,
+        artifacts: ArtifactsResource,
         weights: WeightsResource,
         local_target: LocalTargetResource,
         kubernetes: KubernetesTargetResource,
@@ -122,8 +127,7 @@ def build_tuned_serving_config_asset(
         previous = tuned_overrides(context.instance, name)
         with platform_errors_as_failure():
             current: ModelSpec = apply_serving_overrides(catalog.model(name), previous, origin="adopted tuning")
-        work_dir = Path(local_target.state_dir) / name / "autotune" / context.run.run_id
-        work_dir.mkdir(parents=True, exist_ok=True)
+        work_dir = artifacts.directory(name, "autotune", context.run.run_id)
         plan = BenchmarkPlan(
             input_len=config.input_len,
             output_len=config.output_len,
@@ -194,18 +198,17 @@ def build_tuned_serving_config_asset(
                     f"![goodput vs p95 TTFT](data:image/png;base64,{base64.b64encode(png).decode()})"
                 ),
                 "search_space": dg.MetadataValue.json(json.loads(json.dumps(dict(space.axes)))),
-                "results_dir": dg.MetadataValue.path(str(work_dir)),
+                "artifacts": dg.MetadataValue.path(str(work_dir)),
             },
         )
 
     return tuned_serving_config
 
 
-def auto_tune_job(partitions: dg.PartitionsDefinition) -> UnresolvedAssetJobDefinition:
+def auto_tune_job() -> UnresolvedAssetJobDefinition:
     return dg.define_asset_job(
         AUTO_TUNE_JOB,
         selection=[TUNED_ASSET],
-        partitions_def=partitions,
         description="Search the engine arguments for the most goodput under the model's SLO; an adopted result "
         "becomes serving_config's override for the next lifecycle or promote run.",
     )

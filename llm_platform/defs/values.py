@@ -1,13 +1,23 @@
-"""What the lifecycle assets hand each other (stored by Dagster's IO manager between steps and runs)."""
+"""What the lifecycle assets hand each other, and how each value is written to and read from JSON.
+
+The values are recorded with their materialization in Dagster's instance (see ``defs/storage.py``): a later run —
+on Kubernetes a fresh pod — reads them back from there, never from a file another run wrote. Every value type has
+an explicit JSON form (no pickle: the instance is shared, and what is read back is validated like input).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
+from llm_platform.benchmark.parse import results_frame
 from llm_platform.catalog import ModelSpec
 from llm_platform.engine import config_fingerprint
+from llm_platform.errors import PlatformError
 from llm_platform.weights.plan import SnapshotManifest
 
 
@@ -17,7 +27,6 @@ class ServingChoice:
 
     model: ModelSpec
     weights: SnapshotManifest
-    overrides: dict[str, str] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
@@ -42,3 +51,102 @@ class DeploymentRecord:
     endpoint: str
     baseline: BenchmarkOutcome
     revision_label: str
+
+
+class StoredValueError(PlatformError):
+    """A value recorded in the instance cannot be read back (written by another version, or tampered with)."""
+
+
+def _frame_to_json(frame: pd.DataFrame) -> list[dict[str, float | None]]:
+    """Rows of a results table; NaN (a value vLLM did not report) as null, since JSON has no NaN."""
+    return [
+        {str(k): None if isinstance(v, float) and math.isnan(v) else float(v) for k, v in row.items()}
+        for row in frame.to_dict(orient="records")
+    ]
+
+
+def _frame_from_json(rows: list[dict[str, float | None]]) -> pd.DataFrame:
+    return results_frame([{k: math.nan if v is None else float(v) for k, v in row.items()} for row in rows])
+
+
+def _choice_to_json(choice: ServingChoice) -> dict[str, Any]:
+    return {"model": choice.model.model_dump(mode="json"), "weights": choice.weights.model_dump(mode="json")}
+
+
+def _choice_from_json(data: Mapping[str, Any]) -> ServingChoice:
+    return ServingChoice(ModelSpec.model_validate(data["model"]), SnapshotManifest.model_validate(data["weights"]))
+
+
+def _outcome_to_json(outcome: BenchmarkOutcome) -> dict[str, Any]:
+    return {
+        "frame": _frame_to_json(outcome.frame),
+        "config_fingerprint": outcome.config_fingerprint,
+        "slo_passed": outcome.slo_passed,
+        "concurrency_levels": list(outcome.concurrency_levels),
+    }
+
+
+def _outcome_from_json(data: Mapping[str, Any]) -> BenchmarkOutcome:
+    return BenchmarkOutcome(
+        frame=_frame_from_json(data["frame"]),
+        config_fingerprint=str(data["config_fingerprint"]),
+        slo_passed=bool(data["slo_passed"]),
+        concurrency_levels=tuple(int(level) for level in data["concurrency_levels"]),
+    )
+
+
+def _record_to_json(record: DeploymentRecord) -> dict[str, Any]:
+    return {
+        "choice": _choice_to_json(record.choice),
+        "endpoint": record.endpoint,
+        "baseline": _outcome_to_json(record.baseline),
+        "revision_label": record.revision_label,
+    }
+
+
+def _record_from_json(data: Mapping[str, Any]) -> DeploymentRecord:
+    return DeploymentRecord(
+        choice=_choice_from_json(data["choice"]),
+        endpoint=str(data["endpoint"]),
+        baseline=_outcome_from_json(data["baseline"]),
+        revision_label=str(data["revision_label"]),
+    )
+
+
+def _overrides_from_json(data: Mapping[str, Any]) -> dict[str, str]:
+    return {str(key): str(value) for key, value in data.items()}
+
+
+#: kind → (type, to JSON, from JSON). The kind is stored beside the value, so a reader never guesses.
+_CODECS: dict[str, tuple[type, Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "snapshot_manifest": (
+        SnapshotManifest,
+        lambda manifest: manifest.model_dump(mode="json"),
+        SnapshotManifest.model_validate,
+    ),
+    "serving_choice": (ServingChoice, _choice_to_json, _choice_from_json),
+    "benchmark_outcome": (BenchmarkOutcome, _outcome_to_json, _outcome_from_json),
+    "deployment_record": (DeploymentRecord, _record_to_json, _record_from_json),
+    "results_frame": (pd.DataFrame, _frame_to_json, _frame_from_json),
+    "overrides": (dict, dict, _overrides_from_json),
+}
+
+
+def encode_value(value: object) -> dict[str, Any]:
+    """``{"kind": …, "value": …}``: the JSON form of one asset value."""
+    for kind, (value_type, to_json, _) in _CODECS.items():
+        if isinstance(value, value_type):
+            return {"kind": kind, "value": to_json(value)}
+    raise TypeError(f"no JSON form for a {type(value).__name__}; add one to llm_platform/defs/values.py")
+
+
+def decode_value(payload: object, origin: str) -> object:
+    """The value of :func:`encode_value`'s output; ``origin`` names it in the error when it cannot be read."""
+    if not isinstance(payload, Mapping) or payload.get("kind") not in _CODECS:
+        raise StoredValueError(f"{origin}: the recorded value has no known kind; re-materialize it")
+    _, _, from_json = _CODECS[str(payload["kind"])]
+    try:
+        return from_json(payload["value"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:  # pydantic's ValidationError is a ValueError
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise StoredValueError(f"{origin}: the recorded value cannot be read ({first}); re-materialize it") from None

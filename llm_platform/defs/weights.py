@@ -16,6 +16,11 @@ from llm_platform.weights.plan import SnapshotManifest
 from llm_platform.weights.progress import LogProgress
 
 LIFECYCLE_GROUP = "model_lifecycle"
+"""What "Materialize all" in the UI runs: weights → config → smoke benchmark → deployment, nothing more."""
+AUTO_TUNE_GROUP = "auto_tune"
+"""The engine-argument search: many GPU benchmarks, so only ever run on purpose (the ``auto_tune`` job)."""
+LIVE_BENCHMARK_GROUP = "live_benchmark"
+"""The nightly benchmark of what serves (the ``benchmark_live`` job and its schedules)."""
 
 
 class WeightsConfig(dg.Config):
@@ -73,9 +78,11 @@ class LifecycleAssetOptions(TypedDict):
     owners: list[str]
 
 
-def lifecycle_asset_options(catalog: Catalog, partitions: dg.PartitionsDefinition) -> LifecycleAssetOptions:
-    """What every lifecycle asset shares: the model partitions, the group and the catalog's owners."""
-    return {"partitions_def": partitions, "group_name": LIFECYCLE_GROUP, "owners": catalog_owners(catalog)}
+def lifecycle_asset_options(
+    catalog: Catalog, partitions: dg.PartitionsDefinition, group: str = LIFECYCLE_GROUP
+) -> LifecycleAssetOptions:
+    """What every lifecycle asset shares: the model partitions, a group and the catalog's owners."""
+    return {"partitions_def": partitions, "group_name": group, "owners": catalog_owners(catalog)}
 
 
 def build_weights_asset(

@@ -1,6 +1,6 @@
 """The embedded default target: vLLM on CPU as supervised subprocesses, behind a stable per-model endpoint.
 
-Layout under ``state_dir`` (``$DAGSTER_HOME/local-target`` by default)::
+Layout under ``state_dir`` (``local-target`` under the local home, ``$DAGSTER_HOME`` by default)::
 
     <model>/servers/<fingerprint>.json   one record per vLLM process (pid, port, log, weights) - survives restarts
     <model>/active.json                  the server the model's endpoint routes to
@@ -43,7 +43,7 @@ class LocalTargetSettings:
     """How the local target runs vLLM; every field has a default that works on a 2-core machine."""
 
     state_dir: Path
-    """Where server records, logs and the active pointer live (``$DAGSTER_HOME/local-target``)."""
+    """Where server records, logs and the active pointer live (they outlive the runs that started the servers)."""
     file_sd_dir: Path
     """Where the Prometheus file_sd target files are written, one ``<model>.json`` per model."""
     python: str = sys.executable
@@ -247,6 +247,7 @@ class LocalTarget:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **invocation.env},
+                cwd=self.settings.state_dir,  # not the run's working directory, which may be gone before the server
                 start_new_session=True,  # its own process group: stop() signals vLLM and its workers together
             )
         self._children[process.pid] = process
@@ -325,7 +326,12 @@ class LocalTarget:
         ]
         with log_path.open("ab") as log_file:
             process = subprocess.Popen(
-                command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.settings.state_dir,
+                start_new_session=True,
             )
         self._children[process.pid] = process
         _write_json(self._model_dir(model) / "proxy.json", {"pid": process.pid, "port": port})

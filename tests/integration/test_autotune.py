@@ -10,7 +10,6 @@ import dagster as dg
 import pytest
 
 from llm_platform.defs.lifecycle import lifecycle_assets
-from llm_platform.defs.resources import KubernetesTargetResource
 from llm_platform.defs.tuning import TUNED_ASSET
 from tests.conftest import ServedTiny, tiny_catalog
 
@@ -23,8 +22,7 @@ def test_auto_tune_adopts_a_better_config_and_serving_config_applies_it(
     # The current config batches 2 sequences: a closed loop of 8 requests waits on it, so 8 does better.
     catalog = tiny_catalog(serving={"max_model_len": 2048, "max_num_seqs": 2, "startup_timeout_s": 300})
     assets = lifecycle_assets(catalog)
-    resources = {"weights": served_tiny.weights, "local_target": served_tiny.local_target,
-                 "kubernetes": KubernetesTargetResource()}  # fmt: skip
+    resources = served_tiny.resources()
     search = {
         "max_num_seqs": [2, 8],
         "max_num_batched_tokens": [4, 2048],  # 4 < max_num_seqs 8: vLLM refuses to start that candidate
@@ -59,7 +57,7 @@ def test_auto_tune_adopts_a_better_config_and_serving_config_applies_it(
         assert metadata["overrides"] == {"max_num_batched_tokens": "2048", "max_num_seqs": "8"}
         assert metadata["best_goodput_tok_s"] >= 1.1 * metadata["current_goodput_tok_s"] > 0
         assert str(metadata["pareto"]).startswith("![goodput vs p95 TTFT](data:image/png;base64,")
-        assert (Path(str(metadata["results_dir"])) / "trials.csv").is_file()
+        assert (Path(str(metadata["artifacts"])) / "trials.csv").is_file()
 
         config = dg.materialize(
             assets, selection=["serving_config"], partition_key="tiny-llama", resources=resources, instance=instance

@@ -123,3 +123,57 @@ def test_promotion_request_picks_the_job_and_run_config() -> None:
     assert job == "lifecycle"
     assert config["ops"]["model_weights"] == {"config": {"revision": "v2"}}
     assert config["ops"]["smoke_benchmark"] == {"config": {"prompts_per_level": 8}}
+
+
+def _kubernetes_load(tmp_path: Path, platform: dict[str, object], artifacts: str | None) -> str:
+    """`dagster definitions validate` of a one-model catalog on the kubernetes target; its combined output."""
+    catalog = tmp_path / "models.yaml"
+    catalog.write_text(yaml.safe_dump({"platform": platform, "models": [{"name": "m", "source": {"repo": "a/m"}}]}))
+    env = {key: value for key, value in os.environ.items() if key not in ("LLM_PLATFORM_PROMETHEUS_URL",)}
+    env.update(
+        {"LLM_PLATFORM_CATALOG": str(catalog), "DAGSTER_HOME": str(tmp_path), "LLM_PLATFORM_TARGET": "kubernetes"}
+    )
+    env.pop("LLM_PLATFORM_ARTIFACTS", None)
+    if artifacts is not None:
+        env["LLM_PLATFORM_ARTIFACTS"] = artifacts
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    return ("ok " if result.returncode == 0 else "failed ") + result.stdout + result.stderr
+
+
+def test_kubernetes_target_reads_prometheus_from_the_catalog_and_needs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llm_platform.catalog import load_catalog
+    from llm_platform.defs.resources import PrometheusResource, resources_from_env
+
+    catalog = load_catalog(EXAMPLE_CATALOG)
+    monkeypatch.delenv("LLM_PLATFORM_PROMETHEUS_URL", raising=False)
+    resources = resources_from_env(catalog.platform, "local")
+    prometheus = resources["prometheus"]
+    assert isinstance(prometheus, PrometheusResource) and prometheus.url == catalog.platform.prometheus_url
+
+    assert _kubernetes_load(tmp_path, {}, "/artifacts").startswith("ok ")
+    missing = _kubernetes_load(tmp_path, {"prometheus_url": ""}, "/artifacts")
+    assert missing.startswith("failed ")
+    assert "platform.prometheus_url is not set: the kubernetes target needs the Prometheus" in missing
+    assert "Traceback" not in missing.split("platform.prometheus_url is not set")[0][-300:]
+    no_artifacts = _kubernetes_load(tmp_path, {}, None)
+    assert no_artifacts.startswith("failed ") and "LLM_PLATFORM_ARTIFACTS is not set" in no_artifacts
+
+
+def test_materialize_all_of_the_lifecycle_group_spends_no_search_or_live_benchmark() -> None:
+    from llm_platform.catalog import load_catalog
+    from llm_platform.definitions import build_definitions
+
+    repository = build_definitions(load_catalog(EXAMPLE_CATALOG)).get_repository_def()
+    groups: dict[str, set[str]] = {}
+    for node in repository.asset_graph.asset_nodes:
+        groups.setdefault(node.group_name, set()).add(node.key.to_user_string())
+    assert groups == {
+        "model_lifecycle": {"model_weights", "serving_config", "smoke_benchmark", "vllm_deployment"},
+        "live_benchmark": {"live_benchmark"},
+        "auto_tune": {"tuned_serving_config"},
+    }

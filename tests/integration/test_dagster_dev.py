@@ -94,7 +94,11 @@ def test_promote_over_graphql_runs_the_lifecycle_on_the_local_target(dagster_dev
 
 def test_promotions_of_one_model_run_one_after_another(dagster_dev: DagsterDev) -> None:
     """Two promote runs submitted at once: the queue admits the second only when the first has ended. (The
-    catalog's config, which already serves after the test above: the benchmark reuses the running server.)"""
+    catalog's config, which already serves after the test above: the benchmark reuses the running server.)
+
+    The earlier runs' local storage is deleted first, as a run pod's disk is on Kubernetes: the promotions read
+    the weights manifest from the instance."""
+    shutil.rmtree(dagster_dev.home / "storage", ignore_errors=True)
     api = DagsterApi(dagster_dev.url)
     job, config = promotion_request(benchmark={"prompts_per_level": 6, "concurrency_levels": [1, 2]})
     runs = [api.submit(job, "tiny-llama", config, tags={"test": "concurrency"}) for _ in range(2)]

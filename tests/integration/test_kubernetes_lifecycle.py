@@ -15,11 +15,11 @@ import yaml
 from llm_platform.catalog import Catalog
 from llm_platform.defs.jobs import LIFECYCLE_ASSETS
 from llm_platform.defs.lifecycle import lifecycle_assets
-from llm_platform.defs.resources import KubernetesTargetResource, LocalTargetResource, WeightsResource
+from llm_platform.defs.resources import KubernetesTargetResource, WeightsResource
 from llm_platform.defs.tuning import TUNED_ASSET
 from llm_platform.engine import DEFAULT_PORT
 from llm_platform.rollout import Revision
-from tests.conftest import ServedTiny, tiny_catalog
+from tests.conftest import ServedTiny, lifecycle_resources, tiny_catalog
 from tests.kubeemu import DEPLOYMENTS, JOBS, FakeDeploymentController, FakeKubelet, RunningCluster
 
 pytestmark = pytest.mark.integration
@@ -76,11 +76,11 @@ def test_lifecycle_on_kubernetes_through_dagster(
     kubelet = FakeKubelet(cluster, namespace, {"model-weights": pvc}, tmp_path / "scratch", node_env)
     controller = FakeDeploymentController(cluster.raw(), namespace, lambda _: "ready")
     assets = lifecycle_assets(catalog, target_kind="kubernetes")
-    resources = {
-        "weights": WeightsResource(store_path=str(tmp_path / "unused-local-store")),
-        "local_target": LocalTargetResource(state_dir=str(tmp_path / "state")),
-        "kubernetes": KubernetesTargetResource(kube_context="emulator", poll_interval_s=0.2),
-    }
+    resources = lifecycle_resources(
+        tmp_path / "artifacts",
+        weights=WeightsResource(store_path=str(tmp_path / "unused-local-store")),
+        kubernetes=KubernetesTargetResource(kube_context="emulator", poll_interval_s=0.2),
+    )
     with kubelet, controller, dg.instance_for_test() as instance:
         result = dg.materialize(
             assets,

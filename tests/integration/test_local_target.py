@@ -13,7 +13,6 @@ import pytest
 from llm_platform.catalog import Catalog
 from llm_platform.defs.jobs import LIFECYCLE_ASSETS, PROMOTE_ASSETS
 from llm_platform.defs.lifecycle import lifecycle_assets
-from llm_platform.defs.resources import KubernetesTargetResource
 from llm_platform.errors import TargetError
 from llm_platform.targets.local import LocalTarget, LocalTargetSettings, process_alive
 from tests.conftest import ServedTiny, tiny_catalog
@@ -34,16 +33,12 @@ def _complete(endpoint: str, prompt: str = "hello", max_tokens: int = 8) -> dict
         return result
 
 
-def _resources(served: ServedTiny) -> dict[str, object]:
-    return {"weights": served.weights, "local_target": served.local_target, "kubernetes": KubernetesTargetResource()}
-
-
 def _lifecycle(served: ServedTiny, catalog: Catalog, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         lifecycle_assets(catalog),
         selection=LIFECYCLE_ASSETS,
         partition_key="tiny-llama",
-        resources=_resources(served),
+        resources=served.resources(),
         run_config={"ops": {"smoke_benchmark": {"config": SMALL_PLAN}}},
         instance=instance,
         raise_on_error=False,
@@ -213,7 +208,7 @@ def test_overrides_are_benchmarked_promoted_and_benchmarked_live(served_tiny: Se
     compared with the promotion's benchmark; the original config is promoted back afterwards."""
     catalog = tiny_catalog()
     assets = lifecycle_assets(catalog)
-    resources = _resources(served_tiny)
+    resources = served_tiny.resources()
     plan = {"config": SMALL_PLAN}
     try:
         with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
@@ -270,7 +265,7 @@ def test_a_bad_override_fails_with_the_catalogs_message(served_tiny: ServedTiny,
             lifecycle_assets(catalog),
             selection=["model_weights", "serving_config"],
             partition_key="tiny-llama",
-            resources=_resources(served_tiny),
+            resources=served_tiny.resources(),
             instance=instance,
             run_config={"ops": {"serving_config": {"config": {"overrides": {"max_num_seq": "8"}}}}},
             raise_on_error=False,
@@ -288,7 +283,7 @@ def test_a_bad_override_fails_with_the_catalogs_message(served_tiny: ServedTiny,
 def test_deployment_refuses_a_config_that_was_not_benchmarked(served_tiny: ServedTiny, tmp_path: Path) -> None:
     catalog = tiny_catalog()
     assets = lifecycle_assets(catalog)
-    resources = _resources(served_tiny)
+    resources = served_tiny.resources()
     strict = tiny_catalog(slo={"ttft_p95_ms": 0.001})
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         failed = dg.materialize(

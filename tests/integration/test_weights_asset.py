@@ -12,6 +12,7 @@ import pytest
 from llm_platform.catalog import Catalog, parse_catalog
 from llm_platform.defs.partitions import model_partitions
 from llm_platform.defs.resources import KubernetesTargetResource, WeightsResource
+from llm_platform.defs.storage import InstanceValueIOManager
 from llm_platform.defs.weights import build_weights_asset
 from llm_platform.weights.plan import SnapshotManifest
 from tests.fakehub import FakeHub, FakeRepo
@@ -50,7 +51,11 @@ def _materialize(
     return dg.materialize(
         [asset],
         partition_key=partition,
-        resources={"weights": resource, "kubernetes": KubernetesTargetResource()},
+        resources={
+            "io_manager": InstanceValueIOManager(),
+            "weights": resource,
+            "kubernetes": KubernetesTargetResource(),
+        },
         instance=instance,
         raise_on_error=False,
     )
