@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 export PYTHONWARNINGS := ignore::UserWarning:click.core
 
-.PHONY: run test lint stop clean system-packages
+.PHONY: run test test-fast lint stop clean system-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ lint: $(VENV)/.installed
 
 test: lint $(OLAH) system-packages
 	$(BIN)/pytest
+
+# The edit loop: lint, type checks, contracts, the unit tests and the wiring on the in-process fake target (no
+# vLLM, no services). `make test` runs these and the real-component tests.
+test-fast: lint
+	$(BIN)/pytest -m "not integration and not e2e"
 
 clean:
 	rm -rf build

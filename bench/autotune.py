@@ -34,10 +34,11 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from llm_platform.benchmark.plan import BenchmarkPlan  # noqa: E402
 from llm_platform.benchmark.report import trials_frame  # noqa: E402
-from llm_platform.benchmark.trials import LocalTrials  # noqa: E402
 from llm_platform.catalog import parse_catalog  # noqa: E402
 from llm_platform.dev.tiny_model import make_tiny_model  # noqa: E402
+from llm_platform.targets.base import TrialSettings  # noqa: E402
 from llm_platform.targets.local import LocalTarget, LocalTargetSettings  # noqa: E402
+from llm_platform.targets.local_serving import LocalTrials  # noqa: E402
 from llm_platform.tuning.search import (  # noqa: E402
     Candidate,
     SearchSpace,
@@ -77,9 +78,8 @@ def main() -> None:
     plan = BenchmarkPlan(input_len=options.input_len, output_len=options.output_len, prompts_per_level=16,
                          num_warmups=1)  # fmt: skip
     space = SearchSpace({"max_num_seqs": options.seqs, "max_num_batched_tokens": options.tokens})
-    trials = LocalTrials(target, model, model_dir, plan, work / "trials", load_high=options.load_high,
-                         prompts_per_load=options.prompts_per_load,
-                         log=lambda line: print(line, flush=True))  # fmt: skip
+    settings = TrialSettings(plan, load_low=1, load_high=options.load_high, prompts_per_load=options.prompts_per_load)
+    trials = LocalTrials(target, model, model_dir, settings, work / "trials", log=lambda line: print(line, flush=True))
     confirmed: dict[str, list[float]] = {}
     try:
         started = time.monotonic()

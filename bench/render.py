@@ -19,7 +19,8 @@ from typing import Any
 import kubernetes_validate
 
 from llm_platform.catalog import parse_catalog
-from llm_platform.manifests.render import render_model, render_weights_job, render_weights_pvc
+from llm_platform.manifests.jobs import render_weights_job, render_weights_pvc
+from llm_platform.manifests.serving import render_model
 from llm_platform.manifests.validation import KUBERNETES_VERSIONS, validate_objects
 
 

@@ -26,7 +26,7 @@ from llm_platform.catalog import parse_catalog
 from llm_platform.defs.resources import PrometheusResource
 from llm_platform.defs.sensors import build_drift_sensor
 from llm_platform.dev.promtrace import Behaviour, backfill, openmetrics
-from llm_platform.devhub import free_port
+from llm_platform.processes import free_port
 from llm_platform.prometheus import PrometheusClient, snapshot_queries
 from llm_platform.services import LocalServices
 

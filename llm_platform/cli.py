@@ -14,14 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llm_platform.catalog import (
-    CATALOG_ENV_VAR,
-    Catalog,
-    apply_serving_overrides,
-    default_catalog_path,
-    load_catalog,
-    parse_assignments,
-)
+from llm_platform.catalog import Catalog, ModelPatch, parse_assignments
+from llm_platform.catalog_files import CATALOG_ENV_VAR, default_catalog_path, load_catalog
 from llm_platform.dagster_api import DEFAULT_URL
 from llm_platform.errors import CatalogError, ManifestValidationError, PlatformError, UnknownModelError
 from llm_platform.manifests.render import dump_yaml, render_files
@@ -231,8 +225,9 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
     catalog = load_catalog(args.catalog)
     model = catalog.model(args.model)
-    overrides = parse_assignments(args.assignments)
-    apply_serving_overrides(model, overrides, origin="--set")  # refuse bad input before anything is submitted
+    # Refused here, before anything is submitted: the same validation the run applies.
+    patch = ModelPatch.parse(model, parse_assignments(args.assignments), origin="--set")
+    overrides = patch.as_overrides()
     benchmark = _benchmark_options(args.benchmark_prompts, args.benchmark_concurrency)
     job, run_config = promotion_request(
         revision=args.revision, overrides=overrides, reason=args.reason, benchmark=benchmark

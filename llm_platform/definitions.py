@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from llm_platform.catalog import Catalog, load_catalog
+from llm_platform.catalog import Catalog
+from llm_platform.catalog_files import load_catalog
 from llm_platform.defs.jobs import lifecycle_jobs, live_benchmark_schedules
 from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.defs.resources import resources_from_env, target_kind_from_env
@@ -20,7 +21,7 @@ from llm_platform.errors import PlatformError
 def build_definitions(catalog: Catalog, target_kind: str = "local") -> dg.Definitions:
     """All definitions for ``catalog``, deploying to ``target_kind`` (``local`` or ``kubernetes``)."""
     return dg.Definitions(
-        assets=lifecycle_assets(catalog, target_kind),
+        assets=lifecycle_assets(catalog),
         jobs=[*lifecycle_jobs(), auto_tune_job()],
         schedules=live_benchmark_schedules(catalog),
         sensors=[build_drift_sensor(catalog), build_revision_sensor(catalog)],

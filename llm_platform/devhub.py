@@ -12,17 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import TracebackType
 
 from llm_platform.errors import PlatformError
+from llm_platform.processes import free_port, http_answers, spawn, stop_group, wait_until_healthy
 
 #: Files at least this large, and all weight files, are stored as LFS objects (as the hub does).
 LFS_THRESHOLD_BYTES = 1024 * 1024
@@ -102,13 +98,6 @@ def publish_model(
     return _git(repo, "rev-parse", "HEAD")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def default_olah_command() -> Path:
     """``$LLM_PLATFORM_OLAH``, else ``.venv-olah/bin/olah-cli`` beside the project's own virtualenv."""
     configured = os.environ.get("LLM_PLATFORM_OLAH")
@@ -151,37 +140,21 @@ class LocalHub:
             "[accessibility]\n"
             "offline = true\n"
         )
-        log = (self.log_path or self._workdir / "olah.log").open("ab")
-        self._process = subprocess.Popen(
-            [str(self.olah), "-c", str(config)],
-            cwd=self._workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise LocalHubError(f"olah exited with {self._process.returncode}; see {log.name}")
-            try:
-                with urllib.request.urlopen(f"{self.endpoint}/api/models/none/none", timeout=2):  # noqa: S310
-                    return self
-            except urllib.error.HTTPError:
-                return self  # any HTTP answer means it is serving
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise LocalHubError(f"olah did not answer on {self.endpoint} within {timeout_s:.0f} s; see {log.name}")
+        log_path = self.log_path or self._workdir / "olah.log"
+        self._process = spawn([str(self.olah), "-c", str(config)], log_path, cwd=self._workdir)
+        try:
+            wait_until_healthy(
+                self._process, lambda: http_answers(f"{self.endpoint}/api/models/none/none"), what="olah",
+                log_path=log_path, timeout_s=timeout_s, error=LocalHubError, interval_s=0.2,
+            )  # fmt: skip
+        except LocalHubError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            os.killpg(self._process.pid, signal.SIGTERM)
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._process.pid, signal.SIGKILL)
-                self._process.wait()
+        if self._process is not None:
+            stop_group(self._process.pid, child=self._process, grace_s=10)
         self._process = None
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)

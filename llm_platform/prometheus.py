@@ -2,11 +2,10 @@
 
 Plain ``requests`` against the documented ``/api/v1/query`` endpoint: the PromQL client packages on PyPI add
 little over it (no typed errors, no batching) and pull in plotting libraries. Every query aggregates ``by
-(model_name)`` - the label vLLM puts on its metrics, set to the served model name, which is the catalog name - so a
-sensor tick costs :data:`QUERIES_PER_SNAPSHOT` queries whatever the number of models; the fields' expressions
-travel as one PromQL request, each result tagged with its field (``label_replace`` + ``or``), so a tick is one round
-trip. Metric names that vLLM
-renamed are matched under both names (``__name__=~"new|old"``), so a fleet with old and new engines reads the same.
+(model_name)`` - the label vLLM puts on its metrics, set to the served model name, which is the catalog name - and
+the fields' expressions travel as one PromQL request, each result tagged with its field (``label_replace`` +
+``or``): a sensor tick is :data:`QUERIES_PER_SNAPSHOT` (one) request whatever the number of models. Metric names that
+vLLM renamed are matched under both names (``__name__=~"new|old"``), so a fleet with old and new engines reads the same.
 Transient failures (connection errors, 5xx, 429) are retried with backoff; errors become :class:`PrometheusError`
 with the URL and what to do.
 """

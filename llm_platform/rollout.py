@@ -46,7 +46,7 @@ class Revision:
     promoted_at: str
 
     def label(self) -> str:
-        """Short human form: ``vllm/vllm-openai:v0.11.0 engine 1a2b3c4d weights 0123456789ab``."""
+        """Short human form: ``vllm/vllm-openai:v0.32.0 engine 1a2b3c4d weights 0123456789ab``."""
         return f"{self.image} engine {self.engine_fingerprint} weights {self.weights_sha[:12]}"
 
     def to_annotation(self) -> str:

@@ -1,10 +1,10 @@
 """The embedded default's background services: the local hub (olah), Prometheus and Dagster (``dagster dev``).
 
-Each runs as its own process group with a record in ``$DAGSTER_HOME/services/<name>.json`` (pid, URL, log), so
-``llm-platform local stop`` finds and stops them from any shell, and a record whose process is gone (or whose pid
-now belongs to something else) is never signalled. SIGINT and SIGTERM are restored to their defaults in the child:
-started from a non-interactive shell with ``&`` they are inherited as ignored, and ``dagster dev`` would then
-outlive every attempt to stop it.
+Each runs as its own process group (``processes.spawn``) with a record in ``$DAGSTER_HOME/services/<name>.json``
+(pid, URL, log), so ``llm-platform local stop`` finds and stops them from any shell, and a record whose process is
+gone (or whose pid now belongs to something else) is never signalled. SIGINT and SIGTERM are restored to their
+defaults in the child: started from a non-interactive shell with ``&`` they are inherited as ignored, and
+``dagster dev`` would then outlive every attempt to stop it.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -23,8 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from llm_platform.devhub import default_olah_command, free_port
+from llm_platform.devhub import default_olah_command
 from llm_platform.errors import PlatformError
+from llm_platform.processes import free_port, http_answers, spawn, stop_group, wait_until_healthy
 
 DAGSTER_PORT = 3000
 #: The PrometheusRule shipped for clusters; the local Prometheus loads its groups as well (source checkouts).
@@ -46,22 +44,6 @@ class ServiceRecord:
     command: tuple[str, ...]
 
 
-def _restore_signals() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of the group (the service and every child it started) is still there."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _port_free(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1):
@@ -70,23 +52,6 @@ def _port_free(port: int) -> bool:
         return False
     except OSError:
         return True
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback
-            return True
-    except urllib.error.HTTPError:
-        return True  # any HTTP answer means it is serving
-    except OSError:
-        return False
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 class LocalServices:
@@ -132,44 +97,25 @@ class LocalServices:
     ) -> ServiceRecord:
         self.records_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.records_dir / f"{name}.log"
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                list(command),
-                cwd=cwd or self.home,
-                env={**os.environ, **env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_restore_signals,
-            )
+        process = spawn(command, log_path, cwd=cwd or self.home, env={**os.environ, **env}, restore_signals=True)
         record = ServiceRecord(name, process.pid, url, str(log_path), tuple(command))
         self._record_path(name).write_text(json.dumps(asdict(record)))
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                self._record_path(name).unlink(missing_ok=True)
-                raise ServiceError(f"{name} exited with {process.returncode} while starting:\n{_tail(log_path)}")
-            if _answers(ready_url):
-                return record
-            time.sleep(0.5)
-        self.stop(name)
-        raise ServiceError(f"{name} did not answer on {ready_url} within {timeout_s:.0f} s:\n{_tail(log_path)}")
+        try:
+            wait_until_healthy(
+                process, lambda: http_answers(ready_url), what=name, log_path=log_path, timeout_s=timeout_s,
+                error=ServiceError,
+            )  # fmt: skip
+        except ServiceError:
+            self.stop(name)
+            raise
+        return record
 
     def stop(self, name: str, timeout_s: float = 30.0) -> bool:
         """Stop the service's whole process group (SIGTERM, then SIGKILL); False if it was not running."""
         record = self.record(name)
         if record is None:
             return False
-        try:
-            os.killpg(record.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline and _group_alive(record.pid):
-                time.sleep(0.2)
-            if _group_alive(record.pid):
-                os.killpg(record.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_group(record.pid, grace_s=timeout_s)
         self._record_path(name).unlink(missing_ok=True)
         return True
 

@@ -8,15 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from llm_platform.catalog import Catalog, load_catalog, parse_catalog
-from llm_platform.defs.resources import (
-    ArtifactsResource,
-    KubernetesTargetResource,
-    LocalTargetResource,
-    WeightsResource,
-)
+from llm_platform.catalog import Catalog, parse_catalog
+from llm_platform.catalog_files import load_catalog
+from llm_platform.defs.resources import LocalTargetResource, TargetResource, WeightsResource
 from llm_platform.defs.storage import InstanceValueIOManager
 from llm_platform.devhub import LocalHub, publish_model
+from llm_platform.targets.local import LocalTarget, LocalTargetSettings
 from tests.kubeemu import RunningCluster, running_cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -46,20 +43,14 @@ def cluster() -> Iterator[RunningCluster]:
 TINY_REPO = "llm-platform/tiny-llama"
 
 
-def lifecycle_resources(
-    artifacts_root: Path,
-    weights: WeightsResource | None = None,
-    local_target: LocalTargetResource | None = None,
-    kubernetes: KubernetesTargetResource | None = None,
-) -> dict[str, object]:
+def lifecycle_resources(target: TargetResource, weights: WeightsResource | None = None) -> dict[str, object]:
     """Every resource the lifecycle assets take, as the code location configures them (values in the instance)."""
-    return {
-        "io_manager": InstanceValueIOManager(),
-        "artifacts": ArtifactsResource(root=str(artifacts_root)),
-        "weights": weights or WeightsResource(store_path=str(artifacts_root / "unused-store")),
-        "local_target": local_target or LocalTargetResource(state_dir=str(artifacts_root / "unused-state")),
-        "kubernetes": kubernetes or KubernetesTargetResource(),
-    }
+    return {"io_manager": InstanceValueIOManager(), "target": target, "weights": weights or WeightsResource()}
+
+
+def local_servers(state_dir: Path) -> LocalTarget:
+    """The local target's servers under ``state_dir`` (to inspect or stop them)."""
+    return LocalTarget(LocalTargetSettings(state_dir=state_dir, file_sd_dir=state_dir / "file_sd"))
 
 
 @dataclass
@@ -72,11 +63,10 @@ class ServedTiny:
     weights_path: str
     endpoint: str
     fingerprint: str
-    artifacts_root: Path
 
     def resources(self) -> dict[str, object]:
         """The lifecycle resources on this server's model store and local target."""
-        return lifecycle_resources(self.artifacts_root, self.weights, self.local_target)
+        return lifecycle_resources(self.local_target, self.weights)
 
 
 def tiny_catalog(platform: dict[str, object] | None = None, **sections: object) -> Catalog:
@@ -103,13 +93,16 @@ def served_tiny(local_hub: LocalHub, tmp_path_factory: pytest.TempPathFactory) -
     weights = WeightsResource(store_path=str(root / "store"), hf_endpoint=local_hub.endpoint)
     manifest = weights.download(model, model.source.revision).manifest
     weights_path = weights.snapshot_path(manifest)
-    local_target = LocalTargetResource(state_dir=str(root / "target"), file_sd_dir=str(root / "file_sd"))
+    local_target = LocalTargetResource(
+        weights=weights,
+        state_dir=str(root / "target"),
+        file_sd_dir=str(root / "file_sd"),
+        artifacts_root=str(root / "artifacts"),
+    )
     target = local_target.target()
     try:
         status = target.promote(model, weights_path)
         assert status.endpoint is not None and status.active is not None
-        yield ServedTiny(
-            catalog, weights, local_target, weights_path, status.endpoint, status.active.fingerprint, root / "artifacts"
-        )
+        yield ServedTiny(catalog, weights, local_target, weights_path, status.endpoint, status.active.fingerprint)
     finally:
         target.stop(model.name)

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_platform.devhub import free_port
+from llm_platform.processes import free_port
 
 PG_ROOT = Path("/usr/lib/postgresql")
 USER = "dagster"

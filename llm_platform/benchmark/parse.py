@@ -8,14 +8,13 @@ benchmark Job.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
-from llm_platform.benchmark.plan import BENCH_RESULT_MARKER, LATENCY_METRICS, PERCENTILES
+from llm_platform.benchmark.plan import LATENCY_METRICS, PERCENTILES
 
 COLUMNS = (
     ["concurrency", "completed", "failed", "error_rate", "duration_s", "request_throughput", "output_throughput",
@@ -68,14 +67,3 @@ def results_frame(rows: Sequence[Mapping[str, float]]) -> pd.DataFrame:
     """The benchmark table, one row per concurrency level, in the documented column order."""
     frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
     return frame.sort_values("concurrency").reset_index(drop=True)
-
-
-def results_from_log(log: str) -> dict[int, dict[str, Any]]:
-    """The result JSON of each level from a benchmark Job's log (the ``LLM_PLATFORM_BENCH_RESULT`` lines)."""
-    results: dict[int, dict[str, Any]] = {}
-    for line in log.splitlines():
-        if not line.startswith(BENCH_RESULT_MARKER + " "):
-            continue
-        _, concurrency, payload = line.split(" ", 2)
-        results[int(concurrency)] = json.loads(payload)
-    return results

@@ -7,7 +7,6 @@ Job (``vllm bench serve`` in the vLLM image), so both paths produce the same res
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from llm_platform.catalog import ModelSpec
@@ -100,7 +99,3 @@ def bench_serve_args(
 
 def level_filename(concurrency: int) -> str:
     return f"concurrency-{concurrency}.json"
-
-
-def summary_levels(levels: Sequence[int]) -> str:
-    return ", ".join(str(level) for level in levels)

@@ -16,18 +16,13 @@ from pydantic import Field
 from llm_platform.benchmark.parse import parse_result, results_frame
 from llm_platform.benchmark.plan import BenchmarkPlan, plan_for
 from llm_platform.benchmark.report import plot_png, summary_markdown
-from llm_platform.benchmark.runner import run_plan
 from llm_platform.benchmark.slo import SloResult, evaluate_slos, regressions
 from llm_platform.catalog import Catalog, ModelSpec
 from llm_platform.defs.failures import platform_errors_as_failure
-from llm_platform.defs.resources import (
-    ArtifactsResource,
-    KubernetesTargetResource,
-    LocalTargetResource,
-    WeightsResource,
-)
+from llm_platform.defs.resources import TargetResource
 from llm_platform.defs.values import BenchmarkOutcome, DeploymentRecord, ServingChoice
 from llm_platform.defs.weights import LIVE_BENCHMARK_GROUP, lifecycle_asset_options
+from llm_platform.targets.base import LevelResults
 
 SLO_CHECKS = {
     "ttft_p95_ms": "p95 time to first token at every concurrency level is within slo.ttft_p95_ms",
@@ -90,18 +85,9 @@ def check_results(results: list[SloResult]) -> list[dg.AssetCheckResult]:
     ]
 
 
-def _measure_on_kubernetes(
-    context: dg.AssetExecutionContext,
-    catalog: Catalog,
-    choice: ServingChoice,
-    plan: BenchmarkPlan,
-    kubernetes: KubernetesTargetResource,
-    against: str | None = None,
-) -> pd.DataFrame:
-    raw = kubernetes.target(catalog.platform).smoke_benchmark(
-        choice.model, choice.weights.sha, plan, run_key=context.run.run_id, log=context.log.info, against=against
-    )
-    return results_frame([parse_result(result, level) for level, result in sorted(raw.items())])
+def results_table(results: LevelResults) -> pd.DataFrame:
+    """The benchmark table from the raw result of each level, whichever target measured it."""
+    return results_frame([parse_result(result, level) for level, result in sorted(results.items())])
 
 
 def _report_metadata(
@@ -120,11 +106,9 @@ def _report_metadata(
     }
 
 
-def build_benchmark_asset(
-    catalog: Catalog, partitions: dg.PartitionsDefinition, target_kind: str = "local"
-) -> dg.AssetsDefinition:
-    """``target_kind`` ``local``: a vLLM-on-CPU server here and ``vllm bench serve`` against it; ``kubernetes``: the
-    GPU benchmark Job (serve + bench in one pod), whose result lines come back through the pod log."""
+def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    """The candidate benchmarked on the target (a vLLM-on-CPU server here and ``vllm bench serve`` against it, or
+    the GPU benchmark Job serving and benchmarking in one pod), judged by the blocking SLO checks."""
 
     @dg.asset(
         name="smoke_benchmark",
@@ -148,46 +132,30 @@ def build_benchmark_asset(
         context: dg.AssetExecutionContext,
         config: BenchmarkConfig,
         serving_config: ServingChoice,
-        artifacts: ArtifactsResource,
-        weights: WeightsResource,
-        local_target: LocalTargetResource,
-        kubernetes: KubernetesTargetResource,
+        target: TargetResource,
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster rejects a parametrized one with checks
-        model = serving_config.model
+        model, weights = serving_config.model, serving_config.weights
         plan = plan_from_config(model, config)
-        work_dir = artifacts.directory(model.name, "benchmarks", context.run.run_id)
+        serving_target = target.serving_target(catalog.platform)
+        work_dir = serving_target.artifact_dir(model.name, "benchmarks", context.run.run_id)
         with platform_errors_as_failure():
-            if target_kind == "kubernetes":
-                frame = _measure_on_kubernetes(context, catalog, serving_config, plan, kubernetes)
-                results = evaluate_slos(frame, model.slo)
-            else:
-                target = local_target.target()
-                weights_path = weights.snapshot_path(serving_config.weights)
-                server = target.ensure_server(model, weights_path, log=context.log.info)
-                frame, _ = run_plan(
-                    plan,
-                    model=model.name,
-                    base_url=server.base_url,
-                    tokenizer=weights_path,
-                    work_dir=work_dir,
-                    log=context.log.info,
+            frame = results_table(
+                serving_target.benchmark_candidate(
+                    model, weights, plan, run_key=context.run.run_id, work_dir=work_dir, log=context.log.info
                 )
-                results = evaluate_slos(frame, model.slo)
-                active = target.active(model.name)
-                if not all(r.passed for r in results) and (active is None or active.fingerprint != server.fingerprint):
-                    target.stop_server(model.name, server.fingerprint)  # a rejected candidate must not hold resources
-                    context.log.info(
-                        f"model '{model.name}': SLOs missed; stopped candidate server {server.fingerprint}"
-                    )
-        passed = all(result.passed for result in results)
+            )
+            results = evaluate_slos(frame, model.slo)
+            passed = all(result.passed for result in results)
+            if not passed:  # a rejected candidate must not hold resources
+                serving_target.release_candidate(model, weights, log=context.log.info)
         return dg.MaterializeResult(
             value=BenchmarkOutcome(frame, serving_config.fingerprint, passed, plan.concurrency_levels),
             check_results=check_results(results),
             metadata={
                 **_report_metadata(model.name, frame, results, work_dir),
                 "config_fingerprint": dg.MetadataValue.text(serving_config.fingerprint),
-                "target": dg.MetadataValue.text(target_kind),
-                "weights_sha": dg.MetadataValue.text(serving_config.weights.sha),
+                "target": dg.MetadataValue.text(serving_target.kind),
+                "weights_sha": dg.MetadataValue.text(weights.sha),
                 "plan": dg.MetadataValue.json(json.loads(json.dumps(plan.__dict__))),
             },
         )
@@ -198,9 +166,7 @@ def build_benchmark_asset(
 NO_REGRESSION_CHECK = "no_regression"
 
 
-def build_live_benchmark_asset(
-    catalog: Catalog, partitions: dg.PartitionsDefinition, target_kind: str = "local"
-) -> dg.AssetsDefinition:
+def build_live_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     """The deployed config measured at its endpoint with the plan of its promotion (``benchmark_live`` job)."""
 
     @dg.asset(
@@ -226,31 +192,22 @@ def build_live_benchmark_asset(
         context: dg.AssetExecutionContext,
         config: BenchmarkConfig,
         vllm_deployment: DeploymentRecord,
-        artifacts: ArtifactsResource,
-        weights: WeightsResource,
-        local_target: LocalTargetResource,
-        kubernetes: KubernetesTargetResource,
+        target: TargetResource,
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]
         choice = vllm_deployment.choice
         model = choice.model
         plan = dataclasses.replace(
             plan_from_config(model, config), concurrency_levels=vllm_deployment.baseline.concurrency_levels
         )
-        work_dir = artifacts.directory(model.name, "live-benchmarks", context.run.run_id)
+        serving_target = target.serving_target(catalog.platform)
+        work_dir = serving_target.artifact_dir(model.name, "live-benchmarks", context.run.run_id)
         with platform_errors_as_failure():
-            if target_kind == "kubernetes":
-                frame = _measure_on_kubernetes(
-                    context, catalog, choice, plan, kubernetes, against=vllm_deployment.endpoint
+            frame = results_table(
+                serving_target.benchmark_deployed(
+                    vllm_deployment.deployment, model, choice.weights, plan, run_key=context.run.run_id,
+                    work_dir=work_dir, log=context.log.info,
                 )
-            else:
-                frame, _ = run_plan(
-                    plan,
-                    model=model.name,
-                    base_url=vllm_deployment.endpoint,
-                    tokenizer=weights.snapshot_path(choice.weights),
-                    work_dir=work_dir,
-                    log=context.log.info,
-                )
+            )  # fmt: skip
         allowance = model.slo.max_regression_pct
         found = regressions(vllm_deployment.baseline.frame, frame, allowance)
         for regression in found:
@@ -270,8 +227,8 @@ def build_live_benchmark_asset(
             metadata={
                 **_report_metadata(model.name, frame, evaluate_slos(frame, model.slo), work_dir),
                 "config_fingerprint": dg.MetadataValue.text(choice.fingerprint),
-                "deployed_revision": dg.MetadataValue.text(vllm_deployment.revision_label),
-                "endpoint": dg.MetadataValue.url(vllm_deployment.endpoint),
+                "deployed_revision": dg.MetadataValue.text(vllm_deployment.deployment.revision),
+                "endpoint": dg.MetadataValue.url(vllm_deployment.deployment.endpoint),
             },
         )
 

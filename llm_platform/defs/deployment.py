@@ -5,32 +5,24 @@ No ``from __future__ import annotations`` here: Dagster reads the resource annot
 
 import dagster as dg
 
-from llm_platform.catalog import Catalog, ModelSpec
+from llm_platform.catalog import Catalog
 from llm_platform.defs.failures import platform_errors_as_failure
-from llm_platform.defs.resources import KubernetesTargetResource, LocalTargetResource, WeightsResource
+from llm_platform.defs.resources import TargetResource
 from llm_platform.defs.values import BenchmarkOutcome, DeploymentRecord, ServingChoice
 from llm_platform.defs.weights import lifecycle_asset_options
-from llm_platform.engine import DEFAULT_PORT
-from llm_platform.manifests.render import resource_name, serving_invocation
 
 
-def _service_url(catalog: Catalog, model: ModelSpec) -> str:
-    return f"http://{resource_name(model)}.{catalog.platform.namespace}.svc.cluster.local:{DEFAULT_PORT}"
+def _detail(value: str | int | list[str]) -> dg.MetadataValue:
+    if isinstance(value, int):
+        return dg.MetadataValue.int(value)
+    if isinstance(value, list):
+        return dg.MetadataValue.json(value)
+    return dg.MetadataValue.text(value)
 
 
-def kubernetes_endpoint(catalog: Catalog, model: ModelSpec) -> str:
-    """The model's URL: its Ingress host when exposed, else the in-cluster Service address."""
-    if model.exposure.host is not None:
-        scheme = "https" if model.exposure.tls_secret else "http"
-        return f"{scheme}://{model.exposure.host}"
-    return _service_url(catalog, model)
-
-
-def build_deployment_asset(
-    catalog: Catalog, partitions: dg.PartitionsDefinition, target_kind: str = "local"
-) -> dg.AssetsDefinition:
-    """``target_kind`` ``local``: blue/green between vLLM processes behind the model's local endpoint;
-    ``kubernetes``: server-side apply, rollout wait and automatic rollback in the catalog's namespace."""
+def build_deployment_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    """Promotion on the target: blue/green between vLLM processes behind the model's local endpoint, or
+    server-side apply, rollout wait and automatic rollback in the catalog's namespace."""
 
     @dg.asset(
         name="vllm_deployment",
@@ -48,9 +40,7 @@ def build_deployment_asset(
         context: dg.AssetExecutionContext,
         serving_config: ServingChoice,
         smoke_benchmark: BenchmarkOutcome,
-        weights: WeightsResource,
-        local_target: LocalTargetResource,
-        kubernetes: KubernetesTargetResource,
+        target: TargetResource,
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]
         model = serving_config.model
         sha = serving_config.weights.sha
@@ -67,49 +57,22 @@ def build_deployment_asset(
                 + "; run the promote job (serving_config → smoke_benchmark → vllm_deployment)",
                 allow_retries=False,
             )
-        if target_kind == "kubernetes":
-            with platform_errors_as_failure():
-                promotion = kubernetes.target(catalog.platform).promote(model, sha, log=context.log.info)
-            revision = promotion.revision
-            previous = promotion.previous.label() if promotion.previous else "none"
-            endpoint = kubernetes_endpoint(catalog, model)
-            record = DeploymentRecord(serving_config, _service_url(catalog, model), smoke_benchmark, revision.label())
-            metadata: dict[str, dg.MetadataValue] = {
-                "target": dg.MetadataValue.text(f"kubernetes ({catalog.platform.namespace})"),
-                "revision": dg.MetadataValue.text(revision.label()),
-                "previous_revision": dg.MetadataValue.text(previous),
-                "image": dg.MetadataValue.text(revision.image),
-                "server_fingerprint": dg.MetadataValue.text(revision.engine_fingerprint),
-                "engine_args": dg.MetadataValue.json(list(serving_invocation(catalog.platform, model, sha).args)),
-                "applied": dg.MetadataValue.json(list(promotion.applied)),
-                "rollout": dg.MetadataValue.text(promotion.detail),
-            }
-        else:
-            weights_path = weights.snapshot_path(serving_config.weights)
-            target = local_target.target()
-            with platform_errors_as_failure():
-                status = target.promote(model, weights_path, log=context.log.info)
-            assert status.active is not None and status.endpoint is not None
-            endpoint = status.endpoint
-            label = f"local server {status.active.fingerprint} weights {sha[:12]}"
-            record = DeploymentRecord(serving_config, endpoint, smoke_benchmark, label)
-            metadata = {
-                "target": dg.MetadataValue.text("local"),
-                "revision": dg.MetadataValue.text(label),
-                "server_fingerprint": dg.MetadataValue.text(status.active.fingerprint),
-                "server_pid": dg.MetadataValue.int(status.active.pid),
-                "engine_args": dg.MetadataValue.json(list(target.invocation(model, weights_path).args)),
-                "server_log": dg.MetadataValue.path(status.active.log_path),
-            }
+        with platform_errors_as_failure():
+            deployment = target.serving_target(catalog.platform).promote(
+                model, serving_config.weights, context.log.info
+            )
+        record = DeploymentRecord(serving_config, deployment, smoke_benchmark)
         return dg.MaterializeResult(
             value=record,
             metadata={
-                "endpoint": dg.MetadataValue.url(endpoint),
+                "endpoint": dg.MetadataValue.url(deployment.endpoint),
+                "revision": dg.MetadataValue.text(deployment.revision),
                 "config_fingerprint": dg.MetadataValue.text(serving_config.fingerprint),
                 "weights_sha": dg.MetadataValue.text(sha),
                 # What serves now, read by the tuning-drift sensor as the config it tunes from.
                 "serving": dg.MetadataValue.json(model.serving.model_dump(mode="json")),
-                **metadata,
+                "autoscaling": dg.MetadataValue.json(model.autoscaling.model_dump(mode="json")),
+                **{key: _detail(value) for key, value in deployment.details.items()},
             },
         )
 

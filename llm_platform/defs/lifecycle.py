@@ -13,15 +13,15 @@ from llm_platform.defs.tuning import build_tuned_serving_config_asset
 from llm_platform.defs.weights import build_weights_asset
 
 
-def lifecycle_assets(catalog: Catalog, target_kind: str = "local") -> list[dg.AssetsDefinition]:
+def lifecycle_assets(catalog: Catalog) -> list[dg.AssetsDefinition]:
     """model_weights → serving_config → smoke_benchmark (blocking SLO checks) → vllm_deployment → live_benchmark,
     partitioned by model, with model_weights → tuned_serving_config (auto_tune) feeding serving_config."""
     partitions = model_partitions(catalog)
     return [
-        build_weights_asset(catalog, partitions, target_kind),
-        build_tuned_serving_config_asset(catalog, partitions, target_kind),
+        build_weights_asset(catalog, partitions),
+        build_tuned_serving_config_asset(catalog, partitions),
         build_serving_config_asset(catalog, partitions),
-        build_benchmark_asset(catalog, partitions, target_kind),
-        build_deployment_asset(catalog, partitions, target_kind),
-        build_live_benchmark_asset(catalog, partitions, target_kind),
+        build_benchmark_asset(catalog, partitions),
+        build_deployment_asset(catalog, partitions),
+        build_live_benchmark_asset(catalog, partitions),
     ]

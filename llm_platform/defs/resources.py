@@ -10,20 +10,24 @@ import dagster as dg
 from pydantic import Field
 
 from llm_platform.catalog import ModelSpec, Platform
-from llm_platform.errors import PlatformError, WeightsError
-from llm_platform.prometheus import DEFAULT_PROMETHEUS_URL, PROMETHEUS_URL_ENV_VAR, PrometheusClient
+from llm_platform.errors import PlatformError
+from llm_platform.prometheus import PROMETHEUS_URL_ENV_VAR, PrometheusClient
+from llm_platform.targets.base import ServingTarget
 from llm_platform.targets.kube_api import KubeApi
 from llm_platform.targets.kubernetes import KubernetesTarget, KubernetesTargetSettings
+from llm_platform.targets.kubernetes_serving import KubernetesServingTarget
 from llm_platform.targets.local import LocalTarget, LocalTargetSettings
-from llm_platform.weights.download import DEFAULT_WORKERS, DownloadRequest, DownloadResult, download_snapshot
+from llm_platform.targets.local_serving import LocalServingTarget
+from llm_platform.weights.download import DEFAULT_WORKERS, DownloadRequest, download_snapshot
 from llm_platform.weights.hub import HubClient
-from llm_platform.weights.plan import SnapshotManifest
+from llm_platform.weights.plan import DownloadResult, SnapshotManifest
 from llm_platform.weights.progress import ProgressSink
 from llm_platform.weights.store import ModelStore
 
 STORE_ENV_VAR = "LLM_PLATFORM_MODEL_STORE"
 TARGET_ENV_VAR = "LLM_PLATFORM_TARGET"
 TARGET_KINDS = ("local", "kubernetes")
+"""What ``$LLM_PLATFORM_TARGET`` may name; the code location builds that one target and no other."""
 LOCAL_HOME_ENV_VAR = "LLM_PLATFORM_LOCAL_HOME"
 ARTIFACTS_ENV_VAR = "LLM_PLATFORM_ARTIFACTS"
 
@@ -42,23 +46,6 @@ def local_home_path(*parts: str) -> str:
 def default_store_path() -> str:
     """``$LLM_PLATFORM_MODEL_STORE``, else ``model-store`` under the local home (:func:`local_home_path`)."""
     return os.environ.get(STORE_ENV_VAR) or local_home_path("model-store")
-
-
-class ArtifactsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
-    """Where large artefacts go (benchmark CSV and PNG, raw results, trial tables, plots): one directory that
-    outlives the runs. Locally ``artifacts`` under the local home; on Kubernetes a volume mounted into every run
-    pod (the Helm values mount an RWX claim at ``/artifacts`` and set ``$LLM_PLATFORM_ARTIFACTS``)."""
-
-    root: str = Field(
-        default_factory=lambda: os.environ.get(ARTIFACTS_ENV_VAR) or local_home_path("artifacts"),
-        description=f"Root directory of the artefacts (${ARTIFACTS_ENV_VAR}).",
-    )
-
-    def directory(self, model: str, kind: str, run_id: str) -> Path:
-        """``<root>/<model>/<kind>/<run id>``, created."""
-        directory = Path(self.root) / model / kind / run_id
-        directory.mkdir(parents=True, exist_ok=True)
-        return directory
 
 
 class WeightsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -91,11 +78,8 @@ class WeightsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     def download(
         self, model: ModelSpec, revision: str, progress: ProgressSink | None = None, protected: tuple[str, ...] = ()
     ) -> DownloadResult:
-        if model.source.repo is None:
-            raise WeightsError(f"model '{model.name}' has a local source ({model.source.path}); nothing to download")
-        request = DownloadRequest(model.name, model.source.repo, revision, model.source.allow_patterns)
         return download_snapshot(
-            request,
+            DownloadRequest.for_model(model, revision),
             self.store(),
             self.hub(),
             workers=self.workers,
@@ -113,8 +97,41 @@ def weights_resource_from_env() -> WeightsResource:
     )
 
 
-class LocalTargetResource(dg.ConfigurableResource):  # type: ignore[type-arg]
-    """The embedded default target: vLLM on CPU as supervised subprocesses on this machine."""
+def default_artifacts_root() -> str:
+    """``$LLM_PLATFORM_ARTIFACTS``, else ``artifacts`` under the local home."""
+    return os.environ.get(ARTIFACTS_ENV_VAR) or local_home_path("artifacts")
+
+
+class TargetResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """Where models are served. The code location has exactly one (``$LLM_PLATFORM_TARGET``), and the assets only
+    see the :class:`~llm_platform.targets.base.ServingTarget` it builds."""
+
+    artifacts_root: str = Field(
+        default_factory=default_artifacts_root,
+        description="Where large artefacts go (benchmark CSV/PNG/JSON, trial tables): a directory that outlives "
+        f"the runs; on Kubernetes a volume mounted into every run pod (${ARTIFACTS_ENV_VAR}).",
+    )
+
+    def serving_target(self, platform: Platform) -> ServingTarget:
+        raise NotImplementedError(f"{type(self).__name__} does not build a serving target")
+
+    def prometheus_url(self, platform: Platform) -> str:
+        """The Prometheus that scrapes this target's models: ``$LLM_PLATFORM_PROMETHEUS_URL`` if set, else the
+        catalog's ``platform.prometheus_url`` (the one KEDA queries: one source of truth)."""
+        url = os.environ.get(PROMETHEUS_URL_ENV_VAR) or platform.prometheus_url
+        if not url:
+            raise PlatformError(
+                "platform.prometheus_url is not set: the target needs the Prometheus that scrapes the vLLM "
+                f"servers (KEDA and the drift sensor query it); set it in the catalog (or ${PROMETHEUS_URL_ENV_VAR})"
+            )
+        return url
+
+
+class LocalTargetResource(TargetResource):
+    """The embedded default target: vLLM on CPU as supervised subprocesses on this machine, weights in the model
+    store of ``weights``."""
+
+    weights: WeightsResource = Field(description="The hub and the model store the servers read.")
 
     state_dir: str = Field(
         default_factory=lambda: local_home_path("local-target"),
@@ -136,6 +153,7 @@ class LocalTargetResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     )
 
     def target(self) -> LocalTarget:
+        """The servers on this machine (what ``llm-platform local status|stop`` inspects)."""
         return LocalTarget(
             LocalTargetSettings(
                 state_dir=Path(self.state_dir),
@@ -147,16 +165,24 @@ class LocalTargetResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             )
         )
 
+    def serving_target(self, platform: Platform) -> LocalServingTarget:
+        weights = self.weights
+        return LocalServingTarget(
+            self.target(), weights.store(), weights.hub(), Path(self.artifacts_root),
+            workers=weights.workers, keep_revisions=weights.keep_revisions,
+        )  # fmt: skip
 
-def local_target_from_env() -> LocalTargetResource:
+
+def local_target_from_env(weights: WeightsResource | None = None) -> LocalTargetResource:
     """KV cache size and thread binding from ``VLLM_CPU_KVCACHE_SPACE`` / ``VLLM_CPU_OMP_THREADS_BIND`` if set."""
     return LocalTargetResource(
+        weights=weights or weights_resource_from_env(),
         kv_cache_space_gib=int(os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")),
         omp_threads_bind=os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or "nobind",
     )
 
 
-class KubernetesTargetResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+class KubernetesTargetResource(TargetResource):
     """The production target: the catalog's namespace in a Kubernetes cluster (connects only when used)."""
 
     kube_context: str | None = Field(
@@ -178,9 +204,18 @@ class KubernetesTargetResource(dg.ConfigurableResource):  # type: ignore[type-ar
         )
         return KubernetesTarget(KubeApi.from_kubeconfig(self.kube_context), platform, settings)
 
+    def serving_target(self, platform: Platform) -> KubernetesServingTarget:
+        return KubernetesServingTarget(self.target(platform), Path(self.artifacts_root))
+
 
 def kubernetes_target_from_env() -> KubernetesTargetResource:
-    """``LLM_PLATFORM_KUBE_CONTEXT`` picks the kubeconfig context if set."""
+    """``LLM_PLATFORM_KUBE_CONTEXT`` picks the kubeconfig context if set; ``$LLM_PLATFORM_ARTIFACTS`` is required,
+    since no directory of a run pod outlives the run."""
+    if not os.environ.get(ARTIFACTS_ENV_VAR):
+        raise PlatformError(
+            f"{ARTIFACTS_ENV_VAR} is not set: on the kubernetes target the benchmark and tuning artefacts need a "
+            "volume mounted into every run pod (k8s/dagster/values.yaml mounts one at /artifacts)"
+        )
     return KubernetesTargetResource(kube_context=os.environ.get("LLM_PLATFORM_KUBE_CONTEXT") or None)
 
 
@@ -190,6 +225,11 @@ def target_kind_from_env() -> str:
     if kind not in TARGET_KINDS:
         raise PlatformError(f"{TARGET_ENV_VAR}={kind!r} is not a target; use one of: {', '.join(TARGET_KINDS)}")
     return kind
+
+
+def target_from_env(kind: str, weights: WeightsResource) -> TargetResource:
+    """The one target of the code location, configured from the environment."""
+    return kubernetes_target_from_env() if kind == "kubernetes" else local_target_from_env(weights)
 
 
 class PrometheusResource(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -203,39 +243,15 @@ class PrometheusResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         return PrometheusClient(self.url, timeout_s=self.timeout_s)
 
 
-def prometheus_url(platform: Platform, target_kind: str) -> str:
-    """``$LLM_PLATFORM_PROMETHEUS_URL`` if set, else the catalog's ``platform.prometheus_url``: one source of truth
-    for the sensors and KEDA. The kubernetes target without either cannot watch its models, so it refuses to load."""
-    url = os.environ.get(PROMETHEUS_URL_ENV_VAR) or platform.prometheus_url
-    if url:
-        return url
-    if target_kind == "kubernetes":
-        raise PlatformError(
-            "platform.prometheus_url is not set: the kubernetes target needs the Prometheus that scrapes the vLLM "
-            f"pods (KEDA and the drift sensor query it); set it in the catalog (or ${PROMETHEUS_URL_ENV_VAR})"
-        )
-    return DEFAULT_PROMETHEUS_URL
-
-
-def artifacts_resource_from_env(target_kind: str) -> ArtifactsResource:
-    """``$LLM_PLATFORM_ARTIFACTS``; required on the kubernetes target, where no directory of a run pod survives it."""
-    if target_kind == "kubernetes" and not os.environ.get(ARTIFACTS_ENV_VAR):
-        raise PlatformError(
-            f"{ARTIFACTS_ENV_VAR} is not set: on the kubernetes target the benchmark and tuning artefacts need a "
-            "volume mounted into every run pod (k8s/dagster/values.yaml mounts one at /artifacts)"
-        )
-    return ArtifactsResource()
-
-
 def resources_from_env(platform: Platform, target_kind: str) -> dict[str, object]:
     """Every resource of the code location, configured from the environment and the catalog's platform section."""
     from llm_platform.defs.storage import InstanceValueIOManager
 
+    weights = weights_resource_from_env()
+    target = target_from_env(target_kind, weights)
     return {
         "io_manager": InstanceValueIOManager(),
-        "artifacts": artifacts_resource_from_env(target_kind),
-        "weights": weights_resource_from_env(),
-        "local_target": local_target_from_env(),
-        "kubernetes": kubernetes_target_from_env(),
-        "prometheus": PrometheusResource(url=prometheus_url(platform, target_kind)),
+        "target": target,
+        "weights": weights,
+        "prometheus": PrometheusResource(url=target.prometheus_url(platform)),
     }

@@ -3,7 +3,7 @@ with new engine arguments when the policy (``tuning/policy.py``) recommends them
 lifecycle for new hub commits of the models that opt in.
 
 One sensor tick: the deployed models and their serving config from the instance (the ``serving`` metadata of their
-latest ``vllm_deployment``), one Prometheus snapshot for all of them (a fixed number of queries), the last windows
+latest ``vllm_deployment``), one Prometheus snapshot for all of them (one PromQL request), the last windows
 of each model from the cursor (hysteresis), the policy's decision, then the cooldown and the daily cap from the
 cursor. A recommendation becomes a RunRequest for the ``promote`` job with all the overrides of the deployed
 config plus the new ones (run_key: model + rule + window, so a re-evaluated tick never runs twice); otherwise the
@@ -19,10 +19,12 @@ from typing import Any
 
 import dagster as dg
 
-from llm_platform.catalog import Catalog, ModelSpec, apply_serving_overrides, serving_diff
+from llm_platform.catalog import Catalog, ModelPatch, ModelSpec, patch_between
 from llm_platform.defs.jobs import LIFECYCLE_JOB, PROMOTE_JOB, promotion_request
 from llm_platform.defs.partitions import latest_materialization
 from llm_platform.defs.resources import PrometheusResource, WeightsResource
+from llm_platform.defs.storage import VALUE_METADATA_KEY
+from llm_platform.defs.values import DeploymentRecord, decode_value
 from llm_platform.errors import PlatformError
 from llm_platform.tuning.policy import TuningLimits, Window, decide, gate
 
@@ -68,17 +70,30 @@ def _latest_deployments(instance: dg.DagsterInstance, names: list[str]) -> dict[
     return latest
 
 
-def _deployed_serving(model: ModelSpec, materialization: dg.AssetMaterialization) -> ModelSpec:
-    """The model as it is deployed: its serving section from the deployment's metadata."""
-    serving = materialization.metadata.get("serving")
-    if not isinstance(serving, dg.JsonMetadataValue) or not isinstance(serving.value, dict):
-        return model
-    return apply_serving_overrides(model, serving.value, origin="deployed config")
+def _json_metadata(materialization: dg.AssetMaterialization, key: str) -> dict[str, Any]:
+    value = materialization.metadata.get(key)
+    return value.value if isinstance(value, dg.JsonMetadataValue) and isinstance(value.value, dict) else {}
 
 
-def _as_override(value: Any) -> str:
-    """A serving value as the run config's YAML scalar (JSON is YAML)."""
-    return json.dumps(list(value) if isinstance(value, tuple) else value)
+def _deployed_model(model: ModelSpec, materialization: dg.AssetMaterialization) -> ModelSpec:
+    """The model as it is deployed: its serving and autoscaling sections from the deployment's metadata."""
+    recorded = {
+        **_json_metadata(materialization, "serving"),
+        **{f"autoscaling.{key}": value for key, value in _json_metadata(materialization, "autoscaling").items()},
+    }
+    return ModelPatch.parse(model, recorded, origin="deployed config").apply(model)
+
+
+def _position_limit(materialization: dg.AssetMaterialization) -> int | None:
+    """The deployed weights' position limit, from the deployment record stored with the materialization."""
+    stored = materialization.metadata.get(VALUE_METADATA_KEY)
+    if not isinstance(stored, dg.JsonMetadataValue):
+        return None
+    try:
+        record = decode_value(stored.value, "vllm_deployment")
+    except PlatformError:
+        return None
+    return record.choice.weights.max_position_tokens if isinstance(record, DeploymentRecord) else None
 
 
 def build_drift_sensor(
@@ -98,10 +113,10 @@ def build_drift_sensor(
     )
     def tuning_drift_sensor(context: dg.SensorEvaluationContext, prometheus: PrometheusResource) -> dg.SensorResult:
         state = DriftState.load(context.cursor)
-        deployed = {}
-        for name, materialization in _latest_deployments(context.instance, catalog.model_names).items():
+        deployed, materializations = {}, _latest_deployments(context.instance, catalog.model_names)
+        for name, materialization in materializations.items():
             try:
-                deployed[name] = _deployed_serving(catalog.model(name), materialization)
+                deployed[name] = _deployed_model(catalog.model(name), materialization)
             except PlatformError as error:
                 context.log.warning(f"model '{name}': deployed config unreadable: {error}")
         if not deployed:
@@ -125,12 +140,21 @@ def build_drift_sensor(
             if wait:
                 notes.append(f"{name}: {decision.reason}; not yet: {wait}")
                 continue
-            overrides = {
-                key: _as_override(new)
-                for key, (_, new) in serving_diff(catalog.model(name).serving, current.serving).items()
-            }
-            overrides.update(decision.overrides)
-            _, run_config = promotion_request(overrides=overrides, reason=f"{decision.rule}: {decision.reason}")
+            # The deployed config's own changes plus the proposal, validated like the catalog (with the weights'
+            # position limit) before any run is requested: an invalid proposal is a skip with its reason.
+            base = catalog.model(name)
+            try:
+                limit = _position_limit(materializations[name])
+                proposal = patch_between(base, current).merged(
+                    ModelPatch.parse(current, decision.overrides, origin=SENSOR_NAME, position_limit=limit)
+                )
+                proposal.apply(base, origin=SENSOR_NAME, position_limit=limit)
+            except PlatformError as error:
+                notes.append(f"{name}: {decision.reason}; proposal refused: {error}")
+                continue
+            _, run_config = promotion_request(
+                overrides=proposal.as_overrides(), reason=f"{decision.rule}: {decision.reason}"
+            )
             requests.append(
                 dg.RunRequest(
                     partition_key=name,

@@ -10,7 +10,7 @@ No ``from __future__ import annotations`` here: Dagster reads the config annotat
 import dagster as dg
 from pydantic import Field
 
-from llm_platform.catalog import Catalog, apply_serving_overrides, serving_diff
+from llm_platform.catalog import Catalog, ModelPatch, diff_table
 from llm_platform.defs.failures import platform_errors_as_failure
 from llm_platform.defs.tuning import TUNED_ASSET, tuned_overrides
 from llm_platform.defs.values import ServingChoice
@@ -24,8 +24,9 @@ class ServingOverrides(dg.Config):
 
     overrides: dict[str, str] = Field(
         default_factory=dict,
-        description="serving fields to change for this run, e.g. {max_num_seqs: '64'}; values are read as YAML "
-        "scalars, as in the catalog file, and validated like it.",
+        description="serving (and autoscaling.*) fields to change for this run, e.g. {max_num_seqs: '64', "
+        "autoscaling.max_replicas: '3'}; values are read as YAML scalars, as in the catalog file, and validated "
+        "like it, with the model's position limit from its weights.",
     )
     reason: str = Field(default="", description="Why this config is tried (the drift sensor states its finding).")
 
@@ -47,14 +48,19 @@ def build_serving_config_asset(catalog: Catalog, partitions: dg.PartitionsDefini
         context: dg.AssetExecutionContext, config: ServingOverrides, model_weights: SnapshotManifest
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]
         model = catalog.model(context.partition_key)
+        limit = model_weights.max_position_tokens  # from the weights' config.json: checked on every change
         tuned = tuned_overrides(context.instance, model.name)
-        overrides = {**tuned, **config.overrides}  # the run's own overrides win over the adopted tuning
         with platform_errors_as_failure():
-            effective = apply_serving_overrides(model, overrides, origin="serving_config run config")
-        if tuned:
-            context.log.info(f"model '{model.name}': adopted auto-tune overrides: {tuned}")
+            adopted = ModelPatch.parse(model, tuned, origin="adopted tuning", position_limit=limit)
+            requested = ModelPatch.parse(
+                model, config.overrides, origin="serving_config run config", position_limit=limit
+            )
+            # The run's own overrides win over the adopted tuning.
+            effective = adopted.merged(requested).apply(model, origin="serving_config", position_limit=limit)
+        if adopted:
+            context.log.info(f"model '{model.name}': adopted auto-tune overrides: {adopted.describe()}")
         choice = ServingChoice(effective, model_weights)
-        diff = serving_diff(model.serving, effective.serving)
+        diff = diff_table(model, effective)
         if diff:
             changes = ", ".join(f"{key} {old!r} → {new!r}" for key, (old, new) in diff.items())
             context.log.info(f"model '{model.name}': serving overrides: {changes}")
@@ -83,6 +89,7 @@ def build_serving_config_asset(catalog: Catalog, partitions: dg.PartitionsDefini
                     list(engine_args(effective.serving, served_model_name=model.name, weights_path="<weights>"))
                 ),
                 "serving": dg.MetadataValue.json(effective.serving.model_dump(mode="json")),
+                "autoscaling": dg.MetadataValue.json(effective.autoscaling.model_dump(mode="json")),
                 "tuned_overrides": dg.MetadataValue.json(tuned),
                 "reason": dg.MetadataValue.text(
                     config.reason or ("catalog" if not diff else "run config" if config.overrides else "auto_tune")

@@ -8,9 +8,8 @@ No ``from __future__ import annotations`` here: Dagster reads the config and res
 """
 
 import base64
-import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import dagster as dg
 import pandas as pd
@@ -19,19 +18,15 @@ from pydantic import Field
 
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.benchmark.report import pareto_png, trials_frame
-from llm_platform.benchmark.trials import KubernetesTrials, LocalTrials, as_overrides
+from llm_platform.benchmark.trials import as_overrides
 from llm_platform.catalog import Catalog, ModelSpec, apply_serving_overrides
 from llm_platform.defs.benchmark import BENCHMARK_POOL
 from llm_platform.defs.failures import platform_errors_as_failure
 from llm_platform.defs.partitions import latest_materialization
-from llm_platform.defs.resources import (
-    ArtifactsResource,
-    KubernetesTargetResource,
-    LocalTargetResource,
-    WeightsResource,
-)
+from llm_platform.defs.resources import TargetResource
 from llm_platform.defs.weights import AUTO_TUNE_GROUP, lifecycle_asset_options
-from llm_platform.tuning.search import Candidate, SearchSpace, Trial, clamp_seqs, coordinate_search
+from llm_platform.targets.base import TrialSettings
+from llm_platform.tuning.search import SearchSpace, clamp_seqs, coordinate_search
 from llm_platform.weights.plan import SnapshotManifest
 
 TUNED_ASSET = "tuned_serving_config"
@@ -97,9 +92,7 @@ def _space(config: AutoTuneConfig) -> SearchSpace:
         raise dg.Failure(description=f"auto_tune run config: {error}", allow_retries=False) from None
 
 
-def build_tuned_serving_config_asset(
-    catalog: Catalog, partitions: dg.PartitionsDefinition, target_kind: str = "local"
-) -> dg.AssetsDefinition:
+def build_tuned_serving_config_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         name=TUNED_ASSET,
         kinds={"vllm", "pandas"},
@@ -107,8 +100,8 @@ def build_tuned_serving_config_asset(
         pool=BENCHMARK_POOL,
         description=(
             "Engine arguments with the most goodput (output tokens/s at the highest load that meets the SLO) from "
-            "a coordinate search over max_num_seqs x max_num_batched_tokens: each trial starts the candidate and "
-            "bisects the load (on kubernetes: one benchmark Job measuring a ladder of loads). Adopted, and then "
+            "a coordinate search over max_num_seqs x max_num_batched_tokens: each trial serves the candidate on the "
+            "target and finds its highest SLO-meeting load. Adopted, and then "
             "applied by serving_config, only when it beats the current config by the margin. Metadata: the trial "
             "table and a Pareto plot."
         ),
@@ -117,50 +110,27 @@ def build_tuned_serving_config_asset(
         context: dg.AssetExecutionContext,
         config: AutoTuneConfig,
         model_weights: SnapshotManifest,
-        artifacts: ArtifactsResource,
-        weights: WeightsResource,
-        local_target: LocalTargetResource,
-        kubernetes: KubernetesTargetResource,
+        target: TargetResource,
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]
         name = context.partition_key
         space = _space(config)
         previous = tuned_overrides(context.instance, name)
         with platform_errors_as_failure():
-            current: ModelSpec = apply_serving_overrides(catalog.model(name), previous, origin="adopted tuning")
-        work_dir = artifacts.directory(name, "autotune", context.run.run_id)
+            current: ModelSpec = apply_serving_overrides(
+                catalog.model(name), previous, origin="adopted tuning", position_limit=model_weights.max_position_tokens
+            )
+        serving_target = target.serving_target(catalog.platform)
+        work_dir = serving_target.artifact_dir(name, "autotune", context.run.run_id)
         plan = BenchmarkPlan(
             input_len=config.input_len,
             output_len=config.output_len,
             prompts_per_level=MIN_PROMPTS_PER_PROBE,
             num_warmups=1,
         )
-        trials: Callable[[Candidate], Trial]
-        if target_kind == "kubernetes":
-            trials = KubernetesTrials(
-                target=kubernetes.target(catalog.platform),
-                model=current,
-                weights_sha=model_weights.sha,
-                # One prompt count for every level of the ladder: enough for its highest load.
-                plan=dataclasses.replace(
-                    plan, prompts_per_level=max(MIN_PROMPTS_PER_PROBE, config.prompts_per_load * config.load_high)
-                ),
-                run_key=context.run.run_id,
-                load_low=config.load_low,
-                load_high=config.load_high,
-                log=context.log.info,
-            )
-        else:
-            trials = LocalTrials(
-                target=local_target.target(),
-                model=current,
-                weights_path=weights.snapshot_path(model_weights),
-                plan=plan,
-                work_dir=work_dir,
-                load_low=config.load_low,
-                load_high=config.load_high,
-                prompts_per_load=config.prompts_per_load,
-                log=context.log.info,
-            )
+        settings = TrialSettings(plan, config.load_low, config.load_high, config.prompts_per_load)
+        trials = serving_target.trial_runner(
+            current, model_weights, settings, run_key=context.run.run_id, work_dir=work_dir, log=context.log.info
+        )
         baseline = trials({})
         serving = current.serving.model_dump()
         result = coordinate_search(

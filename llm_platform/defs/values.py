@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
@@ -18,6 +18,7 @@ from llm_platform.benchmark.parse import results_frame
 from llm_platform.catalog import ModelSpec
 from llm_platform.engine import config_fingerprint
 from llm_platform.errors import PlatformError
+from llm_platform.targets.base import Deployment
 from llm_platform.weights.plan import SnapshotManifest
 
 
@@ -48,9 +49,8 @@ class DeploymentRecord:
     """``vllm_deployment``: what serves now, and the benchmark of its promotion (the live benchmark's baseline)."""
 
     choice: ServingChoice
-    endpoint: str
+    deployment: Deployment
     baseline: BenchmarkOutcome
-    revision_label: str
 
 
 class StoredValueError(PlatformError):
@@ -98,18 +98,22 @@ def _outcome_from_json(data: Mapping[str, Any]) -> BenchmarkOutcome:
 def _record_to_json(record: DeploymentRecord) -> dict[str, Any]:
     return {
         "choice": _choice_to_json(record.choice),
-        "endpoint": record.endpoint,
+        "deployment": asdict(record.deployment),
         "baseline": _outcome_to_json(record.baseline),
-        "revision_label": record.revision_label,
     }
 
 
 def _record_from_json(data: Mapping[str, Any]) -> DeploymentRecord:
+    deployment = data["deployment"]
     return DeploymentRecord(
         choice=_choice_from_json(data["choice"]),
-        endpoint=str(data["endpoint"]),
+        deployment=Deployment(
+            endpoint=str(deployment["endpoint"]),
+            benchmark_url=str(deployment["benchmark_url"]),
+            revision=str(deployment["revision"]),
+            details=dict(deployment["details"]),
+        ),
         baseline=_outcome_from_json(data["baseline"]),
-        revision_label=str(data["revision_label"]),
     )
 
 

@@ -8,12 +8,10 @@ from typing import TypedDict
 import dagster as dg
 from pydantic import Field
 
-from llm_platform.catalog import Catalog, Platform
+from llm_platform.catalog import Catalog
 from llm_platform.defs.failures import platform_errors_as_failure
-from llm_platform.defs.resources import KubernetesTargetResource, WeightsResource
-from llm_platform.weights.download import DownloadResult
-from llm_platform.weights.plan import SnapshotManifest
-from llm_platform.weights.progress import LogProgress
+from llm_platform.defs.resources import TargetResource
+from llm_platform.weights.plan import DownloadResult, SnapshotManifest
 
 LIFECYCLE_GROUP = "model_lifecycle"
 """What "Materialize all" in the UI runs: weights → config → smoke benchmark → deployment, nothing more."""
@@ -62,11 +60,6 @@ def weights_metadata(result: DownloadResult, store_path: str) -> dict[str, dg.Me
     }
 
 
-def pvc_location(platform: Platform) -> str:
-    """How metadata names the model store on the cluster: ``pvc://<claim><mount path>``."""
-    return f"pvc://{platform.weights_pvc}{platform.weights_mount_path}"
-
-
 def catalog_owners(catalog: Catalog) -> list[str]:
     """Owners of the lifecycle assets: everyone the catalog names for any model (assets are shared by models)."""
     return sorted({owner for model in catalog.models for owner in model.owners})
@@ -85,11 +78,9 @@ def lifecycle_asset_options(
     return {"partitions_def": partitions, "group_name": group, "owners": catalog_owners(catalog)}
 
 
-def build_weights_asset(
-    catalog: Catalog, partitions: dg.PartitionsDefinition, target_kind: str = "local"
-) -> dg.AssetsDefinition:
-    """``target_kind`` ``local``: downloaded in-process into the local model store; ``kubernetes``: by the download
-    Job onto the RWX PVC (the same entrypoint), whose manifest comes back through the pod log."""
+def build_weights_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    """Downloaded by the target: in-process into the local model store, or by the download Job onto the RWX PVC
+    (the same entrypoint), whose manifest comes back through the pod log."""
 
     @dg.asset(
         name="model_weights",
@@ -102,21 +93,15 @@ def build_weights_asset(
         ),
     )
     def model_weights(
-        context: dg.AssetExecutionContext,
-        config: WeightsConfig,
-        weights: WeightsResource,
-        kubernetes: KubernetesTargetResource,
+        context: dg.AssetExecutionContext, config: WeightsConfig, target: TargetResource
     ) -> dg.MaterializeResult[SnapshotManifest]:
         model = catalog.model(context.partition_key)
         revision = config.revision or model.source.revision
-        platform = catalog.platform
-        store_root = pvc_location(platform) if target_kind == "kubernetes" else weights.store_path
+        serving_target = target.serving_target(catalog.platform)
+        store_root = serving_target.weights_location()
         context.log.info(f"model '{model.name}': downloading {model.source.repo}@{revision} to {store_root}")
         with platform_errors_as_failure():
-            if target_kind == "kubernetes":
-                result = kubernetes.target(platform).download_weights(model, revision, log=context.log.info)
-            else:
-                result = weights.download(model, revision, progress=LogProgress(context.log.info))
+            result = serving_target.materialize_weights(model, revision, log=context.log.info)
         if result.reused:
             context.log.info(f"model '{model.name}': {result.manifest.sha} already complete; verified, nothing fetched")
         return dg.MaterializeResult(

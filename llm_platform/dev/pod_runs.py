@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,8 @@ from dagster._core.launcher.base import LaunchRunContext, RunLauncher
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass
 from dagster._serdes.config_class import ConfigurableClassData
+
+from llm_platform.processes import spawn, stop_group
 
 PID_TAG = "llm-platform/run-worker-pid"
 """Run tag with the run worker's process id (its process group is the run's "pod")."""
@@ -74,13 +75,9 @@ class EphemeralRunLauncher(RunLauncher, ConfigurableClass):
         ).get_command_args()
         instance_yaml = Path(check.not_none(self._instance.root_directory)) / "dagster.yaml"
         log_path = self.scratch_dir / "logs" / f"{run.run_id}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", __name__, "--scratch-dir", str(self.scratch_dir), "--run-id", run.run_id,
                    "--instance-yaml", str(instance_yaml), "--", *args]  # fmt: skip
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
+        process = spawn(command, log_path, cwd=self.scratch_dir)
         threading.Thread(target=process.wait, daemon=True).start()  # reap it: no zombie in a long-lived daemon
         self._instance.add_run_tags(run.run_id, {PID_TAG: str(process.pid)})
         self._instance.report_engine_event(
@@ -92,10 +89,7 @@ class EphemeralRunLauncher(RunLauncher, ConfigurableClass):
         if run is None or run.is_finished or PID_TAG not in run.tags:
             return False
         self._instance.report_run_canceling(run)
-        try:
-            os.killpg(int(run.tags[PID_TAG]), signal.SIGTERM)
-        except ProcessLookupError:
-            return False
+        stop_group(int(run.tags[PID_TAG]))
         return True
 
 

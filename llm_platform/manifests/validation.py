@@ -29,7 +29,7 @@ from llm_platform.errors import ManifestValidationError
 #: The oldest Kubernetes release we support and a current one; rendered objects must pass both.
 KUBERNETES_VERSIONS: tuple[str, ...] = ("1.30", "1.33")
 
-#: Custom resources and the packaged copy of their CRD's openAPIV3Schema (the files of ../shared/schemas).
+#: Custom resources and the packaged copy of their CRD's openAPIV3Schema (``llm_platform/manifests/schemas``).
 CUSTOM_RESOURCE_SCHEMAS: Mapping[tuple[str, str], str] = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda-2.20-scaledobject.json",
     ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda-2.20-triggerauthentication.json",

@@ -40,7 +40,8 @@ USER_AGENT = "llm-platform"
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 MERGE_CONTENT_TYPE = "application/merge-patch+json"
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
-RBAC_FILE = "k8s/base/rbac.yaml"
+ROLE_NAME = "llm-platform-dagster"
+"""The Role that grants the platform's service account its calls (shipped in ``k8s/base/rbac.yaml``)."""
 
 
 @dataclass(frozen=True)
@@ -104,12 +105,6 @@ def resource_of(obj: Mapping[str, Any]) -> ApiResource:
         raise KubernetesApiError(f"the platform does not manage {key[1]} ({key[0]}) objects") from None
 
 
-def describe(obj: Mapping[str, Any]) -> str:
-    """``Deployment llm-serving/vllm-tiny-llama`` - how messages name an object."""
-    meta = obj.get("metadata", {})
-    return f"{obj.get('kind')} {meta.get('namespace')}/{meta.get('name')}"
-
-
 def _status_body(error: ApiException) -> Mapping[str, Any]:
     try:
         body = json.loads(error.body or "{}")
@@ -137,8 +132,8 @@ def map_api_error(
     if error.status == 403:
         return KubernetesAccessError(
             f"kubernetes: not allowed to {verb} {resource.rbac_name} in namespace {namespace} ({_reason(error)}); "
-            f"add the verb '{verb}' on '{resource.plural}' (apiGroup '{resource.group}') to the Role in "
-            f"{RBAC_FILE}: {message}"
+            f"add the verb '{verb}' on '{resource.plural}' (apiGroup '{resource.group}') to the Role "
+            f"{ROLE_NAME}: {message}"
         )
     if error.status == 404:
         return KubernetesNotServedError(

@@ -36,7 +36,7 @@ from dagster_k8s.client import (
 )
 from kubernetes.client.rest import ApiException
 
-from llm_platform.benchmark.parse import results_from_log
+from llm_platform.benchmark.job_script import results_from_log
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.catalog import ModelSpec, Platform, is_commit_sha
 from llm_platform.errors import (
@@ -47,18 +47,16 @@ from llm_platform.errors import (
     RolloutError,
     TargetError,
 )
-from llm_platform.manifests.render import (
+from llm_platform.manifests.jobs import render_benchmark_job, render_weights_job, render_weights_pvc
+from llm_platform.manifests.pods import (
     ENGINE_FINGERPRINT_ANNOTATION,
     WEIGHTS_REVISION_ANNOTATION,
-    render_benchmark_job,
-    render_model,
-    render_weights_job,
-    render_weights_pvc,
     resource_name,
     selector_labels,
     serving_invocation,
     vllm_image,
 )
+from llm_platform.manifests.serving import render_model
 from llm_platform.manifests.validation import validate_objects
 from llm_platform.rollout import PROMOTED_REVISION_ANNOTATION, Revision, RolloutState, restorable, rollout_state
 from llm_platform.store_layout import snapshot_path
@@ -71,8 +69,7 @@ from llm_platform.targets.kube_api import (
     map_api_error,
     resource_of,
 )
-from llm_platform.weights.download import DownloadResult
-from llm_platform.weights.plan import manifest_from_log, reused_in_log
+from llm_platform.weights.plan import DownloadResult, manifest_from_log, reused_in_log
 
 Log = Callable[[str], None]
 Object = dict[str, Any]

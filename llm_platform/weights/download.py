@@ -8,19 +8,27 @@ killed mid-way leaves complete files and at most one partial file per worker; th
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from llm_platform.catalog import is_commit_sha
+from llm_platform.catalog import ModelSpec, is_commit_sha, position_limit
 from llm_platform.errors import ChecksumMismatchError, InsufficientDiskError, WeightsError
 from llm_platform.weights.hub import HubClient
-from llm_platform.weights.plan import ManifestFile, RemoteFile, SnapshotManifest, select_files, snapshots_to_prune
+from llm_platform.weights.plan import (
+    DownloadResult,
+    ManifestFile,
+    RemoteFile,
+    SnapshotManifest,
+    select_files,
+    snapshots_to_prune,
+)
 from llm_platform.weights.progress import ProgressEvent, ProgressSink, human_bytes
 from llm_platform.weights.store import (
     HUB_METADATA_DIR,
@@ -45,14 +53,13 @@ class DownloadRequest:
     revision: str
     allow_patterns: tuple[str, ...]
 
-
-@dataclass(frozen=True)
-class DownloadResult:
-    manifest: SnapshotManifest
-    directory: Path
-    #: True when a complete snapshot of that commit was already there and only verified.
-    reused: bool
-    pruned: tuple[str, ...] = field(default_factory=tuple)
+    @classmethod
+    def for_model(cls, model: ModelSpec, revision: str) -> DownloadRequest:
+        """The request for a catalog model (one with a hub repository: a local ``source.path`` has nothing to
+        download)."""
+        if model.source.repo is None:
+            raise WeightsError(f"model '{model.name}' has a local source ({model.source.path}); nothing to download")
+        return cls(model.name, model.source.repo, revision, model.source.allow_patterns)
 
 
 def _verify_existing(manifest: SnapshotManifest, directory: Path, workers: int) -> tuple[list[ManifestFile], list[str]]:
@@ -120,6 +127,15 @@ class _ProgressMonitor:
             self.report()
 
 
+def _position_limit(directory: Path) -> int | None:
+    """The model's position limit from the snapshot's ``config.json``, None when there is none to read."""
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return position_limit(config) if isinstance(config, dict) else None
+
+
 def download_snapshot(
     request: DownloadRequest,
     store: ModelStore,
@@ -151,6 +167,8 @@ def download_snapshot(
         intact, problems = _verify_existing(existing, directory, workers)
         if not problems:
             pruned = _prune(store, model, keep_revisions, {sha, *protected})
+            if existing.max_position_tokens is None:  # written before the field existed
+                existing = existing.model_copy(update={"max_position_tokens": _position_limit(directory)})
             return DownloadResult(existing, directory, reused=True, pruned=pruned)
         # Damaged since it was completed: forget the manifest and the bad files; fetch only those again.
         store.remove_snapshot_manifest(model, sha)
@@ -192,6 +210,7 @@ def download_snapshot(
         downloaded_bytes=max(total - present_at_start, 0),
         duration_s=round(clock() - start, 3),
         completed_at=datetime.now(UTC),
+        max_position_tokens=_position_limit(directory),
     )
     write_manifest(directory, manifest)
     pruned = _prune(store, model, keep_revisions, {sha, *protected})

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
@@ -75,6 +76,9 @@ class SnapshotManifest(BaseModel):
     downloaded_bytes: int
     duration_s: float
     completed_at: datetime
+    #: The longest context the model supports according to its ``config.json`` (vLLM's reading), None when the
+    #: snapshot has no readable one: what every later change of ``max_model_len`` is checked against.
+    max_position_tokens: int | None = None
 
     @property
     def file_count(self) -> int:
@@ -83,6 +87,17 @@ class SnapshotManifest(BaseModel):
     @property
     def throughput_bytes_per_s(self) -> float:
         return self.downloaded_bytes / self.duration_s if self.duration_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """A materialized snapshot: its manifest, where it lies, and whether it was only verified."""
+
+    manifest: SnapshotManifest
+    directory: Path
+    #: True when a complete snapshot of that commit was already there and only verified.
+    reused: bool
+    pruned: tuple[str, ...] = field(default_factory=tuple)
 
 
 #: Prefix of the last line the download entrypoint prints: ``<marker> <manifest json>``.

@@ -13,7 +13,7 @@ import os
 import pytest
 
 from llm_platform.errors import RolloutError
-from llm_platform.manifests.render import render_model
+from llm_platform.manifests.serving import render_model
 from llm_platform.targets.kube_api import KubeApi, resource_of
 from llm_platform.targets.kubernetes import KubernetesTarget, KubernetesTargetSettings
 from tests.conftest import tiny_catalog

@@ -38,7 +38,7 @@ def test_code_location_loads_with_one_partition_per_model(tmp_path: Path) -> Non
 
 
 def test_partitions_are_the_catalog_model_names() -> None:
-    from llm_platform.catalog import load_catalog
+    from llm_platform.catalog_files import load_catalog
     from llm_platform.definitions import build_definitions
 
     catalog = load_catalog(EXAMPLE_CATALOG)
@@ -56,7 +56,7 @@ def test_bad_catalog_fails_the_load_with_readable_lines(tmp_path: Path) -> None:
 
 
 def test_jobs_and_one_live_benchmark_schedule_per_model() -> None:
-    from llm_platform.catalog import load_catalog
+    from llm_platform.catalog_files import load_catalog
     from llm_platform.definitions import build_definitions
 
     catalog = load_catalog(EXAMPLE_CATALOG)
@@ -146,7 +146,7 @@ def _kubernetes_load(tmp_path: Path, platform: dict[str, object], artifacts: str
 def test_kubernetes_target_reads_prometheus_from_the_catalog_and_needs_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llm_platform.catalog import load_catalog
+    from llm_platform.catalog_files import load_catalog
     from llm_platform.defs.resources import PrometheusResource, resources_from_env
 
     catalog = load_catalog(EXAMPLE_CATALOG)
@@ -158,14 +158,14 @@ def test_kubernetes_target_reads_prometheus_from_the_catalog_and_needs_it(
     assert _kubernetes_load(tmp_path, {}, "/artifacts").startswith("ok ")
     missing = _kubernetes_load(tmp_path, {"prometheus_url": ""}, "/artifacts")
     assert missing.startswith("failed ")
-    assert "platform.prometheus_url is not set: the kubernetes target needs the Prometheus" in missing
+    assert "platform.prometheus_url is not set: the target needs the Prometheus" in missing
     assert "Traceback" not in missing.split("platform.prometheus_url is not set")[0][-300:]
     no_artifacts = _kubernetes_load(tmp_path, {}, None)
     assert no_artifacts.startswith("failed ") and "LLM_PLATFORM_ARTIFACTS is not set" in no_artifacts
 
 
 def test_materialize_all_of_the_lifecycle_group_spends_no_search_or_live_benchmark() -> None:
-    from llm_platform.catalog import load_catalog
+    from llm_platform.catalog_files import load_catalog
     from llm_platform.definitions import build_definitions
 
     repository = build_definitions(load_catalog(EXAMPLE_CATALOG)).get_repository_def()

@@ -17,10 +17,9 @@ import yaml
 
 from llm_platform.dagster_api import DagsterApi
 from llm_platform.defs.jobs import promotion_request
-from llm_platform.defs.resources import LocalTargetResource
-from llm_platform.devhub import free_port
+from llm_platform.processes import free_port
 from llm_platform.services import LocalServices
-from tests.conftest import REPO_ROOT, TINY_REPO, ServedTiny
+from tests.conftest import REPO_ROOT, TINY_REPO, ServedTiny, local_servers
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +59,7 @@ def dagster_dev(served_tiny: ServedTiny, tmp_path_factory: pytest.TempPathFactor
     try:
         yield DagsterDev(home, record.url)
     finally:
-        LocalTargetResource(state_dir=str(home / "local-target")).target().stop("tiny-llama")
+        local_servers(home / "local-target").stop("tiny-llama")
         stopped = services.stop("dagster")
         assert stopped
         # The whole process group (webserver, daemon, code server, run workers) is gone.
@@ -88,7 +87,7 @@ def test_promote_over_graphql_runs_the_lifecycle_on_the_local_target(dagster_dev
     assert '[vllm_deployment] Finished execution of step "vllm_deployment"' in result.stdout
     assert "check slo_ttft_p95_ms: passed" in result.stdout
     assert "is promoted" in result.stdout
-    status = LocalTargetResource(state_dir=str(dagster_dev.home / "local-target")).target().status("tiny-llama")
+    status = local_servers(dagster_dev.home / "local-target").status("tiny-llama")
     assert status.healthy and status.endpoint is not None
 
 

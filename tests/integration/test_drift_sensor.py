@@ -17,7 +17,7 @@ from llm_platform.catalog import Catalog, parse_catalog
 from llm_platform.defs.resources import PrometheusResource
 from llm_platform.defs.sensors import build_drift_sensor
 from llm_platform.dev.promtrace import Behaviour, backfill, openmetrics
-from llm_platform.devhub import free_port
+from llm_platform.processes import free_port
 from llm_platform.prometheus import QUERIES_PER_SNAPSHOT, PrometheusClient
 from llm_platform.services import LocalServices
 from tests.fakeprom import FakePrometheus

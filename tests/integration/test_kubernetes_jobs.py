@@ -14,7 +14,8 @@ import yaml
 
 from llm_platform.catalog import Catalog, parse_catalog
 from llm_platform.errors import JobFailedError, KubernetesAccessError, RolloutError
-from llm_platform.manifests.render import HF_TOKEN_KEY, WEIGHTS_REVISION_ANNOTATION, weights_job_name
+from llm_platform.manifests.jobs import weights_job_name
+from llm_platform.manifests.pods import HF_TOKEN_KEY, WEIGHTS_REVISION_ANNOTATION
 from llm_platform.store_layout import SNAPSHOT_MANIFEST
 from llm_platform.targets.kubernetes import KubernetesTarget, KubernetesTargetSettings
 from tests.conftest import REPO_ROOT

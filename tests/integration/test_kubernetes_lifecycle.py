@@ -75,12 +75,11 @@ def test_lifecycle_on_kubernetes_through_dagster(
     pvc = tmp_path / "pvc"
     kubelet = FakeKubelet(cluster, namespace, {"model-weights": pvc}, tmp_path / "scratch", node_env)
     controller = FakeDeploymentController(cluster.raw(), namespace, lambda _: "ready")
-    assets = lifecycle_assets(catalog, target_kind="kubernetes")
-    resources = lifecycle_resources(
-        tmp_path / "artifacts",
-        weights=WeightsResource(store_path=str(tmp_path / "unused-local-store")),
-        kubernetes=KubernetesTargetResource(kube_context="emulator", poll_interval_s=0.2),
+    assets = lifecycle_assets(catalog)
+    target = KubernetesTargetResource(
+        kube_context="emulator", poll_interval_s=0.2, artifacts_root=str(tmp_path / "artifacts")
     )
+    resources = lifecycle_resources(target, WeightsResource(store_path=str(tmp_path / "unused-local-store")))
     with kubelet, controller, dg.instance_for_test() as instance:
         result = dg.materialize(
             assets,

@@ -16,7 +16,8 @@ from llm_platform.errors import (
     KubernetesUnavailableError,
     RolloutError,
 )
-from llm_platform.manifests.render import WEIGHTS_REVISION_ANNOTATION, render_model
+from llm_platform.manifests.pods import WEIGHTS_REVISION_ANNOTATION
+from llm_platform.manifests.serving import render_model
 from llm_platform.rollout import PROMOTED_REVISION_ANNOTATION, Revision
 from llm_platform.targets.kube_api import resource_of
 from llm_platform.targets.kubernetes import KubernetesTarget, KubernetesTargetSettings, Promotion
@@ -186,7 +187,7 @@ def test_forbidden_apply_names_the_missing_verb_and_leaves_nothing_half_applied(
 
     message = str(failure.value)
     assert "not allowed to patch deployments.apps in namespace llm-serving" in message
-    assert "k8s/base/rbac.yaml" in message
+    assert "to the Role llm-platform-dagster" in message
     # The Service applied before the refused Deployment was removed again.
     assert _live(cluster, catalog) == {}
 

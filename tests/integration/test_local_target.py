@@ -14,7 +14,8 @@ from llm_platform.catalog import Catalog
 from llm_platform.defs.jobs import LIFECYCLE_ASSETS, PROMOTE_ASSETS
 from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.errors import TargetError
-from llm_platform.targets.local import LocalTarget, LocalTargetSettings, process_alive
+from llm_platform.processes import process_alive
+from llm_platform.targets.local import LocalTarget, LocalTargetSettings
 from tests.conftest import ServedTiny, tiny_catalog
 
 pytestmark = pytest.mark.integration

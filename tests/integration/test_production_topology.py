@@ -23,17 +23,17 @@ import dagster as dg
 import pytest
 import yaml
 
-from llm_platform.catalog import load_catalog
+from llm_platform.catalog_files import load_catalog
 from llm_platform.dagster_api import DagsterApi, RunOutcome
 from llm_platform.defs.jobs import BENCHMARK_LIVE_JOB, LIFECYCLE_JOB, PROMOTE_JOB, schedule_name
 from llm_platform.defs.partitions import latest_materialization
-from llm_platform.defs.resources import LocalTargetResource
 from llm_platform.defs.sensors import REVISION_SENSOR_NAME, SENSOR_NAME
 from llm_platform.defs.tuning import AUTO_TUNE_JOB, TUNED_ASSET
 from llm_platform.dev.pod_runs import RUN_DIR_PREFIX
-from llm_platform.devhub import LocalHub, free_port, publish_model
+from llm_platform.devhub import LocalHub, publish_model
+from llm_platform.processes import free_port
 from llm_platform.services import LocalServices
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, local_servers
 from tests.fakeprom import FakePrometheus
 from tests.integration.test_drift_sensor import SATURATED
 from tests.postgres import postgres_bin, running_postgres
@@ -159,7 +159,7 @@ def topology(local_hub: LocalHub, tmp_path_factory: pytest.TempPathFactory) -> I
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
-            LocalTargetResource(state_dir=str(local_home / "local-target")).target().stop(MODEL)
+            local_servers(local_home / "local-target").stop(MODEL)
             services.stop("webserver")
             prometheus.stop()
 

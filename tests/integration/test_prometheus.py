@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_platform.devhub import free_port
 from llm_platform.errors import PlatformError
+from llm_platform.processes import free_port
 from llm_platform.prometheus import QUERIES_PER_SNAPSHOT, PrometheusClient, PrometheusError, selector
 from llm_platform.services import LocalServices
 from tests.conftest import ServedTiny, tiny_catalog

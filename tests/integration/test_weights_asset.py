@@ -11,10 +11,10 @@ import pytest
 
 from llm_platform.catalog import Catalog, parse_catalog
 from llm_platform.defs.partitions import model_partitions
-from llm_platform.defs.resources import KubernetesTargetResource, WeightsResource
-from llm_platform.defs.storage import InstanceValueIOManager
+from llm_platform.defs.resources import LocalTargetResource, WeightsResource
 from llm_platform.defs.weights import build_weights_asset
 from llm_platform.weights.plan import SnapshotManifest
+from tests.conftest import lifecycle_resources
 from tests.fakehub import FakeHub, FakeRepo
 
 pytestmark = pytest.mark.integration
@@ -51,11 +51,7 @@ def _materialize(
     return dg.materialize(
         [asset],
         partition_key=partition,
-        resources={
-            "io_manager": InstanceValueIOManager(),
-            "weights": resource,
-            "kubernetes": KubernetesTargetResource(),
-        },
+        resources=lifecycle_resources(LocalTargetResource(weights=resource), resource),
         instance=instance,
         raise_on_error=False,
     )

@@ -25,8 +25,9 @@ from llm_platform.errors import (
     WeightsError,
 )
 from llm_platform.store_layout import SNAPSHOT_MANIFEST
-from llm_platform.weights.download import DownloadRequest, DownloadResult, download_snapshot
+from llm_platform.weights.download import DownloadRequest, download_snapshot
 from llm_platform.weights.hub import HubClient
+from llm_platform.weights.plan import DownloadResult
 from llm_platform.weights.progress import LogProgress
 from llm_platform.weights.store import ModelStore, partial_path
 from tests.conftest import REPO_ROOT

@@ -141,7 +141,7 @@ def test_regressions_compare_each_level_with_the_promotion() -> None:
 def test_results_and_manifest_come_back_from_a_pod_log() -> None:
     import json
 
-    from llm_platform.benchmark.parse import results_from_log
+    from llm_platform.benchmark.job_script import results_from_log
     from llm_platform.weights.plan import manifest_from_log, reused_in_log
 
     log = (

@@ -13,11 +13,11 @@ from llm_platform.catalog import (
     DEFAULT_ALLOW_PATTERNS,
     Catalog,
     is_commit_sha,
-    load_catalog,
     parse_catalog,
     parse_catalog_text,
     position_limit,
 )
+from llm_platform.catalog_files import load_catalog
 from llm_platform.errors import CatalogError, UnknownModelError
 
 
@@ -281,7 +281,7 @@ def test_readme_documents_every_catalog_field() -> None:
 
 
 def test_serving_overrides_are_read_as_yaml_and_validated_like_the_catalog() -> None:
-    from llm_platform.catalog import apply_serving_overrides, parse_assignments, serving_diff
+    from llm_platform.catalog import apply_serving_overrides, diff_table, parse_assignments
     from tests.conftest import EXAMPLE_CATALOG
 
     model = load_catalog(EXAMPLE_CATALOG).model("tiny-llama")
@@ -290,7 +290,7 @@ def test_serving_overrides_are_read_as_yaml_and_validated_like_the_catalog() -> 
     effective = apply_serving_overrides(model, overrides)
     assert effective.serving.max_num_seqs == 64 and effective.serving.enable_prefix_caching is True
     assert effective.serving.extra_args == ("--seed", "1")
-    assert set(serving_diff(model.serving, effective.serving)) == {
+    assert set(diff_table(model, effective)) == {
         "max_num_seqs",
         "enable_prefix_caching",
         "extra_args",
@@ -303,3 +303,36 @@ def test_serving_overrides_are_read_as_yaml_and_validated_like_the_catalog() -> 
     )
     with pytest.raises(CatalogError, match="expected FIELD=VALUE"):
         parse_assignments(["max_num_seqs"])
+
+
+def test_a_patch_is_typed_once_round_trips_through_run_config_and_knows_the_position_limit() -> None:
+    from llm_platform.catalog import ModelPatch, patch_between
+    from tests.conftest import EXAMPLE_CATALOG
+
+    model = load_catalog(EXAMPLE_CATALOG).model("tiny-llama")
+    patch = ModelPatch.parse(
+        model, {"max_num_seqs": "64", "autoscaling.max_replicas": 3, "extra_args": "[--seed, '1']"}
+    )
+    assert dict(patch.items()) == {"max_num_seqs": 64, "autoscaling.max_replicas": 3, "extra_args": ("--seed", "1")}
+    assert patch.as_overrides() == {
+        "autoscaling.max_replicas": "3", "extra_args": '["--seed", "1"]', "max_num_seqs": "64",
+    }  # fmt: skip
+    again = ModelPatch.parse(model, patch.as_overrides())
+    assert again == patch
+    patched = patch.apply(model)
+    assert patched.autoscaling.max_replicas == 3 and patched.serving.max_num_seqs == 64
+    assert patch_between(model, patched) == patch
+    assert ModelPatch.parse(model, {"max_num_seqs": "16"}).merged(patch).describe() == (
+        "autoscaling.max_replicas=3, extra_args=('--seed', '1'), max_num_seqs=64"
+    )
+    # A max_model_len within the schema but past what the model's config.json allows: refused where it enters.
+    with pytest.raises(CatalogError) as too_long:
+        ModelPatch.parse(model, {"max_model_len": "8192"}, origin="drift sensor", position_limit=4096)
+    assert str(too_long.value) == (
+        "drift sensor: model 'tiny-llama': serving.max_model_len: 8192 exceeds the model's position limit of 4096 "
+        "tokens; set it to 4096 or less"
+    )
+    with pytest.raises(CatalogError, match=r"autoscaling.max_replicas: must be >= autoscaling.min_replicas"):
+        ModelPatch.parse(model, {"autoscaling.min_replicas": "3"})
+    with pytest.raises(CatalogError, match=r"serving.max_num_seqz: unknown field; did you mean 'max_num_seqs'\?"):
+        ModelPatch.parse(model, {"max_num_seqz": "8"})

@@ -70,3 +70,10 @@ def test_dagster_instance_limits_one_promotion_per_model() -> None:
     helm = yaml.safe_load((K8S / "dagster" / "values.yaml").read_text())
     queued = helm["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
     assert queued["tagConcurrencyLimits"] == limits
+
+
+def test_access_errors_name_the_role_that_is_shipped() -> None:
+    from llm_platform.targets.kube_api import ROLE_NAME
+
+    roles = [doc for doc in _documents(K8S / "base" / "rbac.yaml") if doc["kind"] == "Role"]
+    assert [role["metadata"]["name"] for role in roles] == [ROLE_NAME]

@@ -10,7 +10,9 @@ import pytest
 
 from llm_platform.catalog import Catalog, ModelSpec, Platform, parse_catalog
 from llm_platform.errors import ManifestValidationError
-from llm_platform.manifests.render import (
+from llm_platform.manifests.jobs import render_weights_job, render_weights_pvc, weights_job_name
+from llm_platform.manifests.pods import selector_labels
+from llm_platform.manifests.serving import (
     render_deployment,
     render_ingress,
     render_model,
@@ -18,10 +20,6 @@ from llm_platform.manifests.render import (
     render_pod_disruption_budget,
     render_scaled_object,
     render_service,
-    render_weights_job,
-    render_weights_pvc,
-    selector_labels,
-    weights_job_name,
 )
 from llm_platform.manifests.validation import KUBERNETES_VERSIONS, object_problems, validate_objects
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from llm_platform.catalog import load_catalog
-from llm_platform.manifests.render import render_deployment
+from llm_platform.catalog_files import load_catalog
+from llm_platform.manifests.serving import render_deployment
 from llm_platform.manifests.validation import validate_objects
 from tests.conftest import EXAMPLE_CATALOG, REPO_ROOT
 

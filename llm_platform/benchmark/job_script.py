@@ -1,0 +1,78 @@
+"""The benchmark Job's shell script and the parser of what it prints: serve the candidate, ``vllm bench serve``
+each level, one ``LLM_PLATFORM_BENCH_RESULT <concurrency> <json>`` line per level, read back from the pod log."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+from llm_platform.benchmark.plan import BENCH_RESULT_MARKER, BenchmarkPlan, bench_serve_args, level_filename
+from llm_platform.catalog import ModelSpec, Platform
+from llm_platform.engine import DEFAULT_PORT, VLLM_SERVER_MODULE
+from llm_platform.manifests.pods import CACHE_DIR, serving_invocation, weights_path
+
+
+def benchmark_script(
+    platform: Platform, model: ModelSpec, revision: str, plan: BenchmarkPlan, against: str | None = None
+) -> str:
+    """The benchmark container's shell script: serve the candidate, wait for health, ``vllm bench serve`` each level.
+
+    With ``against`` (a base URL, e.g. the model's Service) nothing is served: the levels run against that server.
+    vLLM's own log goes to a file (shown on failure) so that it never interleaves with the result lines: each
+    level prints one ``LLM_PLATFORM_BENCH_RESULT <concurrency> <json>`` line, which the target reads from the pod
+    log and hands to the same parser as the local benchmark.
+    """
+    result_dir = f"{CACHE_DIR}/bench"
+    lines = ["set -u", f"mkdir -p {result_dir}"]
+    base_url = against or f"http://127.0.0.1:{DEFAULT_PORT}"
+    if against is None:
+        invocation = serving_invocation(platform, model, revision)
+        server_log = f"{CACHE_DIR}/vllm-server.log"
+        probe = f'import urllib.request as u; u.urlopen("{base_url}/health", timeout=5)'
+        timeout = model.serving.startup_timeout_s
+        lines += [
+            f"{shlex.join(['python3', '-m', VLLM_SERVER_MODULE, *invocation.args])} >{server_log} 2>&1 &",
+            "server=$!",
+            f"deadline=$(( $(date +%s) + {timeout} ))",
+            f"until python3 -c {shlex.quote(probe)} 2>/dev/null; do",
+            '  if ! kill -0 "$server" 2>/dev/null; then',
+            f'    echo "error: vLLM exited before it became healthy" >&2; tail -n 40 {server_log} >&2; exit 3',
+            "  fi",
+            '  if [ "$(date +%s)" -ge "$deadline" ]; then',
+            f'    echo "error: vLLM not healthy after {timeout} s" >&2; tail -n 40 {server_log} >&2; exit 4',
+            "  fi",
+            "  sleep 5",
+            "done",
+        ]
+    dump = "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))))"
+    for concurrency in plan.concurrency_levels:
+        args = bench_serve_args(
+            plan,
+            concurrency,
+            base_url=base_url,
+            served_model_name=model.name,
+            tokenizer=weights_path(platform, model, revision),
+            result_dir=result_dir,
+            result_filename=level_filename(concurrency),
+        )
+        lines += [
+            f"{shlex.join(['vllm', 'bench', 'serve', *args])} || "
+            f'{{ echo "error: vllm bench serve failed at concurrency {concurrency}" >&2; exit 5; }}',
+            f"printf '%s ' {BENCH_RESULT_MARKER} {concurrency}; "
+            f"python3 -c {shlex.quote(dump)} {result_dir}/{level_filename(concurrency)}",
+        ]
+    if against is None:
+        lines += ['kill "$server"', 'wait "$server" 2>/dev/null']
+    return "\n".join([*lines, "exit 0"]) + "\n"
+
+
+def results_from_log(log: str) -> dict[int, dict[str, Any]]:
+    """The result JSON of each level from a benchmark Job's log (the ``LLM_PLATFORM_BENCH_RESULT`` lines)."""
+    results: dict[int, dict[str, Any]] = {}
+    for line in log.splitlines():
+        if not line.startswith(BENCH_RESULT_MARKER + " "):
+            continue
+        _, concurrency, payload = line.split(" ", 2)
+        results[int(concurrency)] = json.loads(payload)
+    return results

@@ -1,0 +1,126 @@
+"""Checks that span several fields of a model (and its Hugging Face ``config.json``) or several models (the GPU
+quota): each returns (field path, message) pairs so that the caller can prefix the file and the model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from llm_platform.catalog.schema import ModelSpec, Platform
+
+_POSITION_LIMIT_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "seq_length",
+    "max_sequence_length",
+    "max_seq_length",
+    "seq_len",
+)
+
+
+_PRESCALED_ROPE_TYPES = ("su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling")
+
+
+def position_limit(hf_config: Mapping[str, Any]) -> int | None:
+    """The longest context a model supports according to its Hugging Face ``config.json``, or None if unknown.
+
+    Follows vLLM 0.32's reading of the config (``_get_and_verify_max_len``): the smallest of the length keys
+    present (in the text sub-config of multimodal models), times the RoPE scaling factor, except for the RoPE types
+    whose ``max_position_embeddings`` is already the scaled length (YaRN, LongRoPE, Llama 3).
+    """
+    config: Mapping[str, Any] = hf_config.get("text_config") or hf_config
+    limits: list[int] = [config[key] for key in _POSITION_LIMIT_KEYS if isinstance(config.get(key), int)]
+    if not limits:
+        return None
+    limit = min(limits)
+    # Transformers 5 renamed rope_scaling to rope_parameters; configs in the wild carry either.
+    rope = config.get("rope_parameters") or config.get("rope_scaling")
+    if isinstance(rope, Mapping) and "gemma3" not in str(config.get("model_type", "")):
+        rope_type = rope.get("rope_type", rope.get("type"))
+        factor = rope.get("factor")
+        if rope_type not in _PRESCALED_ROPE_TYPES and isinstance(factor, (int, float)):
+            limit = int(limit * factor)
+    return limit
+
+
+def model_problems(
+    model: ModelSpec, hf_config: Mapping[str, Any] | None = None, *, limit: int | None = None
+) -> list[tuple[str, str]]:
+    """Checks that span several fields of one model, and its position limit: ``limit``, or read from its Hugging
+    Face ``config.json`` (``hf_config``) when that is known."""
+    problems: list[tuple[str, str]] = []
+    scaling, serving = model.autoscaling, model.serving
+    if scaling.max_replicas < scaling.min_replicas:
+        problems.append(
+            (
+                "autoscaling.max_replicas",
+                f"must be >= autoscaling.min_replicas ({scaling.max_replicas} < {scaling.min_replicas})",
+            )
+        )
+    if model.resources.gpus is not None and model.resources.gpus != serving.tensor_parallel_size:
+        problems.append(
+            (
+                "resources.gpus",
+                f"vLLM uses exactly serving.tensor_parallel_size={serving.tensor_parallel_size} GPUs per replica "
+                f"but {model.resources.gpus} are requested; make them equal",
+            )
+        )
+    batched = serving.max_num_batched_tokens
+    if batched is not None:
+        if not serving.enable_chunked_prefill and batched < serving.max_model_len:
+            problems.append(
+                (
+                    "serving.max_num_batched_tokens",
+                    f"must be >= serving.max_model_len ({batched} < {serving.max_model_len}) when chunked prefill "
+                    "is off, or no full-length prompt could ever be scheduled",
+                )
+            )
+        if serving.max_num_seqs is not None and batched < serving.max_num_seqs:
+            problems.append(
+                (
+                    "serving.max_num_batched_tokens",
+                    f"must be >= serving.max_num_seqs ({batched} < {serving.max_num_seqs})",
+                )
+            )
+    if limit is None and hf_config is not None:
+        limit = position_limit(hf_config)
+    if limit is not None and serving.max_model_len > limit:
+        problems.append(
+            (
+                "serving.max_model_len",
+                f"{serving.max_model_len} exceeds the model's position limit of {limit} tokens; "
+                f"set it to {limit} or less",
+            )
+        )
+    return problems
+
+
+def quota_problems(platform: Platform, models: Sequence[ModelSpec]) -> list[tuple[str | None, str, str]]:
+    """GPU budget checks against the namespace quota: (model name or None for the catalog, field, message)."""
+    problems: list[tuple[str | None, str, str]] = []
+    quota = platform.gpu_quota
+    for model in models:
+        # A rolling update surges one replica before it removes one, so the peak is max_replicas + 1.
+        peak = (model.autoscaling.max_replicas + 1) * model.gpus_per_replica
+        if peak > quota:
+            problems.append(
+                (
+                    model.name,
+                    "autoscaling.max_replicas",
+                    f"needs {peak} GPUs at {model.autoscaling.max_replicas} replicas plus 1 rolling-update surge "
+                    f"({model.gpus_per_replica} per replica) but the namespace quota is {quota}; lower max_replicas "
+                    "or raise platform.gpu_quota",
+                )
+            )
+    baseline = sum(model.autoscaling.min_replicas * model.gpus_per_replica for model in models)
+    if baseline > quota:
+        problems.append(
+            (
+                None,
+                "platform.gpu_quota",
+                f"the models' min_replicas together need {baseline} GPUs but the namespace quota is {quota}; lower "
+                "min_replicas or raise the quota",
+            )
+        )
+    return problems

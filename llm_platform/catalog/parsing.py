@@ -1,0 +1,170 @@
+"""Catalog data to a validated :class:`Catalog`, every problem one readable line that names the model and the
+field path, e.g.::
+
+    catalog/models.yaml: model 'llama-8b': serving.gpu_memory_utilization: must be > 0 and <= 1 (got 1.5)
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from llm_platform.catalog.checks import model_problems, quota_problems
+from llm_platform.catalog.schema import Catalog, ModelSpec, Platform
+from llm_platform.errors import CatalogError
+
+
+def _allowed_fields(model_class: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
+    """The field names valid at ``loc`` (the parent of an unknown field), for 'did you mean' hints."""
+    current: Any = model_class
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if isinstance(current, type) and issubclass(current, BaseModel) else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        for candidate in (annotation, *getattr(annotation, "__args__", ())):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                current = candidate
+                break
+        else:
+            return []
+    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+
+
+def describe_error(error: Mapping[str, Any], model_class: type[BaseModel]) -> tuple[str, str]:
+    loc = [part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
+    path = ".".join(str(part) if isinstance(part, str) else f"[{part}]" for part in loc).replace(".[", "[")
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        unknown = str(loc[-1]) if loc else ""
+        hint = difflib.get_close_matches(unknown, _allowed_fields(model_class, loc[:-1]), n=1)
+        message = "unknown field" + (f"; did you mean '{hint[0]}'?" if hint else "")
+    elif kind == "missing":
+        message = "required field is missing"
+    elif kind in ("value_error", "assertion_error"):
+        message = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
+    else:
+        shown = repr(error.get("input"))
+        message = f"{error['msg'][:1].lower()}{error['msg'][1:]} (got {shown[:60]})"
+    return path or "(top level)", message
+
+
+def format_problem(where: str, path: str, message: str) -> str:
+    return f"{where}: {path}: {message}"
+
+
+def parse_catalog(
+    data: object,
+    *,
+    origin: str = "catalog",
+    model_configs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Catalog:
+    """Validate parsed catalog data; raises :class:`CatalogError` listing every problem, one line each.
+
+    ``model_configs`` maps model names to their Hugging Face ``config.json`` where it is known, for the
+    max-model-len check. ``origin`` (usually the file path) starts every message.
+    """
+    model_configs = model_configs or {}
+    if not isinstance(data, Mapping):
+        raise CatalogError([f"{origin}: expected a mapping with 'models' (and optionally 'platform') at the top"])
+    problems: list[str] = []
+    for key in data:
+        if key not in Catalog.model_fields:
+            problems.append(
+                format_problem(origin, str(key), "unknown top-level field (expected 'platform' and 'models')")
+            )
+    platform = Platform()
+    try:
+        platform = Platform.model_validate(data.get("platform") or {})
+    except ValidationError as exc:
+        problems += [
+            format_problem(origin, "platform." + p, m) for p, m in (describe_error(e, Platform) for e in exc.errors())
+        ]
+    raw_models = data.get("models")
+    if not isinstance(raw_models, list) or not raw_models:
+        problems.append(format_problem(origin, "models", "must be a non-empty list of models"))
+        raise CatalogError(problems)
+
+    models: list[ModelSpec] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(raw_models):
+        name = raw.get("name") if isinstance(raw, Mapping) else None
+        where = f"{origin}: model '{name}'" if isinstance(name, str) and name else f"{origin}: models[{index}]"
+        if not isinstance(raw, Mapping):
+            problems.append(f"{where}: expected a mapping with 'name' and 'source'")
+            continue
+        try:
+            model = ModelSpec.model_validate(raw)
+        except ValidationError as exc:
+            problems += [format_problem(where, *describe_error(error, ModelSpec)) for error in exc.errors()]
+            continue
+        if model.name in seen:
+            problems.append(format_problem(where, "name", "duplicate model name; each model needs its own"))
+        seen.add(model.name)
+        problems += [format_problem(where, p, m) for p, m in model_problems(model, model_configs.get(model.name))]
+        models.append(model)
+
+    for model_name, path, message in quota_problems(platform, models):
+        where = f"{origin}: model '{model_name}'" if model_name else origin
+        problems.append(format_problem(where, path, message))
+    if problems:
+        raise CatalogError(problems)
+    return Catalog(platform=platform, models=tuple(models))
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML loader that refuses duplicate keys, which PyYAML would otherwise resolve silently to the last one."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", mark)
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def load_yaml(text: str, origin: str) -> object:
+    """YAML text to data; a syntax error becomes a single line with its position."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        position = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        raise CatalogError([f"{origin}{position}: invalid YAML: {exc.problem}"]) from None
+    except yaml.YAMLError as exc:
+        raise CatalogError([f"{origin}: invalid YAML: {exc}"]) from None
+
+
+def parse_catalog_text(
+    text: str, *, origin: str = "catalog", model_configs: Mapping[str, Mapping[str, Any]] | None = None
+) -> Catalog:
+    """Parse and validate catalog YAML text (see :func:`parse_catalog`)."""
+    return parse_catalog(load_yaml(text, origin), origin=origin, model_configs=model_configs)
+
+
+def parse_assignments(assignments: Sequence[str]) -> dict[str, str]:
+    """``["max_num_seqs=64", …]`` (the CLI's ``--set``) to a mapping; a malformed item is a :class:`CatalogError`."""
+    parsed: dict[str, str] = {}
+    problems = []
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--set {item!r}: expected FIELD=VALUE, e.g. max_num_seqs=64")
+            continue
+        parsed[key.strip().removeprefix("serving.")] = value.strip()
+    if problems:
+        raise CatalogError(problems)
+    return parsed

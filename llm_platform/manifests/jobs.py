@@ -1,0 +1,172 @@
+"""The platform's Jobs: the weights store and its download Job, and the GPU smoke-benchmark Job."""
+
+from __future__ import annotations
+
+import hashlib
+
+from llm_platform.benchmark.job_script import benchmark_script
+from llm_platform.benchmark.plan import BenchmarkPlan
+from llm_platform.catalog import ModelSpec, Platform
+from llm_platform.manifests.pods import (
+    ENGINE_FINGERPRINT_ANNOTATION,
+    HF_TOKEN_KEY,
+    MANAGER,
+    NONROOT_UID,
+    Object,
+    model_labels,
+    object_metadata,
+    restricted_container_security,
+    serving_invocation,
+    vllm_container_base,
+    vllm_pod_base,
+)
+
+
+def render_weights_pvc(platform: Platform) -> Object:
+    """The shared ReadWriteMany model store: download Jobs write it, every vLLM pod mounts it read-only."""
+    spec: Object = {
+        "accessModes": ["ReadWriteMany"],
+        "volumeMode": "Filesystem",
+        "resources": {"requests": {"storage": platform.weights_storage_size}},
+    }
+    if platform.weights_storage_class is not None:
+        spec["storageClassName"] = platform.weights_storage_class
+    labels = {"app.kubernetes.io/part-of": "llm-platform", "app.kubernetes.io/managed-by": MANAGER}
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": object_metadata(platform.weights_pvc, platform, labels),
+        "spec": spec,
+    }
+
+
+def weights_job_name(model: ModelSpec, revision: str) -> str:
+    """A Job name per (model, revision): at most 57 characters, so within the 63 a Job's pods need."""
+    digest = hashlib.sha256(revision.encode()).hexdigest()[:8]
+    return f"weights-{model.name}-{digest}"
+
+
+def weights_job_args(platform: Platform, model: ModelSpec, revision: str) -> list[str]:
+    """Arguments of ``python -m llm_platform.weights``: self-contained, the Job needs no catalog file."""
+    if model.source.repo is None:
+        raise ValueError(f"model '{model.name}' has a local source and no download Job")
+    args = ["--model", model.name, "--repo", model.source.repo, "--revision", revision]
+    args += ["--dest", platform.weights_mount_path]
+    for pattern in model.source.allow_patterns:
+        args += ["--allow-pattern", pattern]
+    return args
+
+
+def render_weights_job(platform: Platform, model: ModelSpec, revision: str) -> Object:
+    """The Job that downloads one revision of a Hugging Face model into the RWX model store.
+
+    The token comes only from the Secret (``optional`` so that public models need none); it is never an argument
+    or a literal value.
+    """
+    container: Object = {
+        "name": "download",
+        "image": platform.platform_image,
+        "command": ["python", "-m", "llm_platform.weights"],
+        "args": weights_job_args(platform, model, revision),
+        "env": [
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {"name": platform.hf_token_secret, "key": HF_TOKEN_KEY, "optional": True}
+                },
+            },
+            {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+            {"name": "HOME", "value": "/tmp"},
+            *([{"name": "HF_ENDPOINT", "value": platform.hf_endpoint}] if platform.hf_endpoint else []),
+        ],
+        "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
+        "volumeMounts": [
+            {"name": "weights", "mountPath": platform.weights_mount_path},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": {**restricted_container_security(), "readOnlyRootFilesystem": True},
+    }
+    labels = model_labels(model, component="weights-download")
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": object_metadata(weights_job_name(model, revision), platform, labels),
+        "spec": {
+            # The downloader resumes where a killed attempt stopped, so retrying is cheap.
+            "backoffLimit": 3,
+            "activeDeadlineSeconds": 6 * 3600,
+            "ttlSecondsAfterFinished": 24 * 3600,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "fsGroup": NONROOT_UID,
+                        # Never walk a multi-terabyte store to chown it on every start.
+                        "fsGroupChangePolicy": "OnRootMismatch",
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "weights", "persistentVolumeClaim": {"claimName": platform.weights_pvc}},
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def benchmark_job_name(model: ModelSpec, revision: str, fingerprint: str, run_key: str) -> str:
+    """One Job per benchmark run: ``run_key`` (the Dagster run id) keeps reruns of one config apart."""
+    digest = hashlib.sha256(f"{revision}/{fingerprint}/{run_key}".encode()).hexdigest()[:8]
+    return f"bench-{model.name}-{digest}"
+
+
+def render_benchmark_job(
+    platform: Platform,
+    model: ModelSpec,
+    revision: str,
+    plan: BenchmarkPlan,
+    run_key: str,
+    against: str | None = None,
+) -> Object:
+    """The GPU smoke benchmark: one pod serves the candidate config from the PVC and benchmarks it on localhost.
+
+    Same image, engine arguments, GPUs, /dev/shm and scheduling as the Deployment, so the numbers describe what a
+    promotion would serve. ``backoffLimit: 0``: a failed benchmark is a result to report, not to retry. With
+    ``against`` (the live benchmark of a deployed model) the pod only runs the client: no GPU, no server.
+    """
+    invocation = serving_invocation(platform, model, revision)
+    container: Object = {
+        **vllm_container_base(platform, model, invocation),
+        "command": ["/bin/sh", "-c", benchmark_script(platform, model, revision, plan, against)],
+    }
+    pod_spec: Object = {**vllm_pod_base(platform), "restartPolicy": "Never", "containers": [container]}
+    if against is not None:
+        container["resources"] = {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}}
+        for key in ("tolerations", "nodeSelector"):
+            pod_spec.pop(key, None)
+    labels = model_labels(model, component="live-benchmark" if against else "smoke-benchmark")
+    if against is not None:
+        labels.update(model.exposure.client_labels)  # the model's NetworkPolicy admits labelled clients only
+    name = benchmark_job_name(model, revision, invocation.fingerprint + (against or ""), run_key)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": object_metadata(name, platform, labels),
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": model.serving.startup_timeout_s + 3600,
+            "ttlSecondsAfterFinished": 24 * 3600,
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {ENGINE_FINGERPRINT_ANNOTATION: invocation.fingerprint},
+                },
+                "spec": pod_spec,
+            },
+        },
+    }

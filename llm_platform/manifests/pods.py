@@ -1,0 +1,148 @@
+"""What every vLLM pod the platform renders shares (the Deployment's and the benchmark Job's): names, labels, the
+engine invocation, the container and pod hardening, GPU scheduling and probes.
+
+Objects are plain dicts in the shape the API server takes, ready for server-side apply. Nothing here reads
+files, talks to a cluster or knows about Dagster. Each choice that departs from a default is explained where it
+is made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from llm_platform.catalog import ModelSpec, Platform
+from llm_platform.engine import DEFAULT_PORT, EngineInvocation, engine_invocation
+from llm_platform.store_layout import snapshot_path
+
+Object = dict[str, Any]
+
+MANAGER = "llm-platform"
+PORT_NAME = "http"
+HF_TOKEN_KEY = "token"  # noqa: S105 - a key name in the Secret
+SHM_SIZE = "8Gi"
+CACHE_DIR = "/home/vllm"
+#: Annotations on the pod template; a change to either rolls the Deployment.
+WEIGHTS_REVISION_ANNOTATION = "llm-platform/weights-revision"
+ENGINE_FINGERPRINT_ANNOTATION = "llm-platform/engine-fingerprint"
+NONROOT_UID = 1000
+
+
+def resource_name(model: ModelSpec) -> str:
+    """Name of the Deployment, Service, PDB, ScaledObject, Ingress and NetworkPolicy of a model."""
+    return f"vllm-{model.name}"
+
+
+def selector_labels(model: ModelSpec) -> dict[str, str]:
+    """The immutable Deployment selector: kept minimal so that label additions never need a re-create."""
+    return {"app.kubernetes.io/name": "vllm", "llm-platform/model": model.name}
+
+
+def model_labels(model: ModelSpec, component: str = "inference-server") -> dict[str, str]:
+    """Recommended Kubernetes labels plus the model label that selectors, PromQL and RBAC audits use."""
+    return {
+        **selector_labels(model),
+        "app.kubernetes.io/instance": model.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "llm-platform",
+        "app.kubernetes.io/managed-by": MANAGER,
+    }
+
+
+def object_metadata(name: str, platform: Platform, labels: Mapping[str, str], **extra: Any) -> Object:
+    return {"name": name, "namespace": platform.namespace, "labels": dict(labels), **extra}
+
+
+def weights_path(platform: Platform, model: ModelSpec, revision: str) -> str:
+    """Where the serving pods find the weights: the snapshot directory on the PVC, or the catalog's local path."""
+    if model.source.path is not None:
+        return model.source.path
+    return snapshot_path(platform.weights_mount_path, model.name, revision)
+
+
+def serving_invocation(platform: Platform, model: ModelSpec, revision: str) -> EngineInvocation:
+    """The vLLM invocation inside the serving container."""
+    return engine_invocation(
+        model.serving,
+        served_model_name=model.name,
+        weights_path=weights_path(platform, model, revision),
+        port=DEFAULT_PORT,
+        extra_env={"HOME": CACHE_DIR},
+    )
+
+
+def gpu_scheduling(platform: Platform) -> Object:
+    spec: Object = {
+        "tolerations": [toleration.model_dump(exclude_none=True) for toleration in platform.gpu_tolerations]
+    }
+    if platform.gpu_node_selector:
+        spec["nodeSelector"] = dict(platform.gpu_node_selector)
+    return spec
+
+
+def restricted_container_security() -> Object:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "runAsUser": NONROOT_UID,
+        "runAsGroup": NONROOT_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def http_probe(period_s: int, failures: int, timeout_s: int) -> Object:
+    return {
+        "httpGet": {"path": "/health", "port": PORT_NAME},
+        "periodSeconds": period_s,
+        "failureThreshold": failures,
+        "timeoutSeconds": timeout_s,
+    }
+
+
+def vllm_image(platform: Platform, model: ModelSpec) -> str:
+    return f"{platform.vllm_image}:{model.serving.image_tag}"
+
+
+def vllm_container_base(platform: Platform, model: ModelSpec, invocation: EngineInvocation) -> Object:
+    """What the serving container and the benchmark Job's container share: image, env, resources, mounts."""
+    gpus = str(model.gpus_per_replica)
+    return {
+        "name": "vllm",
+        "image": vllm_image(platform, model),
+        "imagePullPolicy": "IfNotPresent",
+        "env": [{"name": key, "value": value} for key, value in sorted(invocation.env.items())],
+        # No CPU limit: CFS throttling of the tokenizer and scheduler threads shows up directly as latency.
+        "resources": {
+            "requests": {"cpu": model.resources.cpu, "memory": model.resources.memory, platform.gpu_resource: gpus},
+            "limits": {"memory": model.resources.memory, platform.gpu_resource: gpus},
+        },
+        "volumeMounts": [
+            {"name": "weights", "mountPath": platform.weights_mount_path, "readOnly": True},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "cache", "mountPath": CACHE_DIR},
+        ],
+        # The vllm-openai image runs as root by default but needs no root: with HOME (torch/triton compile caches)
+        # on an emptyDir it runs as any UID. The root filesystem stays writable because Python and CUDA libraries
+        # write scratch files in places that vary between releases.
+        "securityContext": {**restricted_container_security(), "readOnlyRootFilesystem": False},
+    }
+
+
+def vllm_pod_base(platform: Platform) -> Object:
+    """Pod settings of every vLLM pod (Deployment and benchmark Job)."""
+    return {
+        # Service links inject VLLM_*-looking variables (e.g. VLLM_PORT) that vLLM reads as its own settings.
+        "enableServiceLinks": False,
+        # vLLM never calls the Kubernetes API.
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "volumes": [
+            {"name": "weights", "persistentVolumeClaim": {"claimName": platform.weights_pvc, "readOnly": True}},
+            # NCCL and PyTorch workers exchange tensors through /dev/shm; the container runtime's 64 MiB is far
+            # too small for tensor parallelism.
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}},
+            {"name": "cache", "emptyDir": {}},
+        ],
+        **gpu_scheduling(platform),
+    }

@@ -1,0 +1,241 @@
+"""The objects that serve a model: Deployment, Service, PodDisruptionBudget, KEDA ScaledObject, Ingress and
+NetworkPolicy, applied together on a promotion."""
+
+from __future__ import annotations
+
+from llm_platform.catalog import ModelSpec, Platform
+from llm_platform.engine import DEFAULT_PORT, VLLM_SERVER_MODULE
+from llm_platform.manifests.pods import (
+    ENGINE_FINGERPRINT_ANNOTATION,
+    PORT_NAME,
+    WEIGHTS_REVISION_ANNOTATION,
+    Object,
+    http_probe,
+    model_labels,
+    object_metadata,
+    resource_name,
+    selector_labels,
+    serving_invocation,
+    vllm_container_base,
+    vllm_pod_base,
+)
+
+
+def render_deployment(platform: Platform, model: ModelSpec, revision: str) -> Object:
+    """The vLLM Deployment. ``revision`` is the weights' commit sha (the snapshot directory on the PVC)."""
+    invocation = serving_invocation(platform, model, revision)
+    startup_period_s = 10
+    container: Object = {
+        **vllm_container_base(platform, model, invocation),
+        "command": ["python3", "-m", VLLM_SERVER_MODULE],
+        "args": list(invocation.args),
+        "ports": [{"name": PORT_NAME, "containerPort": DEFAULT_PORT, "protocol": "TCP"}],
+        # Loading weights takes from seconds to tens of minutes depending on size and storage. A fixed
+        # initialDelaySeconds (the seed's 60 s) is wrong both ways: too short for a 70B model (the kubelet kills it
+        # in a crash loop) and a needless wait for a small one. A startupProbe (as KServe does) holds liveness and
+        # readiness back until /health first answers, for up to serving.startup_timeout_s; after that liveness
+        # restarts a wedged engine quickly and readiness takes an overloaded pod out of the Service.
+        "startupProbe": http_probe(
+            period_s=startup_period_s, failures=-(-model.serving.startup_timeout_s // startup_period_s), timeout_s=5
+        ),
+        "readinessProbe": http_probe(period_s=5, failures=3, timeout_s=5),
+        "livenessProbe": http_probe(period_s=15, failures=4, timeout_s=10),
+        # Give the endpoints controller time to take the pod out of the Service before vLLM stops accepting.
+        "lifecycle": {"preStop": {"sleep": {"seconds": 10}}},
+    }
+    pod_spec: Object = {**vllm_pod_base(platform), "terminationGracePeriodSeconds": 60, "containers": [container]}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": object_metadata(resource_name(model), platform, model_labels(model)),
+        "spec": {
+            # No `replicas`: KEDA's HPA owns the count, and applying one here would fight it on every promotion.
+            "selector": {"matchLabels": selector_labels(model)},
+            "revisionHistoryLimit": 5,
+            "progressDeadlineSeconds": model.serving.startup_timeout_s + 300,
+            # Surge one new pod before removing an old one: the model never drops below its capacity during a
+            # promotion (the catalog's quota check reserves the surge GPUs).
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {
+                    "labels": model_labels(model),
+                    "annotations": {
+                        WEIGHTS_REVISION_ANNOTATION: revision,
+                        ENGINE_FINGERPRINT_ANNOTATION: invocation.fingerprint,
+                        # For Prometheus' kubernetes_sd annotation-based scraping; the Operator uses the PodMonitor.
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(DEFAULT_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def render_service(platform: Platform, model: ModelSpec) -> Object:
+    """ClusterIP Service in front of the ready vLLM pods."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_metadata(resource_name(model), platform, model_labels(model)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(model),
+            "ports": [{"name": PORT_NAME, "port": DEFAULT_PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
+        },
+    }
+
+
+def render_pod_disruption_budget(platform: Platform, model: ModelSpec) -> Object:
+    """Voluntary evictions (node drains) take at most one replica at a time.
+
+    ``maxUnavailable: 1`` rather than ``minAvailable: 1``: with a single replica the latter blocks every drain
+    forever, which cluster operators then work around by force.
+    """
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": object_metadata(resource_name(model), platform, model_labels(model)),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(model)}},
+    }
+
+
+def waiting_queue_query(platform: Platform, model: ModelSpec) -> str:
+    """PromQL for the requests waiting in all of this model's pods (vLLM labels its metrics with model_name)."""
+    return f'sum(vllm:num_requests_waiting{{namespace="{platform.namespace}",model_name="{model.name}"}})'
+
+
+def render_scaled_object(platform: Platform, model: ModelSpec) -> Object:
+    """KEDA ScaledObject on the waiting queue, averaged per replica against the catalog threshold."""
+    scaling = model.autoscaling
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": object_metadata(resource_name(model), platform, model_labels(model)),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": resource_name(model)},
+            "minReplicaCount": scaling.min_replicas,
+            "maxReplicaCount": scaling.max_replicas,
+            "pollingInterval": scaling.polling_interval_s,
+            "cooldownPeriod": scaling.cooldown_s,
+            # If Prometheus cannot be read 3 times in a row, keep the current replica count (never scale a busy
+            # model down to its minimum because monitoring is down). Fallback needs metricType AverageValue.
+            "fallback": {
+                "failureThreshold": 3,
+                "replicas": scaling.min_replicas,
+                "behavior": "currentReplicasIfHigher",
+            },
+            "advanced": {
+                "horizontalPodAutoscalerConfig": {
+                    "behavior": {
+                        # Scale down one pod at a time after the cooldown; a new vLLM pod takes minutes to load.
+                        "scaleDown": {
+                            "stabilizationWindowSeconds": scaling.cooldown_s,
+                            "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+                        }
+                    }
+                }
+            },
+            "triggers": [
+                {
+                    "type": "prometheus",
+                    "name": "waiting-requests",
+                    "metricType": "AverageValue",
+                    "metadata": {
+                        "serverAddress": platform.prometheus_url,
+                        "query": waiting_queue_query(platform, model),
+                        "threshold": f"{scaling.waiting_threshold:g}",
+                        # An empty result is an error (so the fallback applies), not a silent zero.
+                        "ignoreNullValues": "false",
+                    },
+                }
+            ],
+        },
+    }
+
+
+def render_ingress(platform: Platform, model: ModelSpec) -> Object | None:
+    """ingress-nginx Ingress for ``exposure.host``; None when the model is not exposed outside the cluster."""
+    exposure = model.exposure
+    if exposure.host is None:
+        return None
+    timeout = str(exposure.timeout_s)
+    annotations = {
+        "nginx.ingress.kubernetes.io/proxy-read-timeout": timeout,
+        "nginx.ingress.kubernetes.io/proxy-send-timeout": timeout,
+        "nginx.ingress.kubernetes.io/proxy-body-size": exposure.max_body_size,
+        # Stream tokens (server-sent events) as they are generated instead of buffering whole responses.
+        "nginx.ingress.kubernetes.io/proxy-buffering": "off",
+        # Per client IP (ingress-nginx keys limit-rps on the remote address).
+        "nginx.ingress.kubernetes.io/limit-rps": str(exposure.rate_limit_rps),
+    }
+    spec: Object = {
+        "ingressClassName": platform.ingress_class,
+        "rules": [
+            {
+                "host": exposure.host,
+                "http": {
+                    "paths": [
+                        {
+                            "path": "/",
+                            "pathType": "Prefix",
+                            "backend": {"service": {"name": resource_name(model), "port": {"name": PORT_NAME}}},
+                        }
+                    ]
+                },
+            }
+        ],
+    }
+    if exposure.tls_secret is not None:
+        spec["tls"] = [{"hosts": [exposure.host], "secretName": exposure.tls_secret}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": object_metadata(resource_name(model), platform, model_labels(model), annotations=annotations),
+        "spec": spec,
+    }
+
+
+def _namespace_selector(namespace: str) -> Object:
+    return {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+
+
+def render_network_policy(platform: Platform, model: ModelSpec) -> Object:
+    """Only labelled clients (any namespace), the ingress controller and Prometheus reach the vLLM port."""
+    peers = [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": dict(model.exposure.client_labels)}},
+        {
+            "namespaceSelector": _namespace_selector(platform.ingress_controller_namespace),
+            "podSelector": {"matchLabels": dict(platform.ingress_controller_pod_labels)},
+        },
+        {
+            "namespaceSelector": _namespace_selector(platform.prometheus_namespace),
+            "podSelector": {"matchLabels": dict(platform.prometheus_pod_labels)},
+        },
+    ]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": object_metadata(resource_name(model), platform, model_labels(model)),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(model)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": DEFAULT_PORT}]}],
+        },
+    }
+
+
+def render_model(platform: Platform, model: ModelSpec, revision: str | None = None) -> list[Object]:
+    """Every object that serves ``model``, in apply order. ``revision`` defaults to the catalog's revision."""
+    revision = revision or model.source.revision
+    objects = [
+        render_service(platform, model),
+        render_deployment(platform, model, revision),
+        render_pod_disruption_budget(platform, model),
+        render_scaled_object(platform, model),
+        render_network_policy(platform, model),
+        render_ingress(platform, model),
+    ]
+    return [obj for obj in objects if obj is not None]

@@ -1,0 +1,126 @@
+"""The one interface every deployment target implements: where weights go, how a candidate is benchmarked, how a
+config is promoted (and rolled back), stopped and inspected, and where artefacts go.
+
+``defs/`` talks to a :class:`ServingTarget` only and never asks which one it has; the local target (vLLM on CPU on
+this machine), the kubernetes target (Jobs and a Deployment in a cluster) and the tests' in-process fake implement
+it. Benchmark results cross the interface as the raw ``vllm bench serve`` result JSON of each concurrency level, so
+that one parser and one SLO evaluation read every target's measurements.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm_platform.benchmark.plan import BenchmarkPlan
+from llm_platform.catalog import ModelSpec
+from llm_platform.tuning.search import Candidate, Trial
+from llm_platform.weights.plan import DownloadResult, SnapshotManifest
+
+Log = Callable[[str], None]
+LevelResults = dict[int, dict[str, Any]]
+"""The result JSON of ``vllm bench serve`` for each concurrency level of a plan."""
+TrialRunner = Callable[[Candidate], Trial]
+"""One trial of the goodput search: start the candidate, find its highest SLO-meeting load."""
+
+
+def _ignore(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What serves a model after a promotion."""
+
+    endpoint: str
+    """The URL clients call (the local endpoint, the Ingress host or the in-cluster Service)."""
+    benchmark_url: str
+    """Where the live benchmark reaches the model from inside the target."""
+    revision: str
+    """One line naming what serves: image or server, engine fingerprint, weights commit."""
+    details: Mapping[str, str | int | list[str]] = field(default_factory=dict)
+    """Target-specific facts for the asset's metadata (previous revision, applied objects, server pid, …)."""
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    model: str
+    healthy: bool
+    endpoint: str | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """How a trial measures a candidate: the benchmark request shape and the load range it searches."""
+
+    plan: BenchmarkPlan
+    load_low: int
+    load_high: int
+    prompts_per_load: int
+    """Requests per probe per unit of concurrency (at least ``plan.prompts_per_level``)."""
+
+
+class ServingTarget(ABC):
+    """A place models are served: the lifecycle's every side effect goes through these methods."""
+
+    kind: str
+    """``local``, ``kubernetes`` or ``fake``: shown in metadata, never branched on."""
+
+    def __init__(self, artifacts_root: Path) -> None:
+        self.artifacts_root = artifacts_root
+
+    def artifact_dir(self, model: str, kind: str, run_id: str) -> Path:
+        """Where a run's large artefacts go (benchmark CSV/PNG/JSON, trial tables): ``<root>/<model>/<kind>/<run>``,
+        a location that outlives the run on every target."""
+        directory = self.artifacts_root / model / kind / run_id
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory
+
+    @abstractmethod
+    def weights_location(self) -> str:
+        """Where materialized weights live, as metadata names it (a directory, ``pvc://claim/path``)."""
+
+    @abstractmethod
+    def materialize_weights(self, model: ModelSpec, revision: str, log: Log = _ignore) -> DownloadResult:
+        """Download and verify ``revision`` of the model's weights where the servers read them."""
+
+    @abstractmethod
+    def benchmark_candidate(
+        self, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, *, run_key: str, work_dir: Path,
+        log: Log = _ignore,
+    ) -> LevelResults:  # fmt: skip
+        """Serve ``model`` (its serving section is the candidate config) and benchmark it with ``plan``."""
+
+    @abstractmethod
+    def release_candidate(self, model: ModelSpec, weights: SnapshotManifest, log: Log = _ignore) -> None:
+        """A benchmarked candidate that will not be promoted must not keep holding resources (unless it serves)."""
+
+    @abstractmethod
+    def benchmark_deployed(
+        self, deployment: Deployment, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, *,
+        run_key: str, work_dir: Path, log: Log = _ignore,
+    ) -> LevelResults:  # fmt: skip
+        """Benchmark what serves, where it serves (the live benchmark)."""
+
+    @abstractmethod
+    def trial_runner(
+        self, model: ModelSpec, weights: SnapshotManifest, settings: TrialSettings, *, run_key: str, work_dir: Path,
+        log: Log = _ignore,
+    ) -> TrialRunner:  # fmt: skip
+        """Trials of the auto-tuner for ``model`` (the candidate's knobs are applied on top of its serving)."""
+
+    @abstractmethod
+    def promote(self, model: ModelSpec, weights: SnapshotManifest, log: Log = _ignore) -> Deployment:
+        """Serve this config; on failure restore what served before (or nothing) and raise with the reason."""
+
+    @abstractmethod
+    def stop(self, model: ModelSpec) -> None:
+        """Stop serving ``model`` entirely."""
+
+    @abstractmethod
+    def status(self, model: ModelSpec) -> TargetStatus:
+        """Whether ``model`` serves, and where."""

@@ -1,0 +1,141 @@
+"""The kubernetes target behind the :class:`~llm_platform.targets.base.ServingTarget` interface: weights through
+the download Job onto the RWX PVC, candidates benchmarked by the GPU benchmark Job, promotion with rollback
+(``targets/kubernetes.py``). A trial is one benchmark Job measuring a geometric ladder of loads against one server:
+a bisection would need a Job, and so a server start, per probe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from llm_platform.benchmark.plan import BenchmarkPlan
+from llm_platform.benchmark.trials import candidate_model, failed_trial, ladder_trial, load_ladder
+from llm_platform.catalog import ModelSpec
+from llm_platform.engine import DEFAULT_PORT, config_fingerprint
+from llm_platform.errors import PlatformError
+from llm_platform.manifests.pods import resource_name, serving_invocation
+from llm_platform.manifests.serving import render_model
+from llm_platform.targets.base import (
+    Deployment,
+    LevelResults,
+    Log,
+    ServingTarget,
+    TargetStatus,
+    TrialRunner,
+    TrialSettings,
+)
+from llm_platform.targets.kube_api import DEPLOYMENTS, resource_of
+from llm_platform.targets.kubernetes import KubernetesTarget
+from llm_platform.tuning.search import Candidate, Trial
+from llm_platform.weights.plan import DownloadResult, SnapshotManifest
+
+
+def _ignore(_: str) -> None:
+    return None
+
+
+class KubernetesServingTarget(ServingTarget):
+    """The catalog's namespace in a cluster."""
+
+    kind = "kubernetes"
+
+    def __init__(self, cluster: KubernetesTarget, artifacts_root: Path) -> None:
+        super().__init__(artifacts_root)
+        self.cluster = cluster
+        self.platform = cluster.platform
+
+    def service_url(self, model: ModelSpec) -> str:
+        return f"http://{resource_name(model)}.{self.platform.namespace}.svc.cluster.local:{DEFAULT_PORT}"
+
+    def endpoint(self, model: ModelSpec) -> str:
+        """The model's URL: its Ingress host when exposed, else the in-cluster Service address."""
+        if model.exposure.host is not None:
+            scheme = "https" if model.exposure.tls_secret else "http"
+            return f"{scheme}://{model.exposure.host}"
+        return self.service_url(model)
+
+    def weights_location(self) -> str:
+        return f"pvc://{self.platform.weights_pvc}{self.platform.weights_mount_path}"
+
+    def materialize_weights(self, model: ModelSpec, revision: str, log: Log = _ignore) -> DownloadResult:
+        return self.cluster.download_weights(model, revision, log=log)
+
+    def benchmark_candidate(
+        self, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, *, run_key: str, work_dir: Path,
+        log: Log = _ignore,
+    ) -> LevelResults:  # fmt: skip
+        return self.cluster.smoke_benchmark(model, weights.sha, plan, run_key=run_key, log=log)
+
+    def release_candidate(self, model: ModelSpec, weights: SnapshotManifest, log: Log = _ignore) -> None:
+        """Nothing to release: the benchmark Job's server ended with its pod."""
+
+    def benchmark_deployed(
+        self, deployment: Deployment, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, *,
+        run_key: str, work_dir: Path, log: Log = _ignore,
+    ) -> LevelResults:  # fmt: skip
+        return self.cluster.smoke_benchmark(
+            model, weights.sha, plan, run_key=run_key, log=log, against=deployment.benchmark_url
+        )
+
+    def trial_runner(
+        self, model: ModelSpec, weights: SnapshotManifest, settings: TrialSettings, *, run_key: str, work_dir: Path,
+        log: Log = _ignore,
+    ) -> TrialRunner:  # fmt: skip
+        return KubernetesTrials(self.cluster, model, weights, settings, run_key, log)
+
+    def promote(self, model: ModelSpec, weights: SnapshotManifest, log: Log = _ignore) -> Deployment:
+        promotion = self.cluster.promote(model, weights.sha, log=log)
+        revision = promotion.revision
+        details: dict[str, str | int | list[str]] = {
+            "target": f"kubernetes ({self.platform.namespace})",
+            "previous_revision": promotion.previous.label() if promotion.previous else "none",
+            "image": revision.image,
+            "server_fingerprint": revision.engine_fingerprint,
+            "engine_args": list(serving_invocation(self.platform, model, weights.sha).args),
+            "applied": list(promotion.applied),
+            "rollout": promotion.detail,
+        }
+        return Deployment(self.endpoint(model), self.service_url(model), revision.label(), details)
+
+    def stop(self, model: ModelSpec) -> None:
+        """Delete the model's serving objects (the weights on the PVC stay)."""
+        for obj in render_model(self.platform, model):
+            if obj["kind"] in ("PersistentVolumeClaim", "Job"):
+                continue
+            self.cluster.api.delete(resource_of(obj), self.platform.namespace, obj["metadata"]["name"])
+
+    def status(self, model: ModelSpec) -> TargetStatus:
+        deployment = self.cluster.api.get(DEPLOYMENTS, self.platform.namespace, resource_name(model))
+        if deployment is None:
+            return TargetStatus(model.name, False, None, "not deployed")
+        available = int(deployment.get("status", {}).get("availableReplicas") or 0)
+        revision = self.cluster.current_revision(model)
+        label = revision.label() if revision else "no llm-platform revision"
+        return TargetStatus(model.name, available > 0, self.endpoint(model), f"{label}; {available} available")
+
+
+@dataclasses.dataclass
+class KubernetesTrials:
+    """One benchmark Job per candidate (the smoke benchmark's, with the candidate's arguments) measuring the load
+    ladder; the goodput is that of the highest load before the first that misses the SLO."""
+
+    cluster: KubernetesTarget
+    model: ModelSpec
+    weights: SnapshotManifest
+    settings: TrialSettings
+    run_key: str
+    log: Log = _ignore
+
+    def __call__(self, candidate: Candidate) -> Trial:
+        ladder = load_ladder(self.settings.load_low, self.settings.load_high)
+        # One prompt count for every level of the ladder: enough for its highest load.
+        prompts = max(self.settings.plan.prompts_per_level, self.settings.prompts_per_load * self.settings.load_high)
+        plan = dataclasses.replace(self.settings.plan, concurrency_levels=ladder, prompts_per_level=prompts)
+        try:
+            model = candidate_model(self.model, candidate, self.weights.max_position_tokens)
+            run_key = f"{self.run_key}-{config_fingerprint(model.serving, self.weights.sha)[:8]}"
+            results = self.cluster.smoke_benchmark(model, self.weights.sha, plan, run_key=run_key, log=self.log)
+        except PlatformError as error:
+            return failed_trial(self.model, candidate, error, self.log)
+        return ladder_trial(candidate, results, ladder, self.model.slo)

@@ -1,0 +1,191 @@
+"""The local target behind the :class:`~llm_platform.targets.base.ServingTarget` interface: weights in a model
+store directory, candidates and deployments as vLLM-on-CPU servers on this machine (``targets/local.py``), the
+benchmark as ``vllm bench serve`` against them, trials as a load bisection against one server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from llm_platform.benchmark.plan import BenchmarkPlan
+from llm_platform.benchmark.runner import run_level, run_plan
+from llm_platform.benchmark.trials import as_overrides, candidate_model, failed_trial, probe_from_result
+from llm_platform.catalog import ModelSpec
+from llm_platform.errors import PlatformError
+from llm_platform.targets.base import (
+    Deployment,
+    LevelResults,
+    Log,
+    ServingTarget,
+    TargetStatus,
+    TrialRunner,
+    TrialSettings,
+)
+from llm_platform.targets.local import LocalTarget
+from llm_platform.targets.local_state import ServerRecord
+from llm_platform.tuning.search import Candidate, Probe, Trial, bisect_load
+from llm_platform.weights.download import DEFAULT_WORKERS, DownloadRequest, download_snapshot
+from llm_platform.weights.hub import HubClient
+from llm_platform.weights.plan import DownloadResult, SnapshotManifest
+from llm_platform.weights.progress import LogProgress
+from llm_platform.weights.store import ModelStore
+
+
+def _ignore(_: str) -> None:
+    return None
+
+
+class LocalServingTarget(ServingTarget):
+    """vLLM on CPU on this machine, weights in ``store``, fetched from ``hub``."""
+
+    kind = "local"
+
+    def __init__(
+        self,
+        servers: LocalTarget,
+        store: ModelStore,
+        hub: HubClient,
+        artifacts_root: Path,
+        *,
+        workers: int = DEFAULT_WORKERS,
+        keep_revisions: int = 0,
+    ) -> None:
+        super().__init__(artifacts_root)
+        self.servers = servers
+        self.store = store
+        self.hub = hub
+        self.workers = workers
+        self.keep_revisions = keep_revisions
+
+    def weights_path(self, weights: SnapshotManifest) -> str:
+        return str(self.store.snapshot_dir(weights.model, weights.sha))
+
+    def weights_location(self) -> str:
+        return str(self.store.root)
+
+    def materialize_weights(self, model: ModelSpec, revision: str, log: Log = _ignore) -> DownloadResult:
+        request = DownloadRequest.for_model(model, revision)
+        return download_snapshot(
+            request, self.store, self.hub, workers=self.workers, progress=LogProgress(log),
+            keep_revisions=self.keep_revisions,
+        )  # fmt: skip
+
+    def benchmark_candidate(
+        self, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, *, run_key: str, work_dir: Path,
+        log: Log = _ignore,
+    ) -> LevelResults:  # fmt: skip
+        server = self.servers.ensure_server(model, self.weights_path(weights), log=log)
+        return self._measure(model, weights, plan, server.base_url, work_dir, log)
+
+    def _measure(
+        self, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, base_url: str, work_dir: Path, log: Log
+    ) -> LevelResults:
+        _, raw = run_plan(
+            plan, model=model.name, base_url=base_url, tokenizer=self.weights_path(weights), work_dir=work_dir,
+            log=log,
+        )  # fmt: skip
+        return raw
+
+    def release_candidate(self, model: ModelSpec, weights: SnapshotManifest, log: Log = _ignore) -> None:
+        fingerprint = self.servers.invocation(model, self.weights_path(weights)).fingerprint
+        for server in self.servers.servers(model.name):
+            if server.fingerprint == fingerprint:
+                release_server(self.servers, model.name, server, log)
+
+    def benchmark_deployed(
+        self, deployment: Deployment, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, *,
+        run_key: str, work_dir: Path, log: Log = _ignore,
+    ) -> LevelResults:  # fmt: skip
+        return self._measure(model, weights, plan, deployment.benchmark_url, work_dir, log)
+
+    def trial_runner(
+        self, model: ModelSpec, weights: SnapshotManifest, settings: TrialSettings, *, run_key: str, work_dir: Path,
+        log: Log = _ignore,
+    ) -> TrialRunner:  # fmt: skip
+        return LocalTrials(
+            self.servers, model, self.weights_path(weights), settings, work_dir, weights.max_position_tokens, log
+        )
+
+    def promote(self, model: ModelSpec, weights: SnapshotManifest, log: Log = _ignore) -> Deployment:
+        weights_path = self.weights_path(weights)
+        status = self.servers.promote(model, weights_path, log=log)
+        if status.active is None or status.endpoint is None:
+            raise PlatformError(f"model '{model.name}': promoted, but the endpoint does not answer")
+        label = f"local server {status.active.fingerprint} weights {weights.sha[:12]}"
+        details: dict[str, str | int | list[str]] = {
+            "target": "local",
+            "server_fingerprint": status.active.fingerprint,
+            "server_pid": status.active.pid,
+            "server_log": status.active.log_path,
+            "engine_args": list(self.servers.invocation(model, weights_path).args),
+        }
+        return Deployment(status.endpoint, status.endpoint, label, details)
+
+    def stop(self, model: ModelSpec) -> None:
+        self.servers.stop(model.name)
+
+    def status(self, model: ModelSpec) -> TargetStatus:
+        status = self.servers.status(model.name)
+        servers = ", ".join(f"{s.fingerprint} (pid {s.pid}, port {s.port})" for s in status.servers) or "none"
+        return TargetStatus(model.name, status.healthy, status.endpoint, f"servers: {servers}")
+
+
+def release_server(servers: LocalTarget, model: str, server: ServerRecord, log: Log) -> None:
+    """Stop ``server`` unless the model's endpoint routes to it: the one candidate-stop rule (a rejected
+    benchmark candidate and every finished trial)."""
+    active = servers.active(model)
+    if active is None or active.fingerprint != server.fingerprint:
+        servers.stop_server(model, server.fingerprint)
+        log(f"model '{model}': stopped candidate server {server.fingerprint}")
+
+
+@dataclasses.dataclass
+class LocalTrials:
+    """Trials on this machine: one vLLM server per candidate and the load found by
+    :func:`~llm_platform.tuning.search.bisect_load`, each probe a ``vllm bench serve`` run at one concurrency, in
+    this process so that vLLM's benchmark is imported once per search, not once per probe. A config vLLM refuses or
+    cannot start is a failed trial with vLLM's own line."""
+
+    servers: LocalTarget
+    model: ModelSpec
+    weights_path: str
+    settings: TrialSettings
+    work_dir: Path
+    position_limit: int | None = None
+    log: Log = _ignore
+
+    def __call__(self, candidate: Candidate) -> Trial:
+        overrides = as_overrides(candidate)
+        label = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        try:
+            model = candidate_model(self.model, candidate, self.position_limit)
+            server = self.servers.ensure_server(model, self.weights_path, log=self.log)
+        except PlatformError as error:
+            return failed_trial(self.model, candidate, error, self.log)
+        work_dir = self.work_dir / server.fingerprint
+        settings = self.settings
+        try:
+            found = bisect_load(
+                lambda load: self._probe(server.base_url, load, work_dir), settings.load_low, settings.load_high
+            )
+        except PlatformError as error:
+            return failed_trial(self.model, candidate, error, self.log)
+        finally:
+            release_server(self.servers, self.model.name, server, self.log)
+        best = (
+            f"{found.goodput:.1f} output tok/s at concurrency {found.best.load}"
+            if found.best
+            else "no load met the SLO"
+        )
+        self.log(f"model '{self.model.name}': trial {label}: {best} ({len(found.probes)} probes)")
+        return dataclasses.replace(found, candidate=dict(candidate))
+
+    def _probe(self, base_url: str, load: int, work_dir: Path) -> Probe:
+        plan = self.settings.plan
+        prompts = max(plan.prompts_per_level, self.settings.prompts_per_load * load)
+        plan = dataclasses.replace(plan, prompts_per_level=prompts)
+        result = run_level(plan, load, model=self.model.name, base_url=base_url,
+                           tokenizer=self.weights_path, work_dir=work_dir,
+                           in_process=True)  # fmt: skip
+        return probe_from_result(result, load, self.model.slo)

@@ -1,0 +1,171 @@
+"""The local target's state on disk: what runs, what the endpoint routes to, and what Prometheus scrapes.
+
+Layout under ``state_dir`` (``local-target`` under the local home, ``$DAGSTER_HOME`` by default)::
+
+    <model>/servers/<fingerprint>.json   one record per vLLM process (pid, port, log, weights) - survives restarts
+    <model>/active.json                  the server the model's endpoint routes to
+    <model>/proxy.json                   the endpoint: a small reverse proxy on a port that never changes
+    logs/<model>-<fingerprint>-<time>.log
+
+and one Prometheus file_sd target file per model in ``file_sd_dir``. Every write is atomic (temp file + rename), so
+that the proxy and Prometheus never read half a record. Nothing here starts or signals a process.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    """One running (or recently running) vLLM process."""
+
+    model: str
+    fingerprint: str
+    pid: int
+    port: int
+    host: str
+    log_path: str
+    weights_path: str
+    started_at: str
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def marker(self) -> str:
+        """What the process's command line carries: tells our server from an unrelated process reusing the pid."""
+        return port_marker(self.port)
+
+
+@dataclass(frozen=True)
+class ProxyRecord:
+    pid: int
+    port: int
+
+    @property
+    def marker(self) -> str:
+        return port_marker(self.port)
+
+
+def port_marker(port: int) -> str:
+    return f"--port {port}"
+
+
+def write_json(path: Path, payload: object) -> None:
+    """Atomic write (temp file + rename) so that a reader never sees half a record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(payload, indent=2))
+    temporary.replace(path)
+
+
+def read_json(path: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class LocalState:
+    """Records of the local target's servers, endpoints and scrape targets."""
+
+    def __init__(self, state_dir: Path, file_sd_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.file_sd_dir = file_sd_dir
+
+    def _model_dir(self, model: str) -> Path:
+        return self.state_dir / model
+
+    def _server_file(self, model: str, fingerprint: str) -> Path:
+        return self._model_dir(model) / "servers" / f"{fingerprint}.json"
+
+    def active_file(self, model: str) -> Path:
+        """The pointer the model's proxy reads on every request."""
+        return self._model_dir(model) / "active.json"
+
+    def log_path(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.log"
+
+    # -- servers -------------------------------------------------------------------------------------------------
+
+    def server_records(self, model: str) -> list[ServerRecord]:
+        """Every recorded server of ``model`` (alive or not: the caller checks; an unreadable record is dropped)."""
+        directory = self._model_dir(model) / "servers"
+        records = []
+        for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+            data = read_json(path)
+            try:
+                records.append(ServerRecord(**data))  # type: ignore[arg-type]
+            except TypeError:
+                path.unlink(missing_ok=True)
+        return records
+
+    def server(self, model: str, fingerprint: str) -> ServerRecord | None:
+        data = read_json(self._server_file(model, fingerprint))
+        try:
+            return ServerRecord(**data) if data else None  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
+    def save_server(self, record: ServerRecord) -> None:
+        write_json(self._server_file(record.model, record.fingerprint), asdict(record))
+
+    def forget_server(self, model: str, fingerprint: str) -> None:
+        self._server_file(model, fingerprint).unlink(missing_ok=True)
+
+    # -- the endpoint --------------------------------------------------------------------------------------------
+
+    def active_fingerprint(self, model: str) -> str | None:
+        data = read_json(self.active_file(model)) or {}
+        fingerprint = data.get("fingerprint")
+        return str(fingerprint) if fingerprint else None
+
+    def route_to(self, record: ServerRecord) -> None:
+        """Point the model's endpoint at ``record`` (the proxy picks it up on its next request)."""
+        write_json(
+            self.active_file(record.model),
+            {"fingerprint": record.fingerprint, "port": record.port, "host": record.host},
+        )
+
+    def proxy(self, model: str) -> ProxyRecord | None:
+        data = read_json(self._model_dir(model) / "proxy.json")
+        try:
+            return ProxyRecord(int(str(data["pid"])), int(str(data["port"]))) if data else None
+        except (KeyError, ValueError):
+            return None
+
+    def save_proxy(self, model: str, record: ProxyRecord) -> None:
+        write_json(self._model_dir(model) / "proxy.json", asdict(record))
+
+    def forget_endpoint(self, model: str) -> None:
+        self.active_file(model).unlink(missing_ok=True)
+        (self.file_sd_dir / f"{model}.json").unlink(missing_ok=True)
+
+    # -- what Prometheus scrapes ---------------------------------------------------------------------------------
+
+    def write_scrape_targets(self, model: str, servers: Sequence[ServerRecord]) -> None:
+        """The model's file_sd target file: every running server, labelled active or candidate."""
+        active = self.active_fingerprint(model)
+        groups: list[Mapping[str, object]] = [
+            {
+                "targets": [f"{record.host}:{record.port}"],
+                "labels": {
+                    "model": model,
+                    "fingerprint": record.fingerprint,
+                    "role": "active" if record.fingerprint == active else "candidate",
+                },
+            }
+            for record in servers
+        ]
+        write_json(self.file_sd_dir / f"{model}.json", groups)
+
+    def models(self) -> list[str]:
+        """Models that have state here (running or not)."""
+        root = self.state_dir
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "logs") if root.is_dir() else []

@@ -1,0 +1,291 @@
+"""The Dagster wiring on the in-process fake target: what the assets, checks, jobs, schedules and sensors decide,
+in seconds. Real vLLM, Prometheus, PostgreSQL and the Kubernetes API emulator are in ``tests/integration``."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from llm_platform.benchmark.plan import BenchmarkPlan
+from llm_platform.catalog import Catalog, Serving, parse_catalog
+from llm_platform.defs.jobs import LIFECYCLE_ASSETS, PROMOTE_ASSETS, promotion_request, schedule_name
+from llm_platform.defs.lifecycle import lifecycle_assets
+from llm_platform.defs.partitions import latest_materialization
+from llm_platform.defs.resources import PrometheusResource, WeightsResource
+from llm_platform.defs.sensors import build_drift_sensor
+from llm_platform.defs.storage import InstanceValueIOManager
+from llm_platform.defs.tuning import TUNED_ASSET
+from tests.fakeprom import FakePrometheus
+from tests.faketarget import CLUSTERS, FakeCluster, FakeTargetResource, default_performance
+
+MODEL = "tiny"
+SMALL = {"prompts_per_level": 8, "concurrency_levels": [1, 4], "num_warmups": 0}
+_names = itertools.count()
+
+
+def _catalog(**sections: Any) -> Catalog:
+    model: dict[str, Any] = {
+        "name": MODEL,
+        "source": {"repo": "acme/tiny"},
+        "serving": {"max_model_len": 2048, "max_num_seqs": 32},
+        "slo": {"ttft_p95_ms": 2000, "itl_p95_ms": 100, "min_output_tokens_per_s": 10, "max_error_rate": 0},
+    }
+    model.update(sections)
+    return parse_catalog({"models": [model]})
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[str, FakeCluster]]:
+    name = f"cluster-{next(_names)}"
+    CLUSTERS[name] = FakeCluster()
+    yield name, CLUSTERS[name]
+    del CLUSTERS[name]
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        yield instance
+
+
+class Platform:
+    """One catalog on the fake target, with an instance shared by its runs."""
+
+    def __init__(self, catalog: Catalog, cluster: str, instance: dg.DagsterInstance, artifacts: Path) -> None:
+        self.catalog = catalog
+        self.instance = instance
+        self.resources = {
+            "io_manager": InstanceValueIOManager(),
+            "target": FakeTargetResource(cluster=cluster, artifacts_root=str(artifacts)),
+            "weights": WeightsResource(),
+        }
+
+    def run(
+        self, selection: list[str], ops: dict[str, Any] | None = None, catalog: Catalog | None = None
+    ) -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            lifecycle_assets(catalog or self.catalog),
+            selection=selection,
+            partition_key=MODEL,
+            resources=self.resources,
+            run_config={"ops": ops or {}},
+            instance=self.instance,
+            raise_on_error=False,
+        )
+
+    def lifecycle(self, **ops: Any) -> dg.ExecuteInProcessResult:
+        return self.run(LIFECYCLE_ASSETS, {"smoke_benchmark": {"config": SMALL}, **ops})
+
+    def deployed_serving(self) -> dict[str, Any]:
+        materialization = latest_materialization(self.instance, "vllm_deployment", MODEL)
+        assert materialization is not None
+        value = materialization.metadata["serving"].value
+        assert isinstance(value, dict)
+        return value
+
+
+def _failure(result: dg.ExecuteInProcessResult) -> str:
+    (event,) = [event for event in result.all_events if event.is_step_failure]
+    data = event.step_failure_data
+    assert data is not None and data.user_failure_data is not None
+    return str(data.user_failure_data.description)
+
+
+def _platform(catalog: Catalog, cluster: tuple[str, FakeCluster], instance: dg.DagsterInstance, tmp: Path) -> Platform:
+    return Platform(catalog, cluster[0], instance, tmp / "artifacts")
+
+
+def test_lifecycle_promotes_a_config_that_meets_its_slos(
+    cluster: tuple[str, FakeCluster], instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    platform = _platform(_catalog(), cluster, instance, tmp_path)
+    result = platform.lifecycle()
+
+    assert result.success
+    assert all(check.passed for check in result.get_asset_check_evaluations())
+    fingerprint, serving = cluster[1].deployed[MODEL]
+    assert serving.max_num_seqs == 32
+    (event,) = result.asset_materializations_for_node("vllm_deployment")
+    assert event.metadata["endpoint"].value == "http://tiny.fake"
+    assert fingerprint in str(event.metadata["revision"].value)
+    # The large artefacts went to the target's artefact location, named in the metadata.
+    (bench,) = result.asset_materializations_for_node("smoke_benchmark")
+    assert (Path(str(bench.metadata["artifacts"].value)) / "results.csv").is_file()
+
+
+def test_the_slo_gate_refuses_a_candidate_and_releases_it(
+    cluster: tuple[str, FakeCluster], instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    strict = _catalog(slo={"ttft_p95_ms": 1, "itl_p95_ms": 100, "min_output_tokens_per_s": 10, "max_error_rate": 0})
+    result = _platform(strict, cluster, instance, tmp_path).lifecycle()
+
+    assert not result.success
+    checks = {check.check_name: check.passed for check in result.get_asset_check_evaluations()}
+    assert checks["slo_ttft_p95_ms"] is False and checks["slo_itl_p95_ms"] is True
+    assert not result.asset_materializations_for_node("vllm_deployment")
+    assert MODEL not in cluster[1].deployed
+    assert cluster[1].candidates[MODEL] == set()  # released
+    assert any(call.startswith("release tiny") for call in cluster[1].calls)
+
+
+def test_a_failed_promotion_fails_the_run_with_the_targets_reason(
+    cluster: tuple[str, FakeCluster], instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    platform = _platform(_catalog(), cluster, instance, tmp_path)
+    assert platform.lifecycle().success
+    before = cluster[1].deployed[MODEL]
+    cluster[1].failing_promotions.add(MODEL)
+
+    result = platform.run(PROMOTE_ASSETS, promotion_request(overrides={"max_num_seqs": "16"})[1]["ops"])
+
+    assert not result.success
+    assert _failure(result).startswith("model 'tiny': promotion of ")
+    assert f"rolled back to {before[0]}" in _failure(result)
+    assert cluster[1].deployed[MODEL] == before
+
+
+def test_promote_reads_the_weights_of_an_earlier_run_and_applies_overrides(
+    cluster: tuple[str, FakeCluster], instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    platform = _platform(_catalog(), cluster, instance, tmp_path)
+    assert platform.lifecycle().success
+    ops = promotion_request(overrides={"max_num_seqs": "8"}, benchmark=SMALL)[1]["ops"]
+
+    result = platform.run(PROMOTE_ASSETS, ops)
+
+    assert result.success
+    assert platform.deployed_serving()["max_num_seqs"] == 8
+    assert [call for call in cluster[1].calls if call.startswith("weights")] == ["weights tiny@main"]
+
+
+def test_an_invalid_override_fails_with_the_catalogs_line_and_benchmarks_nothing(
+    cluster: tuple[str, FakeCluster], instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    platform = _platform(_catalog(), cluster, instance, tmp_path)
+    assert platform.run(["model_weights"]).success
+    ops = promotion_request(overrides={"gpu_memory_utilization": "1.5"})[1]["ops"]
+
+    result = platform.run(PROMOTE_ASSETS, ops)
+
+    assert not result.success
+    assert "model 'tiny': serving.gpu_memory_utilization: must be > 0 and <= 1 (got 1.5)" in _failure(result)
+    assert not [call for call in cluster[1].calls if call.startswith("benchmark")]
+
+
+def test_promote_without_weights_says_to_run_the_lifecycle(
+    cluster: tuple[str, FakeCluster], instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    result = _platform(_catalog(), cluster, instance, tmp_path).run(PROMOTE_ASSETS)
+    assert not result.success
+    assert _failure(result) == (
+        "model 'tiny': model_weights has never been materialized; run the lifecycle job for this model first"
+    )
+
+
+@pytest.mark.parametrize(("margin", "adopted"), [(10.0, True), (1000.0, False)])
+def test_the_tuner_adopts_a_winner_only_past_its_margin(
+    cluster: tuple[str, FakeCluster], instance: dg.DagsterInstance, tmp_path: Path, margin: float, adopted: bool
+) -> None:
+    # Two sequences at a time against a closed loop of up to 8: more slots serve more.
+    catalog = _catalog(serving={"max_model_len": 2048, "max_num_seqs": 2})
+    platform = _platform(catalog, cluster, instance, tmp_path)
+    assert platform.run(["model_weights"]).success
+    search = {"max_num_seqs": [2, 8], "max_num_batched_tokens": [], "load_high": 8, "margin_pct": margin}
+
+    tuned = platform.run([TUNED_ASSET], {TUNED_ASSET: {"config": search}})
+
+    assert tuned.success
+    (event,) = tuned.asset_materializations_for_node(TUNED_ASSET)
+    assert event.metadata["adopted"].value is adopted
+    assert float(event.metadata["gain_pct"].value) > 100  # type: ignore[arg-type]
+    config = platform.run(["serving_config"])
+    (config_event,) = config.asset_materializations_for_node("serving_config")
+    serving = config_event.metadata["serving"].value
+    assert isinstance(serving, dict) and serving["max_num_seqs"] == (8 if adopted else 2)
+
+
+def test_a_refused_trial_is_recorded_and_never_wins(
+    cluster: tuple[str, FakeCluster], instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    cluster[1].refused = lambda serving: "out of memory" if serving.max_num_seqs == 8 else None
+    platform = _platform(_catalog(serving={"max_model_len": 2048, "max_num_seqs": 2}), cluster, instance, tmp_path)
+    assert platform.run(["model_weights"]).success
+    search = {"max_num_seqs": [2, 8], "max_num_batched_tokens": [], "load_high": 8}
+
+    tuned = platform.run([TUNED_ASSET], {TUNED_ASSET: {"config": search}})
+
+    (event,) = tuned.asset_materializations_for_node(TUNED_ASSET)
+    assert event.metadata["failed_trials"].value == 1 and event.metadata["adopted"].value is False
+
+
+def test_drift_becomes_a_promote_run_that_promotes_the_proposal(
+    cluster: tuple[str, FakeCluster], instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    catalog = _catalog()
+    platform = _platform(catalog, cluster, instance, tmp_path)
+    assert platform.lifecycle().success
+    prometheus = FakePrometheus().start()
+    try:
+        prometheus.models = {
+            MODEL: {"kv_cache_usage_max": 0.99, "preemptions_per_s": 0.4, "waiting_avg": 0.0, "replicas": 1,
+                    "prompt_tokens_p999": 1500, "generation_tokens_p999": 400},
+        }  # fmt: skip
+        sensor = build_drift_sensor(catalog)
+        cursor, requests = None, []
+        for _ in range(3):
+            context = dg.build_sensor_context(
+                instance=instance, cursor=cursor, resources={"prometheus": PrometheusResource(url=prometheus.url)}
+            )
+            result = sensor(context)
+            assert isinstance(result, dg.SensorResult)
+            cursor, requests = result.cursor, list(result.run_requests or [])
+    finally:
+        prometheus.stop()
+    (request,) = requests
+    ops = request.run_config["ops"]
+
+    promoted = platform.run(PROMOTE_ASSETS, {**ops, "smoke_benchmark": {"config": SMALL}})
+
+    assert promoted.success
+    assert platform.deployed_serving()["gpu_memory_utilization"] == 0.92
+
+
+def test_the_live_schedule_skips_until_deployed_then_catches_a_regression(
+    cluster: tuple[str, FakeCluster], instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    from llm_platform.definitions import build_definitions
+
+    catalog = _catalog()
+    platform = _platform(catalog, cluster, instance, tmp_path)
+    repository = build_definitions(catalog).get_repository_def()
+    schedule = repository.get_schedule_def(schedule_name(MODEL))
+
+    def tick() -> dg.ScheduleExecutionData:
+        context = dg.build_schedule_context(
+            instance, scheduled_execution_time=datetime.now(UTC), repository_def=repository
+        )
+        return schedule.evaluate_tick(context)
+
+    assert tick().skip_message == "model 'tiny' has never been deployed; nothing to benchmark"
+    assert platform.lifecycle().success
+    assert tick().run_requests
+    steady = platform.run(["live_benchmark"], {"live_benchmark": {"config": SMALL}})
+    assert [check.passed for check in steady.get_asset_check_evaluations()] == [True]
+
+    def slower(serving: Serving, concurrency: int, plan: BenchmarkPlan) -> dict[str, float]:
+        perf = default_performance(serving, concurrency, plan)
+        return {**perf, "output_throughput": perf["output_throughput"] / 2}
+
+    cluster[1].performance = slower
+    regressed = platform.run(["live_benchmark"], {"live_benchmark": {"config": SMALL}})
+    (check,) = regressed.get_asset_check_evaluations()
+    assert not check.passed
+    assert "output_throughput at concurrency 4: 285.7 vs 571.4 at promotion (-50.0%)" in str(
+        check.metadata["regressions"].value
+    )
