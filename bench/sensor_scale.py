@@ -1,14 +1,15 @@
-"""One tuning-drift sensor tick over 500 models' series in a real Prometheus.
+"""One tuning-drift sensor tick over N models' series in a real Prometheus (the fleet of a large platform team).
 
-Setup: a generated history (10 minutes, 15 s steps) of every vLLM and kube-state-metrics series the sensor reads,
-for N models, backfilled
-into a fresh Prometheus with promtool; N deployed models in a temporary Dagster instance. Our figure: the sensor
-tick (``build_sensor_context`` → instance lookups, one Prometheus snapshot, the policy for every model), its
-number of PromQL queries and its time. The reference, on the same Prometheus in the same run: the same
-measurements queried model by model (one query per measurement with a ``model_name`` matcher), which is what a
-per-model sensor would do. Goals: <= 6 queries and <= 2 s for 500 models.
+Setup: a generated history (the 30-minute lookback plus a margin, 30 s steps) of every vLLM and kube-state-metrics
+series the sensor reads, for N models, backfilled into a fresh Prometheus with promtool; N models deployed two hours
+ago in a temporary Dagster instance. Our figure: the sensor tick (``build_sensor_context`` → the paged instance
+reads, one Prometheus request with every windowed measurement, the policy for every model), its number of PromQL
+requests and its time. The reference, on the same Prometheus in the same run: the same measurements queried model
+by model (one query per measurement with a ``model_name`` matcher), which is what a per-model sensor would do;
+measured on ``--reference-sample`` models and scaled to N (it grows linearly). Goals: a number of requests
+independent of N and <= 2 s for 5,000 models.
 
-    .venv/bin/python bench/sensor_scale.py [--models 500] [--repeat 5]
+    .venv/bin/python bench/sensor_scale.py [--models 5000] [--repeat 5] [--reference-sample 100]
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dagster as dg
 
@@ -27,14 +31,16 @@ from llm_platform.defs.resources import PrometheusResource
 from llm_platform.defs.sensors import build_drift_sensor
 from llm_platform.dev.promtrace import Behaviour, backfill, openmetrics
 from llm_platform.processes import free_port
-from llm_platform.prometheus import PrometheusClient, snapshot_queries
+from llm_platform.prometheus import Lookback, PrometheusClient, snapshot_queries
 from llm_platform.services import LocalServices
+from tests.deployments import record_deployment
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=int, default=500)
+    parser.add_argument("--models", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--reference-sample", type=int, default=100)
     args = parser.parse_args()
     rng = random.Random(0)
     names = [f"model-{index:04d}" for index in range(args.models)]
@@ -61,7 +67,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         home = Path(work)
         started = time.perf_counter()
-        backfill(openmetrics(behaviours, now - 600, now - 5), home / "prometheus" / "data")
+        backfill(openmetrics(behaviours, now - 2100, now - 5, step_s=30), home / "prometheus" / "data")
         print(f"backfilled {args.models} models in {time.perf_counter() - started:.1f} s")
         services = LocalServices(home)
         prometheus = services.start_prometheus(home / "file_sd", port=free_port())
@@ -69,13 +75,7 @@ def main() -> None:
             ours = []
             with dg.instance_for_test() as instance:
                 for name in names:
-                    instance.report_runless_asset_event(
-                        dg.AssetMaterialization(
-                            "vllm_deployment",
-                            partition=name,
-                            metadata={"serving": dg.MetadataValue.json(catalog.model(name).serving.model_dump())},
-                        )
-                    )
+                    record_deployment(instance, name, catalog.model(name).serving.model_dump(mode="json"))
                 sensor = build_drift_sensor(catalog)
                 cursor = None
                 for _ in range(args.repeat):
@@ -89,22 +89,26 @@ def main() -> None:
                     assert isinstance(result, dg.SensorResult)
                     cursor = result.cursor
             client = PrometheusClient(prometheus.url)
-            client.snapshot(window="5m")
+            lookback = Lookback(namespace=catalog.platform.namespace)
+            decided = client.snapshot(lookback)
             queries = client.queries_sent
+            sample = names[: args.reference_sample]
             reference, reference_queries = [], 0
             for _ in range(max(1, args.repeat // 2)):
                 naive = PrometheusClient(prometheus.url)
                 started = time.perf_counter()
-                for name in names:
-                    for promql in snapshot_queries("5m", f'model_name="{name}"').values():
+                for name in sample:
+                    for promql in snapshot_queries(lookback, f'model_name="{name}"').values():
                         naive.query(promql)
-                reference.append(time.perf_counter() - started)
-                reference_queries = naive.queries_sent
+                reference.append((time.perf_counter() - started) * len(names) / len(sample))
+                reference_queries = naive.queries_sent * len(names) // len(sample)
         finally:
             services.stop("prometheus")
     tick, ref = statistics.median(ours), statistics.median(reference)
+    print(f"snapshot: {len(decided)} of {len(names)} models measured")
     print(f"sensor tick: median {tick:.3f} s over {len(ours)} ticks, {queries} queries")
-    print(f"per-model reference: median {ref:.3f} s, {reference_queries} queries")
+    print(f"per-model reference: median {ref:.3f} s, {reference_queries} queries (measured on {len(sample)} models, "
+          f"scaled to {len(names)})")  # fmt: skip
     print(f"models={args.models} queries={queries} tick_s={tick:.3f} reference_queries={reference_queries} "
           f"reference_s={ref:.3f} ratio={ref / tick:.1f}")  # fmt: skip
 

@@ -21,7 +21,7 @@ from typing import Any
 import requests
 
 from llm_platform.errors import PlatformError
-from llm_platform.tuning.policy import Window
+from llm_platform.tuning.policy import Snapshot
 
 PROMETHEUS_URL_ENV_VAR = "LLM_PLATFORM_PROMETHEUS_URL"
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
@@ -34,6 +34,7 @@ METRIC_NAMES: Mapping[str, tuple[str, ...]] = {
     "vllm:num_requests_running": ("vllm:num_requests_running",),
     "vllm:request_prompt_tokens_bucket": ("vllm:request_prompt_tokens_bucket",),
     "vllm:request_generation_tokens_bucket": ("vllm:request_generation_tokens_bucket",),
+    "vllm:request_prompt_tokens_count": ("vllm:request_prompt_tokens_count",),
 }
 
 
@@ -59,40 +60,88 @@ VLLM_CONTAINER = "vllm"
 KSM_MODEL_LABEL = "label_llm_platform_model"
 
 
-def oom_restarts_query(window: str, matchers: str = "") -> str:
-    """Restarts in ``window`` of each model's vLLM containers whose last termination was ``OOMKilled``, from
+def _model_from_deployment(expression: str) -> str:
+    """kube-state-metrics names Deployments, not models: ``vllm-<model>`` → ``model_name``."""
+    return f'max by (model_name) (label_replace({expression}, "model_name", "$1", "deployment", "vllm-(.+)"))'
+
+
+def oom_kills_query(lookback: str, matchers: str = "") -> str:
+    """Restarts in ``lookback`` of each model's vLLM containers whose last termination was ``OOMKilled``, from
     kube-state-metrics; 0 for models whose pods it sees without such restarts, no series where it is not scraped.
     ``matchers`` on ``model_name`` apply to the pods' model label."""
     restarts = f'kube_pod_container_status_restarts_total{{container="{VLLM_CONTAINER}"}}'
     oom = f'kube_pod_container_status_last_terminated_reason{{container="{VLLM_CONTAINER}",reason="OOMKilled"}}'
     pods = ",".join(filter(None, [f'{KSM_MODEL_LABEL}!=""', matchers.replace("model_name", KSM_MODEL_LABEL)]))
-    per_pod = f"(increase({restarts}[{window}]) and on (namespace, pod, container) {oom}) or 0 * {restarts}"
+    per_pod = f"(increase({restarts}[{lookback}]) and on (namespace, pod, container) {oom}) or 0 * {restarts}"
     with_model = f"({per_pod}) * on (namespace, pod) group_left ({KSM_MODEL_LABEL}) kube_pod_labels{{{pods}}}"
     return f'sum by (model_name) (label_replace({with_model}, "model_name", "$1", "{KSM_MODEL_LABEL}", "(.+)"))'
 
 
-def snapshot_queries(window: str, matchers: str = "") -> dict[str, str]:
-    """The queries of one snapshot, keyed by :class:`~llm_platform.tuning.policy.Window` field; each returns one
-    series per model. ``matchers`` narrows every selector (e.g. to one model: what a per-model client would do)."""
-    by = "by (model_name)"
+@dataclass(frozen=True)
+class Lookback:
+    """The span every measurement of a snapshot covers, its resolution, and the sustained quantile."""
+
+    seconds: int = 1800
+    step_s: int = 30
+    quantile: float = 0.25
+    """The level held for at least 1 - quantile of the lookback (0.25: three quarters of it)."""
+    namespace: str = ""
+    """The serving namespace, for kube-state-metrics' Deployment series (empty: any)."""
+
+    @property
+    def range(self) -> str:
+        return f"{self.seconds}s"
+
+    def sustained(self, expression: str) -> str:
+        """The level ``expression`` held for at least 1 - quantile of the lookback."""
+        return f"quantile_over_time({self.quantile:g}, ({expression})[{self.seconds}s:{self.step_s}s])"
+
+
+def snapshot_queries(lookback: Lookback, matchers: str = "") -> dict[str, str]:
+    """The queries of one snapshot, keyed by :class:`~llm_platform.tuning.policy.Snapshot` field; each returns
+    one series per model. ``matchers`` narrows every selector (e.g. to one model: what a per-model client would do).
+    """
+    by, span, steps = "by (model_name)", lookback.range, lookback.seconds // lookback.step_s
+    running = selector("vllm:num_requests_running", matchers)
+    deployments = ",".join(filter(None, [f'namespace="{lookback.namespace}"' if lookback.namespace else "",
+                                         'deployment=~"vllm-.+"']))  # fmt: skip
+    # The Deployment's desired count (what KEDA set): its status counts also hold a rollout's surge pod. Where
+    # kube-state-metrics is not scraped (the local target), the engines that report.
+    replicas = f"{_model_from_deployment(f'kube_deployment_spec_replicas{{{deployments}}}')} or count {by} ({running})"
+    unfinished = (
+        f"clamp_min(kube_deployment_status_replicas{{{deployments}}} - "
+        f"kube_deployment_status_replicas_updated{{{deployments}}}, 0) + "
+        f"clamp_min(kube_deployment_spec_replicas{{{deployments}}} - "
+        f"kube_deployment_status_replicas_updated{{{deployments}}}, 0)"
+    )
+    lengths = {
+        "prompt_tokens_p999": "vllm:request_prompt_tokens_bucket",
+        "generation_tokens_p999": "vllm:request_generation_tokens_bucket",
+    }
     return {
-        "kv_cache_usage_max": f"max {by} (max_over_time({selector('vllm:kv_cache_usage_perc', matchers)}[{window}]))",
-        "preemptions_per_s": f"sum {by} (rate({selector('vllm:num_preemptions_total', matchers)}[{window}]))",
-        "waiting_avg": f"sum {by} (avg_over_time({selector('vllm:num_requests_waiting', matchers)}[{window}]))",
-        "replicas": f"count {by} ({selector('vllm:num_requests_running', matchers)})",
-        "prompt_tokens_p999": "histogram_quantile(0.999, sum by (model_name, le) "
-        f"(rate({selector('vllm:request_prompt_tokens_bucket', matchers)}[{window}])))",
-        "generation_tokens_p999": "histogram_quantile(0.999, sum by (model_name, le) "
-        f"(rate({selector('vllm:request_generation_tokens_bucket', matchers)}[{window}])))",
-        "oom_restarts": oom_restarts_query(window, matchers),
+        "coverage": f"clamp_max(count_over_time((max {by} ({running}))[{span}:{lookback.step_s}s]) / {steps}, 1)",
+        "age_s": f"time() - max {by} (max_over_time(timestamp({running})[{span}:{lookback.step_s}s]))",
+        "kv_cache_usage": lookback.sustained(f"max {by} ({selector('vllm:kv_cache_usage_perc', matchers)})"),
+        "preemptions_per_s": lookback.sustained(
+            f"sum {by} (rate({selector('vllm:num_preemptions_total', matchers)}[2m]))"
+        ),
+        "waiting": lookback.sustained(f"sum {by} ({selector('vllm:num_requests_waiting', matchers)})"),
+        "replicas": lookback.sustained(replicas),
+        "requests": f"sum {by} (increase({selector('vllm:request_prompt_tokens_count', matchers)}[{span}]))",
+        **{
+            name: f"histogram_quantile(0.999, sum by (model_name, le) (increase({selector(metric, matchers)}[{span}])))"
+            for name, metric in lengths.items()
+        },
+        "oom_kills": oom_kills_query(span, matchers),
+        "rollout": f"max_over_time(({_model_from_deployment(unfinished)})[{span}:{lookback.step_s}s])",
     }
 
 
-def snapshot_query(window: str) -> str:
+def snapshot_query(lookback: Lookback) -> str:
     """All of :func:`snapshot_queries` as one PromQL expression; each series carries its field in ``FIELD_LABEL``."""
     return " or ".join(
         f'label_replace({promql}, "{FIELD_LABEL}", "{name}", "", "")'
-        for name, promql in snapshot_queries(window).items()
+        for name, promql in snapshot_queries(lookback).items()
     )
 
 
@@ -149,15 +198,18 @@ class PrometheusClient:
             return [({}, float(data["result"][1]))]
         return [(dict(item.get("metric", {})), float(item["value"][1])) for item in data.get("result", [])]
 
-    def snapshot(self, window: str = "5m", at: float | None = None) -> dict[str, Window]:
-        """Every model's :class:`Window` from :data:`QUERIES_PER_SNAPSHOT` queries (NaN where a query had no
+    def snapshot(self, lookback: Lookback | None = None, at: float | None = None) -> dict[str, Snapshot]:
+        """Every model's :class:`Snapshot` from :data:`QUERIES_PER_SNAPSHOT` queries (NaN where a query had no
         series for the model: "no data", never a zero that was not measured)."""
+        lookback = lookback or Lookback()
         values: dict[str, dict[str, float]] = {}
         sample_time = at if at is not None else time.time()
-        fields = snapshot_queries(window)
-        for labels, value in self.query(snapshot_query(window), sample_time):
+        fields = snapshot_queries(lookback)
+        for labels, value in self.query(snapshot_query(lookback), sample_time):
             model, name = labels.get("model_name"), labels.get(FIELD_LABEL)
             if model and name in fields:
                 values.setdefault(model, {})[name] = value
-        nothing = dict.fromkeys(fields, math.nan)
-        return {model: Window(**{**nothing, **fields}, sample_time=sample_time) for model, fields in values.items()}
+        nothing = {**dict.fromkeys(fields, math.nan), "coverage": 0.0}
+        return {
+            model: Snapshot(**{**nothing, **measured}, sample_time=sample_time) for model, measured in values.items()
+        }

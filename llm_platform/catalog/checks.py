@@ -124,3 +124,12 @@ def quota_problems(platform: Platform, models: Sequence[ModelSpec]) -> list[tupl
             )
         )
     return problems
+
+
+def max_replicas_within_quota(platform: Platform, models: Sequence[ModelSpec], model: ModelSpec) -> int:
+    """The most replicas ``model`` may scale to: its peak — (max_replicas + one rolling-update surge) x GPUs per
+    replica — plus every other model's minimum must fit the namespace's GPU quota (the catalog's arithmetic)."""
+    others = sum(
+        other.autoscaling.min_replicas * other.gpus_per_replica for other in models if other.name != model.name
+    )
+    return max(0, (platform.gpu_quota - others) // max(model.gpus_per_replica, 1) - 1)

@@ -20,6 +20,7 @@ from llm_platform.benchmark.slo import SloResult, evaluate_slos, regressions
 from llm_platform.catalog import Catalog, ModelSpec
 from llm_platform.defs.failures import platform_errors_as_failure
 from llm_platform.defs.resources import TargetResource
+from llm_platform.defs.storage import latest_value
 from llm_platform.defs.values import BenchmarkOutcome, DeploymentRecord, ServingChoice
 from llm_platform.defs.weights import LIVE_BENCHMARK_GROUP, lifecycle_asset_options
 from llm_platform.targets.base import LevelResults
@@ -45,6 +46,12 @@ class BenchmarkConfig(dg.Config):
     output_len: int = Field(default=64, description="Generated tokens per request (EOS ignored).")
     concurrency_levels: list[int] | None = Field(default=None, description="Default: 1, 8 and max_num_seqs.")
     num_warmups: int = Field(default=2, description="Warm-up requests before each level.")
+    reuse_deployed: bool = Field(
+        default=True,
+        description="When the candidate's engine config (and weights) is exactly the one serving - a promotion that "
+        "only changes scaling bounds - judge its promotion benchmark against the SLOs instead of benchmarking "
+        "again (no GPU used). False: always benchmark.",
+    )
 
 
 def plan_from_config(model: ModelSpec, config: BenchmarkConfig) -> BenchmarkPlan:
@@ -138,12 +145,26 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
         plan = plan_from_config(model, config)
         serving_target = target.serving_target(catalog.platform)
         work_dir = serving_target.artifact_dir(model.name, "benchmarks", context.run.run_id)
+        deployed = latest_value(context.instance, "vllm_deployment", model.name) if config.reuse_deployed else None
+        reused = isinstance(deployed, DeploymentRecord) and deployed.choice.fingerprint == serving_config.fingerprint
         with platform_errors_as_failure():
-            frame = results_table(
-                serving_target.benchmark_candidate(
-                    model, weights, plan, run_key=context.run.run_id, work_dir=work_dir, log=context.log.info
+            if isinstance(deployed, DeploymentRecord) and reused:
+                # The engine that serves is exactly this one (a change of scaling bounds only): its promotion
+                # benchmark stands, judged against today's SLOs; no server is started and no GPU used.
+                context.log.info(
+                    f"model '{model.name}': engine config {serving_config.fingerprint} serves already; judging its "
+                    "promotion benchmark (set reuse_deployed: false to measure again)"
                 )
-            )
+                frame, plan = (
+                    deployed.baseline.frame,
+                    dataclasses.replace(plan, concurrency_levels=deployed.baseline.concurrency_levels),
+                )
+            else:
+                frame = results_table(
+                    serving_target.benchmark_candidate(
+                        model, weights, plan, run_key=context.run.run_id, work_dir=work_dir, log=context.log.info
+                    )
+                )
             results = evaluate_slos(frame, model.slo)
             passed = all(result.passed for result in results)
             if not passed:  # a rejected candidate must not hold resources
@@ -156,6 +177,7 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
                 "config_fingerprint": dg.MetadataValue.text(serving_config.fingerprint),
                 "target": dg.MetadataValue.text(serving_target.kind),
                 "weights_sha": dg.MetadataValue.text(weights.sha),
+                "reused_promotion_benchmark": dg.MetadataValue.bool(reused),
                 "plan": dg.MetadataValue.json(json.loads(json.dumps(plan.__dict__))),
             },
         )

@@ -18,3 +18,30 @@ def latest_materialization(instance: dg.DagsterInstance, asset: str, model: str)
         dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[model]), limit=1
     ).records
     return records[0].asset_materialization if records else None
+
+
+#: Records read per instance query: far below Dagster's limit of 10,000 event records per fetch.
+RECORDS_PAGE = 1000
+
+
+def latest_materialization_records(
+    instance: dg.DagsterInstance, asset: str, models: list[str]
+) -> dict[str, dg.EventLogRecord]:
+    """The newest materialization record of ``asset`` for each of ``models`` that has one, in a bounded number of
+    queries whatever the fleet's size or history: the newest storage id per partition in one query, then the
+    records by id, a page at a time."""
+    key = dg.AssetKey(asset)
+    latest_ids = instance.get_latest_storage_id_by_partition(
+        key, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions=set(models)
+    )
+    ids = sorted(latest_ids.values())
+    records: dict[str, dg.EventLogRecord] = {}
+    for start in range(0, len(ids), RECORDS_PAGE):
+        page = ids[start : start + RECORDS_PAGE]
+        result = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, storage_ids=page), limit=len(page)
+        )
+        for record in result.records:
+            if record.partition_key is not None:
+                records[record.partition_key] = record
+    return records

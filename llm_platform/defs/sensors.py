@@ -1,32 +1,42 @@
 """The sensors. ``tuning_drift_sensor`` watches every deployed model in Prometheus and requests a ``promote`` run
-with new engine arguments when the policy (``tuning/policy.py``) recommends them; ``new_revision_sensor`` runs the
-lifecycle for new hub commits of the models that opt in.
+with new engine arguments or scaling bounds when the policy (``tuning/policy.py``) recommends them;
+``new_revision_sensor`` runs the lifecycle for new hub commits of the models that opt in.
 
-One sensor tick: the deployed models and their serving config from the instance (the ``serving`` metadata of their
-latest ``vllm_deployment``), one Prometheus snapshot for all of them (one PromQL request), the last windows
-of each model from the cursor (hysteresis), the policy's decision, then the cooldown and the daily cap from the
-cursor. A recommendation becomes a RunRequest for the ``promote`` job with all the overrides of the deployed
-config plus the new ones (run_key: model + rule + window, so a re-evaluated tick never runs twice); otherwise the
-SkipReason lists every model's observed values and why nothing changes.
+One drift tick: the deployed models, their config and when it was deployed from the instance (the latest
+``vllm_deployment`` of each, read in pages), one Prometheus request for all of them (every measurement over the
+same fixed lookback, sustained levels as quantiles over time, events as increases), the policy's decision, the
+proposal validated like the catalog (position limit, GPU quota), then the cooldown and the daily cap from the
+cursor. A recommendation becomes a RunRequest for the ``promote`` job with all the changes of the deployed config
+plus the new ones (run_key: model + rule + tick time); otherwise the SkipReason lists every model's observed values
+and why nothing changes. The cursor holds only the times of the changes requested.
 
 No ``from __future__ import annotations`` here: Dagster reads the sensor function's annotations at runtime.
 """
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import dagster as dg
 
-from llm_platform.catalog import Catalog, ModelPatch, ModelSpec, patch_between
+from llm_platform.catalog import (
+    Catalog,
+    ModelPatch,
+    ModelSpec,
+    max_replicas_within_quota,
+    patch_between,
+    quota_problems,
+)
 from llm_platform.defs.jobs import LIFECYCLE_JOB, PROMOTE_JOB, promotion_request
-from llm_platform.defs.partitions import latest_materialization
+from llm_platform.defs.partitions import latest_materialization_records
 from llm_platform.defs.resources import PrometheusResource, WeightsResource
 from llm_platform.defs.storage import VALUE_METADATA_KEY
 from llm_platform.defs.values import DeploymentRecord, decode_value
-from llm_platform.errors import PlatformError
-from llm_platform.tuning.policy import TuningLimits, Window, decide, gate
+from llm_platform.errors import CatalogError, PlatformError
+from llm_platform.prometheus import Lookback
+from llm_platform.tuning.policy import Snapshot, TuningLimits, decide, gate
 
 SENSOR_NAME = "tuning_drift_sensor"
 REVISION_SENSOR_NAME = "new_revision_sensor"
@@ -34,40 +44,20 @@ REVISION_SENSOR_NAME = "new_revision_sensor"
 
 @dataclass
 class DriftState:
-    """The sensor's cursor: recent windows and the times of the changes it requested, per model."""
+    """The sensor's cursor: the times of the changes it requested, per model (for the cooldown and the daily cap)."""
 
-    windows: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     changes: dict[str, list[float]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, cursor: str | None) -> "DriftState":
         try:
             data = json.loads(cursor) if cursor else {}
-            return cls(windows=dict(data.get("windows", {})), changes=dict(data.get("changes", {})))
-        except (ValueError, AttributeError):
+            return cls(changes={str(k): [float(t) for t in v] for k, v in dict(data.get("changes", {})).items()})
+        except (ValueError, AttributeError, TypeError):
             return cls()
 
     def dump(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
-
-
-def _latest_deployments(instance: dg.DagsterInstance, names: list[str]) -> dict[str, dg.AssetMaterialization]:
-    """The latest vllm_deployment materialization of each model, in one query for the usual case (newest first,
-    enough records for a few redeployments per model), then one per model not found in it."""
-    key = dg.AssetKey("vllm_deployment")
-    latest: dict[str, dg.AssetMaterialization] = {}
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, asset_partitions=names), limit=max(100, 5 * len(names))
-    ).records
-    for record in records:
-        materialization = record.asset_materialization
-        if materialization is not None and materialization.partition not in latest:
-            latest[str(materialization.partition)] = materialization
-    for name in set(names) - set(latest):
-        materialization = latest_materialization(instance, "vllm_deployment", name)
-        if materialization is not None:
-            latest[name] = materialization
-    return latest
 
 
 def _json_metadata(materialization: dg.AssetMaterialization, key: str) -> dict[str, Any]:
@@ -96,10 +86,24 @@ def _position_limit(materialization: dg.AssetMaterialization) -> int | None:
     return record.choice.weights.max_position_tokens if isinstance(record, DeploymentRecord) else None
 
 
+def _within_quota(catalog: Catalog, model: ModelSpec) -> None:
+    """The catalog's quota checks with ``model`` in place of its catalog entry."""
+    models = [model if other.name == model.name else other for other in catalog.models]
+    problems = [message for name, _, message in quota_problems(catalog.platform, models) if name in (None, model.name)]
+    if problems:
+        raise CatalogError([f"{SENSOR_NAME}: model '{model.name}': {problem}" for problem in problems])
+
+
 def build_drift_sensor(
-    catalog: Catalog, *, limits: TuningLimits | None = None, interval_s: int = 300, window: str = "5m"
+    catalog: Catalog,
+    *,
+    limits: TuningLimits | None = None,
+    interval_s: int = 300,
+    clock: Callable[[], float] = time.time,
 ) -> dg.SensorDefinition:
+    """``clock``: the tick's time (injectable, so that tests can place a tick after a deployment's lookback)."""
     limits = limits or TuningLimits()
+    lookback = Lookback(seconds=int(limits.lookback_s), quantile=limits.quantile, namespace=catalog.platform.namespace)
 
     @dg.sensor(
         name=SENSOR_NAME,
@@ -113,25 +117,32 @@ def build_drift_sensor(
     )
     def tuning_drift_sensor(context: dg.SensorEvaluationContext, prometheus: PrometheusResource) -> dg.SensorResult:
         state = DriftState.load(context.cursor)
-        deployed, materializations = {}, _latest_deployments(context.instance, catalog.model_names)
-        for name, materialization in materializations.items():
+        records = latest_materialization_records(context.instance, "vllm_deployment", catalog.model_names)
+        deployed: dict[str, tuple[ModelSpec, dg.EventLogRecord]] = {}
+        for name, record in records.items():
+            materialization = record.asset_materialization
             try:
-                deployed[name] = _deployed_model(catalog.model(name), materialization)
+                if materialization is not None:
+                    deployed[name] = (_deployed_model(catalog.model(name), materialization), record)
             except PlatformError as error:
                 context.log.warning(f"model '{name}': deployed config unreadable: {error}")
         if not deployed:
             return dg.SensorResult(skip_reason="no model is deployed yet", cursor=state.dump())
-        now = time.time()
+        now = clock()
         try:
-            snapshot = prometheus.client().snapshot(window=window, at=now)
+            snapshot = prometheus.client().snapshot(lookback, at=now)
         except PlatformError as error:
             return dg.SensorResult(skip_reason=f"metrics unavailable: {error}", cursor=state.dump())
         requests, notes = [], []
-        for name, current in deployed.items():
-            latest = snapshot.get(name) or Window.no_data(now)
-            history = [*state.windows.get(name, []), asdict(latest)][-limits.sustained_windows :]
-            state.windows[name] = history
-            decision = decide(current, [Window(**w) for w in history], now, limits)
+        for name, (current, record) in sorted(deployed.items()):
+            decision = decide(
+                current,
+                snapshot.get(name) or Snapshot.no_data(now),
+                now,
+                config_age_s=now - record.timestamp,
+                max_replicas_allowed=max_replicas_within_quota(catalog.platform, catalog.models, current),
+                limits=limits,
+            )
             observed = ", ".join(f"{k}={v:g}" for k, v in decision.observed.items())
             if decision.kind != "recommend":
                 notes.append(f"{name}: {decision.kind} ({decision.reason}){' [' + observed + ']' if observed else ''}")
@@ -141,14 +152,15 @@ def build_drift_sensor(
                 notes.append(f"{name}: {decision.reason}; not yet: {wait}")
                 continue
             # The deployed config's own changes plus the proposal, validated like the catalog (with the weights'
-            # position limit) before any run is requested: an invalid proposal is a skip with its reason.
+            # position limit and the GPU quota) before any run is requested: an invalid proposal is a skip.
             base = catalog.model(name)
             try:
-                limit = _position_limit(materializations[name])
+                assert record.asset_materialization is not None
+                limit = _position_limit(record.asset_materialization)
                 proposal = patch_between(base, current).merged(
                     ModelPatch.parse(current, decision.overrides, origin=SENSOR_NAME, position_limit=limit)
                 )
-                proposal.apply(base, origin=SENSOR_NAME, position_limit=limit)
+                _within_quota(catalog, proposal.apply(base, origin=SENSOR_NAME, position_limit=limit))
             except PlatformError as error:
                 notes.append(f"{name}: {decision.reason}; proposal refused: {error}")
                 continue
@@ -158,13 +170,12 @@ def build_drift_sensor(
             requests.append(
                 dg.RunRequest(
                     partition_key=name,
-                    run_key=f"{name}:{decision.rule}:{int(latest.sample_time)}",
+                    run_key=f"{name}:{decision.rule}:{int(now)}",
                     run_config=run_config,
                     tags={"llm-platform/trigger": SENSOR_NAME, "llm-platform/rule": decision.rule},
                 )
             )
-            state.changes[name] = [*state.changes.get(name, []), now]
-            state.windows[name] = []  # a new config starts a new observation
+            state.changes[name] = [when for when in state.changes.get(name, []) if now - when < 86400] + [now]
         return dg.SensorResult(
             run_requests=requests, skip_reason=None if requests else "; ".join(notes), cursor=state.dump()
         )
@@ -172,15 +183,20 @@ def build_drift_sensor(
     return tuning_drift_sensor
 
 
-def _materialized_sha(instance: dg.DagsterInstance, model: str) -> str | None:
-    materialization = latest_materialization(instance, "model_weights", model)
-    value = materialization.metadata.get("revision_sha") if materialization is not None else None
-    return str(value.value) if isinstance(value, dg.TextMetadataValue) else None
+def _materialized_shas(instance: dg.DagsterInstance, models: list[str]) -> dict[str, str]:
+    """The weights commit each model's latest model_weights materialization recorded (read in pages)."""
+    shas = {}
+    for name, record in latest_materialization_records(instance, "model_weights", models).items():
+        value = record.asset_materialization.metadata.get("revision_sha") if record.asset_materialization else None
+        if isinstance(value, dg.TextMetadataValue):
+            shas[name] = str(value.value)
+    return shas
 
 
 def build_revision_sensor(catalog: Catalog, *, interval_s: int = 600) -> dg.SensorDefinition:
     """``new_revision_sensor``: for models with ``source.track_revision``, a ``lifecycle`` run pinned to the new
-    commit when their branch moves on the hub (run_key: model + commit, so each commit runs once)."""
+    commit, with the deployed config's changes, when their branch moves on the hub (run_key: model + commit, so each
+    commit runs once)."""
     tracked = [model for model in catalog.models if model.source.track_revision]
 
     @dg.sensor(
@@ -195,6 +211,9 @@ def build_revision_sensor(catalog: Catalog, *, interval_s: int = 600) -> dg.Sens
         if not tracked:
             return dg.SensorResult(skip_reason="no model sets source.track_revision")
         hub = weights.hub()
+        names = [model.name for model in tracked]
+        materialized = _materialized_shas(context.instance, names)
+        deployments = latest_materialization_records(context.instance, "vllm_deployment", names)
         requests, notes = [], []
         for model in tracked:
             assert model.source.repo is not None  # the catalog requires a repository for tracking
@@ -203,12 +222,24 @@ def build_revision_sensor(catalog: Catalog, *, interval_s: int = 600) -> dg.Sens
             except PlatformError as error:
                 notes.append(f"{model.name}: {error}")
                 continue
-            current = _materialized_sha(context.instance, model.name)
-            if sha == current:
+            if sha == materialized.get(model.name):
                 notes.append(f"{model.name}: {model.source.revision} is still {sha[:12]}")
                 continue
+            # The new weights keep the config that serves (its tuning, the drift sensor's changes); the SLO gate
+            # decides again whether it is promoted.
+            deployed = deployments.get(model.name)
+            kept = ModelPatch()
+            if deployed is not None and deployed.asset_materialization is not None:
+                try:
+                    kept = patch_between(model, _deployed_model(model, deployed.asset_materialization))
+                except PlatformError as error:
+                    context.log.warning(
+                        f"model '{model.name}': deployed config unreadable, using the catalog's: {error}"
+                    )
             _, run_config = promotion_request(
-                revision=sha, reason=f"{model.source.repo}@{model.source.revision} moved to {sha[:12]}"
+                revision=sha,
+                overrides=kept.as_overrides(),
+                reason=f"{model.source.repo}@{model.source.revision} moved to {sha[:12]}",
             )
             requests.append(
                 dg.RunRequest(

@@ -48,3 +48,18 @@ class InstanceValueIOManager(dg.ConfigurableIOManager):
             return decode_value(stored.value, origin)
         except StoredValueError as error:
             raise dg.Failure(description=str(error), allow_retries=False) from None
+
+
+def latest_value(instance: dg.DagsterInstance, asset: str, partition: str) -> object | None:
+    """The value recorded with the newest materialization of ``asset`` for ``partition`` (None: none readable)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
+    ).records
+    materialization = records[0].asset_materialization if records else None
+    stored = materialization.metadata.get(VALUE_METADATA_KEY) if materialization is not None else None
+    if not isinstance(stored, dg.JsonMetadataValue):
+        return None
+    try:
+        return decode_value(stored.value, f"model '{partition}': {asset}")
+    except StoredValueError:
+        return None

@@ -1,10 +1,10 @@
 """Scripted vLLM metric histories for a real Prometheus: OpenMetrics text backfilled with ``promtool tsdb
-create-blocks-from openmetrics``, so a 30-minute window of a chosen scenario needs no 30-minute wait.
+create-blocks-from openmetrics``, so a 30-minute scenario needs no 30-minute wait.
 
-Each model's behaviour is constant over the trace (what the scenario says: KV usage, preemptions/s, waiting
-requests, replicas, request lengths, requests/s, OOM kills); the series carry vLLM's own names and labels, and
-kube-state-metrics' for the pods' restarts (only for models that set ``oom_kills_per_hour``: the others behave as
-on a cluster that does not scrape it).
+A :class:`Behaviour` is a model's steady state plus what departs from it: episodes (a burst, or traffic flapping
+on and off), OOM kills at given moments, gaps in the data, a trace that stops early (stale), and a rollout. The
+series carry vLLM's own names and labels, and kube-state-metrics' (pods' restarts, the Deployment's replicas) for
+models that set ``ksm`` — the others behave as on a cluster that does not scrape it (the local target).
 """
 
 from __future__ import annotations
@@ -18,6 +18,27 @@ from pathlib import Path
 
 from llm_platform.engine import request_length_buckets
 
+#: The steady-state fields an episode may change.
+LEVELS = ("kv_cache_usage", "preemptions_per_s", "waiting", "replicas", "prompt_tokens", "generation_tokens",
+          "requests_per_s")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Episode:
+    """Different levels from ``start_s`` to ``end_s`` (seconds into the trace); with ``period_s``, only for the first
+    ``on_s`` of every period (traffic flapping between two states)."""
+
+    start_s: float
+    end_s: float
+    changes: Mapping[str, float]
+    period_s: float | None = None
+    on_s: float = 0.0
+
+    def active(self, t: float) -> bool:
+        if not self.start_s <= t < self.end_s:
+            return False
+        return self.period_s is None or (t - self.start_s) % self.period_s < self.on_s
+
 
 @dataclass(frozen=True)
 class Behaviour:
@@ -30,8 +51,46 @@ class Behaviour:
     requests_per_s: float = 2.0
     max_model_len: int = 4096
     """Sets the request-length buckets, as the platform's engine arguments do."""
+    episodes: tuple[Episode, ...] = ()
+    ksm: bool = False
+    """Whether kube-state-metrics' series exist for this model (restarts, pod labels, the Deployment)."""
+    oom_kills_at_s: tuple[float, ...] = ()
+    """Moments (seconds into the trace) the vLLM container is OOM-killed and restarted (needs ``ksm``)."""
     oom_kills_per_hour: float | None = None
-    """OOM-killed restarts of the first replica's vLLM container (None: no kube-state-metrics series)."""
+    """Evenly spaced OOM kills instead of ``oom_kills_at_s`` (None: none); sets ``ksm``."""
+    gaps: tuple[tuple[float, float], ...] = ()
+    """Spans (seconds into the trace) without any of the model's vLLM samples."""
+    stops_at_s: float | None = None
+    """No vLLM samples after this moment (the model went silent: stale data)."""
+    rollout_between: tuple[float, float] | None = None
+    """A rollout in progress (kube-state-metrics: a surge pod not yet updated; one engine more reports)."""
+
+    def at(self, t: float) -> dict[str, float]:
+        """The levels at ``t`` seconds into the trace."""
+        levels = {name: float(getattr(self, name)) for name in LEVELS}
+        for episode in self.episodes:
+            if episode.active(t):
+                levels.update(episode.changes)
+        return levels
+
+    def reports(self, t: float) -> bool:
+        """Whether the model's servers report at ``t``."""
+        if self.stops_at_s is not None and t > self.stops_at_s:
+            return False
+        return not any(start <= t < end for start, end in self.gaps)
+
+    def rolling(self, t: float) -> bool:
+        return self.rollout_between is not None and self.rollout_between[0] <= t < self.rollout_between[1]
+
+    def kill_times(self, duration_s: float) -> tuple[float, ...]:
+        if self.oom_kills_per_hour:
+            every = 3600 / self.oom_kills_per_hour
+            return tuple(every * (i + 1) for i in range(int(duration_s // every)))
+        return self.oom_kills_at_s
+
+    @property
+    def watched(self) -> bool:
+        return self.ksm or self.oom_kills_per_hour is not None
 
 
 def _series(name: str, labels: Mapping[str, str]) -> str:
@@ -39,74 +98,106 @@ def _series(name: str, labels: Mapping[str, str]) -> str:
     return f"{name}{{{inner}}}"
 
 
-def openmetrics(models: Mapping[str, Behaviour], start: float, end: float, step_s: float = 15.0) -> str:
+class _Counters:
+    """Counter values, each the running sum of what was added."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    def add(self, key: str, amount: float) -> float:
+        self.values[key] = self.values.get(key, 0.0) + amount
+        return self.values[key]
+
+
+class _Trace:
+    """Samples of every series, built step by step (counters accumulate their rate over each step)."""
+
+    def __init__(self) -> None:
+        self.families: dict[str, tuple[str, dict[str, list[str]]]] = {}
+
+    def add(self, family: str, kind: str, metric: str, labels: Mapping[str, str], value: float, t: float) -> None:
+        series = self.families.setdefault(family, (kind, {}))[1]
+        series.setdefault(_series(metric, labels), []).append(f"{value:g} {t:.3f}")
+
+    def text(self) -> str:
+        lines = []
+        for family, (kind, series) in self.families.items():
+            if not series:
+                continue
+            lines.append(f"# TYPE {family} {kind}")
+            for key, samples in series.items():
+                lines += [f"{key} {sample}" for sample in samples]
+        return "\n".join([*lines, "# EOF"]) + "\n"
+
+
+def openmetrics(
+    models: Mapping[str, Behaviour], start: float, end: float, step_s: float = 15.0, namespace: str = "llm-serving"
+) -> str:
     """The OpenMetrics text of every model's series from ``start`` to ``end`` (seconds since the epoch)."""
-    times = [start + step_s * i for i in range(int((end - start) // step_s) + 1)]
-    families: list[tuple[str, str, list[tuple[str, list[str]]]]] = []
-
-    def family(name: str, kind: str, series: list[tuple[str, list[str]]]) -> None:
-        families.append((name, kind, series))
-
-    def gauge(metric: str, value: float, labels: Mapping[str, str]) -> tuple[str, list[str]]:
-        return _series(metric, labels), [f"{value:g} {t:.3f}" for t in times]
-
-    def counter(metric: str, per_s: float, labels: Mapping[str, str]) -> tuple[str, list[str]]:
-        return _series(metric, labels), [f"{per_s * (t - start):g} {t:.3f}" for t in times]
-
-    def histogram(
-        metric: str, value: int, rate: float, labels: Mapping[str, str], buckets: list[int]
-    ) -> list[tuple[str, list[str]]]:
-        rows = []
-        for bound in (*buckets, "+Inf"):
-            per_s = rate if bound == "+Inf" or value <= bound else 0.0  # type: ignore[operator]
-            rows.append(counter(f"{metric}_bucket", per_s, {**labels, "le": str(bound)}))
-        rows.append(counter(f"{metric}_count", rate, labels))
-        rows.append(counter(f"{metric}_sum", rate * value, labels))
-        return rows
-
-    names = sorted(models)
-    base = {name: {"model_name": name, "engine": "0"} for name in names}
-    family("vllm:kv_cache_usage_perc", "gauge",
-           [gauge("vllm:kv_cache_usage_perc", models[n].kv_cache_usage, base[n]) for n in names])  # fmt: skip
-    family("vllm:num_preemptions", "counter",
-           [counter("vllm:num_preemptions_total", models[n].preemptions_per_s, base[n]) for n in names])  # fmt: skip
-    family("vllm:num_requests_waiting", "gauge",
-           [gauge("vllm:num_requests_waiting", models[n].waiting, base[n]) for n in names])  # fmt: skip
-    family("vllm:num_requests_running", "gauge", [
-        gauge("vllm:num_requests_running", 1, {**base[n], "pod": f"{n}-{replica}"})
-        for n in names for replica in range(models[n].replicas)
-    ])  # fmt: skip
-    for metric, attribute in (
-        ("vllm:request_prompt_tokens", "prompt_tokens"),
-        ("vllm:request_generation_tokens", "generation_tokens"),
-    ):
-        rows = []
-        for n in names:
-            buckets = request_length_buckets(models[n].max_model_len)
-            rows += histogram(metric, getattr(models[n], attribute), models[n].requests_per_s, base[n], buckets)
-        family(metric, "histogram", rows)
-    watched = [n for n in names if models[n].oom_kills_per_hour is not None]
-    pods = {n: {"namespace": "llm-serving", "pod": f"{n}-0"} for n in watched}
-    family("kube_pod_container_status_restarts", "counter", [
-        counter("kube_pod_container_status_restarts_total", (models[n].oom_kills_per_hour or 0) / 3600,
-                {**pods[n], "container": "vllm"})
-        for n in watched
-    ])  # fmt: skip
-    family("kube_pod_container_status_last_terminated_reason", "gauge", [
-        gauge("kube_pod_container_status_last_terminated_reason", 1,
-              {**pods[n], "container": "vllm", "reason": "OOMKilled"})
-        for n in watched if models[n].oom_kills_per_hour
-    ])  # fmt: skip
-    family("kube_pod_labels", "gauge",
-           [gauge("kube_pod_labels", 1, {**pods[n], "label_llm_platform_model": n}) for n in watched])  # fmt: skip
-    lines = []
-    for name, kind, series in families:
-        if not series:
-            continue
-        lines.append(f"# TYPE {name} {kind}")
-        for key, samples in series:
-            lines += [f"{key} {sample}" for sample in samples]
-    return "\n".join([*lines, "# EOF"]) + "\n"
+    trace = _Trace()
+    steps = int((end - start) // step_s) + 1
+    for name in sorted(models):
+        behaviour = models[name]
+        base = {"model_name": name, "engine": "0"}
+        buckets = {
+            "prompt_tokens": request_length_buckets(behaviour.max_model_len),
+            "generation_tokens": request_length_buckets(behaviour.max_model_len),
+        }
+        counters = _Counters()
+        kills = behaviour.kill_times(end - start)
+        pod = {"namespace": namespace, "pod": f"vllm-{name}-0"}
+        deployment = {"namespace": namespace, "deployment": f"vllm-{name}"}
+        for index in range(steps):
+            t_abs = start + index * step_s
+            t = t_abs - start
+            levels = behaviour.at(t)
+            dt = step_s if index else 0.0
+            preempted = counters.add("preemptions", levels["preemptions_per_s"] * dt)
+            finished = {attr: counters.add(f"{attr}_count", levels["requests_per_s"] * dt) for attr in buckets}
+            per_bucket = {
+                attr: [counters.add(f"{attr}_{bound}", levels["requests_per_s"] * dt if levels[attr] <= bound else 0.0)
+                       for bound in buckets[attr]]
+                for attr in buckets
+            }  # fmt: skip
+            sums = {attr: counters.add(f"{attr}_sum", levels["requests_per_s"] * levels[attr] * dt) for attr in buckets}
+            if behaviour.reports(t):
+                trace.add("vllm:kv_cache_usage_perc", "gauge", "vllm:kv_cache_usage_perc", base,
+                          levels["kv_cache_usage"], t_abs)  # fmt: skip
+                trace.add("vllm:num_preemptions", "counter", "vllm:num_preemptions_total", base, preempted, t_abs)
+                trace.add("vllm:num_requests_waiting", "gauge", "vllm:num_requests_waiting", base,
+                          levels["waiting"], t_abs)  # fmt: skip
+                engines = int(levels["replicas"]) + (1 if behaviour.rolling(t) else 0)
+                for replica in range(engines):
+                    trace.add("vllm:num_requests_running", "gauge", "vllm:num_requests_running",
+                              {**base, "pod": f"{name}-{replica}"}, 1, t_abs)  # fmt: skip
+                for attr, metric in (("prompt_tokens", "vllm:request_prompt_tokens"),
+                                     ("generation_tokens", "vllm:request_generation_tokens")):  # fmt: skip
+                    for bound, value in zip([*buckets[attr], "+Inf"], [*per_bucket[attr], finished[attr]],
+                                            strict=True):  # fmt: skip
+                        trace.add(metric, "histogram", f"{metric}_bucket", {**base, "le": str(bound)}, value, t_abs)
+                    trace.add(metric, "histogram", f"{metric}_count", base, finished[attr], t_abs)
+                    trace.add(metric, "histogram", f"{metric}_sum", base, sums[attr], t_abs)
+            if behaviour.watched:
+                restarts = sum(1 for kill in kills if kill <= t)
+                container = {**pod, "container": "vllm"}
+                trace.add("kube_pod_container_status_restarts", "counter", "kube_pod_container_status_restarts_total",
+                          container, restarts, t_abs)  # fmt: skip
+                if restarts:
+                    trace.add("kube_pod_container_status_last_terminated_reason", "gauge",
+                              "kube_pod_container_status_last_terminated_reason", {**container, "reason": "OOMKilled"},
+                              1, t_abs)  # fmt: skip
+                trace.add("kube_pod_labels", "gauge", "kube_pod_labels", {**pod, "label_llm_platform_model": name}, 1,
+                          t_abs)  # fmt: skip
+                desired = int(levels["replicas"])
+                rolling = behaviour.rolling(t)
+                states = {
+                    "kube_deployment_spec_replicas": desired,
+                    "kube_deployment_status_replicas": desired + (1 if rolling else 0),
+                    "kube_deployment_status_replicas_updated": 1 if rolling else desired,
+                }
+                for metric, value in states.items():
+                    trace.add(metric, "gauge", metric, deployment, value, t_abs)
+    return trace.text()
 
 
 def backfill(text: str, data_dir: Path) -> None:

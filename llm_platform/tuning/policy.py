@@ -1,37 +1,41 @@
-"""The tuning-drift policy (pure): from a model's recent metric windows and its current config to a decision.
+"""The tuning-drift policy (pure): from a model's measurements over a fixed lookback and its config to a decision.
 
-A rule fires only when its condition held in every one of the last ``limits.sustained_windows`` windows
-(hysteresis), and never on missing, NaN or stale data (the decision is ``skip`` with the reason). The caller keeps
-the windows, and applies the cooldown and the daily cap (:func:`gate`), so that this module stays a table of rules.
+Every measurement covers the same fixed lookback (30 minutes by default) ending at the tick, whenever the tick
+runs: Dagster's sensor interval is a minimum, not a schedule, so nothing may depend on how many ticks ran.
 
-Rules, in priority order (stability before throughput):
+- **Levels are sustained, not peaked.** A level (KV usage, preemptions/s, waiting requests, replicas) is the value
+  it held for at least ``sustained_fraction`` of the lookback — the (1 - fraction) quantile over time of its
+  samples — so a burst of a few minutes, or traffic flapping between saturated and idle, never reads as a level.
+- **Events are counted over the lookback** (``increase()``): two OOM kills ten minutes apart are two kills at
+  every tick that follows within the lookback, and none is counted twice across configs because the sensor only
+  decides once a whole lookback of the deployed config's own data exists (``config_age_s``).
+- **Enough data and enough evidence.** No decision without data for ``min_coverage`` of the lookback, on stale
+  data, or while a rollout is in progress; rules about the workload's shape need ``min_requests`` finished
+  requests in the lookback ("too few requests (n)").
+- **Capacity before engine knobs.** A queue above the threshold at the replica ceiling with a full KV cache asks for
+  more replicas — ``autoscaling.max_replicas`` as far as the GPU quota allows (the catalog's own arithmetic,
+  ``max_replicas_within_quota``) — or says that there is no quota headroom; only with KV headroom does it ask for
+  more ``max_num_seqs``.
 
-1. **OOM kills** (the vLLM container restarted after ``OOMKilled`` at least ``oom_restarts`` times over the
-   hysteresis windows; an event count, not a level, so it is summed rather than required in every window): lower
-   gpu_memory_utilization by ``oom_memory_step`` down to ``memory_floor``; at the floor, halve max_model_len. Only
-   evaluated where kube-state-metrics is scraped (the local target has no such series: the rule is left out, the
-   others still run).
-2. **KV cache saturated with preemptions** (max KV usage >= ``kv_saturated`` and preemptions > 0): raise
-   gpu_memory_utilization by ``memory_step`` up to ``memory_cap``; at the cap, lower max_num_seqs by a quarter.
-3. **Queue high at the replica ceiling** (waiting per replica > the catalog's ``waiting_threshold`` while running at
-   ``max_replicas``): with KV headroom (< ``kv_headroom``) raise max_num_seqs by half; without, no engine change
-   helps - the decision says to raise ``autoscaling.max_replicas`` within the GPU quota.
-4. **Context far larger than the traffic** (p99.9 prompt + generation tokens, with ``length_margin``, below half of
-   max_model_len): shrink max_model_len to that length rounded up to ``length_quantum`` (not below
-   ``min_model_len``): the freed KV cache serves more sequences.
-5. **Requests crowding the context** (p99.9 prompt tokens >= ``length_crowded`` of max_model_len: those requests
-   have almost no room left to generate, and longer ones are refused by the server with HTTP 400, which vLLM does
-   not count): double max_model_len up to ``max_context``. Prompt length alone, because the p99.9s of prompt and
-   generation come from different requests and their sum only bounds a request from above. vLLM's default length
-   buckets stop at the largest 1-2-5 value below max_model_len; ``engine.py`` adds buckets near the limit so that
-   this quantile can be read at all.
+Rules, in priority order (stability, then capacity, then throughput, then the context):
+
+1. **OOM kills** (``oom_kills`` >= ``oom_kills`` over the lookback, from kube-state-metrics; left out where it is
+   not scraped): gpu_memory_utilization - ``oom_memory_step`` down to ``memory_floor``, then half max_model_len.
+2. **Queue at the replica ceiling**: full KV cache → more replicas within the quota; KV headroom → max_num_seqs
+   by half again.
+3. **KV cache saturated with preemptions**: gpu_memory_utilization + ``memory_step`` up to ``memory_cap``, then a
+   quarter fewer max_num_seqs.
+4. **Context far larger than the traffic** (p99.9 prompt + generation tokens with ``length_margin`` at most half of
+   max_model_len): shrink max_model_len to that, rounded up to ``length_quantum``.
+5. **Requests crowding the context** (p99.9 prompt tokens >= ``length_crowded`` of max_model_len): double it, up
+   to ``max_context``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from llm_platform.catalog import ModelSpec
@@ -41,44 +45,67 @@ VLLM_DEFAULT_MAX_NUM_SEQS = 256
 
 
 @dataclass(frozen=True)
-class Window:
-    """One model's measurements over one window (NaN: no data). Mirrors the Prometheus snapshot's fields."""
+class Snapshot:
+    """One model's measurements over the lookback (NaN: no data). Mirrors the Prometheus snapshot's fields."""
 
-    kv_cache_usage_max: float
+    coverage: float
+    """Fraction of the lookback's steps with data from the model's servers (0-1)."""
+    age_s: float
+    """Seconds since the model's newest sample."""
+    kv_cache_usage: float
+    """KV-cache usage held for at least the sustained fraction of the lookback."""
     preemptions_per_s: float
-    waiting_avg: float
+    """Preemption rate held for at least the sustained fraction."""
+    waiting: float
+    """Waiting requests (all replicas) held for at least the sustained fraction."""
     replicas: float
+    """Replicas held for at least the sustained fraction: the Deployment's desired count (kube-state-metrics),
+    else the number of engines reporting (the local target)."""
+    requests: float
+    """Requests finished in the lookback."""
     prompt_tokens_p999: float
     generation_tokens_p999: float
     sample_time: float
-    oom_restarts: float = math.nan
-    """Restarts of the model's vLLM containers last killed for OOM (kube-state-metrics; NaN where not scraped)."""
+    oom_kills: float = math.nan
+    """Restarts of the model's vLLM containers last killed for OOM in the lookback (NaN where ksm is not scraped)."""
+    rollout: float = math.nan
+    """Pods of an unfinished rollout seen in the lookback (0: none; NaN where ksm is not scraped)."""
 
     @classmethod
-    def no_data(cls, sample_time: float) -> Window:
-        """A window in which nothing was measured (the model's series were absent)."""
+    def no_data(cls, sample_time: float) -> Snapshot:
+        """The model's series were absent."""
         nan = math.nan
-        return cls(nan, nan, nan, nan, nan, nan, sample_time)
+        return cls(0.0, nan, nan, nan, nan, nan, nan, nan, nan, sample_time)
 
     def missing(self) -> list[str]:
-        """Names of the required measurements without data (optional ones leave their rule out instead)."""
+        """Required measurements without data (optional ones leave their rule out instead; the request-length
+        quantiles are NaN when no request finished, which the evidence rule reports)."""
         return sorted(
-            key for key, value in self.__dict__.items() if math.isnan(value) and key not in OPTIONAL_MEASUREMENTS
+            item.name
+            for item in fields(self)
+            if item.name not in OPTIONAL_MEASUREMENTS and math.isnan(getattr(self, item.name))
         )
 
 
-#: Measurements only some clusters have; without them their rule is not evaluated, the others still are.
-OPTIONAL_MEASUREMENTS = frozenset({"oom_restarts"})
+#: Measurements only some clusters have, or that are NaN on an idle model; without them their rule is not
+#: evaluated, the others still are.
+OPTIONAL_MEASUREMENTS = frozenset({"oom_kills", "rollout", "prompt_tokens_p999", "generation_tokens_p999"})
 
 
 @dataclass(frozen=True)
 class TuningLimits:
     """Thresholds and bounds of the policy; each default is a conservative production choice."""
 
-    sustained_windows: int = 3
-    """Windows in a row a condition must hold (hysteresis against one noisy scrape)."""
-    stale_after_s: float = 600.0
-    """A window older than this (against ``now``) is stale: no decision from it."""
+    lookback_s: float = 1800.0
+    """The fixed span every measurement covers, ending at the tick."""
+    sustained_fraction: float = 0.75
+    """A level counts when it held for at least this fraction of the lookback."""
+    min_coverage: float = 0.8
+    """No decision unless the model's servers reported for this fraction of the lookback."""
+    stale_after_s: float = 300.0
+    """No decision when the newest sample is older than this."""
+    min_requests: int = 1000
+    """Finished requests in the lookback that rules about the workload's shape need."""
     kv_saturated: float = 0.95
     """KV-cache usage counted as saturated."""
     kv_headroom: float = 0.8
@@ -95,8 +122,8 @@ class TuningLimits:
     """max_model_len recommendations are multiples of this."""
     min_model_len: int = 512
     """Never recommend a smaller max_model_len than this."""
-    oom_restarts: int = 2
-    """OOM-killed restarts, summed over the hysteresis windows, that call for less memory (one can be a one-off)."""
+    oom_kills: int = 2
+    """OOM-killed restarts in the lookback that call for less memory (one can be a one-off)."""
     oom_memory_step: float = 0.05
     """How much gpu_memory_utilization is lowered after OOM kills (a bigger step than raising: a crash costs more)."""
     memory_floor: float = 0.7
@@ -104,7 +131,12 @@ class TuningLimits:
     length_crowded: float = 0.9
     """p99.9 prompt length, as a fraction of max_model_len, at which requests crowd the context."""
     max_context: int = 32768
-    """Never recommend a larger max_model_len than this (vLLM also refuses more than the model's own limit)."""
+    """Never recommend a larger max_model_len than this (the model's own position limit is checked as well)."""
+
+    @property
+    def quantile(self) -> float:
+        """The quantile over time that is the sustained level."""
+        return 1.0 - self.sustained_fraction
 
 
 @dataclass(frozen=True)
@@ -116,11 +148,11 @@ class Decision:
     observed: Mapping[str, float] = field(default_factory=dict)
 
 
-def _observed(latest: Window) -> dict[str, float]:
+def _observed(snapshot: Snapshot) -> dict[str, float]:
     return {
-        key: round(value, 4)
-        for key, value in latest.__dict__.items()
-        if key != "sample_time" and not (key in OPTIONAL_MEASUREMENTS and math.isnan(value))
+        item.name: round(getattr(snapshot, item.name), 4)
+        for item in fields(snapshot)
+        if item.name != "sample_time" and not math.isnan(getattr(snapshot, item.name))
     }
 
 
@@ -128,41 +160,75 @@ def _quantised(tokens: float, limits: TuningLimits) -> int:
     return max(limits.min_model_len, math.ceil(tokens / limits.length_quantum) * limits.length_quantum)
 
 
-def decide(model: ModelSpec, windows: Sequence[Window], now: float, limits: TuningLimits | None = None) -> Decision:
-    """The decision for ``model`` from its windows, oldest first."""
+def _data_problem(snapshot: Snapshot, now: float, config_age_s: float, limits: TuningLimits) -> str | None:
+    lookback_min = limits.lookback_s / 60
+    if config_age_s < limits.lookback_s:
+        return (
+            f"the config was deployed {config_age_s / 60:.0f} min ago; waiting for {lookback_min:.0f} min of its own "
+            "data"
+        )
+    if snapshot.age_s > limits.stale_after_s:
+        return f"the newest sample is {snapshot.age_s:.0f} s old"
+    if snapshot.coverage < limits.min_coverage:
+        return f"data for only {snapshot.coverage:.0%} of the last {lookback_min:.0f} min"
+    if snapshot.missing():
+        return f"no data for {', '.join(snapshot.missing())}"
+    if not math.isnan(snapshot.rollout) and snapshot.rollout > 0:
+        return "a rollout is in progress (or was, within the lookback)"
+    return None
+
+
+def decide(
+    model: ModelSpec,
+    snapshot: Snapshot,
+    now: float,
+    *,
+    config_age_s: float = math.inf,
+    max_replicas_allowed: int | None = None,
+    limits: TuningLimits | None = None,
+) -> Decision:
+    """The decision for ``model`` (as deployed) from its ``snapshot``. ``config_age_s``: how long the deployed
+    config has served; ``max_replicas_allowed``: :func:`max_replicas_within_quota` (None: no capacity rule)."""
     limits = limits or TuningLimits()
-    recent = list(windows)[-limits.sustained_windows :]
-    if len(recent) < limits.sustained_windows:
-        return Decision("skip", f"{len(recent)} of {limits.sustained_windows} windows collected")
-    for window in recent:
-        if window.missing():
-            return Decision("skip", f"no data for {', '.join(window.missing())}")
-    if now - recent[-1].sample_time > limits.stale_after_s:
-        return Decision("skip", f"latest window is {now - recent[-1].sample_time:.0f} s old")
-    serving, latest = model.serving, recent[-1]
-    observed = _observed(latest)
+    problem = _data_problem(snapshot, now, config_age_s, limits)
+    if problem:
+        return Decision("skip", problem, observed=_observed(snapshot))
+    serving, scaling, observed = model.serving, model.autoscaling, _observed(snapshot)
     seqs = serving.max_num_seqs or VLLM_DEFAULT_MAX_NUM_SEQS
 
-    oom_kills = sum(w.oom_restarts for w in recent if not math.isnan(w.oom_restarts))
-    if oom_kills >= limits.oom_restarts:
-        reason = f"{oom_kills:.0f} OOM-killed restarts over {len(recent)} windows"
+    if not math.isnan(snapshot.oom_kills) and snapshot.oom_kills >= limits.oom_kills:
+        reason = f"{snapshot.oom_kills:.0f} OOM-killed restarts in the last {limits.lookback_s / 60:.0f} min"
         if serving.gpu_memory_utilization - 1e-9 > limits.memory_floor:
             memory = max(limits.memory_floor, serving.gpu_memory_utilization - limits.oom_memory_step)
-            return Decision("recommend", reason, "oom_restarts", {"gpu_memory_utilization": f"{memory:.2f}"}, observed)
+            return Decision("recommend", reason, "oom_kills", {"gpu_memory_utilization": f"{memory:.2f}"}, observed)
         shorter = _quantised(serving.max_model_len // 2, limits)
         if shorter < serving.max_model_len:
-            return Decision("recommend", reason, "oom_restarts", {"max_model_len": str(shorter)}, observed)
-        return Decision(
-            "no_change",
-            f"{reason}, but memory and max_model_len are at their floors: raise resources.memory",
-            "oom_restarts",
-            observed=observed,
-        )
+            return Decision("recommend", reason, "oom_kills", {"max_model_len": str(shorter)}, observed)
+        return Decision("no_change", f"{reason}, but memory and max_model_len are at their floors: raise "
+                        "resources.memory", "oom_kills", observed=observed)  # fmt: skip
 
-    if all(w.kv_cache_usage_max >= limits.kv_saturated and w.preemptions_per_s > 0 for w in recent):
+    replicas = max(snapshot.replicas, 1.0)
+    if snapshot.replicas >= scaling.max_replicas and snapshot.waiting / replicas > scaling.waiting_threshold:
         reason = (
-            f"KV cache saturated ({latest.kv_cache_usage_max:.0%}) with {latest.preemptions_per_s:.2f} "
-            f"preemptions/s over {len(recent)} windows"
+            f"{snapshot.waiting:.1f} requests waiting at the ceiling of {scaling.max_replicas} replicas for "
+            f"{limits.sustained_fraction:.0%} of the lookback (threshold {scaling.waiting_threshold:g} per replica)"
+        )
+        if snapshot.kv_cache_usage >= limits.kv_saturated:
+            if max_replicas_allowed is not None and max_replicas_allowed > scaling.max_replicas:
+                return Decision("recommend", f"{reason} with the KV cache full: more replicas", "capacity",
+                                {"autoscaling.max_replicas": str(max_replicas_allowed)}, observed)  # fmt: skip
+            return Decision("no_change", f"{reason} with the KV cache full, but the GPU quota has no headroom for "
+                            "another replica: raise platform.gpu_quota", "capacity", observed=observed)  # fmt: skip
+        if snapshot.kv_cache_usage < limits.kv_headroom:
+            return Decision("recommend", f"{reason}, KV cache has headroom", "queue_at_ceiling",
+                            {"max_num_seqs": str(seqs + max(1, seqs // 2))}, observed)  # fmt: skip
+        return Decision("no_change", f"{reason}; the KV cache is neither full nor free enough to batch more",
+                        "queue_at_ceiling", observed=observed)  # fmt: skip
+
+    if snapshot.kv_cache_usage >= limits.kv_saturated and snapshot.preemptions_per_s > 0:
+        reason = (
+            f"KV cache saturated ({snapshot.kv_cache_usage:.0%}) with {snapshot.preemptions_per_s:.2f} "
+            f"preemptions/s for {limits.sustained_fraction:.0%} of the lookback"
         )
         if serving.gpu_memory_utilization + 1e-9 < limits.memory_cap:
             memory = min(limits.memory_cap, serving.gpu_memory_utilization + limits.memory_step)
@@ -170,29 +236,17 @@ def decide(model: ModelSpec, windows: Sequence[Window], now: float, limits: Tuni
         fewer = max(limits.min_max_num_seqs, seqs * 3 // 4)
         if fewer < seqs:
             return Decision("recommend", reason, "kv_saturation", {"max_num_seqs": str(fewer)}, observed)
-        return Decision("no_change", f"{reason}, but memory and max_num_seqs are at their limits", "kv_saturation")
+        return Decision("no_change", f"{reason}, but memory and max_num_seqs are at their limits", "kv_saturation",
+                        observed=observed)  # fmt: skip
 
-    scaling = model.autoscaling
-    if all(
-        w.replicas >= scaling.max_replicas and w.waiting_avg / max(w.replicas, 1) > scaling.waiting_threshold
-        for w in recent
-    ):
-        reason = (
-            f"{latest.waiting_avg:.1f} requests waiting at the ceiling of {scaling.max_replicas} replicas "
-            f"(threshold {scaling.waiting_threshold:g} per replica)"
-        )
-        if latest.kv_cache_usage_max < limits.kv_headroom:
-            more = str(seqs + max(1, seqs // 2))
-            return Decision("recommend", f"{reason}, KV cache has headroom", "queue_at_ceiling",
-                            {"max_num_seqs": more}, observed)  # fmt: skip
+    if snapshot.requests < limits.min_requests or math.isnan(snapshot.prompt_tokens_p999):
         return Decision(
-            "no_change",
-            f"{reason} and the KV cache is full: raise autoscaling.max_replicas (GPUs within the quota)",
-            "queue_at_ceiling",
+            "skip",
+            f"too few requests ({snapshot.requests:.0f} in {limits.lookback_s / 60:.0f} min, need "
+            f"{limits.min_requests}) to judge the context length",
             observed=observed,
         )
-
-    longest = max(w.prompt_tokens_p999 + w.generation_tokens_p999 for w in recent)
+    longest = snapshot.prompt_tokens_p999 + snapshot.generation_tokens_p999
     needed = _quantised(longest * limits.length_margin, limits)
     if needed * 2 <= serving.max_model_len:
         reason = (
@@ -201,10 +255,9 @@ def decide(model: ModelSpec, windows: Sequence[Window], now: float, limits: Tuni
         )
         return Decision("recommend", reason, "context_too_long", {"max_model_len": str(needed)}, observed)
 
-    crowded = limits.length_crowded * serving.max_model_len
-    if all(w.prompt_tokens_p999 >= crowded for w in recent):
+    if snapshot.prompt_tokens_p999 >= limits.length_crowded * serving.max_model_len:
         reason = (
-            f"p99.9 prompt length {latest.prompt_tokens_p999:.0f} tokens crowds max_model_len "
+            f"p99.9 prompt length {snapshot.prompt_tokens_p999:.0f} tokens crowds max_model_len "
             f"{serving.max_model_len} (>= {limits.length_crowded:.0%}): requests are cut short or refused"
         )
         longer = min(limits.max_context, serving.max_model_len * 2)

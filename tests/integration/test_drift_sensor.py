@@ -1,38 +1,42 @@
-"""The tuning-drift sensor through Dagster's ``build_sensor_context``: against a protocol-level Prometheus for
-precise control of each tick, and against a real Prometheus holding a backfilled half hour of vLLM series."""
+"""The tuning-drift sensor through Dagster's ``build_sensor_context`` against a protocol-level Prometheus, for
+precise control of what each tick reads (the labelled scenarios against a real Prometheus are in
+``test_drift_scenarios.py``); and the new-revision sensor against a protocol-level hub."""
 
 from __future__ import annotations
 
 import json
-import math
-import shutil
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from datetime import UTC, datetime
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from llm_platform.catalog import Catalog, parse_catalog
 from llm_platform.defs.resources import PrometheusResource
 from llm_platform.defs.sensors import build_drift_sensor
-from llm_platform.dev.promtrace import Behaviour, backfill, openmetrics
-from llm_platform.processes import free_port
-from llm_platform.prometheus import QUERIES_PER_SNAPSHOT, PrometheusClient
-from llm_platform.services import LocalServices
+from llm_platform.defs.values import BenchmarkOutcome, DeploymentRecord, ServingChoice
+from llm_platform.prometheus import QUERIES_PER_SNAPSHOT
+from llm_platform.targets.base import Deployment
+from llm_platform.weights.plan import SnapshotManifest
+from tests.deployments import record_deployment
 from tests.fakeprom import FakePrometheus
 
 pytestmark = pytest.mark.integration
 
-SATURATED = {
-    "kv_cache_usage_max": 0.99,
-    "preemptions_per_s": 0.4,
-    "waiting_avg": 0.0,
-    "replicas": 1,
-    "prompt_tokens_p999": 3000,
-    "generation_tokens_p999": 800,
+CALM = {
+    "coverage": 1.0,
+    "age_s": 10.0,
+    "kv_cache_usage": 0.4,
+    "preemptions_per_s": 0.0,
+    "waiting": 0.0,
+    "replicas": 1.0,
+    "requests": 5000.0,
+    "prompt_tokens_p999": 3000.0,
+    "generation_tokens_p999": 800.0,
 }
-CALM = {**SATURATED, "kv_cache_usage_max": 0.4, "preemptions_per_s": 0.0}
+SATURATED = {**CALM, "kv_cache_usage": 0.99, "preemptions_per_s": 0.4}
 
 
 @pytest.fixture
@@ -47,21 +51,15 @@ def catalog() -> Catalog:
     serving = {"max_model_len": 4096, "max_num_seqs": 64}
     return parse_catalog(
         {
+            "platform": {"gpu_quota": 8},
             "models": [
                 {"name": "hot", "source": {"repo": "a/hot"}, "serving": serving},
                 {"name": "calm", "source": {"repo": "a/calm"}, "serving": serving},
-                {"name": "oom", "source": {"repo": "a/oom"}, "serving": serving},
-            ]
+                {"name": "busy", "source": {"repo": "a/busy"}, "serving": serving,
+                 "autoscaling": {"min_replicas": 1, "max_replicas": 2}},
+            ],
         }
-    )
-
-
-def _deploy(instance: dg.DagsterInstance, model: str, serving: dict[str, object]) -> None:
-    instance.report_runless_asset_event(
-        dg.AssetMaterialization(
-            "vllm_deployment", partition=model, metadata={"serving": dg.MetadataValue.json(serving)}
-        )
-    )
+    )  # fmt: skip
 
 
 def _skipped(result: dg.SensorResult) -> str:
@@ -69,14 +67,20 @@ def _skipped(result: dg.SensorResult) -> str:
     return result.skip_reason.skip_message
 
 
-def _tick(catalog: Catalog, instance: dg.DagsterInstance, url: str, cursor: str | None) -> dg.SensorResult:
-    sensor = build_drift_sensor(catalog)
+def _tick(
+    catalog: Catalog, instance: dg.DagsterInstance, url: str, cursor: str | None, at: float | None = None
+) -> dg.SensorResult:
+    sensor = build_drift_sensor(catalog, clock=(lambda: at) if at is not None else time.time)
     context = dg.build_sensor_context(
         instance=instance, cursor=cursor, resources={"prometheus": PrometheusResource(url=url)}
     )
     result = sensor(context)
     assert isinstance(result, dg.SensorResult)
     return result
+
+
+def _serving(catalog: Catalog, name: str, **changes: object) -> dict[str, object]:
+    return {**catalog.model(name).serving.model_dump(mode="json"), **changes}
 
 
 def test_no_deployment_no_queries(catalog: Catalog, prometheus: FakePrometheus) -> None:
@@ -86,104 +90,82 @@ def test_no_deployment_no_queries(catalog: Catalog, prometheus: FakePrometheus) 
     assert prometheus.queries == []
 
 
-def test_sustained_saturation_requests_a_promotion_once_then_cools_down(
+def test_a_sustained_saturation_requests_a_promotion_at_once_then_cools_down(
     catalog: Catalog, prometheus: FakePrometheus
 ) -> None:
     prometheus.models = {"hot": SATURATED, "calm": CALM}
     with dg.instance_for_test() as instance:
         # "hot" runs with an earlier override (max_num_seqs 48): the new request must keep it.
-        _deploy(instance, "hot", {**catalog.model("hot").serving.model_dump(mode="json"), "max_num_seqs": 48})
-        _deploy(instance, "calm", catalog.model("calm").serving.model_dump(mode="json"))
-        cursor = None
-        reasons = []
-        for _ in range(2):
-            result = _tick(catalog, instance, prometheus.url, cursor)
-            assert not result.run_requests
-            reasons.append(_skipped(result))
-            cursor = result.cursor
-        assert "hot: skip (2 of 3 windows collected)" in reasons[-1]
-        third = _tick(catalog, instance, prometheus.url, cursor)
+        record_deployment(instance, "hot", _serving(catalog, "hot", max_num_seqs=48))
+        record_deployment(instance, "calm", _serving(catalog, "calm"))
+        first = _tick(catalog, instance, prometheus.url, None)
 
-        (request,) = third.run_requests or []
+        (request,) = first.run_requests or []
         assert request.partition_key == "hot"
         assert request.tags["llm-platform/rule"] == "kv_saturation"
         config = request.run_config["ops"]["serving_config"]["config"]
         assert config["overrides"] == {"max_num_seqs": "48", "gpu_memory_utilization": "0.92"}
         assert config["reason"].startswith("kv_saturation: KV cache saturated (99%) with 0.40 preemptions/s")
-        assert request.run_key is not None and request.run_key.startswith("hot:kv_saturation:")
-        assert len(prometheus.queries) == 3 * QUERIES_PER_SNAPSHOT  # two models, a fixed number per tick
+        assert len(prometheus.queries) == QUERIES_PER_SNAPSHOT  # every model, one request
 
-        cursor = third.cursor
-        for _ in range(3):  # still saturated: the cooldown holds the next change back
-            later = _tick(catalog, instance, prometheus.url, cursor)
-            cursor = later.cursor
+        cursor = first.cursor
+        later = _tick(catalog, instance, prometheus.url, cursor)  # still saturated: the cooldown holds it back
         assert not later.run_requests
-        assert "not yet: cooldown" in _skipped(later)
-        assert "calm: no_change (the config fits the traffic) [kv_cache_usage_max=0.4" in _skipped(later)
-        assert json.loads(cursor or "{}")["changes"]["hot"]
+        assert "hot: KV cache saturated" in _skipped(later) and "not yet: cooldown" in _skipped(later)
+        assert "calm: no_change (the config fits the traffic) [coverage=1" in _skipped(later)
+        assert json.loads(later.cursor or "{}")["changes"]["hot"]
 
 
-def test_missing_series_and_unreachable_prometheus_are_skipped_with_the_reason(
+def test_a_young_config_missing_series_and_an_unreachable_prometheus_are_skips(
     catalog: Catalog, prometheus: FakePrometheus
 ) -> None:
-    prometheus.models = {"hot": {**SATURATED, "prompt_tokens_p999": float("nan")}}
+    prometheus.models = {"hot": SATURATED}
     with dg.instance_for_test() as instance:
-        _deploy(instance, "hot", catalog.model("hot").serving.model_dump(mode="json"))
-        cursor = None
-        for _ in range(3):
-            result = _tick(catalog, instance, prometheus.url, cursor)
-            cursor = result.cursor
+        record_deployment(instance, "hot", _serving(catalog, "hot"), age_s=300)
+        record_deployment(instance, "calm", _serving(catalog, "calm"))
+        result = _tick(catalog, instance, prometheus.url, None)
         assert not result.run_requests
-        assert "hot: skip (no data for prompt_tokens_p999)" in _skipped(result)
-        down = _tick(catalog, instance, "http://127.0.0.1:9", cursor)
+        assert "hot: skip (the config was deployed 5 min ago; waiting for 30 min of its own data)" in _skipped(result)
+        assert "calm: skip (data for only 0% of the last 30 min)" in _skipped(result)
+        down = _tick(catalog, instance, "http://127.0.0.1:9", None)
     assert _skipped(down).startswith("metrics unavailable: Prometheus at http://127.0.0.1:9 is ")
 
 
-def test_a_scripted_half_hour_in_a_real_prometheus_drives_the_sensor(catalog: Catalog, tmp_path: Path) -> None:
-    """30 minutes of vLLM-named series backfilled into a real Prometheus (promtool): 'hot' saturates its KV cache
-    with preemptions and sees short requests, 'oom' is OOM-killed every 5 minutes (kube-state-metrics' series),
-    'calm' fits; the real client reads them in one query and the sensor acts on both."""
-    if shutil.which("prometheus") is None or shutil.which("promtool") is None:
-        pytest.skip("prometheus/promtool are not installed (make test installs the Debian package)")
-    now = time.time()
-    scenario = {
-        "hot": Behaviour(kv_cache_usage=0.99, preemptions_per_s=0.5, prompt_tokens=3000, generation_tokens=500),
-        "calm": Behaviour(kv_cache_usage=0.4, prompt_tokens=3000, generation_tokens=500, oom_kills_per_hour=0),
-        "oom": Behaviour(kv_cache_usage=0.5, prompt_tokens=3000, generation_tokens=500, oom_kills_per_hour=12),
-    }
-    services = LocalServices(tmp_path)
-    backfill(openmetrics(scenario, now - 1800, now - 5), tmp_path / "prometheus" / "data")
-    record = services.start_prometheus(tmp_path / "file_sd", port=free_port())
-    try:
-        client = PrometheusClient(record.url)
-        snapshot = client.snapshot(window="5m")
-        assert client.queries_sent == QUERIES_PER_SNAPSHOT == 1
-        hot = snapshot["hot"]
-        assert (hot.kv_cache_usage_max, hot.replicas, hot.waiting_avg) == (0.99, 1, 0)
-        assert hot.preemptions_per_s == pytest.approx(0.5, rel=0.05)
-        assert hot.prompt_tokens_p999 == pytest.approx(3072, rel=0.01)  # the bucket holding 3000
-        assert snapshot["calm"].missing() == [] and snapshot["calm"].kv_cache_usage_max == 0.4
-        # kube-state-metrics: one OOM kill in the window, none for 'calm', no series at all for 'hot'.
-        assert snapshot["oom"].oom_restarts == pytest.approx(1, rel=0.05)
-        assert snapshot["calm"].oom_restarts == 0 and math.isnan(hot.oom_restarts)
-        with dg.instance_for_test() as instance:
-            for name in scenario:
-                _deploy(instance, name, catalog.model(name).serving.model_dump(mode="json"))
-            cursor = None
-            for _ in range(3):
-                result = _tick(catalog, instance, record.url, cursor)
-                cursor = result.cursor
-    finally:
-        services.stop("prometheus")
-    requests = {str(request.partition_key): request for request in result.run_requests or []}
-    assert sorted(requests) == ["hot", "oom"]
-    assert requests["hot"].run_config["ops"]["serving_config"]["config"]["overrides"] == {
-        "gpu_memory_utilization": "0.92"
-    }
-    assert requests["oom"].tags["llm-platform/rule"] == "oom_restarts"
-    assert requests["oom"].run_config["ops"]["serving_config"]["config"]["overrides"] == {
-        "gpu_memory_utilization": "0.85"
-    }
+def test_queue_at_the_ceiling_with_a_full_cache_raises_max_replicas_within_the_quota(
+    catalog: Catalog, prometheus: FakePrometheus
+) -> None:
+    full = {**SATURATED, "replicas": 2.0, "waiting": 40.0}
+    prometheus.models = {"busy": full}
+    with dg.instance_for_test() as instance:
+        record_deployment(instance, "busy", _serving(catalog, "busy"))
+        result = _tick(catalog, instance, prometheus.url, None)
+    (request,) = result.run_requests or []
+    assert request.tags["llm-platform/rule"] == "capacity"
+    # 8 GPUs, the two other models keep one each, one surge replica: 8 - 2 - 1 = 5.
+    assert request.run_config["ops"]["serving_config"]["config"]["overrides"] == {"autoscaling.max_replicas": "5"}
+
+
+def test_a_proposal_past_the_models_position_limit_is_a_skip_with_the_reason(
+    catalog: Catalog, prometheus: FakePrometheus
+) -> None:
+    crowded = {**CALM, "prompt_tokens_p999": 3900.0}  # >= 90 % of 4096: the rule would double it to 8192
+    prometheus.models = {"hot": crowded}
+    model = catalog.model("hot")
+    weights = SnapshotManifest(
+        model="hot", repo="a/hot", requested_revision="main", sha="a" * 40, files=(), total_bytes=0,
+        downloaded_bytes=0, duration_s=0, completed_at=datetime.now(UTC), max_position_tokens=4096,
+    )  # fmt: skip
+    outcome = BenchmarkOutcome(pd.DataFrame(), "x", True, (1,))
+    record = DeploymentRecord(ServingChoice(model, weights), Deployment("http://x", "http://x", "r"), outcome)
+    with dg.instance_for_test() as instance:
+        record_deployment(instance, "hot", _serving(catalog, "hot"), stored=record)
+        result = _tick(catalog, instance, prometheus.url, None)
+    assert not result.run_requests
+    assert "hot: p99.9 prompt length 3900 tokens crowds max_model_len 4096" in _skipped(result)
+    assert (
+        "proposal refused: tuning_drift_sensor: model 'hot': serving.max_model_len: 8192 exceeds the model's position "
+        "limit of 4096 tokens; set it to 4096 or less"
+    ) in _skipped(result)
 
 
 def test_new_revision_sensor_runs_the_lifecycle_once_per_new_commit() -> None:

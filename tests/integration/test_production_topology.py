@@ -27,7 +27,7 @@ from llm_platform.catalog_files import load_catalog
 from llm_platform.dagster_api import DagsterApi, RunOutcome
 from llm_platform.defs.jobs import BENCHMARK_LIVE_JOB, LIFECYCLE_JOB, PROMOTE_JOB, schedule_name
 from llm_platform.defs.partitions import latest_materialization
-from llm_platform.defs.sensors import REVISION_SENSOR_NAME, SENSOR_NAME
+from llm_platform.defs.sensors import REVISION_SENSOR_NAME, SENSOR_NAME, build_drift_sensor
 from llm_platform.defs.tuning import AUTO_TUNE_JOB, TUNED_ASSET
 from llm_platform.dev.pod_runs import RUN_DIR_PREFIX
 from llm_platform.devhub import LocalHub, publish_model
@@ -213,15 +213,15 @@ def test_every_job_runs_when_each_run_has_its_own_fresh_disk(topology: Topology)
     assert tuned_event is not None and tuned_event.metadata["adopted"].value is False
     assert (Path(str(tuned_event.metadata["artifacts"].value)) / "trials.csv").is_file()
 
-    # 5. The drift sensor (Prometheus from the catalog) sees a saturated KV cache and requests a promotion.
+    # 5. The drift sensor (Prometheus from the catalog) sees a saturated KV cache and requests a promotion. It is the
+    #    code location's sensor, ticking an hour later (its lookback needs the deployed config to have served).
     topology.prometheus.models = {MODEL: SATURATED}
-    drift = repository.get_sensor_def(SENSOR_NAME)
-    cursor, requests = None, []
-    for _ in range(3):
-        with dg.build_sensor_context(topology.instance, cursor, resources=definitions.resources) as context:
-            result = drift(context)
-        assert isinstance(result, dg.SensorResult)
-        cursor, requests = result.cursor, list(result.run_requests or [])
+    assert repository.get_sensor_def(SENSOR_NAME)
+    drift = build_drift_sensor(load_catalog(topology.catalog_path), clock=lambda: time.time() + 3600)
+    with dg.build_sensor_context(topology.instance, resources=definitions.resources) as context:
+        result = drift(context)
+    assert isinstance(result, dg.SensorResult)
+    requests = list(result.run_requests or [])
     assert topology.prometheus.queries, "the sensor did not query the catalog's platform.prometheus_url"
     (redeploy,) = requests
     overrides = redeploy.run_config["ops"]["serving_config"]["config"]["overrides"]
@@ -242,12 +242,14 @@ def test_every_job_runs_when_each_run_has_its_own_fresh_disk(topology: Topology)
     assert lifecycle.succeeded, lifecycle.failures
     weights = latest_materialization(topology.instance, "model_weights", MODEL)
     assert weights is not None and weights.metadata["revision_sha"].value == new_sha
+    assert topology.deployed()["gpu_memory_utilization"] == 0.92  # the new weights kept the tuned config
 
     # 7. The catalog (configuration, not code) now asks for an SLO no config meets; after a code-location reload
-    #    a promotion fails on that SLO, with its own reason.
+    #    a promotion of the serving config fails on that SLO, with its own reason (judged on the benchmark of its
+    #    promotion: the engine config is the one serving).
     _catalog(topology.catalog_path, topology.prometheus.url, {**SLO, "min_output_tokens_per_s": 1e9})
     topology.api.client.reload_repository_location("llm_platform")
-    failed = _promote(topology)
+    failed = _promote(topology, "--set", "max_num_seqs=16", "--set", "gpu_memory_utilization=0.92")
     assert failed.returncode == 1
     assert "slo_min_output_tokens_per_s" in failed.stdout + failed.stderr
     assert "loading input" not in failed.stdout + failed.stderr

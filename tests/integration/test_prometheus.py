@@ -15,9 +15,10 @@ import pytest
 
 from llm_platform.errors import PlatformError
 from llm_platform.processes import free_port
-from llm_platform.prometheus import QUERIES_PER_SNAPSHOT, PrometheusClient, PrometheusError, selector
+from llm_platform.prometheus import QUERIES_PER_SNAPSHOT, Lookback, PrometheusClient, PrometheusError, selector
 from llm_platform.services import LocalServices
 from tests.conftest import ServedTiny, tiny_catalog
+from tests.deployments import record_deployment
 
 pytestmark = pytest.mark.integration
 
@@ -47,27 +48,30 @@ def _complete(endpoint: str, prompt_words: int, max_tokens: int = 12, seed: int 
 
 def test_one_snapshot_reads_every_serving_metric_of_the_model(prometheus: str, served_tiny: ServedTiny) -> None:
     client = PrometheusClient(prometheus)
+    lookback = Lookback(seconds=60, step_s=5)
     deadline = time.monotonic() + 90
-    window = None
+    snapshot = None
     while time.monotonic() < deadline:
         # Traffic between scrapes: rate() needs counters that grow from one sample to the next.
         for words in (10, 40, 80):
             _complete(served_tiny.endpoint, words)
         before = client.queries_sent
-        snapshot = client.snapshot(window="2m")
+        every = client.snapshot(lookback)
         assert client.queries_sent - before == QUERIES_PER_SNAPSHOT  # whatever the number of models
-        window = snapshot.get("tiny-llama")
-        if window is not None and not math.isnan(window.prompt_tokens_p999):
+        snapshot = every.get("tiny-llama")
+        if snapshot is not None and not math.isnan(snapshot.prompt_tokens_p999) and snapshot.requests > 0:
             break
         time.sleep(2)
-    assert window is not None, "Prometheus never returned the model's series"
-    assert 0 <= window.kv_cache_usage_max <= 1
-    assert window.replicas == 1
-    assert window.waiting_avg >= 0 and window.preemptions_per_s >= 0
+    assert snapshot is not None, "Prometheus never returned the model's series"
+    assert 0 < snapshot.coverage <= 1 and 0 <= snapshot.age_s < 30
+    assert 0 <= snapshot.kv_cache_usage <= 1
+    assert snapshot.replicas == 1  # no kube-state-metrics here: the engines that report
+    assert snapshot.waiting >= 0 and snapshot.preemptions_per_s >= 0 and snapshot.requests > 0
     # Histogram quantiles are bucket bounds: the prompts above were at most a few hundred tokens.
-    assert 0 < window.prompt_tokens_p999 <= 1024
-    assert 0 < window.generation_tokens_p999 <= 20
-    assert window.missing() == []
+    assert 0 < snapshot.prompt_tokens_p999 <= 1024
+    assert 0 < snapshot.generation_tokens_p999 <= 20
+    assert snapshot.missing() == []
+    assert math.isnan(snapshot.oom_kills) and math.isnan(snapshot.rollout)  # kube-state-metrics is not scraped
 
 
 def test_renamed_metrics_are_matched_under_both_names() -> None:
@@ -104,9 +108,10 @@ def test_a_saturated_kv_cache_on_real_vllm_makes_the_sensor_request_a_promotion(
     prometheus: str, served_tiny: ServedTiny
 ) -> None:
     """A second server of the tiny model with a deliberately small KV cache (64 blocks, 8,192 tokens on CPU),
-    listed in the same file_sd file, under 16 concurrent requests of ~800 distinct tokens each: Prometheus sees the
-    cache full and vLLM preempting, and the drift sensor (one window; its hysteresis is tested elsewhere), run
-    through Dagster against that Prometheus, requests a promote run with the kv_saturation change."""
+    listed in the same file_sd file, under 16 concurrent requests of ~800 distinct tokens each, kept up for longer
+    than the lookback: Prometheus sees the cache full and vLLM preempting for most of it, and the drift sensor, run
+    through Dagster against that Prometheus while the load lasts (a 20 s lookback instead of 30 min), requests a
+    promote run with the kv_saturation change."""
     from concurrent.futures import ThreadPoolExecutor
 
     import dagster as dg
@@ -121,37 +126,26 @@ def test_a_saturated_kv_cache_on_real_vllm_makes_the_sensor_request_a_promotion(
     model = catalog.model("tiny-llama")
     target = served_tiny.local_target.target()
     server = target.ensure_server(model, served_tiny.weights_path, log=lambda _: None)
+    # vLLM preempts only when the cache is exhausted; a 5 s scrape samples the usage between peaks (the engine
+    # logs ~98 %), so the saturation threshold of this check is lowered to what a scrape sees.
+    limits = TuningLimits(lookback_s=20, sustained_fraction=0.5, min_coverage=0.5, kv_saturated=0.85)
+    sensor = build_drift_sensor(catalog, limits=limits)
+    requests: list[dg.RunRequest] = []
     try:
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda seed: _complete(server.base_url, 150, max_tokens=300, seed=seed), range(48)))
-        client = PrometheusClient(prometheus)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            window = client.snapshot(window="2m").get("tiny-llama")
-            if window is not None and window.preemptions_per_s > 0:
-                break
-            time.sleep(2)
-        assert window is not None
-        # vLLM preempts only when the cache is exhausted; a 5 s scrape samples the usage between peaks (the
-        # engine logs ~98 %), so the saturation threshold of this check is lowered to what a scrape sees.
-        assert window.preemptions_per_s > 0, window
-        assert window.kv_cache_usage_max >= 0.85, window
-
-        sensor = build_drift_sensor(catalog, limits=TuningLimits(sustained_windows=1, kv_saturated=0.85), window="2m")
-        with dg.instance_for_test() as instance:
-            instance.report_runless_asset_event(
-                dg.AssetMaterialization(
-                    "vllm_deployment",
-                    partition="tiny-llama",
-                    metadata={"serving": dg.MetadataValue.json(model.serving.model_dump(mode="json"))},
-                )
-            )
-            context = dg.build_sensor_context(
-                instance=instance, resources={"prometheus": PrometheusResource(url=prometheus)}
-            )
-            result = sensor(context)
-        assert isinstance(result, dg.SensorResult)
-        (request,) = result.run_requests or []
+        with dg.instance_for_test() as instance, ThreadPoolExecutor(16) as pool:
+            record_deployment(instance, "tiny-llama", model.serving.model_dump(mode="json"))
+            for seed in range(160):
+                pool.submit(_complete, server.base_url, 150, 300, seed)
+            deadline = time.monotonic() + 120
+            while not requests and time.monotonic() < deadline:
+                time.sleep(3)
+                resources = {"prometheus": PrometheusResource(url=prometheus)}
+                with dg.build_sensor_context(instance=instance, resources=resources) as context:
+                    result = sensor(context)
+                assert isinstance(result, dg.SensorResult)
+                requests = list(result.run_requests or [])
+            pool.shutdown(cancel_futures=True)  # the requests not yet sent are not needed any more
+        (request,) = requests
         assert (request.partition_key, request.tags["llm-platform/rule"]) == ("tiny-llama", "kv_saturation")
         assert request.run_config["ops"]["serving_config"]["config"]["overrides"] == {"gpu_memory_utilization": "0.92"}
     finally:

@@ -4,6 +4,7 @@ in seconds. Real vLLM, Prometheus, PostgreSQL and the Kubernetes API emulator ar
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -224,36 +225,78 @@ def test_a_refused_trial_is_recorded_and_never_wins(
     assert event.metadata["failed_trials"].value == 1 and event.metadata["adopted"].value is False
 
 
+def _drift_requests(
+    catalog: Catalog, instance: dg.DagsterInstance, models: dict[str, dict[str, float]]
+) -> list[dg.RunRequest]:
+    """One drift-sensor tick an hour after the deployments (past the lookback), over a protocol-level Prometheus."""
+    prometheus = FakePrometheus().start()
+    try:
+        prometheus.models = models
+        sensor = build_drift_sensor(catalog, clock=lambda: time.time() + 3600)
+        context = dg.build_sensor_context(
+            instance=instance, resources={"prometheus": PrometheusResource(url=prometheus.url)}
+        )
+        result = sensor(context)
+        assert isinstance(result, dg.SensorResult)
+        return list(result.run_requests or [])
+    finally:
+        prometheus.stop()
+
+
+STEADY = {"coverage": 1.0, "age_s": 5.0, "kv_cache_usage": 0.5, "preemptions_per_s": 0.0, "waiting": 0.0,
+          "replicas": 1.0, "requests": 5000.0, "prompt_tokens_p999": 1500.0,
+          "generation_tokens_p999": 400.0}  # fmt: skip
+
+
 def test_drift_becomes_a_promote_run_that_promotes_the_proposal(
     cluster: tuple[str, FakeCluster], instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:
     catalog = _catalog()
     platform = _platform(catalog, cluster, instance, tmp_path)
     assert platform.lifecycle().success
-    prometheus = FakePrometheus().start()
-    try:
-        prometheus.models = {
-            MODEL: {"kv_cache_usage_max": 0.99, "preemptions_per_s": 0.4, "waiting_avg": 0.0, "replicas": 1,
-                    "prompt_tokens_p999": 1500, "generation_tokens_p999": 400},
-        }  # fmt: skip
-        sensor = build_drift_sensor(catalog)
-        cursor, requests = None, []
-        for _ in range(3):
-            context = dg.build_sensor_context(
-                instance=instance, cursor=cursor, resources={"prometheus": PrometheusResource(url=prometheus.url)}
-            )
-            result = sensor(context)
-            assert isinstance(result, dg.SensorResult)
-            cursor, requests = result.cursor, list(result.run_requests or [])
-    finally:
-        prometheus.stop()
-    (request,) = requests
-    ops = request.run_config["ops"]
+    (request,) = _drift_requests(
+        catalog, instance, {MODEL: {**STEADY, "kv_cache_usage": 0.99, "preemptions_per_s": 0.4}}
+    )
 
-    promoted = platform.run(PROMOTE_ASSETS, {**ops, "smoke_benchmark": {"config": SMALL}})
+    promoted = platform.run(PROMOTE_ASSETS, {**request.run_config["ops"], "smoke_benchmark": {"config": SMALL}})
 
     assert promoted.success
     assert platform.deployed_serving()["gpu_memory_utilization"] == 0.92
+
+
+def test_a_capacity_change_rescales_without_restarting_or_benchmarking(
+    cluster: tuple[str, FakeCluster], instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    catalog = parse_catalog(
+        {
+            "platform": {"gpu_quota": 6},
+            "models": [
+                {"name": MODEL, "source": {"repo": "acme/tiny"}, "serving": {"max_model_len": 2048, "max_num_seqs": 32},
+                 "slo": {"ttft_p95_ms": 2000, "itl_p95_ms": 100, "min_output_tokens_per_s": 10, "max_error_rate": 0},
+                 "autoscaling": {"min_replicas": 1, "max_replicas": 2}},
+                {"name": "neighbour", "source": {"repo": "acme/other"}, "autoscaling": {"min_replicas": 1}},
+            ],
+        }
+    )  # fmt: skip
+    platform = _platform(catalog, cluster, instance, tmp_path)
+    assert platform.lifecycle().success
+    fingerprint, _ = cluster[1].deployed[MODEL]
+    full = {**STEADY, "kv_cache_usage": 0.99, "preemptions_per_s": 0.3, "replicas": 2.0, "waiting": 30.0}
+    (request,) = _drift_requests(catalog, instance, {MODEL: full})
+    # 6 GPUs, the neighbour keeps 1, one surge replica: 6 - 1 - 1 = 4.
+    assert request.run_config["ops"]["serving_config"]["config"]["overrides"] == {"autoscaling.max_replicas": "4"}
+    benchmarks_before = [call for call in cluster[1].calls if call.startswith("benchmark")]
+
+    rescaled = platform.run(PROMOTE_ASSETS, request.run_config["ops"])
+
+    assert rescaled.success
+    (bench,) = rescaled.asset_materializations_for_node("smoke_benchmark")
+    assert bench.metadata["reused_promotion_benchmark"].value is True
+    assert [call for call in cluster[1].calls if call.startswith("benchmark")] == benchmarks_before
+    assert cluster[1].deployed[MODEL][0] == fingerprint  # same engine: nothing restarted
+    (deployment,) = rescaled.asset_materializations_for_node("vllm_deployment")
+    autoscaling = deployment.metadata["autoscaling"].value
+    assert isinstance(autoscaling, dict) and autoscaling["max_replicas"] == 4
 
 
 def test_the_live_schedule_skips_until_deployed_then_catches_a_regression(
