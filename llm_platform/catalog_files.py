@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_platform.catalog import Catalog, parse_catalog
-from llm_platform.catalog.parsing import load_yaml
+from llm_platform.catalog.parsing import MAX_CATALOG_BYTES, load_yaml
 from llm_platform.errors import CatalogError
 
 CATALOG_ENV_VAR = "LLM_PLATFORM_CATALOG"
@@ -48,6 +48,10 @@ def load_catalog(
     catalog_path = Path(path) if path is not None else default_catalog_path()
     origin = str(catalog_path)
     try:
+        if catalog_path.stat().st_size > MAX_CATALOG_BYTES:  # refused before it is read into memory
+            raise CatalogError(
+                [f"{origin}: {catalog_path.stat().st_size} bytes; a catalog may have at most {MAX_CATALOG_BYTES}"]
+            )
         text = catalog_path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CatalogError(

@@ -81,6 +81,8 @@ def engine_args(serving: Serving, *, served_model_name: str, weights_path: str) 
         args += _flag("max-num-seqs", serving.max_num_seqs)
     if serving.max_num_batched_tokens is not None:
         args += _flag("max-num-batched-tokens", serving.max_num_batched_tokens)
+    if serving.trust_remote_code:
+        args.append("--trust-remote-code")
     return (*args, *serving.extra_args)
 
 

@@ -2,7 +2,13 @@
 (``checks``), parsing with one readable line per problem (``parsing``) and typed changes (``patches``). Reading the
 file and the environment is ``llm_platform.catalog_files``'s job."""
 
-from llm_platform.catalog.checks import max_replicas_within_quota, model_problems, position_limit, quota_problems
+from llm_platform.catalog.checks import (
+    max_replicas_within_quota,
+    model_problems,
+    model_warnings,
+    position_limit,
+    quota_problems,
+)
 from llm_platform.catalog.parsing import parse_assignments, parse_catalog, parse_catalog_text
 from llm_platform.catalog.patches import ModelPatch, apply_serving_overrides, diff_table, patch_between
 from llm_platform.catalog.schema import (
@@ -44,6 +50,7 @@ __all__ = [
     "is_commit_sha",
     "max_replicas_within_quota",
     "model_problems",
+    "model_warnings",
     "parse_assignments",
     "parse_catalog",
     "parse_catalog_text",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from llm_platform.catalog.schema import ModelSpec, Platform
+from llm_platform.catalog.schema import RISKY_ENGINE_FLAGS, ModelSpec, Platform, flag_target
 
 _POSITION_LIMIT_KEYS = (
     "max_position_embeddings",
@@ -133,3 +133,15 @@ def max_replicas_within_quota(platform: Platform, models: Sequence[ModelSpec], m
         other.autoscaling.min_replicas * other.gpus_per_replica for other in models if other.name != model.name
     )
     return max(0, (platform.gpu_quota - others) // max(model.gpus_per_replica, 1) - 1)
+
+
+def model_warnings(model: ModelSpec) -> list[tuple[str, str]]:
+    """Settings that are valid but deserve a second look: (field path, message)."""
+    warnings = []
+    for arg in model.serving.extra_args:
+        risky = flag_target(arg, RISKY_ENGINE_FLAGS) if arg.startswith("-") else None
+        if risky is not None:
+            warnings.append(("serving.extra_args", f"'{risky}': {RISKY_ENGINE_FLAGS[risky]}"))
+    if model.serving.trust_remote_code:
+        warnings.append(("serving.trust_remote_code", "vLLM will run the Python code of the model's repository"))
+    return warnings

@@ -118,8 +118,55 @@ def parse_catalog(
     return Catalog(platform=platform, models=tuple(models))
 
 
+#: Bounds on catalog text, checked before anything else reads it: far above any real catalog, far below what
+#: exhausts memory or the stack (a billion-laughs file expands a few hundred bytes to gigabytes).
+MAX_CATALOG_BYTES = 5 * 1024 * 1024
+MAX_YAML_NODES = 200_000
+"""Nodes of the document with every alias expanded (what a consumer walking it would see)."""
+MAX_YAML_DEPTH = 32
+"""Nesting the schema never needs more than a handful of."""
+
+
+class _LimitExceeded(yaml.YAMLError):
+    pass
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """YAML loader that refuses duplicate keys, which PyYAML would otherwise resolve silently to the last one."""
+    """YAML loader that refuses duplicate keys (PyYAML would otherwise resolve them silently to the last one), nesting
+    deeper than :data:`MAX_YAML_DEPTH`, and documents whose aliases expand to more than :data:`MAX_YAML_NODES` nodes
+    (refused while composing, before a single object is built)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._sizes: dict[int, int] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _LimitExceeded(f"nested deeper than {MAX_YAML_DEPTH} levels")
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if node is not None and self._expanded_size(node) > MAX_YAML_NODES:
+            raise _LimitExceeded(
+                f"expands to more than {MAX_YAML_NODES} values through aliases ('*name'); write the values out"
+            )
+        return node
+
+    def _expanded_size(self, node: yaml.Node) -> int:
+        """Nodes under ``node`` with aliases expanded, memoised per node (aliases share their node)."""
+        known = self._sizes.get(id(node))
+        if known is not None:
+            return known
+        size = 1
+        if isinstance(node, yaml.SequenceNode):
+            size += sum(self._expanded_size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size += sum(self._expanded_size(key) + self._expanded_size(value) for key, value in node.value)
+        self._sizes[id(node)] = size
+        return size
 
 
 def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -137,9 +184,14 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _m
 
 
 def load_yaml(text: str, origin: str) -> object:
-    """YAML text to data; a syntax error becomes a single line with its position."""
+    """YAML text to data; a syntax error, or text past the bounds above, becomes a single line (with the position
+    where there is one, never the input itself)."""
+    if len(text) > MAX_CATALOG_BYTES:
+        raise CatalogError([f"{origin}: {len(text)} characters; a catalog may have at most {MAX_CATALOG_BYTES}"])
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _LimitExceeded as exc:
+        raise CatalogError([f"{origin}: refused: the YAML {exc}"]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         position = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""

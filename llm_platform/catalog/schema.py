@@ -51,7 +51,39 @@ MANAGED_ENGINE_FLAGS: Mapping[str, str] = {
     "--dtype": "serving.dtype",
     "--custom-histogram-buckets": "the platform (request-length buckets that the tuning policy reads)",
     "--api-key": "a Secret (API keys never go into the catalog)",
+    "--trust-remote-code": "serving.trust_remote_code",
 }
+
+#: vLLM flags no catalog may set: each hands the model's callers (or the model's files) more than serving.
+FORBIDDEN_ENGINE_FLAGS: Mapping[str, str] = {
+    "--middleware": "it imports and runs arbitrary Python in the server",
+    "--allowed-local-media-path": "it lets requests read files of the pod",
+    "--config": "a config file would set flags the platform manages",
+}
+
+#: Flags allowed but worth a warning from ``llm-platform validate``.
+RISKY_ENGINE_FLAGS: Mapping[str, str] = {
+    "--enable-log-requests": "it writes every prompt into the server log",
+}
+
+
+def engine_flag(arg: str) -> str:
+    """How vLLM's parser reads a flag: the part before ``=``, underscores as dashes (``--max_model_len`` is
+    ``--max-model-len``)."""
+    flag = arg.split("=", 1)[0]
+    return "--" + flag[2:].replace("_", "-") if flag.startswith("--") else flag
+
+
+def flag_target(arg: str, flags: Mapping[str, str]) -> str | None:
+    """The flag of ``flags`` that ``arg`` would set: an exact match, or - since vLLM's argparse accepts unambiguous
+    abbreviations such as ``--max-model`` - a flag it is a prefix of (refused even when ambiguous: never guess)."""
+    flag = engine_flag(arg)
+    if flag in flags:
+        return flag
+    if flag.startswith("--") and len(flag) > 3:
+        return next((known for known in flags if known.startswith(flag)), None)
+    return None
+
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -65,6 +97,25 @@ _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _IMAGE_TAG = re.compile(r"^[\w][\w.\-]{0,127}$")
 _HF_TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 _NGINX_SIZE = re.compile(r"^[0-9]+[kKmMgG]?$")
+
+
+#: Paths every vLLM pod mounts itself (``manifests/pods.py``, the download Job's ``/tmp``): the model store may
+#: not overlap them.
+RESERVED_MOUNT_PATHS = ("/dev/shm", "/tmp", "/home/vllm")  # noqa: S108 - container paths, not temporary files
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def check_http_url(url: str, *, https_only: bool) -> str:
+    """``url`` if it is an http(s) URL with a host (``https_only``: plain http only for loopback), else ValueError."""
+    scheme, sep, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1].rsplit(":", 1)[0] if sep else ""
+    if scheme not in ("http", "https") or not host or any(c.isspace() for c in url):
+        raise ValueError(f"'{url[:80]}' is not an http(s) URL such as 'https://host:port'")
+    if "@" in rest.split("/", 1)[0]:
+        raise ValueError("credentials do not belong in the URL (the token comes from a Secret)")
+    if https_only and scheme == "http" and host not in _LOOPBACK_HOSTS:
+        raise ValueError(f"'{url[:80]}' must use https (plain http only for a hub on this machine, e.g. 127.0.0.1)")
+    return url
 
 
 def is_commit_sha(revision: str) -> bool:
@@ -166,8 +217,13 @@ class Serving(_Section):
     """Tag of the ``vllm/vllm-openai`` image; pinned so that a redeploy never changes the engine by surprise."""
     startup_timeout_s: int = Field(1800, ge=60)
     """How long loading the model may take before the server counts as failed (startup probe, local deadline)."""
+    trust_remote_code: bool = False
+    """Let vLLM run the Python code that comes with the model's repository (``--trust-remote-code``): only for
+    repositories you trust as you trust this platform's own code."""
     extra_args: tuple[str, ...] = ()
-    """Further vLLM flags, passed through verbatim; flags with a field of their own are refused."""
+    """Further vLLM flags, passed through verbatim; flags with a field of their own (in any spelling or abbreviation)
+    and flags that hand out more than serving (``--middleware``, ``--allowed-local-media-path``, ``--config``) are
+    refused."""
 
     @field_validator("gpu_memory_utilization")
     @classmethod
@@ -187,9 +243,16 @@ class Serving(_Section):
     @classmethod
     def _extra_args(cls, args: tuple[str, ...]) -> tuple[str, ...]:
         for arg in args:
-            flag = arg.split("=", 1)[0]
-            if flag in MANAGED_ENGINE_FLAGS:
-                raise ValueError(f"'{flag}' is set by {MANAGED_ENGINE_FLAGS[flag]}; remove it from extra_args")
+            managed = flag_target(arg, MANAGED_ENGINE_FLAGS) if arg.startswith("-") else None
+            if managed is not None:
+                shown = arg.split("=", 1)[0]
+                raise ValueError(
+                    f"'{shown}' sets {managed}, which {MANAGED_ENGINE_FLAGS[managed]} controls; remove it from "
+                    "extra_args"
+                )
+            forbidden = flag_target(arg, FORBIDDEN_ENGINE_FLAGS) if arg.startswith("-") else None
+            if forbidden is not None:
+                raise ValueError(f"'{forbidden}' is not allowed: {FORBIDDEN_ENGINE_FLAGS[forbidden]}")
             if _HF_TOKEN_LIKE.search(arg):
                 raise ValueError("an argument looks like a Hugging Face token; tokens belong in a Secret")
         if args and not args[0].startswith("-"):
@@ -259,6 +322,13 @@ class Exposure(_Section):
     """Largest request body the ingress accepts (long prompts are large JSON documents)."""
     client_labels: dict[str, str] = Field(default_factory=lambda: {"llm-platform/client": "true"})
     """Pod labels of in-cluster clients allowed by the NetworkPolicy (in any namespace)."""
+
+    @field_validator("tls_secret")
+    @classmethod
+    def _secret_name(cls, name: str | None) -> str | None:
+        if name is not None and (len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name)):
+            raise ValueError(f"'{name}' is not a Secret name (a DNS-1123 subdomain: lower case, digits, '-', '.')")
+        return name
 
     @field_validator("host")
     @classmethod
@@ -378,9 +448,27 @@ class Platform(_Section):
     @field_validator("weights_mount_path")
     @classmethod
     def _absolute(cls, path: str) -> str:
-        if not path.startswith("/"):
-            raise ValueError(f"'{path}' is not an absolute path")
+        if not path.startswith("/") or "/../" in f"{path}/" or "//" in path:
+            raise ValueError(f"'{path}' is not a plain absolute path")
+        normal = path.rstrip("/") or "/"
+        for reserved in RESERVED_MOUNT_PATHS:
+            if normal == reserved or reserved.startswith(f"{normal}/") or normal.startswith(f"{reserved}/"):
+                raise ValueError(
+                    f"'{path}' overlaps {reserved}, which the pods mount already (the API server refuses two mounts "
+                    "at one path); choose another, e.g. /models"
+                )
         return path
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        return check_http_url(url, https_only=False)
+
+    @field_validator("hf_endpoint")
+    @classmethod
+    def _hub_url(cls, url: str | None) -> str | None:
+        # The download Job sends the HF token to this host: plain http only where it cannot leave the machine.
+        return check_http_url(url, https_only=True) if url is not None else None
 
 
 class ModelSpec(_Section):

@@ -38,7 +38,11 @@ def selector_labels(model: ModelSpec) -> dict[str, str]:
     return {"app.kubernetes.io/name": "vllm", "llm-platform/model": model.name}
 
 
-def model_labels(model: ModelSpec, component: str = "inference-server") -> dict[str, str]:
+SERVING_COMPONENT = "inference-server"
+"""The component label of the Deployment's pods (Jobs' pods carry other components)."""
+
+
+def model_labels(model: ModelSpec, component: str = SERVING_COMPONENT) -> dict[str, str]:
     """Recommended Kubernetes labels plus the model label that selectors, PromQL and RBAC audits use."""
     return {
         **selector_labels(model),

@@ -8,6 +8,7 @@ from llm_platform.engine import DEFAULT_PORT, VLLM_SERVER_MODULE
 from llm_platform.manifests.pods import (
     ENGINE_FINGERPRINT_ANNOTATION,
     PORT_NAME,
+    SERVING_COMPONENT,
     WEIGHTS_REVISION_ANNOTATION,
     Object,
     http_probe,
@@ -74,15 +75,21 @@ def render_deployment(platform: Platform, model: ModelSpec, revision: str) -> Ob
     }
 
 
+def serving_pod_labels(model: ModelSpec) -> dict[str, str]:
+    """Labels that select the Deployment's pods and nothing else: the benchmark Job's pod serves the same model on
+    the same port, and must never receive the model's traffic nor count in its disruption budget."""
+    return {**selector_labels(model), "app.kubernetes.io/component": SERVING_COMPONENT}
+
+
 def render_service(platform: Platform, model: ModelSpec) -> Object:
-    """ClusterIP Service in front of the ready vLLM pods."""
+    """ClusterIP Service in front of the ready vLLM pods of the Deployment (not a benchmark Job's)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": object_metadata(resource_name(model), platform, model_labels(model)),
         "spec": {
             "type": "ClusterIP",
-            "selector": selector_labels(model),
+            "selector": serving_pod_labels(model),
             "ports": [{"name": PORT_NAME, "port": DEFAULT_PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
         },
     }
@@ -92,13 +99,15 @@ def render_pod_disruption_budget(platform: Platform, model: ModelSpec) -> Object
     """Voluntary evictions (node drains) take at most one replica at a time.
 
     ``maxUnavailable: 1`` rather than ``minAvailable: 1``: with a single replica the latter blocks every drain
-    forever, which cluster operators then work around by force.
+    forever, which cluster operators then work around by force. It selects the serving pods only (their component
+    label): the weights and benchmark Jobs' pods carry the model's labels too, and a budget over them would keep
+    node drains waiting for as long as the Jobs are kept.
     """
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": object_metadata(resource_name(model), platform, model_labels(model)),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(model)}},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": serving_pod_labels(model)}},
     }
 
 

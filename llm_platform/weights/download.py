@@ -28,6 +28,7 @@ from llm_platform.weights.plan import (
     SnapshotManifest,
     select_files,
     snapshots_to_prune,
+    unsafe_path,
 )
 from llm_platform.weights.progress import ProgressEvent, ProgressSink, human_bytes
 from llm_platform.weights.store import (
@@ -176,6 +177,13 @@ def download_snapshot(
             _remove_download_state(directory, problem.split(": ", 1)[0])
 
     listing = hub.list_files(model, request.repo, sha)
+    unsafe = sorted(item.path for item in listing if unsafe_path(item.path))
+    if unsafe:  # refused before any byte is written
+        shown = ", ".join(repr(path[:80]) for path in unsafe[:3])
+        raise WeightsError(
+            f"model '{model}': the hub's listing of '{request.repo}' at {sha[:12]} has paths outside the snapshot "
+            f"({shown}); refusing to download from it: check the hub or mirror at source.repo"
+        )
     files = select_files(listing, request.allow_patterns)
     if not files:
         raise WeightsError(

@@ -34,6 +34,20 @@ def _matches(path: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatch(path, pattern) for pattern in patterns)
 
 
+def unsafe_path(path: str) -> bool:
+    """Whether a path from a hub's file listing could land outside the snapshot directory (or is no file name at
+    all): absolute, a ``..`` or empty component, a backslash or a NUL. The listing is input from outside."""
+    parts = path.split("/")
+    return (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or "\0" in path
+        or any(part in ("", ".", "..") for part in parts)
+        or (len(parts[0]) >= 2 and parts[0][1] == ":")
+    )
+
+
 def select_files(listing: Sequence[RemoteFile], allow_patterns: Sequence[str]) -> list[RemoteFile]:
     """The files to download: those matching ``allow_patterns``, without pickled weights when safetensors exist.
 

@@ -305,3 +305,17 @@ def test_kill_mid_download_then_resume_fetches_only_unfinished_files(hub: FakeHu
     manifest_line = result.stdout.strip().splitlines()[-1]
     assert manifest_line.startswith("LLM_PLATFORM_MANIFEST ")
     assert json.loads(manifest_line.split(" ", 1)[1])["sha"] == hub.repos["acme/tiny"].sha
+
+
+@pytest.mark.parametrize("path", ["../../escape.json", "/etc/cron.d/evil.json", "sub/../../up.json", "a\\..\\b.json"])
+def test_a_malicious_mirror_cannot_write_outside_the_snapshot(hub: FakeHub, tmp_path: Path, path: str) -> None:
+    """A hub (or mirror) whose file listing names a path outside the snapshot directory: refused before any byte
+    is written, with one line naming the model, and nothing lands outside the store."""
+    hub.repos["acme/evil"] = FakeRepo({"config.json": b"{}", path: b'{"owned": true}'})
+    store = tmp_path / "store"
+    with pytest.raises(WeightsError) as refused:
+        _download(hub, store, repo="acme/evil")
+    assert str(refused.value).startswith("model 'tiny': the hub's listing of 'acme/evil' at ")
+    assert "refusing to download from it" in str(refused.value)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written == [], written

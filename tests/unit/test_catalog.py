@@ -102,7 +102,7 @@ MALFORMED: list[tuple[str, object, str]] = [
     (
         "managed flag in extra args",
         _with("serving.extra_args", ["--max-model-len=8192"]),
-        "'--max-model-len' is set by serving.max_model_len",
+        "'--max-model-len' sets --max-model-len, which serving.max_model_len controls",
     ),
     (
         "token in extra args",
@@ -169,7 +169,7 @@ MALFORMED: list[tuple[str, object, str]] = [
     (
         "relative mount path",
         {"platform": {"weights_mount_path": "models"}, "models": [_model()]},
-        "platform.weights_mount_path: 'models' is not an absolute path",
+        "platform.weights_mount_path: 'models' is not a plain absolute path",
     ),
 ]
 
@@ -336,3 +336,104 @@ def test_a_patch_is_typed_once_round_trips_through_run_config_and_knows_the_posi
         ModelPatch.parse(model, {"autoscaling.min_replicas": "3"})
     with pytest.raises(CatalogError, match=r"serving.max_num_seqz: unknown field; did you mean 'max_num_seqs'\?"):
         ModelPatch.parse(model, {"max_num_seqz": "8"})
+
+
+def _billion_laughs() -> str:
+    text, previous = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n', "a"
+    for name in "bcdefghi":
+        text += f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]\n"
+        previous = name
+    return text + "models: [*i]\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (_billion_laughs(), "bad.yaml: refused: the YAML expands to more than 200000 values through aliases"),
+        ("a: " + "[" * 100_000 + "]" * 100_000, "bad.yaml: refused: the YAML nested deeper than 32 levels"),
+        ("# " + "x" * (5 * 1024 * 1024), "bad.yaml: 5242882 characters; a catalog may have at most 5242880"),
+    ],
+)
+def test_hostile_yaml_is_refused_fast_in_one_line_without_echoing_it(text: str, line: str) -> None:
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(CatalogError) as refused:
+        parse_catalog_text(text, origin="bad.yaml")
+    assert time.perf_counter() - started < 1.0
+    assert str(refused.value).startswith(line) and "\n" not in str(refused.value)
+    assert len(str(refused.value)) < 200
+
+
+@pytest.mark.parametrize(
+    ("platform", "exposure", "message"),
+    [
+        ({"weights_mount_path": "/dev/shm"}, {}, "platform.weights_mount_path: '/dev/shm' overlaps /dev/shm"),
+        ({"weights_mount_path": "/home"}, {}, "platform.weights_mount_path: '/home' overlaps /home/vllm"),
+        ({"prometheus_url": "prometheus:9090"}, {}, "platform.prometheus_url: 'prometheus:9090' is not an http(s) URL"),
+        (
+            {"hf_endpoint": "http://mirror.internal"},
+            {},
+            "platform.hf_endpoint: 'http://mirror.internal' must use https",
+        ),
+        ({"hf_endpoint": "https://user:pw@hub.internal"}, {}, "credentials do not belong in the URL"),
+        ({}, {"tls_secret": "Bad_Secret"}, "exposure.tls_secret: 'Bad_Secret' is not a Secret name"),
+    ],
+)
+def test_what_validate_accepts_the_api_server_accepts_too(
+    platform: dict[str, str], exposure: dict[str, str], message: str
+) -> None:
+    data = {"platform": platform, "models": [{"name": "m", "source": {"repo": "a/b"}, "exposure": exposure}]}
+    with pytest.raises(CatalogError) as refused:
+        parse_catalog(data, origin="models.yaml")
+    assert message in str(refused.value)
+    loopback = {
+        "platform": {"hf_endpoint": "http://127.0.0.1:8090"},
+        "models": [{"name": "m", "source": {"repo": "a/b"}}],
+    }
+    assert parse_catalog(loopback).platform.hf_endpoint == "http://127.0.0.1:8090"  # a hub on this machine
+
+
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        ("--max_model_len=8192", "'--max_model_len' sets --max-model-len, which serving.max_model_len controls"),
+        ("--max-model", "'--max-model' sets --max-model-len, which serving.max_model_len controls"),
+        ("--api_key", "'--api_key' sets --api-key, which a Secret (API keys never go into the catalog) controls"),
+        ("--trust-remote", "sets --trust-remote-code, which serving.trust_remote_code controls"),
+        ("--middleware=evil.Module", "'--middleware' is not allowed: it imports and runs arbitrary Python"),
+        ("--allowed_local_media_path=/", "'--allowed-local-media-path' is not allowed: it lets requests read files"),
+        ("--config=/tmp/x.yaml", "'--config' is not allowed: a config file would set flags the platform manages"),
+    ],
+)
+def test_extra_args_cannot_override_the_platform_in_any_spelling(arg: str, message: str) -> None:
+    from llm_platform.catalog import ModelPatch
+    from tests.conftest import EXAMPLE_CATALOG
+
+    data = {"models": [{"name": "m", "source": {"repo": "a/b"}, "serving": {"extra_args": [arg]}}]}
+    with pytest.raises(CatalogError) as refused:
+        parse_catalog(data, origin="models.yaml")
+    assert message in str(refused.value)
+    model = load_catalog(EXAMPLE_CATALOG).model("tiny-llama")
+    with pytest.raises(CatalogError, match=message.split(",")[0][:30].replace("(", r"\(")):
+        ModelPatch.parse(model, {"extra_args": f"[{arg}]"}, origin="--set")  # the same check on every entry
+
+
+def test_legitimate_extra_args_pass_and_risky_ones_warn() -> None:
+    from llm_platform.catalog import model_warnings
+
+    data = {"models": [{"name": "m", "source": {"repo": "a/b"},
+                        "serving": {"extra_args": ["--seed", "1", "--model-impl", "vllm", "--enable-log-requests"],
+                                    "trust_remote_code": True}}]}  # fmt: skip
+    model = parse_catalog(data).model("m")
+    assert [path for path, _ in model_warnings(model)] == ["serving.extra_args", "serving.trust_remote_code"]
+    from llm_platform.engine import engine_args
+
+    args = engine_args(model.serving, served_model_name="m", weights_path="/w")
+    assert "--trust-remote-code" in args and args[-5:] == (
+        "--seed",
+        "1",
+        "--model-impl",
+        "vllm",
+        "--enable-log-requests",
+    )

@@ -137,10 +137,11 @@ def test_local_path_source_is_served_from_its_path(catalog: Catalog) -> None:
 def test_service_and_pdb_select_the_model_pods(platform: Platform, llama: ModelSpec) -> None:
     service = render_service(platform, llama)
     assert service["spec"]["type"] == "ClusterIP"
-    assert service["spec"]["selector"] == selector_labels(llama)
+    serving_pods = {**selector_labels(llama), "app.kubernetes.io/component": "inference-server"}
+    assert service["spec"]["selector"] == serving_pods
     assert service["spec"]["ports"][0]["targetPort"] == "http"
     pdb = render_pod_disruption_budget(platform, llama)
-    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(llama)}}
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": serving_pods}}
 
 
 def test_scaled_object_scales_on_the_model_waiting_queue(platform: Platform, llama: ModelSpec) -> None:
@@ -263,3 +264,26 @@ def test_crd_validation_reports_schema_errors_and_unknown_fields(platform: Platf
 def test_unknown_kind_is_reported_not_ignored() -> None:
     problems = object_problems({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}})
     assert problems and all("no schema for example.com/v1 Widget" in p for p in problems)
+
+
+def test_the_service_and_the_disruption_budget_select_the_serving_pods_and_no_job_pod(
+    example_catalog: Catalog,
+) -> None:
+    from llm_platform.benchmark.plan import BenchmarkPlan
+    from llm_platform.manifests.jobs import render_benchmark_job, render_weights_job
+    from llm_platform.manifests.serving import render_deployment, render_pod_disruption_budget, render_service
+
+    platform, model = example_catalog.platform, example_catalog.model("tiny-llama")
+    weights = render_weights_job(platform, model, "main")
+    bench = render_benchmark_job(platform, model, "main", BenchmarkPlan(), "run")
+    for selector in (
+        render_pod_disruption_budget(platform, model)["spec"]["selector"]["matchLabels"],
+        render_service(platform, model)["spec"]["selector"],
+    ):
+
+        def selected(labels: dict[str, str], selector: dict[str, str] = selector) -> bool:
+            return all(labels.get(key) == value for key, value in selector.items())
+
+        assert selected(render_deployment(platform, model, "main")["spec"]["template"]["metadata"]["labels"])
+        assert not selected(weights["spec"]["template"]["metadata"]["labels"])
+        assert not selected(bench["spec"]["template"]["metadata"]["labels"])
