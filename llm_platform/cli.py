@@ -194,9 +194,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if result.failure:
         print(f"  failure: {result.failure}")
     if result.endpoint:
+        key_file = home / "api-key"
+        print(f"  endpoint: {result.endpoint}  (every /v1/ call needs the API key in {key_file}; try:")
         print(
-            f"  endpoint: {result.endpoint}  (try: curl {result.endpoint}/v1/completions -H 'Content-Type: "
-            f'application/json\' -d \'{{"model": "{args.model}", "prompt": "Hello", "max_tokens": 16}}\')'
+            f'    curl {result.endpoint}/v1/completions -H "Authorization: Bearer $(cat {key_file})" '
+            f'-H \'Content-Type: application/json\' -d \'{{"model": "{args.model}", "prompt": "Hello", '
+            f'"max_tokens": 16}}\')'
         )
     for name, url in result.services.items():
         print(f"  {name}: {url}")

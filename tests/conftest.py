@@ -68,6 +68,11 @@ class ServedTiny:
         """The lifecycle resources on this server's model store and local target."""
         return lifecycle_resources(self.local_target, self.weights)
 
+    @property
+    def api_key(self) -> str:
+        """The key the local target's servers require on ``/v1/``."""
+        return Path(self.local_target.api_key_file).read_text().strip()
+
 
 def tiny_catalog(platform: dict[str, object] | None = None, **sections: object) -> Catalog:
     """A one-model catalog of the tiny demo model; ``sections`` override slo/serving/... ."""
@@ -98,6 +103,7 @@ def served_tiny(local_hub: LocalHub, tmp_path_factory: pytest.TempPathFactory) -
         state_dir=str(root / "target"),
         file_sd_dir=str(root / "file_sd"),
         artifacts_root=str(root / "artifacts"),
+        api_key_file=str(root / "api-key"),
     )
     target = local_target.target()
     try:

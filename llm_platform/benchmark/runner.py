@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -33,11 +34,13 @@ def run_level(
     python: str = sys.executable,
     timeout_s: float = 1800,
     in_process: bool = False,
+    api_key: str | None = None,
 ) -> dict[str, object]:
     """The result JSON of ``vllm bench serve`` at one concurrency level of ``plan``.
 
     ``in_process`` runs vLLM's benchmark in this interpreter (its import costs ~10 s on CPU, which a search that
     measures many short levels pays once instead of per level); otherwise a child process, with ``timeout_s``.
+    ``api_key`` is sent as the bearer token (vLLM's benchmark reads it from ``OPENAI_API_KEY``).
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     result_file = work_dir / level_filename(concurrency)
@@ -54,7 +57,7 @@ def run_level(
     if in_process:
         output = io.StringIO()
         try:
-            with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output), _api_key_env(api_key):
                 code = vllm_bench.main(args)
         except (Exception, SystemExit) as error:  # vLLM's benchmark raises what its HTTP client met
             code, output = 1, io.StringIO(f"{output.getvalue()}\n{type(error).__name__}: {error}")
@@ -64,6 +67,7 @@ def run_level(
             completed = subprocess.run(
                 [python, "-m", "llm_platform.benchmark.vllm_bench", *args],
                 capture_output=True, text=True, timeout=timeout_s, check=False,
+                env={**os.environ, **({"OPENAI_API_KEY": api_key} if api_key else {})},
             )  # fmt: skip
         except subprocess.TimeoutExpired:
             raise BenchmarkError(
@@ -78,6 +82,23 @@ def run_level(
     return result
 
 
+@contextlib.contextmanager
+def _api_key_env(api_key: str | None) -> Iterator[None]:
+    """``OPENAI_API_KEY`` for an in-process benchmark, restored afterwards."""
+    if api_key is None:
+        yield
+        return
+    previous = os.environ.get("OPENAI_API_KEY")
+    os.environ["OPENAI_API_KEY"] = api_key
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("OPENAI_API_KEY", None)
+        else:
+            os.environ["OPENAI_API_KEY"] = previous
+
+
 def run_plan(
     plan: BenchmarkPlan,
     *,
@@ -88,6 +109,7 @@ def run_plan(
     python: str = sys.executable,
     timeout_s: float = 1800,
     log: Callable[[str], None] = lambda _: None,
+    api_key: str | None = None,
 ) -> tuple[pd.DataFrame, dict[int, dict[str, object]]]:
     """The benchmark table (one row per concurrency level) and the raw result JSON of each level."""
     rows, raw = [], {}
@@ -95,7 +117,7 @@ def run_plan(
         log(f"model '{model}': vllm bench serve at concurrency {concurrency} ({plan.prompts_per_level} prompts)")
         result = run_level(
             plan, concurrency, model=model, base_url=base_url, tokenizer=tokenizer, work_dir=work_dir,
-            python=python, timeout_s=timeout_s,
+            python=python, timeout_s=timeout_s, api_key=api_key,
         )  # fmt: skip
         raw[concurrency] = result
         rows.append(parse_result(result, concurrency))

@@ -66,6 +66,14 @@ def model_problems(
                 f"but {model.resources.gpus} are requested; make them equal",
             )
         )
+    if model.exposure.host is not None and model.exposure.tls_secret is None:
+        problems.append(
+            (
+                "exposure.tls_secret",
+                "required when exposure.host is set: clients send the API key with every request; name the Secret "
+                "with the host's TLS certificate",
+            )
+        )
     batched = serving.max_num_batched_tokens
     if batched is not None:
         if not serving.enable_chunked_prefill and batched < serving.max_model_len:

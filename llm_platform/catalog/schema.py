@@ -313,7 +313,11 @@ class Exposure(_Section):
     host: str | None = None
     """Ingress host name; no Ingress is rendered without one."""
     tls_secret: str | None = None
-    """Secret with the TLS certificate for ``host``."""
+    """Secret with the TLS certificate for ``host``; required with a host (the API key travels in every request)."""
+    api_key_secret: str | None = None
+    """Secret holding this model's API key under the key ``api-key``; ``null`` takes ``platform.api_key_secret``."""
+    max_connections_per_ip: int = Field(20, ge=1)
+    """Concurrent connections allowed per client IP at the ingress controller (besides the request rate)."""
     rate_limit_rps: int = Field(10, ge=1)
     """Requests per second allowed per client IP at the ingress controller."""
     timeout_s: int = Field(600, ge=600)
@@ -323,7 +327,7 @@ class Exposure(_Section):
     client_labels: dict[str, str] = Field(default_factory=lambda: {"llm-platform/client": "true"})
     """Pod labels of in-cluster clients allowed by the NetworkPolicy (in any namespace)."""
 
-    @field_validator("tls_secret")
+    @field_validator("tls_secret", "api_key_secret")
     @classmethod
     def _secret_name(cls, name: str | None) -> str | None:
         if name is not None and (len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name)):
@@ -385,6 +389,9 @@ class Platform(_Section):
     """Where the model store is mounted in every pod."""
     hf_token_secret: str = "hf-token"  # noqa: S105 - the Secret's name, not a secret
     """Secret holding the Hugging Face token under the key ``token`` (only the download Job reads it)."""
+    api_key_secret: str = "llm-api-keys"  # noqa: S105 - the Secret's name, not a secret
+    """Secret holding the models' shared API key under the key ``api-key`` (vLLM requires it on every ``/v1/`` call);
+    a model names its own with ``exposure.api_key_secret``."""
     hf_endpoint: str | None = None
     """Hub the download Job fetches from (an in-cluster mirror such as olah for air-gapped clusters); ``null`` is
     huggingface.co."""
@@ -426,6 +433,13 @@ class Platform(_Section):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"'{value}' is not an IANA time zone such as 'Europe/Berlin'") from None
         return value
+
+    @field_validator("api_key_secret")
+    @classmethod
+    def _api_key_secret(cls, name: str) -> str:
+        if len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
+            raise ValueError(f"'{name}' is not a Secret name (a DNS-1123 subdomain: lower case, digits, '-', '.')")
+        return name
 
     @field_validator("namespace", "weights_pvc", "hf_token_secret")
     @classmethod

@@ -151,6 +151,10 @@ class LocalTargetResource(TargetResource):
     startup_timeout_s: float | None = Field(
         default=None, description="Overrides the catalog's serving.startup_timeout_s."
     )
+    api_key_file: str = Field(
+        default_factory=lambda: local_home_path("api-key"),
+        description="File with the API key every local server requires (created, mode 0600, when missing).",
+    )
 
     def target(self) -> LocalTarget:
         """The servers on this machine (what ``llm-platform local status|stop`` inspects)."""
@@ -162,6 +166,7 @@ class LocalTargetResource(TargetResource):
                 kv_cache_space_gib=self.kv_cache_space_gib,
                 omp_threads_bind=self.omp_threads_bind,
                 startup_timeout_s=self.startup_timeout_s,
+                api_key_file=Path(self.api_key_file),
             )
         )
 

@@ -13,6 +13,7 @@ from llm_platform.manifests.pods import (
     MANAGER,
     NONROOT_UID,
     Object,
+    api_key_env,
     model_labels,
     object_metadata,
     restricted_container_security,
@@ -140,8 +141,11 @@ def render_benchmark_job(
     ``against`` (the live benchmark of a deployed model) the pod only runs the client: no GPU, no server.
     """
     invocation = serving_invocation(platform, model, revision)
+    base = vllm_container_base(platform, model, invocation)
     container: Object = {
-        **vllm_container_base(platform, model, invocation),
+        **base,
+        # The server requires the model's API key; ``vllm bench serve`` sends OPENAI_API_KEY as a bearer token.
+        "env": [*base["env"], api_key_env(platform, model, "OPENAI_API_KEY")],
         "command": ["/bin/sh", "-c", benchmark_script(platform, model, revision, plan, against)],
     }
     pod_spec: Object = {**vllm_pod_base(platform), "restartPolicy": "Never", "containers": [container]}

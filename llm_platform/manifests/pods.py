@@ -108,14 +108,32 @@ def vllm_image(platform: Platform, model: ModelSpec) -> str:
     return f"{platform.vllm_image}:{model.serving.image_tag}"
 
 
+API_KEY_SECRET_KEY = "api-key"  # noqa: S105 - a key name in the Secret
+"""The key of the API-key Secret that holds the key."""
+
+
+def api_key_secret(platform: Platform, model: ModelSpec) -> str:
+    return model.exposure.api_key_secret or platform.api_key_secret
+
+
+def api_key_env(platform: Platform, model: ModelSpec, name: str = "VLLM_API_KEY") -> Object:
+    """The API key as an environment variable from its Secret (never a value in a manifest or an argument)."""
+    reference = {"name": api_key_secret(platform, model), "key": API_KEY_SECRET_KEY}
+    return {"name": name, "valueFrom": {"secretKeyRef": reference}}
+
+
 def vllm_container_base(platform: Platform, model: ModelSpec, invocation: EngineInvocation) -> Object:
-    """What the serving container and the benchmark Job's container share: image, env, resources, mounts."""
+    """What the serving container and the benchmark Job's container share: image, env (the API key that vLLM then
+    requires on every ``/v1/`` call included), resources, mounts."""
     gpus = str(model.gpus_per_replica)
     return {
         "name": "vllm",
         "image": vllm_image(platform, model),
         "imagePullPolicy": "IfNotPresent",
-        "env": [{"name": key, "value": value} for key, value in sorted(invocation.env.items())],
+        "env": [
+            *({"name": key, "value": value} for key, value in sorted(invocation.env.items())),
+            api_key_env(platform, model),
+        ],
         # No CPU limit: CFS throttling of the tokenizer and scheduler threads shows up directly as latency.
         "resources": {
             "requests": {"cpu": model.resources.cpu, "memory": model.resources.memory, platform.gpu_resource: gpus},

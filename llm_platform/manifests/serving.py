@@ -177,8 +177,10 @@ def render_ingress(platform: Platform, model: ModelSpec) -> Object | None:
         "nginx.ingress.kubernetes.io/proxy-body-size": exposure.max_body_size,
         # Stream tokens (server-sent events) as they are generated instead of buffering whole responses.
         "nginx.ingress.kubernetes.io/proxy-buffering": "off",
-        # Per client IP (ingress-nginx keys limit-rps on the remote address).
+        # Per client IP (ingress-nginx keys limit-rps and limit-connections on the remote address).
         "nginx.ingress.kubernetes.io/limit-rps": str(exposure.rate_limit_rps),
+        "nginx.ingress.kubernetes.io/limit-connections": str(exposure.max_connections_per_ip),
+        "nginx.ingress.kubernetes.io/ssl-redirect": "true",
     }
     spec: Object = {
         "ingressClassName": platform.ingress_class,
@@ -186,9 +188,10 @@ def render_ingress(platform: Platform, model: ModelSpec) -> Object | None:
             {
                 "host": exposure.host,
                 "http": {
+                    # Only the OpenAI API: /metrics, /docs, /openapi.json, /tokenize stay inside the cluster.
                     "paths": [
                         {
-                            "path": "/",
+                            "path": "/v1",
                             "pathType": "Prefix",
                             "backend": {"service": {"name": resource_name(model), "port": {"name": PORT_NAME}}},
                         }

@@ -24,7 +24,7 @@ from llm_platform.catalog import ModelSpec, Serving
 from llm_platform.engine import EngineInvocation, engine_invocation
 from llm_platform.errors import TargetError
 from llm_platform.processes import free_port, http_ok, process_alive, spawn, stop_group, wait_until_healthy
-from llm_platform.targets.local_state import LocalState, ProxyRecord, ServerRecord
+from llm_platform.targets.local_state import LocalState, ProxyRecord, ServerRecord, read_or_create_api_key
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,10 @@ class LocalTargetSettings:
     """How long an old server keeps running after the endpoint switched away from it."""
     extra_env: Mapping[str, str] = field(default_factory=dict)
     """Further environment for the servers."""
+    api_key_file: Path | None = None
+    """File with the key every server requires on ``/v1/`` (``VLLM_API_KEY``; created with a random key when missing;
+    None: no key). The key goes to the process's environment only, never into its arguments, its fingerprint or a
+    record."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,13 @@ class LocalTarget:
         self._clock = clock
         self._sleep = sleep
         self._healthy = health_check
+
+    @property
+    def api_key(self) -> str | None:
+        """The servers' API key (read, or created, on first use)."""
+        if self.settings.api_key_file is None:
+            return None
+        return read_or_create_api_key(self.settings.api_key_file)
 
     def invocation(
         self, model: ModelSpec, weights_path: str, serving: Serving | None = None, port: int = 0
@@ -146,7 +157,8 @@ class LocalTarget:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         log_path = self.state.log_path(f"{model.name}-{fingerprint}-{stamp}")
         # In the state directory, not the run's working directory, which may be gone before the server.
-        process = spawn(command, log_path, cwd=self.settings.state_dir, env={**os.environ, **invocation.env})
+        secret = {"VLLM_API_KEY": self.api_key} if self.api_key else {}
+        process = spawn(command, log_path, cwd=self.settings.state_dir, env={**os.environ, **invocation.env, **secret})
         self._children[process.pid] = process
         record = ServerRecord(
             model=model.name,

@@ -83,7 +83,7 @@ class LocalServingTarget(ServingTarget):
     ) -> LevelResults:
         _, raw = run_plan(
             plan, model=model.name, base_url=base_url, tokenizer=self.weights_path(weights), work_dir=work_dir,
-            log=log,
+            log=log, api_key=self.servers.api_key,
         )  # fmt: skip
         return raw
 
@@ -187,5 +187,5 @@ class LocalTrials:
         plan = dataclasses.replace(plan, prompts_per_level=prompts)
         result = run_level(plan, load, model=self.model.name, base_url=base_url,
                            tokenizer=self.weights_path, work_dir=work_dir,
-                           in_process=True)  # fmt: skip
+                           in_process=True, api_key=self.servers.api_key)  # fmt: skip
         return probe_from_result(result, load, self.model.slo)

@@ -14,6 +14,8 @@ that the proxy and Prometheus never read half a record. Nothing here starts or s
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -169,3 +171,23 @@ class LocalState:
         """Models that have state here (running or not)."""
         root = self.state_dir
         return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "logs") if root.is_dir() else []
+
+
+def read_or_create_api_key(path: Path) -> str:
+    """The key in ``path``; a new random one written there first (readable by this user only) when it is missing."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secrets.token_urlsafe(32))
+    try:
+        os.link(temporary, path)  # atomic, and refused if another process won the race: one key for everyone
+    except FileExistsError:
+        pass
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path.read_text().strip()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -24,11 +25,10 @@ SMALL_PLAN = {"prompts_per_level": 12, "input_len": 64, "output_len": 16, "concu
               "num_warmups": 1}  # fmt: skip
 
 
-def _complete(endpoint: str, prompt: str = "hello", max_tokens: int = 8) -> dict[str, object]:
+def _complete(endpoint: str, api_key: str | None, prompt: str = "hello", max_tokens: int = 8) -> dict[str, object]:
     body = json.dumps({"model": "tiny-llama", "prompt": prompt, "max_tokens": max_tokens}).encode()
-    request = urllib.request.Request(
-        f"{endpoint}/v1/completions", data=body, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    request = urllib.request.Request(f"{endpoint}/v1/completions", data=body, headers=headers)
     with urllib.request.urlopen(request, timeout=60) as response:
         result: dict[str, object] = json.loads(response.read())
         return result
@@ -47,7 +47,10 @@ def _lifecycle(served: ServedTiny, catalog: Catalog, instance: dg.DagsterInstanc
 
 
 def test_promoted_model_answers_at_its_endpoint_and_is_listed_for_prometheus(served_tiny: ServedTiny) -> None:
-    result = _complete(served_tiny.endpoint)
+    with pytest.raises(urllib.error.HTTPError) as refused:  # the endpoint requires the API key
+        _complete(served_tiny.endpoint, None)
+    assert refused.value.code == 401
+    result = _complete(served_tiny.endpoint, served_tiny.api_key)
     choices = result["choices"]
     assert isinstance(choices, list) and choices[0]["finish_reason"] == "length"
     file_sd = json.loads((Path(served_tiny.local_target.file_sd_dir) / "tiny-llama.json").read_text())
@@ -115,7 +118,7 @@ def test_blue_green_promotion_keeps_the_endpoint_answering(served_tiny: ServedTi
         # A steady trickle of requests (not a flood: the new server must start on the same two cores).
         while not stop.wait(0.5):
             try:
-                _complete(served_tiny.endpoint, max_tokens=4)
+                _complete(served_tiny.endpoint, served_tiny.api_key, max_tokens=4)
                 answered[0] += 1
             except Exception as error:
                 failures.append(repr(error))

@@ -35,13 +35,12 @@ def prometheus(served_tiny: ServedTiny, tmp_path_factory: pytest.TempPathFactory
         services.stop("prometheus")
 
 
-def _complete(endpoint: str, prompt_words: int, max_tokens: int = 12, seed: int = 0) -> None:
+def _complete(endpoint: str, api_key: str, prompt_words: int, max_tokens: int = 12, seed: int = 0) -> None:
     # Distinct words per seed, so that prefix caching cannot make the requests cheap.
     prompt = " ".join(f"w{seed}x{index}" for index in range(prompt_words))
     body = json.dumps({"model": "tiny-llama", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}).encode()
-    request = urllib.request.Request(
-        f"{endpoint}/v1/completions", data=body, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"}
+    request = urllib.request.Request(f"{endpoint}/v1/completions", data=body, headers=headers)
     with urllib.request.urlopen(request, timeout=60) as response:
         response.read()
 
@@ -54,7 +53,7 @@ def test_one_snapshot_reads_every_serving_metric_of_the_model(prometheus: str, s
     while time.monotonic() < deadline:
         # Traffic between scrapes: rate() needs counters that grow from one sample to the next.
         for words in (10, 40, 80):
-            _complete(served_tiny.endpoint, words)
+            _complete(served_tiny.endpoint, served_tiny.api_key, words)
         before = client.queries_sent
         every = client.snapshot(lookback)
         assert client.queries_sent - before == QUERIES_PER_SNAPSHOT  # whatever the number of models
@@ -135,7 +134,7 @@ def test_a_saturated_kv_cache_on_real_vllm_makes_the_sensor_request_a_promotion(
         with dg.instance_for_test() as instance, ThreadPoolExecutor(16) as pool:
             record_deployment(instance, "tiny-llama", model.serving.model_dump(mode="json"))
             for seed in range(160):
-                pool.submit(_complete, server.base_url, 150, 300, seed)
+                pool.submit(_complete, server.base_url, served_tiny.api_key, 150, 300, seed)
             deadline = time.monotonic() + 120
             while not requests and time.monotonic() < deadline:
                 time.sleep(3)

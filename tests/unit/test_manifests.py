@@ -287,3 +287,35 @@ def test_the_service_and_the_disruption_budget_select_the_serving_pods_and_no_jo
         assert selected(render_deployment(platform, model, "main")["spec"]["template"]["metadata"]["labels"])
         assert not selected(weights["spec"]["template"]["metadata"]["labels"])
         assert not selected(bench["spec"]["template"]["metadata"]["labels"])
+
+
+def test_the_api_key_reaches_vllm_and_the_benchmark_client_only_by_secret_reference(example_catalog: Catalog) -> None:
+    from llm_platform.benchmark.plan import BenchmarkPlan
+    from llm_platform.manifests.jobs import render_benchmark_job
+    from llm_platform.manifests.serving import render_deployment, render_ingress
+
+    platform, model = example_catalog.platform, example_catalog.model("qwen2-5-7b-instruct")
+    container = render_deployment(platform, model, "main")["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["VLLM_API_KEY"] == {
+        "name": "VLLM_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": platform.api_key_secret, "key": "api-key"}},
+    }
+    assert not any("api-key" in arg or "api_key" in arg for arg in container["args"])
+    bench = render_benchmark_job(platform, model, "main", BenchmarkPlan(), "run")
+    bench_env = {item["name"]: item for item in bench["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert bench_env["OPENAI_API_KEY"]["valueFrom"] == env["VLLM_API_KEY"]["valueFrom"]
+    ingress = render_ingress(platform, model)
+    assert ingress is not None
+    (path,) = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/v1", "Prefix")  # no /metrics, /docs, /tokenize from outside
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/limit-connections"] == "20"
+    assert ingress["spec"]["tls"][0]["secretName"] == model.exposure.tls_secret
+
+
+def test_an_exposed_model_needs_tls() -> None:
+    from llm_platform.errors import CatalogError
+
+    with pytest.raises(CatalogError, match=r"exposure\.tls_secret: required when exposure\.host is set"):
+        parse_catalog({"models": [{"name": "m", "source": {"repo": "a/b"}, "exposure": {"host": "m.example.com"}}]})
