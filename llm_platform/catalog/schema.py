@@ -325,7 +325,10 @@ class Exposure(_Section):
     max_body_size: str = "16m"
     """Largest request body the ingress accepts (long prompts are large JSON documents)."""
     client_labels: dict[str, str] = Field(default_factory=lambda: {"llm-platform/client": "true"})
-    """Pod labels of in-cluster clients allowed by the NetworkPolicy (in any namespace)."""
+    """Pod labels of in-cluster clients allowed by the NetworkPolicy."""
+    client_namespace_labels: dict[str, str] = Field(default_factory=lambda: {"llm-platform/clients": "true"})
+    """Labels of the namespaces those clients may run in (both must match; the serving namespace's own labelled
+    pods, e.g. the live benchmark, are always admitted)."""
 
     @field_validator("tls_secret", "api_key_secret")
     @classmethod
@@ -348,7 +351,7 @@ class Exposure(_Section):
             raise ValueError(f"'{size}' is not an nginx size (examples: '16m', '1g')")
         return size
 
-    @field_validator("client_labels")
+    @field_validator("client_labels", "client_namespace_labels")
     @classmethod
     def _client_labels(cls, labels: dict[str, str]) -> dict[str, str]:
         if not labels:

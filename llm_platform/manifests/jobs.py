@@ -8,6 +8,7 @@ from llm_platform.benchmark.job_script import benchmark_script
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.catalog import ModelSpec, Platform
 from llm_platform.manifests.pods import (
+    DNS_EGRESS,
     ENGINE_FINGERPRINT_ANNOTATION,
     HF_TOKEN_KEY,
     MANAGER,
@@ -21,6 +22,9 @@ from llm_platform.manifests.pods import (
     vllm_container_base,
     vllm_pod_base,
 )
+
+WEIGHTS_COMPONENT = "weights-download"
+WEIGHTS_DOWNLOAD_POLICY = "llm-platform-weights-download"
 
 
 def render_weights_pvc(platform: Platform) -> Object:
@@ -38,6 +42,33 @@ def render_weights_pvc(platform: Platform) -> Object:
         "kind": "PersistentVolumeClaim",
         "metadata": object_metadata(platform.weights_pvc, platform, labels),
         "spec": spec,
+    }
+
+
+def hub_port(platform: Platform) -> int:
+    """The TCP port of the hub the download Job fetches from (``hf_endpoint``, else huggingface.co's 443)."""
+    endpoint = platform.hf_endpoint or "https://huggingface.co"
+    scheme, _, rest = endpoint.partition("://")
+    authority = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    host_port = authority.rsplit(":", 1)
+    if len(host_port) == 2 and host_port[1].isdigit() and not authority.endswith("]"):
+        return int(host_port[1])
+    return 443 if scheme == "https" else 80
+
+
+def render_weights_network_policy(platform: Platform) -> Object:
+    """The download Jobs reach DNS and the hub's port (its files come from the hub's CDN on the same port; the
+    addresses are not known in advance), nothing else; nothing reaches them."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": object_metadata(WEIGHTS_DOWNLOAD_POLICY, platform, {"app.kubernetes.io/part-of": "llm-platform"}),
+        "spec": {
+            "podSelector": {"matchLabels": {"app.kubernetes.io/component": WEIGHTS_COMPONENT}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [],
+            "egress": [DNS_EGRESS, {"ports": [{"protocol": "TCP", "port": hub_port(platform)}]}],
+        },
     }
 
 
@@ -87,7 +118,7 @@ def render_weights_job(platform: Platform, model: ModelSpec, revision: str) -> O
         ],
         "securityContext": {**restricted_container_security(), "readOnlyRootFilesystem": True},
     }
-    labels = model_labels(model, component="weights-download")
+    labels = model_labels(model, component=WEIGHTS_COMPONENT)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -168,3 +168,15 @@ def vllm_pod_base(platform: Platform) -> Object:
         ],
         **gpu_scheduling(platform),
     }
+
+
+#: Where the cluster's DNS runs (kube-dns / CoreDNS): the one destination every platform pod may reach.
+DNS_EGRESS: Object = {
+    "to": [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ],
+    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+}

@@ -9,14 +9,14 @@ from typing import Any
 import yaml
 
 from llm_platform.catalog import Catalog, Platform
-from llm_platform.manifests.jobs import render_weights_job, render_weights_pvc
+from llm_platform.manifests.jobs import render_weights_job, render_weights_network_policy, render_weights_pvc
 from llm_platform.manifests.pods import Object
 from llm_platform.manifests.serving import render_model
 
 
 def render_platform(platform: Platform) -> list[Object]:
-    """Objects the catalog defines once for all models (the weights store)."""
-    return [render_weights_pvc(platform)]
+    """Objects the catalog defines once for all models (the weights store and its download Jobs' network policy)."""
+    return [render_weights_pvc(platform), render_weights_network_policy(platform)]
 
 
 def render_files(catalog: Catalog, names: Sequence[str] | None = None) -> dict[str, list[Object]]:

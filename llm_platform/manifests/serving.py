@@ -6,6 +6,7 @@ from __future__ import annotations
 from llm_platform.catalog import ModelSpec, Platform
 from llm_platform.engine import DEFAULT_PORT, VLLM_SERVER_MODULE
 from llm_platform.manifests.pods import (
+    DNS_EGRESS,
     ENGINE_FINGERPRINT_ANNOTATION,
     PORT_NAME,
     SERVING_COMPONENT,
@@ -215,9 +216,17 @@ def _namespace_selector(namespace: str) -> Object:
 
 
 def render_network_policy(platform: Platform, model: ModelSpec) -> Object:
-    """Only labelled clients (any namespace), the ingress controller and Prometheus reach the vLLM port."""
+    """The serving pods: reached on the vLLM port only by labelled client pods in labelled namespaces (and the
+    serving namespace's own labelled pods, such as the live benchmark), the ingress controller and Prometheus; they
+    reach nothing but DNS (weights are on the PVC, the hub is offline). The namespace's default deny
+    (``k8s/base/networkpolicy.yaml``) covers every other pod."""
+    exposure = model.exposure
     peers = [
-        {"namespaceSelector": {}, "podSelector": {"matchLabels": dict(model.exposure.client_labels)}},
+        {
+            "namespaceSelector": {"matchLabels": dict(exposure.client_namespace_labels)},
+            "podSelector": {"matchLabels": dict(exposure.client_labels)},
+        },
+        {"podSelector": {"matchLabels": dict(exposure.client_labels)}},
         {
             "namespaceSelector": _namespace_selector(platform.ingress_controller_namespace),
             "podSelector": {"matchLabels": dict(platform.ingress_controller_pod_labels)},
@@ -232,9 +241,10 @@ def render_network_policy(platform: Platform, model: ModelSpec) -> Object:
         "kind": "NetworkPolicy",
         "metadata": object_metadata(resource_name(model), platform, model_labels(model)),
         "spec": {
-            "podSelector": {"matchLabels": selector_labels(model)},
-            "policyTypes": ["Ingress"],
+            "podSelector": {"matchLabels": serving_pod_labels(model)},
+            "policyTypes": ["Ingress", "Egress"],
             "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": DEFAULT_PORT}]}],
+            "egress": [DNS_EGRESS],
         },
     }
 

@@ -47,7 +47,12 @@ from llm_platform.errors import (
     RolloutError,
     TargetError,
 )
-from llm_platform.manifests.jobs import render_benchmark_job, render_weights_job, render_weights_pvc
+from llm_platform.manifests.jobs import (
+    render_benchmark_job,
+    render_weights_job,
+    render_weights_network_policy,
+    render_weights_pvc,
+)
 from llm_platform.manifests.pods import (
     ENGINE_FINGERPRINT_ANNOTATION,
     WEIGHTS_REVISION_ANNOTATION,
@@ -277,8 +282,10 @@ class KubernetesTarget:
         A succeeded Job for a commit sha is reused (its snapshot is immutable); for a branch or tag a new Job runs,
         which verifies what is already on the PVC and downloads only what the branch now points at.
         """
-        store = render_weights_pvc(self.platform)
-        self.api.apply(store)  # the Job mounts it; applying it here makes the first download self-contained
+        # The Job mounts the claim and needs its egress policy (the namespace denies by default); applying both here
+        # makes the first download self-contained.
+        for obj in (render_weights_pvc(self.platform), render_weights_network_policy(self.platform)):
+            self.api.apply(obj)
         job = render_weights_job(self.platform, model, revision)
         output = self.run_job(job, log, reuse_succeeded=is_commit_sha(revision))
         manifest = manifest_from_log(output)

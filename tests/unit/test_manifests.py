@@ -181,14 +181,40 @@ def test_no_ingress_without_a_host(catalog: Catalog) -> None:
 
 def test_network_policy_admits_clients_ingress_controller_and_prometheus(platform: Platform, llama: ModelSpec) -> None:
     spec = render_network_policy(platform, llama)["spec"]
-    assert spec["podSelector"] == {"matchLabels": selector_labels(llama)}
-    assert spec["policyTypes"] == ["Ingress"]
+    assert spec["podSelector"] == {
+        "matchLabels": {**selector_labels(llama), "app.kubernetes.io/component": "inference-server"}
+    }
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
     (rule,) = spec["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
     peers = rule["from"]
-    assert peers[0] == {"namespaceSelector": {}, "podSelector": {"matchLabels": {"team": "a"}}}
-    namespaces = [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in peers[1:]]
+    # Clients: labelled pods in labelled namespaces (both must match), or labelled pods of the serving namespace.
+    assert peers[0] == {
+        "namespaceSelector": {"matchLabels": {"llm-platform/clients": "true"}},
+        "podSelector": {"matchLabels": {"team": "a"}},
+    }
+    assert peers[1] == {"podSelector": {"matchLabels": {"team": "a"}}}
+    namespaces = [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in peers[2:]]
     assert namespaces == ["ingress-nginx", "monitoring"]
+    # Serving pods reach DNS and nothing else.
+    (egress,) = spec["egress"]
+    assert egress["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "port"), [(None, 443), ("https://mirror.internal", 443), ("https://mirror.internal:8443/x", 8443),
+                           ("http://127.0.0.1:8090", 8090)],
+)  # fmt: skip
+def test_the_download_jobs_reach_dns_and_the_hubs_port_only(endpoint: str | None, port: int) -> None:
+    from llm_platform.manifests.jobs import render_weights_network_policy
+
+    platform = Platform(hf_endpoint=endpoint)
+    spec = render_weights_network_policy(platform)["spec"]
+    assert spec["podSelector"] == {"matchLabels": {"app.kubernetes.io/component": "weights-download"}}
+    assert spec["ingress"] == []
+    dns, hub = spec["egress"]
+    assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    assert hub == {"ports": [{"protocol": "TCP", "port": port}]}
 
 
 def test_weights_pvc_is_read_write_many(platform: Platform) -> None:
