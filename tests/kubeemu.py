@@ -511,9 +511,10 @@ class FakeKubelet(_PollingThread):
     """Plays the Job controller and the kubelet: runs each new Job's container as a local process.
 
     Volumes backed by a PersistentVolumeClaim are host directories (``pvcs``), emptyDirs are temporary
-    directories; their mount paths are rewritten in the command, arguments and environment. ``secretKeyRef``
-    environment variables are read from the Secrets in the emulator. ``runners`` maps an image prefix to a
-    function that runs the (rewritten) command and returns (exit code, output); the default runs it for real.
+    directories, Secret volumes directories with one file per key of the Secret in the emulator (empty when an
+    optional Secret is missing); their mount paths are rewritten in the command, arguments and environment.
+    ``secretKeyRef`` environment variables are read from the Secrets in the emulator. ``runners`` maps an image
+    prefix to a function that runs the (rewritten) command and returns (exit code, output); the default runs it.
     """
 
     def __init__(
@@ -554,6 +555,11 @@ class FakeKubelet(_PollingThread):
             else:
                 host = self.scratch / job_name / mount["name"]
             host.mkdir(parents=True, exist_ok=True)
+            if "secret" in volume:
+                secrets = {s["metadata"]["name"]: s for s in self.client.list(SECRETS, self.namespace)}
+                stored = secrets.get(volume["secret"]["secretName"], {})
+                for key, value in stored.get("stringData", {}).items():
+                    (host / key).write_text(value)
             mounts[mount["mountPath"]] = str(host)
         return mounts
 

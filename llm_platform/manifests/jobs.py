@@ -24,6 +24,8 @@ from llm_platform.manifests.pods import (
 )
 
 WEIGHTS_COMPONENT = "weights-download"
+HF_TOKEN_DIR = "/var/run/secrets/huggingface"  # noqa: S105 - a mount path, not a secret
+"""Where the download Job mounts the token Secret (the file ``token``)."""
 WEIGHTS_DOWNLOAD_POLICY = "llm-platform-weights-download"
 
 
@@ -92,8 +94,9 @@ def weights_job_args(platform: Platform, model: ModelSpec, revision: str) -> lis
 def render_weights_job(platform: Platform, model: ModelSpec, revision: str) -> Object:
     """The Job that downloads one revision of a Hugging Face model into the RWX model store.
 
-    The token comes only from the Secret (``optional`` so that public models need none); it is never an argument
-    or a literal value.
+    The token comes only from the Secret, mounted as a file (``HF_TOKEN_PATH``, which huggingface_hub reads; an
+    environment variable would show in ``kubectl describe`` of the pod's spec and in every child process); the
+    volume is ``optional`` so that public models need no Secret. It is never an argument or a literal value.
     """
     container: Object = {
         "name": "download",
@@ -101,20 +104,19 @@ def render_weights_job(platform: Platform, model: ModelSpec, revision: str) -> O
         "command": ["python", "-m", "llm_platform.weights"],
         "args": weights_job_args(platform, model, revision),
         "env": [
-            {
-                "name": "HF_TOKEN",
-                "valueFrom": {
-                    "secretKeyRef": {"name": platform.hf_token_secret, "key": HF_TOKEN_KEY, "optional": True}
-                },
-            },
+            {"name": "HF_TOKEN_PATH", "value": f"{HF_TOKEN_DIR}/{HF_TOKEN_KEY}"},
             {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
             {"name": "HOME", "value": "/tmp"},
             *([{"name": "HF_ENDPOINT", "value": platform.hf_endpoint}] if platform.hf_endpoint else []),
         ],
-        "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
+        "resources": {
+            "requests": {"cpu": "1", "memory": "2Gi", "ephemeral-storage": "1Gi"},
+            "limits": {"memory": "4Gi", "ephemeral-storage": "2Gi"},
+        },
         "volumeMounts": [
             {"name": "weights", "mountPath": platform.weights_mount_path},
             {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "hf-token", "mountPath": HF_TOKEN_DIR, "readOnly": True},
         ],
         "securityContext": {**restricted_container_security(), "readOnlyRootFilesystem": True},
     }
@@ -143,7 +145,11 @@ def render_weights_job(platform: Platform, model: ModelSpec, revision: str) -> O
                     "containers": [container],
                     "volumes": [
                         {"name": "weights", "persistentVolumeClaim": {"claimName": platform.weights_pvc}},
-                        {"name": "tmp", "emptyDir": {}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+                        {
+                            "name": "hf-token",
+                            "secret": {"secretName": platform.hf_token_secret, "optional": True, "defaultMode": 0o400},
+                        },
                     ],
                 },
             },

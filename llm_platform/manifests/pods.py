@@ -22,6 +22,8 @@ PORT_NAME = "http"
 HF_TOKEN_KEY = "token"  # noqa: S105 - a key name in the Secret
 SHM_SIZE = "8Gi"
 CACHE_DIR = "/home/vllm"
+CACHE_SIZE = "30Gi"
+"""torch.compile / Triton / FlashInfer caches: a few GB per model and engine configuration."""
 #: Annotations on the pod template; a change to either rolls the Deployment.
 WEIGHTS_REVISION_ANNOTATION = "llm-platform/weights-revision"
 ENGINE_FINGERPRINT_ANNOTATION = "llm-platform/engine-fingerprint"
@@ -136,8 +138,14 @@ def vllm_container_base(platform: Platform, model: ModelSpec, invocation: Engine
         ],
         # No CPU limit: CFS throttling of the tokenizer and scheduler threads shows up directly as latency.
         "resources": {
-            "requests": {"cpu": model.resources.cpu, "memory": model.resources.memory, platform.gpu_resource: gpus},
-            "limits": {"memory": model.resources.memory, platform.gpu_resource: gpus},
+            # Ephemeral storage: the compile caches under HOME and the container's writable layer.
+            "requests": {
+                "cpu": model.resources.cpu,
+                "memory": model.resources.memory,
+                platform.gpu_resource: gpus,
+                "ephemeral-storage": "10Gi",
+            },
+            "limits": {"memory": model.resources.memory, platform.gpu_resource: gpus, "ephemeral-storage": "40Gi"},
         },
         "volumeMounts": [
             {"name": "weights", "mountPath": platform.weights_mount_path, "readOnly": True},
@@ -164,7 +172,7 @@ def vllm_pod_base(platform: Platform) -> Object:
             # NCCL and PyTorch workers exchange tensors through /dev/shm; the container runtime's 64 MiB is far
             # too small for tensor parallelism.
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}},
-            {"name": "cache", "emptyDir": {}},
+            {"name": "cache", "emptyDir": {"sizeLimit": CACHE_SIZE}},
         ],
         **gpu_scheduling(platform),
     }

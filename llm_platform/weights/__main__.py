@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from llm_platform.catalog import DEFAULT_ALLOW_PATTERNS
 from llm_platform.errors import HubAccessError, HubNotFoundError, PlatformError
@@ -38,9 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _token() -> str | None:
+    """``HF_TOKEN``, else the file ``HF_TOKEN_PATH`` names (the Job mounts the Secret as a file), else None."""
+    if os.environ.get("HF_TOKEN"):
+        return os.environ["HF_TOKEN"]
+    path = os.environ.get("HF_TOKEN_PATH")
+    try:
+        return (Path(path).read_text().strip() or None) if path else None
+    except OSError:
+        return None  # the Secret is optional: public models need no token
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    token = os.environ.get("HF_TOKEN") or None
+    token = _token()
     request = DownloadRequest(
         model=args.model,
         repo=args.repo,

@@ -172,7 +172,7 @@ def test_the_role_grants_exactly_the_calls_the_target_makes(
                     "name": "tiny",
                     "source": {"repo": REPO},
                     "serving": {"max_model_len": 2048},
-                    "exposure": {"host": "tiny.example.com"},
+                    "exposure": {"host": "tiny.example.com", "tls_secret": "tiny-example-com-tls"},
                 }
             ],
         }

@@ -33,7 +33,7 @@ SETTINGS = KubernetesTargetSettings(poll_interval_s=0.02, rollout_timeout_s=3)
 
 @pytest.fixture
 def catalog() -> Catalog:
-    return tiny_catalog(exposure={"host": "tiny.example.com"})
+    return tiny_catalog(exposure={"host": "tiny.example.com", "tls_secret": "tiny-example-com-tls"})
 
 
 @pytest.fixture

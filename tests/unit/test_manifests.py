@@ -240,11 +240,19 @@ def test_weights_job_gets_the_token_from_the_secret_only(platform: Platform, lla
         "--dest",
         "/models",
     ]
-    token = next(item for item in container["env"] if item["name"] == "HF_TOKEN")
-    assert token == {
-        "name": "HF_TOKEN",
-        "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token", "optional": True}},
-    }
+    # The token as a file from the Secret (optional: public models need none), never an environment value.
+    env = {item["name"]: item for item in container["env"]}
+    assert "HF_TOKEN" not in env
+    assert env["HF_TOKEN_PATH"] == {"name": "HF_TOKEN_PATH", "value": "/var/run/secrets/huggingface/token"}
+    assert {"name": "hf-token", "mountPath": "/var/run/secrets/huggingface", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    assert {"name": "hf-token", "secret": {"secretName": "hf-token", "optional": True, "defaultMode": 0o400}} in pod[
+        "volumes"
+    ]
+    # Every emptyDir is bounded, and so is the container's ephemeral storage.
+    assert all(volume["emptyDir"].get("sizeLimit") for volume in pod["volumes"] if "emptyDir" in volume)
+    assert container["resources"]["limits"]["ephemeral-storage"]
     assert pod["restartPolicy"] == "Never"
     assert {"name": "weights", "persistentVolumeClaim": {"claimName": "model-weights"}} in pod["volumes"]
 
