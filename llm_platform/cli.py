@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llm_platform.catalog import Catalog, ModelPatch, model_warnings, parse_assignments
+from llm_platform.catalog import Catalog, ModelPatch, model_warnings, parse_assignments, platform_warnings
 from llm_platform.catalog_files import CATALOG_ENV_VAR, default_catalog_path, load_catalog
 from llm_platform.dagster_api import DEFAULT_URL
 from llm_platform.errors import CatalogError, ManifestValidationError, PlatformError, UnknownModelError
@@ -138,6 +138,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     files = _render_validated(catalog, None)
     count = sum(len(objects) for objects in files.values())
     origin = args.catalog or default_catalog_path()
+    for path, message in platform_warnings(catalog.platform):
+        print(f"warning: {origin}: {path}: {message}", file=sys.stderr)
     for model in catalog.models:
         for path, message in model_warnings(model):
             print(f"warning: {origin}: model '{model.name}': {path}: {message}", file=sys.stderr)

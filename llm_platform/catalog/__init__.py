@@ -6,6 +6,7 @@ from llm_platform.catalog.checks import (
     max_replicas_within_quota,
     model_problems,
     model_warnings,
+    platform_warnings,
     position_limit,
     quota_problems,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "parse_catalog",
     "parse_catalog_text",
     "patch_between",
+    "platform_warnings",
     "position_limit",
     "quota_problems",
 ]

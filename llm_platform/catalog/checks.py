@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from llm_platform.catalog.schema import RISKY_ENGINE_FLAGS, ModelSpec, Platform, flag_target
+from llm_platform.catalog.schema import IMAGE_DIGEST, RISKY_ENGINE_FLAGS, ModelSpec, Platform, flag_target
 
 _POSITION_LIMIT_KEYS = (
     "max_position_embeddings",
@@ -150,6 +150,20 @@ def model_warnings(model: ModelSpec) -> list[tuple[str, str]]:
         risky = flag_target(arg, RISKY_ENGINE_FLAGS) if arg.startswith("-") else None
         if risky is not None:
             warnings.append(("serving.extra_args", f"'{risky}': {RISKY_ENGINE_FLAGS[risky]}"))
+    if not IMAGE_DIGEST.match(model.serving.image_tag):
+        warnings.append(
+            (
+                "serving.image_tag",
+                f"'{model.serving.image_tag}' is a tag, which can be moved; pin the digest (sha256:…)",
+            )
+        )
     if model.serving.trust_remote_code:
         warnings.append(("serving.trust_remote_code", "vLLM will run the Python code of the model's repository"))
     return warnings
+
+
+def platform_warnings(platform: Platform) -> list[tuple[str, str]]:
+    """Platform settings that are valid but deserve a second look: (field path, message)."""
+    if "@sha256:" in platform.platform_image:
+        return []
+    return [("platform.platform_image", "a tag, which can be moved; pin the digest (name@sha256:…)")]

@@ -95,6 +95,10 @@ _QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _IMAGE_TAG = re.compile(r"^[\w][\w.\-]{0,127}$")
+IMAGE_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_IMAGE_REFERENCE = re.compile(
+    r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[\w][\w.\-]{0,127}|@sha256:[0-9a-f]{64})$"
+)
 _HF_TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 _NGINX_SIZE = re.compile(r"^[0-9]+[kKmMgG]?$")
 
@@ -214,7 +218,8 @@ class Serving(_Section):
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = "auto"
     """Weight and activation dtype; ``auto`` takes the model's own."""
     image_tag: str = DEFAULT_VLLM_IMAGE_TAG
-    """Tag of the ``vllm/vllm-openai`` image; pinned so that a redeploy never changes the engine by surprise."""
+    """Tag of the ``vllm/vllm-openai`` image, or its digest (``sha256:…``, the safer pin: a tag can be moved);
+    ``latest`` is refused so that a redeploy never changes the engine by surprise."""
     startup_timeout_s: int = Field(1800, ge=60)
     """How long loading the model may take before the server counts as failed (startup probe, local deadline)."""
     trust_remote_code: bool = False
@@ -235,8 +240,13 @@ class Serving(_Section):
     @field_validator("image_tag")
     @classmethod
     def _image_tag(cls, tag: str) -> str:
+        if IMAGE_DIGEST.match(tag):
+            return tag
         if not _IMAGE_TAG.match(tag) or tag == "latest":
-            raise ValueError(f"'{tag}' is not a pinned image tag (use a release such as '{DEFAULT_VLLM_IMAGE_TAG}')")
+            raise ValueError(
+                f"'{tag[:80]}' is not a pinned image tag or digest (use a release such as '{DEFAULT_VLLM_IMAGE_TAG}' "
+                "or 'sha256:…')"
+            )
         return tag
 
     @field_validator("extra_args")
@@ -436,6 +446,15 @@ class Platform(_Section):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"'{value}' is not an IANA time zone such as 'Europe/Berlin'") from None
         return value
+
+    @field_validator("platform_image")
+    @classmethod
+    def _image_reference(cls, image: str) -> str:
+        if not _IMAGE_REFERENCE.match(image) or image.endswith(":latest"):
+            raise ValueError(
+                f"'{image[:120]}' is not a pinned image reference (registry/name:tag or registry/name@sha256:…)"
+            )
+        return image
 
     @field_validator("api_key_secret")
     @classmethod

@@ -107,7 +107,9 @@ def http_probe(period_s: int, failures: int, timeout_s: int) -> Object:
 
 
 def vllm_image(platform: Platform, model: ModelSpec) -> str:
-    return f"{platform.vllm_image}:{model.serving.image_tag}"
+    """``repository:tag``, or ``repository@sha256:…`` when the catalog pins the image by digest."""
+    pin = model.serving.image_tag
+    return f"{platform.vllm_image}@{pin}" if pin.startswith("sha256:") else f"{platform.vllm_image}:{pin}"
 
 
 API_KEY_SECRET_KEY = "api-key"  # noqa: S105 - a key name in the Secret

@@ -426,7 +426,11 @@ def test_legitimate_extra_args_pass_and_risky_ones_warn() -> None:
                         "serving": {"extra_args": ["--seed", "1", "--model-impl", "vllm", "--enable-log-requests"],
                                     "trust_remote_code": True}}]}  # fmt: skip
     model = parse_catalog(data).model("m")
-    assert [path for path, _ in model_warnings(model)] == ["serving.extra_args", "serving.trust_remote_code"]
+    assert [path for path, _ in model_warnings(model)] == [
+        "serving.extra_args",
+        "serving.image_tag",
+        "serving.trust_remote_code",
+    ]
     from llm_platform.engine import engine_args
 
     args = engine_args(model.serving, served_model_name="m", weights_path="/w")
@@ -437,3 +441,23 @@ def test_legitimate_extra_args_pass_and_risky_ones_warn() -> None:
         "vllm",
         "--enable-log-requests",
     )
+
+
+def test_images_can_be_pinned_by_digest_and_tags_draw_a_warning() -> None:
+    from llm_platform.catalog import model_warnings, platform_warnings
+    from llm_platform.manifests.pods import vllm_image
+
+    digest = "sha256:" + "a" * 64
+    data = {
+        "platform": {"platform_image": f"ghcr.io/acme/llm-platform@{digest}"},
+        "models": [{"name": "m", "source": {"repo": "a/b"}, "serving": {"image_tag": digest}}],
+    }
+    catalog = parse_catalog(data)
+    model = catalog.model("m")
+    assert vllm_image(catalog.platform, model) == f"vllm/vllm-openai@{digest}"
+    assert model_warnings(model) == [] and platform_warnings(catalog.platform) == []
+    tagged = parse_catalog({"models": [{"name": "m", "source": {"repo": "a/b"}}]})
+    assert [path for path, _ in model_warnings(tagged.model("m"))] == ["serving.image_tag"]
+    assert [path for path, _ in platform_warnings(tagged.platform)] == ["platform.platform_image"]
+    with pytest.raises(CatalogError, match="is not a pinned image reference"):
+        parse_catalog({"platform": {"platform_image": "ghcr.io/acme/x:latest"}, "models": data["models"]})
