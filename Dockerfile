@@ -15,7 +15,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN apt-get update \
  && apt-get install -y --no-install-recommends git tini \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --uid 1000 --create-home --shell /usr/sbin/nologin app \
+ && useradd --uid 10001 --create-home --shell /usr/sbin/nologin app \
  && mkdir -p "$DAGSTER_HOME" && chown app "$DAGSTER_HOME"
 
 WORKDIR /app
@@ -27,11 +27,12 @@ COPY llm_platform ./llm_platform
 RUN pip install --no-deps .
 COPY workspace.yaml ./
 
-USER 1000
+USER 10001
 # The catalog is configuration, not part of the image: the Helm values mount it from a ConfigMap
 # (k8s/dagster/kustomization.yaml) and set LLM_PLATFORM_CATALOG.
 ENV LLM_PLATFORM_CATALOG=/etc/llm-platform/models.yaml \
     LLM_PLATFORM_TARGET=kubernetes
 EXPOSE 3030
+HEALTHCHECK --interval=30s --timeout=10s CMD ["dagster", "api", "grpc-health-check", "-p", "3030"]
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["dagster", "code-server", "start", "--module-name", "llm_platform.definitions", "--host", "0.0.0.0", "--port", "3030"]

@@ -29,6 +29,13 @@ $(OLAH):
 	$(VENV)-olah/bin/python -m pip install -qq --upgrade pip
 	$(VENV)-olah/bin/python -m pip install -qq 'olah==0.5.4'
 
+# checkov (the manifests' and the Dockerfile's security scan in the tests) in its own virtualenv as well.
+CHECKOV := $(VENV)-checkov/bin/checkov
+$(CHECKOV):
+	$(PYTHON) -m venv $(VENV)-checkov
+	$(VENV)-checkov/bin/python -m pip install -qq --upgrade pip
+	$(VENV)-checkov/bin/python -m pip install -qq 'checkov==3.3.30'
+
 # Debian packages: Prometheus (the main job scrapes vLLM with it; its tests query it), Chromium (the UI
 # screenshot test) and PostgreSQL (the Dagster instance of the production-topology tests; the tests run their own
 # throw-away server). Installed with apt when missing (as root, or through sudo).
@@ -57,7 +64,7 @@ lint: $(VENV)/.installed
 	$(BIN)/lint-imports
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
-test: lint $(OLAH) system-packages
+test: lint $(OLAH) $(CHECKOV) system-packages
 	$(BIN)/pytest
 
 # The edit loop: lint, type checks, contracts, the unit tests and the wiring on the in-process fake target (no

@@ -27,7 +27,8 @@ CACHE_SIZE = "30Gi"
 #: Annotations on the pod template; a change to either rolls the Deployment.
 WEIGHTS_REVISION_ANNOTATION = "llm-platform/weights-revision"
 ENGINE_FINGERPRINT_ANNOTATION = "llm-platform/engine-fingerprint"
-NONROOT_UID = 1000
+NONROOT_UID = 10001
+"""Above the range of host users (UIDs < 10000), so a container escape maps to no host account."""
 
 
 def resource_name(model: ModelSpec) -> str:
