@@ -320,8 +320,11 @@ class Autoscaling(_Section):
 class Exposure(_Section):
     """How clients reach the model: an optional Ingress and the NetworkPolicy's allowed clients."""
 
+    kind: Literal["ingress", "gateway"] = "ingress"
+    """How ``host`` is exposed: an ingress-nginx ``Ingress`` (the seed's choice), or a Gateway API ``HTTPRoute`` on
+    ``platform.gateway_name`` (ingress-nginx was retired in March 2026)."""
     host: str | None = None
-    """Ingress host name; no Ingress is rendered without one."""
+    """Host name clients call; nothing is exposed outside the cluster without one."""
     tls_secret: str | None = None
     """Secret with the TLS certificate for ``host``; required with a host (the API key travels in every request)."""
     api_key_secret: str | None = None
@@ -412,6 +415,10 @@ class Platform(_Section):
     """Prometheus that KEDA queries for the waiting queue."""
     prometheus_namespace: str = "monitoring"
     """Namespace of Prometheus, admitted by each model's NetworkPolicy."""
+    gateway_name: str = "llm-gateway"
+    """The Gateway (Gateway API) that ``exposure.kind: gateway`` models attach their HTTPRoute to."""
+    gateway_namespace: str = "gateway-system"
+    """Namespace of that Gateway (its listeners must allow routes from the serving namespace)."""
     ingress_class: str = "nginx"
     """IngressClass of ingress-nginx."""
     ingress_controller_namespace: str = "ingress-nginx"
@@ -463,7 +470,7 @@ class Platform(_Section):
             raise ValueError(f"'{name}' is not a Secret name (a DNS-1123 subdomain: lower case, digits, '-', '.')")
         return name
 
-    @field_validator("namespace", "weights_pvc", "hf_token_secret")
+    @field_validator("namespace", "weights_pvc", "hf_token_secret", "gateway_name", "gateway_namespace")
     @classmethod
     def _dns_label(cls, value: str) -> str:
         if len(value) > 63 or not _DNS1123_LABEL.match(value):

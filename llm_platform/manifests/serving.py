@@ -167,9 +167,9 @@ def render_scaled_object(platform: Platform, model: ModelSpec) -> Object:
 
 
 def render_ingress(platform: Platform, model: ModelSpec) -> Object | None:
-    """ingress-nginx Ingress for ``exposure.host``; None when the model is not exposed outside the cluster."""
+    """ingress-nginx Ingress for ``exposure.host``; None when the model is not exposed that way."""
     exposure = model.exposure
-    if exposure.host is None:
+    if exposure.host is None or exposure.kind != "ingress":
         return None
     timeout = str(exposure.timeout_s)
     annotations = {
@@ -227,10 +227,14 @@ def render_network_policy(platform: Platform, model: ModelSpec) -> Object:
             "podSelector": {"matchLabels": dict(exposure.client_labels)},
         },
         {"podSelector": {"matchLabels": dict(exposure.client_labels)}},
-        {
-            "namespaceSelector": _namespace_selector(platform.ingress_controller_namespace),
-            "podSelector": {"matchLabels": dict(platform.ingress_controller_pod_labels)},
-        },
+        (
+            {"namespaceSelector": _namespace_selector(platform.gateway_namespace)}
+            if exposure.kind == "gateway"
+            else {
+                "namespaceSelector": _namespace_selector(platform.ingress_controller_namespace),
+                "podSelector": {"matchLabels": dict(platform.ingress_controller_pod_labels)},
+            }
+        ),
         {
             "namespaceSelector": _namespace_selector(platform.prometheus_namespace),
             "podSelector": {"matchLabels": dict(platform.prometheus_pod_labels)},
@@ -249,6 +253,33 @@ def render_network_policy(platform: Platform, model: ModelSpec) -> Object:
     }
 
 
+def render_http_route(platform: Platform, model: ModelSpec) -> Object | None:
+    """Gateway API HTTPRoute for ``exposure.host`` on the platform's Gateway (``exposure.kind: gateway``); None
+    otherwise. Only ``/v1`` is routed; the 10-minute timeouts are the route's own (``timeouts``, standard channel).
+    TLS terminates at the Gateway's HTTPS listener (``exposure.tls_secret`` is its certificate); per-client rate and
+    connection limits are the Gateway implementation's policy (see the README)."""
+    exposure = model.exposure
+    if exposure.host is None or exposure.kind != "gateway":
+        return None
+    timeout = f"{exposure.timeout_s}s"
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": object_metadata(resource_name(model), platform, model_labels(model)),
+        "spec": {
+            "parentRefs": [{"name": platform.gateway_name, "namespace": platform.gateway_namespace}],
+            "hostnames": [exposure.host],
+            "rules": [
+                {
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/v1"}}],
+                    "backendRefs": [{"name": resource_name(model), "port": DEFAULT_PORT}],
+                    "timeouts": {"request": timeout, "backendRequest": timeout},
+                }
+            ],
+        },
+    }
+
+
 def render_model(platform: Platform, model: ModelSpec, revision: str | None = None) -> list[Object]:
     """Every object that serves ``model``, in apply order. ``revision`` defaults to the catalog's revision."""
     revision = revision or model.source.revision
@@ -259,5 +290,6 @@ def render_model(platform: Platform, model: ModelSpec, revision: str | None = No
         render_scaled_object(platform, model),
         render_network_policy(platform, model),
         render_ingress(platform, model),
+        render_http_route(platform, model),
     ]
     return [obj for obj in objects if obj is not None]

@@ -36,6 +36,7 @@ CUSTOM_RESOURCE_SCHEMAS: Mapping[tuple[str, str], str] = {
     ("monitoring.coreos.com/v1", "PodMonitor"): "prometheus-operator-0.93.0-podmonitor.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "prometheus-operator-0.93.0-servicemonitor.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheus-operator-0.93.0-prometheusrule.json",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "gateway-api-1.6.1-httproute.json",
 }
 
 

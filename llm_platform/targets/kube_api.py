@@ -82,6 +82,7 @@ _RESOURCES = (
     ApiResource("networking.k8s.io", "v1", "ingresses", "Ingress"),
     ApiResource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
     ApiResource("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject"),
+    ApiResource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute"),
     ApiResource("batch", "v1", "jobs", "Job"),
 )
 RESOURCES: Mapping[tuple[str, str], ApiResource] = {(res.api_version, res.kind): res for res in _RESOURCES}
@@ -93,6 +94,8 @@ JOBS = RESOURCES["batch/v1", "Job"]
 #: What to tell the user when a resource type is missing from the cluster.
 _INSTALL_HINTS = {
     "keda.sh": "KEDA is not installed in the cluster; install KEDA 2.x (its CRDs and operator) before promoting",
+    "gateway.networking.k8s.io": "the Gateway API is not installed in the cluster; install its CRDs (v1.6, standard "
+    "channel) and a Gateway implementation, or expose the model with exposure.kind: ingress",
 }
 
 

@@ -173,7 +173,13 @@ def test_the_role_grants_exactly_the_calls_the_target_makes(
                     "source": {"repo": REPO},
                     "serving": {"max_model_len": 2048},
                     "exposure": {"host": "tiny.example.com", "tls_secret": "tiny-example-com-tls"},
-                }
+                },
+                {
+                    "name": "routed",
+                    "source": {"repo": REPO},
+                    "serving": {"max_model_len": 2048},
+                    "exposure": {"kind": "gateway", "host": "routed.example.com", "tls_secret": "routed-tls"},
+                },
             ],
         }
     )
@@ -192,6 +198,9 @@ def test_the_role_grants_exactly_the_calls_the_target_makes(
         target.promote(model, "1" * 40)
         with pytest.raises(RolloutError, match="rolled back to"):
             target.promote(model, unpullable)
+        with pytest.raises(RolloutError, match="no previous revision"):
+            target.promote(catalog.model("routed"), crashing)  # its HTTPRoute is deleted again
+        target.promote(catalog.model("routed"), "1" * 40)
     target.download_weights(model, "main")
     target.download_weights(model, "main")  # a branch: the earlier Job is replaced, not reused
     target.current_revision(model)

@@ -353,3 +353,43 @@ def test_an_exposed_model_needs_tls() -> None:
 
     with pytest.raises(CatalogError, match=r"exposure\.tls_secret: required when exposure\.host is set"):
         parse_catalog({"models": [{"name": "m", "source": {"repo": "a/b"}, "exposure": {"host": "m.example.com"}}]})
+
+
+def test_gateway_exposure_renders_a_valid_httproute_with_the_timeouts_and_no_ingress() -> None:
+    from llm_platform.manifests.serving import render_http_route, render_ingress, render_model, render_network_policy
+    from llm_platform.manifests.validation import validate_objects
+
+    catalog = parse_catalog(
+        {
+            "platform": {"gateway_name": "edge", "gateway_namespace": "gateways"},
+            "models": [{"name": "m", "source": {"repo": "a/b"},
+                        "exposure": {"kind": "gateway", "host": "m.example.com", "tls_secret": "m-tls"}}],
+        }
+    )  # fmt: skip
+    platform, model = catalog.platform, catalog.model("m")
+    route = render_http_route(platform, model)
+    assert route is not None and render_ingress(platform, model) is None
+    spec = route["spec"]
+    assert spec["parentRefs"] == [{"name": "edge", "namespace": "gateways"}]
+    assert spec["hostnames"] == ["m.example.com"]
+    (rule,) = spec["rules"]
+    assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/v1"}}]
+    assert rule["timeouts"] == {"request": "600s", "backendRequest": "600s"}
+    assert rule["backendRefs"] == [{"name": "vllm-m", "port": 8000}]
+    validate_objects(render_model(platform, model))  # against the Gateway API v1.6.1 schema, strict
+    peers = render_network_policy(platform, model)["spec"]["ingress"][0]["from"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateways"}}} in peers
+
+
+def test_an_unknown_httproute_field_is_refused() -> None:
+    from llm_platform.errors import ManifestValidationError
+    from llm_platform.manifests.serving import render_http_route
+    from llm_platform.manifests.validation import validate_objects
+
+    exposure = {"kind": "gateway", "host": "m.example.com", "tls_secret": "t"}
+    catalog = parse_catalog({"models": [{"name": "m", "source": {"repo": "a/b"}, "exposure": exposure}]})
+    route = render_http_route(catalog.platform, catalog.model("m"))
+    assert route is not None
+    route["spec"]["rules"][0]["timeout"] = "600s"  # misspelled: the API server would drop it silently
+    with pytest.raises(ManifestValidationError, match="timeout"):
+        validate_objects([route])
