@@ -146,7 +146,7 @@ def test_the_catalog_is_a_configmap_mounted_into_the_code_location_and_the_runs(
     assert volumes["artifacts"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     dagster_kustomization = yaml.safe_load((REPO_ROOT / "k8s" / "dagster" / "kustomization.yaml").read_text())
-    assert set(dagster_kustomization["resources"]) == {"artifacts-pvc.yaml", "../../catalog"}
+    assert set(dagster_kustomization["resources"]) == {"artifacts-pvc.yaml", "networkpolicy.yaml", "../../catalog"}
     # What ships is the catalog the repository validates, not a copy baked into the image.
     parse_catalog(yaml.safe_load(EXAMPLE_CATALOG.read_text()))
     assert "COPY catalog" not in (REPO_ROOT / "Dockerfile").read_text()

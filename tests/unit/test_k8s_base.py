@@ -77,3 +77,28 @@ def test_access_errors_name_the_role_that_is_shipped() -> None:
 
     roles = [doc for doc in _documents(K8S / "base" / "rbac.yaml") if doc["kind"] == "Role"]
     assert [role["metadata"]["name"] for role in roles] == [ROLE_NAME]
+
+
+def test_the_admission_policy_allows_exactly_the_secrets_the_platform_references(example_catalog: Catalog) -> None:
+    """Every Secret a rendered Deployment or Job names is in the policy's list (else promotions would be refused),
+    and the list names nothing else the platform does not use."""
+    from llm_platform.manifests.render import render_files
+
+    policy, binding = _documents(K8S / "base" / "admission-policy.yaml")
+    allowed_expression = next(v["expression"] for v in policy["spec"]["variables"] if v["name"] == "allowed")
+    allowed = set(yaml.safe_load(allowed_expression))
+    referenced: set[str] = set()
+    for objects in render_files(example_catalog).values():
+        for obj in objects:
+            if obj["kind"] not in ("Deployment", "Job"):
+                continue
+            pod = obj["spec"]["template"]["spec"]
+            for container in pod["containers"]:
+                for item in container.get("env", []):
+                    if "secretKeyRef" in item.get("valueFrom", {}):
+                        referenced.add(item["valueFrom"]["secretKeyRef"]["name"])
+            referenced |= {volume["secret"]["secretName"] for volume in pod.get("volumes", []) if "secret" in volume}
+    assert referenced == allowed
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    namespace = binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+    assert namespace == example_catalog.platform.namespace
