@@ -29,13 +29,10 @@ from llm_platform.targets.base import (
     TargetStatus,
     TrialRunner,
     TrialSettings,
+    no_log,
 )
 from llm_platform.tuning.search import Candidate, Trial
 from llm_platform.weights.plan import DownloadResult, ManifestFile, SnapshotManifest
-
-
-def _ignore(_: str) -> None:
-    return None
 
 
 def default_performance(serving: Serving, concurrency: int, plan: BenchmarkPlan) -> dict[str, float]:
@@ -104,7 +101,7 @@ class FakeServingTarget(ServingTarget):
     def weights_location(self) -> str:
         return "fake://store"
 
-    def materialize_weights(self, model: ModelSpec, revision: str, log: Log = _ignore) -> DownloadResult:
+    def materialize_weights(self, model: ModelSpec, revision: str, log: Log = no_log) -> DownloadResult:
         self.cluster.calls.append(f"weights {model.name}@{revision}")
         repo = model.source.repo or str(model.source.path)
         sha = self.cluster.sha(repo, revision)
@@ -126,7 +123,7 @@ class FakeServingTarget(ServingTarget):
 
     def benchmark_candidate(
         self, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, *, run_key: str, work_dir: Path,
-        log: Log = _ignore,
+        log: Log = no_log,
     ) -> LevelResults:  # fmt: skip
         refusal = self.cluster.refused(model.serving)
         if refusal:
@@ -136,14 +133,14 @@ class FakeServingTarget(ServingTarget):
         self.cluster.candidates.setdefault(model.name, set()).add(fingerprint)
         return self._measure(model.serving, plan)
 
-    def release_candidate(self, model: ModelSpec, weights: SnapshotManifest, log: Log = _ignore) -> None:
+    def release_candidate(self, model: ModelSpec, weights: SnapshotManifest, log: Log = no_log) -> None:
         fingerprint = self._fingerprint(model, weights)
         self.cluster.calls.append(f"release {model.name} {fingerprint}")
         self.cluster.candidates.get(model.name, set()).discard(fingerprint)
 
     def benchmark_deployed(
         self, deployment: Deployment, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, *,
-        run_key: str, work_dir: Path, log: Log = _ignore,
+        run_key: str, work_dir: Path, log: Log = no_log,
     ) -> LevelResults:  # fmt: skip
         _, serving = self.cluster.deployed[model.name]
         self.cluster.calls.append(f"live {model.name}")
@@ -151,7 +148,7 @@ class FakeServingTarget(ServingTarget):
 
     def trial_runner(
         self, model: ModelSpec, weights: SnapshotManifest, settings: TrialSettings, *, run_key: str, work_dir: Path,
-        log: Log = _ignore,
+        log: Log = no_log,
     ) -> TrialRunner:  # fmt: skip
         def trial(candidate: Candidate) -> Trial:
             ladder = load_ladder(settings.load_low, settings.load_high)
@@ -168,7 +165,7 @@ class FakeServingTarget(ServingTarget):
 
         return trial
 
-    def promote(self, model: ModelSpec, weights: SnapshotManifest, log: Log = _ignore) -> Deployment:
+    def promote(self, model: ModelSpec, weights: SnapshotManifest, log: Log = no_log) -> Deployment:
         fingerprint = self._fingerprint(model, weights)
         if model.name in self.cluster.failing_promotions:
             previous = self.cluster.deployed.get(model.name)

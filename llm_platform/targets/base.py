@@ -27,8 +27,8 @@ TrialRunner = Callable[[Candidate], Trial]
 """One trial of the goodput search: start the candidate, find its highest SLO-meeting load."""
 
 
-def _ignore(_: str) -> None:
-    return None
+def no_log(_: str) -> None:
+    """The default log: nothing."""
 
 
 @dataclass(frozen=True)
@@ -85,36 +85,36 @@ class ServingTarget(ABC):
         """Where materialized weights live, as metadata names it (a directory, ``pvc://claim/path``)."""
 
     @abstractmethod
-    def materialize_weights(self, model: ModelSpec, revision: str, log: Log = _ignore) -> DownloadResult:
+    def materialize_weights(self, model: ModelSpec, revision: str, log: Log = no_log) -> DownloadResult:
         """Download and verify ``revision`` of the model's weights where the servers read them."""
 
     @abstractmethod
     def benchmark_candidate(
         self, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, *, run_key: str, work_dir: Path,
-        log: Log = _ignore,
+        log: Log = no_log,
     ) -> LevelResults:  # fmt: skip
         """Serve ``model`` (its serving section is the candidate config) and benchmark it with ``plan``."""
 
     @abstractmethod
-    def release_candidate(self, model: ModelSpec, weights: SnapshotManifest, log: Log = _ignore) -> None:
+    def release_candidate(self, model: ModelSpec, weights: SnapshotManifest, log: Log = no_log) -> None:
         """A benchmarked candidate that will not be promoted must not keep holding resources (unless it serves)."""
 
     @abstractmethod
     def benchmark_deployed(
         self, deployment: Deployment, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, *,
-        run_key: str, work_dir: Path, log: Log = _ignore,
+        run_key: str, work_dir: Path, log: Log = no_log,
     ) -> LevelResults:  # fmt: skip
         """Benchmark what serves, where it serves (the live benchmark)."""
 
     @abstractmethod
     def trial_runner(
         self, model: ModelSpec, weights: SnapshotManifest, settings: TrialSettings, *, run_key: str, work_dir: Path,
-        log: Log = _ignore,
+        log: Log = no_log,
     ) -> TrialRunner:  # fmt: skip
         """Trials of the auto-tuner for ``model`` (the candidate's knobs are applied on top of its serving)."""
 
     @abstractmethod
-    def promote(self, model: ModelSpec, weights: SnapshotManifest, log: Log = _ignore) -> Deployment:
+    def promote(self, model: ModelSpec, weights: SnapshotManifest, log: Log = no_log) -> Deployment:
         """Serve this config; on failure restore what served before (or nothing) and raise with the reason."""
 
     @abstractmethod

@@ -24,15 +24,12 @@ from llm_platform.targets.base import (
     TargetStatus,
     TrialRunner,
     TrialSettings,
+    no_log,
 )
 from llm_platform.targets.kube_api import DEPLOYMENTS, resource_of
 from llm_platform.targets.kubernetes import KubernetesTarget
 from llm_platform.tuning.search import Candidate, Trial
 from llm_platform.weights.plan import DownloadResult, SnapshotManifest
-
-
-def _ignore(_: str) -> None:
-    return None
 
 
 class KubernetesServingTarget(ServingTarget):
@@ -58,21 +55,21 @@ class KubernetesServingTarget(ServingTarget):
     def weights_location(self) -> str:
         return f"pvc://{self.platform.weights_pvc}{self.platform.weights_mount_path}"
 
-    def materialize_weights(self, model: ModelSpec, revision: str, log: Log = _ignore) -> DownloadResult:
+    def materialize_weights(self, model: ModelSpec, revision: str, log: Log = no_log) -> DownloadResult:
         return self.cluster.download_weights(model, revision, log=log)
 
     def benchmark_candidate(
         self, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, *, run_key: str, work_dir: Path,
-        log: Log = _ignore,
+        log: Log = no_log,
     ) -> LevelResults:  # fmt: skip
         return self.cluster.smoke_benchmark(model, weights.sha, plan, run_key=run_key, log=log)
 
-    def release_candidate(self, model: ModelSpec, weights: SnapshotManifest, log: Log = _ignore) -> None:
+    def release_candidate(self, model: ModelSpec, weights: SnapshotManifest, log: Log = no_log) -> None:
         """Nothing to release: the benchmark Job's server ended with its pod."""
 
     def benchmark_deployed(
         self, deployment: Deployment, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, *,
-        run_key: str, work_dir: Path, log: Log = _ignore,
+        run_key: str, work_dir: Path, log: Log = no_log,
     ) -> LevelResults:  # fmt: skip
         return self.cluster.smoke_benchmark(
             model, weights.sha, plan, run_key=run_key, log=log, against=deployment.benchmark_url
@@ -80,11 +77,11 @@ class KubernetesServingTarget(ServingTarget):
 
     def trial_runner(
         self, model: ModelSpec, weights: SnapshotManifest, settings: TrialSettings, *, run_key: str, work_dir: Path,
-        log: Log = _ignore,
+        log: Log = no_log,
     ) -> TrialRunner:  # fmt: skip
         return KubernetesTrials(self.cluster, model, weights, settings, run_key, log)
 
-    def promote(self, model: ModelSpec, weights: SnapshotManifest, log: Log = _ignore) -> Deployment:
+    def promote(self, model: ModelSpec, weights: SnapshotManifest, log: Log = no_log) -> Deployment:
         promotion = self.cluster.promote(model, weights.sha, log=log)
         revision = promotion.revision
         details: dict[str, str | int | list[str]] = {
@@ -125,7 +122,7 @@ class KubernetesTrials:
     weights: SnapshotManifest
     settings: TrialSettings
     run_key: str
-    log: Log = _ignore
+    log: Log = no_log
 
     def __call__(self, candidate: Candidate) -> Trial:
         ladder = load_ladder(self.settings.load_low, self.settings.load_high)

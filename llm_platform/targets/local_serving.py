@@ -21,6 +21,7 @@ from llm_platform.targets.base import (
     TargetStatus,
     TrialRunner,
     TrialSettings,
+    no_log,
 )
 from llm_platform.targets.local import LocalTarget
 from llm_platform.targets.local_state import ServerRecord
@@ -30,10 +31,6 @@ from llm_platform.weights.hub import HubClient
 from llm_platform.weights.plan import DownloadResult, SnapshotManifest
 from llm_platform.weights.progress import LogProgress
 from llm_platform.weights.store import ModelStore
-
-
-def _ignore(_: str) -> None:
-    return None
 
 
 class LocalServingTarget(ServingTarget):
@@ -64,7 +61,7 @@ class LocalServingTarget(ServingTarget):
     def weights_location(self) -> str:
         return str(self.store.root)
 
-    def materialize_weights(self, model: ModelSpec, revision: str, log: Log = _ignore) -> DownloadResult:
+    def materialize_weights(self, model: ModelSpec, revision: str, log: Log = no_log) -> DownloadResult:
         request = DownloadRequest.for_model(model, revision)
         return download_snapshot(
             request, self.store, self.hub, workers=self.workers, progress=LogProgress(log),
@@ -73,7 +70,7 @@ class LocalServingTarget(ServingTarget):
 
     def benchmark_candidate(
         self, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, *, run_key: str, work_dir: Path,
-        log: Log = _ignore,
+        log: Log = no_log,
     ) -> LevelResults:  # fmt: skip
         server = self.servers.ensure_server(model, self.weights_path(weights), log=log)
         return self._measure(model, weights, plan, server.base_url, work_dir, log)
@@ -87,7 +84,7 @@ class LocalServingTarget(ServingTarget):
         )  # fmt: skip
         return raw
 
-    def release_candidate(self, model: ModelSpec, weights: SnapshotManifest, log: Log = _ignore) -> None:
+    def release_candidate(self, model: ModelSpec, weights: SnapshotManifest, log: Log = no_log) -> None:
         fingerprint = self.servers.invocation(model, self.weights_path(weights)).fingerprint
         for server in self.servers.servers(model.name):
             if server.fingerprint == fingerprint:
@@ -95,19 +92,19 @@ class LocalServingTarget(ServingTarget):
 
     def benchmark_deployed(
         self, deployment: Deployment, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, *,
-        run_key: str, work_dir: Path, log: Log = _ignore,
+        run_key: str, work_dir: Path, log: Log = no_log,
     ) -> LevelResults:  # fmt: skip
         return self._measure(model, weights, plan, deployment.benchmark_url, work_dir, log)
 
     def trial_runner(
         self, model: ModelSpec, weights: SnapshotManifest, settings: TrialSettings, *, run_key: str, work_dir: Path,
-        log: Log = _ignore,
+        log: Log = no_log,
     ) -> TrialRunner:  # fmt: skip
         return LocalTrials(
             self.servers, model, self.weights_path(weights), settings, work_dir, weights.max_position_tokens, log
         )
 
-    def promote(self, model: ModelSpec, weights: SnapshotManifest, log: Log = _ignore) -> Deployment:
+    def promote(self, model: ModelSpec, weights: SnapshotManifest, log: Log = no_log) -> Deployment:
         weights_path = self.weights_path(weights)
         status = self.servers.promote(model, weights_path, log=log)
         if status.active is None or status.endpoint is None:
@@ -153,7 +150,7 @@ class LocalTrials:
     settings: TrialSettings
     work_dir: Path
     position_limit: int | None = None
-    log: Log = _ignore
+    log: Log = no_log
 
     def __call__(self, candidate: Candidate) -> Trial:
         overrides = as_overrides(candidate)
