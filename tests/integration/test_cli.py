@@ -71,6 +71,7 @@ def test_render_to_stdout_and_to_files(tmp_path: Path) -> None:
     kinds = [doc["kind"] for doc in yaml.safe_load_all(result.stdout)]
     assert kinds == [
         "PersistentVolumeClaim",
+        "NetworkPolicy",  # the download Jobs' egress (platform.yaml)
         "Service",
         "Deployment",
         "PodDisruptionBudget",
