@@ -4,7 +4,6 @@ scenario table is generated from this list (and checked against it)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,12 +91,11 @@ def catalog_data() -> dict[str, Any]:
     return {"platform": {"gpu_quota": 32}, "models": models}
 
 
-def readme_table(decisions: Mapping[str, tuple[str, str]]) -> str:
-    """The README's scenario table: scenario → expected decision → why, and what the policy said."""
-    rows = ["| scenario | decision | why | the policy's reason |", "|---|---|---|---|"]
+def readme_table() -> str:
+    """The README's scenario table: scenario → expected decision → why."""
+    rows = ["| scenario | decision | why |", "|---|---|---|"]
     for scenario in SCENARIOS:
         change = ", ".join(f"{k}={v}" for k, v in scenario.expected_change.items())
         decision = f"`{scenario.expected_rule}`: {change}" if scenario.expected_rule else "no redeploy"
-        kind, reason = decisions[scenario.name]
-        rows.append(f"| {scenario.name} | {decision} | {scenario.why} | {kind}: {reason} |")
+        rows.append(f"| {scenario.name} | {decision} | {scenario.why} |")
     return "\n".join(rows) + "\n"

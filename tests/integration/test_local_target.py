@@ -162,7 +162,7 @@ def test_a_server_that_never_becomes_healthy_fails_with_its_log_and_leaves_nothi
     with pytest.raises(TargetError) as caught:
         target.ensure_server(model, "/nowhere", log=lambda _: None)
     message = str(caught.value)
-    assert message.startswith("model 'tiny-llama': vLLM did not become healthy within 3 s (startup timeout)")
+    assert message.startswith("model 'tiny-llama': vLLM did not become healthy within 3 s; last lines of ")
     assert "loading weights, slowly" in message
     assert target.servers("tiny-llama") == []
     logs = list((tmp_path / "state" / "logs").glob("tiny-llama-*.log"))
