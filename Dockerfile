@@ -11,20 +11,21 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_DISABLE_TELEMETRY=1 \
     DAGSTER_HOME=/opt/dagster/home
 
-# git: huggingface_hub's repository helpers; tini: signals reach Python as PID 1's child.
+# tini: signals reach Python as PID 1's child. Nothing else: the downloads use the hub's HTTP API, not git.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git tini \
+ && apt-get install -y --no-install-recommends tini \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --create-home --shell /usr/sbin/nologin app \
  && mkdir -p "$DAGSTER_HOME" && chown app "$DAGSTER_HOME"
 
 WORKDIR /app
-# Dependencies first, so that a code change does not reinstall them.
+# Dependencies first, so that a code change does not reinstall them: exactly the versions and hashes of
+# requirements.lock (`make lock` regenerates it from pyproject.toml; a test keeps the two in agreement).
+COPY requirements.lock ./
+RUN pip install --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
-RUN mkdir llm_platform && touch llm_platform/__init__.py \
- && pip install . && pip uninstall -y llm-platform && rm -rf llm_platform
 COPY llm_platform ./llm_platform
-RUN pip install --no-deps .
+RUN pip install --no-deps --no-build-isolation .
 COPY workspace.yaml ./
 
 USER 10001

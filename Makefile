@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 export PYTHONWARNINGS := ignore::UserWarning:click.core
 
-.PHONY: run test test-fast lint stop clean system-packages
+.PHONY: run test test-fast lint stop clean system-packages lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,13 @@ test: lint $(OLAH) $(CHECKOV) system-packages
 # vLLM, no services). `make test` runs these and the real-component tests.
 test-fast: lint
 	$(BIN)/pytest -m "not integration and not e2e"
+
+# The image's dependencies, pinned with hashes (pip-tools in its own virtualenv).
+lock:
+	$(PYTHON) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/python -m pip install -qq pip-tools
+	$(VENV)-lock/bin/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url \
+	  --no-emit-find-links --output-file requirements.lock pyproject.toml
 
 clean:
 	rm -rf build

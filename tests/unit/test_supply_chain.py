@@ -1,0 +1,40 @@
+"""The image installs exactly what requirements.lock pins, with hashes, and the lock agrees with pyproject.toml."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from tests.conftest import REPO_ROOT
+
+
+def _locked() -> dict[str, Version]:
+    text = (REPO_ROOT / "requirements.lock").read_text()
+    return {
+        canonicalize_name(name): Version(version)
+        for name, version in re.findall(r"^([A-Za-z0-9_.\-]+)==([^\s\\]+)", text, re.M)
+    }
+
+
+def test_every_runtime_dependency_is_locked_at_a_version_pyproject_allows() -> None:
+    locked = _locked()
+    dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for line in dependencies:
+        requirement = Requirement(line)
+        name = canonicalize_name(requirement.name)
+        assert name in locked, f"{requirement.name} is not in requirements.lock; run make lock"
+        assert locked[name] in requirement.specifier, f"{name} {locked[name]} does not satisfy {requirement}"
+
+
+def test_every_locked_package_has_hashes_and_the_image_requires_them() -> None:
+    text = (REPO_ROOT / "requirements.lock").read_text()
+    entries = re.split(r"\n(?=[A-Za-z0-9_.\-]+==)", text.split("\n\n", 1)[1])
+    assert len(entries) >= 50
+    assert all("--hash=sha256:" in entry for entry in entries)
+    assert "vllm" not in _locked()  # the image runs the code location and the download Job, not vLLM
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    assert "pip install --require-hashes --no-deps -r requirements.lock" in dockerfile
