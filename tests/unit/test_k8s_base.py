@@ -40,7 +40,7 @@ def test_quota_matches_the_catalog(example_catalog: Catalog) -> None:
     assert quota["spec"]["hard"]["requests.nvidia.com/gpu"] == str(example_catalog.platform.gpu_quota) == "8"
 
 
-def test_role_binding_grants_the_role_to_the_dagster_service_account() -> None:
+def test_only_the_run_pods_service_account_holds_the_serving_role() -> None:
     role, binding = _documents(K8S / "base" / "rbac.yaml")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -48,9 +48,12 @@ def test_role_binding_grants_the_role_to_the_dagster_service_account() -> None:
         "name": role["metadata"]["name"],
     }
     values = yaml.safe_load((K8S / "dagster" / "values.yaml").read_text())
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": values["serviceAccount"]["name"], "namespace": "dagster"}
-    ]
+    runs = values["dagster-user-deployments"]["serviceAccount"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": runs, "namespace": "dagster"}]
+    (code_server,) = values["dagster-user-deployments"]["deployments"]
+    # Three distinct accounts: webserver/daemon, the code server, the runs (no global override merges them).
+    assert len({values["serviceAccount"]["name"], code_server["serviceAccount"]["name"], runs}) == 3
+    assert "serviceAccountName" not in values.get("global", {})
     verbs = {rule_resource: set(rule["verbs"]) for rule in role["rules"] for rule_resource in rule["resources"]}
     assert "secrets" not in verbs
     assert "*" not in {verb for granted in verbs.values() for verb in granted}
@@ -100,5 +103,9 @@ def test_the_admission_policy_allows_exactly_the_secrets_the_platform_references
             referenced |= {volume["secret"]["secretName"] for volume in pod.get("volumes", []) if "secret" in volume}
     assert referenced == allowed
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    (matched,) = policy["spec"]["matchConditions"]
+    role_binding = _documents(K8S / "base" / "rbac.yaml")[1]
+    (subject,) = role_binding["subjects"]
+    assert f'"system:serviceaccount:{subject["namespace"]}:{subject["name"]}"' in matched["expression"]
     namespace = binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
     assert namespace == example_catalog.platform.namespace
