@@ -82,7 +82,8 @@ class Lookback:
     """The span every measurement of a snapshot covers, its resolution, and the sustained quantile."""
 
     seconds: int = 1800
-    step_s: int = 30
+    step_s: int = 60
+    """Resolution of the few measurements that need a subquery (coverage, rollout, counted engines)."""
     quantile: float = 0.25
     """The level held for at least 1 - quantile of the lookback (0.25: three quarters of it)."""
     namespace: str = ""
@@ -92,22 +93,37 @@ class Lookback:
     def range(self) -> str:
         return f"{self.seconds}s"
 
-    def sustained(self, expression: str) -> str:
-        """The level ``expression`` held for at least 1 - quantile of the lookback."""
-        return f"quantile_over_time({self.quantile:g}, ({expression})[{self.seconds}s:{self.step_s}s])"
+    def sustained(self, selector: str) -> str:
+        """The level each series of ``selector`` held for at least 1 - quantile of the lookback: a quantile over
+        its raw samples (a range function, not a subquery: cheap for thousands of models)."""
+        return f"quantile_over_time({self.quantile:g}, {selector}[{self.seconds}s])"
+
+    def over_steps(self, expression: str, span_s: int | None = None) -> str:
+        """``expression`` evaluated at every step of the lookback (a subquery: for what needs an aggregation first)."""
+        return f"({expression})[{span_s or self.seconds}s:{self.step_s}s]"
+
+
+#: How recent the newest sample must be found: far beyond a scrape interval, within Prometheus' staleness window.
+RECENT_S = 300
 
 
 def snapshot_queries(lookback: Lookback, matchers: str = "") -> dict[str, str]:
     """The queries of one snapshot, keyed by :class:`~llm_platform.tuning.policy.Snapshot` field; each returns
     one series per model. ``matchers`` narrows every selector (e.g. to one model: what a per-model client would do).
+
+    Levels are quantiles over each series' raw samples, aggregated per model afterwards (the most loaded engine's
+    KV cache, the sum of the engines' queues); events are increases. Only the coverage, the newest sample, the
+    rollout and the engine count need subqueries, at a coarse step: the cost of a tick stays far below a second per
+    thousand models.
     """
-    by, span, steps = "by (model_name)", lookback.range, lookback.seconds // lookback.step_s
+    by, span = "by (model_name)", lookback.range
     running = selector("vllm:num_requests_running", matchers)
     deployments = ",".join(filter(None, [f'namespace="{lookback.namespace}"' if lookback.namespace else "",
                                          'deployment=~"vllm-.+"']))  # fmt: skip
     # The Deployment's desired count (what KEDA set): its status counts also hold a rollout's surge pod. Where
-    # kube-state-metrics is not scraped (the local target), the engines that report.
-    replicas = f"{_model_from_deployment(f'kube_deployment_spec_replicas{{{deployments}}}')} or count {by} ({running})"
+    # kube-state-metrics is not scraped (the local target), the engines that report, held for the sustained share.
+    desired = _model_from_deployment(lookback.sustained(f"kube_deployment_spec_replicas{{{deployments}}}"))
+    engines = f"quantile_over_time({lookback.quantile:g}, {lookback.over_steps(f'count {by} ({running})')})"
     unfinished = (
         f"clamp_min(kube_deployment_status_replicas{{{deployments}}} - "
         f"kube_deployment_status_replicas_updated{{{deployments}}}, 0) + "
@@ -118,22 +134,22 @@ def snapshot_queries(lookback: Lookback, matchers: str = "") -> dict[str, str]:
         "prompt_tokens_p999": "vllm:request_prompt_tokens_bucket",
         "generation_tokens_p999": "vllm:request_generation_tokens_bucket",
     }
+    steps = max(1, lookback.seconds // lookback.step_s)
     return {
-        "coverage": f"clamp_max(count_over_time((max {by} ({running}))[{span}:{lookback.step_s}s]) / {steps}, 1)",
-        "age_s": f"time() - max {by} (max_over_time(timestamp({running})[{span}:{lookback.step_s}s]))",
-        "kv_cache_usage": lookback.sustained(f"max {by} ({selector('vllm:kv_cache_usage_perc', matchers)})"),
-        "preemptions_per_s": lookback.sustained(
-            f"sum {by} (rate({selector('vllm:num_preemptions_total', matchers)}[2m]))"
-        ),
-        "waiting": lookback.sustained(f"sum {by} ({selector('vllm:num_requests_waiting', matchers)})"),
-        "replicas": lookback.sustained(replicas),
+        "coverage": f"clamp_max(count_over_time({lookback.over_steps(f'max {by} ({running})')}) / {steps}, 1)",
+        "age_s": f"time() - max {by} (max_over_time({lookback.over_steps(f'timestamp({running})', RECENT_S)}))",
+        "kv_cache_usage": f"max {by} ({lookback.sustained(selector('vllm:kv_cache_usage_perc', matchers))})",
+        "preemptions_per_s": f"sum {by} (increase({selector('vllm:num_preemptions_total', matchers)}[{span}])) / "
+        f"{lookback.seconds}",
+        "waiting": f"sum {by} ({lookback.sustained(selector('vllm:num_requests_waiting', matchers))})",
+        "replicas": f"{desired} or {engines}",
         "requests": f"sum {by} (increase({selector('vllm:request_prompt_tokens_count', matchers)}[{span}]))",
         **{
             name: f"histogram_quantile(0.999, sum by (model_name, le) (increase({selector(metric, matchers)}[{span}])))"
             for name, metric in lengths.items()
         },
         "oom_kills": oom_kills_query(span, matchers),
-        "rollout": f"max_over_time(({_model_from_deployment(unfinished)})[{span}:{lookback.step_s}s])",
+        "rollout": f"max_over_time({lookback.over_steps(_model_from_deployment(unfinished))})",
     }
 
 

@@ -3,6 +3,7 @@
 file and the environment is ``llm_platform.catalog_files``'s job."""
 
 from llm_platform.catalog.checks import (
+    QuotaBudget,
     max_replicas_within_quota,
     model_problems,
     model_warnings,
@@ -41,6 +42,7 @@ __all__ = [
     "ModelPatch",
     "ModelSpec",
     "Platform",
+    "QuotaBudget",
     "Resources",
     "Serving",
     "Slo",

@@ -4,6 +4,7 @@ quota): each returns (field path, message) pairs so that the caller can prefix t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from llm_platform.catalog.schema import IMAGE_DIGEST, RISKY_ENGINE_FLAGS, ModelSpec, Platform, flag_target
@@ -134,13 +135,30 @@ def quota_problems(platform: Platform, models: Sequence[ModelSpec]) -> list[tupl
     return problems
 
 
+@dataclass(frozen=True)
+class QuotaBudget:
+    """The namespace's GPU quota against every model's minimum, summed once for a whole fleet."""
+
+    quota: int
+    minimums: dict[str, int]
+    """GPUs each model keeps at its minimum replicas."""
+    total: int
+
+    @classmethod
+    def of(cls, platform: Platform, models: Sequence[ModelSpec]) -> QuotaBudget:
+        minimums = {model.name: model.autoscaling.min_replicas * model.gpus_per_replica for model in models}
+        return cls(platform.gpu_quota, minimums, sum(minimums.values()))
+
+    def max_replicas(self, model: ModelSpec) -> int:
+        """The most replicas ``model`` may scale to: its peak — (max_replicas + one rolling-update surge) x GPUs per
+        replica — plus every other model's minimum must fit the quota (the catalog's arithmetic)."""
+        others = self.total - self.minimums.get(model.name, 0)
+        return max(0, (self.quota - others) // max(model.gpus_per_replica, 1) - 1)
+
+
 def max_replicas_within_quota(platform: Platform, models: Sequence[ModelSpec], model: ModelSpec) -> int:
-    """The most replicas ``model`` may scale to: its peak — (max_replicas + one rolling-update surge) x GPUs per
-    replica — plus every other model's minimum must fit the namespace's GPU quota (the catalog's arithmetic)."""
-    others = sum(
-        other.autoscaling.min_replicas * other.gpus_per_replica for other in models if other.name != model.name
-    )
-    return max(0, (platform.gpu_quota - others) // max(model.gpus_per_replica, 1) - 1)
+    """:meth:`QuotaBudget.max_replicas` for one model (a sensor over a fleet builds the budget once)."""
+    return QuotaBudget.of(platform, models).max_replicas(model)
 
 
 def model_warnings(model: ModelSpec) -> list[tuple[str, str]]:

@@ -21,14 +21,7 @@ from typing import Any
 
 import dagster as dg
 
-from llm_platform.catalog import (
-    Catalog,
-    ModelPatch,
-    ModelSpec,
-    max_replicas_within_quota,
-    patch_between,
-    quota_problems,
-)
+from llm_platform.catalog import Catalog, ModelPatch, ModelSpec, QuotaBudget, patch_between, quota_problems
 from llm_platform.defs.jobs import LIFECYCLE_JOB, PROMOTE_JOB, promotion_request
 from llm_platform.defs.partitions import latest_materialization_records
 from llm_platform.defs.resources import PrometheusResource, WeightsResource
@@ -67,10 +60,13 @@ def _json_metadata(materialization: dg.AssetMaterialization, key: str) -> dict[s
 
 def _deployed_model(model: ModelSpec, materialization: dg.AssetMaterialization) -> ModelSpec:
     """The model as it is deployed: its serving and autoscaling sections from the deployment's metadata."""
-    recorded = {
-        **_json_metadata(materialization, "serving"),
-        **{f"autoscaling.{key}": value for key, value in _json_metadata(materialization, "autoscaling").items()},
-    }
+    serving, autoscaling = _json_metadata(materialization, "serving"), _json_metadata(materialization, "autoscaling")
+    if serving == model.serving.model_dump(mode="json") and autoscaling in (
+        {},
+        model.autoscaling.model_dump(mode="json"),
+    ):
+        return model  # the usual case in a large fleet: deployed as catalogued, nothing to validate again
+    recorded = {**serving, **{f"autoscaling.{key}": value for key, value in autoscaling.items()}}
     return ModelPatch.parse(model, recorded, origin="deployed config").apply(model)
 
 
@@ -103,7 +99,15 @@ def build_drift_sensor(
 ) -> dg.SensorDefinition:
     """``clock``: the tick's time (injectable, so that tests can place a tick after a deployment's lookback)."""
     limits = limits or TuningLimits()
-    lookback = Lookback(seconds=int(limits.lookback_s), quantile=limits.quantile, namespace=catalog.platform.namespace)
+    seconds = int(limits.lookback_s)
+    lookback = Lookback(
+        seconds=seconds,
+        step_s=max(1, min(60, seconds // 10)),  # at least ten steps per lookback
+        quantile=limits.quantile,
+        namespace=catalog.platform.namespace,
+    )
+    models = {model.name: model for model in catalog.models}
+    budget = QuotaBudget.of(catalog.platform, catalog.models)  # the fleet's minimums, summed once
 
     @dg.sensor(
         name=SENSOR_NAME,
@@ -123,7 +127,7 @@ def build_drift_sensor(
             materialization = record.asset_materialization
             try:
                 if materialization is not None:
-                    deployed[name] = (_deployed_model(catalog.model(name), materialization), record)
+                    deployed[name] = (_deployed_model(models[name], materialization), record)
             except PlatformError as error:
                 context.log.warning(f"model '{name}': deployed config unreadable: {error}")
         if not deployed:
@@ -140,7 +144,7 @@ def build_drift_sensor(
                 snapshot.get(name) or Snapshot.no_data(now),
                 now,
                 config_age_s=now - record.timestamp,
-                max_replicas_allowed=max_replicas_within_quota(catalog.platform, catalog.models, current),
+                max_replicas_allowed=budget.max_replicas(current),
                 limits=limits,
             )
             observed = ", ".join(f"{k}={v:g}" for k, v in decision.observed.items())
@@ -153,7 +157,7 @@ def build_drift_sensor(
                 continue
             # The deployed config's own changes plus the proposal, validated like the catalog (with the weights'
             # position limit and the GPU quota) before any run is requested: an invalid proposal is a skip.
-            base = catalog.model(name)
+            base = models[name]
             try:
                 assert record.asset_materialization is not None
                 limit = _position_limit(record.asset_materialization)

@@ -3,9 +3,10 @@
 Every measurement covers the same fixed lookback (30 minutes by default) ending at the tick, whenever the tick
 runs: Dagster's sensor interval is a minimum, not a schedule, so nothing may depend on how many ticks ran.
 
-- **Levels are sustained, not peaked.** A level (KV usage, preemptions/s, waiting requests, replicas) is the value
-  it held for at least ``sustained_fraction`` of the lookback — the (1 - fraction) quantile over time of its
-  samples — so a burst of a few minutes, or traffic flapping between saturated and idle, never reads as a level.
+- **Levels are sustained, not peaked.** A level (KV usage, waiting requests, replicas) is the value it held for at
+  least ``sustained_fraction`` of the lookback — the (1 - fraction) quantile over time of its samples — so a burst
+  of a few minutes, or traffic flapping between saturated and idle, never reads as a level. Preemptions are events,
+  averaged over the lookback: they only count together with a sustained full cache.
 - **Events are counted over the lookback** (``increase()``): two OOM kills ten minutes apart are two kills at
   every tick that follows within the lookback, and none is counted twice across configs because the sensor only
   decides once a whole lookback of the deployed config's own data exists (``config_age_s``).
@@ -51,11 +52,11 @@ class Snapshot:
     coverage: float
     """Fraction of the lookback's steps with data from the model's servers (0-1)."""
     age_s: float
-    """Seconds since the model's newest sample."""
+    """Seconds since the model's newest sample (NaN: none in the last five minutes)."""
     kv_cache_usage: float
     """KV-cache usage held for at least the sustained fraction of the lookback."""
     preemptions_per_s: float
-    """Preemption rate held for at least the sustained fraction."""
+    """Preemptions per second, averaged over the lookback (an event rate; the KV level says whether it lasted)."""
     waiting: float
     """Waiting requests (all replicas) held for at least the sustained fraction."""
     replicas: float
@@ -167,6 +168,8 @@ def _data_problem(snapshot: Snapshot, now: float, config_age_s: float, limits: T
             f"the config was deployed {config_age_s / 60:.0f} min ago; waiting for {lookback_min:.0f} min of its own "
             "data"
         )
+    if math.isnan(snapshot.age_s) and snapshot.coverage > 0:
+        return "no sample in the last 5 min (the model's servers stopped reporting)"
     if snapshot.age_s > limits.stale_after_s:
         return f"the newest sample is {snapshot.age_s:.0f} s old"
     if snapshot.coverage < limits.min_coverage:
