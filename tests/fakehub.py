@@ -66,6 +66,8 @@ class Faults:
     ignore_range: bool = False
     #: A token every request must carry (Authorization: Bearer ...); None: public.
     required_token: str | None = None
+    #: Redirect LFS files to this other origin (a CDN, as huggingface.co does: 302 with X-Linked-* headers).
+    lfs_redirect_to: str | None = None
 
 
 class FakeHub:
@@ -210,6 +212,15 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self._error(404, "EntryNotFound", f"{path} does not exist")
                 return
             content = repo.files[path]
+            if hub.faults.lfs_redirect_to and len(content) >= LFS_MIN_BYTES:
+                self.send_response(302)
+                self.send_header("Location", f"{hub.faults.lfs_redirect_to}{urlsplit(self.path).path}")
+                self.send_header("X-Repo-Commit", sha)
+                self.send_header("X-Linked-Etag", f'"{repo.etag(path)}"')
+                self.send_header("X-Linked-Size", str(len(content)))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if path in hub.faults.corrupt:
                 content = bytes(byte ^ 0xFF for byte in content)
             start = 0

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
+from urllib.parse import urlsplit
 
 import httpx2
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url
@@ -97,6 +98,11 @@ class DownloadedFile:
 def redact(text: str, secret: str | None) -> str:
     """``text`` with every occurrence of ``secret`` replaced, for messages that echo server responses."""
     return text.replace(secret, "***") if secret else text
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(parts.scheme)
 
 
 class HubClient:
@@ -185,7 +191,7 @@ class HubClient:
                         metadata.location,
                         writer,  # type: ignore[arg-type]  # the subset of BinaryIO that http_get uses
                         resume_size=handle.tell(),
-                        headers=build_hf_headers(token=self._token or False),
+                        headers=build_hf_headers(token=self._token_for(metadata.location)),
                         expected_size=metadata.size,
                         displayed_filename=path,
                         tqdm_class=_NoBar,
@@ -195,6 +201,11 @@ class HubClient:
             return DownloadedFile(target, writer.hexdigest())
 
         return self._call(model, repo, sha, download, what=f"file '{path}'")
+
+    def _token_for(self, url: str) -> str | bool:
+        """The token for a request to ``url``: only to the hub's own origin. huggingface.co redirects LFS files to
+        signed CDN URLs, which must never receive the bearer token (as huggingface_hub's own download does)."""
+        return (self._token or False) if _origin(url) == _origin(self.endpoint) else False
 
     # ------------------------------------------------------------------------------------------------------------
 

@@ -183,6 +183,26 @@ def test_gated_with_the_right_token(hub: FakeHub, tmp_path: Path) -> None:
     assert TOKEN not in result.manifest.model_dump_json()
 
 
+def test_the_token_is_sent_to_the_hub_only_not_to_the_cdn_it_redirects_to(hub: FakeHub, tmp_path: Path) -> None:
+    """huggingface.co answers LFS files with a 302 to a signed CDN URL: the bearer token must stay with the hub."""
+    cdn = FakeHub().start()  # another origin (its own port), serving the same public bytes
+    try:
+        cdn.repos["acme/tiny"] = FakeRepo(dict(hub.repos["acme/tiny"].files))  # public there: signed URLs
+        hub.repos["acme/tiny"].gated = True
+        hub.faults.required_token = TOKEN
+        hub.faults.lfs_redirect_to = cdn.endpoint
+        result = _download(hub, tmp_path, token=TOKEN)
+        weights = [path for path in hub.repos["acme/tiny"].files if path.endswith(".safetensors")]
+        assert weights and all((result.directory / path).is_file() for path in weights)
+        assert {path for method, path, _ in cdn.requests if method == "GET"} >= {
+            f"/acme/tiny/resolve/{hub.repos['acme/tiny'].sha}/{path}" for path in weights
+        }
+        assert hub.tokens_seen == {TOKEN}
+        assert cdn.tokens_seen == set(), "the hub token was sent to the CDN host"
+    finally:
+        cdn.stop()
+
+
 def test_corrupted_bytes_fail_remove_the_file_and_write_no_manifest(hub: FakeHub, tmp_path: Path) -> None:
     hub.faults.corrupt = {"model-00001-of-00002.safetensors"}
     with pytest.raises(ChecksumMismatchError) as caught:
