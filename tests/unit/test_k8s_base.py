@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
+import celpy
 import pytest
 import yaml
+from celpy import celtypes
+from celpy.adapter import json_to_cel
 
+from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.catalog import Catalog
+from llm_platform.manifests.jobs import render_benchmark_job, render_weights_job
+from llm_platform.manifests.render import render_files
 from llm_platform.manifests.validation import validate_objects
 from tests.conftest import REPO_ROOT
 
@@ -85,8 +92,6 @@ def test_access_errors_name_the_role_that_is_shipped() -> None:
 def test_the_admission_policy_allows_exactly_the_secrets_the_platform_references(example_catalog: Catalog) -> None:
     """Every Secret a rendered Deployment or Job names is in the policy's list (else promotions would be refused),
     and the list names nothing else the platform does not use."""
-    from llm_platform.manifests.render import render_files
-
     policy, binding = _documents(K8S / "base" / "admission-policy.yaml")
     allowed_expression = next(v["expression"] for v in policy["spec"]["variables"] if v["name"] == "allowed")
     allowed = set(yaml.safe_load(allowed_expression))
@@ -109,3 +114,71 @@ def test_the_admission_policy_allows_exactly_the_secrets_the_platform_references
     assert f'"system:serviceaccount:{subject["namespace"]}:{subject["name"]}"' in matched["expression"]
     namespace = binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
     assert namespace == example_catalog.platform.namespace
+
+
+RUNS_USER = "system:serviceaccount:dagster:llm-platform-runs"
+
+
+def _denials(obj: dict[str, Any], username: str = RUNS_USER) -> list[str] | None:
+    """The admission policy's CEL evaluated as the API server does (variables in order, then the validations):
+    the messages of the failed validations, or None when the policy does not apply to the request."""
+    policy = _documents(K8S / "base" / "admission-policy.yaml")[0]["spec"]
+    environment = celpy.Environment()
+    variables: dict[str, Any] = {}
+    activation: dict[str, Any] = {
+        "object": json_to_cel(obj),
+        "request": json_to_cel({"userInfo": {"username": username}}),
+    }
+
+    def evaluate(expression: str) -> Any:
+        activation["variables"] = celtypes.MapType({celtypes.StringType(k): v for k, v in variables.items()})
+        return environment.program(environment.compile(expression)).evaluate(activation)
+
+    if not all(evaluate(condition["expression"]) for condition in policy["matchConditions"]):
+        return None
+    for variable in policy["variables"]:
+        variables[variable["name"]] = evaluate(variable["expression"])
+    return [check["message"] for check in policy["validations"] if not evaluate(check["expression"])]
+
+
+def _rendered_workloads(catalog: Catalog) -> list[dict[str, Any]]:
+    workloads = [obj for objects in render_files(catalog).values() for obj in objects if obj["kind"] == "Deployment"]
+    for model in catalog.models:
+        workloads += [
+            render_weights_job(catalog.platform, model, "0" * 40),
+            render_benchmark_job(catalog.platform, model, "main", BenchmarkPlan(), "run"),
+            render_benchmark_job(catalog.platform, model, "main", BenchmarkPlan(), "run", against="http://svc:8000"),
+        ]
+    return workloads
+
+
+def test_the_admission_policy_admits_every_workload_the_platform_renders(example_catalog: Catalog) -> None:
+    workloads = _rendered_workloads(example_catalog)
+    assert {obj["kind"] for obj in workloads} == {"Deployment", "Job"}
+    for obj in workloads:
+        assert _denials(obj) == [], obj["metadata"]["name"]
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("env", "an environment variable references a Secret the platform does not use"),
+        ("init-env", "an environment variable references a Secret the platform does not use"),
+        ("envFrom", "envFrom references a Secret the platform does not use"),
+        ("volume", "a volume mounts a Secret the platform does not use"),
+    ],
+)
+def test_the_admission_policy_refuses_another_secret(example_catalog: Catalog, where: str, message: str) -> None:
+    deployment = copy.deepcopy(next(o for o in _rendered_workloads(example_catalog) if o["kind"] == "Deployment"))
+    pod = deployment["spec"]["template"]["spec"]
+    stolen = {"name": "STOLEN", "valueFrom": {"secretKeyRef": {"name": "database-admin", "key": "password"}}}
+    if where == "env":
+        pod["containers"][0].setdefault("env", []).append(stolen)
+    elif where == "init-env":
+        pod["initContainers"] = [{"name": "peek", "image": "busybox", "env": [stolen]}]
+    elif where == "envFrom":
+        pod["containers"][0]["envFrom"] = [{"secretRef": {"name": "database-admin"}}]
+    else:
+        pod.setdefault("volumes", []).append({"name": "peek", "secret": {"secretName": "database-admin"}})
+    assert _denials(deployment) == [message]
+    assert _denials(deployment, username="system:serviceaccount:kube-system:deployment-controller") is None
