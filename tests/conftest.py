@@ -6,10 +6,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from llm_platform.catalog import Catalog, parse_catalog
 from llm_platform.catalog_files import load_catalog
+from llm_platform.defs.partitions import latest_materialization
 from llm_platform.defs.resources import LocalTargetResource, TargetResource, WeightsResource
 from llm_platform.defs.storage import InstanceValueIOManager
 from llm_platform.devhub import LocalHub, publish_model
@@ -18,6 +20,15 @@ from tests.kubeemu import RunningCluster, running_cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CATALOG = REPO_ROOT / "catalog" / "models.yaml"
+
+
+def deployed_serving(instance: dg.DagsterInstance, model: str) -> dict[str, object]:
+    """The serving section the newest ``vllm_deployment`` of ``model`` recorded (what serves now)."""
+    materialization = latest_materialization(instance, "vllm_deployment", model)
+    assert materialization is not None, f"{model} was never deployed"
+    value = materialization.metadata["serving"].value
+    assert isinstance(value, dict)
+    return value
 
 
 @pytest.fixture(scope="session")

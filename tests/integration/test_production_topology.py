@@ -33,7 +33,7 @@ from llm_platform.dev.pod_runs import RUN_DIR_PREFIX
 from llm_platform.devhub import LocalHub, publish_model
 from llm_platform.processes import free_port
 from llm_platform.services import LocalServices
-from tests.conftest import REPO_ROOT, local_servers
+from tests.conftest import REPO_ROOT, deployed_serving, local_servers
 from tests.fakeprom import FakePrometheus
 from tests.integration.test_drift_sensor import SATURATED
 from tests.postgres import postgres_bin, running_postgres
@@ -73,11 +73,7 @@ class Topology:
         return build_definitions(load_catalog(self.catalog_path), "local")
 
     def deployed(self) -> dict[str, object]:
-        materialization = latest_materialization(self.instance, "vllm_deployment", MODEL)
-        assert materialization is not None
-        value = materialization.metadata["serving"].value
-        assert isinstance(value, dict)
-        return value
+        return deployed_serving(self.instance, MODEL)
 
     def leftover_run_directories(self, timeout_s: float = 60.0) -> list[str]:
         """Run directories still on disk once every run worker has exited (a run's status is final in the

@@ -17,11 +17,11 @@ from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.catalog import Catalog, Serving, parse_catalog
 from llm_platform.defs.jobs import LIFECYCLE_ASSETS, PROMOTE_ASSETS, promotion_request, schedule_name
 from llm_platform.defs.lifecycle import lifecycle_assets
-from llm_platform.defs.partitions import latest_materialization
 from llm_platform.defs.resources import PrometheusResource, WeightsResource
 from llm_platform.defs.sensors import build_drift_sensor
 from llm_platform.defs.storage import InstanceValueIOManager
 from llm_platform.defs.tuning import TUNED_ASSET
+from tests.conftest import deployed_serving
 from tests.fakeprom import FakePrometheus
 from tests.faketarget import CLUSTERS, FakeCluster, FakeTargetResource, default_performance
 
@@ -84,11 +84,7 @@ class Platform:
         return self.run(LIFECYCLE_ASSETS, {"smoke_benchmark": {"config": SMALL}, **ops})
 
     def deployed_serving(self) -> dict[str, Any]:
-        materialization = latest_materialization(self.instance, "vllm_deployment", MODEL)
-        assert materialization is not None
-        value = materialization.metadata["serving"].value
-        assert isinstance(value, dict)
-        return value
+        return deployed_serving(self.instance, MODEL)
 
 
 def _failure(result: dg.ExecuteInProcessResult) -> str:
