@@ -122,6 +122,17 @@ def check_http_url(url: str, *, https_only: bool) -> str:
     return url
 
 
+def _is_dns1123_subdomain(value: str) -> bool:
+    """Kubernetes' rule for Secret names and host names."""
+    return len(value) <= 253 and _DNS1123_SUBDOMAIN.match(value) is not None
+
+
+def _check_secret_name(name: str) -> str:
+    if not _is_dns1123_subdomain(name):
+        raise ValueError(f"'{name}' is not a Secret name (a DNS-1123 subdomain: lower case, digits, '-', '.')")
+    return name
+
+
 def is_commit_sha(revision: str) -> bool:
     """Whether ``revision`` is a full 40-hex commit id (as opposed to a branch or tag that can move)."""
     return bool(_COMMIT_SHA.match(revision))
@@ -346,14 +357,12 @@ class Exposure(_Section):
     @field_validator("tls_secret", "api_key_secret")
     @classmethod
     def _secret_name(cls, name: str | None) -> str | None:
-        if name is not None and (len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name)):
-            raise ValueError(f"'{name}' is not a Secret name (a DNS-1123 subdomain: lower case, digits, '-', '.')")
-        return name
+        return None if name is None else _check_secret_name(name)
 
     @field_validator("host")
     @classmethod
     def _host(cls, host: str | None) -> str | None:
-        if host is not None and (len(host) > 253 or not _DNS1123_SUBDOMAIN.match(host)):
+        if host is not None and not _is_dns1123_subdomain(host):
             raise ValueError(f"'{host}' is not a DNS host name (lower case, e.g. 'llama.example.com')")
         return host
 
@@ -466,9 +475,7 @@ class Platform(_Section):
     @field_validator("api_key_secret")
     @classmethod
     def _api_key_secret(cls, name: str) -> str:
-        if len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
-            raise ValueError(f"'{name}' is not a Secret name (a DNS-1123 subdomain: lower case, digits, '-', '.')")
-        return name
+        return _check_secret_name(name)
 
     @field_validator("namespace", "weights_pvc", "hf_token_secret", "gateway_name", "gateway_namespace")
     @classmethod
