@@ -2,7 +2,12 @@
 # workers the K8sRunLauncher starts) and the weights download Job (platform.platform_image in the catalog).
 # No vLLM here: on Kubernetes vLLM runs in its own image (vllm/vllm-openai), in the Deployment and the benchmark Job.
 #   docker build -t ghcr.io/llm-platform/llm-platform:0.1.0 .
-FROM python:3.11-slim
+# The base by digest, so a rebuild gets the same bytes: python:3.11-slim as published 2026-08-05 (Python 3.11.15 on
+# Debian trixie; the multi-platform index recorded in docker-library/repo-info, repos/python/remote/3.11-slim.md).
+# Moving to a newer base is a reviewed change: take the index digest from
+#   docker buildx imagetools inspect python:3.11-slim
+# (the "Digest:" line) and put it here; the tag stays beside it for readers and for `docker build` logs.
+FROM python:3.11-slim@sha256:90744cff8f32887f075c47d747a173ff333e9e98801667af93c357fa9f5e28ff
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

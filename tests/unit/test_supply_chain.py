@@ -1,4 +1,5 @@
-"""The image installs exactly what requirements.lock pins, with hashes, and the lock agrees with pyproject.toml."""
+"""The image starts from a base pinned by digest, installs exactly what requirements.lock pins, with hashes, and the lock
+agrees with pyproject.toml."""
 
 from __future__ import annotations
 
@@ -38,3 +39,12 @@ def test_every_locked_package_has_hashes_and_the_image_requires_them() -> None:
     assert "vllm" not in _locked()  # the image runs the code location and the download Job, not vLLM
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert "pip install --require-hashes --no-deps -r requirements.lock" in dockerfile
+
+
+def test_every_base_image_is_pinned_by_digest() -> None:
+    """A tag moves; a digest names exactly the bytes the image was reviewed and scanned with."""
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    bases = re.findall(r"^FROM\s+(\S+)", dockerfile, re.M)
+    assert bases, "the Dockerfile has no FROM line"
+    for base in bases:
+        assert re.fullmatch(r"[a-z0-9./_-]+:[\w.-]+@sha256:[0-9a-f]{64}", base), f"{base} is not pinned by digest"
