@@ -113,3 +113,29 @@ def pareto_png(model: str, trials: Sequence[Trial], labels: Sequence[str]) -> by
     figure.savefig(buffer, format="png")
     plt.close(figure)
     return buffer.getvalue()
+
+
+def plan_png(model: str, frame: pd.DataFrame) -> bytes:
+    """The serving plan: output tokens/s per GPU at the SLO against max_num_batched_tokens, one line per
+    tensor-parallel size and max_num_seqs (candidates that miss the SLO at every concurrency sit at 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.5, 4), dpi=100)
+    fitting = frame[frame["fits"]]
+    for (tp, seqs), group in fitting.groupby(["tp", "max_num_seqs"]):
+        group = group.sort_values("max_num_batched_tokens")
+        axis.plot(group["max_num_batched_tokens"], group["tok_s_per_gpu"], marker="o", label=f"TP={tp} seqs={seqs}")
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("max_num_batched_tokens")
+    axis.set_ylabel("output tokens/s per GPU at the SLO")
+    axis.set_title(f"{model}: serving plan")
+    if len(fitting):
+        axis.legend(fontsize=6, ncol=2)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()

@@ -16,6 +16,7 @@ from llm_platform.catalog.patches import ModelPatch, apply_serving_overrides, di
 from llm_platform.catalog.schema import (
     DEFAULT_ALLOW_PATTERNS,
     DEFAULT_VLLM_IMAGE_TAG,
+    GPU_TYPES,
     MANAGED_ENGINE_FLAGS,
     MAX_MODEL_NAME_LENGTH,
     Autoscaling,
@@ -28,12 +29,14 @@ from llm_platform.catalog.schema import (
     Slo,
     Source,
     Toleration,
+    Traffic,
     is_commit_sha,
 )
 
 __all__ = [
     "DEFAULT_ALLOW_PATTERNS",
     "DEFAULT_VLLM_IMAGE_TAG",
+    "GPU_TYPES",
     "MANAGED_ENGINE_FLAGS",
     "MAX_MODEL_NAME_LENGTH",
     "Autoscaling",
@@ -48,6 +51,7 @@ __all__ = [
     "Slo",
     "Source",
     "Toleration",
+    "Traffic",
     "apply_serving_overrides",
     "diff_table",
     "is_commit_sha",

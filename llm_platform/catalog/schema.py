@@ -19,6 +19,9 @@ from llm_platform.errors import UnknownModelError
 
 MAX_MODEL_NAME_LENGTH = 40
 DEFAULT_VLLM_IMAGE_TAG = "v0.32.0"
+#: GPU types NVIDIA's AIConfigurator has vLLM performance data for (aiconfigurator-core 0.12.0), by its names.
+GPU_TYPES = ("h100_sxm", "h200_sxm", "b200_sxm", "b300_sxm", "gb200", "gb300", "l40s", "rtx_pro_6000_server",
+             "a100_sxm")  # fmt: skip
 
 #: What a model download fetches unless the catalog says otherwise: weights in safetensors, configs, tokenizers
 #: and chat templates. ``*.bin``/``*.pt`` pickles are left out on purpose (see weights/ for the fallback rule).
@@ -313,6 +316,15 @@ class Slo(_Section):
     benchmark of the promotion before its check fails."""
 
 
+class Traffic(_Section):
+    """The requests a model is expected to serve: what the serving plan sizes the engine for."""
+
+    input_tokens: int = Field(1024, ge=1)
+    """Typical prompt length in tokens."""
+    output_tokens: int = Field(256, ge=1)
+    """Typical completion length in tokens."""
+
+
 class Autoscaling(_Section):
     """KEDA scaling on ``vllm:num_requests_waiting`` summed over the model's pods."""
 
@@ -438,6 +450,9 @@ class Platform(_Section):
     """Pod labels of the ingress controller (those of the official ingress-nginx chart)."""
     prometheus_pod_labels: dict[str, str] = Field(default_factory=lambda: {"app.kubernetes.io/name": "prometheus"})
     """Pod labels of Prometheus (those the Prometheus Operator sets)."""
+    gpu_type: str | None = None
+    """The serving nodes' GPU, as NVIDIA's AIConfigurator names it (``h100_sxm``, ``h200_sxm``, ``b200_sxm``,
+    ``l40s``, …): the serving plan estimates each model on it before any GPU is used; ``null``: no plan."""
     gpu_node_selector: dict[str, str] = Field(default_factory=dict)
     """Node labels the vLLM and benchmark pods require (e.g. a GPU product label)."""
     gpu_tolerations: tuple[Toleration, ...] = (Toleration(key="nvidia.com/gpu", effect="NoSchedule"),)
@@ -446,6 +461,15 @@ class Platform(_Section):
     """When the scheduled live benchmark of every deployed model runs (cron, 5 fields); ``null``: never."""
     live_benchmark_timezone: str = "UTC"
     """IANA time zone of that cron schedule."""
+
+    @field_validator("gpu_type")
+    @classmethod
+    def _gpu_type(cls, value: str | None) -> str | None:
+        if value is not None and value not in GPU_TYPES:
+            raise ValueError(
+                f"'{value[:40]}' is not a GPU type the performance data covers (one of {', '.join(GPU_TYPES)})"
+            )
+        return value
 
     @field_validator("live_benchmark_cron")
     @classmethod
@@ -533,6 +557,7 @@ class ModelSpec(_Section):
     serving: Serving = Serving()
     resources: Resources = Resources()
     slo: Slo = Slo()
+    traffic: Traffic = Traffic()
     autoscaling: Autoscaling = Autoscaling()
     exposure: Exposure = Exposure()
 

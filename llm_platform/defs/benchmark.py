@@ -19,10 +19,14 @@ from llm_platform.benchmark.report import plot_png, summary_markdown
 from llm_platform.benchmark.slo import SloResult, evaluate_slos, regressions
 from llm_platform.catalog import Catalog, ModelSpec
 from llm_platform.defs.failures import platform_errors_as_failure
+from llm_platform.defs.metadata import table_metadata
+from llm_platform.defs.planning import PLAN_ASSET
 from llm_platform.defs.resources import TargetResource
 from llm_platform.defs.storage import latest_value
 from llm_platform.defs.values import BenchmarkOutcome, DeploymentRecord, ServingChoice
 from llm_platform.defs.weights import LIVE_BENCHMARK_GROUP, lifecycle_asset_options
+from llm_platform.perfmodel import predicted_levels
+from llm_platform.planning.plan import ServingPlan, predicted_vs_measured
 from llm_platform.targets.base import LevelResults
 
 SLO_CHECKS = {
@@ -113,6 +117,25 @@ def _report_metadata(
     }
 
 
+def _prediction_metadata(
+    context: dg.AssetExecutionContext, model: ModelSpec, frame: pd.DataFrame, plan: BenchmarkPlan
+) -> dict[str, dg.MetadataValue]:
+    """The serving plan's estimate beside the measurement at each level, so users learn how far to trust it."""
+    serving_plan = latest_value(context.instance, PLAN_ASSET, model.name)
+    if not isinstance(serving_plan, ServingPlan):
+        return {}
+    predicted = predicted_levels(model, serving_plan, plan.concurrency_levels, plan.input_len, plan.output_len)
+    if predicted is None:
+        return {}
+    comparison = predicted_vs_measured(predicted, frame)
+    return {
+        "predicted_vs_measured": table_metadata(comparison),
+        "measured_over_predicted_output_tok_s": dg.MetadataValue.float(
+            float(comparison["ratio_output_throughput"].median())
+        ),
+    }
+
+
 def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     """The candidate benchmarked on the target (a vLLM-on-CPU server here and ``vllm bench serve`` against it, or
     the GPU benchmark Job serving and benchmarking in one pod), judged by the blocking SLO checks."""
@@ -122,6 +145,7 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
         kinds={"vllm", "pandas"},
         **lifecycle_asset_options(catalog, partitions),
         pool=BENCHMARK_POOL,
+        deps=[PLAN_ASSET],  # read when there is one: the promote job does not plan again
         # The value is a BenchmarkOutcome; stated here because a parametrized return annotation is not accepted
         # together with check specs.
         dagster_type=dg.Any,
@@ -169,11 +193,14 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
             passed = all(result.passed for result in results)
             if not passed:  # a rejected candidate must not hold resources
                 serving_target.release_candidate(model, weights, log=context.log.info)
+        metadata = _report_metadata(model.name, frame, results, work_dir)
+        if not reused:
+            metadata.update(_prediction_metadata(context, model, frame, plan))
         return dg.MaterializeResult(
             value=BenchmarkOutcome(frame, serving_config.fingerprint, passed, plan.concurrency_levels),
             check_results=check_results(results),
             metadata={
-                **_report_metadata(model.name, frame, results, work_dir),
+                **metadata,
                 "config_fingerprint": dg.MetadataValue.text(serving_config.fingerprint),
                 "target": dg.MetadataValue.text(serving_target.kind),
                 "weights_sha": dg.MetadataValue.text(weights.sha),

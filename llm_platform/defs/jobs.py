@@ -15,7 +15,7 @@ from llm_platform.defs.partitions import latest_materialization
 LIFECYCLE_JOB = "lifecycle"
 PROMOTE_JOB = "promote"
 BENCHMARK_LIVE_JOB = "benchmark_live"
-LIFECYCLE_ASSETS = ["model_weights", "serving_config", "smoke_benchmark", "vllm_deployment"]
+LIFECYCLE_ASSETS = ["model_weights", "serving_plan", "serving_config", "smoke_benchmark", "vllm_deployment"]
 PROMOTE_ASSETS = ["serving_config", "smoke_benchmark", "vllm_deployment"]
 
 

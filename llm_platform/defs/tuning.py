@@ -12,7 +12,6 @@ import json
 from collections.abc import Sequence
 
 import dagster as dg
-import pandas as pd
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from pydantic import Field
 
@@ -22,6 +21,7 @@ from llm_platform.benchmark.trials import as_overrides
 from llm_platform.catalog import Catalog, ModelSpec, apply_serving_overrides
 from llm_platform.defs.benchmark import BENCHMARK_POOL
 from llm_platform.defs.failures import platform_errors_as_failure
+from llm_platform.defs.metadata import table_metadata
 from llm_platform.defs.partitions import latest_materialization
 from llm_platform.defs.resources import TargetResource
 from llm_platform.defs.weights import AUTO_TUNE_GROUP, lifecycle_asset_options
@@ -66,17 +66,6 @@ def tuned_overrides(instance: dg.DagsterInstance, model: str) -> dict[str, str]:
     if not isinstance(overrides, dg.JsonMetadataValue) or not isinstance(overrides.value, dict):
         return {}
     return {str(key): str(value) for key, value in overrides.value.items()}
-
-
-def _table(frame: pd.DataFrame) -> dg.TableMetadataValue:
-    """A pandas frame as Dagster's typed table (floats rounded for reading)."""
-    numeric = {column: pd.api.types.is_numeric_dtype(frame[column]) for column in frame.columns}
-    columns = [dg.TableColumn(str(c), "float" if numeric[c] else "string") for c in frame.columns]
-    records = [
-        dg.TableRecord({str(c): round(float(row[c]), 3) if numeric[c] else str(row[c]) for c in frame.columns})
-        for _, row in frame.iterrows()
-    ]
-    return dg.TableMetadataValue(records=records, schema=dg.TableSchema(columns=columns))
 
 
 def _space(config: AutoTuneConfig) -> SearchSpace:
@@ -163,7 +152,7 @@ def build_tuned_serving_config_asset(catalog: Catalog, partitions: dg.Partitions
                 "trials": dg.MetadataValue.int(len(result.trials)),
                 "grid_size": dg.MetadataValue.int(len(space.grid())),
                 "failed_trials": dg.MetadataValue.int(sum(not trial.ok for trial in result.trials)),
-                "trial_table": _table(frame),
+                "trial_table": table_metadata(frame),
                 "pareto": dg.MetadataValue.md(
                     f"![goodput vs p95 TTFT](data:image/png;base64,{base64.b64encode(png).decode()})"
                 ),

@@ -18,6 +18,7 @@ from llm_platform.benchmark.parse import results_frame
 from llm_platform.catalog import ModelSpec
 from llm_platform.engine import config_fingerprint
 from llm_platform.errors import PlatformError
+from llm_platform.planning.plan import Estimate, ServingPlan
 from llm_platform.targets.base import Deployment
 from llm_platform.weights.plan import SnapshotManifest
 
@@ -117,6 +118,41 @@ def _record_from_json(data: Mapping[str, Any]) -> DeploymentRecord:
     )
 
 
+def _plan_to_json(plan: ServingPlan) -> dict[str, Any]:
+    """NaN (no estimate) as null, since JSON has no NaN."""
+
+    def clean(value: object) -> object:
+        return None if isinstance(value, float) and math.isnan(value) else value
+
+    def estimate(e: Estimate) -> dict[str, object]:
+        return {key: clean(value) for key, value in asdict(e).items()}
+
+    return {
+        "model": plan.model, "gpu_type": plan.gpu_type, "note": plan.note, "model_ref": plan.model_ref,
+        "estimates": [estimate(e) for e in plan.estimates],
+        "nearest": estimate(plan.nearest) if plan.nearest else None,
+    }  # fmt: skip
+
+
+def _plan_from_json(data: Mapping[str, Any]) -> ServingPlan:
+    def number(value: object) -> float:
+        return math.nan if value is None else float(value)  # type: ignore[arg-type]
+
+    def estimate(row: Mapping[str, Any]) -> Estimate:
+        return Estimate(
+            int(row["tensor_parallel_size"]), int(row["max_num_seqs"]), int(row["max_num_batched_tokens"]),
+            float(row["gpu_memory_utilization"]), int(row["max_model_len"]), bool(row["fits"]),
+            int(row["kv_cache_tokens"]), int(row["concurrency"]), number(row["output_tokens_per_s"]),
+            number(row["ttft_ms"]), number(row["tpot_ms"]), str(row["note"]),
+        )  # fmt: skip
+
+    return ServingPlan(
+        model=str(data["model"]), gpu_type=str(data["gpu_type"]), note=str(data["note"]),
+        model_ref=str(data["model_ref"]), estimates=tuple(estimate(row) for row in data["estimates"]),
+        nearest=estimate(data["nearest"]) if data["nearest"] else None,
+    )  # fmt: skip
+
+
 def _overrides_from_json(data: Mapping[str, Any]) -> dict[str, str]:
     return {str(key): str(value) for key, value in data.items()}
 
@@ -133,6 +169,7 @@ _CODECS: dict[str, tuple[type, Callable[[Any], Any], Callable[[Any], Any]]] = {
     "deployment_record": (DeploymentRecord, _record_to_json, _record_from_json),
     "results_frame": (pd.DataFrame, _frame_to_json, _frame_from_json),
     "overrides": (dict, dict, _overrides_from_json),
+    "serving_plan": (ServingPlan, _plan_to_json, _plan_from_json),
 }
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -247,3 +248,139 @@ def coordinate_search(
         if incumbent == before:
             break
     return run.result
+
+
+@dataclass(frozen=True)
+class NoisyOutcome:
+    """What :func:`noise_aware_search` found, and how sure it is.
+
+    ``baseline`` and ``winner_goodputs`` are repeated measurements of the current config and of the winner;
+    ``gain_interval`` is a bootstrap interval on the winner's goodput relative to the current config's (0.2: 20 %
+    better); the winner is adopted only when the interval's lower end clears the margin."""
+
+    result: SearchResult
+    baseline: tuple[float, ...]
+    winner: Trial | None
+    winner_goodputs: tuple[float, ...]
+    spread: float
+    gain: float
+    gain_interval: tuple[float, float]
+    adopted: bool
+
+    @property
+    def trials(self) -> int:
+        """Every measurement made, repeats included: what the search cost."""
+        return len(self.result.trials)
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def relative_spread(values: Sequence[float]) -> float:
+    """(max − min) / median of repeated measurements of one config: how much a single trial can be off."""
+    centre = _median(values)
+    return (max(values) - min(values)) / centre if centre > 0 else 0.0
+
+
+def gain_interval(
+    winner: Sequence[float], baseline: Sequence[float], *, level: float = 0.9, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """A percentile-bootstrap interval on mean(winner) / mean(baseline) − 1 (seeded, so a report is reproducible)."""
+
+    if not winner or not baseline or min(baseline) <= 0:
+        return (math.nan, math.nan)
+    rng = random.Random(seed)  # noqa: S311 - simulated measurement noise, not a secret
+    ratios = sorted(
+        sum(rng.choices(winner, k=len(winner))) / len(winner) / (sum(rng.choices(baseline, k=len(baseline))) /
+                                                                    len(baseline)) - 1
+        for _ in range(resamples)
+    )  # fmt: skip
+    tail = (1 - level) / 2
+    return ratios[int(tail * (resamples - 1))], ratios[int((1 - tail) * (resamples - 1))]
+
+
+def noise_aware_search(
+    space: SearchSpace,
+    evaluate: Callable[[Candidate], Trial],
+    start: Candidate,
+    *,
+    current: Candidate | None = None,
+    equivalent: Callable[[Candidate], Mapping[str, float]] = dict,
+    repeats: int = 3,
+    finalists: int = 2,
+    margin: float = 0.10,
+    min_tolerance: float = 0.03,
+) -> NoisyOutcome:
+    """The coordinate search made safe on a noisy machine.
+
+    1. The current config (``current``; ``{}``: the engine's defaults) and the incumbent (``start``, e.g. the
+       planner's best) are each measured ``repeats`` times; the incumbent's relative spread is the noise.
+    2. The coordinate search runs with that spread as its tolerance: differences inside it are ties (which go to
+       the cheaper value), so the search does not chase noise.
+    3. The best ``finalists`` distinct configs are measured again until each has ``repeats`` measurements; the one
+       with the highest median wins (one lucky trial cannot).
+    4. The winner's gain over the current config gets a bootstrap interval; it is adopted only when the interval's
+       lower end clears ``margin``.
+    """
+    if repeats < 2:
+        raise ValueError("repeats must be at least 2: one measurement says nothing about the noise")
+    result = SearchResult()
+    samples: dict[tuple[tuple[str, float], ...], list[float]] = {}
+    first_trial: dict[tuple[tuple[str, float], ...], Trial] = {}
+
+    def measure(candidate: Candidate) -> Trial:
+        key = _key(equivalent(candidate))
+        trial = evaluate(dict(candidate))
+        result.trials.append(trial)
+        samples.setdefault(key, []).append(trial.score if trial.ok else 0.0)
+        first_trial.setdefault(key, trial)
+        return trial
+
+    def measured(candidate: Candidate, times: int) -> list[float]:
+        key = _key(equivalent(candidate))
+        while len(samples.get(key, [])) < times:
+            measure(candidate)
+        return samples[key]
+
+    baseline_candidate = dict(current or {})
+    baseline = list(measured(baseline_candidate, repeats))
+    spread = relative_spread(measured(start, repeats))
+    tolerance = max(min_tolerance, spread)
+
+    def explore(candidate: Candidate) -> Trial:
+        key = _key(equivalent(candidate))
+        if key in first_trial:  # measured already (the incumbent's repeats): its median stands for it
+            trial = first_trial[key]
+            return Trial(trial.candidate, _median(samples[key]), trial.best, trial.probes, trial.error)
+        return measure(candidate)
+
+    coordinate_search(space, explore, start, equivalent=equivalent, tolerance=tolerance)
+    ranked = sorted(
+        (key for key, values in samples.items() if first_trial[key].ok and _median(values) > 0),
+        key=lambda key: _median(samples[key]),
+        reverse=True,
+    )
+    for key in ranked[:finalists]:
+        measured(first_trial[key].candidate, repeats)
+    contenders = list(ranked[:finalists])
+    if not contenders:
+        return NoisyOutcome(result, tuple(baseline), None, (), spread, math.nan, (math.nan, math.nan), False)
+    best_key = max(contenders, key=lambda key: _median(samples[key]))
+    winner_goodputs = tuple(samples[best_key])
+    gain = _median(winner_goodputs) / _median(baseline) - 1 if _median(baseline) > 0 else math.inf
+    interval = gain_interval(winner_goodputs, baseline) if _median(baseline) > 0 else (math.inf, math.inf)
+    adopted = best_key != _key(equivalent(baseline_candidate)) and interval[0] >= margin
+    winner = first_trial[best_key]
+    return NoisyOutcome(
+        result,
+        tuple(baseline),
+        Trial(winner.candidate, _median(winner_goodputs), winner.best, winner.probes, winner.error),
+        winner_goodputs,
+        spread,
+        gain,
+        interval,
+        adopted,
+    )

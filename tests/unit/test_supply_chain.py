@@ -1,5 +1,5 @@
-"""The image starts from a base pinned by digest, installs exactly what requirements.lock pins, with hashes, and the lock
-agrees with pyproject.toml."""
+"""The image starts from a base pinned by digest and installs exactly what requirements.lock pins, with hashes; the
+lock agrees with pyproject.toml."""
 
 from __future__ import annotations
 

@@ -1,0 +1,103 @@
+"""The ``serving_plan`` asset: AIConfigurator's estimate of every candidate engine config on the cluster's GPU type,
+before the smoke benchmark spends GPU time. An unknown GPU type or model is a note in the plan, never a failure.
+
+No ``from __future__ import annotations`` here: Dagster reads the config and resource annotations at runtime.
+"""
+
+import base64
+
+import dagster as dg
+from pydantic import Field
+
+from llm_platform.benchmark.report import plan_png
+from llm_platform.catalog import Catalog
+from llm_platform.defs.metadata import table_metadata
+from llm_platform.defs.resources import TargetResource
+from llm_platform.defs.weights import lifecycle_asset_options
+from llm_platform.perfmodel import plan_model
+from llm_platform.planning.plan import PlanAxes, ServingPlan
+from llm_platform.store_layout import snapshot_path
+from llm_platform.weights.plan import SnapshotManifest
+
+PLAN_ASSET = "serving_plan"
+PLAN_CHECK = "slo_feasible"
+
+
+class PlanConfig(dg.Config):
+    """Run configuration of ``serving_plan``: the candidate values per engine argument."""
+
+    tensor_parallel_size: list[int] = Field(default=list(PlanAxes.tensor_parallel_size))
+    max_num_seqs: list[int] = Field(default=list(PlanAxes.max_num_seqs))
+    max_num_batched_tokens: list[int] = Field(default=list(PlanAxes.max_num_batched_tokens))
+    gpu_memory_utilization: list[float] = Field(default=[], description="Empty: the catalog's value.")
+    max_model_len: list[int] = Field(default=[], description="Empty: the catalog's value.")
+
+    def axes(self) -> PlanAxes:
+        return PlanAxes(
+            tuple(self.tensor_parallel_size), tuple(self.max_num_seqs), tuple(self.max_num_batched_tokens),
+            tuple(self.gpu_memory_utilization), tuple(self.max_model_len),
+        )  # fmt: skip
+
+
+def plan_metadata(plan: ServingPlan) -> dict[str, dg.MetadataValue]:
+    """The plan in the UI: the verdict, the table of candidates, the best start and a plot."""
+    metadata: dict[str, dg.MetadataValue] = {
+        "verdict": dg.MetadataValue.text(plan.verdict),
+        "gpu_type": dg.MetadataValue.text(plan.gpu_type or "unset"),
+    }
+    if plan.note:
+        return metadata
+    frame = plan.frame()
+    metadata["candidates"] = table_metadata(frame)
+    best = plan.best
+    if best is not None:
+        metadata["best_start"] = dg.MetadataValue.json(
+            {"tensor_parallel_size": best.tensor_parallel_size, **best.overrides}
+        )
+        metadata["best_output_tok_s"] = dg.MetadataValue.float(best.output_tokens_per_s)
+        metadata["best_concurrency"] = dg.MetadataValue.int(best.concurrency)
+    png = base64.b64encode(plan_png(plan.model, frame)).decode()
+    metadata["plot"] = dg.MetadataValue.md(f"![output tok/s per GPU at the SLO](data:image/png;base64,{png})")
+    return metadata
+
+
+def build_serving_plan_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=PLAN_ASSET,
+        kinds={"nvidia", "pandas"},
+        dagster_type=dg.Any,  # the value is a ServingPlan (see smoke_benchmark on annotations with checks)
+        **lifecycle_asset_options(catalog, partitions),
+        check_specs=[
+            dg.AssetCheckSpec(
+                PLAN_CHECK,
+                asset=PLAN_ASSET,
+                blocking=False,
+                description="some planned engine config meets the model's SLO on platform.gpu_type (a warning: "
+                "the estimate is not a measurement)",
+            )
+        ],
+        description=(
+            "Before any GPU hour: NVIDIA AIConfigurator's estimate of the model on platform.gpu_type for each "
+            "candidate tensor-parallel size, max_num_seqs, max_num_batched_tokens, gpu_memory_utilization and "
+            "max_model_len, at the catalog's traffic: does it fit, its KV cache, the highest concurrency meeting the "
+            "SLO, and the best start for the auto-tuner. An SLO no config meets is reported with the nearest option."
+        ),
+    )
+    def serving_plan(
+        context: dg.AssetExecutionContext, config: PlanConfig, model_weights: SnapshotManifest, target: TargetResource
+    ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster rejects a parametrized one with checks
+        model = catalog.model(context.partition_key)
+        # The architecture comes from the weights' config.json where this process can read it (the local store);
+        # otherwise from the configs AIConfigurator bundles.
+        store = target.serving_target(catalog.platform).weights_location()
+        local_dir = model.source.path or snapshot_path(store, model.name, model_weights.sha)
+        plan = plan_model(model, catalog.platform.gpu_type, catalog.platform.gpu_quota, local_dir, config.axes())
+        context.log.info(plan.verdict)
+        # Without a performance model there is nothing to judge: the check passes and says why.
+        check = dg.AssetCheckResult(
+            check_name=PLAN_CHECK, passed=bool(plan.note) or plan.best is not None,
+            severity=dg.AssetCheckSeverity.WARN, metadata={"verdict": dg.MetadataValue.text(plan.verdict)},
+        )  # fmt: skip
+        return dg.MaterializeResult(value=plan, metadata=plan_metadata(plan), check_results=[check])
+
+    return serving_plan
