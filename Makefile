@@ -76,7 +76,7 @@ test-fast: lint
 lock:
 	$(PYTHON) -m venv $(VENV)-lock
 	$(VENV)-lock/bin/python -m pip install -qq pip-tools
-	$(VENV)-lock/bin/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url \
+	CUSTOM_COMPILE_COMMAND='make lock' $(VENV)-lock/bin/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url \
 	  --no-emit-find-links --output-file requirements.lock pyproject.toml
 
 clean:

@@ -9,7 +9,8 @@ No ``from __future__ import annotations`` here: Dagster reads the config and res
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -23,10 +24,15 @@ from llm_platform.defs.benchmark import BENCHMARK_POOL
 from llm_platform.defs.failures import platform_errors_as_failure
 from llm_platform.defs.metadata import table_metadata
 from llm_platform.defs.partitions import latest_materialization
+from llm_platform.defs.planning import PLAN_ASSET
 from llm_platform.defs.resources import TargetResource
+from llm_platform.defs.storage import latest_value
 from llm_platform.defs.weights import AUTO_TUNE_GROUP, lifecycle_asset_options
+from llm_platform.perfmodel import PerfModelUnavailable, engine_defaults, open_perf_model
+from llm_platform.planning.plan import ServingPlan
+from llm_platform.planning.trials import SimulatedTrials
 from llm_platform.targets.base import TrialSettings
-from llm_platform.tuning.search import SearchSpace, clamp_seqs, coordinate_search
+from llm_platform.tuning.search import Candidate, SearchSpace, Trial, clamp_seqs, noise_aware_search
 from llm_platform.weights.plan import SnapshotManifest
 
 TUNED_ASSET = "tuned_serving_config"
@@ -50,8 +56,18 @@ class AutoTuneConfig(dg.Config):
     output_len: int = Field(default=32, description="Generated tokens per request (EOS ignored).")
     prompts_per_load: int = Field(default=4, description="Requests per probe per unit of concurrency (at least 16 "
                                   "per probe: p95s of fewer requests are mostly noise).")  # fmt: skip
-    margin_pct: float = Field(default=10.0, description="Adopt the winner only if its goodput beats the current "
-                              "config's by this much (%).")  # fmt: skip
+    margin_pct: float = Field(default=10.0, description="Adopt the winner only if the lower end of the interval on "
+                              "its gain over the current config clears this much (%).")  # fmt: skip
+    repeats: int = Field(default=3, ge=2, description="Measurements of the current config, the starting config and "
+                         "each finalist (their spread is the noise the search treats as ties).")  # fmt: skip
+    trials: Literal["target", "simulated"] = Field(
+        default="target",
+        description="Where trials run: 'target' serves each candidate (a GPU on kubernetes); 'simulated' asks the "
+        "simulated vLLM scheduler driven by AIConfigurator's step times for platform.gpu_type (needs a serving_plan "
+        "with a performance model; no GPU used).",
+    )
+    noise_pct: float = Field(default=10.0, ge=0, description="Simulated trials only: measurement noise (%).")
+    seed: int = Field(default=0, description="Simulated trials only: the noise's seed.")
 
 
 def tuned_overrides(instance: dg.DagsterInstance, model: str) -> dict[str, str]:
@@ -89,10 +105,11 @@ def build_tuned_serving_config_asset(catalog: Catalog, partitions: dg.Partitions
         pool=BENCHMARK_POOL,
         description=(
             "Engine arguments with the most goodput (output tokens/s at the highest load that meets the SLO) from "
-            "a coordinate search over max_num_seqs x max_num_batched_tokens: each trial serves the candidate on the "
-            "target and finds its highest SLO-meeting load. Adopted, and then "
-            "applied by serving_config, only when it beats the current config by the margin. Metadata: the trial "
-            "table and a Pareto plot."
+            "a noise-aware coordinate search over max_num_seqs x max_num_batched_tokens, starting at the serving "
+            "plan's best: each trial serves the candidate on the target (or on the simulated GPU server) and finds "
+            "its highest SLO-meeting load; repeated measurements give the noise, finalists are measured again. "
+            "Adopted, and then applied by serving_config, only when the interval on its gain clears the margin. "
+            "Metadata: the trial table, the gain's interval and a Pareto plot."
         ),
     )
     def tuned_serving_config(
@@ -117,28 +134,44 @@ def build_tuned_serving_config_asset(catalog: Catalog, partitions: dg.Partitions
             num_warmups=1,
         )
         settings = TrialSettings(plan, config.load_low, config.load_high, config.prompts_per_load)
-        trials = serving_target.trial_runner(
-            current, model_weights, settings, run_key=context.run.run_id, work_dir=work_dir, log=context.log.info
-        )
-        baseline = trials({})
+        serving_plan = latest_value(context.instance, PLAN_ASSET, name)
+        if config.trials == "simulated":
+            trials = _simulated_trials(name, current, serving_plan, config, settings)
+        else:
+            trials = serving_target.trial_runner(
+                current, model_weights, settings, run_key=context.run.run_id, work_dir=work_dir, log=context.log.info
+            )
         serving = current.serving.model_dump()
-        result = coordinate_search(
-            space, trials, space.nearest({knob: serving.get(knob) for knob in space.axes}),
-            equivalent=clamp_seqs(config.load_high),
+        current_candidate = {knob: float(serving[knob]) for knob in space.axes if serving.get(knob) is not None}
+        # The planner's best config is where the search starts (when it planned this TP size); else the current one.
+        best_planned = serving_plan.best if isinstance(serving_plan, ServingPlan) else None
+        if best_planned is not None and best_planned.tensor_parallel_size == current.serving.tensor_parallel_size:
+            start = space.nearest(best_planned.overrides)
+        else:
+            start = space.nearest({knob: serving.get(knob) for knob in space.axes})
+        outcome = noise_aware_search(
+            space, trials, start, current=current_candidate, equivalent=clamp_seqs(config.load_high),
+            repeats=config.repeats, margin=config.margin_pct / 100,
         )  # fmt: skip
-        best = result.best
-        adopted = best is not None and best.goodput >= baseline.goodput * (1 + config.margin_pct / 100)
+        result, best, adopted = outcome.result, outcome.winner, outcome.adopted
+        baseline_goodput = sorted(outcome.baseline)[len(outcome.baseline) // 2]
         overrides = as_overrides(best.candidate) if adopted and best is not None else previous
-        labels = ["current", *(f"t{index}" for index in range(1, len(result.trials) + 1))]
-        every = [baseline, *result.trials]
+        # Every measurement in order, the current config's repeats included (labelled so).
+        labels = [
+            "current" if trial.candidate == current_candidate else f"t{index}"
+            for index, trial in enumerate(result.trials, start=1)
+        ]
+        every = result.trials
         frame = trials_frame(every, labels)
         frame.to_csv(work_dir / "trials.csv", index=False)
         png = pareto_png(name, every, labels)
         (work_dir / "pareto.png").write_bytes(png)
-        gain = (best.goodput / baseline.goodput - 1) * 100 if best and baseline.goodput > 0 else float("nan")
+        gain = outcome.gain * 100
+        low, high = (value * 100 for value in outcome.gain_interval)
         verdict = (
-            f"adopted {overrides} ({gain:+.1f}% goodput)" if adopted
-            else f"kept the current config (best {gain:+.1f}%, margin {config.margin_pct:g}%)"
+            f"adopted {overrides} ({gain:+.1f}% goodput, interval {low:+.1f}% to {high:+.1f}%)" if adopted
+            else f"kept the current config (best {gain:+.1f}%, interval {low:+.1f}% to {high:+.1f}%, margin "
+            f"{config.margin_pct:g}%)"
         )  # fmt: skip
         context.log.info(f"model '{name}': {len(result.trials)} trials; {verdict}")
         return dg.MaterializeResult(
@@ -146,9 +179,15 @@ def build_tuned_serving_config_asset(catalog: Catalog, partitions: dg.Partitions
             metadata={
                 "adopted": dg.MetadataValue.bool(adopted),
                 "overrides": dg.MetadataValue.json(overrides),
-                "current_goodput_tok_s": dg.MetadataValue.float(float(baseline.goodput)),
+                "current_goodput_tok_s": dg.MetadataValue.float(float(baseline_goodput)),
                 "best_goodput_tok_s": dg.MetadataValue.float(float(best.goodput if best else 0.0)),
                 "gain_pct": dg.MetadataValue.float(float(gain)),
+                "gain_interval_pct": dg.MetadataValue.json([round(low, 2), round(high, 2)]),
+                "noise_spread_pct": dg.MetadataValue.float(float(outcome.spread * 100)),
+                "current_goodputs": dg.MetadataValue.json([round(v, 3) for v in outcome.baseline]),
+                "winner_goodputs": dg.MetadataValue.json([round(v, 3) for v in outcome.winner_goodputs]),
+                "start": dg.MetadataValue.json(dict(start)),
+                "trial_backend": dg.MetadataValue.text(config.trials),
                 "trials": dg.MetadataValue.int(len(result.trials)),
                 "grid_size": dg.MetadataValue.int(len(space.grid())),
                 "failed_trials": dg.MetadataValue.int(sum(not trial.ok for trial in result.trials)),
@@ -162,6 +201,28 @@ def build_tuned_serving_config_asset(catalog: Catalog, partitions: dg.Partitions
         )
 
     return tuned_serving_config
+
+
+def _simulated_trials(
+    name: str, model: ModelSpec, plan: object, config: AutoTuneConfig, settings: TrialSettings
+) -> Callable[[Candidate], Trial]:
+    """Trials on the simulated GPU server for the plan's GPU type (no GPU used)."""
+    if not isinstance(plan, ServingPlan) or plan.note or not plan.model_ref:
+        why = plan.note if isinstance(plan, ServingPlan) and plan.note else "no serving_plan materialized"
+        raise dg.Failure(
+            description=f"model '{name}': simulated trials need a serving plan with a performance model ({why}); set "
+            "platform.gpu_type and materialize serving_plan, or run with trials: target",
+            allow_retries=False,
+        )
+    try:
+        perf = open_perf_model(plan.model_ref, plan.gpu_type, model.serving.tensor_parallel_size)
+    except PerfModelUnavailable as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from None
+    return SimulatedTrials(
+        perf, model.slo, engine_defaults(model, plan.gpu_type), settings.plan.input_len, settings.plan.output_len,
+        load_low=settings.load_low, load_high=settings.load_high, prompts_per_load=settings.prompts_per_load,
+        noise=config.noise_pct / 100, seed=config.seed,
+    )  # fmt: skip
 
 
 def auto_tune_job() -> UnresolvedAssetJobDefinition:

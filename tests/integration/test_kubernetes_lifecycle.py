@@ -93,7 +93,7 @@ def test_lifecycle_on_kubernetes_through_dagster(
         bench_jobs = {name for name in cluster.emulator.stored(JOBS, namespace) if name.startswith("bench-")}
         # auto_tune on kubernetes: one benchmark Job per trial, each measuring the load ladder 1, 2, 4.
         search = {"max_num_seqs": [2, 8], "max_num_batched_tokens": [2048], "load_high": 4, "input_len": 32,
-                  "output_len": 8, "margin_pct": 50.0}  # fmt: skip
+                  "output_len": 8, "margin_pct": 50.0, "repeats": 2}  # fmt: skip
         tuned = dg.materialize(
             assets,
             selection=[TUNED_ASSET],
@@ -126,11 +126,14 @@ def test_lifecycle_on_kubernetes_through_dagster(
     table = tuned_event.metadata["trial_table"]
     assert isinstance(table, dg.TableMetadataValue)
     rows = [record.data for record in table.records]
-    assert [(row["trial"], row["status"]) for row in rows] == [("current", "ok"), ("t1", "ok"), ("t2", "ok")]
-    assert [row["max_num_seqs"] for row in rows[1:]] == [8, 2]  # nearest to the current 32, then the other
+    # The current config twice (the noise), the start (nearest to the current 32) twice, the other candidate, and
+    # the finalists measured until each has two: one benchmark Job per measurement.
+    assert [row["trial"] for row in rows[:2]] == ["current", "current"]
+    assert all(row["status"] == "ok" for row in rows)
+    assert [row["max_num_seqs"] for row in rows[2:4]] == [8, 8] and 2 in [row["max_num_seqs"] for row in rows]
     assert all(float(str(row["goodput_tok_s"])) > 0 and row["probes"] == 3 for row in rows)
     trial_jobs = {name for name in cluster.emulator.stored(JOBS, namespace) if name.startswith("bench-")} - bench_jobs
-    assert len(trial_jobs) == 3
+    assert len(trial_jobs) == len(rows)
     # Equal configs at these loads: nothing beats the current one by 50 %, so nothing is adopted.
     assert tuned_event.metadata["adopted"].value is False
     assert tuned_event.metadata["overrides"].value == {}

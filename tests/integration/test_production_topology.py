@@ -200,7 +200,7 @@ def test_every_job_runs_when_each_run_has_its_own_fresh_disk(topology: Topology)
     assert artefacts.is_relative_to(topology.local_home) and (artefacts / "results.csv").is_file()
 
     # 4. auto_tune, a small search (one candidate: the deployed max_num_seqs), nothing adopted at a 1000 % margin.
-    search = {"max_num_seqs": [16], "max_num_batched_tokens": [], "load_high": 2, "input_len": 32,
+    search = {"max_num_seqs": [16], "max_num_batched_tokens": [], "load_high": 2, "input_len": 32, "repeats": 2,
               "output_len": 8, "margin_pct": 1000.0}  # fmt: skip
     run_id = topology.api.submit(AUTO_TUNE_JOB, MODEL, {"ops": {TUNED_ASSET: {"config": search}}}, tags={})
     tuned = topology.follow(run_id)
