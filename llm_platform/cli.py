@@ -65,6 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("models", nargs="*", metavar="MODEL", help="catalog model names (default: all)")
     render.add_argument("--out", type=Path, help="directory to write one file per model into (default: stdout)")
 
+    plan = commands.add_parser(
+        "plan",
+        parents=common,
+        help="estimate a model's engine configs on platform.gpu_type before any GPU is used (AIConfigurator)",
+        description="The serving plan of one model: for each candidate tensor-parallel size, max_num_seqs and "
+        "max_num_batched_tokens, whether it fits the GPU, its KV cache and the highest concurrency meeting the "
+        "model's SLO at its traffic; the best start, or the nearest option when no config meets the SLO.",
+    )
+    plan.add_argument("model", metavar="MODEL", help="catalog model name")
+    plan.add_argument("--gpu-type", help="GPU type to plan for (default: the catalog's platform.gpu_type)")
+    plan.add_argument("--weights-dir", help="a local directory with the model's config.json (default: the bundled "
+                      "config of source.repo, or source.path)")  # fmt: skip
+    plan.add_argument("--all", action="store_true", help="print every candidate, not only those that meet the SLO")
+
     demo = commands.add_parser(
         "demo",
         parents=common,
@@ -159,6 +173,28 @@ def _cmd_render(args: argparse.Namespace) -> int:
     _write_files(args.out, files, str(args.catalog or default_catalog_path()))
     print(f"wrote {len(files)} files to {args.out}: {', '.join(sorted(files))}", file=sys.stderr)
     return EXIT_OK
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from llm_platform.catalog import GPU_TYPES
+    from llm_platform.perfmodel import plan_model  # imports AIConfigurator's data only when planning
+    from llm_platform.planning.plan import PlanAxes
+
+    catalog = load_catalog(args.catalog)
+    model = catalog.model(args.model)
+    gpu_type = args.gpu_type or catalog.platform.gpu_type
+    if gpu_type is not None and gpu_type not in GPU_TYPES:
+        raise CatalogError([f"--gpu-type: '{gpu_type[:40]}' is not one of {', '.join(GPU_TYPES)}"])
+    plan = plan_model(model, gpu_type, catalog.platform.gpu_quota, args.weights_dir or model.source.path, PlanAxes())
+    if plan.note:
+        print(plan.verdict, file=sys.stderr)
+        return EXIT_FAILED
+    frame = plan.frame()
+    shown = frame if args.all else frame[frame["slo_concurrency"] > 0]
+    if len(shown):
+        print(shown.drop(columns=["note"]).to_string(index=False, float_format=lambda value: f"{value:.1f}"))
+    print(plan.verdict)
+    return EXIT_OK if plan.best is not None else EXIT_FAILED
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
@@ -293,6 +329,7 @@ def _cmd_local(args: argparse.Namespace) -> int:
 _COMMANDS = {
     "validate": _cmd_validate,
     "render": _cmd_render,
+    "plan": _cmd_plan,
     "dev": _cmd_dev,
     "demo": _cmd_demo,
     "promote": _cmd_promote,
