@@ -1,4 +1,6 @@
-"""Auto-tuner against the exhaustive grid (what vLLM's ``benchmarks/auto_tune`` runs), on vLLM-on-CPU.
+"""Auto-tuner against the exhaustive grid (what vLLM's ``benchmarks/auto_tune`` runs), on vLLM-on-CPU
+(``--surface cpu``, the default) or on the simulated GPU server (``--surface simulated``: vLLM v1's scheduler driven
+by AIConfigurator's step times for ``--gpu-type``, with seeded noise; see ``simulated`` below).
 
 The tiny model on the local target. Every trial starts a server with the candidate's max_num_seqs and
 max_num_batched_tokens and bisects the closed-loop concurrency for the highest load meeting the SLO (p95 TTFT and
@@ -18,6 +20,7 @@ too). Goals: tuner >= 0.95x the grid's best with <= 1/3 of its trials; tuned >= 
 the defaults where the grid shows that headroom exists.
 
     .venv/bin/python bench/autotune.py [--seqs 4,8,16,32,64] [--tokens 256,512,1024,2048] [--load-high 64]
+    .venv/bin/python bench/autotune.py --surface simulated [--seeds 5] [--noise 0.1]
 """
 
 from __future__ import annotations
@@ -53,7 +56,86 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(value) for value in text.split(","))
 
 
+def simulated(argv: list[str]) -> None:
+    """The tuner on the simulated GPU server, per seed: the grid (one noisy trial per point, as vLLM's auto_tune),
+    the noise-aware search from the serving plan's best, and vLLM's defaults; then the three winners re-measured on
+    the same seeds (``--confirm`` each), medians. Figures: medians over the seeds."""
+    from llm_platform.perfmodel import engine_defaults, model_reference, open_perf_model, plan_model
+    from llm_platform.planning.plan import PlanAxes
+    from llm_platform.planning.trials import SimulatedTrials
+    from llm_platform.tuning.search import noise_aware_search
+
+    parser = argparse.ArgumentParser(prog="autotune.py --surface simulated")
+    parser.add_argument("--gpu-type", default="h100_sxm")
+    parser.add_argument("--model", default="meta-llama/Meta-Llama-3.1-8B")
+    parser.add_argument("--seqs", type=_floats, default=_floats("32,64,128,256,512,1024"))
+    parser.add_argument("--tokens", type=_floats, default=_floats("256,512,1024,2048,4096,8192"))
+    parser.add_argument("--utilization", type=_floats, default=_floats("0.85,0.9,0.95"))
+    parser.add_argument("--ttft-ms", type=float, default=500.0)
+    parser.add_argument("--itl-ms", type=float, default=30.0)
+    parser.add_argument("--input-len", type=int, default=1024)
+    parser.add_argument("--output-len", type=int, default=256)
+    parser.add_argument("--load-high", type=int, default=256)
+    parser.add_argument("--prompts-per-load", type=int, default=16)
+    parser.add_argument("--noise", type=float, default=0.10)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--confirm", type=int, default=3)
+    options = parser.parse_args(argv)
+
+    slo = {"ttft_p95_ms": options.ttft_ms, "itl_p95_ms": options.itl_ms, "max_error_rate": 0}
+    catalog = parse_catalog({"platform": {"gpu_type": options.gpu_type},
+                             "models": [{"name": "bench", "source": {"repo": options.model}, "slo": slo,
+                                         "traffic": {"input_tokens": options.input_len,
+                                                     "output_tokens": options.output_len}}]})  # fmt: skip
+    model = catalog.model("bench")
+    perf = open_perf_model(model_reference(options.model, None), options.gpu_type, 1)
+    defaults = engine_defaults(model, options.gpu_type)
+    plan = plan_model(model, options.gpu_type, 1, None, PlanAxes(tensor_parallel_size=(1,)))
+    print(plan.verdict, flush=True)
+    axes = {"max_num_seqs": options.seqs, "max_num_batched_tokens": options.tokens}
+    if len(options.utilization) > 1:
+        axes["gpu_memory_utilization"] = options.utilization
+    space = SearchSpace(axes)
+    start = space.nearest(plan.best.overrides if plan.best else {})
+
+    def trials(seed: int) -> SimulatedTrials:
+        return SimulatedTrials(perf, model.slo, defaults, options.input_len, options.output_len,
+                               load_high=options.load_high, prompts_per_load=options.prompts_per_load,
+                               noise=options.noise, seed=seed)  # fmt: skip
+
+    figures: dict[str, list[float]] = {"tuned_vs_defaults": [], "tuned_vs_grid": [], "trials_ratio": []}
+    for seed in range(1, options.seeds + 1):
+        started = time.monotonic()
+        grid = grid_search(space, trials(seed))
+        outcome = noise_aware_search(space, trials(10_000 + seed), start, current={},
+                                     equivalent=clamp_seqs(options.load_high))  # fmt: skip
+        contenders = {"defaults": {}, "grid": grid.best.candidate if grid.best else {},
+                      "tuner": outcome.winner.candidate if outcome.winner else {}}  # fmt: skip
+        # Each winner re-measured on the same seeds: the same noise for all three, so the ratio is about the configs.
+        confirmed = {name: statistics.median(trials(20_000 + seed)(candidate).goodput
+                                             for _ in range(options.confirm))
+                     for name, candidate in contenders.items()}  # fmt: skip
+        figures["tuned_vs_defaults"].append(confirmed["tuner"] / confirmed["defaults"])
+        figures["tuned_vs_grid"].append(confirmed["tuner"] / confirmed["grid"])
+        figures["trials_ratio"].append(outcome.trials / len(grid.trials))
+        low, high = outcome.gain_interval
+        print(f"seed {seed}: grid best {contenders['grid']} ({len(grid.trials)} trials), tuner {contenders['tuner']} "
+              f"({outcome.trials} trials, spread {outcome.spread:.1%}, gain {outcome.gain:+.1%} [{low:+.1%}, "
+              f"{high:+.1%}], adopted {outcome.adopted}); confirmed tok/s "
+              f"{ {name: round(value) for name, value in confirmed.items()} } ({time.monotonic() - started:.0f} s)",
+              flush=True)  # fmt: skip
+    print(" ".join(f"{name}={statistics.median(values):.3f}" for name, values in figures.items())
+          + f" seeds={options.seeds} grid_trials={len(space.grid())} noise={options.noise:g}")  # fmt: skip
+
+
 def main() -> None:
+    if "--surface" in sys.argv:
+        at = sys.argv.index("--surface")
+        surface, rest = sys.argv[at + 1], sys.argv[1:at] + sys.argv[at + 2 :]
+        if surface == "simulated":
+            simulated(rest)
+            return
+        sys.argv = [sys.argv[0], *rest]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seqs", type=_floats, default=_floats("4,8,16,32,64"))
     parser.add_argument("--tokens", type=_floats, default=_floats("256,512,1024,2048"))

@@ -172,7 +172,7 @@ def test_materialize_all_of_the_lifecycle_group_spends_no_search_or_live_benchma
     for node in repository.asset_graph.asset_nodes:
         groups.setdefault(node.group_name, set()).add(node.key.to_user_string())
     assert groups == {
-        "model_lifecycle": {"model_weights", "serving_config", "smoke_benchmark", "vllm_deployment"},
+        "model_lifecycle": {"model_weights", "serving_plan", "serving_config", "smoke_benchmark", "vllm_deployment"},
         "live_benchmark": {"live_benchmark"},
         "auto_tune": {"tuned_serving_config"},
     }
