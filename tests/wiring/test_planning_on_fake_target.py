@@ -1,0 +1,113 @@
+"""The serving plan, predicted-vs-measured and simulated auto-tune trials through Dagster, on the fake target with
+AIConfigurator's real performance data (Llama-3.1-8B on h100_sxm is bundled with aiconfigurator-core)."""
+
+# ruff: noqa: F811 - the fixtures imported from the lifecycle tests are parameters here
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from llm_platform.catalog import parse_catalog
+from llm_platform.defs.planning import PLAN_ASSET, PLAN_CHECK
+from llm_platform.defs.tuning import TUNED_ASSET
+from llm_platform.perfmodel import model_reference, open_perf_model, plan_model
+from llm_platform.planning.plan import PlanAxes
+from tests.faketarget import FakeCluster
+from tests.wiring.test_lifecycle_on_fake_target import MODEL, Platform, cluster, instance  # noqa: F401 - fixtures
+
+LLAMA = "meta-llama/Meta-Llama-3.1-8B"
+
+
+def _catalog(gpu_type: str | None, slo: dict[str, float], repo: str = LLAMA):  # type: ignore[no-untyped-def]
+    return parse_catalog({
+        "platform": {"gpu_type": gpu_type},
+        "models": [{"name": MODEL, "source": {"repo": repo}, "serving": {"max_model_len": 4096, "max_num_seqs": 64},
+                    "slo": {**slo, "min_output_tokens_per_s": 1, "max_error_rate": 0},
+                    "traffic": {"input_tokens": 1024, "output_tokens": 128}}],
+    })  # fmt: skip
+
+
+def test_llama_8b_on_an_h100_plans_like_the_measurements_published_for_it() -> None:
+    model = _catalog("h100_sxm", {"ttft_p95_ms": 500, "itl_p95_ms": 30}).model(MODEL)
+    plan = plan_model(model, "h100_sxm", 8, None, PlanAxes(tensor_parallel_size=(1, 2)))
+    best = plan.best
+    assert best is not None and best.tensor_parallel_size == 1  # an 8B model needs no second GPU for this SLO
+    assert 2_000 < best.output_tokens_per_s < 20_000 and best.ttft_ms <= 500 and best.tpot_ms <= 30
+    assert all(e.fits and e.kv_cache_tokens > 100_000 for e in plan.estimates)
+    perf = open_perf_model(model_reference(LLAMA, None), "h100_sxm", 1)
+    assert perf.kv_cache_tokens(0.5, 256, 8192) < perf.kv_cache_tokens(0.9, 256, 8192)
+
+
+def test_a_model_that_does_not_fit_and_an_unknown_model_are_notes_not_failures() -> None:
+    seventy = _catalog("l40s", {"ttft_p95_ms": 500, "itl_p95_ms": 30}, "meta-llama/Meta-Llama-3.1-70B").model(MODEL)
+    plan = plan_model(seventy, "l40s", 8, None, PlanAxes(tensor_parallel_size=(1,), max_num_seqs=(64,),
+                                                        max_num_batched_tokens=(2048,)))  # fmt: skip
+    assert plan.best is None and not plan.estimates[0].fits and "does not fit on l40s" in plan.verdict
+    unknown = _catalog("h100_sxm", {"ttft_p95_ms": 500, "itl_p95_ms": 30}, "acme/secret").model(MODEL)
+    assert "no config for 'acme/secret'" in plan_model(unknown, "h100_sxm", 8, None, PlanAxes()).verdict
+
+
+def test_the_plan_runs_before_the_benchmark_which_reports_measured_over_predicted(
+    cluster: tuple[str, FakeCluster],
+    instance: dg.DagsterInstance,
+    tmp_path: Path,
+) -> None:
+    platform = Platform(_catalog("h100_sxm", {"ttft_p95_ms": 5000, "itl_p95_ms": 300}), cluster[0], instance, tmp_path)
+    plan_config = {"tensor_parallel_size": [1], "max_num_seqs": [64], "max_num_batched_tokens": [1024, 8192]}
+    result = platform.lifecycle(serving_plan={"config": plan_config})
+    assert result.success
+    (plan_event,) = result.asset_materializations_for_node(PLAN_ASSET)
+    best_start = plan_event.metadata["best_start"].value
+    assert isinstance(best_start, dict) and best_start["max_num_seqs"] == 64
+    (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == PLAN_CHECK]
+    assert check.passed
+    (bench,) = result.asset_materializations_for_node("smoke_benchmark")
+    table = bench.metadata["predicted_vs_measured"]
+    assert isinstance(table, dg.TableMetadataValue) and len(table.records) == 2  # the levels 1 and 4
+    ratio = bench.metadata["measured_over_predicted_output_tok_s"].value
+    assert isinstance(ratio, float) and ratio > 0
+
+
+def test_an_unmeetable_slo_is_a_warning_before_any_gpu_and_without_gpu_type_there_is_only_a_note(
+    cluster: tuple[str, FakeCluster],
+    instance: dg.DagsterInstance,
+    tmp_path: Path,
+) -> None:
+    strict = Platform(_catalog("h100_sxm", {"ttft_p95_ms": 1, "itl_p95_ms": 0.1}), cluster[0], instance, tmp_path)
+    assert strict.run(["model_weights"]).success
+    planned = strict.run([PLAN_ASSET], {PLAN_ASSET: {"config": {"tensor_parallel_size": [1, 2]}}})
+    (check,) = planned.get_asset_check_evaluations()
+    assert planned.success and not check.passed
+    (event,) = planned.asset_materializations_for_node(PLAN_ASSET)
+    assert "set slo.ttft_p95_ms >=" in str(event.metadata["verdict"].value)
+    unplanned = Platform(_catalog(None, {"ttft_p95_ms": 1, "itl_p95_ms": 0.1}), cluster[0], instance, tmp_path)
+    result = unplanned.run([PLAN_ASSET])
+    (event,) = result.asset_materializations_for_node(PLAN_ASSET)
+    assert result.success and "platform.gpu_type is not set" in str(event.metadata["verdict"].value)
+
+
+def test_auto_tune_on_the_simulated_gpu_server_starts_at_the_plan_and_needs_one(
+    cluster: tuple[str, FakeCluster],
+    instance: dg.DagsterInstance,
+    tmp_path: Path,
+) -> None:
+    platform = Platform(_catalog("h100_sxm", {"ttft_p95_ms": 500, "itl_p95_ms": 30}), cluster[0], instance, tmp_path)
+    assert platform.run(["model_weights"]).success
+    search = {"max_num_seqs": [32, 64, 128], "max_num_batched_tokens": [512, 2048, 8192], "load_high": 64,
+              "input_len": 1024, "output_len": 64, "trials": "simulated", "seed": 7}  # fmt: skip
+    without_plan = platform.run([TUNED_ASSET], {TUNED_ASSET: {"config": search}})
+    assert not without_plan.success
+    assert platform.run([PLAN_ASSET], {PLAN_ASSET: {"config": {"tensor_parallel_size": [1]}}}).success
+
+    tuned = platform.run([TUNED_ASSET], {TUNED_ASSET: {"config": search}})
+
+    assert tuned.success
+    (event,) = tuned.asset_materializations_for_node(TUNED_ASSET)
+    assert event.metadata["trial_backend"].value == "simulated"
+    assert event.metadata["trials"].value >= 6  # type: ignore[operator]  # repeats of the current and the start
+    low, high = event.metadata["gain_interval_pct"].value  # type: ignore[misc]
+    assert low <= event.metadata["gain_pct"].value <= high  # type: ignore[operator]
+    assert event.metadata["noise_spread_pct"].value > 0  # type: ignore[operator]
+    assert not cluster[1].deployed  # no server was started for a trial
