@@ -123,6 +123,9 @@ class KubernetesTrials:
     settings: TrialSettings
     run_key: str
     log: Log = no_log
+    #: Measurements so far per engine config: a repeat is a new Job (a succeeded Job of the same name would only be
+    #: read back, and the search's repeats exist to measure the noise).
+    measurements: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def __call__(self, candidate: Candidate) -> Trial:
         ladder = load_ladder(self.settings.load_low, self.settings.load_high)
@@ -131,7 +134,9 @@ class KubernetesTrials:
         plan = dataclasses.replace(self.settings.plan, concurrency_levels=ladder, prompts_per_level=prompts)
         try:
             model = candidate_model(self.model, candidate, self.weights.max_position_tokens)
-            run_key = f"{self.run_key}-{config_fingerprint(model.serving, self.weights.sha)[:8]}"
+            fingerprint = config_fingerprint(model.serving, self.weights.sha)[:8]
+            self.measurements[fingerprint] = self.measurements.get(fingerprint, 0) + 1
+            run_key = f"{self.run_key}-{fingerprint}-{self.measurements[fingerprint]}"
             results = self.cluster.smoke_benchmark(model, self.weights.sha, plan, run_key=run_key, log=self.log)
         except PlatformError as error:
             return failed_trial(self.model, candidate, error, self.log)

@@ -89,6 +89,22 @@ def test_requests_longer_than_max_model_len_are_refused_and_a_kv_cache_below_it_
         EngineLimits(max_num_seqs=8, max_num_batched_tokens=2048, kv_cache_tokens=1000, max_model_len=4096)
 
 
+@pytest.mark.parametrize(
+    ("limits", "workload"),
+    [
+        (EngineLimits(256, 8192, 1_000_000, 4096), Workload(64, 256, 1024, 128)),  # decode runs between arrivals
+        (EngineLimits(16, 512, 1_000_000, 4096), Workload(64, 128, 600, 50)),  # a full batch with a queue
+        (EngineLimits(64, 8192, 8192, 2048), Workload(32, 64, 500, 300)),  # preemption
+    ],
+)
+def test_skipping_ahead_over_decode_only_steps_changes_nothing(limits: EngineLimits, workload: Workload) -> None:
+    fast = simulate(limits, workload, linear_step, noise=0.1, seed=5)
+    slow = simulate(limits, workload, linear_step, noise=0.1, seed=5, skip_ahead=False)
+    assert fast.keys() == slow.keys()
+    for key, value in slow.items():
+        assert fast[key] == pytest.approx(value, rel=1e-9, nan_ok=True), key
+
+
 def test_noise_is_seeded_and_of_the_size_asked_for() -> None:
     limits = EngineLimits(max_num_seqs=32, max_num_batched_tokens=2048, kv_cache_tokens=200_000, max_model_len=4096)
     workload = Workload(8, 32, 256, 32)
