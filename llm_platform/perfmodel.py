@@ -11,7 +11,11 @@ id) or from a local directory with a ``config.json``; nothing is ever downloaded
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -47,17 +51,24 @@ def bundled_model_configs() -> set[str]:
     }
 
 
-def model_reference(repo: str | None, local_dir: str | None) -> str:
-    """What AIConfigurator reads the architecture from: the bundled config of ``repo``, else ``local_dir`` when it
-    holds a ``config.json``. Never a download."""
+def model_reference(repo: str | None, local_dir: str | None, architecture: Mapping[str, Any] | None = None) -> str:
+    """What AIConfigurator reads the architecture from: the bundled config of ``repo``; else ``local_dir`` when it
+    holds a ``config.json``; else the architecture the weights' manifest recorded, written to a ``config.json`` of
+    its own (on Kubernetes the weights are on the PVC, out of the run's reach). Never a download."""
     if repo is not None and repo in bundled_model_configs():
         return repo
     if local_dir is not None and (Path(local_dir) / "config.json").is_file():
         return str(Path(local_dir).resolve())
+    if architecture:
+        text = json.dumps(dict(architecture), sort_keys=True)
+        folder = Path(tempfile.gettempdir()) / "llm-platform-configs" / hashlib.sha256(text.encode()).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(text)
+        return str(folder)
     known = repo or local_dir or "the model"
     raise PerfModelUnavailable(
-        f"AIConfigurator has no config for '{known}' (it bundles Llama 3.1, Qwen3 and a few others; a model whose "
-        "weights are on this machine is read from its config.json)"
+        f"AIConfigurator has no config for '{known}' (it bundles Llama 3.1, Qwen3 and a few others; otherwise the "
+        "architecture comes from the downloaded weights' config.json)"
     )
 
 
@@ -210,13 +221,18 @@ def engine_defaults(model: ModelSpec, gpu_type: str) -> EngineDefaults:
 
 
 def plan_model(
-    model: ModelSpec, gpu_type: str | None, gpu_quota: int, local_dir: str | None, axes: PlanAxes
+    model: ModelSpec,
+    gpu_type: str | None,
+    gpu_quota: int,
+    local_dir: str | None,
+    axes: PlanAxes,
+    architecture: Mapping[str, Any] | None = None,
 ) -> ServingPlan:
     """The serving plan of ``model`` on ``gpu_type``; a plan with a note, never an error, when there is no estimate."""
     if gpu_type is None:
         return ServingPlan(model.name, "", note="platform.gpu_type is not set in the catalog (e.g. h100_sxm)")
     try:
-        reference = model_reference(model.source.repo, local_dir)
+        reference = model_reference(model.source.repo, local_dir, architecture)
         return plan_serving(
             model, gpu_type, lambda tp: open_perf_model(reference, gpu_type, tp), axes, gpu_quota=gpu_quota,
             model_ref=reference,

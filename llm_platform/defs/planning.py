@@ -87,11 +87,12 @@ def build_serving_plan_asset(catalog: Catalog, partitions: dg.PartitionsDefiniti
         context: dg.AssetExecutionContext, config: PlanConfig, model_weights: SnapshotManifest, target: TargetResource
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster rejects a parametrized one with checks
         model = catalog.model(context.partition_key)
-        # The architecture comes from the weights' config.json where this process can read it (the local store);
-        # otherwise from the configs AIConfigurator bundles.
+        # The architecture: AIConfigurator's bundled config of the repository, else the weights' config.json where
+        # this process can read it (the local store), else what the download recorded in the manifest.
         store = target.serving_target(catalog.platform).weights_location()
         local_dir = model.source.path or snapshot_path(store, model.name, model_weights.sha)
-        plan = plan_model(model, catalog.platform.gpu_type, catalog.platform.gpu_quota, local_dir, config.axes())
+        plan = plan_model(model, catalog.platform.gpu_type, catalog.platform.gpu_quota, local_dir, config.axes(),
+                          model_weights.architecture)  # fmt: skip
         context.log.info(plan.verdict)
         # Without a performance model there is nothing to judge: the check passes and says why.
         check = dg.AssetCheckResult(

@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from llm_platform.catalog import ModelSpec, is_commit_sha, position_limit
 from llm_platform.errors import ChecksumMismatchError, InsufficientDiskError, WeightsError
@@ -26,6 +27,7 @@ from llm_platform.weights.plan import (
     ManifestFile,
     RemoteFile,
     SnapshotManifest,
+    architecture_of,
     select_files,
     snapshots_to_prune,
     unsafe_path,
@@ -128,13 +130,16 @@ class _ProgressMonitor:
             self.report()
 
 
-def _position_limit(directory: Path) -> int | None:
-    """The model's position limit from the snapshot's ``config.json``, None when there is none to read."""
+def _config_facts(directory: Path) -> dict[str, Any]:
+    """The position limit and the architecture from the snapshot's ``config.json`` (None each when there is none to
+    read), as manifest fields."""
     try:
         config = json.loads((directory / "config.json").read_text())
     except (OSError, ValueError):
-        return None
-    return position_limit(config) if isinstance(config, dict) else None
+        config = None
+    if not isinstance(config, dict):
+        return {"max_position_tokens": None, "architecture": None}
+    return {"max_position_tokens": position_limit(config), "architecture": architecture_of(config)}
 
 
 def download_snapshot(
@@ -168,8 +173,8 @@ def download_snapshot(
         intact, problems = _verify_existing(existing, directory, workers)
         if not problems:
             pruned = _prune(store, model, keep_revisions, {sha, *protected})
-            if existing.max_position_tokens is None:  # written before the field existed
-                existing = existing.model_copy(update={"max_position_tokens": _position_limit(directory)})
+            if existing.max_position_tokens is None or existing.architecture is None:  # written before the fields
+                existing = existing.model_copy(update=_config_facts(directory))
             return DownloadResult(existing, directory, reused=True, pruned=pruned)
         # Damaged since it was completed: forget the manifest and the bad files; fetch only those again.
         store.remove_snapshot_manifest(model, sha)
@@ -218,7 +223,7 @@ def download_snapshot(
         downloaded_bytes=max(total - present_at_start, 0),
         duration_s=round(clock() - start, 3),
         completed_at=datetime.now(UTC),
-        max_position_tokens=_position_limit(directory),
+        **_config_facts(directory),
     )
     write_manifest(directory, manifest)
     pruned = _prune(store, model, keep_revisions, {sha, *protected})

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -93,6 +95,9 @@ class SnapshotManifest(BaseModel):
     #: The longest context the model supports according to its ``config.json`` (vLLM's reading), None when the
     #: snapshot has no readable one: what every later change of ``max_model_len`` is checked against.
     max_position_tokens: int | None = None
+    #: The architecture fields of that ``config.json`` (:func:`architecture_of`): what the serving plan estimates the
+    #: model from where the weights themselves are out of reach (on Kubernetes they are on the PVC, not in the run).
+    architecture: dict[str, Any] | None = None
 
     @property
     def file_count(self) -> int:
@@ -101,6 +106,34 @@ class SnapshotManifest(BaseModel):
     @property
     def throughput_bytes_per_s(self) -> float:
         return self.downloaded_bytes / self.duration_s if self.duration_s > 0 else 0.0
+
+
+#: Sub-objects of ``config.json`` an architecture needs (RoPE, quantization, the text part of a multimodal model).
+_ARCHITECTURE_SECTIONS = frozenset({"rope_scaling", "rope_parameters", "quantization_config", "text_config"})
+MAX_ARCHITECTURE_BYTES = 32_768
+
+
+def architecture_of(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The architecture fields of a Hugging Face ``config.json``, which comes from the hub and is input from outside:
+    scalars and lists of scalars, and the sub-objects an architecture needs, each filtered the same way; None when
+    the result would exceed :data:`MAX_ARCHITECTURE_BYTES`."""
+
+    def scalar(value: object) -> bool:
+        return value is None or (isinstance(value, (bool, int, float, str)) and len(str(value)) <= 256)
+
+    def keep(section: Mapping[str, Any], depth: int) -> dict[str, Any]:
+        kept: dict[str, Any] = {}
+        for key, value in section.items():
+            if not isinstance(key, str) or len(key) > 128:
+                continue
+            if scalar(value) or (isinstance(value, list) and len(value) <= 64 and all(scalar(v) for v in value)):
+                kept[key] = value
+            elif depth == 0 and key in _ARCHITECTURE_SECTIONS and isinstance(value, Mapping):
+                kept[key] = keep(value, depth + 1)
+        return kept
+
+    architecture = keep(config, 0)
+    return architecture if len(json.dumps(architecture)) <= MAX_ARCHITECTURE_BYTES else None
 
 
 @dataclass(frozen=True)

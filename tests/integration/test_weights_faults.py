@@ -92,6 +92,9 @@ def test_downloads_verified_files_and_writes_the_manifest_last(hub: FakeHub, tmp
     on_disk = json.loads((result.directory / SNAPSHOT_MANIFEST).read_text())
     assert on_disk["sha"] == repo.sha and len(on_disk["files"]) == 4
     assert lines[-1].startswith("model 'tiny': 1.0 MB / 1.0 MB (100%), 4/4 files")
+    # What later runs check and plan against, read from the config.json that came down.
+    assert result.manifest.max_position_tokens == 4096
+    assert result.manifest.architecture == {"max_position_embeddings": 4096}
 
 
 def test_second_run_verifies_and_downloads_nothing(hub: FakeHub, tmp_path: Path) -> None:

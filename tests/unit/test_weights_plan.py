@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from llm_platform.catalog import DEFAULT_ALLOW_PATTERNS
-from llm_platform.weights.plan import RemoteFile, SnapshotManifest, select_files, snapshots_to_prune
+from llm_platform.weights.plan import RemoteFile, SnapshotManifest, architecture_of, select_files, snapshots_to_prune
 from llm_platform.weights.progress import LogProgress, ProgressEvent, human_bytes
 
 
@@ -107,3 +107,16 @@ def test_log_progress_is_rate_limited_but_always_reports_the_end() -> None:
 
 def test_human_bytes() -> None:
     assert [human_bytes(n) for n in (999, 1000, 1_500_000, 3 * 10**12)] == ["999 B", "1.0 kB", "1.5 MB", "3.0 TB"]
+
+
+def test_the_architecture_keeps_the_fields_of_config_json_a_performance_model_reads_and_nothing_else() -> None:
+    config = {
+        "architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "num_hidden_layers": 32, "torch_dtype": "bfloat16",
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "deep": {"x": 1}},
+        "auto_map": {"AutoModel": "evil.py"}, "nested": [{"a": 1}], "name" * 100: 1, "long": "x" * 1000,
+    }  # fmt: skip
+    assert architecture_of(config) == {
+        "architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "num_hidden_layers": 32,
+        "torch_dtype": "bfloat16", "rope_scaling": {"rope_type": "llama3", "factor": 8.0},
+    }  # fmt: skip
+    assert architecture_of({f"key{i}": "v" * 200 for i in range(500)}) is None  # over the size bound

@@ -5,6 +5,7 @@ AIConfigurator's real performance data (Llama-3.1-8B on h100_sxm is bundled with
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -14,6 +15,7 @@ from llm_platform.defs.planning import PLAN_ASSET, PLAN_CHECK
 from llm_platform.defs.tuning import TUNED_ASSET
 from llm_platform.perfmodel import model_reference, open_perf_model, plan_model
 from llm_platform.planning.plan import PlanAxes
+from llm_platform.weights.plan import architecture_of
 from tests.faketarget import FakeCluster
 from tests.wiring.test_lifecycle_on_fake_target import MODEL, Platform, cluster, instance  # noqa: F401 - fixtures
 
@@ -47,6 +49,20 @@ def test_a_model_that_does_not_fit_and_an_unknown_model_are_notes_not_failures()
     assert plan.best is None and not plan.estimates[0].fits and "does not fit on l40s" in plan.verdict
     unknown = _catalog("h100_sxm", {"ttft_p95_ms": 500, "itl_p95_ms": 30}, "acme/secret").model(MODEL)
     assert "no config for 'acme/secret'" in plan_model(unknown, "h100_sxm", 8, None, PlanAxes()).verdict
+
+
+def test_a_model_known_only_by_its_downloaded_architecture_is_planned() -> None:
+    from importlib import resources
+
+    bundled = resources.files("aiconfigurator_core") / "model_configs" / "meta-llama--Meta-Llama-3.1-8B_config.json"
+    architecture = architecture_of(json.loads(bundled.read_text()))
+    assert architecture is not None
+    model = _catalog("h100_sxm", {"ttft_p95_ms": 500, "itl_p95_ms": 30}, "acme/llama-3-8b-finetune").model(MODEL)
+    axes = PlanAxes(tensor_parallel_size=(1,), max_num_seqs=(128,), max_num_batched_tokens=(1024,))
+    without = plan_model(model, "h100_sxm", 8, None, axes)
+    planned = plan_model(model, "h100_sxm", 8, None, axes, architecture)
+    assert without.note and not planned.note and planned.best is not None
+    assert planned.best.output_tokens_per_s > 1000
 
 
 def test_the_plan_runs_before_the_benchmark_which_reports_measured_over_predicted(
