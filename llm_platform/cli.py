@@ -210,6 +210,7 @@ def _dagster_home() -> Path:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from llm_platform.defs.planning import PLAN_CHECK
     from llm_platform.demo import run_demo
 
     catalog_path = args.catalog or default_catalog_path()
@@ -225,10 +226,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         columns = ["concurrency", "output_throughput", "request_throughput", "p95_ttft_ms", "p95_itl_ms", "failed"]
         print("  smoke benchmark (vllm bench serve):")
         print("    " + result.frame[columns].round(1).to_string(index=False).replace("\n", "\n    "))
-    if result.checks:
-        print(
-            "  SLO checks: " + ", ".join(f"{name} {'passed' if ok else 'FAILED'}" for name, ok in result.checks.items())
-        )
+    if result.plan:
+        print(f"  serving plan: {result.plan}")
+    slo_checks = {name: ok for name, ok in result.checks.items() if name != PLAN_CHECK}
+    if slo_checks:
+        print("  SLO checks: " + ", ".join(f"{name} {'passed' if ok else 'FAILED'}" for name, ok in slo_checks.items()))
     if result.failure:
         print(f"  failure: {result.failure}")
     if result.endpoint:

@@ -41,6 +41,7 @@ class DemoResult:
     endpoint: str | None
     failure: str | None
     services: dict[str, str] = field(default_factory=dict)
+    plan: str | None = None
 
 
 def bring_up(catalog_path: Path, home: Path, log: Callable[[str], None] = print) -> dict[str, ServiceRecord]:
@@ -107,6 +108,7 @@ def run_demo(
         weights = _latest_metadata(instance, "model_weights", model_name)
         bench = _latest_metadata(instance, "smoke_benchmark", model_name)
         deployment = _latest_metadata(instance, "vllm_deployment", model_name)
+        plan = _latest_metadata(instance, "serving_plan", model_name).get("verdict")
     endpoint = deployment.get("endpoint")
     return DemoResult(
         run_id=run_id,
@@ -118,4 +120,5 @@ def run_demo(
         endpoint=str(endpoint.value) if endpoint is not None and outcome.succeeded else None,
         failure=outcome.failures[0] if outcome.failures else None,
         services={name: record.url for name, record in services.items()},
+        plan=str(plan.value) if plan is not None else None,
     )
