@@ -104,11 +104,6 @@ class GpuPerfModel:
     _forward: Any
     _static: Any  # (backend, database view, model object) of the static estimator
 
-    @property
-    def gpu_memory_gib(self) -> float:
-        """Memory of one GPU of this type."""
-        return _gpu_memory_bytes(self.gpu_type) / 2**30
-
     def steady_state(
         self, concurrency: int, input_len: int, output_len: int, max_num_batched_tokens: int,
         gpu_memory_utilization: float,

@@ -38,9 +38,6 @@ class SteadyStateEstimate(Protocol):
 class SteadyStateEstimator(Protocol):
     """One (model, GPU type, TP size): what the plan asks of the performance model."""
 
-    @property
-    def gpu_memory_gib(self) -> float: ...
-
     def steady_state(
         self, concurrency: int, input_len: int, output_len: int, max_num_batched_tokens: int,
         gpu_memory_utilization: float,

@@ -122,10 +122,6 @@ class TableEstimator:
     def __init__(self, tp: int) -> None:
         self.tp = tp
 
-    @property
-    def gpu_memory_gib(self) -> float:
-        return 80.0
-
     def steady_state(self, concurrency: int, input_len: int, output_len: int, tokens: int, utilization: float):  # type: ignore[no-untyped-def]
         from types import SimpleNamespace
 
