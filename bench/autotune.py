@@ -203,8 +203,8 @@ def main() -> None:
 
     print(f"grid_best={medians['grid']:.1f} tuner_best={medians['tuner']:.1f} defaults={medians['defaults']:.1f} "
           f"grid_trials={len(grid.trials)} tuner_trials={len(tuned.trials)} "
-          f"tuner_vs_grid={ratio(medians['tuner'], medians['grid']):.3f} "
-          f"trial_fraction={len(tuned.trials) / len(grid.trials):.3f} "
+          f"tuned_vs_grid={ratio(medians['tuner'], medians['grid']):.3f} "
+          f"trials_ratio={len(tuned.trials) / len(grid.trials):.3f} "
           f"grid_vs_defaults={ratio(medians['grid'], medians['defaults']):.3f} "
           f"tuned_vs_defaults={ratio(medians['tuner'], medians['defaults']):.3f} "
           f"search_tuner_vs_grid={ratio(tuned_best, grid_best):.3f}")  # fmt: skip
