@@ -26,9 +26,14 @@ PLAN_CHECK = "slo_feasible"
 class PlanConfig(dg.Config):
     """Run configuration of ``serving_plan``: the candidate values per engine argument."""
 
-    tensor_parallel_size: list[int] = Field(default=list(PlanAxes.tensor_parallel_size))
-    max_num_seqs: list[int] = Field(default=list(PlanAxes.max_num_seqs))
-    max_num_batched_tokens: list[int] = Field(default=list(PlanAxes.max_num_batched_tokens))
+    tensor_parallel_size: list[int] = Field(
+        default=list(PlanAxes.tensor_parallel_size), description="Candidate TP sizes (those above the quota or 8 are "
+        "skipped)."
+    )  # fmt: skip
+    max_num_seqs: list[int] = Field(default=list(PlanAxes.max_num_seqs), description="Candidate max_num_seqs.")
+    max_num_batched_tokens: list[int] = Field(
+        default=list(PlanAxes.max_num_batched_tokens), description="Candidate max_num_batched_tokens."
+    )
     gpu_memory_utilization: list[float] = Field(default=[], description="Empty: the catalog's value.")
     max_model_len: list[int] = Field(default=[], description="Empty: the catalog's value.")
 
