@@ -9,6 +9,7 @@ No ``from __future__ import annotations`` here: Dagster reads the config and res
 
 import base64
 import json
+import math
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -182,7 +183,10 @@ def build_tuned_serving_config_asset(catalog: Catalog, partitions: dg.Partitions
                 "current_goodput_tok_s": dg.MetadataValue.float(float(baseline_goodput)),
                 "best_goodput_tok_s": dg.MetadataValue.float(float(best.goodput if best else 0.0)),
                 "gain_pct": dg.MetadataValue.float(float(gain)),
-                "gain_interval_pct": dg.MetadataValue.json([round(low, 2), round(high, 2)]),
+                # JSON has no NaN or infinity (no finalist; a current config with no goodput): null.
+                "gain_interval_pct": dg.MetadataValue.json(
+                    [round(value, 2) if math.isfinite(value) else None for value in (low, high)]
+                ),
                 "noise_spread_pct": dg.MetadataValue.float(float(outcome.spread * 100)),
                 "current_goodputs": dg.MetadataValue.json([round(v, 3) for v in outcome.baseline]),
                 "winner_goodputs": dg.MetadataValue.json([round(v, 3) for v in outcome.winner_goodputs]),
