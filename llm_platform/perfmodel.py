@@ -90,7 +90,6 @@ class SteadyState:
     ttft_ms: float
     tpot_ms: float
     output_tokens_per_s: float
-    memory_gib: float
 
 
 @dataclass(frozen=True)
@@ -108,7 +107,7 @@ class GpuPerfModel:
         self, concurrency: int, input_len: int, output_len: int, max_num_batched_tokens: int,
         gpu_memory_utilization: float,
     ) -> SteadyState:  # fmt: skip
-        """TTFT, TPOT, output tokens/s and memory per GPU at ``concurrency`` requests in flight (``run_agg``)."""
+        """TTFT, TPOT and output tokens/s at ``concurrency`` requests in flight (``run_agg``)."""
         from aiconfigurator_core.sdk.config import RuntimeConfig
 
         backend, database, model = self._static
@@ -120,7 +119,7 @@ class GpuPerfModel:
             row = summary.get_summary_df().iloc[0]
         except (ValueError, KeyError, IndexError, RuntimeError, AssertionError) as error:
             raise _unavailable(self.model, self.gpu_type, error) from None
-        return SteadyState(float(row["ttft"]), float(row["tpot"]), float(row["tokens/s"]), float(row["memory"]))
+        return SteadyState(float(row["ttft"]), float(row["tpot"]), float(row["tokens/s"]))
 
     def step_ms(self, load: StepLoad) -> float:
         """Milliseconds of one engine step (AIConfigurator's forward-pass model; decode KV rounded to 256 tokens,

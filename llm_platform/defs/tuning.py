@@ -10,6 +10,7 @@ No ``from __future__ import annotations`` here: Dagster reads the config and res
 import base64
 import json
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -155,7 +156,7 @@ def build_tuned_serving_config_asset(catalog: Catalog, partitions: dg.Partitions
             repeats=config.repeats, margin=config.margin_pct / 100,
         )  # fmt: skip
         result, best, adopted = outcome.result, outcome.winner, outcome.adopted
-        baseline_goodput = sorted(outcome.baseline)[len(outcome.baseline) // 2]
+        baseline_goodput = statistics.median(outcome.baseline)
         overrides = as_overrides(best.candidate) if adopted and best is not None else previous
         # Every measurement in order, the current config's repeats included (labelled so).
         labels = [

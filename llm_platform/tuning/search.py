@@ -31,6 +31,7 @@ import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from statistics import median
 
 from llm_platform.catalog import Slo
 
@@ -273,15 +274,9 @@ class NoisyOutcome:
         return len(self.result.trials)
 
 
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def relative_spread(values: Sequence[float]) -> float:
     """(max − min) / median of repeated measurements of one config: how much a single trial can be off."""
-    centre = _median(values)
+    centre = median(values)
     return (max(values) - min(values)) / centre if centre > 0 else 0.0
 
 
@@ -354,13 +349,13 @@ def noise_aware_search(
         key = _key(equivalent(candidate))
         if key in first_trial:  # measured already (the incumbent's repeats): its median stands for it
             trial = first_trial[key]
-            return Trial(trial.candidate, _median(samples[key]), trial.best, trial.probes, trial.error)
+            return Trial(trial.candidate, median(samples[key]), trial.best, trial.probes, trial.error)
         return measure(candidate)
 
     coordinate_search(space, explore, start, equivalent=equivalent, tolerance=tolerance)
     ranked = sorted(
-        (key for key, values in samples.items() if first_trial[key].ok and _median(values) > 0),
-        key=lambda key: _median(samples[key]),
+        (key for key, values in samples.items() if first_trial[key].ok and median(values) > 0),
+        key=lambda key: median(samples[key]),
         reverse=True,
     )
     for key in ranked[:finalists]:
@@ -368,16 +363,16 @@ def noise_aware_search(
     contenders = list(ranked[:finalists])
     if not contenders:
         return NoisyOutcome(result, tuple(baseline), None, (), spread, math.nan, (math.nan, math.nan), False)
-    best_key = max(contenders, key=lambda key: _median(samples[key]))
+    best_key = max(contenders, key=lambda key: median(samples[key]))
     winner_goodputs = tuple(samples[best_key])
-    gain = _median(winner_goodputs) / _median(baseline) - 1 if _median(baseline) > 0 else math.inf
-    interval = gain_interval(winner_goodputs, baseline) if _median(baseline) > 0 else (math.inf, math.inf)
+    gain = median(winner_goodputs) / median(baseline) - 1 if median(baseline) > 0 else math.inf
+    interval = gain_interval(winner_goodputs, baseline) if median(baseline) > 0 else (math.inf, math.inf)
     adopted = best_key != _key(equivalent(baseline_candidate)) and interval[0] >= margin
     winner = first_trial[best_key]
     return NoisyOutcome(
         result,
         tuple(baseline),
-        Trial(winner.candidate, _median(winner_goodputs), winner.best, winner.probes, winner.error),
+        Trial(winner.candidate, median(winner_goodputs), winner.best, winner.probes, winner.error),
         winner_goodputs,
         spread,
         gain,
