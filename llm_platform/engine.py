@@ -74,6 +74,9 @@ def engine_args(serving: Serving, *, served_model_name: str, weights_path: str) 
         *_flag("dtype", serving.dtype),
         "--enable-chunked-prefill" if serving.enable_chunked_prefill else "--no-enable-chunked-prefill",
         *_flag("custom-histogram-buckets", buckets),
+        # The gate (llm_platform/gate.py) is the server's only listener and writes the access log, without query
+        # strings; uvicorn's own would log them (a key sent as ?api_key= included).
+        "--disable-uvicorn-access-log",
     ]
     if serving.enable_prefix_caching is not None:
         args.append("--enable-prefix-caching" if serving.enable_prefix_caching else "--no-enable-prefix-caching")
@@ -93,17 +96,18 @@ def engine_invocation(
     weights_path: str,
     host: str = "0.0.0.0",  # noqa: S104 - a server inside a pod listens on all interfaces
     port: int = DEFAULT_PORT,
+    uds: str | None = None,
     extra_env: Mapping[str, str] | None = None,
 ) -> EngineInvocation:
-    """The complete server invocation: engine arguments, listen address and environment.
+    """The complete server invocation: engine arguments, listen address (``uds``: a Unix socket instead of host
+    and port) and environment.
 
     ``extra_env`` carries target-specific settings (for the CPU build: ``VLLM_CPU_KVCACHE_SPACE``,
     ``VLLM_CPU_OMP_THREADS_BIND``); it may not override :data:`BASE_ENVIRONMENT`.
     """
     args = (
         *engine_args(serving, served_model_name=served_model_name, weights_path=weights_path),
-        *_flag("host", host),
-        *_flag("port", port),
+        *(_flag("uds", uds) if uds is not None else (*_flag("host", host), *_flag("port", port))),
     )
     env = {**(extra_env or {}), **BASE_ENVIRONMENT}
     return EngineInvocation(args=args, env=env)

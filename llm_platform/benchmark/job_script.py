@@ -9,7 +9,8 @@ from typing import Any
 
 from llm_platform.benchmark.plan import BENCH_RESULT_MARKER, BenchmarkPlan, bench_serve_args, level_filename
 from llm_platform.catalog import ModelSpec, Platform
-from llm_platform.engine import DEFAULT_PORT, VLLM_SERVER_MODULE
+from llm_platform.conventions import ENGINE_LOOPBACK_PORT
+from llm_platform.engine import VLLM_SERVER_MODULE
 from llm_platform.manifests.pods import CACHE_DIR, serving_invocation, weights_path
 
 
@@ -25,7 +26,7 @@ def benchmark_script(
     """
     result_dir = f"{CACHE_DIR}/bench"
     lines = ["set -u", f"mkdir -p {result_dir}"]
-    base_url = against or f"http://127.0.0.1:{DEFAULT_PORT}"
+    base_url = against or f"http://127.0.0.1:{ENGINE_LOOPBACK_PORT}"
     if against is None:
         invocation = serving_invocation(platform, model, revision)
         server_log = f"{CACHE_DIR}/vllm-server.log"

@@ -106,6 +106,15 @@ _HF_TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 _NGINX_SIZE = re.compile(r"^[0-9]+[kKmMgG]?$")
 
 
+_NGINX_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def nginx_size_bytes(size: str) -> int:
+    """An nginx size (``16m``, ``1g``, ``512k``, ``100``) in bytes, as nginx reads ``client_max_body_size``."""
+    unit = size[-1].lower() if size[-1:].isalpha() else ""
+    return int(size[: len(size) - len(unit)]) * _NGINX_SIZE_UNITS[unit]
+
+
 #: Paths every vLLM pod mounts itself (``manifests/pods.py``, the download Job's ``/tmp``): the model store may
 #: not overlap them.
 RESERVED_MOUNT_PATHS = ("/dev/shm", "/tmp", "/home/vllm")  # noqa: S108 - container paths, not temporary files

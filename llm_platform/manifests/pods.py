@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from llm_platform.catalog import ModelSpec, Platform
-from llm_platform.engine import DEFAULT_PORT, EngineInvocation, engine_invocation
+from llm_platform.conventions import API_PORT, ENGINE_HEALTH_PATH, ENGINE_LOOPBACK_PORT
+from llm_platform.engine import EngineInvocation, engine_invocation
 from llm_platform.store_layout import snapshot_path
 
 Object = dict[str, Any]
@@ -68,12 +69,14 @@ def weights_path(platform: Platform, model: ModelSpec, revision: str) -> str:
 
 
 def serving_invocation(platform: Platform, model: ModelSpec, revision: str) -> EngineInvocation:
-    """The vLLM invocation inside the serving container."""
+    """The vLLM invocation inside the serving container: on the pod's loopback only, behind the gate (the Deployment)
+    or the benchmark client in the same pod (the benchmark Job); nothing outside the pod reaches vLLM itself."""
     return engine_invocation(
         model.serving,
         served_model_name=model.name,
         weights_path=weights_path(platform, model, revision),
-        port=DEFAULT_PORT,
+        host="127.0.0.1",
+        port=ENGINE_LOOPBACK_PORT,
         extra_env={"HOME": CACHE_DIR},
     )
 
@@ -98,9 +101,11 @@ def restricted_container_security() -> Object:
     }
 
 
-def http_probe(period_s: int, failures: int, timeout_s: int) -> Object:
+def http_probe(period_s: int, failures: int, timeout_s: int, path: str = ENGINE_HEALTH_PATH) -> Object:
+    """A probe on the gate's API port: kubelet cannot reach vLLM on the pod's loopback, the gate forwards
+    ``/health`` (the one route it forwards without the key)."""
     return {
-        "httpGet": {"path": "/health", "port": PORT_NAME},
+        "httpGet": {"path": path, "port": API_PORT},
         "periodSeconds": period_s,
         "failureThreshold": failures,
         "timeoutSeconds": timeout_s,

@@ -4,7 +4,17 @@ NetworkPolicy, applied together on a promotion."""
 from __future__ import annotations
 
 from llm_platform.catalog import ModelSpec, Platform
-from llm_platform.engine import DEFAULT_PORT, VLLM_SERVER_MODULE
+from llm_platform.catalog.schema import nginx_size_bytes
+from llm_platform.conventions import (
+    API_KEY_ENV,
+    API_PORT,
+    ENGINE_LOOPBACK_PORT,
+    GATE_HEALTH_PATH,
+    GATE_MODULE,
+    METRICS_PATH,
+    METRICS_PORT,
+)
+from llm_platform.engine import VLLM_SERVER_MODULE
 from llm_platform.manifests.pods import (
     DNS_EGRESS,
     ENGINE_FINGERPRINT_ANNOTATION,
@@ -12,15 +22,58 @@ from llm_platform.manifests.pods import (
     SERVING_COMPONENT,
     WEIGHTS_REVISION_ANNOTATION,
     Object,
+    api_key_env,
     http_probe,
     model_labels,
     object_metadata,
     resource_name,
+    restricted_container_security,
     selector_labels,
     serving_invocation,
     vllm_container_base,
     vllm_pod_base,
 )
+
+METRICS_PORT_NAME = "metrics"
+
+
+def gate_args(model: ModelSpec) -> list[str]:
+    """The gate's arguments in a serving pod (the key comes from the environment, never an argument)."""
+    all_interfaces = "0.0.0.0"  # noqa: S104 - the pod's listener; the NetworkPolicy decides who reaches it
+    return [
+        "--host", all_interfaces, "--port", str(API_PORT), "--metrics-port", str(METRICS_PORT),
+        "--upstream-url", f"http://127.0.0.1:{ENGINE_LOOPBACK_PORT}",
+        "--max-body-bytes", str(nginx_size_bytes(model.exposure.max_body_size)),
+        "--body-timeout-s", str(model.exposure.timeout_s),
+    ]  # fmt: skip
+
+
+def gate_container(platform: Platform, model: ModelSpec) -> Object:
+    """The gate (``llm_platform/gate.py``), the pod's only listener: the key on every route but ``/health``, API
+    routes only, ``/metrics`` on its own port, the body limit, header and body timeouts.
+
+    A native sidecar (an init container that keeps running, Kubernetes >= 1.29): it is up before vLLM starts and
+    stops only after vLLM has exited, so requests in flight during a drain still have their way out."""
+    return {
+        "name": "gate",
+        "image": platform.platform_image,
+        "imagePullPolicy": "IfNotPresent",
+        "restartPolicy": "Always",
+        "command": ["python", "-m", GATE_MODULE],
+        "args": gate_args(model),
+        "env": [api_key_env(platform, model, API_KEY_ENV)],
+        "ports": [
+            {"name": PORT_NAME, "containerPort": API_PORT, "protocol": "TCP"},
+            {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "startupProbe": http_probe(period_s=1, failures=30, timeout_s=2, path=GATE_HEALTH_PATH),
+        "livenessProbe": http_probe(period_s=10, failures=3, timeout_s=5, path=GATE_HEALTH_PATH),
+        "resources": {
+            "requests": {"cpu": "250m", "memory": "256Mi", "ephemeral-storage": "100Mi"},
+            "limits": {"memory": "512Mi", "ephemeral-storage": "200Mi"},
+        },
+        "securityContext": {**restricted_container_security(), "readOnlyRootFilesystem": True},
+    }
 
 
 def render_deployment(platform: Platform, model: ModelSpec, revision: str) -> Object:
@@ -31,7 +84,8 @@ def render_deployment(platform: Platform, model: ModelSpec, revision: str) -> Ob
         **vllm_container_base(platform, model, invocation),
         "command": ["python3", "-m", VLLM_SERVER_MODULE],
         "args": list(invocation.args),
-        "ports": [{"name": PORT_NAME, "containerPort": DEFAULT_PORT, "protocol": "TCP"}],
+        # No ports: vLLM listens on the pod's loopback; the gate's ports are the pod's. The probes ask vLLM's
+        # /health through the gate.
         # Loading weights takes from seconds to tens of minutes depending on size and storage. A fixed
         # initialDelaySeconds (the seed's 60 s) is wrong both ways: too short for a 70B model (the kubelet kills it
         # in a crash loop) and a needless wait for a small one. A startupProbe (as KServe does) holds liveness and
@@ -45,7 +99,12 @@ def render_deployment(platform: Platform, model: ModelSpec, revision: str) -> Ob
         # Give the endpoints controller time to take the pod out of the Service before vLLM stops accepting.
         "lifecycle": {"preStop": {"sleep": {"seconds": 10}}},
     }
-    pod_spec: Object = {**vllm_pod_base(platform), "terminationGracePeriodSeconds": 60, "containers": [container]}
+    pod_spec: Object = {
+        **vllm_pod_base(platform),
+        "terminationGracePeriodSeconds": 60,
+        "initContainers": [gate_container(platform, model)],
+        "containers": [container],
+    }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -66,8 +125,8 @@ def render_deployment(platform: Platform, model: ModelSpec, revision: str) -> Ob
                         ENGINE_FINGERPRINT_ANNOTATION: invocation.fingerprint,
                         # For Prometheus' kubernetes_sd annotation-based scraping; the Operator uses the PodMonitor.
                         "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(DEFAULT_PORT),
-                        "prometheus.io/path": "/metrics",
+                        "prometheus.io/port": str(METRICS_PORT),
+                        "prometheus.io/path": METRICS_PATH,
                     },
                 },
                 "spec": pod_spec,
@@ -91,7 +150,9 @@ def render_service(platform: Platform, model: ModelSpec) -> Object:
         "spec": {
             "type": "ClusterIP",
             "selector": serving_pod_labels(model),
-            "ports": [{"name": PORT_NAME, "port": DEFAULT_PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
+            # The gate's API port (numeric: the gate is an init container, whose named ports not every Kubernetes
+            # release resolves for a Service). /metrics is not on it.
+            "ports": [{"name": PORT_NAME, "port": API_PORT, "targetPort": API_PORT, "protocol": "TCP"}],
         },
     }
 
@@ -216,8 +277,9 @@ def _namespace_selector(namespace: str) -> Object:
 
 
 def render_network_policy(platform: Platform, model: ModelSpec) -> Object:
-    """The serving pods: reached on the vLLM port only by labelled client pods in labelled namespaces (and the
-    serving namespace's own labelled pods, such as the live benchmark), the ingress controller and Prometheus; they
+    """The serving pods: reached on the gate's API port only by labelled client pods in labelled namespaces (and the
+    serving namespace's own labelled pods, such as the live benchmark) and the ingress controller, on its metrics
+    port only by Prometheus; they
     reach nothing but DNS (weights are on the PVC, the hub is offline). The namespace's default deny
     (``k8s/base/networkpolicy.yaml``) covers every other pod."""
     exposure = model.exposure
@@ -235,11 +297,11 @@ def render_network_policy(platform: Platform, model: ModelSpec) -> Object:
                 "podSelector": {"matchLabels": dict(platform.ingress_controller_pod_labels)},
             }
         ),
-        {
-            "namespaceSelector": _namespace_selector(platform.prometheus_namespace),
-            "podSelector": {"matchLabels": dict(platform.prometheus_pod_labels)},
-        },
     ]
+    prometheus = {
+        "namespaceSelector": _namespace_selector(platform.prometheus_namespace),
+        "podSelector": {"matchLabels": dict(platform.prometheus_pod_labels)},
+    }
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -247,7 +309,11 @@ def render_network_policy(platform: Platform, model: ModelSpec) -> Object:
         "spec": {
             "podSelector": {"matchLabels": serving_pod_labels(model)},
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": DEFAULT_PORT}]}],
+            "ingress": [
+                # Clients and the edge reach the gate's API port; Prometheus alone its metrics port.
+                {"from": peers, "ports": [{"protocol": "TCP", "port": API_PORT}]},
+                {"from": [prometheus], "ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
+            ],
             "egress": [DNS_EGRESS],
         },
     }
@@ -272,7 +338,7 @@ def render_http_route(platform: Platform, model: ModelSpec) -> Object | None:
             "rules": [
                 {
                     "matches": [{"path": {"type": "PathPrefix", "value": "/v1"}}],
-                    "backendRefs": [{"name": resource_name(model), "port": DEFAULT_PORT}],
+                    "backendRefs": [{"name": resource_name(model), "port": API_PORT}],
                     "timeouts": {"request": timeout, "backendRequest": timeout},
                 }
             ],

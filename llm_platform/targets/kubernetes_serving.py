@@ -12,7 +12,8 @@ from pathlib import Path
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.benchmark.trials import candidate_model, failed_trial, ladder_trial, load_ladder
 from llm_platform.catalog import ModelSpec
-from llm_platform.engine import DEFAULT_PORT, config_fingerprint
+from llm_platform.conventions import API_PORT
+from llm_platform.engine import config_fingerprint
 from llm_platform.errors import PlatformError
 from llm_platform.manifests.pods import resource_name, serving_invocation
 from llm_platform.manifests.serving import render_model
@@ -43,7 +44,7 @@ class KubernetesServingTarget(ServingTarget):
         self.platform = cluster.platform
 
     def service_url(self, model: ModelSpec) -> str:
-        return f"http://{resource_name(model)}.{self.platform.namespace}.svc.cluster.local:{DEFAULT_PORT}"
+        return f"http://{resource_name(model)}.{self.platform.namespace}.svc.cluster.local:{API_PORT}"
 
     def endpoint(self, model: ModelSpec) -> str:
         """The model's URL: its Ingress host when exposed, else the in-cluster Service address."""

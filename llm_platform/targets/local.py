@@ -12,8 +12,10 @@ Prometheus file_sd target file.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,10 +23,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from llm_platform.catalog import ModelSpec, Serving
+from llm_platform.catalog.schema import nginx_size_bytes
+from llm_platform.conventions import API_KEY_ENV, GATE_HEALTH_PATH, GATE_MODULE
 from llm_platform.engine import EngineInvocation, engine_invocation
 from llm_platform.errors import TargetError
 from llm_platform.processes import free_port, http_ok, process_alive, spawn, stop_group, wait_until_healthy
 from llm_platform.targets.local_state import LocalState, ProxyRecord, ServerRecord, read_or_create_api_key
+
+
+def socket_dir() -> Path:
+    """Where the servers' Unix sockets live: a directory of this user's, mode 0700, short enough for the 108-byte
+    limit of a socket path (a state directory deep in a test's tmp tree is not)."""
+    directory = Path(tempfile.gettempdir()) / f"llm-platform-{os.getuid()}"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    info = directory.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise TargetError(f"{directory} is not a private directory of this user; remove it and try again")
+    return directory
 
 
 @dataclass(frozen=True)
@@ -52,9 +67,9 @@ class LocalTargetSettings:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     """Further environment for the servers."""
     api_key_file: Path | None = None
-    """File with the key every server requires on ``/v1/`` (``VLLM_API_KEY``; created with a random key when missing;
-    None: no key). The key goes to the process's environment only, never into its arguments, its fingerprint or a
-    record."""
+    """File with the key every server's gate requires on every route but ``/health`` (``VLLM_API_KEY``; created
+    with a random key when missing; None: no key). The key goes to the processes' environment only, never into
+    their arguments, the fingerprint or a record."""
 
 
 @dataclass(frozen=True)
@@ -94,9 +109,9 @@ class LocalTarget:
         return read_or_create_api_key(self.settings.api_key_file)
 
     def invocation(
-        self, model: ModelSpec, weights_path: str, serving: Serving | None = None, port: int = 0
+        self, model: ModelSpec, weights_path: str, serving: Serving | None = None, port: int = 0, uds: str | None = None
     ) -> EngineInvocation:
-        """The engine invocation for ``model``. Fingerprints use port 0: the real port is chosen at start."""
+        """The engine invocation for ``model``. Fingerprints use port 0 and no socket: both are chosen at start."""
         env = {"VLLM_CPU_KVCACHE_SPACE": str(self.settings.kv_cache_space_gib), **self.settings.extra_env}
         if self.settings.omp_threads_bind:
             env["VLLM_CPU_OMP_THREADS_BIND"] = self.settings.omp_threads_bind
@@ -106,6 +121,7 @@ class LocalTarget:
             weights_path=weights_path,
             host=self.settings.host,
             port=port,
+            uds=uds,
             extra_env=env,
         )
 
@@ -151,14 +167,22 @@ class LocalTarget:
     def _start(
         self, model: ModelSpec, fingerprint: str, weights_path: str, serving: Serving, log: Callable[[str], None]
     ) -> ServerRecord:
-        port = free_port()
-        invocation = self.invocation(model, weights_path, serving, port=port)
-        command = invocation.command(self.settings.python)
+        port, metrics_port = free_port(), free_port()
+        # vLLM listens on a Unix socket in a directory only this user can enter; the gate in front of it (its
+        # parent process, in the same process group) is the only TCP listener and requires the key on every route.
+        socket_path = socket_dir() / f"{fingerprint}-{port}.sock"
+        socket_path.unlink(missing_ok=True)
+        invocation = self.invocation(model, weights_path, serving, uds=str(socket_path))
+        command = [
+            *self._gate_command(model, port, ["--metrics-port", str(metrics_port), "--upstream-uds", str(socket_path)]),
+            "--",
+            *invocation.command(self.settings.python),
+        ]
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         log_path = self.state.log_path(f"{model.name}-{fingerprint}-{stamp}")
         # In the state directory, not the run's working directory, which may be gone before the server.
-        secret = {"VLLM_API_KEY": self.api_key} if self.api_key else {}
-        process = spawn(command, log_path, cwd=self.settings.state_dir, env={**os.environ, **invocation.env, **secret})
+        environment = {**os.environ, **invocation.env, **self._secret_env()}
+        process = spawn(command, log_path, cwd=self.settings.state_dir, env=environment)
         self._children[process.pid] = process
         record = ServerRecord(
             model=model.name,
@@ -169,6 +193,8 @@ class LocalTarget:
             log_path=str(log_path),
             weights_path=weights_path,
             started_at=datetime.now(UTC).isoformat(),
+            metrics_port=metrics_port,
+            socket_path=str(socket_path),
         )
         self.state.save_server(record)
         log(f"model '{model.name}': starting vLLM {fingerprint} on port {port} (log: {log_path})")
@@ -191,7 +217,7 @@ class LocalTarget:
     ) -> ModelStatus:
         """Serve this config at the model's endpoint: start (or reuse) it, switch the endpoint, stop the old one."""
         record = self.ensure_server(model, weights_path, serving, log)
-        endpoint = self._ensure_proxy(model.name)
+        endpoint = self._ensure_proxy(model)
         previous = self.active(model.name)
         self.state.route_to(record)
         log(f"model '{model.name}': endpoint {endpoint} now routes to server {record.fingerprint}")
@@ -204,30 +230,32 @@ class LocalTarget:
         self._write_scrape_targets(model.name)
         return self.status(model.name)
 
-    def _ensure_proxy(self, model: str) -> str:
-        existing = self.endpoint(model)
+    def _secret_env(self) -> dict[str, str]:
+        """The key for the gate (and vLLM): in the environment of the process only."""
+        return {API_KEY_ENV: self.api_key} if self.api_key else {}
+
+    def _gate_command(self, model: ModelSpec, port: int, upstream: list[str]) -> list[str]:
+        """``python -m llm_platform.gate`` on ``port`` with the model's body limit (``exposure.max_body_size``)."""
+        return [
+            self.settings.python, "-m", GATE_MODULE, "--host", self.settings.host, "--port", str(port),
+            "--max-body-bytes", str(nginx_size_bytes(model.exposure.max_body_size)),
+            "--api-key-env", API_KEY_ENV if self.api_key else "", *upstream,
+        ]  # fmt: skip
+
+    def _ensure_proxy(self, model: ModelSpec) -> str:
+        existing = self.endpoint(model.name)
         if existing is not None:
             return existing
-        recorded = self.state.proxy(model)
+        recorded = self.state.proxy(model.name)
         port = recorded.port if recorded is not None else free_port()  # the endpoint keeps its port
-        log_path = self.state.log_path(f"{model}-endpoint")
-        command = [
-            self.settings.python,
-            "-m",
-            "llm_platform.targets.proxy",
-            "--host",
-            self.settings.host,
-            "--port",
-            str(port),
-            "--active-file",
-            str(self.state.active_file(model)),
-        ]
-        process = spawn(command, log_path, cwd=self.settings.state_dir)
+        log_path = self.state.log_path(f"{model.name}-endpoint")
+        command = self._gate_command(model, port, ["--active-file", str(self.state.active_file(model.name))])
+        process = spawn(command, log_path, cwd=self.settings.state_dir, env={**os.environ, **self._secret_env()})
         self._children[process.pid] = process
-        self.state.save_proxy(model, ProxyRecord(process.pid, port))
+        self.state.save_proxy(model.name, ProxyRecord(process.pid, port))
         url = f"http://{self.settings.host}:{port}"
         wait_until_healthy(
-            process, lambda: self._healthy(f"{url}/-/proxy-health"), what=f"model '{model}': the endpoint proxy",
+            process, lambda: self._healthy(f"{url}{GATE_HEALTH_PATH}"), what=f"model '{model.name}': the endpoint",
             log_path=log_path, timeout_s=30, error=TargetError, clock=self._clock, sleep=self._sleep, interval_s=0.2,
         )  # fmt: skip
         return url
@@ -236,6 +264,8 @@ class LocalTarget:
         record = self.state.server(model, fingerprint)
         if record is not None:
             self._terminate(record.pid, record.marker)
+            if record.socket_path:
+                Path(record.socket_path).unlink(missing_ok=True)
         self.state.forget_server(model, fingerprint)
         self._write_scrape_targets(model)
 

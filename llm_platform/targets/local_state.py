@@ -4,7 +4,7 @@ Layout under ``state_dir`` (``local-target`` under the local home, ``$DAGSTER_HO
 
     <model>/servers/<fingerprint>.json   one record per vLLM process (pid, port, log, weights) - survives restarts
     <model>/active.json                  the server the model's endpoint routes to
-    <model>/proxy.json                   the endpoint: a small reverse proxy on a port that never changes
+    <model>/proxy.json                   the endpoint: a gate (llm_platform/gate.py) on a port that never changes
     logs/<model>-<fingerprint>-<time>.log
 
 and one Prometheus file_sd target file per model in ``file_sd_dir``. Every write is atomic (temp file + rename), so
@@ -33,10 +33,18 @@ class ServerRecord:
     log_path: str
     weights_path: str
     started_at: str
+    metrics_port: int = 0
+    """The gate's metrics listener (``/metrics`` for Prometheus; the API port serves no metrics)."""
+    socket_path: str = ""
+    """vLLM's Unix socket behind the gate (reachable by this user only)."""
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}"
 
     @property
     def marker(self) -> str:
@@ -156,7 +164,7 @@ class LocalState:
         active = self.active_fingerprint(model)
         groups: list[Mapping[str, object]] = [
             {
-                "targets": [f"{record.host}:{record.port}"],
+                "targets": [f"{record.host}:{record.metrics_port}"],
                 "labels": {
                     "model": model,
                     "fingerprint": record.fingerprint,

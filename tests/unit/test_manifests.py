@@ -76,7 +76,19 @@ def test_deployment_runs_the_pinned_vllm_image_with_engine_args(platform: Platfo
     assert _arg(container, "--served-model-name") == "llama"
     assert _arg(container, "--tensor-parallel-size") == "2"
     assert _arg(container, "--max-num-seqs") == "64"
-    assert _arg(container, "--port") == "8000"
+    # vLLM on the pod's loopback only: the gate is the pod's one listener.
+    assert (_arg(container, "--host"), _arg(container, "--port")) == ("127.0.0.1", "8002")
+    assert "ports" not in container
+    (gate,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert gate["restartPolicy"] == "Always"  # a native sidecar: up before vLLM, down after it
+    assert gate["image"] == platform.platform_image and gate["command"] == ["python", "-m", "llm_platform.gate"]
+    assert _arg(gate, "--upstream-url") == "http://127.0.0.1:8002"
+    assert (_arg(gate, "--port"), _arg(gate, "--metrics-port")) == ("8000", "8001")
+    assert _arg(gate, "--max-body-bytes") == str(16 * 1024 * 1024)  # exposure.max_body_size: 16m
+    assert [port["containerPort"] for port in gate["ports"]] == [8000, 8001]
+    (key,) = gate["env"]
+    assert key["name"] == "VLLM_API_KEY" and "secretKeyRef" in key["valueFrom"]
+    assert gate["securityContext"]["readOnlyRootFilesystem"] is True
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["llm-platform/weights-revision"] == SHA
 
@@ -111,7 +123,7 @@ def test_probes_tolerate_model_loading(platform: Platform, llama: ModelSpec) -> 
     assert startup["httpGet"]["path"] == "/health"
     assert startup["periodSeconds"] * startup["failureThreshold"] >= llama.serving.startup_timeout_s
     for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}
+        assert container[probe]["httpGet"] == {"path": "/health", "port": 8000}  # through the gate
         assert "initialDelaySeconds" not in container[probe]
 
 
@@ -139,7 +151,7 @@ def test_service_and_pdb_select_the_model_pods(platform: Platform, llama: ModelS
     assert service["spec"]["type"] == "ClusterIP"
     serving_pods = {**selector_labels(llama), "app.kubernetes.io/component": "inference-server"}
     assert service["spec"]["selector"] == serving_pods
-    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert service["spec"]["ports"][0]["targetPort"] == 8000  # the gate's API port
     pdb = render_pod_disruption_budget(platform, llama)
     assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": serving_pods}}
 
@@ -185,8 +197,8 @@ def test_network_policy_admits_clients_ingress_controller_and_prometheus(platfor
         "matchLabels": {**selector_labels(llama), "app.kubernetes.io/component": "inference-server"}
     }
     assert spec["policyTypes"] == ["Ingress", "Egress"]
-    (rule,) = spec["ingress"]
-    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+    rule, metrics = spec["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]  # the gate's API port
     peers = rule["from"]
     # Clients: labelled pods in labelled namespaces (both must match), or labelled pods of the serving namespace.
     assert peers[0] == {
@@ -195,7 +207,11 @@ def test_network_policy_admits_clients_ingress_controller_and_prometheus(platfor
     }
     assert peers[1] == {"podSelector": {"matchLabels": {"team": "a"}}}
     namespaces = [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in peers[2:]]
-    assert namespaces == ["ingress-nginx", "monitoring"]
+    assert namespaces == ["ingress-nginx"]
+    # The metrics port: Prometheus alone.
+    assert metrics["ports"] == [{"protocol": "TCP", "port": 8001}]
+    (prometheus,) = metrics["from"]
+    assert prometheus["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == "monitoring"
     # Serving pods reach DNS and nothing else.
     (egress,) = spec["egress"]
     assert egress["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]

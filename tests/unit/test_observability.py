@@ -49,8 +49,10 @@ def test_pod_monitor_selects_the_rendered_vllm_pods() -> None:
     for model in catalog.models:
         template = render_deployment(catalog.platform, model, "0" * 40)["spec"]["template"]
         assert selector.items() <= template["metadata"]["labels"].items()
-        port_names = {port["name"] for port in template["spec"]["containers"][0]["ports"]}
-        assert monitor["spec"]["podMetricsEndpoints"][0]["port"] in port_names
+        (gate,) = template["spec"]["initContainers"]
+        ports = {port["name"]: port["containerPort"] for port in gate["ports"]}
+        assert ports[monitor["spec"]["podMetricsEndpoints"][0]["port"]] == 8001  # the gate's metrics listener
+        assert template["metadata"]["annotations"]["prometheus.io/port"] == "8001"
     assert monitor["metadata"]["namespace"] == catalog.platform.namespace
 
 

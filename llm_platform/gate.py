@@ -1,0 +1,318 @@
+"""The gate: the authenticating edge in front of every vLLM server the platform runs.
+
+vLLM checks its API key only under ``/v1`` (and ``/v2``, ``/inference``, ``/cohere``): ``/invocations`` generates
+text, ``/tokenize`` and ``/detokenize`` take megabytes, ``/docs``, ``/openapi.json``, ``/version`` and ``/load``
+answer anyone, and every vLLM release adds routes. So vLLM never listens where a client can reach it: it is bound
+to a Unix socket (locally) or to the pod's loopback (on Kubernetes), and this gate is the only listener.
+
+- **Every request but ``GET /health`` needs the key**, whatever vLLM's own list is: ``Authorization: Bearer
+  <key>`` compared in constant time; the key comes from an environment variable, never an argument. The check
+  comes first, so a caller without the key learns nothing about the routes (401 for every path).
+- **Routes are an allow-list** (:data:`API_ROUTES`): what a client of an OpenAI-compatible server calls. Admin
+  routes (``/scale_elastic_ep``, LoRA loading, cache resets, ``/collective_rpc``, …) and documentation are 404
+  even with the key. ``/metrics`` is served only on the separate metrics listener, which the NetworkPolicy opens
+  to the monitoring namespace alone.
+- **Limits at the edge:** a header timeout (a connection must deliver a complete request head within
+  ``header_timeout_s``: no slow-loris), a body timeout, the body size (refused by ``Content-Length`` before a
+  byte of it is read), and an access log without query strings (a key sent as ``?api_key=`` is never written).
+
+The same process is the local target's stable endpoint (``--active-file``: forwards to the server a promotion
+last pointed at) and, with a command after ``--``, the supervisor of the vLLM server it fronts (it exits with the
+server's exit code, and a SIGTERM reaches both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import BaseConnector, ClientSession, ClientTimeout, TCPConnector, UnixConnector, web
+from aiohttp.abc import AbstractAccessLogger
+
+from llm_platform.conventions import API_KEY_ENV, ENGINE_HEALTH_PATH, GATE_HEALTH_PATH, GATE_MODULE, METRICS_PATH
+
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+              "transfer-encoding", "upgrade", "host", "content-length"}  # fmt: skip
+
+
+#: What a client of an OpenAI-compatible (and Anthropic-compatible) server may call: vLLM 0.32's routes of that
+#: kind, matched whole. Every other path is 404 with the key and 401 without it;
+#: ``tests/integration/test_gate.py`` reads the running server's own ``/openapi.json`` and calls every route.
+API_ROUTES: tuple[str, ...] = (
+    "/v1/models",
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/v1/responses",
+    "/v1/responses/[A-Za-z0-9_-]{1,128}",
+    "/v1/responses/[A-Za-z0-9_-]{1,128}/cancel",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/v1/embeddings",
+    "/v1/score",
+    "/v1/rerank",
+    "/tokenize",
+    "/detokenize",
+    "/version",
+)
+_API_ROUTE = re.compile("|".join(f"(?:{route})" for route in API_ROUTES))
+
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_HEADER_TIMEOUT_S = 15.0
+DEFAULT_BODY_TIMEOUT_S = 60.0
+
+log = logging.getLogger("llm_platform.gate")
+
+
+def route_allowed(path: str) -> bool:
+    """Whether ``path`` is an API route a keyed client may call."""
+    return _API_ROUTE.fullmatch(path) is not None
+
+
+def key_matches(header: str | None, key: str) -> bool:
+    """``Authorization: Bearer <key>``, compared in constant time."""
+    scheme, _, presented = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), key.encode())
+
+
+class Upstream:
+    """Where the gate forwards to: a fixed URL or Unix socket, or the server named in an active file (re-read
+    when it changes), the local endpoint's pointer."""
+
+    def __init__(self, url: str | None = None, uds: str | None = None, active_file: Path | None = None) -> None:
+        if sum(value is not None for value in (url, uds, active_file)) != 1:
+            raise ValueError("exactly one of url, uds and active_file")
+        self._url = url.rstrip("/") if url else None
+        self.uds = uds
+        self._active_file = active_file
+        self._mtime = -1.0
+
+    def base_url(self) -> str | None:
+        if self.uds is not None:
+            return "http://localhost"
+        if self._active_file is None:
+            return self._url
+        try:
+            mtime = self._active_file.stat().st_mtime
+        except OSError:
+            return None
+        if mtime != self._mtime:
+            data = json.loads(self._active_file.read_text())
+            self._url = f"http://{data['host']}:{data['port']}"
+            self._mtime = mtime
+        return self._url
+
+    def connector(self) -> BaseConnector:
+        return UnixConnector(path=self.uds) if self.uds is not None else TCPConnector()
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """What the gate enforces; the defaults are the catalog's exposure defaults."""
+
+    api_key: str | None
+    """The key every request but ``GET /health`` must carry; None: no key (only for the tests of the limits)."""
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+
+
+class PathOnlyAccessLogger(AbstractAccessLogger):
+    """Method, path without the query string, status, size and duration: a key in a query never reaches a log."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, duration: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %s %.3f',
+            request.remote, request.method, request.path, response.status, response.body_length, duration,
+        )  # fmt: skip
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "code": status}}, status=status)
+
+
+def build_app(upstream: Upstream, settings: GateSettings, *, metrics_only: bool = False) -> web.Application:
+    """The gate's application: the API listener, or (``metrics_only``) the metrics listener."""
+    session: dict[str, ClientSession] = {}
+
+    async def startup(app: web.Application) -> None:
+        session["client"] = ClientSession(
+            connector=upstream.connector(), timeout=ClientTimeout(total=None, sock_connect=10), auto_decompress=False
+        )
+
+    async def cleanup(app: web.Application) -> None:
+        await session["client"].close()
+
+    async def own_health(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        path = request.path
+        reading = request.method in ("GET", "HEAD")
+        open_path = reading and (path == ENGINE_HEALTH_PATH or (metrics_only and path == METRICS_PATH))
+        if metrics_only and not open_path:
+            return _error(404, "the metrics listener serves /metrics and /health only")
+        if not open_path:
+            if settings.api_key is not None and not key_matches(request.headers.get("Authorization"), settings.api_key):
+                return _error(401, "Unauthorized")
+            if not route_allowed(path):
+                return _error(404, f"{request.method} {path[:100]} is not an API route of this server")
+        length = request.content_length
+        if length is not None and length > settings.max_body_bytes:
+            return _error(413, f"request body of {length} bytes exceeds the limit of {settings.max_body_bytes}")
+        backend = upstream.base_url()
+        if backend is None:
+            return _error(503, "no server is promoted for this model yet")
+        try:
+            body = await asyncio.wait_for(request.read(), settings.body_timeout_s)
+        except TimeoutError:
+            return _error(408, f"the request body did not arrive within {settings.body_timeout_s:.0f} s")
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"request body exceeds the limit of {settings.max_body_bytes} bytes")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        try:
+            upstream_response = await session["client"].request(
+                request.method, f"{backend}{request.rel_url}", headers=headers, data=body or None
+            )
+        except OSError:
+            return _error(503, "the model server is not reachable (starting, or stopped)")
+        async with upstream_response:
+            response = web.StreamResponse(
+                status=upstream_response.status,
+                headers={k: v for k, v in upstream_response.headers.items() if k.lower() not in HOP_BY_HOP},
+            )
+            await response.prepare(request)
+            async for chunk in upstream_response.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app.on_startup.append(startup)
+    app.on_cleanup.append(cleanup)
+    app.router.add_get(GATE_HEALTH_PATH, own_health)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    return app
+
+
+async def serve(
+    upstream: Upstream,
+    settings: GateSettings,
+    listen: tuple[str, int],
+    metrics_listen: tuple[str, int] | None = None,
+) -> list[web.AppRunner]:
+    """Start the API listener (and the metrics listener); the caller cleans the runners up."""
+    runners = []
+    for address, metrics_only in ((listen, False), (metrics_listen, True)):
+        if address is None:
+            continue
+        runner = web.AppRunner(
+            build_app(upstream, settings, metrics_only=metrics_only),
+            access_log_class=PathOnlyAccessLogger,
+            # aiohttp's keep-alive timer starts when the connection opens and runs until a complete request head
+            # is parsed: the header timeout (and the idle limit between requests).
+            keepalive_timeout=settings.header_timeout_s,
+            handle_signals=False,
+        )
+        await runner.setup()
+        await web.TCPSite(runner, address[0], address[1]).start()
+        runners.append(runner)
+    return runners
+
+
+async def _run(
+    upstream: Upstream,
+    settings: GateSettings,
+    listen: tuple[str, int],
+    metrics_listen: tuple[str, int] | None,
+    command: Sequence[str],
+) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    child = subprocess.Popen(list(command)) if command else None  # inherits stdout/stderr: one log
+    runners = await serve(upstream, settings, listen, metrics_listen)
+    exit_code = 0
+    try:
+        while not stop.is_set():
+            if child is not None and child.poll() is not None:
+                exit_code = child.returncode
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        if child is not None and child.poll() is None:
+            child.terminate()
+            deadline = time.monotonic() + 20
+            while child.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            if child.poll() is None:
+                child.kill()
+            child.wait()
+    return exit_code
+
+
+def _address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    argv = list(argv)
+    command: list[str] = []
+    if "--" in argv:
+        command = argv[argv.index("--") + 1 :]
+        argv = argv[: argv.index("--")]
+    parser = argparse.ArgumentParser(prog=f"python -m {GATE_MODULE}", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address of the API listener")
+    parser.add_argument("--port", type=int, required=True, help="port of the API listener")
+    parser.add_argument("--metrics-port", type=int, help="port of the metrics listener (/metrics, /health)")
+    origin = parser.add_mutually_exclusive_group(required=True)
+    origin.add_argument("--upstream-url", help="the server, e.g. http://127.0.0.1:8081")
+    origin.add_argument("--upstream-uds", help="the server's Unix socket")
+    origin.add_argument("--active-file", type=Path, help="JSON naming the server (host, port), re-read on change")
+    parser.add_argument("--api-key-env", default=API_KEY_ENV, help="environment variable with the key; empty: no key")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    parser.add_argument("--header-timeout-s", type=float, default=DEFAULT_HEADER_TIMEOUT_S)
+    parser.add_argument("--body-timeout-s", type=float, default=DEFAULT_BODY_TIMEOUT_S)
+    return parser.parse_args(argv), command
+
+
+def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> GateSettings:
+    key = environ.get(args.api_key_env) if args.api_key_env else None
+    if args.api_key_env and not key:
+        raise SystemExit(f"error: ${args.api_key_env} is empty: the gate refuses to run without a key")
+    return GateSettings(
+        api_key=key,
+        max_body_bytes=args.max_body_bytes,
+        header_timeout_s=args.header_timeout_s,
+        body_timeout_s=args.body_timeout_s,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args, command = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="gate: %(message)s")
+    settings = settings_from(args, os.environ)
+    upstream = Upstream(url=args.upstream_url, uds=args.upstream_uds, active_file=args.active_file)
+    metrics = (args.host, args.metrics_port) if args.metrics_port else None
+    sys.exit(asyncio.run(_run(upstream, settings, (args.host, args.port), metrics, command)))
+
+
+if __name__ == "__main__":
+    main()
