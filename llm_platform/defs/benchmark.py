@@ -18,7 +18,7 @@ from llm_platform.benchmark.plan import BenchmarkPlan, plan_for
 from llm_platform.benchmark.report import plot_png, summary_markdown
 from llm_platform.benchmark.slo import SloResult, evaluate_slos, regressions
 from llm_platform.catalog import Catalog, ModelSpec
-from llm_platform.defs.failures import platform_errors_as_failure
+from llm_platform.defs.failures import platform_errors_as_failure, refuse_environment_references
 from llm_platform.defs.metadata import table_metadata
 from llm_platform.defs.planning import PLAN_ASSET
 from llm_platform.defs.resources import TargetResource
@@ -165,6 +165,7 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
         serving_config: ServingChoice,
         target: TargetResource,
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster rejects a parametrized one with checks
+        refuse_environment_references(context)
         model, weights = serving_config.model, serving_config.weights
         plan = plan_from_config(model, config)
         serving_target = target.serving_target(catalog.platform)
@@ -243,6 +244,7 @@ def build_live_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefini
         vllm_deployment: DeploymentRecord,
         target: TargetResource,
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]
+        refuse_environment_references(context)
         choice = vllm_deployment.choice
         model = choice.model
         plan = dataclasses.replace(

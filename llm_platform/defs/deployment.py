@@ -6,7 +6,7 @@ No ``from __future__ import annotations`` here: Dagster reads the resource annot
 import dagster as dg
 
 from llm_platform.catalog import Catalog
-from llm_platform.defs.failures import platform_errors_as_failure
+from llm_platform.defs.failures import platform_errors_as_failure, refuse_environment_references
 from llm_platform.defs.resources import TargetResource
 from llm_platform.defs.values import BenchmarkOutcome, DeploymentRecord, ServingChoice
 from llm_platform.defs.weights import lifecycle_asset_options
@@ -42,6 +42,7 @@ def build_deployment_asset(catalog: Catalog, partitions: dg.PartitionsDefinition
         smoke_benchmark: BenchmarkOutcome,
         target: TargetResource,
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]
+        refuse_environment_references(context)
         model = serving_config.model
         sha = serving_config.weights.sha
         if smoke_benchmark.config_fingerprint != serving_config.fingerprint or not smoke_benchmark.slo_passed:

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from llm_platform.benchmark.report import plan_png
 from llm_platform.catalog import Catalog
+from llm_platform.defs.failures import refuse_environment_references
 from llm_platform.defs.metadata import table_metadata
 from llm_platform.defs.resources import TargetResource
 from llm_platform.defs.weights import lifecycle_asset_options
@@ -91,6 +92,7 @@ def build_serving_plan_asset(catalog: Catalog, partitions: dg.PartitionsDefiniti
     def serving_plan(
         context: dg.AssetExecutionContext, config: PlanConfig, model_weights: SnapshotManifest, target: TargetResource
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster rejects a parametrized one with checks
+        refuse_environment_references(context)
         model = catalog.model(context.partition_key)
         # The architecture: AIConfigurator's bundled config of the repository, else the weights' config.json where
         # this process can read it (the local store), else what the download recorded in the manifest.

@@ -90,10 +90,10 @@ class WeightsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
 
 def weights_resource_from_env() -> WeightsResource:
-    """The resource as the code location configures it: endpoint and token from the environment."""
+    """The resource as the code location configures it: endpoint and token from its own environment (resolved
+    here: the code location's resources are sealed, see :func:`sealed`, so no run config can name a variable)."""
     return WeightsResource(
-        hf_endpoint=dg.EnvVar("HF_ENDPOINT") if os.environ.get("HF_ENDPOINT") else None,
-        hf_token=dg.EnvVar("HF_TOKEN") if os.environ.get("HF_TOKEN") else None,
+        hf_endpoint=os.environ.get("HF_ENDPOINT") or None, hf_token=os.environ.get("HF_TOKEN") or None
     )
 
 
@@ -248,15 +248,34 @@ class PrometheusResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         return PrometheusClient(self.url, timeout_s=self.timeout_s)
 
 
+#: The config schema of a sealed resource: nothing (an empty dict is accepted, any key refused).
+NO_CONFIG = dg.Shape({})  # type: ignore[no-untyped-call]
+
+
+def sealed(resource: dg.ConfigurableResource, description: str) -> dg.ResourceDefinition:  # type: ignore[type-arg]
+    """``resource`` as a definition whose run config must be empty: a run's ``resources:`` section can no longer
+    point the target at another interpreter, API-key file or hub, or change what the platform keeps. Settings belong
+    to the code location (its environment and the catalog), which operators control; runs are launched by anyone
+    with access to the UI or the API. Dagster answers an attempt with "Received unexpected config entry …"."""
+    return dg.ResourceDefinition(resource_fn=lambda _: resource, config_schema=NO_CONFIG, description=description)
+
+
 def resources_from_env(platform: Platform, target_kind: str) -> dict[str, object]:
-    """Every resource of the code location, configured from the environment and the catalog's platform section."""
+    """Every resource of the code location, configured from the environment and the catalog's platform section,
+    and sealed against run config."""
     from llm_platform.defs.storage import InstanceValueIOManager
 
     weights = weights_resource_from_env()
     target = target_from_env(target_kind, weights)
     return {
-        "io_manager": InstanceValueIOManager(),
-        "target": target,
-        "weights": weights,
-        "prometheus": PrometheusResource(url=target.prometheus_url(platform)),
+        "io_manager": dg.IOManagerDefinition(
+            resource_fn=lambda _: InstanceValueIOManager(),
+            config_schema=NO_CONFIG,
+            description="Lifecycle values as JSON with their materializations.",
+        ),
+        "target": sealed(target, f"Where models are served: the {target_kind} target."),
+        "weights": sealed(weights, "The hub and the model store."),
+        "prometheus": sealed(
+            PrometheusResource(url=target.prometheus_url(platform)), "The Prometheus that scrapes vLLM."
+        ),
     }

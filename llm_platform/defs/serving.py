@@ -11,7 +11,7 @@ import dagster as dg
 from pydantic import Field
 
 from llm_platform.catalog import Catalog, ModelPatch, diff_table
-from llm_platform.defs.failures import platform_errors_as_failure
+from llm_platform.defs.failures import platform_errors_as_failure, refuse_environment_references
 from llm_platform.defs.tuning import TUNED_ASSET, tuned_overrides
 from llm_platform.defs.values import ServingChoice
 from llm_platform.defs.weights import lifecycle_asset_options
@@ -47,6 +47,7 @@ def build_serving_config_asset(catalog: Catalog, partitions: dg.PartitionsDefini
     def serving_config(
         context: dg.AssetExecutionContext, config: ServingOverrides, model_weights: SnapshotManifest
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]
+        refuse_environment_references(context)
         model = catalog.model(context.partition_key)
         limit = model_weights.max_position_tokens  # from the weights' config.json: checked on every change
         tuned = tuned_overrides(context.instance, model.name)

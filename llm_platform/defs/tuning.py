@@ -23,7 +23,7 @@ from llm_platform.benchmark.report import pareto_png, trials_frame
 from llm_platform.benchmark.trials import as_overrides
 from llm_platform.catalog import Catalog, ModelSpec, apply_serving_overrides
 from llm_platform.defs.benchmark import BENCHMARK_POOL
-from llm_platform.defs.failures import platform_errors_as_failure
+from llm_platform.defs.failures import platform_errors_as_failure, refuse_environment_references
 from llm_platform.defs.metadata import table_metadata
 from llm_platform.defs.partitions import latest_materialization
 from llm_platform.defs.planning import PLAN_ASSET
@@ -120,6 +120,7 @@ def build_tuned_serving_config_asset(catalog: Catalog, partitions: dg.Partitions
         model_weights: SnapshotManifest,
         target: TargetResource,
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]
+        refuse_environment_references(context)
         name = context.partition_key
         space = _space(config)
         previous = tuned_overrides(context.instance, name)

@@ -9,7 +9,7 @@ import dagster as dg
 from pydantic import Field
 
 from llm_platform.catalog import Catalog
-from llm_platform.defs.failures import platform_errors_as_failure
+from llm_platform.defs.failures import platform_errors_as_failure, refuse_environment_references
 from llm_platform.defs.resources import TargetResource
 from llm_platform.weights.plan import DownloadResult, SnapshotManifest
 
@@ -95,6 +95,7 @@ def build_weights_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -
     def model_weights(
         context: dg.AssetExecutionContext, config: WeightsConfig, target: TargetResource
     ) -> dg.MaterializeResult[SnapshotManifest]:
+        refuse_environment_references(context)
         model = catalog.model(context.partition_key)
         revision = config.revision or model.source.revision
         serving_target = target.serving_target(catalog.platform)

@@ -117,9 +117,8 @@ async def test_slow_headers_are_cut_off_and_do_not_hold_the_gate(gate: Running) 
         writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
         await writer.drain()
         slow.append((reader, writer))
-    async with ClientSession() as client:  # the gate answers others meanwhile
-        async with client.get(f"{gate.api}/health") as response:
-            assert response.status == 200
+    async with ClientSession() as client, client.get(f"{gate.api}/health") as response:  # others are answered
+        assert response.status == 200
     for reader, writer in slow:  # and closes the slow ones after the header timeout (1 s here)
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
@@ -127,9 +126,9 @@ async def test_slow_headers_are_cut_off_and_do_not_hold_the_gate(gate: Running) 
 
 async def test_the_access_log_has_no_query_strings(gate: Running, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    async with ClientSession() as client:
-        async with client.post(f"{gate.api}/v1/completions?api_key=leaked-secret", headers=AUTH) as response:
-            assert response.status == 200
+    url = f"{gate.api}/v1/completions?api_key=leaked-secret"
+    async with ClientSession() as client, client.post(url, headers=AUTH) as response:
+        assert response.status == 200
     assert gate.reached == ["POST /v1/completions?api_key=leaked-secret"]  # forwarded as sent
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert "POST /v1/completions" in logged and "leaked-secret" not in logged
