@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llm_platform.catalog.schema import IMAGE_DIGEST, RISKY_ENGINE_FLAGS, ModelSpec, Platform, flag_target
+from llm_platform.catalog.schema import IMAGE_DIGEST, ModelSpec, Platform
+from llm_platform.engine_flags import risky_flags
 
 _POSITION_LIMIT_KEYS = (
     "max_position_embeddings",
@@ -163,11 +164,7 @@ def max_replicas_within_quota(platform: Platform, models: Sequence[ModelSpec], m
 
 def model_warnings(model: ModelSpec) -> list[tuple[str, str]]:
     """Settings that are valid but deserve a second look: (field path, message)."""
-    warnings = []
-    for arg in model.serving.extra_args:
-        risky = flag_target(arg, RISKY_ENGINE_FLAGS) if arg.startswith("-") else None
-        if risky is not None:
-            warnings.append(("serving.extra_args", f"'{risky}': {RISKY_ENGINE_FLAGS[risky]}"))
+    warnings = [("serving.extra_args", message) for message in risky_flags(model.serving.extra_args)]
     if not IMAGE_DIGEST.match(model.serving.image_tag):
         warnings.append(
             (

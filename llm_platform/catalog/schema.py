@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from llm_platform.engine_flags import parse_extra_args
 from llm_platform.errors import UnknownModelError
 
 MAX_MODEL_NAME_LENGTH = 40
@@ -34,59 +35,6 @@ DEFAULT_ALLOW_PATTERNS: tuple[str, ...] = (
     "vocab.txt",
     "*.jinja",
 )
-
-#: vLLM flags that have a dedicated catalog field; ``extra_args`` may not set them a second time.
-MANAGED_ENGINE_FLAGS: Mapping[str, str] = {
-    "--model": "the catalog (weights come from the model store)",
-    "--served-model-name": "the catalog (the model's name)",
-    "--host": "the target",
-    "--port": "the target",
-    "--max-model-len": "serving.max_model_len",
-    "--gpu-memory-utilization": "serving.gpu_memory_utilization",
-    "--enable-chunked-prefill": "serving.enable_chunked_prefill",
-    "--no-enable-chunked-prefill": "serving.enable_chunked_prefill",
-    "--enable-prefix-caching": "serving.enable_prefix_caching",
-    "--no-enable-prefix-caching": "serving.enable_prefix_caching",
-    "--max-num-seqs": "serving.max_num_seqs",
-    "--max-num-batched-tokens": "serving.max_num_batched_tokens",
-    "--tensor-parallel-size": "serving.tensor_parallel_size",
-    "-tp": "serving.tensor_parallel_size",
-    "--dtype": "serving.dtype",
-    "--custom-histogram-buckets": "the platform (request-length buckets that the tuning policy reads)",
-    "--api-key": "a Secret (API keys never go into the catalog)",
-    "--trust-remote-code": "serving.trust_remote_code",
-}
-
-#: vLLM flags no catalog may set: each hands the model's callers (or the model's files) more than serving.
-FORBIDDEN_ENGINE_FLAGS: Mapping[str, str] = {
-    "--middleware": "it imports and runs arbitrary Python in the server",
-    "--allowed-local-media-path": "it lets requests read files of the pod",
-    "--config": "a config file would set flags the platform manages",
-}
-
-#: Flags allowed but worth a warning from ``llm-platform validate``.
-RISKY_ENGINE_FLAGS: Mapping[str, str] = {
-    "--enable-log-requests": "it writes every prompt into the server log",
-}
-
-
-def engine_flag(arg: str) -> str:
-    """How vLLM's parser reads a flag: the part before ``=``, underscores as dashes (``--max_model_len`` is
-    ``--max-model-len``)."""
-    flag = arg.split("=", 1)[0]
-    return "--" + flag[2:].replace("_", "-") if flag.startswith("--") else flag
-
-
-def flag_target(arg: str, flags: Mapping[str, str]) -> str | None:
-    """The flag of ``flags`` that ``arg`` would set: an exact match, or - since vLLM's argparse accepts unambiguous
-    abbreviations such as ``--max-model`` - a flag it is a prefix of (refused even when ambiguous: never guess)."""
-    flag = engine_flag(arg)
-    if flag in flags:
-        return flag
-    if flag.startswith("--") and len(flag) > 3:
-        return next((known for known in flags if known.startswith(flag)), None)
-    return None
-
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -249,9 +197,8 @@ class Serving(_Section):
     """Let vLLM run the Python code that comes with the model's repository (``--trust-remote-code``): only for
     repositories you trust as you trust this platform's own code."""
     extra_args: tuple[str, ...] = ()
-    """Further vLLM flags, passed through verbatim; flags with a field of their own (in any spelling or abbreviation)
-    and flags that hand out more than serving (``--middleware``, ``--allowed-local-media-path``, ``--config``) are
-    refused."""
+    """Further vLLM flags from an allow-list (``llm_platform/engine_flags.py``), each written in full; flags with a
+    field of their own, and every flag not on the list, are refused with the reason."""
 
     @field_validator("gpu_memory_utilization")
     @classmethod
@@ -275,21 +222,12 @@ class Serving(_Section):
     @field_validator("extra_args")
     @classmethod
     def _extra_args(cls, args: tuple[str, ...]) -> tuple[str, ...]:
-        for arg in args:
-            managed = flag_target(arg, MANAGED_ENGINE_FLAGS) if arg.startswith("-") else None
-            if managed is not None:
-                shown = arg.split("=", 1)[0]
-                raise ValueError(
-                    f"'{shown}' sets {managed}, which {MANAGED_ENGINE_FLAGS[managed]} controls; remove it from "
-                    "extra_args"
-                )
-            forbidden = flag_target(arg, FORBIDDEN_ENGINE_FLAGS) if arg.startswith("-") else None
-            if forbidden is not None:
-                raise ValueError(f"'{forbidden}' is not allowed: {FORBIDDEN_ENGINE_FLAGS[forbidden]}")
-            if _HF_TOKEN_LIKE.search(arg):
-                raise ValueError("an argument looks like a Hugging Face token; tokens belong in a Secret")
-        if args and not args[0].startswith("-"):
-            raise ValueError(f"must start with a flag such as '--seed' (got '{args[0]}')")
+        if any(_HF_TOKEN_LIKE.search(arg) for arg in args):
+            raise ValueError("an argument looks like a Hugging Face token; tokens belong in a Secret")
+        _, problems = parse_extra_args(args)
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise ValueError("; ".join(problems[:3]) + more)
         return args
 
 
