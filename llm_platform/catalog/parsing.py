@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llm_platform.catalog.checks import model_problems, quota_problems
-from llm_platform.catalog.schema import Catalog, ModelSpec, Platform
+from llm_platform.catalog.schema import Catalog, ModelSpec, Platform, shorten
 from llm_platform.errors import CatalogError
 
 
@@ -39,7 +39,7 @@ def _allowed_fields(model_class: type[BaseModel], loc: Sequence[str | int]) -> l
 
 def describe_error(error: Mapping[str, Any], model_class: type[BaseModel]) -> tuple[str, str]:
     loc = [part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
-    path = ".".join(str(part) if isinstance(part, str) else f"[{part}]" for part in loc).replace(".[", "[")
+    path = ".".join(str(part)[:60] if isinstance(part, str) else f"[{part}]" for part in loc).replace(".[", "[")
     kind = error["type"]
     if kind == "extra_forbidden":
         unknown = str(loc[-1]) if loc else ""
@@ -55,8 +55,13 @@ def describe_error(error: Mapping[str, Any], model_class: type[BaseModel]) -> tu
     return path or "(top level)", message
 
 
+MAX_PROBLEM_LENGTH = 400
+"""Longest problem line: values are shortened where they are quoted, and this caps what is left."""
+
+
 def format_problem(where: str, path: str, message: str) -> str:
-    return f"{where}: {path}: {message}"
+    line = f"{where}: {path}: {message}"
+    return line if len(line) <= MAX_PROBLEM_LENGTH else line[: MAX_PROBLEM_LENGTH - 1] + "…"
 
 
 def parse_catalog(
@@ -77,7 +82,7 @@ def parse_catalog(
     for key in data:
         if key not in Catalog.model_fields:
             problems.append(
-                format_problem(origin, str(key), "unknown top-level field (expected 'platform' and 'models')")
+                format_problem(origin, str(key)[:60], "unknown top-level field (expected 'platform' and 'models')")
             )
     platform = Platform()
     try:
@@ -95,7 +100,7 @@ def parse_catalog(
     seen: set[str] = set()
     for index, raw in enumerate(raw_models):
         name = raw.get("name") if isinstance(raw, Mapping) else None
-        where = f"{origin}: model '{name}'" if isinstance(name, str) and name else f"{origin}: models[{index}]"
+        where = f"{origin}: model {shorten(name)}" if isinstance(name, str) and name else f"{origin}: models[{index}]"
         if not isinstance(raw, Mapping):
             problems.append(f"{where}: expected a mapping with 'name' and 'source'")
             continue
@@ -197,7 +202,10 @@ def load_yaml(text: str, origin: str) -> object:
         position = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         raise CatalogError([f"{origin}{position}: invalid YAML: {exc.problem}"]) from None
     except yaml.YAMLError as exc:
-        raise CatalogError([f"{origin}: invalid YAML: {exc}"]) from None
+        raise CatalogError([f"{origin}: invalid YAML: {str(exc)[:200]}"]) from None
+    except (ValueError, TypeError, RecursionError) as exc:
+        # A 5,000-digit integer (Python's int parsing limit), an unhashable key (``? [a]: 1``), and the like.
+        raise CatalogError([f"{origin}: invalid YAML: {str(exc).splitlines()[0][:200]}"]) from None
 
 
 def parse_catalog_text(

@@ -13,10 +13,16 @@ from collections.abc import Mapping
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from llm_platform.engine_flags import parse_extra_args
 from llm_platform.errors import UnknownModelError
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """``text`` quoted for an error line, cut to ``limit`` characters (a 100,000-character value stays one line)."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
 
 MAX_MODEL_NAME_LENGTH = 40
 DEFAULT_VLLM_IMAGE_TAG = "v0.32.0"
@@ -36,22 +42,41 @@ DEFAULT_ALLOW_PATTERNS: tuple[str, ...] = (
     "*.jinja",
 )
 
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 # huggingface_hub's own repo-id rule (validate_repo_id), restated here so the core needs no hub client.
-_HF_REPO_ID = re.compile(r"^(\b[\w\-.]+\b/)?\b[\w\-.]{1,96}\b$")
-_GIT_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/\-]*$")
-_COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
-_QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|[eE][0-9]+)?$")
-_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_IMAGE_TAG = re.compile(r"^[\w][\w.\-]{0,127}$")
-IMAGE_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_IMAGE_REFERENCE = re.compile(
-    r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[\w][\w.\-]{0,127}|@sha256:[0-9a-f]{64})$"
+_HF_REPO_ID = re.compile(r"^(\b[\w\-.]+\b/)?\b[\w\-.]{1,96}\b\Z", re.ASCII)
+_GIT_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/\-]{0,254}\Z")
+_COMMIT_SHA = re.compile(r"^[0-9a-f]{40}\Z")
+_QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|[eE][0-9]+)?\Z")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)\Z")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?\Z")
+_IMAGE_TAG = re.compile(r"^[\w][\w.\-]{0,127}\Z", re.ASCII)
+IMAGE_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+_IMAGE_REPOSITORY = r"[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*"
+_IMAGE_REFERENCE = re.compile(rf"^{_IMAGE_REPOSITORY}(:[\w][\w.\-]{{0,127}}|@sha256:[0-9a-f]{{64}})\Z", re.ASCII)
+_IMAGE_NAME = re.compile(rf"^{_IMAGE_REPOSITORY}\Z")
+#: An extended resource name (``vendor.com/gpu``): a domain-prefixed name outside Kubernetes' own namespaces.
+_EXTENDED_RESOURCE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9]([-a-z0-9_.]*[a-z0-9])?\Z")
+_OWNER = re.compile(r"^([A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+|team:[A-Za-z0-9_-]+)\Z")
+_CRON_FIELD = re.compile(
+    r"^(\*|[0-9]{1,2}(-[0-9]{1,2})?)(/[0-9]{1,2})?(,(\*|[0-9]{1,2}(-[0-9]{1,2})?)(/[0-9]{1,2})?)*\Z"
 )
+#: Where a cron field's values may lie: minute, hour, day of month, month, day of week.
+_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+
+INT32_MAX = 2**31 - 1
+"""Every integer the catalog renders lands in an int32 field of some object (probe thresholds, deadlines, replica
+counts, ports): larger values would overflow it."""
+MAX_FLOAT = 1e9
+"""Largest finite number a float field takes (an SLO of 1e9 ms is eleven days: anything above is a mistake)."""
+MAX_TEXT = 253
+"""Longest string a field of the catalog takes (a DNS name's limit; descriptions and paths have their own)."""
+#: Container paths the model store may not be mounted over: the root and the system's own directories.
+SYSTEM_PATHS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root", "/run", "/sbin", "/sys",
+                "/usr", "/var", "/opt", "/app")  # fmt: skip
 _HF_TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
-_NGINX_SIZE = re.compile(r"^[0-9]+[kKmMgG]?$")
+_NGINX_SIZE = re.compile(r"^[0-9]{1,6}[kKmMgG]?\Z")
 
 
 _NGINX_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -74,11 +99,11 @@ def check_http_url(url: str, *, https_only: bool) -> str:
     scheme, sep, rest = url.partition("://")
     host = rest.split("/", 1)[0].rsplit("@", 1)[-1].rsplit(":", 1)[0] if sep else ""
     if scheme not in ("http", "https") or not host or any(c.isspace() for c in url):
-        raise ValueError(f"'{url[:80]}' is not an http(s) URL such as 'https://host:port'")
+        raise ValueError(f"{shorten(url)} is not an http(s) URL such as 'https://host:port'")
     if "@" in rest.split("/", 1)[0]:
         raise ValueError("credentials do not belong in the URL (the token comes from a Secret)")
     if https_only and scheme == "http" and host not in _LOOPBACK_HOSTS:
-        raise ValueError(f"'{url[:80]}' must use https (plain http only for a hub on this machine, e.g. 127.0.0.1)")
+        raise ValueError(f"{shorten(url)} must use https (plain http only for a hub on this machine, e.g. 127.0.0.1)")
     return url
 
 
@@ -89,7 +114,7 @@ def _is_dns1123_subdomain(value: str) -> bool:
 
 def _check_secret_name(name: str) -> str:
     if not _is_dns1123_subdomain(name):
-        raise ValueError(f"'{name}' is not a Secret name (a DNS-1123 subdomain: lower case, digits, '-', '.')")
+        raise ValueError(f"{shorten(name)} is not a Secret name (a DNS-1123 subdomain: lower case, digits, '-', '.')")
     return name
 
 
@@ -101,27 +126,42 @@ def is_commit_sha(revision: str) -> bool:
 def _check_label_key(key: str) -> None:
     prefix, _, name = key.rpartition("/")
     if len(name) > 63 or not _LABEL_NAME.match(name) or (prefix and not _DNS1123_SUBDOMAIN.match(prefix)):
-        raise ValueError(f"'{key}' is not a valid Kubernetes label key")
+        raise ValueError(f"{shorten(key)} is not a valid Kubernetes label key")
 
 
 def _check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
     for key, value in labels.items():
         _check_label_key(key)
         if len(value) > 63 or not _LABEL_VALUE.match(value):
-            raise ValueError(f"'{value}' (label '{key}') is not a valid Kubernetes label value")
+            raise ValueError(f"{shorten(value)} (label {shorten(key)}) is not a valid Kubernetes label value")
     return labels
 
 
 def _check_quantity(value: str) -> str:
     if not _QUANTITY.match(value):
-        raise ValueError(f"'{value}' is not a Kubernetes quantity (examples: '4', '500m', '32Gi')")
+        raise ValueError(f"{shorten(value)} is not a Kubernetes quantity (examples: '4', '500m', '32Gi')")
     return value
 
 
 class _Section(BaseModel):
-    """Base of every catalog section: unknown fields are errors (a typo must not silently become a default)."""
+    """Base of every catalog section: unknown fields are errors (a typo must not silently become a default), floats
+    are finite (``inf`` and ``nan`` are refused), and every number and string is bounded."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, bool) or info.field_name == "description":
+            return value
+        if isinstance(value, int) and abs(value) > INT32_MAX:
+            raise ValueError(f"must be at most {INT32_MAX} (an int32 in the rendered objects; got {value:.3g})")
+        if isinstance(value, float) and abs(value) > MAX_FLOAT:
+            raise ValueError(f"must be at most {MAX_FLOAT:g} (got {value:g})")
+        for text in value if isinstance(value, tuple | list) else (value,):
+            if isinstance(text, str) and not (text.isascii() and text.isprintable()):
+                raise ValueError(f"{shorten(text)}: only printable ASCII (no newlines, tabs or NUL bytes)")
+        return value
 
 
 class Source(_Section):
@@ -143,15 +183,24 @@ class Source(_Section):
     @classmethod
     def _repo_id(cls, repo: str | None) -> str | None:
         if repo is not None and (not _HF_REPO_ID.match(repo) or "--" in repo or ".." in repo or repo.endswith(".git")):
-            raise ValueError(f"'{repo}' is not a Hugging Face repository id (expected 'org/name')")
+            raise ValueError(f"{shorten(repo)} is not a Hugging Face repository id (expected 'org/name')")
         return repo
 
     @field_validator("revision")
     @classmethod
     def _revision(cls, revision: str) -> str:
         if not _GIT_REVISION.match(revision) or ".." in revision or revision.endswith(("/", ".lock")):
-            raise ValueError(f"'{revision}' is not a branch, tag or commit id")
+            raise ValueError(f"{shorten(revision)} is not a branch, tag or commit id")
         return revision
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, path: str | None) -> str | None:
+        if path is not None and (not path or len(path) > 4096 or ".." in path.split("/")):
+            raise ValueError(
+                f"{shorten(path)} is not a plain path: no '..' (a relative path stays inside the catalog's directory)"
+            )
+        return path
 
     @field_validator("allow_patterns")
     @classmethod
@@ -214,7 +263,7 @@ class Serving(_Section):
             return tag
         if not _IMAGE_TAG.match(tag) or tag == "latest":
             raise ValueError(
-                f"'{tag[:80]}' is not a pinned image tag or digest (use a release such as '{DEFAULT_VLLM_IMAGE_TAG}' "
+                f"{shorten(tag)} is not a pinned image tag or digest (use a release such as '{DEFAULT_VLLM_IMAGE_TAG}' "
                 "or 'sha256:…')"
             )
         return tag
@@ -322,14 +371,14 @@ class Exposure(_Section):
     @classmethod
     def _host(cls, host: str | None) -> str | None:
         if host is not None and not _is_dns1123_subdomain(host):
-            raise ValueError(f"'{host}' is not a DNS host name (lower case, e.g. 'llama.example.com')")
+            raise ValueError(f"{shorten(host)} is not a DNS host name (lower case, e.g. 'llama.example.com')")
         return host
 
     @field_validator("max_body_size")
     @classmethod
     def _body_size(cls, size: str) -> str:
         if not _NGINX_SIZE.match(size):
-            raise ValueError(f"'{size}' is not an nginx size (examples: '16m', '1g')")
+            raise ValueError(f"{shorten(size)} is not an nginx size (examples: '16m', '1g')")
         return size
 
     @field_validator("client_labels", "client_namespace_labels")
@@ -345,9 +394,28 @@ class Toleration(_Section):
     """A Kubernetes toleration for the GPU nodes' taints."""
 
     key: str
+    """The taint's key; required (an empty key with ``Exists`` would tolerate every taint of every node)."""
     operator: Literal["Exists", "Equal"] = "Exists"
     value: str | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, key: str) -> str:
+        if not key:
+            raise ValueError("must name the taint (an empty key would tolerate every taint)")
+        _check_label_key(key)
+        return key
+
+    @model_validator(mode="after")
+    def _value_matches_operator(self) -> Toleration:
+        if self.operator == "Exists" and self.value is not None:
+            raise ValueError("'Exists' takes no value; use operator 'Equal' to match one")
+        if self.operator == "Equal" and self.value is None:
+            raise ValueError("'Equal' needs a value")
+        if self.value is not None and (len(self.value) > 63 or not _LABEL_VALUE.match(self.value)):
+            raise ValueError(f"{shorten(self.value)} is not a valid taint value")
+        return self
 
 
 class Platform(_Section):
@@ -414,15 +482,24 @@ class Platform(_Section):
     def _gpu_type(cls, value: str | None) -> str | None:
         if value is not None and value not in GPU_TYPES:
             raise ValueError(
-                f"'{value[:40]}' is not a GPU type the performance data covers (one of {', '.join(GPU_TYPES)})"
+                f"{shorten(value)} is not a GPU type the performance data covers (one of {', '.join(GPU_TYPES)})"
             )
         return value
 
     @field_validator("live_benchmark_cron")
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
-        if value is not None and len(value.split()) != 5:
-            raise ValueError(f"'{value}' is not a 5-field cron expression such as '0 3 * * *'")
+        fields = value.split(" ") if value is not None else []
+        if value is not None and (
+            len(fields) != 5
+            or not all(_CRON_FIELD.match(field) for field in fields)
+            or not all(
+                low <= int(number) <= high
+                for field, (low, high) in zip(fields, _CRON_RANGES, strict=True)
+                for number in re.findall(r"[0-9]+", re.sub(r"/[0-9]+", "", field))
+            )
+        ):
+            raise ValueError(f"{shorten(value)} is not a 5-field cron expression such as '0 3 * * *'")
         return value
 
     @field_validator("live_benchmark_timezone")
@@ -431,7 +508,7 @@ class Platform(_Section):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"'{value}' is not an IANA time zone such as 'Europe/Berlin'") from None
+            raise ValueError(f"{shorten(value)} is not an IANA time zone such as 'Europe/Berlin'") from None
         return value
 
     @field_validator("platform_image")
@@ -439,9 +516,27 @@ class Platform(_Section):
     def _image_reference(cls, image: str) -> str:
         if not _IMAGE_REFERENCE.match(image) or image.endswith(":latest"):
             raise ValueError(
-                f"'{image[:120]}' is not a pinned image reference (registry/name:tag or registry/name@sha256:…)"
+                f"{shorten(image)} is not a pinned image reference (registry/name:tag or registry/name@sha256:…)"
             )
         return image
+
+    @field_validator("vllm_image")
+    @classmethod
+    def _image_name(cls, image: str) -> str:
+        if not _IMAGE_NAME.match(image) or len(image) > MAX_TEXT:
+            raise ValueError(
+                f"{shorten(image)} is not an image repository such as 'vllm/vllm-openai' (the tag or digest is each "
+                "model's serving.image_tag)"
+            )
+        return image
+
+    @field_validator("gpu_resource")
+    @classmethod
+    def _extended_resource(cls, name: str) -> str:
+        domain = name.split("/", 1)[0]
+        if not _EXTENDED_RESOURCE.match(name) or len(name) > MAX_TEXT or domain.endswith("kubernetes.io"):
+            raise ValueError(f"{shorten(name)} is not an extended resource name such as 'nvidia.com/gpu'")
+        return name
 
     @field_validator("api_key_secret")
     @classmethod
@@ -452,7 +547,7 @@ class Platform(_Section):
     @classmethod
     def _dns_label(cls, value: str) -> str:
         if len(value) > 63 or not _DNS1123_LABEL.match(value):
-            raise ValueError(f"'{value}' is not a DNS-1123 label (lower case letters, digits and '-')")
+            raise ValueError(f"{shorten(value)} is not a DNS-1123 label (lower case letters, digits and '-')")
         return value
 
     @field_validator("weights_storage_size")
@@ -470,14 +565,16 @@ class Platform(_Section):
     @classmethod
     def _absolute(cls, path: str) -> str:
         if not path.startswith("/") or "/../" in f"{path}/" or "//" in path:
-            raise ValueError(f"'{path}' is not a plain absolute path")
+            raise ValueError(f"{shorten(path)} is not a plain absolute path")
         normal = path.rstrip("/") or "/"
         for reserved in RESERVED_MOUNT_PATHS:
             if normal == reserved or reserved.startswith(f"{normal}/") or normal.startswith(f"{reserved}/"):
                 raise ValueError(
-                    f"'{path}' overlaps {reserved}, which the pods mount already (the API server refuses two mounts "
-                    "at one path); choose another, e.g. /models"
+                    f"{shorten(path)} overlaps {reserved}, which the pods mount already (the API server refuses two "
+                    "mounts at one path); choose another, e.g. /models"
                 )
+        if any(normal == system or (system != "/" and normal.startswith(f"{system}/")) for system in SYSTEM_PATHS):
+            raise ValueError(f"{shorten(path)} is a system directory of the image; choose another, e.g. /models")
         return path
 
     @field_validator("prometheus_url")
@@ -512,10 +609,29 @@ class ModelSpec(_Section):
     @classmethod
     def _name(cls, name: str) -> str:
         if len(name) > MAX_MODEL_NAME_LENGTH:
-            raise ValueError(f"'{name}' is {len(name)} characters long; at most {MAX_MODEL_NAME_LENGTH} are allowed")
+            raise ValueError(
+                f"{shorten(name)} is {len(name)} characters long; at most {MAX_MODEL_NAME_LENGTH} are allowed"
+            )
         if not _DNS1123_LABEL.match(name):
-            raise ValueError(f"'{name}' is not a DNS-1123 label (lower case letters, digits and '-', e.g. 'llama-8b')")
+            raise ValueError(
+                f"{shorten(name)} is not a DNS-1123 label (lower case letters, digits and '-', e.g. 'llama-8b')"
+            )
         return name
+
+    @field_validator("owners")
+    @classmethod
+    def _owners(cls, owners: tuple[str, ...]) -> tuple[str, ...]:
+        for owner in owners:
+            if not _OWNER.match(owner) or len(owner) > MAX_TEXT:
+                raise ValueError(f"{shorten(owner)} is not an owner (an e-mail address or 'team:name')")
+        return owners
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, text: str) -> str:
+        if len(text) > 2000 or not all(c.isprintable() or c in "\n\t" for c in text):
+            raise ValueError("must be at most 2000 printable characters")
+        return text
 
     @property
     def gpus_per_replica(self) -> int:
