@@ -296,6 +296,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
     model = catalog.model(args.model)
     # Refused here, before anything is submitted: the same validation the run applies.
     patch = ModelPatch.parse(model, parse_assignments(args.assignments), origin="--set")
+    patch.apply(model, origin="--set", fleet=catalog)  # the GPU quota, as the catalog itself must meet it
     overrides = patch.as_overrides()
     benchmark = _benchmark_options(args.benchmark_prompts, args.benchmark_concurrency)
     job, run_config = promotion_request(

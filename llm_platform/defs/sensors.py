@@ -21,13 +21,13 @@ from typing import Any
 
 import dagster as dg
 
-from llm_platform.catalog import Catalog, ModelPatch, ModelSpec, QuotaBudget, patch_between, quota_problems
+from llm_platform.catalog import Catalog, ModelPatch, ModelSpec, QuotaBudget, patch_between
 from llm_platform.defs.jobs import LIFECYCLE_JOB, PROMOTE_JOB, promotion_request
 from llm_platform.defs.partitions import latest_materialization_records
 from llm_platform.defs.resources import PrometheusResource, WeightsResource
 from llm_platform.defs.storage import VALUE_METADATA_KEY
 from llm_platform.defs.values import DeploymentRecord, decode_value
-from llm_platform.errors import CatalogError, PlatformError
+from llm_platform.errors import PlatformError
 from llm_platform.prometheus import Lookback
 from llm_platform.tuning.policy import Snapshot, TuningLimits, decide, gate
 
@@ -80,14 +80,6 @@ def _position_limit(materialization: dg.AssetMaterialization) -> int | None:
     except PlatformError:
         return None
     return record.choice.weights.max_position_tokens if isinstance(record, DeploymentRecord) else None
-
-
-def _within_quota(catalog: Catalog, model: ModelSpec) -> None:
-    """The catalog's quota checks with ``model`` in place of its catalog entry."""
-    models = [model if other.name == model.name else other for other in catalog.models]
-    problems = [message for name, _, message in quota_problems(catalog.platform, models) if name in (None, model.name)]
-    if problems:
-        raise CatalogError([f"{SENSOR_NAME}: model '{model.name}': {problem}" for problem in problems])
 
 
 def build_drift_sensor(
@@ -164,7 +156,7 @@ def build_drift_sensor(
                 proposal = patch_between(base, current).merged(
                     ModelPatch.parse(current, decision.overrides, origin=SENSOR_NAME, position_limit=limit)
                 )
-                _within_quota(catalog, proposal.apply(base, origin=SENSOR_NAME, position_limit=limit))
+                proposal.apply(base, origin=SENSOR_NAME, position_limit=limit, fleet=catalog)
             except PlatformError as error:
                 notes.append(f"{name}: {decision.reason}; proposal refused: {error}")
                 continue

@@ -57,7 +57,9 @@ def build_serving_config_asset(catalog: Catalog, partitions: dg.PartitionsDefini
                 model, config.overrides, origin="serving_config run config", position_limit=limit
             )
             # The run's own overrides win over the adopted tuning.
-            effective = adopted.merged(requested).apply(model, origin="serving_config", position_limit=limit)
+            effective = adopted.merged(requested).apply(
+                model, origin="serving_config", position_limit=limit, fleet=catalog
+            )
         if adopted:
             context.log.info(f"model '{model.name}': adopted auto-tune overrides: {adopted.describe()}")
         choice = ServingChoice(effective, model_weights)

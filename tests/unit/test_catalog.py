@@ -436,3 +436,19 @@ def test_images_can_be_pinned_by_digest_and_tags_draw_a_warning() -> None:
     assert [path for path, _ in platform_warnings(tagged.platform)] == ["platform.platform_image"]
     with pytest.raises(CatalogError, match="is not a pinned image reference"):
         parse_catalog({"platform": {"platform_image": "ghcr.io/acme/x:latest"}, "models": data["models"]})
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"autoscaling.max_replicas": "1000"}, {"tensor_parallel_size": "64"}, {"tensor_parallel_size": "4"}],
+)
+def test_a_change_passes_the_same_quota_check_as_the_catalog(overrides: dict[str, str]) -> None:
+    from llm_platform.catalog import ModelPatch
+    from tests.conftest import EXAMPLE_CATALOG
+
+    catalog = load_catalog(EXAMPLE_CATALOG)
+    model = catalog.model("llama-3-1-8b-instruct")
+    patch = ModelPatch.parse(model, overrides, origin="--set")  # valid for the model alone
+    with pytest.raises(CatalogError, match="quota"):
+        patch.apply(model, origin="--set", fleet=catalog)
+    assert ModelPatch.parse(model, {"max_num_seqs": "64"}).apply(model, fleet=catalog).serving.max_num_seqs == 64

@@ -159,26 +159,74 @@ def test_the_admission_policy_admits_every_workload_the_platform_renders(example
         assert _denials(obj) == [], obj["metadata"]["name"]
 
 
-@pytest.mark.parametrize(
-    ("where", "message"),
-    [
-        ("env", "an environment variable references a Secret the platform does not use"),
-        ("init-env", "an environment variable references a Secret the platform does not use"),
-        ("envFrom", "envFrom references a Secret the platform does not use"),
-        ("volume", "a volume mounts a Secret the platform does not use"),
-    ],
-)
-def test_the_admission_policy_refuses_another_secret(example_catalog: Catalog, where: str, message: str) -> None:
-    deployment = copy.deepcopy(next(o for o in _rendered_workloads(example_catalog) if o["kind"] == "Deployment"))
-    pod = deployment["spec"]["template"]["spec"]
-    stolen = {"name": "STOLEN", "valueFrom": {"secretKeyRef": {"name": "database-admin", "key": "password"}}}
+SECRET = "an environment variable references a Secret the platform does not use"
+VOLUME = "a volume is of a kind the platform does not use, or mounts a Secret it does not use"
+TOKEN = "the pod would get a service account token"
+WRITABLE = "a volume claim is mounted writable outside the weights download Job"
+STOLEN = {"name": "STOLEN", "valueFrom": {"secretKeyRef": {"name": "database-admin", "key": "password"}}}
+
+
+def _steal(pod: dict[str, Any], where: str) -> None:
+    """Reach for a credential the platform does not use, ``where`` says how."""
+    volumes = pod.setdefault("volumes", [])
     if where == "env":
-        pod["containers"][0].setdefault("env", []).append(stolen)
+        pod["containers"][0].setdefault("env", []).append(STOLEN)
     elif where == "init-env":
-        pod["initContainers"] = [{"name": "peek", "image": "busybox", "env": [stolen]}]
+        pod["initContainers"] = [{"name": "peek", "image": "busybox", "env": [STOLEN]}]
+    elif where == "ephemeral-env":
+        pod["ephemeralContainers"] = [{"name": "peek", "image": "busybox", "env": [STOLEN]}]
     elif where == "envFrom":
         pod["containers"][0]["envFrom"] = [{"secretRef": {"name": "database-admin"}}]
-    else:
-        pod.setdefault("volumes", []).append({"name": "peek", "secret": {"secretName": "database-admin"}})
-    assert _denials(deployment) == [message]
-    assert _denials(deployment, username="system:serviceaccount:kube-system:deployment-controller") is None
+    elif where == "volume":
+        volumes.append({"name": "peek", "secret": {"secretName": "database-admin"}})
+    elif where == "projected secret":
+        volumes.append({"name": "peek", "projected": {"sources": [{"secret": {"name": "database-admin"}}]}})
+    elif where == "projected token":
+        volumes.append({"name": "peek", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}})
+    elif where == "csi":
+        volumes.append({"name": "peek", "csi": {"driver": "secrets-store.csi.k8s.io",
+                                                 "nodePublishSecretRef": {"name": "database-admin"}}})  # fmt: skip
+    elif where == "cephfs":
+        volumes.append({"name": "peek", "cephfs": {"monitors": ["m"], "secretRef": {"name": "database-admin"}}})
+    elif where == "hostPath":
+        volumes.append({"name": "peek", "hostPath": {"path": "/var/run/secrets"}})
+    elif where == "serviceAccountName":
+        pod["serviceAccountName"] = "llm-platform-runs"
+    elif where == "automount":
+        pod["automountServiceAccountToken"] = True
+    elif where == "weights writable":
+        weights = next(v for v in pod["volumes"] if "persistentVolumeClaim" in v)
+        weights["persistentVolumeClaim"]["readOnly"] = False
+        for container in pod["containers"]:
+            for mount in container.get("volumeMounts", []):
+                if mount["name"] == weights["name"]:
+                    mount["readOnly"] = False
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [("env", SECRET), ("init-env", SECRET), ("ephemeral-env", SECRET),
+     ("envFrom", "envFrom references a Secret the platform does not use"), ("volume", VOLUME),
+     ("projected secret", VOLUME), ("projected token", VOLUME), ("csi", VOLUME), ("cephfs", VOLUME),
+     ("hostPath", VOLUME), ("serviceAccountName", TOKEN), ("automount", TOKEN), ("weights writable", WRITABLE)],
+)  # fmt: skip
+def test_the_admission_policy_refuses_every_way_to_a_credential(
+    example_catalog: Catalog, where: str, message: str
+) -> None:
+    workloads = _rendered_workloads(example_catalog)
+    for kind in ("Deployment", "Job"):
+        obj = copy.deepcopy(next(o for o in workloads if o["kind"] == kind and "weights" not in o["metadata"]["name"]))
+        _steal(obj["spec"]["template"]["spec"], where)
+        assert _denials(obj) == [message], (kind, where)
+        assert _denials(obj, username="system:serviceaccount:kube-system:deployment-controller") is None
+
+
+def test_only_the_weights_download_job_writes_the_model_store(example_catalog: Catalog) -> None:
+    job = next(o for o in _rendered_workloads(example_catalog) if o["metadata"]["name"].startswith("weights-"))
+    mounts = [m for c in job["spec"]["template"]["spec"]["containers"] for m in c.get("volumeMounts", [])]
+    assert any(not m.get("readOnly") for m in mounts)  # it writes, and is admitted
+    assert _denials(job) == []
+    disguised = copy.deepcopy(next(o for o in _rendered_workloads(example_catalog) if o["kind"] == "Deployment"))
+    disguised["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] = "weights-download"
+    _steal(disguised["spec"]["template"]["spec"], "weights writable")
+    assert _denials(disguised) == [WRITABLE]  # a Deployment labelled as the download does not pass for it
