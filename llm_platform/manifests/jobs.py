@@ -64,7 +64,11 @@ def render_weights_network_policy(platform: Platform) -> Object:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": object_metadata(WEIGHTS_DOWNLOAD_POLICY, platform, {"app.kubernetes.io/part-of": "llm-platform"}),
+        "metadata": object_metadata(
+            WEIGHTS_DOWNLOAD_POLICY,
+            platform,
+            {"app.kubernetes.io/part-of": "llm-platform", "app.kubernetes.io/managed-by": MANAGER},
+        ),
         "spec": {
             "podSelector": {"matchLabels": {"app.kubernetes.io/component": WEIGHTS_COMPONENT}},
             "policyTypes": ["Ingress", "Egress"],

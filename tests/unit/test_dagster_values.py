@@ -150,3 +150,18 @@ def test_the_catalog_is_a_configmap_mounted_into_the_code_location_and_the_runs(
     # What ships is the catalog the repository validates, not a copy baked into the image.
     parse_catalog(yaml.safe_load(EXAMPLE_CATALOG.read_text()))
     assert "COPY catalog" not in (REPO_ROOT / "Dockerfile").read_text()
+
+
+def test_every_dagster_pod_has_a_network_policy_and_postgresql_admits_dagster_only() -> None:
+    policies = {
+        doc["metadata"]["name"]: doc["spec"]
+        for doc in yaml.safe_load_all((REPO_ROOT / "k8s" / "dagster" / "networkpolicy.yaml").read_text())
+    }
+    selected = [spec["podSelector"]["matchLabels"] for spec in policies.values()]
+    for pod in ({"component": "dagster-webserver"}, {"component": "dagster-daemon"}, {"component": "user-deployments"},
+                {"app.kubernetes.io/name": "postgresql"}, {"app.kubernetes.io/component": "run_worker"}):  # fmt: skip
+        assert pod in selected, pod
+    (rule,) = policies["dagster-postgresql"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 5432}]
+    assert all("namespaceSelector" not in peer for peer in rule["from"])  # this namespace's Dagster pods only
+    assert "ingress" not in policies["dagster-daemon"] and "ingress" not in policies["dagster-run-pods"]

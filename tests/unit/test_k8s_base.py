@@ -119,15 +119,23 @@ def test_the_admission_policy_allows_exactly_the_secrets_the_platform_references
 RUNS_USER = "system:serviceaccount:dagster:llm-platform-runs"
 
 
-def _denials(obj: dict[str, Any], username: str = RUNS_USER) -> list[str] | None:
-    """The admission policy's CEL evaluated as the API server does (variables in order, then the validations):
+def _denials(
+    obj: dict[str, Any] | None,
+    username: str = RUNS_USER,
+    *,
+    policy_file: str = "admission-policy.yaml",
+    operation: str = "CREATE",
+    old: dict[str, Any] | None = None,
+) -> list[str] | None:
+    """An admission policy's CEL evaluated as the API server does (variables in order, then the validations):
     the messages of the failed validations, or None when the policy does not apply to the request."""
-    policy = _documents(K8S / "base" / "admission-policy.yaml")[0]["spec"]
+    policy = _documents(K8S / "base" / policy_file)[0]["spec"]
     environment = celpy.Environment()
     variables: dict[str, Any] = {}
     activation: dict[str, Any] = {
         "object": json_to_cel(obj),
-        "request": json_to_cel({"userInfo": {"username": username}}),
+        "oldObject": json_to_cel(old),
+        "request": json_to_cel({"userInfo": {"username": username}, "operation": operation}),
     }
 
     def evaluate(expression: str) -> Any:
@@ -230,3 +238,58 @@ def test_only_the_weights_download_job_writes_the_model_store(example_catalog: C
     disguised["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] = "weights-download"
     _steal(disguised["spec"]["template"]["spec"], "weights writable")
     assert _denials(disguised) == [WRITABLE]  # a Deployment labelled as the download does not pass for it
+
+
+OWNED = "owned-objects-policy.yaml"
+
+
+def test_the_platform_may_create_update_and_delete_what_it_renders(example_catalog: Catalog) -> None:
+    objects = [obj for objects in render_files(example_catalog).values() for obj in objects]
+    objects += _rendered_workloads(example_catalog)
+    assert {"Deployment", "Service", "NetworkPolicy", "ScaledObject", "PersistentVolumeClaim", "Job"} <= {
+        obj["kind"] for obj in objects
+    }
+    for obj in objects:
+        name = f"{obj['kind']}/{obj['metadata']['name']}"
+        assert _denials(obj, policy_file=OWNED) == [], name
+        assert _denials(obj, policy_file=OWNED, operation="UPDATE", old=obj) == [], name
+        assert _denials(None, policy_file=OWNED, operation="DELETE", old=obj) == [], name
+
+
+def test_objects_the_platform_does_not_own_are_out_of_its_reach(example_catalog: Catalog) -> None:
+    default_deny = _documents(K8S / "base" / "networkpolicy.yaml")[0]
+    assert default_deny["metadata"]["name"] == "default-deny"
+    not_ours = "the object is not the platform's (no app.kubernetes.io/managed-by=llm-platform)"
+    assert _denials(None, policy_file=OWNED, operation="DELETE", old=default_deny) == [not_ours]
+    opened = copy.deepcopy(default_deny)
+    opened["spec"]["ingress"] = [{}]
+    opened["metadata"].setdefault("labels", {})["app.kubernetes.io/managed-by"] = "llm-platform"  # taking it over
+    assert _denials(opened, policy_file=OWNED, operation="UPDATE", old=default_deny) == [not_ours]
+    unlabelled = copy.deepcopy(next(o for o in render_files(example_catalog)["tiny-llama.yaml"]))
+    del unlabelled["metadata"]["labels"]["app.kubernetes.io/managed-by"]
+    assert _denials(unlabelled, policy_file=OWNED) == [
+        "the object must carry app.kubernetes.io/managed-by=llm-platform"
+    ]
+    assert _denials(None, RUNS_USER.replace("llm-platform-runs", "other"), policy_file=OWNED, operation="DELETE",
+                    old=default_deny) is None  # fmt: skip
+
+
+def test_the_platform_never_publishes_pods_or_points_keda_elsewhere(example_catalog: Catalog) -> None:
+    objects = render_files(example_catalog)["tiny-llama.yaml"]
+    service = copy.deepcopy(next(o for o in objects if o["kind"] == "Service"))
+    for change in ({"type": "LoadBalancer"}, {"type": "NodePort"}, {"externalIPs": ["203.0.113.7"]}):
+        published = copy.deepcopy(service)
+        published["spec"].update(change)
+        assert _denials(published, policy_file=OWNED) == [
+            "a Service of the platform stays inside the cluster (ClusterIP, no externalIPs)"
+        ]
+    scaled = next(o for o in objects if o["kind"] == "ScaledObject")
+    for path, value in ((("scaleTargetRef", "name"), "dagster-daemon"), (("triggers", 0, "type"), "external")):
+        elsewhere = copy.deepcopy(scaled)
+        target = elsewhere["spec"]
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        assert _denials(elsewhere, policy_file=OWNED) == [
+            "a ScaledObject of the platform scales its own Deployment on Prometheus only"
+        ]
