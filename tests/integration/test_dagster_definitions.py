@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import dagster as dg
 import pytest
 import yaml
 
@@ -152,7 +153,8 @@ def test_kubernetes_target_reads_prometheus_from_the_catalog_and_needs_it(
     catalog = load_catalog(EXAMPLE_CATALOG)
     monkeypatch.delenv("LLM_PLATFORM_PROMETHEUS_URL", raising=False)
     resources = resources_from_env(catalog.platform, "local")
-    prometheus = resources["prometheus"]
+    with dg.build_resources({"prometheus": resources["prometheus"]}) as built:  # sealed: built as a run builds it
+        prometheus = built.prometheus
     assert isinstance(prometheus, PrometheusResource) and prometheus.url == catalog.platform.prometheus_url
 
     assert _kubernetes_load(tmp_path, {}, "/artifacts").startswith("ok ")
