@@ -127,3 +127,32 @@ def test_the_asset_page_shows_the_benchmark_in_headless_chromium(dagster_dev: Da
     for shown in ("smoke_benchmark", "output_throughput", "p95_ttft_ms", "config_fingerprint", "weights_sha"):
         assert shown in dom.stdout, f"{shown} is not on the asset page"
     assert "Join the Dagster community" not in dom.stdout
+
+
+def test_run_config_probes_are_refused_by_the_real_code_location(
+    dagster_dev: DagsterDev, served_tiny: ServedTiny
+) -> None:
+    """The attack of the security review, over GraphQL against ``dagster dev``: a run that points the target at
+    an empty key file (its candidate server would answer without a key) is refused at submission, and a run whose
+    config reads the environment fails at its first step without echoing the value."""
+    from llm_platform.errors import PlatformError
+
+    api = DagsterApi(dagster_dev.url)
+    job, config = promotion_request(revision="main", benchmark={"prompts_per_level": 6, "concurrency_levels": [1]})
+    for resource, field, value in (
+        ("target", "api_key_file", "/dev/null"),
+        ("target", "python", "/bin/sh"),
+        ("weights", "hf_endpoint", "http://127.0.0.1:1"),
+        ("prometheus", "url", "x"),
+    ):
+        hostile = {**config, "resources": {resource: {"config": {field: value}}}}
+        with pytest.raises(PlatformError, match=f'unexpected config entry "{field}"'):
+            api.submit(job, "tiny-llama", hostile, tags={"test": "probe"})
+    reading = {"ops": {**config["ops"], "serving_config": {"config": {"overrides": {"dtype": {"env": "HF_ENDPOINT"}}}}}}
+    run_id = api.submit(job, "tiny-llama", reading, tags={"test": "probe"})
+    outcome = api.follow(run_id, log=lambda _: None)
+    assert outcome.status == "FAILURE", outcome
+    assert any("environment references ({env: …}) are not accepted" in failure for failure in outcome.failures), outcome
+    with dg.DagsterInstance.from_config(str(dagster_dev.home)) as instance:
+        stored = "\n".join(str(entry) for entry in instance.all_logs(run_id))
+    assert str(served_tiny.weights.hf_endpoint) not in stored  # the variable's value, which the config asked for
