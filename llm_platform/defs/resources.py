@@ -89,12 +89,28 @@ class WeightsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         )
 
 
-def weights_resource_from_env() -> WeightsResource:
-    """The resource as the code location configures it: endpoint and token from its own environment (resolved
-    here: the code location's resources are sealed, see :func:`sealed`, so no run config can name a variable)."""
-    return WeightsResource(
-        hf_endpoint=os.environ.get("HF_ENDPOINT") or None, hf_token=os.environ.get("HF_TOKEN") or None
-    )
+HF_ENDPOINT_ENV_VAR = "HF_ENDPOINT"
+
+
+def effective_platform(platform: Platform) -> Platform:
+    """The catalog's platform section with the code location's overrides: ``$HF_ENDPOINT``, when set, replaces
+    ``platform.hf_endpoint`` for everything that asks a hub (the local downloads, the kubernetes download Job and the
+    revision sensor alike: one hub, whichever names it), validated like the catalog's own value."""
+    endpoint = os.environ.get(HF_ENDPOINT_ENV_VAR)
+    if not endpoint:
+        return platform
+    try:
+        return Platform.model_validate({**platform.model_dump(), "hf_endpoint": endpoint})
+    except ValueError as error:
+        raise PlatformError(f"${HF_ENDPOINT_ENV_VAR}: {str(error).splitlines()[-1].strip()[:200]}") from None
+
+
+def weights_resource_from_env(platform: Platform | None = None) -> WeightsResource:
+    """The resource as the code location configures it: the catalog's hub (:func:`effective_platform`) and the token
+    from its own environment (resolved here: the code location's resources are sealed, see :func:`sealed`, so no
+    run config can name a variable)."""
+    hub = effective_platform(platform or Platform()).hf_endpoint
+    return WeightsResource(hf_endpoint=hub, hf_token=os.environ.get("HF_TOKEN") or None)
 
 
 def default_artifacts_root() -> str:
@@ -210,7 +226,7 @@ class KubernetesTargetResource(TargetResource):
         return KubernetesTarget(KubeApi.from_kubeconfig(self.kube_context), platform, settings)
 
     def serving_target(self, platform: Platform) -> KubernetesServingTarget:
-        return KubernetesServingTarget(self.target(platform), Path(self.artifacts_root))
+        return KubernetesServingTarget(self.target(effective_platform(platform)), Path(self.artifacts_root))
 
 
 def kubernetes_target_from_env() -> KubernetesTargetResource:
@@ -265,7 +281,7 @@ def resources_from_env(platform: Platform, target_kind: str) -> dict[str, object
     and sealed against run config."""
     from llm_platform.defs.storage import InstanceValueIOManager
 
-    weights = weights_resource_from_env()
+    weights = weights_resource_from_env(platform)
     target = target_from_env(target_kind, weights)
     return {
         "io_manager": dg.IOManagerDefinition(

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from llm_platform.catalog import Catalog, parse_catalog
+from llm_platform.definitions import build_definitions
 from llm_platform.defs.resources import PrometheusResource
 from llm_platform.defs.sensors import build_drift_sensor
 from llm_platform.defs.values import BenchmarkOutcome, DeploymentRecord, ServingChoice
@@ -210,6 +211,40 @@ def test_new_revision_sensor_runs_the_lifecycle_once_per_new_commit() -> None:
             assert "tracked: model 'tracked'" in _skipped(down)
     finally:
         hub.stop()
+
+
+def test_the_revision_sensor_asks_the_hub_the_catalog_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One settings tree: the code location's revision sensor asks ``platform.hf_endpoint`` (as the download Job
+    does), and ``$HF_ENDPOINT`` overrides it for both or for neither."""
+    from llm_platform.defs.resources import resources_from_env
+    from llm_platform.defs.sensors import REVISION_SENSOR_NAME
+    from tests.fakehub import FakeHub, FakeRepo
+
+    catalog_hub, env_hub = FakeHub().start(), FakeHub().start()
+    try:
+        for hub in (catalog_hub, env_hub):
+            hub.repos["acme/tracked"] = FakeRepo({"config.json": f'{{"hub": "{hub.endpoint}"}}'.encode()})
+        catalog = parse_catalog(
+            {
+                "platform": {"hf_endpoint": catalog_hub.endpoint},
+                "models": [{"name": "tracked", "source": {"repo": "acme/tracked", "track_revision": True}}],
+            }
+        )
+        for override, asked in ((None, catalog_hub), (env_hub.endpoint, env_hub)):
+            if override is None:
+                monkeypatch.delenv("HF_ENDPOINT", raising=False)
+            else:
+                monkeypatch.setenv("HF_ENDPOINT", override)
+            resources = resources_from_env(catalog.platform, "local")
+            sensor = build_definitions(catalog).get_sensor_def(REVISION_SENSOR_NAME)
+            with dg.instance_for_test() as instance:
+                result = sensor(dg.build_sensor_context(instance=instance, resources={"weights": resources["weights"]}))
+            assert isinstance(result, dg.SensorResult)
+            (request,) = result.run_requests or []
+            assert request.run_key == f"tracked:{asked.repos['acme/tracked'].sha}"  # the commit of that hub
+    finally:
+        catalog_hub.stop()
+        env_hub.stop()
 
 
 def test_tracking_needs_a_branch() -> None:
