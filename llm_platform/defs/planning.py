@@ -17,7 +17,6 @@ from llm_platform.defs.resources import TargetResource
 from llm_platform.defs.weights import lifecycle_asset_options
 from llm_platform.perfmodel import plan_model
 from llm_platform.planning.plan import PlanAxes, ServingPlan
-from llm_platform.store_layout import snapshot_path
 from llm_platform.weights.plan import SnapshotManifest
 
 PLAN_ASSET = "serving_plan"
@@ -96,8 +95,7 @@ def build_serving_plan_asset(catalog: Catalog, partitions: dg.PartitionsDefiniti
         model = catalog.model(context.partition_key)
         # The architecture: AIConfigurator's bundled config of the repository, else the weights' config.json where
         # this process can read it (the local store), else what the download recorded in the manifest.
-        store = target.serving_target(catalog.platform).weights_location()
-        local_dir = model.source.path or snapshot_path(store, model.name, model_weights.sha)
+        local_dir = model.source.path or target.serving_target(catalog.platform).readable_weights_dir(model_weights)
         plan = plan_model(model, catalog.platform.gpu_type, catalog.platform.gpu_quota, local_dir, config.axes(),
                           model_weights.architecture)  # fmt: skip
         context.log.info(plan.verdict)

@@ -6,7 +6,7 @@ could not read the weights manifest of the ``lifecycle`` run before it. This IO 
 metadata of the materialization that produced it, and a later step reads the newest materialization of the
 upstream asset's partition back from the instance: the value exists exactly when its materialization does, needs
 no shared volume or object store, and is visible in the UI. The values are small (a manifest, a config, a table of
-a few rows); large artefacts go to the ``artifacts`` resource instead.
+a few rows); large artefacts go under the target's ``artifacts_root`` instead.
 """
 
 from __future__ import annotations

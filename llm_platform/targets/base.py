@@ -84,6 +84,11 @@ class ServingTarget(ABC):
     def weights_location(self) -> str:
         """Where materialized weights live, as metadata names it (a directory, ``pvc://claim/path``)."""
 
+    def readable_weights_dir(self, weights: SnapshotManifest) -> str | None:
+        """The snapshot's directory when this process can read it (the local store); None where only the servers
+        can (a PVC mounted into the pods, not into the run)."""
+        return None
+
     @abstractmethod
     def materialize_weights(self, model: ModelSpec, revision: str, log: Log = no_log) -> DownloadResult:
         """Download and verify ``revision`` of the model's weights where the servers read them."""

@@ -38,7 +38,6 @@ T = TypeVar("T")
 FIELD_MANAGER = "llm-platform"
 USER_AGENT = "llm-platform"
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
-MERGE_CONTENT_TYPE = "application/merge-patch+json"
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 ROLE_NAME = "llm-platform-dagster"
 """The Role that grants the platform's service account its calls (shipped in ``k8s/base/rbac.yaml``)."""

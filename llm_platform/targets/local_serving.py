@@ -61,11 +61,16 @@ class LocalServingTarget(ServingTarget):
     def weights_location(self) -> str:
         return str(self.store.root)
 
+    def readable_weights_dir(self, weights: SnapshotManifest) -> str | None:
+        return self.weights_path(weights)
+
     def materialize_weights(self, model: ModelSpec, revision: str, log: Log = no_log) -> DownloadResult:
         request = DownloadRequest.for_model(model, revision)
+        # The commits the model's servers read are never pruned, whatever keep_revisions says.
+        serving = tuple(Path(server.weights_path).name for server in self.servers.servers(model.name))
         return download_snapshot(
             request, self.store, self.hub, workers=self.workers, progress=LogProgress(log),
-            keep_revisions=self.keep_revisions,
+            keep_revisions=self.keep_revisions, protected=serving,
         )  # fmt: skip
 
     def benchmark_candidate(

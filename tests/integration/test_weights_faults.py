@@ -342,3 +342,31 @@ def test_a_malicious_mirror_cannot_write_outside_the_snapshot(hub: FakeHub, tmp_
     assert "refusing to download from it" in str(refused.value)
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert written == [], written
+
+
+def test_the_local_target_never_prunes_the_commit_its_servers_read(hub: FakeHub, tmp_path: Path) -> None:
+    """The production path (``LocalServingTarget.materialize_weights``, what ``model_weights`` calls) protects
+    the commit a running server reads, with keep_revisions=1."""
+    from llm_platform.catalog import parse_catalog
+    from llm_platform.targets.local import LocalTarget, LocalTargetSettings
+    from llm_platform.targets.local_serving import LocalServingTarget
+    from llm_platform.targets.local_state import ServerRecord
+
+    store = ModelStore(tmp_path / "store")
+    serving: list[ServerRecord] = []
+
+    class Servers(LocalTarget):
+        def servers(self, model: str) -> list[ServerRecord]:  # the processes stand in: what runs is the point here
+            return list(serving)
+
+    servers = Servers(LocalTargetSettings(state_dir=tmp_path / "state", file_sd_dir=tmp_path / "sd"))
+    target = LocalServingTarget(servers, store, HubClient(hub.endpoint, None), tmp_path / "artifacts", keep_revisions=1)
+    model = parse_catalog({"models": [{"name": "tiny", "source": {"repo": "acme/tiny"}}]}).model("tiny")
+    shas = []
+    for generation in range(3):
+        hub.repos["acme/tiny"] = FakeRepo({**_files(), "config.json": f'{{"generation": {generation}}}'.encode()})
+        manifest = target.materialize_weights(model, "main").manifest
+        shas.append(manifest.sha)
+        if generation == 0:  # the first commit is promoted and keeps serving
+            serving.append(ServerRecord("tiny", "f", 1, 1, "127.0.0.1", "log", target.weights_path(manifest), "now"))
+    assert sorted(m.sha for m in store.complete_snapshots("tiny")) == sorted([shas[0], shas[2]])
