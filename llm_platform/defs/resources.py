@@ -29,6 +29,8 @@ TARGET_ENV_VAR = "LLM_PLATFORM_TARGET"
 TARGET_KINDS = ("local", "kubernetes")
 """What ``$LLM_PLATFORM_TARGET`` may name; the code location builds that one target and no other."""
 LOCAL_HOME_ENV_VAR = "LLM_PLATFORM_LOCAL_HOME"
+LOCAL_DEFAULTS = LocalTargetSettings(state_dir=Path(), file_sd_dir=Path())
+"""The local target's defaults, written once (in :class:`LocalTargetSettings`, with why each is what it is)."""
 ARTIFACTS_ENV_VAR = "LLM_PLATFORM_ARTIFACTS"
 
 
@@ -158,11 +160,12 @@ class LocalTargetResource(TargetResource):
         description="Where the Prometheus file_sd target file of each model is written.",
     )
     python: str = Field(default=sys.executable, description="Interpreter with vLLM installed.")
-    kv_cache_space_gib: int = Field(default=1, description="VLLM_CPU_KVCACHE_SPACE per server, in GiB.")
+    kv_cache_space_gib: int = Field(
+        default=LOCAL_DEFAULTS.kv_cache_space_gib, description="VLLM_CPU_KVCACHE_SPACE per server, in GiB."
+    )
     omp_threads_bind: str | None = Field(
-        default="nobind",
-        description="VLLM_CPU_OMP_THREADS_BIND; 'nobind' so that two servers can share the cores during a "
-        "blue/green switch (vLLM's 'auto' pins both to the same core).",
+        default=LOCAL_DEFAULTS.omp_threads_bind,
+        description="VLLM_CPU_OMP_THREADS_BIND (see LocalTargetSettings.omp_threads_bind for why 'nobind').",
     )
     startup_timeout_s: float | None = Field(
         default=None, description="Overrides the catalog's serving.startup_timeout_s."
@@ -198,8 +201,8 @@ def local_target_from_env(weights: WeightsResource | None = None) -> LocalTarget
     """KV cache size and thread binding from ``VLLM_CPU_KVCACHE_SPACE`` / ``VLLM_CPU_OMP_THREADS_BIND`` if set."""
     return LocalTargetResource(
         weights=weights or weights_resource_from_env(),
-        kv_cache_space_gib=int(os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")),
-        omp_threads_bind=os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or "nobind",
+        kv_cache_space_gib=int(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or LOCAL_DEFAULTS.kv_cache_space_gib),
+        omp_threads_bind=os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or LOCAL_DEFAULTS.omp_threads_bind,
     )
 
 
