@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from llm_platform.catalog import Catalog
+from llm_platform.conventions import ENGINE_LOOPBACK_PORT
 from llm_platform.defs.jobs import LIFECYCLE_ASSETS
 from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.defs.resources import KubernetesTargetResource, WeightsResource
 from llm_platform.defs.tuning import TUNED_ASSET
-from llm_platform.engine import DEFAULT_PORT
 from llm_platform.rollout import Revision
 from tests.conftest import ServedTiny, lifecycle_resources, tiny_catalog
 from tests.kubeemu import DEPLOYMENTS, JOBS, FakeDeploymentController, FakeKubelet, RunningCluster
@@ -56,12 +56,15 @@ def _kubeconfig(path: Path, server: str) -> Path:
     return path
 
 
+# Seven benchmark Jobs, each a fresh vLLM start with a cold compile cache (~80 s on two cores, then its levels): on a
+# loaded machine that crosses the suite's 10-minute default. Issue 23 is about starting fewer servers.
+@pytest.mark.timeout(1800)
 def test_lifecycle_on_kubernetes_through_dagster(
     cluster: RunningCluster, served_tiny: ServedTiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", DEFAULT_PORT)) == 0:
-            pytest.skip(f"port {DEFAULT_PORT} (the benchmark pod's vLLM port) is taken on this machine")
+        if probe.connect_ex(("127.0.0.1", ENGINE_LOOPBACK_PORT)) == 0:
+            pytest.skip(f"port {ENGINE_LOOPBACK_PORT} (the benchmark pod's vLLM port) is taken on this machine")
     hub_endpoint = served_tiny.weights.hf_endpoint
     assert hub_endpoint is not None
     catalog: Catalog = tiny_catalog(platform={"hf_endpoint": hub_endpoint})
