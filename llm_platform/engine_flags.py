@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from llm_platform.errors import shorten
+
 SWITCH = 0
 """A flag without a value (``--enforce-eager``; vLLM's boolean flags also have a ``--no-`` form)."""
 VALUE = 1
@@ -138,20 +140,16 @@ def canonical(name: str) -> str:
     return "--" + name[2:].replace("_", "-")
 
 
-def _shown(text: str, limit: int = 60) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "…")
-
-
 def _refusal(flag: str) -> str | None:
     if flag in MANAGED_FLAGS:
-        return f"{_shown(flag)} is set by {MANAGED_FLAGS[flag]}; remove it from extra_args"
+        return f"{shorten(flag)} is set by {MANAGED_FLAGS[flag]}; remove it from extra_args"
     if flag in REFUSED_FLAGS:
-        return f"{_shown(flag)} is not allowed: {REFUSED_FLAGS[flag]}"
+        return f"{shorten(flag)} is not allowed: {REFUSED_FLAGS[flag]}"
     if flag not in ALLOWED_FLAGS:
         longer = sorted(known for known in (*ALLOWED_FLAGS, *MANAGED_FLAGS) if known.startswith(flag))
-        hint = f"; write flags in full (did you mean {_shown(longer[0])}?)" if longer else ""
+        hint = f"; write flags in full (did you mean {shorten(longer[0])}?)" if longer else ""
         return (
-            f"{_shown(flag)} is not on the extra_args allow-list (llm_platform/engine_flags.py: flags that load no "
+            f"{shorten(flag)} is not on the extra_args allow-list (llm_platform/engine_flags.py: flags that load no "
             f"code and change neither the weights nor the GPUs){hint}"
         )
     return None
@@ -166,19 +164,19 @@ def parse_extra_args(args: Sequence[str]) -> tuple[list[ParsedFlag], list[str]]:
         arg = args[index]
         index += 1
         if not arg.isascii() or not arg.isprintable():
-            problems.append(f"{_shown(arg)}: only printable ASCII is accepted")
+            problems.append(f"{shorten(arg)}: only printable ASCII is accepted")
             continue
         if arg == "--":
             problems.append("a bare '--' ends vLLM's options (what follows would become the model); remove it")
             continue
         if not arg.startswith("--"):
             kind = "a short flag" if arg.startswith("-") else "a value without a flag"
-            problems.append(f"{_shown(arg)} is {kind}; write each flag in full, e.g. '--seed 7'")
+            problems.append(f"{shorten(arg)} is {kind}; write each flag in full, e.g. '--seed 7'")
             continue
         name, equals, inline = arg.partition("=")
         if "." in name:
             problems.append(
-                f"{_shown(arg)}: dotted keys set a field inside a flag's JSON value; not accepted in extra_args"
+                f"{shorten(arg)}: dotted keys set a field inside a flag's JSON value; not accepted in extra_args"
             )
             continue
         flag = canonical(name)
@@ -189,7 +187,7 @@ def parse_extra_args(args: Sequence[str]) -> tuple[list[ParsedFlag], list[str]]:
             continue
         if ALLOWED_FLAGS[flag] == SWITCH:
             if equals:
-                problems.append(f"{_shown(flag)} takes no value (got {_shown(arg)})")
+                problems.append(f"{shorten(flag)} takes no value (got {shorten(arg)})")
             else:
                 parsed.append(ParsedFlag(flag, None))
             continue
@@ -199,16 +197,16 @@ def parse_extra_args(args: Sequence[str]) -> tuple[list[ParsedFlag], list[str]]:
             value = args[index]
             index += 1
         else:
-            problems.append(f"{_shown(flag)} needs a value, e.g. '{flag}=…'")
+            problems.append(f"{shorten(flag)} needs a value, e.g. '{flag}=…'")
             continue
         if not value or len(value) > MAX_VALUE_LENGTH or not value.isascii() or not value.isprintable():
-            problems.append(f"{_shown(flag)}: its value must be 1 to {MAX_VALUE_LENGTH} printable ASCII characters")
+            problems.append(f"{shorten(flag)}: its value must be 1 to {MAX_VALUE_LENGTH} printable ASCII characters")
             continue
         parsed.append(ParsedFlag(flag, value))
     seen: set[str] = set()
     for item in parsed:
         if item.flag in seen:
-            problems.append(f"{_shown(item.flag)} is given twice")
+            problems.append(f"{shorten(item.flag)} is given twice")
         seen.add(item.flag)
     return parsed, problems
 
@@ -216,4 +214,4 @@ def parse_extra_args(args: Sequence[str]) -> tuple[list[ParsedFlag], list[str]]:
 def risky_flags(args: Sequence[str]) -> list[str]:
     """Warnings for accepted flags that deserve one."""
     flags, _ = parse_extra_args(args)
-    return [f"{_shown(item.flag)}: {RISKY_FLAGS[item.flag]}" for item in flags if item.flag in RISKY_FLAGS]
+    return [f"{shorten(item.flag)}: {RISKY_FLAGS[item.flag]}" for item in flags if item.flag in RISKY_FLAGS]

@@ -11,6 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+def shorten(text: str, limit: int = 60) -> str:
+    """``text`` quoted for an error line, cut to ``limit`` characters (a 100,000-character value stays one line)."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
 class PlatformError(Exception):
     """Base of every error the platform reports to its users."""
 

@@ -14,8 +14,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llm_platform.catalog.checks import model_problems, quota_problems
-from llm_platform.catalog.schema import Catalog, ModelSpec, Platform, shorten
-from llm_platform.errors import CatalogError
+from llm_platform.catalog.schema import Catalog, ModelSpec, Platform
+from llm_platform.errors import CatalogError, shorten
 
 
 def _allowed_fields(model_class: type[BaseModel], loc: Sequence[str | int]) -> list[str]:

@@ -16,13 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from llm_platform.engine_flags import parse_extra_args
-from llm_platform.errors import UnknownModelError
-
-
-def shorten(text: str, limit: int = 60) -> str:
-    """``text`` quoted for an error line, cut to ``limit`` characters (a 100,000-character value stays one line)."""
-    return repr(text if len(text) <= limit else text[:limit] + "…")
-
+from llm_platform.errors import UnknownModelError, shorten
 
 MAX_MODEL_NAME_LENGTH = 40
 DEFAULT_VLLM_IMAGE_TAG = "v0.32.0"
