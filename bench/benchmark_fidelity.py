@@ -27,6 +27,7 @@ from llm_platform.benchmark.plan import BenchmarkPlan  # noqa: E402
 from llm_platform.benchmark.runner import run_plan  # noqa: E402
 from llm_platform.catalog import parse_catalog  # noqa: E402
 from llm_platform.dev.tiny_model import make_tiny_model  # noqa: E402
+from llm_platform.engine.vllm import VLLM  # noqa: E402
 from llm_platform.targets.local import LocalTarget, LocalTargetSettings  # noqa: E402
 
 DIRECT = """
@@ -71,8 +72,8 @@ def main() -> None:
         for round_ in range(options.rounds):
             for which in ("ours", "direct") if round_ % 2 == 0 else ("direct", "ours"):
                 if which == "ours":
-                    frame, _ = run_plan(plan, model="tiny-llama", base_url=server.base_url, tokenizer=model_dir,
-                                        work_dir=work / f"ours-{round_}")  # fmt: skip
+                    frame, _ = run_plan(plan, engine=VLLM, model="tiny-llama", base_url=server.base_url,
+                                        tokenizer=model_dir, work_dir=work / f"ours-{round_}")  # fmt: skip
                     ours.append(float(frame["output_throughput"].iloc[0]))
                 else:
                     direct.append(direct_run(server.base_url, model_dir, options.prompts, options.concurrency,

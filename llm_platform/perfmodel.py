@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from llm_platform.catalog import GPU_TYPES, ModelSpec
+from llm_platform.engine import engine_for
 from llm_platform.errors import PlatformError
 from llm_platform.planning.plan import PlanAxes, ServingPlan, plan_serving
 from llm_platform.planning.simulator import StepLoad
@@ -31,6 +32,7 @@ from llm_platform.planning.trials import EngineDefaults
 
 #: vLLM version of the performance data per GPU type (what aiconfigurator-core 0.12.0 ships).
 VLLM_DATA_VERSION = dict.fromkeys(GPU_TYPES, "0.24.0") | {"a100_sxm": "0.14.0"}
+#: The AIConfigurator backend whose data are pinned above: a model whose engine estimates under another has no plan.
 BACKEND = "vllm"
 #: vLLM's KV block size (tokens per block) on GPUs.
 KV_BLOCK_SIZE = 16
@@ -202,15 +204,15 @@ def _gpu_memory_bytes(gpu_type: str) -> int:
 
 
 def engine_defaults(model: ModelSpec, gpu_type: str) -> EngineDefaults:
-    """The engine limits ``model`` runs with on ``gpu_type``: the catalog's, and vLLM v1's defaults where it sets
-    none (1024 sequences and 8192 tokens per step on GPUs of at least 70 GiB, 256 and 2048 below)."""
-    large = _gpu_memory_bytes(gpu_type) >= 70 * 2**30
+    """The engine limits ``model`` runs with on ``gpu_type``: the catalog's, and the engine's own defaults for a GPU
+    of that size where the catalog sets none."""
     serving = model.serving
+    seqs, tokens = engine_for(serving).gpu_scheduler_defaults(_gpu_memory_bytes(gpu_type))
     return EngineDefaults(
         max_model_len=serving.max_model_len,
         gpu_memory_utilization=serving.gpu_memory_utilization,
-        max_num_seqs=serving.max_num_seqs or (1024 if large else 256),
-        max_num_batched_tokens=serving.max_num_batched_tokens or (8192 if large else 2048),
+        max_num_seqs=serving.max_num_seqs or seqs,
+        max_num_batched_tokens=serving.max_num_batched_tokens or tokens,
     )
 
 
@@ -225,6 +227,9 @@ def plan_model(
     """The serving plan of ``model`` on ``gpu_type``; a plan with a note, never an error, when there is no estimate."""
     if gpu_type is None:
         return ServingPlan(model.name, "", note="platform.gpu_type is not set in the catalog (e.g. h100_sxm)")
+    engine = engine_for(model.serving)
+    if engine.aiconfigurator_backend != BACKEND:
+        return ServingPlan(model.name, gpu_type, note=f"AIConfigurator has no estimates for engine '{engine.name}'")
     try:
         reference = model_reference(model.source.repo, local_dir, architecture)
         return plan_serving(

@@ -4,8 +4,10 @@ Plain ``requests`` against the documented ``/api/v1/query`` endpoint: the PromQL
 little over it (no typed errors, no batching) and pull in plotting libraries. Every query aggregates ``by
 (model_name)`` - the label vLLM puts on its metrics, set to the served model name, which is the catalog name - and
 the fields' expressions travel as one PromQL request, each result tagged with its field (``label_replace`` +
-``or``): a sensor tick is :data:`QUERIES_PER_SNAPSHOT` (one) request whatever the number of models. Metric names that
-vLLM renamed are matched under both names (``__name__=~"new|old"``), so a fleet with old and new engines reads the same.
+``or``): a sensor tick is :data:`QUERIES_PER_SNAPSHOT` (one) request whatever the number of models. Metric names come
+from the engines (``llm_platform.engine``: each registered engine's expressions are joined with ``or``; model names
+are disjoint); names an engine renamed are matched under all of them (``__name__=~"new|old"``), so a fleet with old
+and new engine releases reads the same.
 Transient failures (connection errors, 5xx, 429) are retried with backoff; errors become :class:`PrometheusError`
 with the URL and what to do.
 """
@@ -14,37 +16,28 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 
+from llm_platform.conventions import KSM_MODEL_LABEL, MODEL_NAME_LABEL, SERVING_CONTAINER, SERVING_OBJECT_PREFIX
+from llm_platform.engine import EngineMetrics, all_engines
 from llm_platform.errors import PlatformError
 from llm_platform.tuning.policy import Snapshot
 
 PROMETHEUS_URL_ENV_VAR = "LLM_PLATFORM_PROMETHEUS_URL"
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
 
-#: Current vLLM metric name → every name it has had (vLLM < 0.12 exported the old ones).
-METRIC_NAMES: Mapping[str, tuple[str, ...]] = {
-    "vllm:kv_cache_usage_perc": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
-    "vllm:num_preemptions_total": ("vllm:num_preemptions_total", "vllm:num_preemptions"),
-    "vllm:num_requests_waiting": ("vllm:num_requests_waiting",),
-    "vllm:num_requests_running": ("vllm:num_requests_running",),
-    "vllm:request_prompt_tokens_bucket": ("vllm:request_prompt_tokens_bucket",),
-    "vllm:request_generation_tokens_bucket": ("vllm:request_generation_tokens_bucket",),
-    "vllm:request_prompt_tokens_count": ("vllm:request_prompt_tokens_count",),
-}
-
 
 class PrometheusError(PlatformError):
     """Prometheus could not be queried (unreachable, failing, or the query was refused)."""
 
 
-def selector(metric: str, matchers: str = "") -> str:
-    """A PromQL selector for ``metric`` under all its names: ``{__name__=~"a|b",<matchers>}``."""
-    names = METRIC_NAMES.get(metric, (metric,))
+def selector(metric: str, matchers: str = "", metrics: EngineMetrics | None = None) -> str:
+    """A PromQL selector for ``metric`` under all the names ``metrics`` knows for it: ``{__name__=~"a|b",…}``."""
+    names = metrics.names(metric) if metrics is not None else (metric,)
     if len(names) == 1:
         return f"{names[0]}{{{matchers}}}" if matchers else names[0]
     extra = f",{matchers}" if matchers else ""
@@ -54,23 +47,21 @@ def selector(metric: str, matchers: str = "") -> str:
 #: The label that tags each series of the combined snapshot query with its Window field.
 FIELD_LABEL = "llm_platform_field"
 
-#: The vLLM container's name in the rendered Deployment and the pod label naming its model, as kube-state-metrics
-#: exports it (``--metric-labels-allowlist=pods=[llm-platform/model]``; see k8s/observability/).
-VLLM_CONTAINER = "vllm"
-KSM_MODEL_LABEL = "label_llm_platform_model"
-
 
 def _model_from_deployment(expression: str) -> str:
-    """kube-state-metrics names Deployments, not models: ``vllm-<model>`` → ``model_name``."""
-    return f'max by (model_name) (label_replace({expression}, "model_name", "$1", "deployment", "vllm-(.+)"))'
+    """kube-state-metrics names Deployments, not models: ``<prefix><model>`` → ``model_name``."""
+    return (
+        f'max by ({MODEL_NAME_LABEL}) (label_replace({expression}, "{MODEL_NAME_LABEL}", "$1", "deployment", '
+        f'"{SERVING_OBJECT_PREFIX}(.+)"))'
+    )
 
 
 def oom_kills_query(lookback: str, matchers: str = "") -> str:
-    """Restarts in ``lookback`` of each model's vLLM containers whose last termination was ``OOMKilled``, from
+    """Restarts in ``lookback`` of each model's engine containers whose last termination was ``OOMKilled``, from
     kube-state-metrics; 0 for models whose pods it sees without such restarts, no series where it is not scraped.
     ``matchers`` on ``model_name`` apply to the pods' model label."""
-    restarts = f'kube_pod_container_status_restarts_total{{container="{VLLM_CONTAINER}"}}'
-    oom = f'kube_pod_container_status_last_terminated_reason{{container="{VLLM_CONTAINER}",reason="OOMKilled"}}'
+    restarts = f'kube_pod_container_status_restarts_total{{container="{SERVING_CONTAINER}"}}'
+    oom = f'kube_pod_container_status_last_terminated_reason{{container="{SERVING_CONTAINER}",reason="OOMKilled"}}'
     pods = ",".join(filter(None, [f'{KSM_MODEL_LABEL}!=""', matchers.replace("model_name", KSM_MODEL_LABEL)]))
     per_pod = f"(increase({restarts}[{lookback}]) and on (namespace, pod, container) {oom}) or 0 * {restarts}"
     with_model = f"({per_pod}) * on (namespace, pod) group_left ({KSM_MODEL_LABEL}) kube_pod_labels{{{pods}}}"
@@ -107,19 +98,29 @@ class Lookback:
 RECENT_S = 300
 
 
-def snapshot_queries(lookback: Lookback, matchers: str = "") -> dict[str, str]:
+def snapshot_queries(lookback: Lookback, matchers: str = "", metrics: EngineMetrics | None = None) -> dict[str, str]:
     """The queries of one snapshot, keyed by :class:`~llm_platform.tuning.policy.Snapshot` field; each returns
-    one series per model. ``matchers`` narrows every selector (e.g. to one model: what a per-model client would do).
+    one series per model. ``matchers`` narrows every selector (e.g. to one model: what a per-model client would do);
+    ``metrics``: one engine's (default: every registered engine's, joined with ``or``).
 
     Levels are quantiles over each series' raw samples, aggregated per model afterwards (the most loaded engine's
     KV cache, the sum of the engines' queues); events are increases. Only the coverage, the newest sample, the
     rollout and the engine count need subqueries, at a coarse step: the cost of a tick stays far below a second per
     thousand models.
     """
-    by, span = "by (model_name)", lookback.range
-    running = selector("vllm:num_requests_running", matchers)
+    if metrics is None:
+        per_engine = [snapshot_queries(lookback, matchers, engine.metrics) for engine in all_engines()]
+        if len(per_engine) == 1:
+            return per_engine[0]
+        return {name: " or ".join(f"({queries[name]})" for queries in per_engine) for name in per_engine[0]}
+    by, span = f"by ({MODEL_NAME_LABEL})", lookback.range
+
+    def of(metric: str) -> str:
+        return selector(metric, matchers, metrics)
+
+    running = of(metrics.requests_running)
     deployments = ",".join(filter(None, [f'namespace="{lookback.namespace}"' if lookback.namespace else "",
-                                         'deployment=~"vllm-.+"']))  # fmt: skip
+                                         f'deployment=~"{SERVING_OBJECT_PREFIX}.+"']))  # fmt: skip
     # The Deployment's desired count (what KEDA set): its status counts also hold a rollout's surge pod. Where
     # kube-state-metrics is not scraped (the local target), the engines that report, held for the sustained share.
     desired = _model_from_deployment(lookback.sustained(f"kube_deployment_spec_replicas{{{deployments}}}"))
@@ -131,21 +132,20 @@ def snapshot_queries(lookback: Lookback, matchers: str = "") -> dict[str, str]:
         f"kube_deployment_status_replicas_updated{{{deployments}}}, 0)"
     )
     lengths = {
-        "prompt_tokens_p999": "vllm:request_prompt_tokens_bucket",
-        "generation_tokens_p999": "vllm:request_generation_tokens_bucket",
+        "prompt_tokens_p999": f"{metrics.prompt_tokens}_bucket",
+        "generation_tokens_p999": f"{metrics.generation_tokens}_bucket",
     }
     steps = max(1, lookback.seconds // lookback.step_s)
     return {
         "coverage": f"clamp_max(count_over_time({lookback.over_steps(f'max {by} ({running})')}) / {steps}, 1)",
         "age_s": f"time() - max {by} (max_over_time({lookback.over_steps(f'timestamp({running})', RECENT_S)}))",
-        "kv_cache_usage": f"max {by} ({lookback.sustained(selector('vllm:kv_cache_usage_perc', matchers))})",
-        "preemptions_per_s": f"sum {by} (increase({selector('vllm:num_preemptions_total', matchers)}[{span}])) / "
-        f"{lookback.seconds}",
-        "waiting": f"sum {by} ({lookback.sustained(selector('vllm:num_requests_waiting', matchers))})",
+        "kv_cache_usage": f"max {by} ({lookback.sustained(of(metrics.kv_cache_usage))})",
+        "preemptions_per_s": f"sum {by} (increase({of(metrics.preemptions_total)}[{span}])) / {lookback.seconds}",
+        "waiting": f"sum {by} ({lookback.sustained(of(metrics.requests_waiting))})",
         "replicas": f"{desired} or {engines}",
-        "requests": f"sum {by} (increase({selector('vllm:request_prompt_tokens_count', matchers)}[{span}]))",
+        "requests": f"sum {by} (increase({of(metrics.prompt_tokens + '_count')}[{span}]))",
         **{
-            name: f"histogram_quantile(0.999, sum by (model_name, le) (increase({selector(metric, matchers)}[{span}])))"
+            name: f"histogram_quantile(0.999, sum by ({MODEL_NAME_LABEL}, le) (increase({of(metric)}[{span}])))"
             for name, metric in lengths.items()
         },
         "oom_kills": oom_kills_query(span, matchers),
@@ -222,7 +222,7 @@ class PrometheusClient:
         sample_time = at if at is not None else time.time()
         fields = snapshot_queries(lookback)
         for labels, value in self.query(snapshot_query(lookback), sample_time):
-            model, name = labels.get("model_name"), labels.get(FIELD_LABEL)
+            model, name = labels.get(MODEL_NAME_LABEL), labels.get(FIELD_LABEL)
             if model and name in fields:
                 values.setdefault(model, {})[name] = value
         nothing = {**dict.fromkeys(fields, math.nan), "coverage": 0.0}

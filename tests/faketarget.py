@@ -17,9 +17,8 @@ from typing import Any
 
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.benchmark.trials import as_overrides, candidate_model, failed_trial, ladder_trial, load_ladder
-from llm_platform.catalog import ModelSpec, Platform, Serving
+from llm_platform.catalog import ModelSpec, Platform, Serving, config_fingerprint
 from llm_platform.defs.resources import TargetResource
-from llm_platform.engine import config_fingerprint
 from llm_platform.errors import PlatformError, RolloutError
 from llm_platform.targets.base import (
     Deployment,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llm_platform.catalog import ModelSpec
+from llm_platform.engine import Engine
 
 #: Percentiles recorded for every latency metric; p95 is what the SLOs use.
 PERCENTILES = (50, 95, 99)
@@ -60,6 +61,7 @@ def plan_for(
 
 
 def bench_serve_args(
+    engine: Engine,
     plan: BenchmarkPlan,
     concurrency: int,
     *,
@@ -69,32 +71,19 @@ def bench_serve_args(
     result_dir: str,
     result_filename: str,
 ) -> list[str]:
-    """Arguments of ``vllm bench serve`` for one concurrency level of ``plan``."""
-    args = [
-        "--backend", "vllm",
-        "--base-url", base_url,
-        "--endpoint", "/v1/completions",
-        "--model", served_model_name,
-        "--served-model-name", served_model_name,
-        "--tokenizer", tokenizer,
-        "--dataset-name", "random",
-        "--random-input-len", str(plan.input_len),
-        "--random-output-len", str(plan.output_len),
-        "--num-prompts", str(plan.prompts_per_level),
-        "--max-concurrency", str(concurrency),
-        "--request-rate", plan.request_rate,
-        "--seed", str(plan.seed),
-        "--num-warmups", str(plan.num_warmups),
-        # Every request generates exactly output_len tokens, so that runs are comparable.
-        "--ignore-eos",
-        "--percentile-metrics", ",".join(LATENCY_METRICS),
-        "--metric-percentiles", ",".join(str(p) for p in PERCENTILES),
-        "--save-result",
-        "--result-dir", result_dir,
-        "--result-filename", result_filename,
-        "--disable-tqdm",
-    ]  # fmt: skip
-    return [*args, *plan.extra_args]
+    """Arguments of the engine's benchmark client (``vllm bench serve``) for one concurrency level of ``plan``,
+    recording :data:`PERCENTILES` of :data:`LATENCY_METRICS`."""
+    return engine.benchmark_args(
+        plan,
+        concurrency,
+        base_url=base_url,
+        served_model_name=served_model_name,
+        tokenizer=tokenizer,
+        result_dir=result_dir,
+        result_filename=result_filename,
+        percentile_metrics=LATENCY_METRICS,
+        percentiles=PERCENTILES,
+    )
 
 
 def level_filename(concurrency: int) -> str:

@@ -1,4 +1,5 @@
-"""Runs a benchmark plan against a serving endpoint with vLLM's own benchmark, one process per concurrency level."""
+"""Runs a benchmark plan against a serving endpoint with vLLM's own benchmark client (``vllm.benchmarks.serve``),
+one process per concurrency level, with the arguments the serving engine gives it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pandas as pd
 from llm_platform.benchmark import vllm_bench
 from llm_platform.benchmark.parse import parse_result, results_frame
 from llm_platform.benchmark.plan import BenchmarkPlan, bench_serve_args, level_filename
+from llm_platform.engine import Engine
 from llm_platform.errors import BenchmarkError
 
 
@@ -27,6 +29,7 @@ def run_level(
     plan: BenchmarkPlan,
     concurrency: int,
     *,
+    engine: Engine,
     model: str,
     base_url: str,
     tokenizer: str,
@@ -46,6 +49,7 @@ def run_level(
     result_file = work_dir / level_filename(concurrency)
     result_file.unlink(missing_ok=True)
     args = bench_serve_args(
+        engine,
         plan,
         concurrency,
         base_url=base_url,
@@ -102,6 +106,7 @@ def _api_key_env(api_key: str | None) -> Iterator[None]:
 def run_plan(
     plan: BenchmarkPlan,
     *,
+    engine: Engine,
     model: str,
     base_url: str,
     tokenizer: str,
@@ -116,7 +121,7 @@ def run_plan(
     for concurrency in plan.concurrency_levels:
         log(f"model '{model}': vllm bench serve at concurrency {concurrency} ({plan.prompts_per_level} prompts)")
         result = run_level(
-            plan, concurrency, model=model, base_url=base_url, tokenizer=tokenizer, work_dir=work_dir,
+            plan, concurrency, engine=engine, model=model, base_url=base_url, tokenizer=tokenizer, work_dir=work_dir,
             python=python, timeout_s=timeout_s, api_key=api_key,
         )  # fmt: skip
         raw[concurrency] = result

@@ -11,6 +11,7 @@ from llm_platform.catalog.checks import (
     position_limit,
     quota_problems,
 )
+from llm_platform.catalog.fingerprint import config_fingerprint
 from llm_platform.catalog.parsing import parse_assignments, parse_catalog, parse_catalog_text
 from llm_platform.catalog.patches import ModelPatch, apply_serving_overrides, diff_table, patch_between
 from llm_platform.catalog.schema import (
@@ -51,6 +52,7 @@ __all__ = [
     "Toleration",
     "Traffic",
     "apply_serving_overrides",
+    "config_fingerprint",
     "diff_table",
     "is_commit_sha",
     "max_replicas_within_quota",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llm_platform.catalog.schema import IMAGE_DIGEST, ModelSpec, Platform
-from llm_platform.engine_flags import risky_flags
+from llm_platform.engine import engine_for
 
 _POSITION_LIMIT_KEYS = (
     "max_position_embeddings",
@@ -164,7 +164,10 @@ def max_replicas_within_quota(platform: Platform, models: Sequence[ModelSpec], m
 
 def model_warnings(model: ModelSpec) -> list[tuple[str, str]]:
     """Settings that are valid but deserve a second look: (field path, message)."""
-    warnings = [("serving.extra_args", message) for message in risky_flags(model.serving.extra_args)]
+    warnings = [
+        ("serving.extra_args", message)
+        for message in engine_for(model.serving).extra_args_warnings(model.serving.extra_args)
+    ]
     if not IMAGE_DIGEST.match(model.serving.image_tag):
         warnings.append(
             (

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from llm_platform.engine_flags import parse_extra_args
+from llm_platform.engine import DEFAULT_ENGINE, UnknownEngineError, engine_named
 from llm_platform.errors import UnknownModelError, shorten
 
 MAX_MODEL_NAME_LENGTH = 40
@@ -213,7 +213,11 @@ class Source(_Section):
 
 
 class Serving(_Section):
-    """The vLLM engine arguments the catalog controls; ``engine.py`` turns them into the command line."""
+    """The engine settings the catalog controls; the engine (``llm_platform/engine/``) turns them into its command
+    line."""
+
+    engine: str = DEFAULT_ENGINE
+    """The inference engine that serves the model: one of the registered engines (``vllm``, the one shipped)."""
 
     max_model_len: int = Field(4096, ge=16)
     """Longest prompt + completion in tokens; bounds the KV cache a single request may take."""
@@ -240,8 +244,17 @@ class Serving(_Section):
     """Let vLLM run the Python code that comes with the model's repository (``--trust-remote-code``): only for
     repositories you trust as you trust this platform's own code."""
     extra_args: tuple[str, ...] = ()
-    """Further vLLM flags from an allow-list (``llm_platform/engine_flags.py``), each written in full; flags with a
-    field of their own, and every flag not on the list, are refused with the reason."""
+    """Further engine flags from the engine's allow-list (vLLM's: ``llm_platform/engine/vllm_flags.py``), each
+    written in full; flags with a field of their own, and every flag not on the list, are refused with the reason."""
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, name: str) -> str:
+        try:
+            engine_named(name)
+        except UnknownEngineError as error:
+            raise ValueError(str(error)) from None
+        return name
 
     @field_validator("gpu_memory_utilization")
     @classmethod
@@ -264,10 +277,12 @@ class Serving(_Section):
 
     @field_validator("extra_args")
     @classmethod
-    def _extra_args(cls, args: tuple[str, ...]) -> tuple[str, ...]:
+    def _extra_args(cls, args: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
         if any(_HF_TOKEN_LIKE.search(arg) for arg in args):
             raise ValueError("an argument looks like a Hugging Face token; tokens belong in a Secret")
-        _, problems = parse_extra_args(args)
+        if "engine" not in info.data:  # the engine field failed: its own error says so
+            return args
+        problems = engine_named(info.data["engine"]).extra_args_problems(args)
         if problems:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise ValueError("; ".join(problems[:3]) + more)
@@ -421,8 +436,9 @@ class Platform(_Section):
     """``requests.nvidia.com/gpu`` of the namespace ResourceQuota; the catalog may not plan beyond it."""
     gpu_resource: str = "nvidia.com/gpu"
     """Extended resource name of a GPU (the NVIDIA device plugin's)."""
-    vllm_image: str = "vllm/vllm-openai"
-    """Image repository of the vLLM server; the tag comes from each model's ``serving.image_tag``."""
+    vllm_image: str = engine_named(DEFAULT_ENGINE).image_repository
+    """Image repository of the vLLM engine's server (a registry mirror may replace it); the tag comes from each
+    model's ``serving.image_tag``. Another engine's image is its own (``Engine.image_repository``)."""
     platform_image: str = "ghcr.io/llm-platform/llm-platform:0.1.0"
     """Image with this package installed; it runs the weights download Job."""
     weights_pvc: str = "model-weights"
@@ -513,6 +529,10 @@ class Platform(_Section):
                 f"{shorten(image)} is not a pinned image reference (registry/name:tag or registry/name@sha256:…)"
             )
         return image
+
+    def image_repository(self, engine_name: str) -> str:
+        """The repository of ``engine_name``'s server image: ``vllm_image`` for the default engine."""
+        return self.vllm_image if engine_name == DEFAULT_ENGINE else engine_named(engine_name).image_repository
 
     @field_validator("vllm_image")
     @classmethod

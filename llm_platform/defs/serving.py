@@ -15,7 +15,7 @@ from llm_platform.defs.failures import platform_errors_as_failure, refuse_enviro
 from llm_platform.defs.tuning import TUNED_ASSET, tuned_overrides
 from llm_platform.defs.values import ServingChoice
 from llm_platform.defs.weights import lifecycle_asset_options
-from llm_platform.engine import engine_args
+from llm_platform.engine import engine_for
 from llm_platform.weights.plan import SnapshotManifest
 
 
@@ -89,7 +89,11 @@ def build_serving_config_asset(catalog: Catalog, partitions: dg.PartitionsDefini
                     ),
                 ),
                 "engine_args": dg.MetadataValue.json(
-                    list(engine_args(effective.serving, served_model_name=model.name, weights_path="<weights>"))
+                    list(
+                        engine_for(effective.serving).server_args(
+                            effective.serving, served_model_name=model.name, weights_path="<weights>"
+                        )
+                    )
                 ),
                 "serving": dg.MetadataValue.json(effective.serving.model_dump(mode="json")),
                 "autoscaling": dg.MetadataValue.json(effective.autoscaling.model_dump(mode="json")),

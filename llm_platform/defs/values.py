@@ -15,8 +15,7 @@ from typing import Any
 import pandas as pd
 
 from llm_platform.benchmark.parse import results_frame
-from llm_platform.catalog import ModelSpec
-from llm_platform.engine import config_fingerprint
+from llm_platform.catalog import ModelSpec, config_fingerprint
 from llm_platform.errors import PlatformError
 from llm_platform.planning.plan import Estimate, ServingPlan
 from llm_platform.targets.base import Deployment

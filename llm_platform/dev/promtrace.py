@@ -16,7 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_platform.engine import request_length_buckets
+from llm_platform.conventions import KSM_MODEL_LABEL, SERVING_CONTAINER, serving_object_name
+from llm_platform.engine.vllm import VLLM_METRICS as METRICS
+from llm_platform.engine.vllm import request_length_buckets
 
 #: The steady-state fields an episode may change.
 LEVELS = ("kv_cache_usage", "preemptions_per_s", "waiting", "replicas", "prompt_tokens", "generation_tokens",
@@ -145,8 +147,8 @@ def openmetrics(
         }
         counters = _Counters()
         kills = behaviour.kill_times(end - start)
-        pod = {"namespace": namespace, "pod": f"vllm-{name}-0"}
-        deployment = {"namespace": namespace, "deployment": f"vllm-{name}"}
+        pod = {"namespace": namespace, "pod": f"{serving_object_name(name)}-0"}
+        deployment = {"namespace": namespace, "deployment": serving_object_name(name)}
         for index in range(steps):
             t_abs = start + index * step_s
             t = t_abs - start
@@ -161,17 +163,18 @@ def openmetrics(
             }  # fmt: skip
             sums = {attr: counters.add(f"{attr}_sum", levels["requests_per_s"] * levels[attr] * dt) for attr in buckets}
             if behaviour.reports(t):
-                trace.add("vllm:kv_cache_usage_perc", "gauge", "vllm:kv_cache_usage_perc", base,
+                trace.add(METRICS.kv_cache_usage, "gauge", METRICS.kv_cache_usage, base,
                           levels["kv_cache_usage"], t_abs)  # fmt: skip
-                trace.add("vllm:num_preemptions", "counter", "vllm:num_preemptions_total", base, preempted, t_abs)
-                trace.add("vllm:num_requests_waiting", "gauge", "vllm:num_requests_waiting", base,
+                trace.add(METRICS.preemptions_total.removesuffix("_total"), "counter", METRICS.preemptions_total, base,
+                          preempted, t_abs)  # fmt: skip
+                trace.add(METRICS.requests_waiting, "gauge", METRICS.requests_waiting, base,
                           levels["waiting"], t_abs)  # fmt: skip
                 engines = int(levels["replicas"]) + (1 if behaviour.rolling(t) else 0)
                 for replica in range(engines):
-                    trace.add("vllm:num_requests_running", "gauge", "vllm:num_requests_running",
+                    trace.add(METRICS.requests_running, "gauge", METRICS.requests_running,
                               {**base, "pod": f"{name}-{replica}"}, 1, t_abs)  # fmt: skip
-                for attr, metric in (("prompt_tokens", "vllm:request_prompt_tokens"),
-                                     ("generation_tokens", "vllm:request_generation_tokens")):  # fmt: skip
+                for attr, metric in (("prompt_tokens", METRICS.prompt_tokens),
+                                     ("generation_tokens", METRICS.generation_tokens)):  # fmt: skip
                     for bound, value in zip([*buckets[attr], "+Inf"], [*per_bucket[attr], finished[attr]],
                                             strict=True):  # fmt: skip
                         trace.add(metric, "histogram", f"{metric}_bucket", {**base, "le": str(bound)}, value, t_abs)
@@ -179,14 +182,14 @@ def openmetrics(
                     trace.add(metric, "histogram", f"{metric}_sum", base, sums[attr], t_abs)
             if behaviour.watched:
                 restarts = sum(1 for kill in kills if kill <= t)
-                container = {**pod, "container": "vllm"}
+                container = {**pod, "container": SERVING_CONTAINER}
                 trace.add("kube_pod_container_status_restarts", "counter", "kube_pod_container_status_restarts_total",
                           container, restarts, t_abs)  # fmt: skip
                 if restarts:
                     trace.add("kube_pod_container_status_last_terminated_reason", "gauge",
                               "kube_pod_container_status_last_terminated_reason", {**container, "reason": "OOMKilled"},
                               1, t_abs)  # fmt: skip
-                trace.add("kube_pod_labels", "gauge", "kube_pod_labels", {**pod, "label_llm_platform_model": name}, 1,
+                trace.add("kube_pod_labels", "gauge", "kube_pod_labels", {**pod, KSM_MODEL_LABEL: name}, 1,
                           t_abs)  # fmt: skip
                 desired = int(levels["replicas"])
                 rolling = behaviour.rolling(t)

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import hashlib
 
-from llm_platform.benchmark.job_script import benchmark_script
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.catalog import ModelSpec, Platform
+from llm_platform.conventions import MANAGER
+from llm_platform.manifests.benchmark_script import benchmark_script
 from llm_platform.manifests.pods import (
     DNS_EGRESS,
     ENGINE_FINGERPRINT_ANNOTATION,
     HF_TOKEN_KEY,
-    MANAGER,
     NONROOT_UID,
     Object,
     api_key_env,
+    engine_container_base,
+    engine_pod_base,
     model_labels,
     object_metadata,
     restricted_container_security,
     serving_invocation,
-    vllm_container_base,
-    vllm_pod_base,
 )
 
 WEIGHTS_COMPONENT = "weights-download"
@@ -182,14 +182,14 @@ def render_benchmark_job(
     ``against`` (the live benchmark of a deployed model) the pod only runs the client: no GPU, no server.
     """
     invocation = serving_invocation(platform, model, revision)
-    base = vllm_container_base(platform, model, invocation)
+    base = engine_container_base(platform, model, invocation)
     container: Object = {
         **base,
         # The server requires the model's API key; ``vllm bench serve`` sends OPENAI_API_KEY as a bearer token.
         "env": [*base["env"], api_key_env(platform, model, "OPENAI_API_KEY")],
         "command": ["/bin/sh", "-c", benchmark_script(platform, model, revision, plan, against)],
     }
-    pod_spec: Object = {**vllm_pod_base(platform), "restartPolicy": "Never", "containers": [container]}
+    pod_spec: Object = {**engine_pod_base(platform), "restartPolicy": "Never", "containers": [container]}
     if against is not None:
         container["resources"] = {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}}
         for key in ("tolerations", "nodeSelector"):

@@ -1,4 +1,4 @@
-"""What every vLLM pod the platform renders shares (the Deployment's and the benchmark Job's): names, labels, the
+"""What every engine pod the platform renders shares (the Deployment's and the benchmark Job's): names, labels, the
 engine invocation, the container and pod hardening, GPU scheduling and probes.
 
 Objects are plain dicts in the shape the API server takes, ready for server-side apply. Nothing here reads
@@ -12,17 +12,25 @@ from collections.abc import Mapping
 from typing import Any
 
 from llm_platform.catalog import ModelSpec, Platform
-from llm_platform.conventions import API_PORT, ENGINE_HEALTH_PATH, ENGINE_LOOPBACK_PORT
-from llm_platform.engine import EngineInvocation, engine_invocation
+from llm_platform.conventions import (
+    API_KEY_ENV,
+    API_PORT,
+    ENGINE_HEALTH_PATH,
+    ENGINE_LOOPBACK_PORT,
+    MANAGER,
+    MODEL_LABEL,
+    SERVING_APP,
+    SERVING_CONTAINER,
+    serving_object_name,
+)
+from llm_platform.engine import EngineInvocation, engine_for
 from llm_platform.store_layout import snapshot_path
 
 Object = dict[str, Any]
 
-MANAGER = "llm-platform"
 PORT_NAME = "http"
 HF_TOKEN_KEY = "token"  # noqa: S105 - a key name in the Secret
 SHM_SIZE = "8Gi"
-CACHE_DIR = "/home/vllm"
 CACHE_SIZE = "30Gi"
 """torch.compile / Triton / FlashInfer caches: a few GB per model and engine configuration."""
 #: Annotations on the pod template; a change to either rolls the Deployment.
@@ -34,12 +42,12 @@ NONROOT_UID = 10001
 
 def resource_name(model: ModelSpec) -> str:
     """Name of the Deployment, Service, PDB, ScaledObject, Ingress and NetworkPolicy of a model."""
-    return f"vllm-{model.name}"
+    return serving_object_name(model.name)
 
 
 def selector_labels(model: ModelSpec) -> dict[str, str]:
     """The immutable Deployment selector: kept minimal so that label additions never need a re-create."""
-    return {"app.kubernetes.io/name": "vllm", "llm-platform/model": model.name}
+    return {"app.kubernetes.io/name": SERVING_APP, MODEL_LABEL: model.name}
 
 
 SERVING_COMPONENT = "inference-server"
@@ -68,16 +76,22 @@ def weights_path(platform: Platform, model: ModelSpec, revision: str) -> str:
     return snapshot_path(platform.weights_mount_path, model.name, revision)
 
 
+def cache_dir(model: ModelSpec) -> str:
+    """HOME of the engine container: its image's home, on an emptyDir for the compile caches."""
+    return engine_for(model.serving).container_home
+
+
 def serving_invocation(platform: Platform, model: ModelSpec, revision: str) -> EngineInvocation:
-    """The vLLM invocation inside the serving container: on the pod's loopback only, behind the gate (the Deployment)
-    or the benchmark client in the same pod (the benchmark Job); nothing outside the pod reaches vLLM itself."""
-    return engine_invocation(
+    """The engine invocation inside the serving container: on the pod's loopback only, behind the gate (the
+    Deployment) or the benchmark client in the same pod (the benchmark Job); nothing outside the pod reaches the
+    engine itself."""
+    return engine_for(model.serving).invocation(
         model.serving,
         served_model_name=model.name,
         weights_path=weights_path(platform, model, revision),
         host="127.0.0.1",
         port=ENGINE_LOOPBACK_PORT,
-        extra_env={"HOME": CACHE_DIR},
+        extra_env={"HOME": cache_dir(model)},
     )
 
 
@@ -112,10 +126,10 @@ def http_probe(period_s: int, failures: int, timeout_s: int, path: str = ENGINE_
     }
 
 
-def vllm_image(platform: Platform, model: ModelSpec) -> str:
+def engine_image(platform: Platform, model: ModelSpec) -> str:
     """``repository:tag``, or ``repository@sha256:…`` when the catalog pins the image by digest."""
-    pin = model.serving.image_tag
-    return f"{platform.vllm_image}@{pin}" if pin.startswith("sha256:") else f"{platform.vllm_image}:{pin}"
+    engine = engine_for(model.serving)
+    return engine.image(platform.image_repository(engine.name), model.serving.image_tag)
 
 
 API_KEY_SECRET_KEY = "api-key"  # noqa: S105 - a key name in the Secret
@@ -126,19 +140,19 @@ def api_key_secret(platform: Platform, model: ModelSpec) -> str:
     return model.exposure.api_key_secret or platform.api_key_secret
 
 
-def api_key_env(platform: Platform, model: ModelSpec, name: str = "VLLM_API_KEY") -> Object:
+def api_key_env(platform: Platform, model: ModelSpec, name: str = API_KEY_ENV) -> Object:
     """The API key as an environment variable from its Secret (never a value in a manifest or an argument)."""
     reference = {"name": api_key_secret(platform, model), "key": API_KEY_SECRET_KEY}
     return {"name": name, "valueFrom": {"secretKeyRef": reference}}
 
 
-def vllm_container_base(platform: Platform, model: ModelSpec, invocation: EngineInvocation) -> Object:
-    """What the serving container and the benchmark Job's container share: image, env (the API key that vLLM then
-    requires on every ``/v1/`` call included), resources, mounts."""
+def engine_container_base(platform: Platform, model: ModelSpec, invocation: EngineInvocation) -> Object:
+    """What the serving container and the benchmark Job's container share: image, env (the API key
+    that the engine then requires on every ``/v1/`` call included), resources, mounts."""
     gpus = str(model.gpus_per_replica)
     return {
-        "name": "vllm",
-        "image": vllm_image(platform, model),
+        "name": SERVING_CONTAINER,
+        "image": engine_image(platform, model),
         "imagePullPolicy": "IfNotPresent",
         "env": [
             *({"name": key, "value": value} for key, value in sorted(invocation.env.items())),
@@ -158,7 +172,7 @@ def vllm_container_base(platform: Platform, model: ModelSpec, invocation: Engine
         "volumeMounts": [
             {"name": "weights", "mountPath": platform.weights_mount_path, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},
-            {"name": "cache", "mountPath": CACHE_DIR},
+            {"name": "cache", "mountPath": cache_dir(model)},
         ],
         # The vllm-openai image runs as root by default but needs no root: with HOME (torch/triton compile caches)
         # on an emptyDir it runs as any UID. The root filesystem stays writable because Python and CUDA libraries
@@ -167,8 +181,13 @@ def vllm_container_base(platform: Platform, model: ModelSpec, invocation: Engine
     }
 
 
-def vllm_pod_base(platform: Platform) -> Object:
-    """Pod settings of every vLLM pod (Deployment and benchmark Job)."""
+def engine_command(invocation: EngineInvocation) -> Object:
+    """The container's ``command`` (the interpreter and the engine's program) and ``args``."""
+    return {"command": invocation.command()[: -len(invocation.args) or None], "args": list(invocation.args)}
+
+
+def engine_pod_base(platform: Platform) -> Object:
+    """Pod settings of every engine pod (Deployment and benchmark Job)."""
     return {
         # Service links inject VLLM_*-looking variables (e.g. VLLM_PORT) that vLLM reads as its own settings.
         "enableServiceLinks": False,

@@ -9,12 +9,13 @@ from llm_platform.conventions import (
     API_KEY_ENV,
     API_PORT,
     ENGINE_LOOPBACK_PORT,
+    GATE_CONTAINER,
     GATE_HEALTH_PATH,
     GATE_MODULE,
     METRICS_PATH,
     METRICS_PORT,
 )
-from llm_platform.engine import VLLM_SERVER_MODULE
+from llm_platform.engine import engine_for
 from llm_platform.manifests.pods import (
     DNS_EGRESS,
     ENGINE_FINGERPRINT_ANNOTATION,
@@ -23,6 +24,9 @@ from llm_platform.manifests.pods import (
     WEIGHTS_REVISION_ANNOTATION,
     Object,
     api_key_env,
+    engine_command,
+    engine_container_base,
+    engine_pod_base,
     http_probe,
     model_labels,
     object_metadata,
@@ -30,8 +34,6 @@ from llm_platform.manifests.pods import (
     restricted_container_security,
     selector_labels,
     serving_invocation,
-    vllm_container_base,
-    vllm_pod_base,
 )
 
 METRICS_PORT_NAME = "metrics"
@@ -55,7 +57,7 @@ def gate_container(platform: Platform, model: ModelSpec) -> Object:
     A native sidecar (an init container that keeps running, Kubernetes >= 1.29): it is up before vLLM starts and
     stops only after vLLM has exited, so requests in flight during a drain still have their way out."""
     return {
-        "name": "gate",
+        "name": GATE_CONTAINER,
         "image": platform.platform_image,
         "imagePullPolicy": "IfNotPresent",
         "restartPolicy": "Always",
@@ -81,9 +83,8 @@ def render_deployment(platform: Platform, model: ModelSpec, revision: str) -> Ob
     invocation = serving_invocation(platform, model, revision)
     startup_period_s = 10
     container: Object = {
-        **vllm_container_base(platform, model, invocation),
-        "command": ["python3", "-m", VLLM_SERVER_MODULE],
-        "args": list(invocation.args),
+        **engine_container_base(platform, model, invocation),
+        **engine_command(invocation),
         # No ports: vLLM listens on the pod's loopback; the gate's ports are the pod's. The probes ask vLLM's
         # /health through the gate.
         # Loading weights takes from seconds to tens of minutes depending on size and storage. A fixed
@@ -100,7 +101,7 @@ def render_deployment(platform: Platform, model: ModelSpec, revision: str) -> Ob
         "lifecycle": {"preStop": {"sleep": {"seconds": 10}}},
     }
     pod_spec: Object = {
-        **vllm_pod_base(platform),
+        **engine_pod_base(platform),
         "terminationGracePeriodSeconds": 60,
         "initContainers": [gate_container(platform, model)],
         "containers": [container],
@@ -175,7 +176,7 @@ def render_pod_disruption_budget(platform: Platform, model: ModelSpec) -> Object
 
 def waiting_queue_query(platform: Platform, model: ModelSpec) -> str:
     """PromQL for the requests waiting in all of this model's pods (vLLM labels its metrics with model_name)."""
-    return f'sum(vllm:num_requests_waiting{{namespace="{platform.namespace}",model_name="{model.name}"}})'
+    return engine_for(model.serving).autoscaling_query(namespace=platform.namespace, model_name=model.name)
 
 
 def render_scaled_object(platform: Platform, model: ModelSpec) -> Object:

@@ -36,7 +36,6 @@ from dagster_k8s.client import (
 )
 from kubernetes.client.rest import ApiException
 
-from llm_platform.benchmark.job_script import results_from_log
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.catalog import ModelSpec, Platform, is_commit_sha
 from llm_platform.errors import (
@@ -47,6 +46,7 @@ from llm_platform.errors import (
     RolloutError,
     TargetError,
 )
+from llm_platform.manifests.benchmark_script import results_from_log
 from llm_platform.manifests.jobs import (
     render_benchmark_job,
     render_weights_job,
@@ -56,10 +56,10 @@ from llm_platform.manifests.jobs import (
 from llm_platform.manifests.pods import (
     ENGINE_FINGERPRINT_ANNOTATION,
     WEIGHTS_REVISION_ANNOTATION,
+    engine_image,
     resource_name,
     selector_labels,
     serving_invocation,
-    vllm_image,
 )
 from llm_platform.manifests.serving import render_model
 from llm_platform.manifests.validation import validate_objects
@@ -148,7 +148,7 @@ class KubernetesTarget:
     def revision_for(self, model: ModelSpec, weights_sha: str) -> Revision:
         invocation = serving_invocation(self.platform, model, weights_sha)
         return Revision(
-            image=vllm_image(self.platform, model),
+            image=engine_image(self.platform, model),
             engine_fingerprint=invocation.fingerprint,
             weights_sha=weights_sha,
             promoted_at=datetime.now(UTC).isoformat(timespec="seconds"),

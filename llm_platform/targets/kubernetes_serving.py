@@ -11,9 +11,8 @@ from pathlib import Path
 
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.benchmark.trials import candidate_model, failed_trial, ladder_trial, load_ladder
-from llm_platform.catalog import ModelSpec
+from llm_platform.catalog import ModelSpec, config_fingerprint
 from llm_platform.conventions import API_PORT
-from llm_platform.engine import config_fingerprint
 from llm_platform.errors import PlatformError
 from llm_platform.manifests.pods import resource_name, serving_invocation
 from llm_platform.manifests.serving import render_model

@@ -25,7 +25,7 @@ from pathlib import Path
 from llm_platform.catalog import ModelSpec, Serving
 from llm_platform.catalog.schema import nginx_size_bytes
 from llm_platform.conventions import API_KEY_ENV, GATE_HEALTH_PATH, GATE_MODULE
-from llm_platform.engine import EngineInvocation, engine_invocation
+from llm_platform.engine import EngineInvocation, engine_for
 from llm_platform.errors import TargetError
 from llm_platform.processes import free_port, http_ok, process_alive, spawn, stop_group, wait_until_healthy
 from llm_platform.targets.local_state import LocalState, ProxyRecord, ServerRecord, read_or_create_api_key
@@ -44,7 +44,8 @@ def socket_dir() -> Path:
 
 @dataclass(frozen=True)
 class LocalTargetSettings:
-    """How the local target runs vLLM; every field has a default that works on a 2-core machine."""
+    """How the local target runs engines on CPU; every field has a default that works on a 2-core machine, and is
+    the one place that default is written."""
 
     state_dir: Path
     """Where server records, logs and the active pointer live (they outlive the runs that started the servers)."""
@@ -55,11 +56,11 @@ class LocalTargetSettings:
     host: str = "127.0.0.1"
     """Address the servers and the endpoint listen on."""
     kv_cache_space_gib: int = 1
-    """``VLLM_CPU_KVCACHE_SPACE``: memory for the KV cache, per server, in GiB."""
+    """Memory for the KV cache, per server, in GiB (vLLM: ``VLLM_CPU_KVCACHE_SPACE``)."""
     omp_threads_bind: str | None = "nobind"
-    """``VLLM_CPU_OMP_THREADS_BIND``. ``nobind`` by default: vLLM's ``auto`` pins every server to the same cores,
-    and during a blue/green switch the new server then never finishes starting next to the busy old one (seen on
-    2 cores). Set ``auto`` or explicit lists (``0-1``) for a dedicated single-server machine."""
+    """CPU thread binding (vLLM: ``VLLM_CPU_OMP_THREADS_BIND``). ``nobind`` by default: vLLM's ``auto`` pins every
+    server to the same cores, and during a blue/green switch the new server then never finishes starting next to the
+    busy old one (seen on 2 cores). Set ``auto`` or explicit lists (``0-1``) for a dedicated single-server machine."""
     startup_timeout_s: float | None = None
     """Overrides the catalog's ``serving.startup_timeout_s`` (tests use a short one)."""
     drain_s: float = 2.0
@@ -112,11 +113,16 @@ class LocalTarget:
         self, model: ModelSpec, weights_path: str, serving: Serving | None = None, port: int = 0, uds: str | None = None
     ) -> EngineInvocation:
         """The engine invocation for ``model``. Fingerprints use port 0 and no socket: both are chosen at start."""
-        env = {"VLLM_CPU_KVCACHE_SPACE": str(self.settings.kv_cache_space_gib), **self.settings.extra_env}
-        if self.settings.omp_threads_bind:
-            env["VLLM_CPU_OMP_THREADS_BIND"] = self.settings.omp_threads_bind
-        return engine_invocation(
-            serving or model.serving,
+        serving = serving or model.serving
+        engine = engine_for(serving)
+        env = {
+            **engine.cpu_environment(
+                kv_cache_space_gib=self.settings.kv_cache_space_gib, threads_bind=self.settings.omp_threads_bind
+            ),
+            **self.settings.extra_env,
+        }
+        return engine.invocation(
+            serving,
             served_model_name=model.name,
             weights_path=weights_path,
             host=self.settings.host,

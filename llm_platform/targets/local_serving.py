@@ -12,6 +12,7 @@ from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.benchmark.runner import run_level, run_plan
 from llm_platform.benchmark.trials import as_overrides, candidate_model, failed_trial, probe_from_result
 from llm_platform.catalog import ModelSpec
+from llm_platform.engine import engine_for
 from llm_platform.errors import PlatformError
 from llm_platform.targets.base import (
     Deployment,
@@ -84,7 +85,8 @@ class LocalServingTarget(ServingTarget):
         self, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, base_url: str, work_dir: Path, log: Log
     ) -> LevelResults:
         _, raw = run_plan(
-            plan, model=model.name, base_url=base_url, tokenizer=self.weights_path(weights), work_dir=work_dir,
+            plan, engine=engine_for(model.serving), model=model.name, base_url=base_url,
+            tokenizer=self.weights_path(weights), work_dir=work_dir,
             log=log, api_key=self.servers.api_key,
         )  # fmt: skip
         return raw
@@ -187,7 +189,7 @@ class LocalTrials:
         plan = self.settings.plan
         prompts = max(plan.prompts_per_level, self.settings.prompts_per_load * load)
         plan = dataclasses.replace(plan, prompts_per_level=prompts)
-        result = run_level(plan, load, model=self.model.name, base_url=base_url,
+        result = run_level(plan, load, engine=engine_for(self.model.serving), model=self.model.name, base_url=base_url,
                            tokenizer=self.weights_path, work_dir=work_dir,
                            in_process=True, api_key=self.servers.api_key)  # fmt: skip
         return probe_from_result(result, load, self.model.slo)

@@ -40,9 +40,7 @@ from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from llm_platform.catalog import ModelSpec
-
-#: vLLM's default max_num_seqs when the catalog leaves it unset.
-VLLM_DEFAULT_MAX_NUM_SEQS = 256
+from llm_platform.engine import engine_for
 
 
 @dataclass(frozen=True)
@@ -197,7 +195,7 @@ def decide(
     if problem:
         return Decision("skip", problem, observed=_observed(snapshot))
     serving, scaling, observed = model.serving, model.autoscaling, _observed(snapshot)
-    seqs = serving.max_num_seqs or VLLM_DEFAULT_MAX_NUM_SEQS
+    seqs = serving.max_num_seqs or engine_for(serving).default_max_num_seqs
 
     if not math.isnan(snapshot.oom_kills) and snapshot.oom_kills >= limits.oom_kills:
         reason = f"{snapshot.oom_kills:.0f} OOM-killed restarts in the last {limits.lookback_s / 60:.0f} min"

@@ -15,6 +15,7 @@ from llm_platform.benchmark.plan import BenchmarkPlan, bench_serve_args, plan_fo
 from llm_platform.benchmark.report import summary_markdown
 from llm_platform.benchmark.slo import evaluate_slos
 from llm_platform.catalog import Slo, parse_catalog
+from llm_platform.engine.vllm import VLLM
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -39,6 +40,7 @@ def test_plan_rejects_nonsense() -> None:
 def test_bench_serve_args_are_vllm_bench_serve_flags() -> None:
     plan = BenchmarkPlan(input_len=100, output_len=20, prompts_per_level=10, concurrency_levels=(1, 4), seed=7)
     args = bench_serve_args(
+        VLLM,
         plan,
         4,
         base_url="http://h:1",
@@ -141,7 +143,7 @@ def test_regressions_compare_each_level_with_the_promotion() -> None:
 def test_results_and_manifest_come_back_from_a_pod_log() -> None:
     import json
 
-    from llm_platform.benchmark.job_script import results_from_log
+    from llm_platform.manifests.benchmark_script import results_from_log
     from llm_platform.weights.plan import manifest_from_log, reused_in_log
 
     log = (

@@ -406,9 +406,9 @@ def test_legitimate_extra_args_pass_and_risky_ones_warn() -> None:
         "serving.image_tag",
         "serving.trust_remote_code",
     ]
-    from llm_platform.engine import engine_args
+    from llm_platform.engine.vllm import VLLM
 
-    args = engine_args(model.serving, served_model_name="m", weights_path="/w")
+    args = VLLM.server_args(model.serving, served_model_name="m", weights_path="/w")
     assert "--trust-remote-code" in args and args[-5:] == (
         "--seed",
         "1",
@@ -420,7 +420,7 @@ def test_legitimate_extra_args_pass_and_risky_ones_warn() -> None:
 
 def test_images_can_be_pinned_by_digest_and_tags_draw_a_warning() -> None:
     from llm_platform.catalog import model_warnings, platform_warnings
-    from llm_platform.manifests.pods import vllm_image
+    from llm_platform.manifests.pods import engine_image
 
     digest = "sha256:" + "a" * 64
     data = {
@@ -429,7 +429,7 @@ def test_images_can_be_pinned_by_digest_and_tags_draw_a_warning() -> None:
     }
     catalog = parse_catalog(data)
     model = catalog.model("m")
-    assert vllm_image(catalog.platform, model) == f"vllm/vllm-openai@{digest}"
+    assert engine_image(catalog.platform, model) == f"vllm/vllm-openai@{digest}"
     assert model_warnings(model) == [] and platform_warnings(catalog.platform) == []
     tagged = parse_catalog({"models": [{"name": "m", "source": {"repo": "a/b"}}]})
     assert [path for path, _ in model_warnings(tagged.model("m"))] == ["serving.image_tag"]

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from typing import Any
 
 import pytest
 
 from llm_platform.catalog import Serving
-from llm_platform.engine import BASE_ENVIRONMENT, VLLM_SERVER_MODULE, engine_args, engine_invocation
+from llm_platform.engine import EngineInvocation
+from llm_platform.engine.vllm import BASE_ENVIRONMENT, VLLM, VLLM_SERVER_MODULE
+
+engine_args = VLLM.server_args
+
+
+def engine_invocation(serving: Serving, *, host: str = "0.0.0.0", port: int = 8000, **kwargs: Any) -> EngineInvocation:
+    return VLLM.invocation(serving, host=host, port=port, **kwargs)
 
 
 def _value(args: tuple[str, ...], flag: str) -> str:

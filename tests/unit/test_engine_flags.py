@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from llm_platform.catalog import ModelPatch, parse_catalog
-from llm_platform.engine_flags import ALLOWED_FLAGS, MANAGED_FLAGS, REFUSED_FLAGS, SWITCH, canonical, parse_extra_args
+from llm_platform.engine.vllm_flags import (
+    ALLOWED_FLAGS,
+    MANAGED_FLAGS,
+    REFUSED_FLAGS,
+    SWITCH,
+    canonical,
+    parse_extra_args,
+)
 from llm_platform.errors import CatalogError
 
 BASE = ["--model", "/w", "--served-model-name", "m", "--port", "8002"]

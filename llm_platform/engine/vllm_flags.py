@@ -149,8 +149,8 @@ def _refusal(flag: str) -> str | None:
         longer = sorted(known for known in (*ALLOWED_FLAGS, *MANAGED_FLAGS) if known.startswith(flag))
         hint = f"; write flags in full (did you mean {shorten(longer[0])}?)" if longer else ""
         return (
-            f"{shorten(flag)} is not on the extra_args allow-list (llm_platform/engine_flags.py: flags that load no "
-            f"code and change neither the weights nor the GPUs){hint}"
+            f"{shorten(flag)} is not on the extra_args allow-list (llm_platform/engine/vllm_flags.py: flags that load "
+            f"no code and change neither the weights nor the GPUs){hint}"
         )
     return None
 

@@ -1,5 +1,6 @@
-"""The benchmark Job's shell script and the parser of what it prints: serve the candidate, ``vllm bench serve``
-each level, one ``LLM_PLATFORM_BENCH_RESULT <concurrency> <json>`` line per level, read back from the pod log."""
+"""The benchmark Job's shell script and the parser of what it prints: serve the candidate, run the engine's
+benchmark client at each level, one ``LLM_PLATFORM_BENCH_RESULT <concurrency> <json>`` line per level, read back
+from the pod log."""
 
 from __future__ import annotations
 
@@ -9,39 +10,43 @@ from typing import Any
 
 from llm_platform.benchmark.plan import BENCH_RESULT_MARKER, BenchmarkPlan, bench_serve_args, level_filename
 from llm_platform.catalog import ModelSpec, Platform
-from llm_platform.conventions import ENGINE_LOOPBACK_PORT
-from llm_platform.engine import VLLM_SERVER_MODULE
-from llm_platform.manifests.pods import CACHE_DIR, serving_invocation, weights_path
+from llm_platform.conventions import ENGINE_HEALTH_PATH, ENGINE_LOOPBACK_PORT
+from llm_platform.engine import engine_for
+from llm_platform.manifests.pods import cache_dir, serving_invocation, weights_path
 
 
 def benchmark_script(
     platform: Platform, model: ModelSpec, revision: str, plan: BenchmarkPlan, against: str | None = None
 ) -> str:
-    """The benchmark container's shell script: serve the candidate, wait for health, ``vllm bench serve`` each level.
+    """The benchmark container's shell script: serve the candidate, wait for health, benchmark each level.
 
     With ``against`` (a base URL, e.g. the model's Service) nothing is served: the levels run against that server.
-    vLLM's own log goes to a file (shown on failure) so that it never interleaves with the result lines: each
+    The engine's own log goes to a file (shown on failure) so that it never interleaves with the result lines: each
     level prints one ``LLM_PLATFORM_BENCH_RESULT <concurrency> <json>`` line, which the target reads from the pod
     log and hands to the same parser as the local benchmark.
     """
-    result_dir = f"{CACHE_DIR}/bench"
+    engine = engine_for(model.serving)
+    home = cache_dir(model)
+    result_dir = f"{home}/bench"
     lines = ["set -u", f"mkdir -p {result_dir}"]
     base_url = against or f"http://127.0.0.1:{ENGINE_LOOPBACK_PORT}"
     if against is None:
         invocation = serving_invocation(platform, model, revision)
-        server_log = f"{CACHE_DIR}/vllm-server.log"
-        probe = f'import urllib.request as u; u.urlopen("{base_url}/health", timeout=5)'
+        server_log = f"{home}/engine-server.log"
+        probe = f'import urllib.request as u; u.urlopen("{base_url}{ENGINE_HEALTH_PATH}", timeout=5)'
         timeout = model.serving.startup_timeout_s
         lines += [
-            f"{shlex.join(['python3', '-m', VLLM_SERVER_MODULE, *invocation.args])} >{server_log} 2>&1 &",
+            f"{shlex.join(invocation.command())} >{server_log} 2>&1 &",
             "server=$!",
             f"deadline=$(( $(date +%s) + {timeout} ))",
             f"until python3 -c {shlex.quote(probe)} 2>/dev/null; do",
             '  if ! kill -0 "$server" 2>/dev/null; then',
-            f'    echo "error: vLLM exited before it became healthy" >&2; tail -n 40 {server_log} >&2; exit 3',
+            f'    echo "error: the {engine.name} server exited before it became healthy" >&2; '
+            f"tail -n 40 {server_log} >&2; exit 3",
             "  fi",
             '  if [ "$(date +%s)" -ge "$deadline" ]; then',
-            f'    echo "error: vLLM not healthy after {timeout} s" >&2; tail -n 40 {server_log} >&2; exit 4',
+            f'    echo "error: the {engine.name} server is not healthy after {timeout} s" >&2; '
+            f"tail -n 40 {server_log} >&2; exit 4",
             "  fi",
             "  sleep 5",
             "done",
@@ -49,6 +54,7 @@ def benchmark_script(
     dump = "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))))"
     for concurrency in plan.concurrency_levels:
         args = bench_serve_args(
+            engine,
             plan,
             concurrency,
             base_url=base_url,
@@ -58,8 +64,8 @@ def benchmark_script(
             result_filename=level_filename(concurrency),
         )
         lines += [
-            f"{shlex.join(['vllm', 'bench', 'serve', *args])} || "
-            f'{{ echo "error: vllm bench serve failed at concurrency {concurrency}" >&2; exit 5; }}',
+            f"{shlex.join([*engine.benchmark_command(), *args])} || "
+            f'{{ echo "error: the benchmark client failed at concurrency {concurrency}" >&2; exit 5; }}',
             f"printf '%s ' {BENCH_RESULT_MARKER} {concurrency}; "
             f"python3 -c {shlex.quote(dump)} {result_dir}/{level_filename(concurrency)}",
         ]

