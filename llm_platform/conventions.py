@@ -29,6 +29,8 @@ ENGINE_LOOPBACK_PORT = 8002
 
 MANAGER = "llm-platform"
 """``app.kubernetes.io/managed-by`` of every object the platform applies (the admission policies key on it)."""
+PART_OF = "llm-platform"
+"""``app.kubernetes.io/part-of`` of every object the platform renders."""
 SERVING_APP = "vllm"
 """``app.kubernetes.io/name`` of the serving pods. Older than the engine seam and part of every Deployment's
 immutable selector, so it stays whatever the engine."""

@@ -18,6 +18,7 @@ import dagster as dg
 import pandas as pd
 
 from llm_platform.catalog import Catalog
+from llm_platform.conventions import DEPLOYMENT_ASSET, PLAN_ASSET, SMOKE_BENCHMARK_ASSET, WEIGHTS_ASSET
 from llm_platform.dagster_api import DagsterApi, run_url
 from llm_platform.defs.jobs import promotion_request
 from llm_platform.defs.partitions import latest_materialization
@@ -105,10 +106,10 @@ def run_demo(
     log(f"submitted the {job} run of '{model_name}': {run_url(api.base_url, run_id)}")
     outcome = api.follow(run_id, log=log)
     with dg.DagsterInstance.get() as instance:
-        weights = _latest_metadata(instance, "model_weights", model_name)
-        bench = _latest_metadata(instance, "smoke_benchmark", model_name)
-        deployment = _latest_metadata(instance, "vllm_deployment", model_name)
-        plan = _latest_metadata(instance, "serving_plan", model_name).get("verdict")
+        weights = _latest_metadata(instance, WEIGHTS_ASSET, model_name)
+        bench = _latest_metadata(instance, SMOKE_BENCHMARK_ASSET, model_name)
+        deployment = _latest_metadata(instance, DEPLOYMENT_ASSET, model_name)
+        plan = _latest_metadata(instance, PLAN_ASSET, model_name).get("verdict")
     endpoint = deployment.get("endpoint")
     return DemoResult(
         run_id=run_id,

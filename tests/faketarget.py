@@ -19,6 +19,7 @@ from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.benchmark.trials import as_overrides, candidate_model, failed_trial, ladder_trial, load_ladder
 from llm_platform.catalog import ModelSpec, Platform, Serving, config_fingerprint
 from llm_platform.defs.resources import TargetResource
+from llm_platform.engine import engine_for
 from llm_platform.errors import PlatformError, RolloutError
 from llm_platform.targets.base import (
     Deployment,
@@ -82,6 +83,8 @@ class FakeCluster:
     candidates: dict[str, set[str]] = field(default_factory=dict)
     """model → fingerprints of benchmarked candidates still holding resources."""
     calls: list[str] = field(default_factory=list)
+    commands: dict[str, list[str]] = field(default_factory=dict)
+    """model → the engine command line of what serves (the engine seam's answer, as a real target would run it)."""
 
     def sha(self, repo: str, revision: str) -> str:
         return self.hub.get(f"{repo}@{revision}") or hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()
@@ -113,6 +116,13 @@ class FakeServingTarget(ServingTarget):
 
     def _fingerprint(self, model: ModelSpec, weights: SnapshotManifest) -> str:
         return config_fingerprint(model.serving, weights.sha)
+
+    def _command(self, model: ModelSpec, weights: SnapshotManifest) -> list[str]:
+        invocation = engine_for(model.serving).invocation(
+            model.serving, served_model_name=model.name, weights_path=f"/fake/{model.name}/{weights.sha}",
+            host="127.0.0.1", port=8000,
+        )  # fmt: skip
+        return invocation.command()
 
     def _measure(self, serving: Serving, plan: BenchmarkPlan) -> LevelResults:
         return {
@@ -171,6 +181,7 @@ class FakeServingTarget(ServingTarget):
             restored = f"rolled back to {previous[0]}" if previous else "no previous revision, nothing serves"
             raise RolloutError(f"model '{model.name}': promotion of {fingerprint} failed: never ready; {restored}")
         self.cluster.deployed[model.name] = (fingerprint, model.serving)
+        self.cluster.commands[model.name] = self._command(model, weights)
         self.cluster.candidates.get(model.name, set()).discard(fingerprint)
         self.cluster.calls.append(f"promote {model.name} {fingerprint}")
         url = f"http://{model.name}.fake"

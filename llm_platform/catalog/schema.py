@@ -241,7 +241,7 @@ class Serving(_Section):
     startup_timeout_s: int = Field(1800, ge=60)
     """How long loading the model may take before the server counts as failed (startup probe, local deadline)."""
     trust_remote_code: bool = False
-    """Let vLLM run the Python code that comes with the model's repository (``--trust-remote-code``): only for
+    """Let vLLM run the Python code that comes with the model's repository (vLLM's remote-code flag): only for
     repositories you trust as you trust this platform's own code."""
     extra_args: tuple[str, ...] = ()
     """Further engine flags from the engine's allow-list (vLLM's: ``llm_platform/engine/vllm_flags.py``), each
@@ -331,7 +331,8 @@ class Traffic(_Section):
 
 
 class Autoscaling(_Section):
-    """KEDA scaling on ``vllm:num_requests_waiting`` summed over the model's pods."""
+    """KEDA scaling on the engine's waiting-request queue (vLLM's ``num_requests_waiting``) summed over the model's
+    pods."""
 
     min_replicas: int = Field(1, ge=1)
     """Fewest replicas; at least 1, since with no pod there is no queue metric to wake the model up."""

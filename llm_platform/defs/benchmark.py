@@ -18,9 +18,9 @@ from llm_platform.benchmark.plan import BenchmarkPlan, plan_for
 from llm_platform.benchmark.report import plot_png, summary_markdown
 from llm_platform.benchmark.slo import SloResult, evaluate_slos, regressions
 from llm_platform.catalog import Catalog, ModelSpec
+from llm_platform.conventions import DEPLOYMENT_ASSET, LIVE_BENCHMARK_ASSET, PLAN_ASSET, SMOKE_BENCHMARK_ASSET
 from llm_platform.defs.failures import platform_errors_as_failure, refuse_environment_references
 from llm_platform.defs.metadata import table_metadata
-from llm_platform.defs.planning import PLAN_ASSET
 from llm_platform.defs.resources import TargetResource
 from llm_platform.defs.storage import latest_value
 from llm_platform.defs.values import BenchmarkOutcome, DeploymentRecord, ServingChoice
@@ -141,7 +141,7 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
     the GPU benchmark Job serving and benchmarking in one pod), judged by the blocking SLO checks."""
 
     @dg.asset(
-        name="smoke_benchmark",
+        name=SMOKE_BENCHMARK_ASSET,
         kinds={"vllm", "pandas"},
         **lifecycle_asset_options(catalog, partitions),
         pool=BENCHMARK_POOL,
@@ -150,7 +150,7 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
         # together with check specs.
         dagster_type=dg.Any,
         check_specs=[
-            dg.AssetCheckSpec(slo_check_name(name), asset="smoke_benchmark", blocking=True, description=text)
+            dg.AssetCheckSpec(slo_check_name(name), asset=SMOKE_BENCHMARK_ASSET, blocking=True, description=text)
             for name, text in SLO_CHECKS.items()
         ],
         description=(
@@ -170,7 +170,7 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
         plan = plan_from_config(model, config)
         serving_target = target.serving_target(catalog.platform)
         work_dir = serving_target.artifact_dir(model.name, "benchmarks", context.run.run_id)
-        deployed = latest_value(context.instance, "vllm_deployment", model.name) if config.reuse_deployed else None
+        deployed = latest_value(context.instance, DEPLOYMENT_ASSET, model.name) if config.reuse_deployed else None
         reused = isinstance(deployed, DeploymentRecord) and deployed.choice.fingerprint == serving_config.fingerprint
         with platform_errors_as_failure():
             if isinstance(deployed, DeploymentRecord) and reused:
@@ -220,7 +220,7 @@ def build_live_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefini
     """The deployed config measured at its endpoint with the plan of its promotion (``benchmark_live`` job)."""
 
     @dg.asset(
-        name="live_benchmark",
+        name=LIVE_BENCHMARK_ASSET,
         kinds={"vllm", "pandas"},
         **lifecycle_asset_options(catalog, partitions, group=LIVE_BENCHMARK_GROUP),
         pool=BENCHMARK_POOL,
@@ -228,7 +228,7 @@ def build_live_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefini
         check_specs=[
             dg.AssetCheckSpec(
                 NO_REGRESSION_CHECK,
-                asset="live_benchmark",
+                asset=LIVE_BENCHMARK_ASSET,
                 description="output throughput and p95 TTFT at each level are within slo.max_regression_pct of the "
                 "benchmark taken when the config was promoted",
             )

@@ -6,6 +6,7 @@ No ``from __future__ import annotations`` here: Dagster reads the resource annot
 import dagster as dg
 
 from llm_platform.catalog import Catalog
+from llm_platform.conventions import DEPLOYMENT_ASSET
 from llm_platform.defs.failures import platform_errors_as_failure, refuse_environment_references
 from llm_platform.defs.resources import TargetResource
 from llm_platform.defs.values import BenchmarkOutcome, DeploymentRecord, ServingChoice
@@ -25,7 +26,7 @@ def build_deployment_asset(catalog: Catalog, partitions: dg.PartitionsDefinition
     server-side apply, rollout wait and automatic rollback in the catalog's namespace."""
 
     @dg.asset(
-        name="vllm_deployment",
+        name=DEPLOYMENT_ASSET,
         kinds={"vllm"},
         **lifecycle_asset_options(catalog, partitions),
         dagster_type=dg.Any,

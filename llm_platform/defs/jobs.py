@@ -9,14 +9,16 @@ from typing import Any
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
+from llm_platform import conventions
 from llm_platform.catalog import Catalog
+from llm_platform.conventions import DEPLOYMENT_ASSET, LIVE_BENCHMARK_ASSET, SMOKE_BENCHMARK_ASSET, WEIGHTS_ASSET
 from llm_platform.defs.partitions import latest_materialization
 
 LIFECYCLE_JOB = "lifecycle"
 PROMOTE_JOB = "promote"
 BENCHMARK_LIVE_JOB = "benchmark_live"
-LIFECYCLE_ASSETS = ["model_weights", "serving_plan", "serving_config", "smoke_benchmark", "vllm_deployment"]
-PROMOTE_ASSETS = ["serving_config", "smoke_benchmark", "vllm_deployment"]
+LIFECYCLE_ASSETS = list(conventions.LIFECYCLE_ASSETS)
+PROMOTE_ASSETS = list(conventions.PROMOTE_ASSETS)
 
 
 def lifecycle_jobs() -> list[UnresolvedAssetJobDefinition]:
@@ -35,7 +37,7 @@ def lifecycle_jobs() -> list[UnresolvedAssetJobDefinition]:
         ),
         dg.define_asset_job(
             BENCHMARK_LIVE_JOB,
-            selection=["live_benchmark"],
+            selection=[LIVE_BENCHMARK_ASSET],
             description="Benchmark the deployed config where it serves and compare it with its promotion.",
         ),
     ]
@@ -63,7 +65,7 @@ def _schedule_for(model: str, cron: str, timezone: str) -> dg.ScheduleDefinition
         description=f"Nightly live benchmark of '{model}' (skipped while it has never been deployed).",
     )
     def live_benchmark_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-        if latest_materialization(context.instance, "vllm_deployment", model) is None:
+        if latest_materialization(context.instance, DEPLOYMENT_ASSET, model) is None:
             return dg.SkipReason(f"model '{model}' has never been deployed; nothing to benchmark")
         return dg.RunRequest(
             partition_key=model,
@@ -85,7 +87,7 @@ def promotion_request(
     first), else ``promote`` on the weights already materialized."""
     ops: dict[str, Any] = {"serving_config": {"config": {"overrides": dict(overrides or {}), "reason": reason}}}
     if revision is not None:
-        ops["model_weights"] = {"config": {"revision": revision}}
+        ops[WEIGHTS_ASSET] = {"config": {"revision": revision}}
     if benchmark:
-        ops["smoke_benchmark"] = {"config": dict(benchmark)}
+        ops[SMOKE_BENCHMARK_ASSET] = {"config": dict(benchmark)}
     return (LIFECYCLE_JOB if revision is not None else PROMOTE_JOB), {"ops": ops}

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from llm_platform.benchmark.report import plan_png
 from llm_platform.catalog import Catalog
+from llm_platform.conventions import PLAN_ASSET
 from llm_platform.defs.failures import refuse_environment_references
 from llm_platform.defs.metadata import table_metadata
 from llm_platform.defs.resources import TargetResource
@@ -19,7 +20,6 @@ from llm_platform.perfmodel import plan_model
 from llm_platform.planning.plan import PlanAxes, ServingPlan
 from llm_platform.weights.plan import SnapshotManifest
 
-PLAN_ASSET = "serving_plan"
 PLAN_CHECK = "slo_feasible"
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import dagster as dg
 
 from llm_platform.catalog import Catalog, ModelPatch, ModelSpec, QuotaBudget, patch_between
+from llm_platform.conventions import DEPLOYMENT_ASSET, WEIGHTS_ASSET
 from llm_platform.defs.jobs import LIFECYCLE_JOB, PROMOTE_JOB, promotion_request
 from llm_platform.defs.partitions import latest_materialization_records
 from llm_platform.defs.resources import PrometheusResource, WeightsResource
@@ -76,7 +77,7 @@ def _position_limit(materialization: dg.AssetMaterialization) -> int | None:
     if not isinstance(stored, dg.JsonMetadataValue):
         return None
     try:
-        record = decode_value(stored.value, "vllm_deployment")
+        record = decode_value(stored.value, DEPLOYMENT_ASSET)
     except PlatformError:
         return None
     return record.choice.weights.max_position_tokens if isinstance(record, DeploymentRecord) else None
@@ -113,7 +114,7 @@ def build_drift_sensor(
     )
     def tuning_drift_sensor(context: dg.SensorEvaluationContext, prometheus: PrometheusResource) -> dg.SensorResult:
         state = DriftState.load(context.cursor)
-        records = latest_materialization_records(context.instance, "vllm_deployment", catalog.model_names)
+        records = latest_materialization_records(context.instance, DEPLOYMENT_ASSET, catalog.model_names)
         deployed: dict[str, tuple[ModelSpec, dg.EventLogRecord]] = {}
         for name, record in records.items():
             materialization = record.asset_materialization
@@ -182,7 +183,7 @@ def build_drift_sensor(
 def _materialized_shas(instance: dg.DagsterInstance, models: list[str]) -> dict[str, str]:
     """The weights commit each model's latest model_weights materialization recorded (read in pages)."""
     shas = {}
-    for name, record in latest_materialization_records(instance, "model_weights", models).items():
+    for name, record in latest_materialization_records(instance, WEIGHTS_ASSET, models).items():
         value = record.asset_materialization.metadata.get("revision_sha") if record.asset_materialization else None
         if isinstance(value, dg.TextMetadataValue):
             shas[name] = str(value.value)
@@ -209,7 +210,7 @@ def build_revision_sensor(catalog: Catalog, *, interval_s: int = 600) -> dg.Sens
         hub = weights.hub()
         names = [model.name for model in tracked]
         materialized = _materialized_shas(context.instance, names)
-        deployments = latest_materialization_records(context.instance, "vllm_deployment", names)
+        deployments = latest_materialization_records(context.instance, DEPLOYMENT_ASSET, names)
         requests, notes = [], []
         for model in tracked:
             assert model.source.repo is not None  # the catalog requires a repository for tracking

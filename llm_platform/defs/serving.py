@@ -11,8 +11,9 @@ import dagster as dg
 from pydantic import Field
 
 from llm_platform.catalog import Catalog, ModelPatch, diff_table
+from llm_platform.conventions import SERVING_CONFIG_ASSET, TUNED_ASSET
 from llm_platform.defs.failures import platform_errors_as_failure, refuse_environment_references
-from llm_platform.defs.tuning import TUNED_ASSET, tuned_overrides
+from llm_platform.defs.tuning import tuned_overrides
 from llm_platform.defs.values import ServingChoice
 from llm_platform.defs.weights import lifecycle_asset_options
 from llm_platform.engine import engine_for
@@ -33,7 +34,7 @@ class ServingOverrides(dg.Config):
 
 def build_serving_config_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
-        name="serving_config",
+        name=SERVING_CONFIG_ASSET,
         kinds={"vllm"},
         **lifecycle_asset_options(catalog, partitions),
         dagster_type=dg.Any,
@@ -58,7 +59,7 @@ def build_serving_config_asset(catalog: Catalog, partitions: dg.PartitionsDefini
             )
             # The run's own overrides win over the adopted tuning.
             effective = adopted.merged(requested).apply(
-                model, origin="serving_config", position_limit=limit, fleet=catalog
+                model, origin=SERVING_CONFIG_ASSET, position_limit=limit, fleet=catalog
             )
         if adopted:
             context.log.info(f"model '{model.name}': adopted auto-tune overrides: {adopted.describe()}")

@@ -22,11 +22,11 @@ from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.benchmark.report import pareto_png, trials_frame
 from llm_platform.benchmark.trials import as_overrides
 from llm_platform.catalog import Catalog, ModelSpec, apply_serving_overrides
+from llm_platform.conventions import PLAN_ASSET, TUNED_ASSET
 from llm_platform.defs.benchmark import BENCHMARK_POOL
 from llm_platform.defs.failures import platform_errors_as_failure, refuse_environment_references
 from llm_platform.defs.metadata import table_metadata
 from llm_platform.defs.partitions import latest_materialization
-from llm_platform.defs.planning import PLAN_ASSET
 from llm_platform.defs.resources import TargetResource
 from llm_platform.defs.storage import latest_value
 from llm_platform.defs.weights import AUTO_TUNE_GROUP, lifecycle_asset_options
@@ -37,7 +37,6 @@ from llm_platform.targets.base import TrialSettings
 from llm_platform.tuning.search import Candidate, SearchSpace, Trial, clamp_seqs, noise_aware_search
 from llm_platform.weights.plan import SnapshotManifest
 
-TUNED_ASSET = "tuned_serving_config"
 AUTO_TUNE_JOB = "auto_tune"
 MIN_PROMPTS_PER_PROBE = 16
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from llm_platform.benchmark.parse import results_frame
 from llm_platform.catalog import ModelSpec, config_fingerprint
+from llm_platform.conventions import PLAN_ASSET
 from llm_platform.errors import PlatformError
 from llm_platform.planning.plan import Estimate, ServingPlan
 from llm_platform.targets.base import Deployment
@@ -168,7 +169,7 @@ _CODECS: dict[str, tuple[type, Callable[[Any], Any], Callable[[Any], Any]]] = {
     "deployment_record": (DeploymentRecord, _record_to_json, _record_from_json),
     "results_frame": (pd.DataFrame, _frame_to_json, _frame_from_json),
     "overrides": (dict, dict, _overrides_from_json),
-    "serving_plan": (ServingPlan, _plan_to_json, _plan_from_json),
+    PLAN_ASSET: (ServingPlan, _plan_to_json, _plan_from_json),
 }
 
 

@@ -9,6 +9,7 @@ import dagster as dg
 from pydantic import Field
 
 from llm_platform.catalog import Catalog
+from llm_platform.conventions import LIVE_BENCHMARK_ASSET, WEIGHTS_ASSET
 from llm_platform.defs.failures import platform_errors_as_failure, refuse_environment_references
 from llm_platform.defs.resources import TargetResource
 from llm_platform.weights.plan import DownloadResult, SnapshotManifest
@@ -17,7 +18,7 @@ LIFECYCLE_GROUP = "model_lifecycle"
 """What "Materialize all" in the UI runs: weights → config → smoke benchmark → deployment, nothing more."""
 AUTO_TUNE_GROUP = "auto_tune"
 """The engine-argument search: many GPU benchmarks, so only ever run on purpose (the ``auto_tune`` job)."""
-LIVE_BENCHMARK_GROUP = "live_benchmark"
+LIVE_BENCHMARK_GROUP = LIVE_BENCHMARK_ASSET
 """The nightly benchmark of what serves (the ``benchmark_live`` job and its schedules)."""
 
 
@@ -83,7 +84,7 @@ def build_weights_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -
     (the same entrypoint), whose manifest comes back through the pod log."""
 
     @dg.asset(
-        name="model_weights",
+        name=WEIGHTS_ASSET,
         kinds={"huggingface", "python"},
         **lifecycle_asset_options(catalog, partitions),
         description=(

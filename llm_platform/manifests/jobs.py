@@ -6,7 +6,7 @@ import hashlib
 
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.catalog import ModelSpec, Platform
-from llm_platform.conventions import MANAGER
+from llm_platform.conventions import MANAGER, PART_OF
 from llm_platform.manifests.benchmark_script import benchmark_script
 from llm_platform.manifests.pods import (
     DNS_EGRESS,
@@ -38,7 +38,7 @@ def render_weights_pvc(platform: Platform) -> Object:
     }
     if platform.weights_storage_class is not None:
         spec["storageClassName"] = platform.weights_storage_class
-    labels = {"app.kubernetes.io/part-of": "llm-platform", "app.kubernetes.io/managed-by": MANAGER}
+    labels = {"app.kubernetes.io/part-of": PART_OF, "app.kubernetes.io/managed-by": MANAGER}
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
@@ -67,7 +67,7 @@ def render_weights_network_policy(platform: Platform) -> Object:
         "metadata": object_metadata(
             WEIGHTS_DOWNLOAD_POLICY,
             platform,
-            {"app.kubernetes.io/part-of": "llm-platform", "app.kubernetes.io/managed-by": MANAGER},
+            {"app.kubernetes.io/part-of": PART_OF, "app.kubernetes.io/managed-by": MANAGER},
         ),
         "spec": {
             "podSelector": {"matchLabels": {"app.kubernetes.io/component": WEIGHTS_COMPONENT}},

@@ -19,6 +19,7 @@ from llm_platform.conventions import (
     ENGINE_LOOPBACK_PORT,
     MANAGER,
     MODEL_LABEL,
+    PART_OF,
     SERVING_APP,
     SERVING_CONTAINER,
     serving_object_name,
@@ -60,7 +61,7 @@ def model_labels(model: ModelSpec, component: str = SERVING_COMPONENT) -> dict[s
         **selector_labels(model),
         "app.kubernetes.io/instance": model.name,
         "app.kubernetes.io/component": component,
-        "app.kubernetes.io/part-of": "llm-platform",
+        "app.kubernetes.io/part-of": PART_OF,
         "app.kubernetes.io/managed-by": MANAGER,
     }
 

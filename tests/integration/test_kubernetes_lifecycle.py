@@ -13,11 +13,10 @@ import pytest
 import yaml
 
 from llm_platform.catalog import Catalog
-from llm_platform.conventions import ENGINE_LOOPBACK_PORT
+from llm_platform.conventions import ENGINE_LOOPBACK_PORT, TUNED_ASSET
 from llm_platform.defs.jobs import LIFECYCLE_ASSETS
 from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.defs.resources import KubernetesTargetResource, WeightsResource
-from llm_platform.defs.tuning import TUNED_ASSET
 from llm_platform.rollout import Revision
 from tests.conftest import ServedTiny, lifecycle_resources, tiny_catalog
 from tests.kubeemu import DEPLOYMENTS, JOBS, FakeDeploymentController, FakeKubelet, RunningCluster

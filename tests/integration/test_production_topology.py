@@ -24,11 +24,12 @@ import pytest
 import yaml
 
 from llm_platform.catalog_files import load_catalog
+from llm_platform.conventions import TUNED_ASSET
 from llm_platform.dagster_api import DagsterApi, RunOutcome
 from llm_platform.defs.jobs import BENCHMARK_LIVE_JOB, LIFECYCLE_JOB, PROMOTE_JOB, schedule_name
 from llm_platform.defs.partitions import latest_materialization
 from llm_platform.defs.sensors import REVISION_SENSOR_NAME, SENSOR_NAME, build_drift_sensor
-from llm_platform.defs.tuning import AUTO_TUNE_JOB, TUNED_ASSET
+from llm_platform.defs.tuning import AUTO_TUNE_JOB
 from llm_platform.dev.pod_runs import RUN_DIR_PREFIX
 from llm_platform.devhub import LocalHub, publish_model
 from llm_platform.processes import free_port

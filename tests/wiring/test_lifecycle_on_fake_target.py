@@ -15,12 +15,12 @@ import pytest
 
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.catalog import Catalog, Serving, parse_catalog
+from llm_platform.conventions import TUNED_ASSET
 from llm_platform.defs.jobs import LIFECYCLE_ASSETS, PROMOTE_ASSETS, promotion_request, schedule_name
 from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.defs.resources import PrometheusResource, WeightsResource
 from llm_platform.defs.sensors import build_drift_sensor
 from llm_platform.defs.storage import InstanceValueIOManager
-from llm_platform.defs.tuning import TUNED_ASSET
 from tests.conftest import deployed_serving
 from tests.fakeprom import FakePrometheus
 from tests.faketarget import CLUSTERS, FakeCluster, FakeTargetResource, default_performance

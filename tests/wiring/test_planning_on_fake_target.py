@@ -11,8 +11,8 @@ from pathlib import Path
 import dagster as dg
 
 from llm_platform.catalog import parse_catalog
-from llm_platform.defs.planning import PLAN_ASSET, PLAN_CHECK
-from llm_platform.defs.tuning import TUNED_ASSET
+from llm_platform.conventions import PLAN_ASSET, TUNED_ASSET
+from llm_platform.defs.planning import PLAN_CHECK
 from llm_platform.perfmodel import model_reference, open_perf_model, plan_model
 from llm_platform.planning.plan import PlanAxes
 from llm_platform.weights.plan import architecture_of
