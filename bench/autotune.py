@@ -40,8 +40,8 @@ from llm_platform.benchmark.report import trials_frame  # noqa: E402
 from llm_platform.catalog import parse_catalog  # noqa: E402
 from llm_platform.dev.tiny_model import make_tiny_model  # noqa: E402
 from llm_platform.targets.base import TrialSettings  # noqa: E402
-from llm_platform.targets.local import LocalTarget, LocalTargetSettings  # noqa: E402
-from llm_platform.targets.local_serving import LocalTrials  # noqa: E402
+from llm_platform.targets.local import LocalTrials  # noqa: E402
+from llm_platform.targets.local_servers import LocalServers, LocalTargetSettings  # noqa: E402
 from llm_platform.tuning.search import (  # noqa: E402
     Candidate,
     SearchSpace,
@@ -158,7 +158,7 @@ def main() -> None:
                                          "serving": {"max_model_len": 2048, "startup_timeout_s": 300},
                                          "slo": slo}]})  # fmt: skip
     model = catalog.model("tiny-llama")
-    target = LocalTarget(LocalTargetSettings(state_dir=work / "target", file_sd_dir=work / "sd"))
+    target = LocalServers(LocalTargetSettings(state_dir=work / "target", file_sd_dir=work / "sd"))
     plan = BenchmarkPlan(input_len=options.input_len, output_len=options.output_len, prompts_per_level=16,
                          num_warmups=1)  # fmt: skip
     space = SearchSpace({"max_num_seqs": options.seqs, "max_num_batched_tokens": options.tokens})

@@ -28,7 +28,7 @@ from llm_platform.benchmark.runner import run_plan  # noqa: E402
 from llm_platform.catalog import parse_catalog  # noqa: E402
 from llm_platform.dev.tiny_model import make_tiny_model  # noqa: E402
 from llm_platform.engine.vllm import VLLM  # noqa: E402
-from llm_platform.targets.local import LocalTarget, LocalTargetSettings  # noqa: E402
+from llm_platform.targets.local_servers import LocalServers, LocalTargetSettings  # noqa: E402
 
 DIRECT = """
 import sys
@@ -62,7 +62,7 @@ def main() -> None:
     catalog = parse_catalog({"models": [{"name": "tiny-llama", "source": {"path": model_dir},
                                          "serving": {"max_model_len": 2048, "max_num_seqs": 32}}]})  # fmt: skip
     model = catalog.model("tiny-llama")
-    target = LocalTarget(LocalTargetSettings(state_dir=work / "target", file_sd_dir=work / "sd"))
+    target = LocalServers(LocalTargetSettings(state_dir=work / "target", file_sd_dir=work / "sd"))
     plan = BenchmarkPlan(input_len=256, output_len=64, prompts_per_level=options.prompts,
                          concurrency_levels=(options.concurrency,), seed=0, num_warmups=2)  # fmt: skip
     ours: list[float] = []

@@ -22,7 +22,7 @@ from llm_platform.manifests.render import dump_yaml, render_files
 from llm_platform.manifests.validation import KUBERNETES_VERSIONS, validate_objects
 
 if TYPE_CHECKING:
-    from llm_platform.targets.local import LocalTarget
+    from llm_platform.targets.local_servers import LocalServers
 
 DAGSTER_URL_ENV_VAR = "LLM_PLATFORM_DAGSTER_URL"
 EXIT_OK = 0
@@ -316,7 +316,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
-def _local_target() -> LocalTarget:
+def _local_target() -> LocalServers:
     from llm_platform.defs.resources import local_target_from_env
 
     os.environ.setdefault("DAGSTER_HOME", str(_dagster_home()))

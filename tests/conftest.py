@@ -15,7 +15,7 @@ from llm_platform.defs.partitions import latest_materialization
 from llm_platform.defs.resources import LocalTargetResource, TargetResource, WeightsResource
 from llm_platform.defs.storage import InstanceValueIOManager
 from llm_platform.devhub import LocalHub, publish_model
-from llm_platform.targets.local import LocalTarget, LocalTargetSettings
+from llm_platform.targets.local_servers import LocalServers, LocalTargetSettings
 from tests.kubeemu import RunningCluster, running_cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -59,9 +59,9 @@ def lifecycle_resources(target: TargetResource, weights: WeightsResource | None 
     return {"io_manager": InstanceValueIOManager(), "target": target, "weights": weights or WeightsResource()}
 
 
-def local_servers(state_dir: Path) -> LocalTarget:
+def local_servers(state_dir: Path) -> LocalServers:
     """The local target's servers under ``state_dir`` (to inspect or stop them)."""
-    return LocalTarget(LocalTargetSettings(state_dir=state_dir, file_sd_dir=state_dir / "file_sd"))
+    return LocalServers(LocalTargetSettings(state_dir=state_dir, file_sd_dir=state_dir / "file_sd"))
 
 
 @dataclass

@@ -14,10 +14,10 @@ from llm_platform.errors import PlatformError
 from llm_platform.prometheus import PROMETHEUS_URL_ENV_VAR, PrometheusClient
 from llm_platform.targets.base import ServingTarget
 from llm_platform.targets.kube_api import KubeApi
-from llm_platform.targets.kubernetes import KubernetesTarget, KubernetesTargetSettings
-from llm_platform.targets.kubernetes_serving import KubernetesServingTarget
-from llm_platform.targets.local import LocalTarget, LocalTargetSettings
-from llm_platform.targets.local_serving import LocalServingTarget
+from llm_platform.targets.kubernetes import KubernetesTarget
+from llm_platform.targets.kubernetes_cluster import KubernetesCluster, KubernetesTargetSettings
+from llm_platform.targets.local import LocalTarget
+from llm_platform.targets.local_servers import LocalServers, LocalTargetSettings
 from llm_platform.weights.download import DEFAULT_WORKERS, DownloadRequest, download_snapshot
 from llm_platform.weights.hub import HubClient
 from llm_platform.weights.plan import DownloadResult, SnapshotManifest
@@ -175,9 +175,9 @@ class LocalTargetResource(TargetResource):
         description="File with the API key every local server requires (created, mode 0600, when missing).",
     )
 
-    def target(self) -> LocalTarget:
+    def target(self) -> LocalServers:
         """The servers on this machine (what ``llm-platform local status|stop`` inspects)."""
-        return LocalTarget(
+        return LocalServers(
             LocalTargetSettings(
                 state_dir=Path(self.state_dir),
                 file_sd_dir=Path(self.file_sd_dir),
@@ -189,9 +189,9 @@ class LocalTargetResource(TargetResource):
             )
         )
 
-    def serving_target(self, platform: Platform) -> LocalServingTarget:
+    def serving_target(self, platform: Platform) -> LocalTarget:
         weights = self.weights
-        return LocalServingTarget(
+        return LocalTarget(
             self.target(), weights.store(), weights.hub(), Path(self.artifacts_root),
             workers=weights.workers, keep_revisions=weights.keep_revisions,
         )  # fmt: skip
@@ -220,16 +220,16 @@ class KubernetesTargetResource(TargetResource):
     )
     job_timeout_s: float = Field(default=6 * 3600, description="Give up on a download or benchmark Job after this.")
 
-    def target(self, platform: Platform) -> KubernetesTarget:
+    def target(self, platform: Platform) -> KubernetesCluster:
         settings = KubernetesTargetSettings(
             poll_interval_s=self.poll_interval_s,
             rollout_timeout_s=self.rollout_timeout_s,
             job_timeout_s=self.job_timeout_s,
         )
-        return KubernetesTarget(KubeApi.from_kubeconfig(self.kube_context), platform, settings)
+        return KubernetesCluster(KubeApi.from_kubeconfig(self.kube_context), platform, settings)
 
-    def serving_target(self, platform: Platform) -> KubernetesServingTarget:
-        return KubernetesServingTarget(self.target(effective_platform(platform)), Path(self.artifacts_root))
+    def serving_target(self, platform: Platform) -> KubernetesTarget:
+        return KubernetesTarget(self.target(effective_platform(platform)), Path(self.artifacts_root))
 
 
 def kubernetes_target_from_env() -> KubernetesTargetResource:

@@ -1,409 +1,143 @@
-"""The kubernetes target: promote a model with server-side apply, wait for the rollout, roll back on failure.
-
-A promotion is a small transaction over the model's objects (Service, Deployment, PDB, ScaledObject,
-NetworkPolicy, Ingress):
-
-1. render and validate everything, and check that the cluster serves every type (KEDA installed) - before a
-   single object is touched;
-2. read the live objects (the "before" snapshot) and the revision recorded on the live Deployment;
-3. server-side apply each object (field manager ``llm-platform``, force: the catalog is the source of truth);
-4. follow the Deployment's rollout, failing fast on causes that never resolve (image pull, crash loop, OOM,
-   unschedulable, quota), with a deadline;
-5. on any failure in 3-4, restore the snapshot: objects that existed are re-applied as they were, objects that did
-   not exist are deleted, and the restored Deployment's rollout is waited for. With no previous revision the new
-   objects are therefore removed (not scaled to zero: KEDA would scale them back up to ``min_replicas``), so
-   nothing half-deployed keeps serving.
-
-Jobs (weights download, GPU benchmark) are launched and followed with dagster-k8s' ``DagsterKubernetesClient``;
-their output comes back through the pod log.
+"""The kubernetes target behind the :class:`~llm_platform.targets.base.ServingTarget` interface: weights through
+the download Job onto the RWX PVC, candidates benchmarked by the GPU benchmark Job, promotion with rollback
+(``targets/kubernetes_cluster.py``). A trial is one benchmark Job measuring a geometric ladder of loads against one
+server: a bisection would need a Job, and so a server start, per probe.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import dataclasses
 from pathlib import Path
-from typing import Any
-
-from dagster_k8s.client import (
-    DagsterK8sAPIRetryLimitExceeded,
-    DagsterK8sError,
-    DagsterK8sUnrecoverableAPIError,
-    DagsterKubernetesClient,
-)
-from kubernetes.client.rest import ApiException
 
 from llm_platform.benchmark.plan import BenchmarkPlan
-from llm_platform.catalog import ModelSpec, Platform, is_commit_sha
-from llm_platform.errors import (
-    BenchmarkError,
-    JobFailedError,
-    KubernetesUnavailableError,
-    PlatformError,
-    RolloutError,
-    TargetError,
-)
-from llm_platform.manifests.benchmark_script import results_from_log
-from llm_platform.manifests.jobs import (
-    render_benchmark_job,
-    render_weights_job,
-    render_weights_network_policy,
-    render_weights_pvc,
-)
-from llm_platform.manifests.pods import (
-    ENGINE_FINGERPRINT_ANNOTATION,
-    WEIGHTS_REVISION_ANNOTATION,
-    engine_image,
-    resource_name,
-    selector_labels,
-    serving_invocation,
-)
+from llm_platform.benchmark.trials import candidate_model, failed_trial, ladder_trial, load_ladder
+from llm_platform.catalog import ModelSpec, config_fingerprint
+from llm_platform.conventions import API_PORT
+from llm_platform.errors import PlatformError
+from llm_platform.manifests.pods import resource_name, serving_invocation
 from llm_platform.manifests.serving import render_model
-from llm_platform.manifests.validation import validate_objects
-from llm_platform.rollout import PROMOTED_REVISION_ANNOTATION, Revision, RolloutState, restorable, rollout_state
-from llm_platform.store_layout import snapshot_path
-from llm_platform.targets.kube_api import (
-    DEPLOYMENTS,
-    EVENTS,
-    JOBS,
-    PODS,
-    KubeApi,
-    map_api_error,
-    resource_of,
+from llm_platform.targets.base import (
+    Deployment,
+    LevelResults,
+    Log,
+    ServingTarget,
+    TargetStatus,
+    TrialRunner,
+    TrialSettings,
+    no_log,
 )
-from llm_platform.weights.plan import DownloadResult, manifest_from_log, reused_in_log
-
-Log = Callable[[str], None]
-Object = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class KubernetesTargetSettings:
-    """How the kubernetes target waits; every field has a production default."""
-
-    poll_interval_s: float = 2.0
-    """Pause between two reads of a rollout or a Job."""
-    rollout_timeout_s: float | None = None
-    """Give up on a rollout after this long; None: the Deployment's progressDeadlineSeconds plus one minute."""
-    job_timeout_s: float = 6 * 3600
-    """Give up on a Job (download, benchmark) after this long."""
+from llm_platform.targets.kube_api import DEPLOYMENTS, resource_of
+from llm_platform.targets.kubernetes_cluster import KubernetesCluster
+from llm_platform.tuning.search import Candidate, Trial
+from llm_platform.weights.plan import DownloadResult, SnapshotManifest
 
 
-@dataclass(frozen=True)
-class Promotion:
-    """The result of a successful promotion."""
+class KubernetesTarget(ServingTarget):
+    """The catalog's namespace in a cluster."""
 
-    revision: Revision
-    previous: Revision | None
-    applied: tuple[str, ...]
-    detail: str
+    kind = "kubernetes"
 
+    def __init__(self, cluster: KubernetesCluster, artifacts_root: Path) -> None:
+        super().__init__(artifacts_root)
+        self.cluster = cluster
+        self.platform = cluster.platform
 
-def _key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
-    return (str(obj["kind"]), obj["metadata"]["namespace"], obj["metadata"]["name"])
+    def service_url(self, model: ModelSpec) -> str:
+        return f"http://{resource_name(model)}.{self.platform.namespace}.svc.cluster.local:{API_PORT}"
 
+    def endpoint(self, model: ModelSpec) -> str:
+        """The model's URL: its Ingress host when exposed, else the in-cluster Service address."""
+        if model.exposure.host is not None:
+            scheme = "https" if model.exposure.tls_secret else "http"
+            return f"{scheme}://{model.exposure.host}"
+        return self.service_url(model)
 
-class KubernetesTarget:
-    """Promotes catalog models into one namespace of a cluster and runs the platform's Jobs there."""
+    def weights_location(self) -> str:
+        return f"pvc://{self.platform.weights_pvc}{self.platform.weights_mount_path}"
 
-    def __init__(
-        self,
-        api: KubeApi,
-        platform: Platform,
-        settings: KubernetesTargetSettings | None = None,
-        *,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.api = api
-        self.platform = platform
-        self.settings = settings or KubernetesTargetSettings()
-        self.sleep = sleep
-        self.clock = clock
-        self.jobs = DagsterKubernetesClient(
-            batch_api=api.batch_api(),
-            core_api=api.core_api(),
-            logger=logging.getLogger(__name__).debug,
-            sleeper=sleep,
-            timer=clock,
+    def materialize_weights(self, model: ModelSpec, revision: str, log: Log = no_log) -> DownloadResult:
+        return self.cluster.download_weights(model, revision, log=log)
+
+    def benchmark_candidate(
+        self, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, *, run_key: str, work_dir: Path,
+        log: Log = no_log,
+    ) -> LevelResults:  # fmt: skip
+        return self.cluster.smoke_benchmark(model, weights.sha, plan, run_key=run_key, log=log)
+
+    def release_candidate(self, model: ModelSpec, weights: SnapshotManifest, log: Log = no_log) -> None:
+        """Nothing to release: the benchmark Job's server ended with its pod."""
+
+    def benchmark_deployed(
+        self, deployment: Deployment, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, *,
+        run_key: str, work_dir: Path, log: Log = no_log,
+    ) -> LevelResults:  # fmt: skip
+        return self.cluster.smoke_benchmark(
+            model, weights.sha, plan, run_key=run_key, log=log, against=deployment.benchmark_url
         )
 
-    @property
-    def namespace(self) -> str:
-        return self.platform.namespace
+    def trial_runner(
+        self, model: ModelSpec, weights: SnapshotManifest, settings: TrialSettings, *, run_key: str, work_dir: Path,
+        log: Log = no_log,
+    ) -> TrialRunner:  # fmt: skip
+        return KubernetesTrials(self.cluster, model, weights, settings, run_key, log)
 
-    # -- promotion --------------------------------------------------------------------------------------------
+    def promote(self, model: ModelSpec, weights: SnapshotManifest, log: Log = no_log) -> Deployment:
+        promotion = self.cluster.promote(model, weights.sha, log=log)
+        revision = promotion.revision
+        details: dict[str, str | int | list[str]] = {
+            "target": f"kubernetes ({self.platform.namespace})",
+            "previous_revision": promotion.previous.label() if promotion.previous else "none",
+            "image": revision.image,
+            "server_fingerprint": revision.engine_fingerprint,
+            "engine_args": list(serving_invocation(self.platform, model, weights.sha).args),
+            "applied": list(promotion.applied),
+            "rollout": promotion.detail,
+        }
+        return Deployment(self.endpoint(model), self.service_url(model), revision.label(), details)
 
-    def desired_objects(self, model: ModelSpec, revision: Revision) -> list[Object]:
-        """The rendered objects with the revision recorded on the Deployment."""
-        objects = render_model(self.platform, model, revision.weights_sha)
-        for obj in objects:
-            if obj["kind"] == "Deployment":
-                obj["metadata"].setdefault("annotations", {})[PROMOTED_REVISION_ANNOTATION] = revision.to_annotation()
-        return objects
+    def stop(self, model: ModelSpec) -> None:
+        """Delete the model's serving objects (the weights on the PVC stay)."""
+        for obj in render_model(self.platform, model):
+            if obj["kind"] in ("PersistentVolumeClaim", "Job"):
+                continue
+            self.cluster.api.delete(resource_of(obj), self.platform.namespace, obj["metadata"]["name"])
 
-    def revision_for(self, model: ModelSpec, weights_sha: str) -> Revision:
-        invocation = serving_invocation(self.platform, model, weights_sha)
-        return Revision(
-            image=engine_image(self.platform, model),
-            engine_fingerprint=invocation.fingerprint,
-            weights_sha=weights_sha,
-            promoted_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
+    def status(self, model: ModelSpec) -> TargetStatus:
+        deployment = self.cluster.api.get(DEPLOYMENTS, self.platform.namespace, resource_name(model))
+        if deployment is None:
+            return TargetStatus(model.name, False, None, "not deployed")
+        available = int(deployment.get("status", {}).get("availableReplicas") or 0)
+        revision = self.cluster.current_revision(model)
+        label = revision.label() if revision else "no llm-platform revision"
+        return TargetStatus(model.name, available > 0, self.endpoint(model), f"{label}; {available} available")
 
-    def current_revision(self, model: ModelSpec) -> Revision | None:
-        """What the model serves now, from the annotation on its Deployment."""
-        return Revision.from_deployment(self.api.get(DEPLOYMENTS, self.namespace, resource_name(model)))
 
-    def promote(self, model: ModelSpec, weights_sha: str, log: Log = lambda _: None) -> Promotion:
-        """Apply ``model`` at weights ``weights_sha``, wait until it serves; restore the previous state on failure."""
-        revision = self.revision_for(model, weights_sha)
-        desired = self.desired_objects(model, revision)
-        validate_objects(desired)
-        for resource in {resource_of(obj) for obj in desired}:
-            if not self.api.serves(resource):
-                # Mapped like the 404 an apply would get, before anything is changed.
-                raise map_api_error(
-                    ApiException(status=404, reason="Not Found"), "patch", resource, self.namespace, None
-                )
-        before = {_key(obj): self.api.get(resource_of(obj), self.namespace, obj["metadata"]["name"]) for obj in desired}
-        deployment_key = next(key for key in before if key[0] == "Deployment")
-        previous = Revision.from_deployment(before[deployment_key])
-        log(
-            f"model '{model.name}': promoting {revision.label()}"
-            + (f" (now serving {previous.label()})" if previous else " (first promotion)")
-        )
-        applied: list[Object] = []
+@dataclasses.dataclass
+class KubernetesTrials:
+    """One benchmark Job per candidate (the smoke benchmark's, with the candidate's arguments) measuring the load
+    ladder; the goodput is that of the highest load before the first that misses the SLO."""
+
+    cluster: KubernetesCluster
+    model: ModelSpec
+    weights: SnapshotManifest
+    settings: TrialSettings
+    run_key: str
+    log: Log = no_log
+    #: Measurements so far per engine config: a repeat is a new Job (a succeeded Job of the same name would only be
+    #: read back, and the search's repeats exist to measure the noise).
+    measurements: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def __call__(self, candidate: Candidate) -> Trial:
+        ladder = load_ladder(self.settings.load_low, self.settings.load_high)
+        # One prompt count for every level of the ladder: enough for its highest load.
+        prompts = max(self.settings.plan.prompts_per_level, self.settings.prompts_per_load * self.settings.load_high)
+        plan = dataclasses.replace(self.settings.plan, concurrency_levels=ladder, prompts_per_level=prompts)
         try:
-            for obj in desired:
-                self.api.apply(obj)
-                applied.append(obj)
-                log(f"model '{model.name}': applied {obj['kind']} {obj['metadata']['name']}")
-            state = self.wait_for_rollout(model, revision, log)
+            model = candidate_model(self.model, candidate, self.weights.max_position_tokens)
+            fingerprint = config_fingerprint(model.serving, self.weights.sha)[:8]
+            self.measurements[fingerprint] = self.measurements.get(fingerprint, 0) + 1
+            run_key = f"{self.run_key}-{fingerprint}-{self.measurements[fingerprint]}"
+            results = self.cluster.smoke_benchmark(model, self.weights.sha, plan, run_key=run_key, log=self.log)
         except PlatformError as error:
-            state = RolloutState("failed", str(error))
-        if state.phase == "done":
-            return Promotion(revision, previous, tuple(f"{k} {n}" for k, _, n in map(_key, applied)), state.detail)
-        outcome = self._restore(model, before, applied, previous, log)
-        raise RolloutError(f"model '{model.name}': promotion of {revision.label()} failed: {state.detail}; {outcome}")
-
-    def _restore(
-        self,
-        model: ModelSpec,
-        before: Mapping[tuple[str, str, str], Object | None],
-        applied: Sequence[Object],
-        previous: Revision | None,
-        log: Log,
-    ) -> str:
-        """Put back what was there before the promotion; returns what the model serves now, for the message."""
-        try:
-            for obj in reversed(applied):
-                live = before[_key(obj)]
-                if live is None:
-                    self.api.delete(resource_of(obj), self.namespace, obj["metadata"]["name"])
-                    log(f"model '{model.name}': removed {obj['kind']} {obj['metadata']['name']}")
-                else:
-                    self.api.apply(restorable(live))
-                    log(f"model '{model.name}': restored {obj['kind']} {obj['metadata']['name']}")
-            deployment_before = next(live for key, live in before.items() if key[0] == "Deployment")
-            if deployment_before is None:
-                return "no previous revision, so the new objects were removed (nothing of this model is serving)"
-            if previous is None:
-                return "restored the previous objects (they carry no llm-platform revision)"
-            state = self.wait_for_rollout(model, previous, log)
-        except PlatformError as error:
-            return f"rolling back failed too: {error}; inspect the namespace {self.namespace}"
-        if state.phase != "done":
-            return f"rolled back to {previous.label()}, but that rollout failed too: {state.detail}"
-        return f"rolled back to {previous.label()}"
-
-    def _new_pods(self, model: ModelSpec, revision: Revision) -> list[Object]:
-        """Pods of ``revision``: same weights and engine fingerprint annotations, same image."""
-        selector = ",".join(f"{key}={value}" for key, value in selector_labels(model).items())
-        pods = []
-        for pod in self.api.list(PODS, self.namespace, label_selector=selector):
-            annotations = pod.get("metadata", {}).get("annotations") or {}
-            images = {c.get("image") for c in pod.get("spec", {}).get("containers") or []}
-            if (
-                annotations.get(WEIGHTS_REVISION_ANNOTATION) == revision.weights_sha
-                and annotations.get(ENGINE_FINGERPRINT_ANNOTATION) == revision.engine_fingerprint
-                and revision.image in images
-                and not pod.get("metadata", {}).get("deletionTimestamp")
-            ):
-                pods.append(pod)
-        return pods
-
-    def _latest_warning(self, pod_name: str) -> str | None:
-        events = self.api.list(EVENTS, self.namespace, field_selector=f"involvedObject.name={pod_name}")
-        warnings = [event for event in events if event.get("type") == "Warning" and event.get("message")]
-        if not warnings:
-            return None
-        latest = max(warnings, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
-        return f"{latest.get('reason', 'Warning')}: {latest['message']}"
-
-    def wait_for_rollout(self, model: ModelSpec, revision: Revision, log: Log) -> RolloutState:
-        """Poll the Deployment and its new pods until the rollout is done, failed or past its deadline."""
-        name = resource_name(model)
-        started = self.clock()
-        timeout = self.settings.rollout_timeout_s
-        last_detail = ""
-        while True:
-            deployment = self.api.get(DEPLOYMENTS, self.namespace, name)
-            if deployment is None:
-                return RolloutState("failed", f"Deployment {self.namespace}/{name} disappeared during the rollout")
-            if timeout is None:
-                timeout = float(deployment.get("spec", {}).get("progressDeadlineSeconds", 600)) + 60
-            pods = self._new_pods(model, revision)
-            state = rollout_state(deployment, pods)
-            if state.phase == "failed":
-                failing = next((p for p in pods if p["metadata"]["name"] in state.detail), None)
-                warning = self._latest_warning(failing["metadata"]["name"]) if failing else None
-                return RolloutState("failed", f"{state.detail} ({warning})" if warning else state.detail)
-            if state.phase == "done":
-                log(f"model '{model.name}': rollout done: {state.detail}")
-                return state
-            if state.detail != last_detail:
-                log(f"model '{model.name}': rollout: {state.detail}")
-                last_detail = state.detail
-            if self.clock() - started > timeout:
-                return RolloutState(
-                    "failed", f"not ready after {timeout:.0f} s ({state.detail}); the new pods never became ready"
-                )
-            self.sleep(self.settings.poll_interval_s)
-
-    # -- Jobs ---------------------------------------------------------------------------------------------------
-
-    def download_weights(self, model: ModelSpec, revision: str, log: Log = lambda _: None) -> DownloadResult:
-        """Run the weights download Job for ``revision``; the result carries the manifest it wrote to the PVC.
-
-        A succeeded Job for a commit sha is reused (its snapshot is immutable); for a branch or tag a new Job runs,
-        which verifies what is already on the PVC and downloads only what the branch now points at.
-        """
-        # The Job mounts the claim and needs its egress policy (the namespace denies by default); applying both here
-        # makes the first download self-contained.
-        for obj in (render_weights_pvc(self.platform), render_weights_network_policy(self.platform)):
-            self.api.apply(obj)
-        job = render_weights_job(self.platform, model, revision)
-        output = self.run_job(job, log, reuse_succeeded=is_commit_sha(revision))
-        manifest = manifest_from_log(output)
-        if manifest is None:
-            raise JobFailedError(
-                f"model '{model.name}': the weights Job {job['metadata']['name']} succeeded but printed no manifest"
-            )
-        on_pvc = snapshot_path(self.platform.weights_mount_path, model.name, manifest.sha)
-        return DownloadResult(manifest, Path(on_pvc), reused=reused_in_log(output))
-
-    def smoke_benchmark(
-        self,
-        model: ModelSpec,
-        weights_sha: str,
-        plan: BenchmarkPlan,
-        run_key: str,
-        log: Log = lambda _: None,
-        against: str | None = None,
-    ) -> dict[int, dict[str, Any]]:
-        """Run the GPU benchmark Job and return the result JSON of each concurrency level (``against``: only the
-        client, against a deployed model's URL)."""
-        job = render_benchmark_job(self.platform, model, weights_sha, plan, run_key, against)
-        results = results_from_log(self.run_job(job, log, reuse_succeeded=True))
-        missing = sorted(set(plan.concurrency_levels) - set(results))
-        if missing:
-            raise BenchmarkError(
-                f"model '{model.name}': the benchmark Job {job['metadata']['name']} printed no result for "
-                f"concurrency {', '.join(map(str, missing))}"
-            )
-        return results
-
-    def run_job(
-        self,
-        job: Mapping[str, Any],
-        log: Log = lambda _: None,
-        timeout_s: float | None = None,
-        *,
-        reuse_succeeded: bool = True,
-    ) -> str:
-        """Launch ``job`` (or reuse a succeeded one of the same name), wait for it, return its pod's log."""
-        name = job["metadata"]["name"]
-        existing = self.api.get(JOBS, self.namespace, name)
-        if reuse_succeeded and existing is not None and existing.get("status", {}).get("succeeded"):
-            log(f"Job {self.namespace}/{name} already succeeded; reading its log")
-        else:
-            if existing is not None:
-                log(f"Job {self.namespace}/{name} exists from an earlier attempt; replacing it")
-                self.api.delete(JOBS, self.namespace, name)
-            self._dagster_k8s(
-                "create", lambda: self.jobs.create_namespaced_job_with_retries(body=dict(job), namespace=self.namespace)
-            )
-            log(f"Job {self.namespace}/{name} created")
-            try:
-                self._dagster_k8s(
-                    "get",
-                    lambda: self.jobs.wait_for_job_success(
-                        name,
-                        self.namespace,
-                        wait_timeout=timeout_s or self.settings.job_timeout_s,
-                        wait_time_between_attempts=self.settings.poll_interval_s,
-                    ),
-                )
-            except DagsterK8sError as error:
-                reason = self._job_failure(name, error, log)
-                raise JobFailedError(f"Job {self.namespace}/{name} failed: {reason}") from None
-        pod = self._succeeded_pod(name)
-        return str(self._dagster_k8s("get", lambda: self.jobs.retrieve_pod_logs(pod, self.namespace)))
-
-    def _dagster_k8s(self, verb: str, call: Callable[[], Any]) -> Any:
-        """dagster-k8s wraps API errors in its own exceptions; unwrap them into ours."""
-        try:
-            return call()
-        except (DagsterK8sUnrecoverableAPIError, DagsterK8sAPIRetryLimitExceeded) as error:
-            cause = error.__cause__
-            if isinstance(cause, ApiException):
-                raise map_api_error(cause, verb, JOBS, self.namespace) from None
-            raise KubernetesUnavailableError(
-                f"kubernetes: {verb} jobs.batch in namespace {self.namespace} failed: {type(cause).__name__}"
-            ) from None
-
-    def _job_pods(self, name: str) -> list[Object]:
-        return self.api.list(PODS, self.namespace, label_selector=f"job-name={name}")
-
-    def _succeeded_pod(self, name: str) -> str:
-        succeeded = [pod for pod in self._job_pods(name) if pod.get("status", {}).get("phase") == "Succeeded"]
-        if not succeeded:
-            raise TargetError(
-                f"Job {self.namespace}/{name} succeeded but none of its pods is left to read the log from"
-            )
-        return str(max(succeeded, key=_created)["metadata"]["name"])
-
-    def _job_failure(self, name: str, error: DagsterK8sError, log: Log) -> str:
-        """The reason of a failed Job: its last pod's exit and the error line it printed (the log's tail goes to
-        ``log``, for the run's event log)."""
-        pods = self._job_pods(name)
-        if not pods:
-            return str(error).splitlines()[0]
-        pod = max(pods, key=_created)
-        pod_name = pod["metadata"]["name"]
-        problem = job_pod_state(pod)
-        tail = self.api.read_log(self.namespace, pod_name, tail_lines=40)
-        log(f"Job {self.namespace}/{name}: last lines of pod {pod_name}:\n{tail.rstrip()}")
-        errors = [line for line in tail.splitlines() if line.startswith("error:")]
-        last = errors[-1] if errors else (tail.strip().splitlines() or ["(no log)"])[-1]
-        return f"pod {pod_name}: {problem}: {last}"
-
-
-def _created(obj: Mapping[str, Any]) -> str:
-    return str(obj.get("metadata", {}).get("creationTimestamp", ""))
-
-
-def job_pod_state(pod: Mapping[str, Any]) -> str:
-    """A one-phrase state of a Job's pod: its exit code, or why it is still waiting."""
-    for status in pod.get("status", {}).get("containerStatuses") or []:
-        terminated = status.get("state", {}).get("terminated")
-        if terminated:
-            return f"exit code {terminated.get('exitCode')} ({terminated.get('reason', 'Error')})"
-        waiting = status.get("state", {}).get("waiting")
-        if waiting:
-            return f"waiting: {waiting.get('reason')}"
-    return f"phase {pod.get('status', {}).get('phase', 'Unknown')}"
+            return failed_trial(self.model, candidate, error, self.log)
+        return ladder_trial(candidate, results, ladder, self.model.slo)

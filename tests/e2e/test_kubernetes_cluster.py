@@ -15,7 +15,7 @@ import pytest
 from llm_platform.errors import RolloutError
 from llm_platform.manifests.serving import render_model
 from llm_platform.targets.kube_api import KubeApi, resource_of
-from llm_platform.targets.kubernetes import KubernetesTarget, KubernetesTargetSettings
+from llm_platform.targets.kubernetes_cluster import KubernetesCluster, KubernetesTargetSettings
 from tests.conftest import tiny_catalog
 
 pytestmark = [
@@ -35,7 +35,9 @@ def test_unpullable_first_promotion_is_removed_again() -> None:
     )
     model = catalog.model("tiny-llama")
     api = KubeApi.from_kubeconfig(os.environ.get("LLM_PLATFORM_E2E_CONTEXT"))
-    target = KubernetesTarget(api, catalog.platform, KubernetesTargetSettings(poll_interval_s=2, rollout_timeout_s=300))
+    target = KubernetesCluster(
+        api, catalog.platform, KubernetesTargetSettings(poll_interval_s=2, rollout_timeout_s=300)
+    )
 
     with pytest.raises(RolloutError, match="no previous revision, so the new objects were removed"):
         target.promote(model, "0" * 40, log=print)

@@ -17,7 +17,7 @@ from llm_platform.errors import JobFailedError, KubernetesAccessError, RolloutEr
 from llm_platform.manifests.jobs import weights_job_name
 from llm_platform.manifests.pods import HF_TOKEN_KEY, WEIGHTS_REVISION_ANNOTATION
 from llm_platform.store_layout import SNAPSHOT_MANIFEST
-from llm_platform.targets.kubernetes import KubernetesTarget, KubernetesTargetSettings
+from llm_platform.targets.kubernetes_cluster import KubernetesCluster, KubernetesTargetSettings
 from tests.conftest import REPO_ROOT
 from tests.fakehub import FakeHub, FakeRepo
 from tests.kubeemu import (
@@ -73,8 +73,8 @@ def kubelet(cluster: RunningCluster, tmp_path: Path) -> Iterator[FakeKubelet]:
         yield running
 
 
-def _target(cluster: RunningCluster, catalog: Catalog) -> KubernetesTarget:
-    return KubernetesTarget(cluster.api(sleep=lambda _: None), catalog.platform, SETTINGS)
+def _target(cluster: RunningCluster, catalog: Catalog) -> KubernetesCluster:
+    return KubernetesCluster(cluster.api(sleep=lambda _: None), catalog.platform, SETTINGS)
 
 
 def _stored_text(cluster: RunningCluster) -> str:

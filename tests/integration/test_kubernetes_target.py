@@ -20,7 +20,7 @@ from llm_platform.manifests.pods import WEIGHTS_REVISION_ANNOTATION
 from llm_platform.manifests.serving import render_model
 from llm_platform.rollout import PROMOTED_REVISION_ANNOTATION, Revision
 from llm_platform.targets.kube_api import resource_of
-from llm_platform.targets.kubernetes import KubernetesTarget, KubernetesTargetSettings, Promotion
+from llm_platform.targets.kubernetes_cluster import KubernetesCluster, KubernetesTargetSettings, Promotion
 from tests.conftest import tiny_catalog
 from tests.kubeemu import DEPLOYMENTS, KEDA, PODS, FakeDeploymentController, Fault, RunningCluster
 
@@ -46,9 +46,9 @@ class Sleeps(list[float]):
         self.append(seconds)
 
 
-def _target(cluster: RunningCluster, catalog: Catalog, sleeps: Sleeps | None = None) -> KubernetesTarget:
+def _target(cluster: RunningCluster, catalog: Catalog, sleeps: Sleeps | None = None) -> KubernetesCluster:
     api = cluster.api(sleep=sleeps) if sleeps is not None else cluster.api(sleep=lambda _: None)
-    return KubernetesTarget(api, catalog.platform, SETTINGS)
+    return KubernetesCluster(api, catalog.platform, SETTINGS)
 
 
 def _weights_of(deployment: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from llm_platform.defs.jobs import LIFECYCLE_ASSETS, PROMOTE_ASSETS
 from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.errors import TargetError
 from llm_platform.processes import process_alive
-from llm_platform.targets.local import LocalTarget, LocalTargetSettings
+from llm_platform.targets.local_servers import LocalServers, LocalTargetSettings
 from tests.conftest import ServedTiny, tiny_catalog
 
 pytestmark = pytest.mark.integration
@@ -154,7 +154,7 @@ def _fake_interpreter(tmp_path: Path, body: str) -> str:
 
 def test_a_server_that_never_becomes_healthy_fails_with_its_log_and_leaves_nothing(tmp_path: Path) -> None:
     python = _fake_interpreter(tmp_path, 'echo "loading weights, slowly"; exec sleep 600')
-    target = LocalTarget(
+    target = LocalServers(
         LocalTargetSettings(
             state_dir=tmp_path / "state", file_sd_dir=tmp_path / "sd", python=python, startup_timeout_s=3
         )
@@ -179,7 +179,7 @@ def test_a_server_that_never_becomes_healthy_fails_with_its_log_and_leaves_nothi
 
 def test_a_server_that_crashes_reports_its_exit_code_and_log(tmp_path: Path) -> None:
     python = _fake_interpreter(tmp_path, 'echo "ValueError: no config.json in /nowhere" >&2; exit 3')
-    target = LocalTarget(
+    target = LocalServers(
         LocalTargetSettings(
             state_dir=tmp_path / "state", file_sd_dir=tmp_path / "sd", python=python, startup_timeout_s=30
         )

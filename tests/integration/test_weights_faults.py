@@ -345,22 +345,22 @@ def test_a_malicious_mirror_cannot_write_outside_the_snapshot(hub: FakeHub, tmp_
 
 
 def test_the_local_target_never_prunes_the_commit_its_servers_read(hub: FakeHub, tmp_path: Path) -> None:
-    """The production path (``LocalServingTarget.materialize_weights``, what ``model_weights`` calls) protects
+    """The production path (``LocalTarget.materialize_weights``, what ``model_weights`` calls) protects
     the commit a running server reads, with keep_revisions=1."""
     from llm_platform.catalog import parse_catalog
-    from llm_platform.targets.local import LocalTarget, LocalTargetSettings
-    from llm_platform.targets.local_serving import LocalServingTarget
+    from llm_platform.targets.local import LocalTarget
+    from llm_platform.targets.local_servers import LocalServers, LocalTargetSettings
     from llm_platform.targets.local_state import ServerRecord
 
     store = ModelStore(tmp_path / "store")
     serving: list[ServerRecord] = []
 
-    class Servers(LocalTarget):
+    class Servers(LocalServers):
         def servers(self, model: str) -> list[ServerRecord]:  # the processes stand in: what runs is the point here
             return list(serving)
 
     servers = Servers(LocalTargetSettings(state_dir=tmp_path / "state", file_sd_dir=tmp_path / "sd"))
-    target = LocalServingTarget(servers, store, HubClient(hub.endpoint, None), tmp_path / "artifacts", keep_revisions=1)
+    target = LocalTarget(servers, store, HubClient(hub.endpoint, None), tmp_path / "artifacts", keep_revisions=1)
     model = parse_catalog({"models": [{"name": "tiny", "source": {"repo": "acme/tiny"}}]}).model("tiny")
     shas = []
     for generation in range(3):
