@@ -36,12 +36,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from llm_platform.benchmark.plan import BenchmarkPlan  # noqa: E402
-from llm_platform.benchmark.report import trials_frame  # noqa: E402
 from llm_platform.catalog import parse_catalog  # noqa: E402
 from llm_platform.dev.tiny_model import make_tiny_model  # noqa: E402
 from llm_platform.targets.base import TrialSettings  # noqa: E402
 from llm_platform.targets.local import LocalTrials  # noqa: E402
 from llm_platform.targets.local_servers import LocalServers, LocalTargetSettings  # noqa: E402
+from llm_platform.tuning.report import trials_frame  # noqa: E402
 from llm_platform.tuning.search import (  # noqa: E402
     Candidate,
     SearchSpace,

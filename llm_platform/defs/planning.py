@@ -9,7 +9,6 @@ import base64
 import dagster as dg
 from pydantic import Field
 
-from llm_platform.benchmark.report import plan_png
 from llm_platform.catalog import Catalog
 from llm_platform.conventions import PLAN_ASSET
 from llm_platform.defs.failures import refuse_environment_references
@@ -18,6 +17,7 @@ from llm_platform.defs.resources import TargetResource
 from llm_platform.defs.weights import lifecycle_asset_options
 from llm_platform.perfmodel import plan_model
 from llm_platform.planning.plan import PlanAxes, ServingPlan
+from llm_platform.planning.report import plan_png
 from llm_platform.weights.plan import SnapshotManifest
 
 PLAN_CHECK = "slo_feasible"

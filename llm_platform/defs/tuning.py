@@ -19,7 +19,6 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from pydantic import Field
 
 from llm_platform.benchmark.plan import BenchmarkPlan
-from llm_platform.benchmark.report import pareto_png, trials_frame
 from llm_platform.benchmark.trials import as_overrides
 from llm_platform.catalog import Catalog, ModelSpec, apply_serving_overrides
 from llm_platform.conventions import PLAN_ASSET, TUNED_ASSET
@@ -34,6 +33,7 @@ from llm_platform.perfmodel import PerfModelUnavailable, engine_defaults, open_p
 from llm_platform.planning.plan import ServingPlan
 from llm_platform.planning.trials import SimulatedTrials
 from llm_platform.targets.base import TrialSettings
+from llm_platform.tuning.report import pareto_png, trials_frame
 from llm_platform.tuning.search import Candidate, SearchSpace, Trial, clamp_seqs, noise_aware_search
 from llm_platform.weights.plan import SnapshotManifest
 

@@ -141,7 +141,7 @@ def test_candidates_become_serving_overrides_and_ladders_double() -> None:
 
 
 def test_the_trial_table_and_pareto_plot() -> None:
-    from llm_platform.benchmark.report import pareto_png, trials_frame
+    from llm_platform.tuning.report import pareto_png, trials_frame
 
     fast = Probe(8, 800.0, 10.0, 300.0, 20.0, 0.0, passed=True)
     slow = Probe(16, 900.0, 11.0, 900.0, 30.0, 0.0, passed=True)
