@@ -1,6 +1,6 @@
 """Labelled metric histories for the drift policy: what a model's servers reported over the last hour, and what the
-sensor must decide. Backfilled into a real Prometheus by ``tests/integration/test_drift_scenarios.py``; the README's
-scenario table is generated from this list (and checked against it)."""
+sensor must decide. Backfilled into a real Prometheus by ``tests/integration/test_drift_scenarios.py``; the
+scenario table of docs/lifecycle.md is generated from this list (and checked against it)."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def catalog_data() -> dict[str, Any]:
 
 
 def readme_table() -> str:
-    """The README's scenario table: scenario → expected decision → why."""
+    """The scenario table of docs/lifecycle.md: scenario → expected decision → why."""
     rows = ["| scenario | decision | why |", "|---|---|---|"]
     for scenario in SCENARIOS:
         change = ", ".join(f"{k}={v}" for k, v in scenario.expected_change.items())

@@ -324,7 +324,7 @@ def render_http_route(platform: Platform, model: ModelSpec) -> Object | None:
     """Gateway API HTTPRoute for ``exposure.host`` on the platform's Gateway (``exposure.kind: gateway``); None
     otherwise. Only ``/v1`` is routed; the 10-minute timeouts are the route's own (``timeouts``, standard channel).
     TLS terminates at the Gateway's HTTPS listener (``exposure.tls_secret`` is its certificate); per-client rate and
-    connection limits are the Gateway implementation's policy (see the README)."""
+    connection limits are the Gateway implementation's policy (see docs/kubernetes.md)."""
     exposure = model.exposure
     if exposure.host is None or exposure.kind != "gateway":
         return None

@@ -1,7 +1,7 @@
 """The drift sensor against labelled histories in a real Prometheus: every scenario of ``tests/drift_scenarios.py``
 (an hour of vLLM and kube-state-metrics series per model, backfilled with promtool) in one Prometheus, one sensor
 tick through Dagster over all of them, and the expected decision for each: the right knob for drift, no redeploy
-for steady, noisy, missing, stale or young data. The README's scenario table is this test's output."""
+for steady, noisy, missing, stale or young data. The scenario table in docs/lifecycle.md is this test's output."""
 
 from __future__ import annotations
 
@@ -79,9 +79,9 @@ def test_every_labelled_scenario_gets_its_decision(tmp_path: Path) -> None:
     assert not wrong, "\n".join(wrong)
     assert math.isnan(snapshot["steady"].oom_kills) and snapshot["oom-twice"].oom_kills == pytest.approx(2, abs=0.2)
 
-    # The README shows this very table.
-    readme = (REPO_ROOT / "README.md").read_text()
+    # docs/lifecycle.md shows this very table.
+    readme = (REPO_ROOT / "docs" / "lifecycle.md").read_text()
     begin, end = README_MARKERS
     shown = re.search(re.escape(begin) + "(.*?)" + re.escape(end), readme, re.S)
     expected = readme_table()
-    assert shown is not None and shown.group(1) == expected, f"README's scenario table is out of date:\n{expected}"
+    assert shown is not None and shown.group(1) == expected, f"docs/lifecycle.md's table is out of date:\n{expected}"
