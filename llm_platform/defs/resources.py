@@ -12,12 +12,13 @@ from pydantic import Field
 from llm_platform.catalog import ModelSpec, Platform
 from llm_platform.errors import PlatformError
 from llm_platform.prometheus import PROMETHEUS_URL_ENV_VAR, PrometheusClient
-from llm_platform.targets.base import ServingTarget
+from llm_platform.targets.base import ServingTarget, TrialBackend
 from llm_platform.targets.kube_api import KubeApi
 from llm_platform.targets.kubernetes import KubernetesTarget
 from llm_platform.targets.kubernetes_cluster import KubernetesCluster, KubernetesTargetSettings
 from llm_platform.targets.local import LocalTarget
 from llm_platform.targets.local_servers import LocalServers, LocalTargetSettings
+from llm_platform.targets.simulated import SimulatedGpuTrials
 from llm_platform.weights.download import DEFAULT_WORKERS, DownloadRequest, download_snapshot
 from llm_platform.weights.hub import HubClient
 from llm_platform.weights.plan import DownloadResult, SnapshotManifest
@@ -132,6 +133,15 @@ class TargetResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     def serving_target(self, platform: Platform) -> ServingTarget:
         raise NotImplementedError(f"{type(self).__name__} does not build a serving target")
+
+    def trial_backend(
+        self, platform: Platform, kind: str, *, serving_plan: object = None, noise: float = 0.0, seed: int = 0
+    ) -> TrialBackend:
+        """Where the auto-tuner's trials run: ``target`` — this target serves each candidate; ``simulated`` — the
+        simulated GPU server of the model's ``serving_plan`` (no GPU used)."""
+        if kind == "simulated":
+            return SimulatedGpuTrials(serving_plan, noise=noise, seed=seed)
+        return self.serving_target(platform)
 
     def prometheus_url(self, platform: Platform) -> str:
         """The Prometheus that scrapes this target's models: ``$LLM_PLATFORM_PROMETHEUS_URL`` if set, else the

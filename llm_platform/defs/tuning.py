@@ -11,7 +11,7 @@ import base64
 import json
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import dagster as dg
@@ -29,12 +29,10 @@ from llm_platform.defs.partitions import latest_materialization
 from llm_platform.defs.resources import TargetResource
 from llm_platform.defs.storage import latest_value
 from llm_platform.defs.weights import AUTO_TUNE_GROUP, lifecycle_asset_options
-from llm_platform.perfmodel import PerfModelUnavailable, engine_defaults, open_perf_model
 from llm_platform.planning.plan import ServingPlan
-from llm_platform.planning.trials import SimulatedTrials
 from llm_platform.targets.base import TrialSettings
 from llm_platform.tuning.report import pareto_png, trials_frame
-from llm_platform.tuning.search import Candidate, SearchSpace, Trial, clamp_seqs, noise_aware_search
+from llm_platform.tuning.search import SearchSpace, clamp_seqs, noise_aware_search
 from llm_platform.weights.plan import SnapshotManifest
 
 AUTO_TUNE_JOB = "auto_tune"
@@ -137,10 +135,11 @@ def build_tuned_serving_config_asset(catalog: Catalog, partitions: dg.Partitions
         )
         settings = TrialSettings(plan, config.load_low, config.load_high, config.prompts_per_load)
         serving_plan = latest_value(context.instance, PLAN_ASSET, name)
-        if config.trials == "simulated":
-            trials = _simulated_trials(name, current, serving_plan, config, settings)
-        else:
-            trials = serving_target.trial_runner(
+        backend = target.trial_backend(
+            catalog.platform, config.trials, serving_plan=serving_plan, noise=config.noise_pct / 100, seed=config.seed
+        )
+        with platform_errors_as_failure():
+            trials = backend.trial_runner(
                 current, model_weights, settings, run_key=context.run.run_id, work_dir=work_dir, log=context.log.info
             )
         serving = current.serving.model_dump()
@@ -206,28 +205,6 @@ def build_tuned_serving_config_asset(catalog: Catalog, partitions: dg.Partitions
         )
 
     return tuned_serving_config
-
-
-def _simulated_trials(
-    name: str, model: ModelSpec, plan: object, config: AutoTuneConfig, settings: TrialSettings
-) -> Callable[[Candidate], Trial]:
-    """Trials on the simulated GPU server for the plan's GPU type (no GPU used)."""
-    if not isinstance(plan, ServingPlan) or plan.note or not plan.model_ref:
-        why = plan.note if isinstance(plan, ServingPlan) and plan.note else "no serving_plan materialized"
-        raise dg.Failure(
-            description=f"model '{name}': simulated trials need a serving plan with a performance model ({why}); set "
-            "platform.gpu_type and materialize serving_plan, or run with trials: target",
-            allow_retries=False,
-        )
-    try:
-        perf = open_perf_model(plan.model_ref, plan.gpu_type, model.serving.tensor_parallel_size)
-    except PerfModelUnavailable as error:
-        raise dg.Failure(description=str(error), allow_retries=False) from None
-    return SimulatedTrials(
-        perf, model.slo, engine_defaults(model, plan.gpu_type), settings.plan.input_len, settings.plan.output_len,
-        load_low=settings.load_low, load_high=settings.load_high, prompts_per_load=settings.prompts_per_load,
-        noise=config.noise_pct / 100, seed=config.seed,
-    )  # fmt: skip
 
 
 def auto_tune_job() -> UnresolvedAssetJobDefinition:

@@ -64,7 +64,19 @@ class TrialSettings:
     """Requests per probe per unit of concurrency (at least ``plan.prompts_per_level``)."""
 
 
-class ServingTarget(ABC):
+class TrialBackend(ABC):
+    """Where the auto-tuner's trials run: every serving target (a real server per candidate), or the simulated GPU
+    server (``targets/simulated.py``)."""
+
+    @abstractmethod
+    def trial_runner(
+        self, model: ModelSpec, weights: SnapshotManifest, settings: TrialSettings, *, run_key: str, work_dir: Path,
+        log: Log = no_log,
+    ) -> TrialRunner:  # fmt: skip
+        """Trials of the auto-tuner for ``model`` (the candidate's knobs are applied on top of its serving)."""
+
+
+class ServingTarget(TrialBackend):
     """A place models are served: the lifecycle's every side effect goes through these methods."""
 
     kind: str
@@ -110,13 +122,6 @@ class ServingTarget(ABC):
         run_key: str, work_dir: Path, log: Log = no_log,
     ) -> LevelResults:  # fmt: skip
         """Benchmark what serves, where it serves (the live benchmark)."""
-
-    @abstractmethod
-    def trial_runner(
-        self, model: ModelSpec, weights: SnapshotManifest, settings: TrialSettings, *, run_key: str, work_dir: Path,
-        log: Log = no_log,
-    ) -> TrialRunner:  # fmt: skip
-        """Trials of the auto-tuner for ``model`` (the candidate's knobs are applied on top of its serving)."""
 
     @abstractmethod
     def promote(self, model: ModelSpec, weights: SnapshotManifest, log: Log = no_log) -> Deployment:

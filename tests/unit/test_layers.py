@@ -33,7 +33,11 @@ def test_import_linter_contracts_hold() -> None:
 def test_the_targets_and_the_adapters_are_declared_independent() -> None:
     (layers,) = [contract for contract in _contracts() if contract["type"] == "layers"]
     independent = [set(layer.split(" | ")) for layer in layers["layers"] if " | " in layer]
-    assert {"llm_platform.targets.local", "llm_platform.targets.kubernetes"} in independent
+    assert {
+        "llm_platform.targets.local",
+        "llm_platform.targets.kubernetes",
+        "llm_platform.targets.simulated",
+    } in independent
     adapters = next(layer for layer in independent if "llm_platform.targets.local_servers" in layer)
     assert {
         "llm_platform.targets.kubernetes_cluster",

@@ -17,7 +17,13 @@ from llm_platform.perfmodel import model_reference, open_perf_model, plan_model
 from llm_platform.planning.plan import PlanAxes
 from llm_platform.weights.plan import architecture_of
 from tests.faketarget import FakeCluster
-from tests.wiring.test_lifecycle_on_fake_target import MODEL, Platform, cluster, instance  # noqa: F401 - fixtures
+from tests.wiring.test_lifecycle_on_fake_target import (  # noqa: F401 - fixtures
+    MODEL,
+    Platform,
+    _failure,
+    cluster,
+    instance,
+)
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B"
 
@@ -115,6 +121,7 @@ def test_auto_tune_on_the_simulated_gpu_server_starts_at_the_plan_and_needs_one(
               "input_len": 1024, "output_len": 64, "trials": "simulated", "seed": 7}  # fmt: skip
     without_plan = platform.run([TUNED_ASSET], {TUNED_ASSET: {"config": search}})
     assert not without_plan.success
+    assert "simulated trials need a serving plan with a performance model" in _failure(without_plan)
     assert platform.run([PLAN_ASSET], {PLAN_ASSET: {"config": {"tensor_parallel_size": [1]}}}).success
 
     tuned = platform.run([TUNED_ASSET], {TUNED_ASSET: {"config": search}})
