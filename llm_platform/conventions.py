@@ -5,6 +5,9 @@ wiring and the tests import them from here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 # -- the gate in front of every server ----------------------------------------------------------------------------
 
 GATE_MODULE = "llm_platform.gate"
@@ -46,12 +49,78 @@ MODEL_LABEL = "llm-platform/model"
 KSM_MODEL_LABEL = "label_llm_platform_model"
 """:data:`MODEL_LABEL` as kube-state-metrics exports it (``--metric-labels-allowlist=pods=[llm-platform/model]``)."""
 MODEL_NAME_LABEL = "model_name"
-"""The label every engine puts on its metrics: the served model name, which is the catalog name."""
+"""The label every engine puts on its metrics: the served model name (a base model's is its catalog name)."""
+TRACK_LABEL = "llm-platform/track"
+"""The pod and object label of a rollout track's objects (a canary beside the stable version)."""
 
 
 def serving_object_name(model_name: str) -> str:
     """The name of the Deployment, Service, PDB, ScaledObject, Ingress and NetworkPolicy of a model."""
     return f"{SERVING_OBJECT_PREFIX}{model_name}"
+
+
+ChildKind = Literal["adapter", "track"]
+
+
+@dataclass(frozen=True, order=True)
+class ServedModel:
+    """What serves: a catalog model's base weights, or a named child of them.
+
+    The catalog model (``base``) is the Dagster partition and owns the weights; a child never is a partition of its
+    own. An ``adapter`` (LoRA weights on the base's engine) adds a served name and shares the base's objects; a
+    ``track`` (a rollout's candidate beside the stable version, e.g. ``canary``) adds objects of its own and serves
+    under the base's name, so clients never see it. Everything that names, labels or records "what serves" takes one
+    of these, so children are added without new signatures.
+    """
+
+    base: str
+    child: str | None = None
+    kind: ChildKind | None = None
+
+    def __post_init__(self) -> None:
+        if (self.child is None) != (self.kind is None):
+            raise ValueError(f"model '{self.base}': a child needs both a name and a kind (adapter or track)")
+        if self.child is not None and ("/" in self.child or not self.child):
+            raise ValueError(f"model '{self.base}': {self.child!r} is not a child name")
+
+    def adapter(self, name: str) -> ServedModel:
+        """The adapter ``name`` served on this base."""
+        return ServedModel(self.base, name, "adapter")
+
+    def track(self, name: str) -> ServedModel:
+        """The rollout track ``name`` of this base."""
+        return ServedModel(self.base, name, "track")
+
+    @property
+    def served_name(self) -> str:
+        """The model name requests carry and metrics are labelled with (:data:`MODEL_NAME_LABEL`)."""
+        return self.child if self.kind == "adapter" and self.child else self.base
+
+    @property
+    def object_name(self) -> str:
+        """Its Kubernetes objects' name: a track's own (``vllm-<model>-<track>``), otherwise the base's."""
+        suffix = f"-{self.child}" if self.kind == "track" else ""
+        return serving_object_name(self.base + suffix)
+
+    def labels(self) -> dict[str, str]:
+        """The labels that select its pods: the model, and a track's name for a track."""
+        return {MODEL_LABEL: self.base, **({TRACK_LABEL: self.child} if self.kind == "track" and self.child else {})}
+
+    @property
+    def key(self) -> str:
+        """A stable string for records and paths: ``base`` or ``base/kind:child``."""
+        return self.base if self.child is None else f"{self.base}/{self.kind}:{self.child}"
+
+    @classmethod
+    def parse(cls, key: str) -> ServedModel:
+        """The inverse of :attr:`key`."""
+        base, _, child = key.partition("/")
+        if not child:
+            return cls(base)
+        kind, _, name = child.partition(":")
+        if kind not in ("adapter", "track"):
+            raise ValueError(f"{key!r} is not a served-model key (base or base/adapter:name or base/track:name)")
+        return cls(base, name, "adapter" if kind == "adapter" else "track")
 
 
 # -- Dagster assets -----------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from llm_platform.conventions import ServedModel
 from llm_platform.engine import DEFAULT_ENGINE, UnknownEngineError, engine_named
 from llm_platform.errors import UnknownModelError, shorten
 
@@ -652,6 +653,11 @@ class ModelSpec(_Section):
     def gpus_per_replica(self) -> int:
         """GPUs one replica requests."""
         return self.resources.gpus if self.resources.gpus is not None else self.serving.tensor_parallel_size
+
+    @property
+    def identity(self) -> ServedModel:
+        """What this entry serves: its base weights (adapters and rollout tracks are children of it)."""
+        return ServedModel(self.name)
 
 
 class Catalog(_Section):

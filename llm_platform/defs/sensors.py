@@ -134,7 +134,7 @@ def build_drift_sensor(
         for name, (current, record) in sorted(deployed.items()):
             decision = decide(
                 current,
-                snapshot.get(name) or Snapshot.no_data(now),
+                snapshot.get(current.identity.served_name) or Snapshot.no_data(now),
                 now,
                 config_age_s=now - record.timestamp,
                 max_replicas_allowed=budget.max_replicas(current),

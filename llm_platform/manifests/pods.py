@@ -18,11 +18,9 @@ from llm_platform.conventions import (
     ENGINE_HEALTH_PATH,
     ENGINE_LOOPBACK_PORT,
     MANAGER,
-    MODEL_LABEL,
     PART_OF,
     SERVING_APP,
     SERVING_CONTAINER,
-    serving_object_name,
 )
 from llm_platform.engine import EngineInvocation, engine_for
 from llm_platform.store_layout import snapshot_path
@@ -43,12 +41,12 @@ NONROOT_UID = 10001
 
 def resource_name(model: ModelSpec) -> str:
     """Name of the Deployment, Service, PDB, ScaledObject, Ingress and NetworkPolicy of a model."""
-    return serving_object_name(model.name)
+    return model.identity.object_name
 
 
 def selector_labels(model: ModelSpec) -> dict[str, str]:
     """The immutable Deployment selector: kept minimal so that label additions never need a re-create."""
-    return {"app.kubernetes.io/name": SERVING_APP, MODEL_LABEL: model.name}
+    return {"app.kubernetes.io/name": SERVING_APP, **model.identity.labels()}
 
 
 SERVING_COMPONENT = "inference-server"
