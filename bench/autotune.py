@@ -21,6 +21,7 @@ the defaults where the grid shows that headroom exists.
 
     .venv/bin/python bench/autotune.py [--seqs 4,8,16,32,64] [--tokens 256,512,1024,2048] [--load-high 64]
     .venv/bin/python bench/autotune.py --surface simulated [--seeds 5] [--noise 0.1]
+    .venv/bin/python bench/autotune.py --short    # seconds: the simulated surface at small sizes
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+
+
+from shortmode import parse_options  # noqa: E402
 
 from llm_platform.benchmark.plan import BenchmarkPlan  # noqa: E402
 from llm_platform.catalog import parse_catalog  # noqa: E402
@@ -80,7 +84,9 @@ def simulated(argv: list[str]) -> None:
     parser.add_argument("--noise", type=float, default=0.10)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--confirm", type=int, default=3)
-    options = parser.parse_args(argv)
+    short = {"seqs": (64.0, 256.0), "tokens": (512.0, 2048.0), "utilization": (0.9,), "input_len": 256,
+             "output_len": 32, "load_high": 32, "prompts_per_load": 8, "seeds": 1, "confirm": 1}  # fmt: skip
+    options = parse_options(parser, short, argv)
 
     slo = {"ttft_p95_ms": options.ttft_ms, "itl_p95_ms": options.itl_ms, "max_error_rate": 0}
     catalog = parse_catalog({"platform": {"gpu_type": options.gpu_type},
@@ -131,6 +137,11 @@ def simulated(argv: list[str]) -> None:
 
 
 def main() -> None:
+    if "--short" in sys.argv and "--surface" not in sys.argv:
+        # The CPU surface starts a vLLM server per trial: minutes even at its smallest. The short mode runs the search,
+        # the grid and the confirmation on the simulated surface instead (the full CPU run is what docs quote).
+        simulated(sys.argv[1:])
+        return
     if "--surface" in sys.argv:
         at = sys.argv.index("--surface")
         surface, rest = sys.argv[at + 1], sys.argv[1:at] + sys.argv[at + 2 :]

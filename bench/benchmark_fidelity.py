@@ -23,6 +23,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from shortmode import parse_options  # noqa: E402
+
 from llm_platform.benchmark.plan import BenchmarkPlan  # noqa: E402
 from llm_platform.benchmark.runner import run_plan  # noqa: E402
 from llm_platform.catalog import parse_catalog  # noqa: E402
@@ -55,7 +57,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=128)
     parser.add_argument("--concurrency", type=int, default=8)
-    options = parser.parse_args()
+    options = parse_options(parser, {"rounds": 1, "prompts": 8, "concurrency": 2})
 
     work = Path(tempfile.mkdtemp(prefix="fidelity-"))
     model_dir = str(make_tiny_model(work / "tiny"))

@@ -31,6 +31,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from shortmode import parse_options  # noqa: E402
+
 from llm_platform.devhub import LocalHub, publish_model  # noqa: E402
 from tests.fakehub import FakeHub, FakeRepo  # noqa: E402
 
@@ -140,7 +142,7 @@ def main() -> None:
     parser.add_argument("--shard-mb", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--olah-rounds", type=int, default=1)
-    options = parser.parse_args()
+    options = parse_options(parser, {"shards": 2, "shard_mb": 4, "rounds": 1, "olah_rounds": 1})
 
     source = WORK / "src"
     shard_bytes = options.shard_mb * 1024 * 1024

@@ -15,6 +15,7 @@ import statistics
 import time
 
 from aiohttp import ClientSession, web
+from shortmode import parse_options
 
 from llm_platform.gate import GateSettings, Upstream, serve
 from llm_platform.processes import free_port
@@ -90,5 +91,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=16)
-    arguments = parser.parse_args()
+    arguments = parse_options(parser, {"requests": 40, "concurrency": 4})
     asyncio.run(main(arguments.requests, arguments.concurrency))

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import kubernetes_validate
+from shortmode import parse_options
 
 from llm_platform.catalog import parse_catalog
 from llm_platform.manifests.jobs import render_weights_job, render_weights_pvc
@@ -39,7 +40,9 @@ def generated_catalog(count: int) -> dict[str, Any]:
                     "extra_args": ["--seed", str(index)],
                 },
                 "autoscaling": {"max_replicas": 1 + index % 3, "waiting_threshold": 1 + index % 7},
-                "exposure": {"host": f"model-{index}.llm.example.com"} if index % 2 else {},
+                "exposure": {"host": f"model-{index}.llm.example.com", "tls_secret": f"model-{index}-tls"}
+                if index % 2
+                else {},
             }
         )
     # The quota check sums every model's minimum; a generated fleet this large gets a quota to match.
@@ -69,7 +72,7 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--reference-models", type=int, default=50)
-    options = parser.parse_args()
+    options = parse_options(parser, {"models": 20, "repeat": 1, "reference_models": 2})
 
     data = generated_catalog(options.models)
     start = time.perf_counter()

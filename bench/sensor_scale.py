@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dagster as dg
+from shortmode import parse_options
 
 from llm_platform.catalog import parse_catalog
 from llm_platform.defs.resources import PrometheusResource
@@ -41,7 +42,7 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--reference-sample", type=int, default=100)
-    args = parser.parse_args()
+    args = parse_options(parser, {"models": 50, "repeat": 1, "reference_sample": 5})
     rng = random.Random(0)
     names = [f"model-{index:04d}" for index in range(args.models)]
     behaviours = {

@@ -1,0 +1,50 @@
+"""Every ``bench/`` script in its short mode (``--short``: small sizes, the same code path), so that a bench that
+breaks fails the suite instead of rotting until someone quotes it. Each must exit 0 and print its figures line:
+our figure, the reference's and the ratio. Goals are not asserted here (sizes this small say nothing about them);
+the full mode is what docs/benchmarks.md quotes."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+BENCH = REPO_ROOT / "bench"
+#: Each script → the keys its last line must carry (``key=value`` pairs), the ratio among them.
+FIGURES = {
+    "render.py": ("models", "render_validate_s", "reference_ms_per_model", "ratio"),
+    "gate.py": ("direct_ttfb_ms", "gate_ttfb_ms", "rps_ratio"),
+    "autotune.py": ("tuned_vs_defaults", "tuned_vs_grid", "trials_ratio"),
+    "download.py": ("repo_bytes", "ours_mb_s", "hf_mb_s", "ratio", "redownloaded_bytes_after_kill"),
+    "sensor_scale.py": ("models", "queries", "tick_s", "reference_s", "ratio"),
+    "benchmark_fidelity.py": ("ours_output_tok_s", "direct_output_tok_s", "ratio"),
+}
+HELPERS = {"shortmode.py"}
+
+
+def test_every_bench_script_has_a_short_run_here() -> None:
+    scripts = {path.name for path in BENCH.glob("*.py")} - HELPERS
+    assert scripts == set(FIGURES), f"bench scripts without a short run in this test: {scripts ^ set(FIGURES)}"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("script", sorted(FIGURES))
+def test_bench_short_mode_runs_and_prints_its_figures(script: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCH / script), "--short"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=840, check=False,
+    )  # fmt: skip
+    tail = (result.stdout + result.stderr)[-3000:]
+    assert result.returncode == 0, f"bench/{script} --short failed:\n{tail}"
+    last = result.stdout.strip().splitlines()[-1]
+    figures = dict(pair.split("=", 1) for pair in last.split() if "=" in pair)
+    missing = [key for key in FIGURES[script] if key not in figures]
+    assert not missing, f"bench/{script} --short: {missing} missing from its last line {last!r}"
+    for key in FIGURES[script]:
+        value = float(figures[key])
+        assert math.isfinite(value) and value >= 0, f"bench/{script}: {key}={figures[key]}"
