@@ -3,12 +3,13 @@ with new engine arguments or scaling bounds when the policy (``tuning/policy.py`
 ``new_revision_sensor`` runs the lifecycle for new hub commits of the models that opt in.
 
 One drift tick: the deployed models, their config and when it was deployed from the instance (the latest
-``vllm_deployment`` of each, read in pages), one Prometheus request for all of them (every measurement over the
+``vllm_deployment`` of each, kept between ticks and brought up to date with the materializations newer than the
+cursor's high-water mark: ``defs/deployed.py``), one Prometheus request for all of them (every measurement over the
 same fixed lookback, sustained levels as quantiles over time, events as increases), the policy's decision, the
 proposal validated like the catalog (position limit, GPU quota), then the cooldown and the daily cap from the
 cursor. A recommendation becomes a RunRequest for the ``promote`` job with all the changes of the deployed config
 plus the new ones (run_key: model + rule + tick time); otherwise the SkipReason lists every model's observed values
-and why nothing changes. The cursor holds only the times of the changes requested.
+and why nothing changes. The cursor holds the times of the changes requested and the deployments' high-water mark.
 
 No ``from __future__ import annotations`` here: Dagster reads the sensor function's annotations at runtime.
 """
@@ -23,6 +24,7 @@ import dagster as dg
 
 from llm_platform.catalog import Catalog, ModelPatch, ModelSpec, QuotaBudget, patch_between
 from llm_platform.conventions import DEPLOYMENT_ASSET, WEIGHTS_ASSET
+from llm_platform.defs.deployed import DeployedIndex
 from llm_platform.defs.jobs import LIFECYCLE_JOB, PROMOTE_JOB, promotion_request
 from llm_platform.defs.partitions import latest_materialization_records
 from llm_platform.defs.resources import PrometheusResource, WeightsResource
@@ -38,15 +40,21 @@ REVISION_SENSOR_NAME = "new_revision_sensor"
 
 @dataclass
 class DriftState:
-    """The sensor's cursor: the times of the changes it requested, per model (for the cooldown and the daily cap)."""
+    """The sensor's cursor: the times of the changes it requested, per model (for the cooldown and the daily cap),
+    and the newest deployment it has read (the high-water mark of ``defs/deployed.py``'s index)."""
 
     changes: dict[str, list[float]] = field(default_factory=dict)
+    deployments_seen: int | None = None
 
     @classmethod
     def load(cls, cursor: str | None) -> "DriftState":
         try:
             data = json.loads(cursor) if cursor else {}
-            return cls(changes={str(k): [float(t) for t in v] for k, v in dict(data.get("changes", {})).items()})
+            seen = data.get("deployments_seen")
+            return cls(
+                changes={str(k): [float(t) for t in v] for k, v in dict(data.get("changes", {})).items()},
+                deployments_seen=int(seen) if seen is not None else None,
+            )
         except (ValueError, AttributeError, TypeError):
             return cls()
 
@@ -83,14 +91,31 @@ def _position_limit(materialization: dg.AssetMaterialization) -> int | None:
     return record.choice.weights.max_position_tokens if isinstance(record, DeploymentRecord) else None
 
 
+@dataclass(frozen=True)
+class TickPhases:
+    """Where one drift tick's time went (``bench/sensor_scale.py`` prints it)."""
+
+    instance_s: float
+    """Reading what is deployed from the Dagster instance."""
+    prometheus_s: float
+    """The one Prometheus request and reading its answer."""
+    policy_s: float
+    """The policy's decisions, the proposals' validation and the run requests."""
+    deployments_read: int
+    """Deployment materializations read from the instance this tick (all of them on a cold start)."""
+
+
 def build_drift_sensor(
     catalog: Catalog,
     *,
     limits: TuningLimits | None = None,
     interval_s: int = 300,
     clock: Callable[[], float] = time.time,
+    timer: Callable[[], float] = time.perf_counter,
+    on_tick: Callable[[TickPhases], None] | None = None,
 ) -> dg.SensorDefinition:
-    """``clock``: the tick's time (injectable, so that tests can place a tick after a deployment's lookback)."""
+    """``clock``: the tick's time (injectable, so that tests can place a tick after a deployment's lookback);
+    ``timer`` and ``on_tick``: each tick's phases, for the benchmark."""
     limits = limits or TuningLimits()
     seconds = int(limits.lookback_s)
     lookback = Lookback(
@@ -101,6 +126,7 @@ def build_drift_sensor(
     )
     models = {model.name: model for model in catalog.models}
     budget = QuotaBudget.of(catalog.platform, catalog.models)  # the fleet's minimums, summed once
+    index = DeployedIndex(models, _deployed_model)  # lives as long as the code server's process
 
     @dg.sensor(
         name=SENSOR_NAME,
@@ -114,24 +140,23 @@ def build_drift_sensor(
     )
     def tuning_drift_sensor(context: dg.SensorEvaluationContext, prometheus: PrometheusResource) -> dg.SensorResult:
         state = DriftState.load(context.cursor)
-        records = latest_materialization_records(context.instance, DEPLOYMENT_ASSET, catalog.model_names)
-        deployed: dict[str, tuple[ModelSpec, dg.EventLogRecord]] = {}
-        for name, record in records.items():
-            materialization = record.asset_materialization
-            try:
-                if materialization is not None:
-                    deployed[name] = (_deployed_model(models[name], materialization), record)
-            except PlatformError as error:
-                context.log.warning(f"model '{name}': deployed config unreadable: {error}")
-        if not deployed:
+        started = timer()
+        read = index.read(context.instance, state.deployments_seen)
+        state.deployments_seen = read.mark
+        for name, problem in sorted(read.unreadable.items()):
+            context.log.warning(f"model '{name}': deployed config unreadable: {problem}")
+        if not read.deployed:
             return dg.SensorResult(skip_reason="no model is deployed yet", cursor=state.dump())
         now = clock()
+        measured = timer()
         try:
             snapshot = prometheus.client().snapshot(lookback, at=now)
         except PlatformError as error:
             return dg.SensorResult(skip_reason=f"metrics unavailable: {error}", cursor=state.dump())
+        decided = timer()
         requests, notes = [], []
-        for name, (current, record) in sorted(deployed.items()):
+        for name, deployed in sorted(read.deployed.items()):
+            current, record = deployed.model, deployed.record
             decision = decide(
                 current,
                 snapshot.get(current.identity.served_name) or Snapshot.no_data(now),
@@ -173,6 +198,8 @@ def build_drift_sensor(
                 )
             )
             state.changes[name] = [when for when in state.changes.get(name, []) if now - when < 86400] + [now]
+        if on_tick is not None:
+            on_tick(TickPhases(measured - started, decided - measured, timer() - decided, read.records_read))
         return dg.SensorResult(
             run_requests=requests, skip_reason=None if requests else "; ".join(notes), cursor=state.dump()
         )

@@ -20,7 +20,16 @@ FIGURES = {
     "gate.py": ("direct_ttfb_ms", "gate_ttfb_ms", "rps_ratio"),
     "autotune.py": ("tuned_vs_defaults", "tuned_vs_grid", "trials_ratio"),
     "download.py": ("repo_bytes", "ours_mb_s", "hf_mb_s", "ratio", "redownloaded_bytes_after_kill"),
-    "sensor_scale.py": ("models", "queries", "tick_s", "reference_s", "ratio"),
+    "sensor_scale.py": (
+        "models",
+        "queries",
+        "tick_s",
+        "instance_s",
+        "prometheus_s",
+        "policy_s",
+        "reference_s",
+        "ratio",
+    ),
     "benchmark_fidelity.py": ("ours_output_tok_s", "direct_output_tok_s", "ratio"),
 }
 HELPERS = {"shortmode.py"}
