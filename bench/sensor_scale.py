@@ -2,12 +2,14 @@
 
 Setup: a generated history (the 30-minute lookback plus a margin, 30 s steps) of every vLLM and kube-state-metrics
 series the sensor reads, for N models, backfilled into a fresh Prometheus with promtool; N models deployed two hours
-ago in a temporary Dagster instance. Our figure: the sensor tick (``build_sensor_context`` → the paged instance
-reads, one Prometheus request with every windowed measurement, the policy for every model), its number of PromQL
-requests and its time. The reference, on the same Prometheus in the same run: the same measurements queried model
-by model (one query per measurement with a ``model_name`` matcher), which is what a per-model sensor would do;
-measured on ``--reference-sample`` models and scaled to N (it grows linearly). Goals: a number of requests
-independent of N and <= 2 s for 5,000 models.
+ago in a temporary Dagster instance; the shipped recording rules loaded, the ticks run after their first evaluation.
+Our figure: the sensor tick (``build_sensor_context`` → the deployments newer than the cursor, one Prometheus request
+reading the recorded snapshot, the policy for every model), its number of PromQL requests, its time and its phases;
+beside it what the rules cost Prometheus per evaluation and what the same snapshot costs queried over the raw
+samples (a tick where the rules are not loaded). The reference, on the same Prometheus in the same run: the same
+measurements queried model by model (one query per measurement with a ``model_name`` matcher), which is what a
+per-model sensor would do; measured on ``--reference-sample`` models and scaled to N (it grows linearly). Goals: a
+number of requests independent of N and <= 2 s for 5,000 models.
 
     .venv/bin/python bench/sensor_scale.py [--models 5000] [--repeat 5] [--reference-sample 100]
 """
@@ -15,11 +17,13 @@ independent of N and <= 2 s for 5,000 models.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,8 +36,16 @@ from llm_platform.defs.resources import PrometheusResource
 from llm_platform.defs.sensors import TickPhases, build_drift_sensor
 from llm_platform.dev.promtrace import Behaviour, backfill, openmetrics
 from llm_platform.processes import free_port
-from llm_platform.prometheus import Lookback, PrometheusClient, snapshot_queries
+from llm_platform.prometheus import (
+    RECORDING_GROUP,
+    RECORDING_INTERVAL_S,
+    Lookback,
+    PrometheusClient,
+    snapshot_queries,
+    snapshot_query,
+)
 from llm_platform.services import LocalServices
+from llm_platform.tuning.policy import TuningLimits
 from tests.deployments import record_deployment
 
 
@@ -73,6 +85,10 @@ def main() -> None:
         services = LocalServices(home)
         prometheus = services.start_prometheus(home / "file_sd", port=free_port())
         try:
+            # The local Prometheus loads the shipped recording rules: the ticks read their first evaluation.
+            started = time.perf_counter()
+            evaluation_s = first_evaluation(prometheus.url)
+            print(f"recording rules evaluated after {time.perf_counter() - started:.1f} s")
             ours = []
             with dg.instance_for_test() as instance:
                 for name in names:
@@ -91,9 +107,15 @@ def main() -> None:
                     assert isinstance(result, dg.SensorResult)
                     cursor = result.cursor
             client = PrometheusClient(prometheus.url)
-            lookback = Lookback(namespace=catalog.platform.namespace)
+            lookback = Lookback.of(TuningLimits(), catalog.platform.namespace)
             decided = client.snapshot(lookback)
-            queries = client.queries_sent
+            queries, recorded = client.queries_sent, client.recorded
+            raw = []
+            for _ in range(max(1, args.repeat // 2)):  # what a tick costs where the rules are not loaded
+                started = time.perf_counter()
+                client.query(snapshot_query(lookback))
+                raw.append(time.perf_counter() - started)
+            evaluation_s = group_evaluation_s(prometheus.url) or evaluation_s
             sample = names[: args.reference_sample]
             reference, reference_queries = [], 0
             for _ in range(max(1, args.repeat // 2)):
@@ -114,15 +136,40 @@ def main() -> None:
         values = [getattr(p, name) for p in (phases[1:] or phases)]
         return float(statistics.median(values))
 
-    print(f"snapshot: {len(decided)} of {len(names)} models measured")
+    print(f"snapshot: {len(decided)} of {len(names)} models measured, from the recording rules: {recorded}")
     print(f"sensor tick: median {tick:.3f} s over {len(ours)} ticks, {queries} queries")
+    print(f"Prometheus: one evaluation of the recording rules {evaluation_s:.3f} s (every {RECORDING_INTERVAL_S} s); "
+          f"the same snapshot queried over the raw samples {statistics.median(raw):.3f} s")  # fmt: skip
     print(f"per-model reference: median {ref:.3f} s, {reference_queries} queries (measured on {len(sample)} models, "
           f"scaled to {len(names)})")  # fmt: skip
     print(f"cold tick (every deployment read): {ours[0]:.3f} s = instance {phases[0].instance_s:.3f} + Prometheus "
           f"{phases[0].prometheus_s:.3f} + policy {phases[0].policy_s:.3f}")  # fmt: skip
     print(f"models={args.models} queries={queries} tick_s={tick:.3f} instance_s={phase('instance_s'):.3f} "
           f"prometheus_s={phase('prometheus_s'):.3f} policy_s={phase('policy_s'):.3f} cold_tick_s={ours[0]:.3f} "
+          f"rules_eval_s={evaluation_s:.3f} raw_snapshot_s={statistics.median(raw):.3f} "
           f"reference_queries={reference_queries} reference_s={ref:.3f} ratio={ref / tick:.1f}")  # fmt: skip
+
+
+def group_evaluation_s(url: str) -> float | None:
+    """How long Prometheus' last evaluation of the drift snapshot's rule group took (None: not evaluated yet)."""
+    with urllib.request.urlopen(f"{url}/api/v1/rules?type=record", timeout=30) as response:
+        groups = json.loads(response.read())["data"]["groups"]
+    for group in groups:
+        if group["name"] == RECORDING_GROUP and not group["lastEvaluation"].startswith("0001-"):
+            if any(rule["health"] != "ok" for rule in group["rules"]):
+                raise SystemExit(f"recording rules unhealthy: {[rule.get('lastError') for rule in group['rules']]}")
+            return float(group["evaluationTime"])
+    return None
+
+
+def first_evaluation(url: str, timeout_s: float = 300) -> float:
+    """Wait for the rules' first evaluation (within one interval of Prometheus' start, plus its own duration)."""
+    deadline = time.monotonic() + timeout_s
+    while (seconds := group_evaluation_s(url)) is None:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"Prometheus did not evaluate {RECORDING_GROUP} within {timeout_s:.0f} s")
+        time.sleep(1)
+    return seconds
 
 
 if __name__ == "__main__":

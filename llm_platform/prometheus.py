@@ -25,7 +25,7 @@ import requests
 from llm_platform.conventions import KSM_MODEL_LABEL, MODEL_NAME_LABEL, SERVING_CONTAINER, SERVING_OBJECT_PREFIX
 from llm_platform.engine import EngineMetrics, all_engines
 from llm_platform.errors import PlatformError
-from llm_platform.tuning.policy import Snapshot
+from llm_platform.tuning.policy import Snapshot, TuningLimits
 
 PROMETHEUS_URL_ENV_VAR = "LLM_PLATFORM_PROMETHEUS_URL"
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
@@ -80,9 +80,22 @@ class Lookback:
     namespace: str = ""
     """The serving namespace, for kube-state-metrics' Deployment series (empty: any)."""
 
+    @classmethod
+    def of(cls, limits: TuningLimits, namespace: str = "") -> Lookback:
+        """The lookback the drift sensor reads for ``limits`` (and the recording rules precompute)."""
+        seconds = int(limits.lookback_s)
+        step_s = max(1, min(60, seconds // 10))  # at least ten steps per lookback
+        return cls(seconds=seconds, step_s=step_s, quantile=limits.quantile, namespace=namespace)
+
     @property
     def range(self) -> str:
         return f"{self.seconds}s"
+
+    @property
+    def key(self) -> str:
+        """What the recorded snapshot of this lookback is labelled with (:data:`LOOKBACK_LABEL`): a tick reads the
+        recording rules' values only when they were computed for exactly its lookback."""
+        return f"{self.seconds}s/{self.step_s}s/q{self.quantile:g}/{self.namespace or '*'}"
 
     def sustained(self, selector: str) -> str:
         """The level each series of ``selector`` held for at least 1 - quantile of the lookback: a quantile over
@@ -161,8 +174,41 @@ def snapshot_query(lookback: Lookback) -> str:
     )
 
 
-#: PromQL requests per snapshot, whatever the number of models.
+#: PromQL requests per snapshot, whatever the number of models (where the recording rules run; one more otherwise).
 QUERIES_PER_SNAPSHOT = 1
+
+#: The snapshot precomputed by Prometheus' recording rules (:func:`drift_recording_group`): one series per model
+#: and field, so that a tick reads one instant vector instead of evaluating range functions over raw samples.
+RECORDED_SNAPSHOT = "llm_platform:drift_snapshot"
+#: The label naming the lookback a recorded series was computed for (:attr:`Lookback.key`).
+LOOKBACK_LABEL = "llm_platform_lookback"
+#: The rule group that records it.
+RECORDING_GROUP = "llm-platform.drift-snapshot"
+#: How often Prometheus evaluates the recording rules: a recorded value is at most this old (plus one evaluation).
+RECORDING_INTERVAL_S = 60
+#: The field that carries when the rules were last evaluated (not a Snapshot field).
+EVALUATED_AT = "evaluated_at"
+
+
+def drift_recording_group(lookback: Lookback) -> dict[str, Any]:
+    """The Prometheus rule group that records :func:`snapshot_queries` for ``lookback`` every
+    :data:`RECORDING_INTERVAL_S`: what ``k8s/observability/prometheusrule.yaml`` ships for the default lookback
+    (and the local Prometheus loads)."""
+    return {
+        "name": RECORDING_GROUP,
+        "interval": f"{RECORDING_INTERVAL_S}s",
+        "rules": [
+            {"record": RECORDED_SNAPSHOT, "expr": promql, "labels": {FIELD_LABEL: name, LOOKBACK_LABEL: lookback.key}}
+            for name, promql in snapshot_queries(lookback).items()
+        ],
+    }
+
+
+def recorded_snapshot_query(lookback: Lookback) -> str:
+    """The recorded snapshot of ``lookback`` and, as field :data:`EVALUATED_AT`, when it was evaluated."""
+    recorded = f'{RECORDED_SNAPSHOT}{{{LOOKBACK_LABEL}="{lookback.key}"}}'
+    one_field = f'{RECORDED_SNAPSHOT}{{{LOOKBACK_LABEL}="{lookback.key}",{FIELD_LABEL}="coverage"}}'
+    return f'{recorded} or label_replace(min(timestamp({one_field})), "{FIELD_LABEL}", "{EVALUATED_AT}", "", "")'
 
 
 @dataclass
@@ -214,18 +260,43 @@ class PrometheusClient:
             return [({}, float(data["result"][1]))]
         return [(dict(item.get("metric", {})), float(item["value"][1])) for item in data.get("result", [])]
 
+    recorded: bool | None = None
+    """Whether the last snapshot was read from the recording rules (None: no snapshot yet)."""
+
     def snapshot(self, lookback: Lookback | None = None, at: float | None = None) -> dict[str, Snapshot]:
         """Every model's :class:`Snapshot` from :data:`QUERIES_PER_SNAPSHOT` queries (NaN where a query had no
-        series for the model: "no data", never a zero that was not measured)."""
+        series for the model: "no data", never a zero that was not measured).
+
+        The recording rules' values for ``lookback`` when Prometheus has them (one instant vector, evaluated at
+        most :data:`RECORDING_INTERVAL_S` ago: the newest sample's age counts from the query time, not from the
+        evaluation); otherwise, the same expressions evaluated now over the raw samples."""
         lookback = lookback or Lookback()
-        values: dict[str, dict[str, float]] = {}
         sample_time = at if at is not None else time.time()
         fields = snapshot_queries(lookback)
-        for labels, value in self.query(snapshot_query(lookback), sample_time):
-            model, name = labels.get(MODEL_NAME_LABEL), labels.get(FIELD_LABEL)
-            if model and name in fields:
-                values.setdefault(model, {})[name] = value
+        values, evaluated_at = self._by_model(self.query(recorded_snapshot_query(lookback), sample_time), fields)
+        self.recorded = bool(values)
+        if values:
+            for measured in values.values():
+                if "age_s" in measured and not math.isnan(evaluated_at):
+                    measured["age_s"] += max(0.0, sample_time - evaluated_at)
+        else:
+            values, _ = self._by_model(self.query(snapshot_query(lookback), sample_time), fields)
         nothing = {**dict.fromkeys(fields, math.nan), "coverage": 0.0}
         return {
             model: Snapshot(**{**nothing, **measured}, sample_time=sample_time) for model, measured in values.items()
         }
+
+    @staticmethod
+    def _by_model(
+        series: list[tuple[dict[str, str], float]], fields: dict[str, str]
+    ) -> tuple[dict[str, dict[str, float]], float]:
+        """Each model's measured fields, and the recorded snapshot's evaluation time (NaN when not recorded)."""
+        values: dict[str, dict[str, float]] = {}
+        evaluated_at = math.nan
+        for labels, value in series:
+            model, name = labels.get(MODEL_NAME_LABEL), labels.get(FIELD_LABEL)
+            if name == EVALUATED_AT and not model:
+                evaluated_at = value
+            elif model and name in fields:
+                values.setdefault(model, {})[name] = value
+        return values, evaluated_at

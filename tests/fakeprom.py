@@ -1,6 +1,8 @@
 """A protocol-level Prometheus for the sensor's tests: ``/api/v1/query`` answering the snapshot's combined query
 with scripted per-model values, one series per model and field named in the query (a model without a value has no
-series, as when Prometheus has no data)."""
+series, as when Prometheus has no data). With ``recording`` set it plays a Prometheus that runs the drift
+snapshot's recording rules: the recorded snapshot's query is answered too (every scripted field, evaluated at
+``evaluated_at``); without, that query has no series, as where the rules are not loaded."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from llm_platform.prometheus import FIELD_LABEL
+from llm_platform.prometheus import EVALUATED_AT, FIELD_LABEL, RECORDED_SNAPSHOT
 
 #: The fields a combined snapshot query asks for (each sub-expression tags its series with one).
 _FIELD = re.compile(rf'"{FIELD_LABEL}", "(\w+)"')
@@ -21,6 +23,8 @@ class FakePrometheus:
     def __init__(self) -> None:
         self.models: dict[str, dict[str, float]] = {}
         self.queries: list[str] = []
+        self.recording = False
+        self.evaluated_at = math.nan
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -39,12 +43,25 @@ class FakePrometheus:
 
     def answer(self, query: str) -> list[dict[str, object]]:
         self.queries.append(query)
+        if query.startswith(RECORDED_SNAPSHOT):
+            return self._recorded() if self.recording else []
         return [
             {"metric": {"model_name": model, FIELD_LABEL: field}, "value": [0, str(values[field])]}
             for field in _FIELD.findall(query)
             for model, values in self.models.items()
             if field in values and not math.isnan(values[field])
         ]
+
+    def _recorded(self) -> list[dict[str, object]]:
+        series: list[dict[str, object]] = [
+            {"metric": {"__name__": RECORDED_SNAPSHOT, "model_name": model, FIELD_LABEL: field}, "value": [0, str(v)]}
+            for model, values in self.models.items()
+            for field, v in values.items()
+            if not math.isnan(v)
+        ]
+        if series and not math.isnan(self.evaluated_at):
+            series.append({"metric": {FIELD_LABEL: EVALUATED_AT}, "value": [0, str(self.evaluated_at)]})
+        return series
 
 
 def _handler(prometheus: FakePrometheus) -> type[BaseHTTPRequestHandler]:

@@ -117,13 +117,7 @@ def build_drift_sensor(
     """``clock``: the tick's time (injectable, so that tests can place a tick after a deployment's lookback);
     ``timer`` and ``on_tick``: each tick's phases, for the benchmark."""
     limits = limits or TuningLimits()
-    seconds = int(limits.lookback_s)
-    lookback = Lookback(
-        seconds=seconds,
-        step_s=max(1, min(60, seconds // 10)),  # at least ten steps per lookback
-        quantile=limits.quantile,
-        namespace=catalog.platform.namespace,
-    )
+    lookback = Lookback.of(limits, catalog.platform.namespace)
     models = {model.name: model for model in catalog.models}
     budget = QuotaBudget.of(catalog.platform, catalog.models)  # the fleet's minimums, summed once
     index = DeployedIndex(models, _deployed_model)  # lives as long as the code server's process

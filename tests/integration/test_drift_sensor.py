@@ -95,6 +95,7 @@ def test_a_sustained_saturation_requests_a_promotion_at_once_then_cools_down(
     catalog: Catalog, prometheus: FakePrometheus
 ) -> None:
     prometheus.models = {"hot": SATURATED, "calm": CALM}
+    prometheus.recording, prometheus.evaluated_at = True, time.time()
     with dg.instance_for_test() as instance:
         # "hot" runs with an earlier override (max_num_seqs 48): the new request must keep it.
         record_deployment(instance, "hot", _serving(catalog, "hot", max_num_seqs=48))
@@ -107,7 +108,7 @@ def test_a_sustained_saturation_requests_a_promotion_at_once_then_cools_down(
         config = request.run_config["ops"]["serving_config"]["config"]
         assert config["overrides"] == {"max_num_seqs": "48", "gpu_memory_utilization": "0.92"}
         assert config["reason"].startswith("kv_saturation: KV cache saturated (99%) with 0.40 preemptions/s")
-        assert len(prometheus.queries) == QUERIES_PER_SNAPSHOT  # every model, one request
+        assert len(prometheus.queries) == QUERIES_PER_SNAPSHOT  # every model, one request: the recorded snapshot
 
         cursor = first.cursor
         later = _tick(catalog, instance, prometheus.url, cursor)  # still saturated: the cooldown holds it back
@@ -115,6 +116,31 @@ def test_a_sustained_saturation_requests_a_promotion_at_once_then_cools_down(
         assert "hot: KV cache saturated" in _skipped(later) and "not yet: cooldown" in _skipped(later)
         assert "calm: no_change (the config fits the traffic) [coverage=1" in _skipped(later)
         assert json.loads(later.cursor or "{}")["changes"]["hot"]
+
+
+def test_without_the_recording_rules_the_tick_evaluates_the_raw_series_and_decides_alike(
+    catalog: Catalog, prometheus: FakePrometheus
+) -> None:
+    prometheus.models = {"hot": SATURATED, "calm": CALM}
+    with dg.instance_for_test() as instance:
+        record_deployment(instance, "hot", _serving(catalog, "hot"))
+        (request,) = _tick(catalog, instance, prometheus.url, None).run_requests or []
+    assert request.partition_key == "hot" and request.tags["llm-platform/rule"] == "kv_saturation"
+    recorded, raw = prometheus.queries
+    assert recorded.startswith("llm_platform:drift_snapshot{") and "quantile_over_time" in raw
+
+
+def test_a_recorded_snapshot_is_as_old_as_its_evaluation(catalog: Catalog, prometheus: FakePrometheus) -> None:
+    """The rules ran 320 s before the tick on samples 10 s old: the newest sample is 330 s old, past the freshness
+    floor, so the sensor waits instead of acting on a stale recording."""
+    now = time.time()
+    prometheus.models = {"hot": SATURATED}
+    prometheus.recording, prometheus.evaluated_at = True, now - 320
+    with dg.instance_for_test() as instance:
+        record_deployment(instance, "hot", _serving(catalog, "hot"))
+        result = _tick(catalog, instance, prometheus.url, None, at=now)
+    assert not result.run_requests
+    assert "hot: skip (the newest sample is 330 s old)" in _skipped(result), _skipped(result)
 
 
 def test_a_young_config_missing_series_and_an_unreachable_prometheus_are_skips(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from llm_platform.engine.vllm import VLLM_METRICS
 from llm_platform.errors import PlatformError
 from llm_platform.processes import free_port
 from llm_platform.prometheus import QUERIES_PER_SNAPSHOT, Lookback, PrometheusClient, PrometheusError, selector
@@ -75,8 +76,12 @@ def test_one_snapshot_reads_every_serving_metric_of_the_model(prometheus: str, s
 
 
 def test_renamed_metrics_are_matched_under_both_names() -> None:
-    assert selector("vllm:kv_cache_usage_perc") == '{__name__=~"vllm:kv_cache_usage_perc|vllm:gpu_cache_usage_perc"}'
-    assert selector("vllm:num_requests_waiting", 'model_name="m"') == 'vllm:num_requests_waiting{model_name="m"}'
+    renamed = selector("vllm:kv_cache_usage_perc", metrics=VLLM_METRICS)
+    assert renamed == '{__name__=~"vllm:kv_cache_usage_perc|vllm:gpu_cache_usage_perc"}'
+    kept = selector("vllm:num_requests_waiting", 'model_name="m"', VLLM_METRICS)
+    assert kept == 'vllm:num_requests_waiting{model_name="m"}'
+    # Without an engine's list of names the metric is taken as it is named.
+    assert selector("vllm:kv_cache_usage_perc") == "vllm:kv_cache_usage_perc"
 
 
 def test_a_refused_query_says_why(prometheus: str) -> None:

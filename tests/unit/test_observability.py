@@ -16,6 +16,8 @@ import yaml
 from llm_platform.catalog_files import load_catalog
 from llm_platform.manifests.serving import render_deployment
 from llm_platform.manifests.validation import validate_objects
+from llm_platform.prometheus import Lookback, drift_recording_group
+from llm_platform.tuning.policy import TuningLimits
 from tests.conftest import EXAMPLE_CATALOG, REPO_ROOT
 
 OBSERVABILITY = REPO_ROOT / "k8s" / "observability"
@@ -38,8 +40,21 @@ def test_alert_rules_pass_promtool(tmp_path: Path) -> None:
     rules.write_text(yaml.safe_dump({"groups": _load("prometheusrule.yaml")["spec"]["groups"]}))
     result = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    alerts = {rule["alert"] for group in _load("prometheusrule.yaml")["spec"]["groups"] for rule in group["rules"]}
+    groups = _load("prometheusrule.yaml")["spec"]["groups"]
+    alerts = {rule["alert"] for group in groups for rule in group["rules"] if "alert" in rule}
     assert alerts == {"VllmQueueGrowingAtMaxReplicas", "VllmKvCacheSaturated", "VllmErrorRate", "VllmTargetDown"}
+
+
+def test_the_shipped_recording_rules_are_the_drift_sensors_snapshot() -> None:
+    """The rules record exactly what the sensor would query for its default lookback in the example catalog's
+    namespace, so a tick that reads them decides as it would on the raw series."""
+    namespace = load_catalog(EXAMPLE_CATALOG).platform.namespace
+    expected = drift_recording_group(Lookback.of(TuningLimits(), namespace))
+    groups = _load("prometheusrule.yaml")["spec"]["groups"]
+    (shipped,) = [group for group in groups if group["name"] == expected["name"]]
+    for rule in shipped["rules"]:
+        rule["expr"] = rule["expr"].strip()
+    assert shipped == expected, "regenerate the group in prometheusrule.yaml:\n" + yaml.safe_dump(expected)
 
 
 def test_pod_monitor_selects_the_rendered_vllm_pods() -> None:
