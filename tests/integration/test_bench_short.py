@@ -27,6 +27,8 @@ FIGURES = {
         "instance_s",
         "prometheus_s",
         "policy_s",
+        "rules_eval_s",
+        "raw_snapshot_s",
         "reference_s",
         "ratio",
     ),

@@ -16,7 +16,16 @@ import pytest
 from llm_platform.engine.vllm import VLLM_METRICS
 from llm_platform.errors import PlatformError
 from llm_platform.processes import free_port
-from llm_platform.prometheus import QUERIES_PER_SNAPSHOT, Lookback, PrometheusClient, PrometheusError, selector
+from llm_platform.prometheus import (
+    QUERIES_PER_SNAPSHOT,
+    RECORDED_SNAPSHOT,
+    RECORDING_GROUP,
+    Lookback,
+    PrometheusClient,
+    PrometheusError,
+    selector,
+    snapshot_queries,
+)
 from llm_platform.services import LocalServices
 from tests.conftest import ServedTiny, tiny_catalog
 from tests.deployments import record_deployment
@@ -57,7 +66,9 @@ def test_one_snapshot_reads_every_serving_metric_of_the_model(prometheus: str, s
             _complete(served_tiny.endpoint, served_tiny.api_key, words)
         before = client.queries_sent
         every = client.snapshot(lookback)
-        assert client.queries_sent - before == QUERIES_PER_SNAPSHOT  # whatever the number of models
+        # Whatever the number of models: one request, plus one for the raw series as no rules record a 60 s
+        # lookback (the shipped ones record the sensor's 30 min).
+        assert client.recorded is False and client.queries_sent - before == QUERIES_PER_SNAPSHOT + 1
         snapshot = every.get("tiny-llama")
         # Counters need two scrapes before rate() has a value: wait until every measurement has one.
         if snapshot is not None and snapshot.missing() == [] and not math.isnan(snapshot.prompt_tokens_p999):
@@ -103,7 +114,10 @@ def test_the_shipped_alerts_load_and_the_dashboard_queries_run(prometheus: str) 
     with urllib.request.urlopen(f"{prometheus}/api/v1/rules", timeout=10) as response:
         groups = json.loads(response.read())["data"]["groups"]
     rules = {rule["name"]: rule["health"] for group in groups for rule in group["rules"]}
-    assert set(rules) == {"VllmQueueGrowingAtMaxReplicas", "VllmKvCacheSaturated", "VllmErrorRate", "VllmTargetDown"}
+    assert set(rules) == {"VllmQueueGrowingAtMaxReplicas", "VllmKvCacheSaturated", "VllmErrorRate", "VllmTargetDown",
+                          RECORDED_SNAPSHOT}  # fmt: skip
+    recorded = [rule for group in groups if group["name"] == RECORDING_GROUP for rule in group["rules"]]
+    assert len(recorded) == len(snapshot_queries(Lookback())) and all(r["health"] != "err" for r in recorded)
     client = PrometheusClient(prometheus)
     for expr in dashboard_queries():
         client.query(expr.replace("$__rate_interval", "1m"))  # raises PrometheusError if Prometheus refuses it
