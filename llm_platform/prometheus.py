@@ -222,6 +222,8 @@ class PrometheusClient:
     session: requests.Session = field(default_factory=requests.Session)
     sleep: Callable[[float], None] = time.sleep
     queries_sent: int = 0
+    recorded: bool | None = None
+    """Whether the last snapshot was read from the recording rules (None: no snapshot yet)."""
 
     def query(self, promql: str, at: float | None = None) -> list[tuple[dict[str, str], float]]:
         """``(labels, value)`` per series of an instant query (a scalar result is one series without labels)."""
@@ -259,9 +261,6 @@ class PrometheusClient:
         if data.get("resultType") == "scalar":
             return [({}, float(data["result"][1]))]
         return [(dict(item.get("metric", {})), float(item["value"][1])) for item in data.get("result", [])]
-
-    recorded: bool | None = None
-    """Whether the last snapshot was read from the recording rules (None: no snapshot yet)."""
 
     def snapshot(self, lookback: Lookback | None = None, at: float | None = None) -> dict[str, Snapshot]:
         """Every model's :class:`Snapshot` from :data:`QUERIES_PER_SNAPSHOT` queries (NaN where a query had no
