@@ -27,11 +27,10 @@ from llm_platform.targets.base import (
     Log,
     ServingTarget,
     TargetStatus,
-    TrialRunner,
     TrialSettings,
     no_log,
 )
-from llm_platform.tuning.search import Candidate, Trial
+from llm_platform.tuning.search import Candidate, Trial, TrialFunction, TrialRunner
 from llm_platform.weights.plan import DownloadResult, ManifestFile, SnapshotManifest
 
 
@@ -172,7 +171,7 @@ class FakeServingTarget(ServingTarget):
             plan = BenchmarkPlan(**{**settings.plan.__dict__, "concurrency_levels": ladder})
             return ladder_trial(candidate, self._measure(candidate_spec.serving, plan), ladder, model.slo)
 
-        return trial
+        return TrialFunction(trial)
 
     def promote(self, model: ModelSpec, weights: SnapshotManifest, log: Log = no_log) -> Deployment:
         fingerprint = self._fingerprint(model, weights)

@@ -17,6 +17,8 @@ PERCENTILES = (50, 95, 99)
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 #: Prefix of the line the Kubernetes benchmark Job prints per level: ``<marker> <concurrency> <result json>``.
 BENCH_RESULT_MARKER = "LLM_PLATFORM_BENCH_RESULT"
+#: The line before each round of levels when one Job measures the ladder more than once: ``<marker> <round>``.
+BENCH_ROUND_MARKER = "LLM_PLATFORM_BENCH_ROUND"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The benchmark Job's shell script and the parser of what it prints: serve the candidate, run the engine's
-benchmark client at each level, one ``LLM_PLATFORM_BENCH_RESULT <concurrency> <json>`` line per level, read back
-from the pod log."""
+benchmark client at each level (the whole ladder ``rounds`` times), a ``LLM_PLATFORM_BENCH_ROUND <n>`` line before
+each round and one ``LLM_PLATFORM_BENCH_RESULT <concurrency> <json>`` line per level, read back from the pod log."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import json
 import shlex
 from typing import Any
 
-from llm_platform.benchmark.plan import BENCH_RESULT_MARKER, BenchmarkPlan, bench_serve_args, level_filename
+from llm_platform.benchmark.plan import (
+    BENCH_RESULT_MARKER,
+    BENCH_ROUND_MARKER,
+    BenchmarkPlan,
+    bench_serve_args,
+    level_filename,
+)
 from llm_platform.catalog import ModelSpec, Platform
 from llm_platform.conventions import ENGINE_HEALTH_PATH, ENGINE_LOOPBACK_PORT
 from llm_platform.engine import engine_for
@@ -16,9 +22,17 @@ from llm_platform.manifests.pods import cache_dir, serving_invocation, weights_p
 
 
 def benchmark_script(
-    platform: Platform, model: ModelSpec, revision: str, plan: BenchmarkPlan, against: str | None = None
+    platform: Platform,
+    model: ModelSpec,
+    revision: str,
+    plan: BenchmarkPlan,
+    against: str | None = None,
+    rounds: int = 1,
 ) -> str:
     """The benchmark container's shell script: serve the candidate, wait for health, benchmark each level.
+
+    ``rounds`` > 1 measures the whole ladder again against the same server: the tuner's repeats of one config cost
+    one server start.
 
     With ``against`` (a base URL, e.g. the model's Service) nothing is served: the levels run against that server.
     The engine's own log goes to a file (shown on failure) so that it never interleaves with the result lines: each
@@ -52,34 +66,47 @@ def benchmark_script(
             "done",
         ]
     dump = "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))))"
-    for concurrency in plan.concurrency_levels:
-        args = bench_serve_args(
-            engine,
-            plan,
-            concurrency,
-            base_url=base_url,
-            served_model_name=model.name,
-            tokenizer=weights_path(platform, model, revision),
-            result_dir=result_dir,
-            result_filename=level_filename(concurrency),
-        )
-        lines += [
-            f"{shlex.join([*engine.benchmark_command(), *args])} || "
-            f'{{ echo "error: the benchmark client failed at concurrency {concurrency}" >&2; exit 5; }}',
-            f"printf '%s ' {BENCH_RESULT_MARKER} {concurrency}; "
-            f"python3 -c {shlex.quote(dump)} {result_dir}/{level_filename(concurrency)}",
-        ]
+    if rounds < 1:
+        raise ValueError("a benchmark Job measures at least one round")
+    for round_index in range(rounds):
+        round_dir = f"{result_dir}/round-{round_index}"
+        lines += [f"mkdir -p {round_dir}", f"echo {BENCH_ROUND_MARKER} {round_index}"]
+        for concurrency in plan.concurrency_levels:
+            args = bench_serve_args(
+                engine,
+                plan,
+                concurrency,
+                base_url=base_url,
+                served_model_name=model.name,
+                tokenizer=weights_path(platform, model, revision),
+                result_dir=round_dir,
+                result_filename=level_filename(concurrency),
+            )
+            lines += [
+                f"{shlex.join([*engine.benchmark_command(), *args])} || "
+                f'{{ echo "error: the benchmark client failed at concurrency {concurrency}" >&2; exit 5; }}',
+                f"printf '%s ' {BENCH_RESULT_MARKER} {concurrency}; "
+                f"python3 -c {shlex.quote(dump)} {round_dir}/{level_filename(concurrency)}",
+            ]
     if against is None:
         lines += ['kill "$server"', 'wait "$server" 2>/dev/null']
     return "\n".join([*lines, "exit 0"]) + "\n"
 
 
-def results_from_log(log: str) -> dict[int, dict[str, Any]]:
-    """The result JSON of each level from a benchmark Job's log (the ``LLM_PLATFORM_BENCH_RESULT`` lines)."""
-    results: dict[int, dict[str, Any]] = {}
+def rounds_from_log(log: str) -> list[dict[int, dict[str, Any]]]:
+    """The result JSON of each level of each round from a benchmark Job's log (``LLM_PLATFORM_BENCH_RESULT`` lines,
+    grouped by the ``LLM_PLATFORM_BENCH_ROUND`` line before them; results before any round line are round 0)."""
+    rounds: list[dict[int, dict[str, Any]]] = []
     for line in log.splitlines():
-        if not line.startswith(BENCH_RESULT_MARKER + " "):
-            continue
-        _, concurrency, payload = line.split(" ", 2)
-        results[int(concurrency)] = json.loads(payload)
-    return results
+        if line.startswith(BENCH_ROUND_MARKER + " ") or (not rounds and line.startswith(BENCH_RESULT_MARKER + " ")):
+            rounds.append({})
+        if line.startswith(BENCH_RESULT_MARKER + " "):
+            _, concurrency, payload = line.split(" ", 2)
+            rounds[-1][int(concurrency)] = json.loads(payload)
+    return rounds
+
+
+def results_from_log(log: str) -> dict[int, dict[str, Any]]:
+    """The result JSON of each level of a one-round benchmark Job's log."""
+    rounds = rounds_from_log(log)
+    return rounds[-1] if rounds else {}

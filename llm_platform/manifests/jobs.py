@@ -174,8 +174,10 @@ def render_benchmark_job(
     plan: BenchmarkPlan,
     run_key: str,
     against: str | None = None,
+    rounds: int = 1,
 ) -> Object:
-    """The GPU smoke benchmark: one pod serves the candidate config from the PVC and benchmarks it on localhost.
+    """The GPU smoke benchmark: one pod serves the candidate config from the PVC and benchmarks it on localhost
+    (``rounds`` times over, for the tuner's repeats).
 
     Same image, engine arguments, GPUs, /dev/shm and scheduling as the Deployment, so the numbers describe what a
     promotion would serve. ``backoffLimit: 0``: a failed benchmark is a result to report, not to retry. With
@@ -187,7 +189,7 @@ def render_benchmark_job(
         **base,
         # The server requires the model's API key; ``vllm bench serve`` sends OPENAI_API_KEY as a bearer token.
         "env": [*base["env"], api_key_env(platform, model, "OPENAI_API_KEY")],
-        "command": ["/bin/sh", "-c", benchmark_script(platform, model, revision, plan, against)],
+        "command": ["/bin/sh", "-c", benchmark_script(platform, model, revision, plan, against, rounds)],
     }
     pod_spec: Object = {**engine_pod_base(platform), "restartPolicy": "Never", "containers": [container]}
     if against is not None:

@@ -11,7 +11,7 @@ from typing import Protocol
 from llm_platform.benchmark.trials import probe_from_result
 from llm_platform.catalog import Slo
 from llm_platform.planning.simulator import EngineLimits, EngineStartError, StepLoad, Workload, simulate
-from llm_platform.tuning.search import Candidate, Probe, Trial, bisect_load
+from llm_platform.tuning.search import Candidate, Probe, Trial, TrialRunner, bisect_load
 
 #: Fewest requests one probe sends (a p95 of fewer is mostly noise), as the real trials do.
 MIN_PROMPTS_PER_PROBE = 16
@@ -46,7 +46,7 @@ def engine_limits(perf: PerfSource, candidate: Candidate, defaults: EngineDefaul
 
 
 @dataclass
-class SimulatedTrials:
+class SimulatedTrials(TrialRunner):
     """``candidate → Trial`` on the simulated server: bisect the closed-loop load for the highest one meeting the
     SLO, as the local target's trials do against a real server. Every call is a new measurement: its noise is
     seeded from ``seed`` and a call counter, so a whole search is reproducible and repeats differ."""

@@ -17,14 +17,12 @@ from typing import Any
 
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.catalog import ModelSpec
-from llm_platform.tuning.search import Candidate, Trial
+from llm_platform.tuning.search import TrialRunner
 from llm_platform.weights.plan import DownloadResult, SnapshotManifest
 
 Log = Callable[[str], None]
 LevelResults = dict[int, dict[str, Any]]
 """The result JSON of ``vllm bench serve`` for each concurrency level of a plan."""
-TrialRunner = Callable[[Candidate], Trial]
-"""One trial of the goodput search: start the candidate, find its highest SLO-meeting load."""
 
 
 def no_log(_: str) -> None:

@@ -22,13 +22,12 @@ from llm_platform.targets.base import (
     Log,
     ServingTarget,
     TargetStatus,
-    TrialRunner,
     TrialSettings,
     no_log,
 )
 from llm_platform.targets.kube_api import DEPLOYMENTS, resource_of
 from llm_platform.targets.kubernetes_cluster import KubernetesCluster
-from llm_platform.tuning.search import Candidate, Trial
+from llm_platform.tuning.search import Candidate, Trial, TrialRunner
 from llm_platform.weights.plan import DownloadResult, SnapshotManifest
 
 
@@ -113,9 +112,10 @@ class KubernetesTarget(ServingTarget):
 
 
 @dataclasses.dataclass
-class KubernetesTrials:
+class KubernetesTrials(TrialRunner):
     """One benchmark Job per candidate (the smoke benchmark's, with the candidate's arguments) measuring the load
-    ladder; the goodput is that of the highest load before the first that misses the SLO."""
+    ladder; the goodput is that of the highest load before the first that misses the SLO. Repeats of a config are
+    rounds of the ladder in one Job: one server start, each round its own measurement."""
 
     cluster: KubernetesCluster
     model: ModelSpec
@@ -123,11 +123,14 @@ class KubernetesTrials:
     settings: TrialSettings
     run_key: str
     log: Log = no_log
-    #: Measurements so far per engine config: a repeat is a new Job (a succeeded Job of the same name would only be
+    #: Measurements so far per engine config: every call is a new Job (a succeeded Job of the same name would only be
     #: read back, and the search's repeats exist to measure the noise).
     measurements: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def __call__(self, candidate: Candidate) -> Trial:
+        return self.repeated(candidate, 1)[0]
+
+    def repeated(self, candidate: Candidate, times: int) -> list[Trial]:
         ladder = load_ladder(self.settings.load_low, self.settings.load_high)
         # One prompt count for every level of the ladder: enough for its highest load.
         prompts = max(self.settings.plan.prompts_per_level, self.settings.prompts_per_load * self.settings.load_high)
@@ -135,9 +138,12 @@ class KubernetesTrials:
         try:
             model = candidate_model(self.model, candidate, self.weights.max_position_tokens)
             fingerprint = config_fingerprint(model.serving, self.weights.sha)[:8]
-            self.measurements[fingerprint] = self.measurements.get(fingerprint, 0) + 1
-            run_key = f"{self.run_key}-{fingerprint}-{self.measurements[fingerprint]}"
-            results = self.cluster.smoke_benchmark(model, self.weights.sha, plan, run_key=run_key, log=self.log)
+            first = self.measurements.get(fingerprint, 0) + 1
+            self.measurements[fingerprint] = first + times - 1
+            run_key = f"{self.run_key}-{fingerprint}-{first}" + (f"x{times}" if times > 1 else "")
+            rounds = self.cluster.benchmark_rounds(
+                model, self.weights.sha, plan, run_key=run_key, log=self.log, rounds=times
+            )
         except PlatformError as error:
-            return failed_trial(self.model, candidate, error, self.log)
-        return ladder_trial(candidate, results, ladder, self.model.slo)
+            return [failed_trial(self.model, candidate, error, self.log)] * times
+        return [ladder_trial(candidate, results, ladder, self.model.slo) for results in rounds]

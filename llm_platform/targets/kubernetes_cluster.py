@@ -46,7 +46,7 @@ from llm_platform.errors import (
     RolloutError,
     TargetError,
 )
-from llm_platform.manifests.benchmark_script import results_from_log
+from llm_platform.manifests.benchmark_script import rounds_from_log
 from llm_platform.manifests.jobs import (
     render_benchmark_job,
     render_weights_job,
@@ -309,15 +309,36 @@ class KubernetesCluster:
     ) -> dict[int, dict[str, Any]]:
         """Run the GPU benchmark Job and return the result JSON of each concurrency level (``against``: only the
         client, against a deployed model's URL)."""
-        job = render_benchmark_job(self.platform, model, weights_sha, plan, run_key, against)
-        results = results_from_log(self.run_job(job, log, reuse_succeeded=True))
-        missing = sorted(set(plan.concurrency_levels) - set(results))
-        if missing:
-            raise BenchmarkError(
-                f"model '{model.name}': the benchmark Job {job['metadata']['name']} printed no result for "
-                f"concurrency {', '.join(map(str, missing))}"
-            )
+        (results,) = self.benchmark_rounds(model, weights_sha, plan, run_key, log, against)
         return results
+
+    def benchmark_rounds(
+        self,
+        model: ModelSpec,
+        weights_sha: str,
+        plan: BenchmarkPlan,
+        run_key: str,
+        log: Log = lambda _: None,
+        against: str | None = None,
+        rounds: int = 1,
+    ) -> list[dict[int, dict[str, Any]]]:
+        """One benchmark Job measuring every level ``rounds`` times against one server: each round's results."""
+        job = render_benchmark_job(self.platform, model, weights_sha, plan, run_key, against, rounds)
+        measured = rounds_from_log(self.run_job(job, log, reuse_succeeded=True))
+        name = job["metadata"]["name"]
+        if len(measured) != rounds:
+            raise BenchmarkError(
+                f"model '{model.name}': the benchmark Job {name} printed {len(measured)} of {rounds} rounds"
+            )
+        for index, results in enumerate(measured):
+            missing = sorted(set(plan.concurrency_levels) - set(results))
+            if missing:
+                where = f" in round {index + 1}" if rounds > 1 else ""
+                raise BenchmarkError(
+                    f"model '{model.name}': the benchmark Job {name} printed no result for "
+                    f"concurrency {', '.join(map(str, missing))}{where}"
+                )
+        return measured
 
     def run_job(
         self,

@@ -20,13 +20,12 @@ from llm_platform.targets.base import (
     Log,
     ServingTarget,
     TargetStatus,
-    TrialRunner,
     TrialSettings,
     no_log,
 )
 from llm_platform.targets.local_servers import LocalServers
 from llm_platform.targets.local_state import ServerRecord
-from llm_platform.tuning.search import Candidate, Probe, Trial, bisect_load
+from llm_platform.tuning.search import Candidate, Probe, Trial, TrialRunner, bisect_load
 from llm_platform.weights.download import DEFAULT_WORKERS, DownloadRequest, download_snapshot
 from llm_platform.weights.hub import HubClient
 from llm_platform.weights.plan import DownloadResult, SnapshotManifest
@@ -145,11 +144,12 @@ def release_server(servers: LocalServers, model: str, server: ServerRecord, log:
 
 
 @dataclasses.dataclass
-class LocalTrials:
+class LocalTrials(TrialRunner):
     """Trials on this machine: one vLLM server per candidate and the load found by
     :func:`~llm_platform.tuning.search.bisect_load`, each probe a ``vllm bench serve`` run at one concurrency, in
-    this process so that vLLM's benchmark is imported once per search, not once per probe. A config vLLM refuses or
-    cannot start is a failed trial with vLLM's own line."""
+    this process so that vLLM's benchmark is imported once per search, not once per probe. Repeats of a config
+    bisect again against the same server. A config vLLM refuses or cannot start is a failed trial with vLLM's own
+    line."""
 
     servers: LocalServers
     model: ModelSpec
@@ -160,30 +160,38 @@ class LocalTrials:
     log: Log = no_log
 
     def __call__(self, candidate: Candidate) -> Trial:
-        overrides = as_overrides(candidate)
-        label = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        return self.repeated(candidate, 1)[0]
+
+    def repeated(self, candidate: Candidate, times: int) -> list[Trial]:
+        label = ", ".join(f"{k}={v}" for k, v in as_overrides(candidate).items())
         try:
             model = candidate_model(self.model, candidate, self.position_limit)
             server = self.servers.ensure_server(model, self.weights_path, log=self.log)
         except PlatformError as error:
-            return failed_trial(self.model, candidate, error, self.log)
+            return [failed_trial(self.model, candidate, error, self.log)] * times
         work_dir = self.work_dir / server.fingerprint
         settings = self.settings
+        trials = []
         try:
-            found = bisect_load(
-                lambda load: self._probe(server.base_url, load, work_dir), settings.load_low, settings.load_high
-            )
-        except PlatformError as error:
-            return failed_trial(self.model, candidate, error, self.log)
+            for _ in range(times):
+                try:
+                    found = bisect_load(
+                        lambda load: self._probe(server.base_url, load, work_dir), settings.load_low,
+                        settings.load_high,
+                    )  # fmt: skip
+                except PlatformError as error:
+                    trials.append(failed_trial(self.model, candidate, error, self.log))
+                    continue
+                best = (
+                    f"{found.goodput:.1f} output tok/s at concurrency {found.best.load}"
+                    if found.best
+                    else "no load met the SLO"
+                )
+                self.log(f"model '{self.model.name}': trial {label}: {best} ({len(found.probes)} probes)")
+                trials.append(dataclasses.replace(found, candidate=dict(candidate)))
         finally:
             release_server(self.servers, self.model.name, server, self.log)
-        best = (
-            f"{found.goodput:.1f} output tok/s at concurrency {found.best.load}"
-            if found.best
-            else "no load met the SLO"
-        )
-        self.log(f"model '{self.model.name}': trial {label}: {best} ({len(found.probes)} probes)")
-        return dataclasses.replace(found, candidate=dict(candidate))
+        return trials
 
     def _probe(self, base_url: str, load: int, work_dir: Path) -> Probe:
         plan = self.settings.plan

@@ -11,7 +11,8 @@ from llm_platform.errors import PlatformError
 from llm_platform.perfmodel import engine_defaults, open_perf_model
 from llm_platform.planning.plan import ServingPlan
 from llm_platform.planning.trials import SimulatedTrials
-from llm_platform.targets.base import Log, TrialBackend, TrialRunner, TrialSettings, no_log
+from llm_platform.targets.base import Log, TrialBackend, TrialSettings, no_log
+from llm_platform.tuning.search import TrialRunner
 from llm_platform.weights.plan import SnapshotManifest
 
 

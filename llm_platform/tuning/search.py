@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import median
@@ -82,6 +83,32 @@ class Trial:
     def score(self) -> float:
         """What the search maximises: goodput, and below every success for a failed trial."""
         return self.goodput if self.ok else -1.0
+
+
+class TrialRunner(ABC):
+    """Measures candidates on a target: one trial per call, or repeats of one config on one server.
+
+    ``repeated`` is what the noise-aware search asks for when it wants a config's spread: a real target starts the
+    server once and measures it ``times`` over (a server start costs more than the measurements, and the repeats
+    exist to measure the benchmark's noise, not to restart the engine)."""
+
+    @abstractmethod
+    def __call__(self, candidate: Candidate) -> Trial:
+        """One trial: start ``candidate``, find its highest SLO-meeting load."""
+
+    def repeated(self, candidate: Candidate, times: int) -> list[Trial]:
+        """``times`` trials of ``candidate``; by default one call each."""
+        return [self(candidate) for _ in range(times)]
+
+
+@dataclass
+class TrialFunction(TrialRunner):
+    """A plain ``candidate → Trial`` function as a runner (every repeat a separate call)."""
+
+    evaluate: Callable[[Candidate], Trial]
+
+    def __call__(self, candidate: Candidate) -> Trial:
+        return self.evaluate(candidate)
 
 
 def bisect_load(measure: Callable[[int], Probe], low: int, high: int, precision: float = 0.2) -> Trial:
@@ -299,7 +326,7 @@ def gain_interval(
 
 def noise_aware_search(
     space: SearchSpace,
-    evaluate: Callable[[Candidate], Trial],
+    evaluate: TrialRunner | Callable[[Candidate], Trial],
     start: Candidate,
     *,
     current: Candidate | None = None,
@@ -312,7 +339,8 @@ def noise_aware_search(
     """The coordinate search made safe on a noisy machine.
 
     1. The current config (``current``; ``{}``: the engine's defaults) and the incumbent (``start``, e.g. the
-       planner's best) are each measured ``repeats`` times; the incumbent's relative spread is the noise.
+       planner's best) are each measured ``repeats`` times (:meth:`TrialRunner.repeated`: one server start each);
+       the incumbent's relative spread is the noise.
     2. The coordinate search runs with that spread as its tolerance: differences inside it are ties (which go to
        the cheaper value), so the search does not chase noise.
     3. The best ``finalists`` distinct configs are measured again until each has ``repeats`` measurements; the one
@@ -326,18 +354,27 @@ def noise_aware_search(
     samples: dict[tuple[tuple[str, float], ...], list[float]] = {}
     first_trial: dict[tuple[tuple[str, float], ...], Trial] = {}
 
-    def measure(candidate: Candidate) -> Trial:
+    runner = evaluate if isinstance(evaluate, TrialRunner) else TrialFunction(evaluate)
+
+    def record(candidate: Candidate, trial: Trial) -> Trial:
         key = _key(equivalent(candidate))
-        trial = evaluate(dict(candidate))
         result.trials.append(trial)
         samples.setdefault(key, []).append(trial.score if trial.ok else 0.0)
         first_trial.setdefault(key, trial)
         return trial
 
+    def measure(candidate: Candidate) -> Trial:
+        return record(candidate, runner(dict(candidate)))
+
     def measured(candidate: Candidate, times: int) -> list[float]:
         key = _key(equivalent(candidate))
-        while len(samples.get(key, [])) < times:
-            measure(candidate)
+        missing = times - len(samples.get(key, []))
+        if missing > 0:
+            trials = runner.repeated(dict(candidate), missing)
+            if len(trials) != missing:
+                raise ValueError(f"asked for {missing} trials of {dict(candidate)}, the runner made {len(trials)}")
+            for trial in trials:
+                record(candidate, trial)
         return samples[key]
 
     baseline_candidate = dict(current or {})

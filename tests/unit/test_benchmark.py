@@ -152,3 +152,28 @@ def test_results_and_manifest_come_back_from_a_pod_log() -> None:
     assert results_from_log(log) == {8: {"completed": 3}, 1: {}}
     assert manifest_from_log("no marker here") is None
     assert not reused_in_log("LLM_PLATFORM_REUSEDX") and reused_in_log("x\nLLM_PLATFORM_REUSED abc\n")
+
+
+def test_one_job_measures_the_ladder_in_rounds_and_each_round_comes_back() -> None:
+    from llm_platform.manifests.benchmark_script import benchmark_script, rounds_from_log
+
+    catalog = parse_catalog({"models": [{"name": "m", "source": {"repo": "org/m"}}]})
+    model = catalog.model("m")
+    script = benchmark_script(catalog.platform, model, "a" * 40, BenchmarkPlan(concurrency_levels=(1, 4)), rounds=2)
+    assert script.count("echo LLM_PLATFORM_BENCH_ROUND ") == 2
+    assert script.count("server=$!") == 1  # one server for both rounds
+    assert "round-0/concurrency-4.json" in script and "round-1/concurrency-4.json" in script
+    log = "\n".join(
+        [
+            "LLM_PLATFORM_BENCH_ROUND 0",
+            'LLM_PLATFORM_BENCH_RESULT 1 {"completed": 1}',
+            'LLM_PLATFORM_BENCH_RESULT 4 {"completed": 4}',
+            "engine noise",
+            "LLM_PLATFORM_BENCH_ROUND 1",
+            'LLM_PLATFORM_BENCH_RESULT 1 {"completed": 2}',
+        ]
+    )
+    assert rounds_from_log(log) == [{1: {"completed": 1}, 4: {"completed": 4}}, {1: {"completed": 2}}]
+    assert rounds_from_log("no results") == []
+    with pytest.raises(ValueError, match="at least one round"):
+        benchmark_script(catalog.platform, model, "a" * 40, BenchmarkPlan(), rounds=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -12,7 +13,15 @@ from llm_platform.benchmark.parse import parse_result
 from llm_platform.catalog import parse_catalog
 from llm_platform.planning.plan import PlanAxes, plan_serving, predicted_vs_measured
 from llm_platform.planning.simulator import EngineLimits, EngineStartError, StepLoad, Workload, simulate
-from llm_platform.tuning.search import SearchSpace, Trial, gain_interval, noise_aware_search, relative_spread
+from llm_platform.tuning.search import (
+    Candidate,
+    SearchSpace,
+    Trial,
+    TrialRunner,
+    gain_interval,
+    noise_aware_search,
+    relative_spread,
+)
 
 
 def linear_step(load: StepLoad) -> float:
@@ -213,3 +222,41 @@ def test_spread_and_interval() -> None:
     assert 0.17 < low < 0.2 < high < 0.23
     with pytest.raises(ValueError, match="repeats must be at least 2"):
         noise_aware_search(SearchSpace({"max_num_seqs": (8.0,)}), _noisy(SURFACE, 0, 0), {}, repeats=1)
+
+
+class _ServerStarts(TrialRunner):
+    """Counts what a real target pays for: a server start per call, one per ``repeated`` batch."""
+
+    def __init__(self, evaluate: Callable[[dict[str, float]], Trial]) -> None:
+        self.evaluate = evaluate
+        self.starts: list[tuple[float, int]] = []
+
+    def __call__(self, candidate: Candidate) -> Trial:
+        return self.repeated(candidate, 1)[0]
+
+    def repeated(self, candidate: Candidate, times: int) -> list[Trial]:
+        self.starts.append((candidate.get("max_num_seqs", 0.0), times))
+        return [self.evaluate(dict(candidate)) for _ in range(times)]
+
+
+def test_the_repeats_of_one_config_are_one_server_start() -> None:
+    runner = _ServerStarts(_noisy(SURFACE, 0.05, 3))
+    space = SearchSpace({"max_num_seqs": (8.0, 16.0, 32.0, 64.0, 128.0, 256.0)})
+    outcome = noise_aware_search(space, runner, {"max_num_seqs": 16.0}, current={}, repeats=3, margin=0.2)
+    # The current config's and the incumbent's three measurements each come from one start.
+    assert runner.starts[:2] == [(0.0, 3), (16.0, 3)]
+    assert sum(times for _, times in runner.starts) == outcome.trials
+    assert len(runner.starts) < outcome.trials
+    # A finalist measured once during the search is topped up to three in one more start.
+    assert outcome.winner is not None and len(outcome.winner_goodputs) == 3
+    winner = outcome.winner.candidate["max_num_seqs"]
+    assert [times for seqs, times in runner.starts if seqs == winner] in ([1, 2], [3])
+
+
+def test_a_runner_that_returns_too_few_repeats_is_an_error() -> None:
+    class Short(_ServerStarts):
+        def repeated(self, candidate: Candidate, times: int) -> list[Trial]:
+            return super().repeated(candidate, times)[:1]
+
+    with pytest.raises(ValueError, match="asked for 3 trials"):
+        noise_aware_search(SearchSpace({"max_num_seqs": (8.0,)}), Short(_noisy(SURFACE, 0, 0)), {}, current={})
