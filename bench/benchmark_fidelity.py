@@ -8,12 +8,17 @@ per-round ratios, so that the drift of a shared 2-core machine between rounds ca
 1 +/- 0.05 (the platform adds no load generator of its own).
 
     .venv/bin/python bench/benchmark_fidelity.py [--rounds 3] [--prompts 64] [--concurrency 8]
+        [--base-url URL --tokenizer DIR [--api-key-file FILE]]   # a tiny-llama server already running
+
+With ``--base-url`` both clients measure that server (served as ``tiny-llama``, e.g. the test session's) instead of
+one the script starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -42,13 +47,15 @@ main(parser.parse_args(sys.argv[1:]))
 """
 
 
-def direct_run(base_url: str, model_dir: str, prompts: int, concurrency: int, out: Path) -> float:
+def direct_run(base_url: str, model_dir: str, prompts: int, concurrency: int, out: Path, api_key: str | None) -> float:
     args = ["--backend", "vllm", "--base-url", base_url, "--model", "tiny-llama", "--tokenizer", model_dir,
             "--dataset-name", "random", "--random-input-len", "256", "--random-output-len", "64",
             "--num-prompts", str(prompts), "--max-concurrency", str(concurrency), "--seed", "0", "--ignore-eos",
             "--num-warmups", "2", "--save-result", "--result-dir", str(out.parent),
             "--result-filename", out.name]  # fmt: skip
-    subprocess.run([sys.executable, "-c", DIRECT, *args], check=True, capture_output=True)
+    # vLLM's client sends OPENAI_API_KEY as the bearer token, as a user's shell would.
+    env = {**os.environ, **({"OPENAI_API_KEY": api_key} if api_key else {})}
+    subprocess.run([sys.executable, "-c", DIRECT, *args], check=True, capture_output=True, env=env)
     return float(json.loads(out.read_text())["output_throughput"])
 
 
@@ -57,31 +64,42 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=128)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--base-url", help="measure this running tiny-llama server instead of starting one")
+    parser.add_argument("--tokenizer", help="the running server's weights directory (with --base-url)")
+    parser.add_argument("--api-key-file", help="the key the running server requires (with --base-url)")
     options = parse_options(parser, {"rounds": 1, "prompts": 8, "concurrency": 2})
 
     work = Path(tempfile.mkdtemp(prefix="fidelity-"))
-    model_dir = str(make_tiny_model(work / "tiny"))
-    catalog = parse_catalog({"models": [{"name": "tiny-llama", "source": {"path": model_dir},
-                                         "serving": {"max_model_len": 2048, "max_num_seqs": 32}}]})  # fmt: skip
-    model = catalog.model("tiny-llama")
-    target = LocalServers(LocalTargetSettings(state_dir=work / "target", file_sd_dir=work / "sd"))
+    if options.base_url and not options.tokenizer:
+        parser.error("--base-url needs --tokenizer (the server's weights directory)")
+    api_key = Path(options.api_key_file).read_text().strip() if options.api_key_file else None
     plan = BenchmarkPlan(input_len=256, output_len=64, prompts_per_level=options.prompts,
                          concurrency_levels=(options.concurrency,), seed=0, num_warmups=2)  # fmt: skip
     ours: list[float] = []
     direct: list[float] = []
+    target = None
     try:
-        server = target.ensure_server(model, model_dir, log=lambda _: None)
+        if options.base_url:
+            base_url, model_dir = options.base_url, options.tokenizer
+        else:
+            model_dir = str(make_tiny_model(work / "tiny"))
+            catalog = parse_catalog({"models": [{"name": "tiny-llama", "source": {"path": model_dir},
+                                                 "serving": {"max_model_len": 2048, "max_num_seqs": 32}}]})  # fmt: skip
+            target = LocalServers(LocalTargetSettings(state_dir=work / "target", file_sd_dir=work / "sd"))
+            base_url = target.ensure_server(catalog.model("tiny-llama"), model_dir, log=lambda _: None).base_url
+            api_key = target.api_key
         for round_ in range(options.rounds):
             for which in ("ours", "direct") if round_ % 2 == 0 else ("direct", "ours"):
                 if which == "ours":
-                    frame, _ = run_plan(plan, engine=VLLM, model="tiny-llama", base_url=server.base_url,
+                    frame, _ = run_plan(plan, engine=VLLM, model="tiny-llama", base_url=base_url, api_key=api_key,
                                         tokenizer=model_dir, work_dir=work / f"ours-{round_}")  # fmt: skip
                     ours.append(float(frame["output_throughput"].iloc[0]))
                 else:
-                    direct.append(direct_run(server.base_url, model_dir, options.prompts, options.concurrency,
-                                             work / f"direct-{round_}.json"))  # fmt: skip
+                    direct.append(direct_run(base_url, model_dir, options.prompts, options.concurrency,
+                                             work / f"direct-{round_}.json", api_key))  # fmt: skip
     finally:
-        target.stop("tiny-llama")
+        if target is not None:
+            target.stop("tiny-llama")
     ours_median, direct_median = statistics.median(ours), statistics.median(direct)
     ratio = statistics.median(o / d for o, d in zip(ours, direct, strict=True))
     print(f"tiny Llama on vLLM-on-CPU, {options.prompts} prompts (256 in, 64 out) at concurrency {options.concurrency}")
