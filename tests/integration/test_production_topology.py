@@ -172,6 +172,7 @@ def _promote(topology: Topology, *args: str) -> subprocess.CompletedProcess[str]
 # Five vLLM starts (each run is a fresh pod) and an auto-tune search: past the suite's 10-minute default on a
 # loaded two-core machine. The runs' own deadlines (``follow``'s 900 s) still catch a hang.
 @pytest.mark.timeout(1800)
+@pytest.mark.slow
 def test_every_job_runs_when_each_run_has_its_own_fresh_disk(topology: Topology) -> None:
     # 1. lifecycle: weights → config → smoke benchmark → deployment, in a run whose disk is then deleted.
     first = _promote(topology, "--revision", "main")

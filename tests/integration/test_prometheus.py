@@ -123,6 +123,7 @@ def test_the_shipped_alerts_load_and_the_dashboard_queries_run(prometheus: str) 
         client.query(expr.replace("$__rate_interval", "1m"))  # raises PrometheusError if Prometheus refuses it
 
 
+@pytest.mark.slow
 def test_a_saturated_kv_cache_on_real_vllm_makes_the_sensor_request_a_promotion(
     prometheus: str, served_tiny: ServedTiny
 ) -> None:
