@@ -1,0 +1,140 @@
+"""The canary judge (pure): does a candidate config pass one step of a progressive rollout?
+
+At each step the edge sends a share of the model's live traffic to the canary and the rest to the stable version;
+Prometheus gives, per track over the step's window, the requests served, p95 TTFT and p95 ITL (vLLM's histograms),
+the error ratio (``http_requests_total`` by status) and the output tokens per second (:class:`TrackFigures`). The
+canary passes a step when it has served enough requests to say anything (``min_requests``), meets the model's
+absolute SLOs, and is not worse than the stable version beyond the margins. Too little traffic holds the step until
+its deadline, then aborts: a rollout never passes on no evidence. Flagger's analysis does the same with generic
+request-success and latency metrics; these are the figures users of an LLM engine feel.
+
+Every verdict's reason names the figures it compared, so the rollout's log and the asset's metadata say why.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from llm_platform.catalog import Slo
+
+
+@dataclass(frozen=True)
+class TrackFigures:
+    """One track (stable or canary) over one step's window. NaN: Prometheus had no sample for it."""
+
+    requests: float
+    ttft_p95_ms: float
+    itl_p95_ms: float
+    error_ratio: float
+    output_tokens_per_s: float
+
+
+@dataclass(frozen=True)
+class Margins:
+    """How much worse than the stable version the canary may be before a step fails."""
+
+    ttft_pct: float = 20.0
+    """p95 TTFT above stable's, in percent."""
+    itl_pct: float = 20.0
+    """p95 ITL above stable's, in percent."""
+    error_ratio_points: float = 0.01
+    """Error ratio above stable's, in absolute terms (a ratio of ratios near zero says nothing)."""
+
+    @classmethod
+    def from_slo(cls, slo: Slo) -> Margins:
+        """The default margins: the SLO's regression budget for both latencies, one point of errors."""
+        return cls(ttft_pct=slo.max_regression_pct, itl_pct=slo.max_regression_pct)
+
+
+Outcome = Literal["pass", "hold", "abort"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the judge decided for one step, and the readable reason."""
+
+    outcome: Outcome
+    reason: str
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == "pass"
+
+
+def _ms(value: float) -> str:
+    return "no sample" if math.isnan(value) else f"{value:.0f} ms"
+
+
+def judge_step(
+    canary: TrackFigures,
+    stable: TrackFigures | None,
+    slo: Slo,
+    margins: Margins,
+    min_requests: int,
+    *,
+    deadline_passed: bool,
+) -> Verdict:
+    """The verdict for one step. ``stable`` is None (or below ``min_requests``) when the stable version served too
+    little to compare with, e.g. at the 100 % step: then the canary is judged on the absolute SLOs alone."""
+    served = 0.0 if math.isnan(canary.requests) else canary.requests
+    unmeasured = [math.isnan(value) for value in (canary.ttft_p95_ms, canary.itl_p95_ms, canary.error_ratio)]
+    if served < min_requests or any(unmeasured):
+        missing = (
+            f"too little traffic to judge ({served:.0f} requests, at least {min_requests} needed)"
+            if served < min_requests
+            else f"no figures for the canary yet (p95 TTFT {_ms(canary.ttft_p95_ms)}, p95 ITL "
+            f"{_ms(canary.itl_p95_ms)}, error ratio {canary.error_ratio:.3f})"
+        )
+        return Verdict("abort" if deadline_passed else "hold", missing)
+
+    failures = [
+        f"canary {name} {_ms(ours)} > SLO {_ms(limit)}"
+        for name, ours, limit in (
+            ("p95 TTFT", canary.ttft_p95_ms, slo.ttft_p95_ms),
+            ("p95 ITL", canary.itl_p95_ms, slo.itl_p95_ms),
+        )
+        if ours > limit
+    ]
+    if canary.error_ratio > slo.max_error_rate:
+        failures.append(f"canary error ratio {canary.error_ratio:.3f} > SLO {slo.max_error_rate:.3f}")
+    compared = stable is not None and not math.isnan(stable.requests) and stable.requests >= min_requests
+    if compared and stable is not None:
+        failures += _regressions(canary, stable, margins)
+    if failures:
+        return Verdict("abort", "; ".join(failures))
+    figures = f"canary {_figures(canary)}"
+    if compared and stable is not None:
+        figures += f"; stable {_figures(stable)}"
+    else:
+        figures += "; judged on the SLOs alone (the stable version served too little to compare)"
+    return Verdict("pass", figures)
+
+
+def _figures(track: TrackFigures) -> str:
+    return (
+        f"{track.requests:.0f} requests, p95 TTFT {_ms(track.ttft_p95_ms)}, p95 ITL {_ms(track.itl_p95_ms)}, "
+        f"errors {track.error_ratio:.3f}, {track.output_tokens_per_s:.1f} output tok/s"
+    )
+
+
+def _regressions(canary: TrackFigures, stable: TrackFigures, margins: Margins) -> list[str]:
+    """Where the canary is worse than stable beyond the margins (a stable figure with no sample compares nothing)."""
+    failures = []
+    for name, ours, theirs, pct in (
+        ("p95 TTFT", canary.ttft_p95_ms, stable.ttft_p95_ms, margins.ttft_pct),
+        ("p95 ITL", canary.itl_p95_ms, stable.itl_p95_ms, margins.itl_pct),
+    ):
+        if not math.isnan(theirs) and theirs > 0 and ours > theirs * (1 + pct / 100):
+            failures.append(
+                f"canary {name} {_ms(ours)} is {(ours / theirs - 1) * 100:.0f} % above stable's {_ms(theirs)} "
+                f"(margin {pct:g} %)"
+            )
+    stable_errors = 0.0 if math.isnan(stable.error_ratio) else stable.error_ratio
+    if canary.error_ratio > stable_errors + margins.error_ratio_points:
+        failures.append(
+            f"canary error ratio {canary.error_ratio:.3f} exceeds stable's {stable_errors:.3f} by more than "
+            f"{margins.error_ratio_points:g}"
+        )
+    return failures
