@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from llm_platform.catalog import Slo
+from llm_platform.catalog import Rollout, Slo
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,13 @@ class Margins:
     """Error ratio above stable's, in absolute terms (a ratio of ratios near zero says nothing)."""
 
     @classmethod
-    def from_slo(cls, slo: Slo) -> Margins:
-        """The default margins: the SLO's regression budget for both latencies, one point of errors."""
-        return cls(ttft_pct=slo.max_regression_pct, itl_pct=slo.max_regression_pct)
+    def of(cls, rollout: Rollout, slo: Slo) -> Margins:
+        """The model's margins: its rollout section's, the SLO's regression budget where that sets none."""
+        return cls(
+            ttft_pct=rollout.max_ttft_regression_pct or slo.max_regression_pct,
+            itl_pct=rollout.max_itl_regression_pct or slo.max_regression_pct,
+            error_ratio_points=rollout.max_error_ratio_increase,
+        )
 
 
 Outcome = Literal["pass", "hold", "abort"]

@@ -76,6 +76,7 @@ def model_problems(
                 "with the host's TLS certificate",
             )
         )
+    problems += _rollout_problems(model)
     batched = serving.max_num_batched_tokens
     if batched is not None:
         if not serving.enable_chunked_prefill and batched < serving.max_model_len:
@@ -106,21 +107,52 @@ def model_problems(
     return problems
 
 
+def _rollout_problems(model: ModelSpec) -> list[tuple[str, str]]:
+    """A canary needs an edge that can split the traffic by weight: the model's Ingress or HTTPRoute."""
+    if model.rollout.strategy != "canary":
+        return []
+    problems = [
+        (
+            "rollout.strategy",
+            "canary promotions are not available in this release yet; set rollout.strategy: replace (a canary "
+            "would otherwise be promised and not run)",
+        )
+    ]
+    if model.exposure.host is None:
+        problems.append(
+            (
+                "rollout.strategy",
+                "a canary needs exposure.host: without an Ingress or HTTPRoute there is no edge to split the "
+                "traffic between the stable and the canary version; set exposure.host or rollout.strategy: replace",
+            )
+        )
+    return problems
+
+
+def peak_replicas(model: ModelSpec) -> int:
+    """Replicas a model can hold at once: max_replicas plus a rolling update's surge of one, plus the canary's
+    fixed replicas while a canary runs beside the stable version."""
+    canary = model.rollout.canary_replicas if model.rollout.strategy == "canary" else 0
+    return model.autoscaling.max_replicas + 1 + canary
+
+
 def quota_problems(platform: Platform, models: Sequence[ModelSpec]) -> list[tuple[str | None, str, str]]:
     """GPU budget checks against the namespace quota: (model name or None for the catalog, field, message)."""
     problems: list[tuple[str | None, str, str]] = []
     quota = platform.gpu_quota
     for model in models:
-        # A rolling update surges one replica before it removes one, so the peak is max_replicas + 1.
-        peak = (model.autoscaling.max_replicas + 1) * model.gpus_per_replica
+        # A rolling update surges one replica before it removes one; a canary runs its replicas beside them.
+        peak = peak_replicas(model) * model.gpus_per_replica
         if peak > quota:
+            canary = peak_replicas(model) - model.autoscaling.max_replicas - 1
+            extra = f" and {canary} canary" if canary else ""
             problems.append(
                 (
                     model.name,
                     "autoscaling.max_replicas",
-                    f"needs {peak} GPUs at {model.autoscaling.max_replicas} replicas plus 1 rolling-update surge "
-                    f"({model.gpus_per_replica} per replica) but the namespace quota is {quota}; lower max_replicas "
-                    "or raise platform.gpu_quota",
+                    f"needs {peak} GPUs at {model.autoscaling.max_replicas} replicas plus 1 rolling-update surge"
+                    f"{extra} ({model.gpus_per_replica} per replica) but the namespace quota is {quota}; lower "
+                    "max_replicas or raise platform.gpu_quota",
                 )
             )
     baseline = sum(model.autoscaling.min_replicas * model.gpus_per_replica for model in models)
@@ -151,10 +183,12 @@ class QuotaBudget:
         return cls(platform.gpu_quota, minimums, sum(minimums.values()))
 
     def max_replicas(self, model: ModelSpec) -> int:
-        """The most replicas ``model`` may scale to: its peak — (max_replicas + one rolling-update surge) x GPUs per
-        replica — plus every other model's minimum must fit the quota (the catalog's arithmetic)."""
+        """The most replicas ``model`` may scale to: its peak — (max_replicas + one rolling-update surge + a canary's
+        replicas) x GPUs per replica — plus every other model's minimum must fit the quota (the catalog's
+        arithmetic)."""
         others = self.total - self.minimums.get(model.name, 0)
-        return max(0, (self.quota - others) // max(model.gpus_per_replica, 1) - 1)
+        overhead = peak_replicas(model) - model.autoscaling.max_replicas  # the surge, and a canary's replicas
+        return max(0, (self.quota - others) // max(model.gpus_per_replica, 1) - overhead)
 
 
 def max_replicas_within_quota(platform: Platform, models: Sequence[ModelSpec], model: ModelSpec) -> int:

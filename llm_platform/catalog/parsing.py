@@ -55,6 +55,18 @@ def describe_error(error: Mapping[str, Any], model_class: type[BaseModel]) -> tu
     return path or "(top level)", message
 
 
+def with_platform_defaults(raw: Mapping[str, Any], platform: Platform) -> Mapping[str, Any]:
+    """A model's data with the fields the platform's ``rollout`` section sets as defaults of its own (a model's own
+    fields win, field by field)."""
+    defaults = platform.rollout.model_dump(exclude_unset=True)
+    if not defaults:
+        return raw
+    own = raw.get("rollout")
+    if own is None:
+        return {**raw, "rollout": defaults}
+    return {**raw, "rollout": {**defaults, **own}} if isinstance(own, Mapping) else raw
+
+
 MAX_PROBLEM_LENGTH = 400
 """Longest problem line: values are shortened where they are quoted, and this caps what is left."""
 
@@ -105,7 +117,7 @@ def parse_catalog(
             problems.append(f"{where}: expected a mapping with 'name' and 'source'")
             continue
         try:
-            model = ModelSpec.model_validate(raw)
+            model = ModelSpec.model_validate(with_platform_defaults(raw, platform))
         except ValidationError as exc:
             problems += [format_problem(where, *describe_error(error, ModelSpec)) for error in exc.errors()]
             continue

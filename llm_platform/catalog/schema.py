@@ -8,6 +8,7 @@ fields are in ``checks.py``; turning data into a :class:`Catalog` with one reada
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from typing import Literal
@@ -401,6 +402,43 @@ class Exposure(_Section):
         return labels
 
 
+class Rollout(_Section):
+    """How a promotion reaches the model's traffic: at once (``replace``), or as a canary that takes growing shares
+    of the live traffic and is judged against the stable version at every step (Flagger's way, on LLM figures)."""
+
+    strategy: Literal["replace", "canary"] = "replace"
+    """``replace``: the new config takes all traffic once its benchmark passed; ``canary``: stepped, judged."""
+    steps: tuple[int, ...] = (10, 25, 50, 100)
+    """Percent of the traffic the canary takes at each step: strictly increasing, ending at 100."""
+    step_seconds: int = Field(300, ge=10)
+    """How long each step lasts before it is judged (the window of its figures)."""
+    min_requests: int = Field(50, ge=1)
+    """Requests each version must serve in a step before it can be judged (the evidence floor)."""
+    max_wait_seconds: int = Field(1800, ge=10)
+    """How long a step may wait for ``min_requests`` past ``step_seconds`` before the canary is aborted."""
+    canary_replicas: int = Field(1, ge=1)
+    """Replicas of the canary (fixed, not autoscaled; counted in the GPU quota)."""
+    max_ttft_regression_pct: float | None = Field(None, gt=0)
+    """How much higher than stable's the canary's p95 TTFT may be, in %; ``null``: ``slo.max_regression_pct``."""
+    max_itl_regression_pct: float | None = Field(None, gt=0)
+    """How much higher than stable's the canary's p95 ITL may be, in %; ``null``: ``slo.max_regression_pct``."""
+    max_error_ratio_increase: float = Field(0.01, ge=0, le=1)
+    """How much higher than stable's the canary's error ratio may be, in absolute terms."""
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, steps: tuple[int, ...]) -> tuple[int, ...]:
+        if not steps:
+            raise ValueError("needs at least one step, ending at 100")
+        if any(not 1 <= step <= 100 for step in steps):
+            raise ValueError(f"each step is a percent of the traffic, 1 to 100 (got {list(steps)})")
+        if any(later <= earlier for earlier, later in itertools.pairwise(steps)):
+            raise ValueError(f"must be strictly increasing (got {list(steps)})")
+        if steps[-1] != 100:
+            raise ValueError(f"must end at 100, where the canary serves all traffic (got {list(steps)})")
+        return steps
+
+
 class Toleration(_Section):
     """A Kubernetes toleration for the GPU nodes' taints."""
 
@@ -484,6 +522,8 @@ class Platform(_Section):
     """Node labels the vLLM and benchmark pods require (e.g. a GPU product label)."""
     gpu_tolerations: tuple[Toleration, ...] = (Toleration(key="nvidia.com/gpu", effect="NoSchedule"),)
     """Tolerations for GPU node taints."""
+    rollout: Rollout = Rollout()
+    """Every model's rollout unless its own ``rollout`` section sets a field (field by field)."""
     live_benchmark_cron: str | None = "0 3 * * *"
     """When the scheduled live benchmark of every deployed model runs (cron, 5 fields); ``null``: never."""
     live_benchmark_timezone: str = "UTC"
@@ -620,6 +660,7 @@ class ModelSpec(_Section):
     traffic: Traffic = Traffic()
     autoscaling: Autoscaling = Autoscaling()
     exposure: Exposure = Exposure()
+    rollout: Rollout = Rollout()
 
     @field_validator("name")
     @classmethod

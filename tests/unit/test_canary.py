@@ -8,10 +8,10 @@ import math
 import pytest
 
 from llm_platform.canary import Margins, TrackFigures, judge_step
-from llm_platform.catalog import Slo
+from llm_platform.catalog import Rollout, Slo
 
 SLO = Slo(ttft_p95_ms=2000, itl_p95_ms=100, max_error_rate=0.01, max_regression_pct=20)
-MARGINS = Margins.from_slo(SLO)
+MARGINS = Margins.of(Rollout(), SLO)
 STABLE = TrackFigures(requests=400, ttft_p95_ms=500, itl_p95_ms=40, error_ratio=0.0, output_tokens_per_s=900)
 GOOD = TrackFigures(requests=60, ttft_p95_ms=520, itl_p95_ms=41, error_ratio=0.0, output_tokens_per_s=110)
 
@@ -40,7 +40,7 @@ def test_a_worse_canary_is_aborted_with_the_figures_it_was_compared_on(change: d
 
 def test_errors_are_compared_in_points_not_ratios() -> None:
     loose = Slo(max_error_rate=0.5)
-    margins = Margins.from_slo(loose)
+    margins = Margins.of(Rollout(), loose)
     stable = dataclasses.replace(STABLE, error_ratio=0.001)
     slightly = dataclasses.replace(GOOD, error_ratio=0.005)  # 5x stable's, but half a point
     assert judge_step(slightly, stable, loose, margins, 50, deadline_passed=False).passed
@@ -78,3 +78,9 @@ def test_a_stable_figure_without_samples_compares_nothing() -> None:
     stable = dataclasses.replace(STABLE, ttft_p95_ms=math.nan)
     assert judge_step(dataclasses.replace(GOOD, ttft_p95_ms=1500), stable, SLO, MARGINS, 50,
                       deadline_passed=False).passed  # fmt: skip
+
+
+def test_the_margins_come_from_the_rollout_section_and_default_to_the_slos_regression_budget() -> None:
+    assert Margins.of(Rollout(), SLO) == Margins(ttft_pct=20, itl_pct=20, error_ratio_points=0.01)
+    own = Rollout(max_ttft_regression_pct=5, max_error_ratio_increase=0)
+    assert Margins.of(own, SLO) == Margins(ttft_pct=5, itl_pct=20, error_ratio_points=0)

@@ -452,3 +452,60 @@ def test_a_change_passes_the_same_quota_check_as_the_catalog(overrides: dict[str
     with pytest.raises(CatalogError, match="quota"):
         patch.apply(model, origin="--set", fleet=catalog)
     assert ModelPatch.parse(model, {"max_num_seqs": "64"}).apply(model, fleet=catalog).serving.max_num_seqs == 64
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        ([10, 5, 100], "must be strictly increasing (got [10, 5, 100])"),
+        ([10, 10, 100], "must be strictly increasing (got [10, 10, 100])"),
+        ([10, 50], "must end at 100, where the canary serves all traffic (got [10, 50])"),
+        ([0, 100], "each step is a percent of the traffic, 1 to 100 (got [0, 100])"),
+        ([50, 150], "each step is a percent of the traffic, 1 to 100 (got [50, 150])"),
+        ([], "needs at least one step, ending at 100"),
+    ],
+)
+def test_rollout_steps_are_percents_that_rise_to_100(steps: list[int], message: str) -> None:
+    (problem,) = _problems({"models": [_model(rollout={"steps": steps})]})
+    assert problem == f"models.yaml: model 'llama': rollout.steps: {message}"
+
+
+def test_the_platform_rollout_is_every_models_default_field_by_field() -> None:
+    catalog = parse_catalog(
+        {
+            "platform": {"rollout": {"step_seconds": 60, "min_requests": 20}},
+            "models": [_model(), _model(name="other", rollout={"min_requests": 5})],
+        }
+    )
+    assert (catalog.model("llama").rollout.step_seconds, catalog.model("llama").rollout.min_requests) == (60, 20)
+    assert (catalog.model("other").rollout.step_seconds, catalog.model("other").rollout.min_requests) == (60, 5)
+    assert catalog.model("other").rollout.steps == (10, 25, 50, 100)
+    # A bad platform default is reported once, at the platform, not once per model.
+    problems = _problems({"platform": {"rollout": {"steps": [10]}}, "models": [_model(), _model(name="other")]})
+    assert problems == ["models.yaml: platform.rollout.steps: must end at 100, where the canary serves all traffic "
+                        "(got [10])"]  # fmt: skip
+
+
+def test_a_canary_is_refused_until_the_platform_runs_one_and_needs_an_edge_that_splits_traffic() -> None:
+    exposed = {"host": "llama.example.com", "tls_secret": "llama-tls"}
+    (problem,) = _problems({"models": [_model(exposure=exposed, rollout={"strategy": "canary"})]})
+    assert problem.startswith("models.yaml: model 'llama': rollout.strategy: canary promotions are not available")
+    problems = _problems({"models": [_model(rollout={"strategy": "canary"})]})
+    assert "models.yaml: model 'llama': rollout.strategy: a canary needs exposure.host" in problems[1]
+
+
+def test_a_canarys_replicas_count_in_the_gpu_quota() -> None:
+    from llm_platform.catalog import QuotaBudget, peak_replicas
+
+    scaling = {"min_replicas": 1, "max_replicas": 5}
+    replace = parse_catalog({"models": [_model(autoscaling=scaling)]}).model("llama")
+    assert peak_replicas(replace) == 6
+    stepped = replace.rollout.model_copy(update={"strategy": "canary", "canary_replicas": 2})
+    canary = replace.model_copy(update={"rollout": stepped})
+    assert peak_replicas(canary) == 8
+    platform = parse_catalog({"models": [_model()]}).platform
+    assert QuotaBudget.of(platform, [replace]).max_replicas(replace) == 7  # 8 GPUs: 7 + the surge
+    assert QuotaBudget.of(platform, [canary]).max_replicas(canary) == 5  # 5 + the surge + 2 canary
+    rollout = {"strategy": "canary", "canary_replicas": 2}
+    problems = _problems({"models": [_model(autoscaling={"max_replicas": 6}, rollout=rollout)]})
+    assert any("needs 9 GPUs at 6 replicas plus 1 rolling-update surge and 2 canary" in p for p in problems)
