@@ -138,34 +138,41 @@ def peak_replicas(model: ModelSpec) -> int:
 
 def quota_problems(platform: Platform, models: Sequence[ModelSpec]) -> list[tuple[str | None, str, str]]:
     """GPU budget checks against the namespace quota: (model name or None for the catalog, field, message)."""
-    problems: list[tuple[str | None, str, str]] = []
     quota = platform.gpu_quota
-    for model in models:
-        # A rolling update surges one replica before it removes one; a canary runs its replicas beside them.
-        peak = peak_replicas(model) * model.gpus_per_replica
-        if peak > quota:
-            canary = peak_replicas(model) - model.autoscaling.max_replicas - 1
-            extra = f" and {canary} canary" if canary else ""
-            problems.append(
-                (
-                    model.name,
-                    "autoscaling.max_replicas",
-                    f"needs {peak} GPUs at {model.autoscaling.max_replicas} replicas plus 1 rolling-update surge"
-                    f"{extra} ({model.gpus_per_replica} per replica) but the namespace quota is {quota}; lower "
-                    "max_replicas or raise platform.gpu_quota",
-                )
-            )
-    baseline = sum(model.autoscaling.min_replicas * model.gpus_per_replica for model in models)
-    if baseline > quota:
-        problems.append(
-            (
-                None,
-                "platform.gpu_quota",
-                f"the models' min_replicas together need {baseline} GPUs but the namespace quota is {quota}; lower "
-                "min_replicas or raise the quota",
-            )
-        )
-    return problems
+    problems: list[tuple[str | None, str, str]] = [
+        (model.name, *problem) for model in models if (problem := _peak_problem(model, quota)) is not None
+    ]
+    baseline = _baseline_problem(sum(_minimum_gpus(model) for model in models), quota)
+    return problems + ([(None, *baseline)] if baseline is not None else [])
+
+
+def _minimum_gpus(model: ModelSpec) -> int:
+    return model.autoscaling.min_replicas * model.gpus_per_replica
+
+
+def _peak_problem(model: ModelSpec, quota: int) -> tuple[str, str] | None:
+    """A rolling update surges one replica before it removes one; a canary runs its replicas beside them."""
+    peak = peak_replicas(model) * model.gpus_per_replica
+    if peak <= quota:
+        return None
+    canary = peak_replicas(model) - model.autoscaling.max_replicas - 1
+    extra = f" and {canary} canary" if canary else ""
+    return (
+        "autoscaling.max_replicas",
+        f"needs {peak} GPUs at {model.autoscaling.max_replicas} replicas plus 1 rolling-update surge{extra} "
+        f"({model.gpus_per_replica} per replica) but the namespace quota is {quota}; lower max_replicas or raise "
+        "platform.gpu_quota",
+    )
+
+
+def _baseline_problem(baseline: int, quota: int) -> tuple[str, str] | None:
+    if baseline <= quota:
+        return None
+    return (
+        "platform.gpu_quota",
+        f"the models' min_replicas together need {baseline} GPUs but the namespace quota is {quota}; lower "
+        "min_replicas or raise the quota",
+    )
 
 
 @dataclass(frozen=True)
@@ -179,7 +186,7 @@ class QuotaBudget:
 
     @classmethod
     def of(cls, platform: Platform, models: Sequence[ModelSpec]) -> QuotaBudget:
-        minimums = {model.name: model.autoscaling.min_replicas * model.gpus_per_replica for model in models}
+        minimums = {model.name: _minimum_gpus(model) for model in models}
         return cls(platform.gpu_quota, minimums, sum(minimums.values()))
 
     def max_replicas(self, model: ModelSpec) -> int:
@@ -189,6 +196,13 @@ class QuotaBudget:
         others = self.total - self.minimums.get(model.name, 0)
         overhead = peak_replicas(model) - model.autoscaling.max_replicas  # the surge, and a canary's replicas
         return max(0, (self.quota - others) // max(model.gpus_per_replica, 1) - overhead)
+
+    def problems_with(self, model: ModelSpec) -> list[tuple[str, str]]:
+        """What :func:`quota_problems` says of ``model`` and of the whole fleet once ``model`` replaces its entry,
+        without walking the fleet again: a proposal per model stays O(1) at any fleet size."""
+        total = self.total - self.minimums.get(model.name, 0) + _minimum_gpus(model)
+        found = (_peak_problem(model, self.quota), _baseline_problem(total, self.quota))
+        return [problem for problem in found if problem is not None]
 
 
 def max_replicas_within_quota(platform: Platform, models: Sequence[ModelSpec], model: ModelSpec) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from llm_platform.catalog.checks import model_problems, quota_problems
+from llm_platform.catalog.checks import QuotaBudget, model_problems
 from llm_platform.catalog.parsing import describe_error, format_problem, load_yaml
 from llm_platform.catalog.schema import Autoscaling, Catalog, ModelSpec, Serving
 from llm_platform.errors import CatalogError
@@ -68,11 +68,12 @@ class ModelPatch:
         *,
         origin: str = "overrides",
         position_limit: int | None = None,
-        fleet: Catalog | None = None,
+        fleet: Catalog | QuotaBudget | None = None,
     ) -> ModelSpec:
         """``model`` with the patch applied, validated like the catalog (one line per problem); with ``fleet`` (the
-        catalog the model belongs to) also against the GPU quota that the catalog itself must meet, so that a change
-        (``--set``, run config, a sensor's proposal, an adopted tuning) can never exceed it."""
+        catalog the model belongs to, or its :class:`QuotaBudget` summed once for many proposals) also against the
+        GPU quota that the catalog itself must meet, so that a change (``--set``, run config, a sensor's proposal,
+        an adopted tuning) can never exceed it."""
         where = f"{origin}: model '{model.name}'"
         updates: dict[str, BaseModel] = {}
         problems: list[str] = []
@@ -89,9 +90,8 @@ class ModelPatch:
         patched = model.model_copy(update=updates)
         cross = model_problems(patched, limit=position_limit)
         if fleet is not None:
-            models = [patched if other.name == model.name else other for other in fleet.models]
-            cross += [(path, message) for name, path, message in quota_problems(fleet.platform, models)
-                      if name in (model.name, None)]  # fmt: skip
+            budget = fleet if isinstance(fleet, QuotaBudget) else QuotaBudget.of(fleet.platform, fleet.models)
+            cross += budget.problems_with(patched)
         if cross:
             raise CatalogError([format_problem(where, path, message) for path, message in cross])
         return patched

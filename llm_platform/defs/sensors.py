@@ -176,7 +176,7 @@ def build_drift_sensor(
                 proposal = patch_between(base, current).merged(
                     ModelPatch.parse(current, decision.overrides, origin=SENSOR_NAME, position_limit=limit)
                 )
-                proposal.apply(base, origin=SENSOR_NAME, position_limit=limit, fleet=catalog)
+                proposal.apply(base, origin=SENSOR_NAME, position_limit=limit, fleet=budget)
             except PlatformError as error:
                 notes.append(f"{name}: {decision.reason}; proposal refused: {error}")
                 continue

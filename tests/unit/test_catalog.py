@@ -509,3 +509,30 @@ def test_a_canarys_replicas_count_in_the_gpu_quota() -> None:
     rollout = {"strategy": "canary", "canary_replicas": 2}
     problems = _problems({"models": [_model(autoscaling={"max_replicas": 6}, rollout=rollout)]})
     assert any("needs 9 GPUs at 6 replicas plus 1 rolling-update surge and 2 canary" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        {"min_replicas": 1, "max_replicas": 2},  # fits
+        {"min_replicas": 1, "max_replicas": 8},  # peak 9 x 2 GPUs: over
+        {"min_replicas": 6, "max_replicas": 6},  # fits alone (14), the fleet's minimums (12 + 6) do not
+        {"min_replicas": 6, "max_replicas": 9},  # both
+    ],
+)
+def test_the_budget_says_of_one_changed_model_what_the_whole_catalog_check_says(scaling: dict[str, int]) -> None:
+    from llm_platform.catalog import QuotaBudget, quota_problems
+
+    fleet = parse_catalog(
+        {
+            "platform": {"gpu_quota": 16},
+            "models": [_model(resources={"gpus": 2}, serving={"tensor_parallel_size": 2}),
+                       _model(name="other", autoscaling={"min_replicas": 6, "max_replicas": 6})],
+        }
+    )  # fmt: skip
+    model = fleet.model("llama")
+    changed = model.model_copy(update={"autoscaling": model.autoscaling.model_copy(update=scaling)})
+    whole = quota_problems(fleet.platform, [changed, fleet.model("other")])
+    expected = [(path, message) for name, path, message in whole if name in ("llama", None)]
+    assert len(expected) == [0, 1, 1, 2][[2, 8, 6, 9].index(scaling["max_replicas"])]
+    assert QuotaBudget.of(fleet.platform, fleet.models).problems_with(changed) == expected
