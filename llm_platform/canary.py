@@ -103,14 +103,15 @@ def judge_step(
     ]
     if canary.error_ratio > slo.max_error_rate:
         failures.append(f"canary error ratio {canary.error_ratio:.3f} > SLO {slo.max_error_rate:.3f}")
-    compared = stable is not None and not math.isnan(stable.requests) and stable.requests >= min_requests
-    if compared and stable is not None:
-        failures += _regressions(canary, stable, margins)
+    # NaN requests compare False: no stable series is too little to compare with.
+    baseline = stable if stable is not None and stable.requests >= min_requests else None
+    if baseline is not None:
+        failures += _regressions(canary, baseline, margins)
     if failures:
         return Verdict("abort", "; ".join(failures))
     figures = f"canary {_figures(canary)}"
-    if compared and stable is not None:
-        figures += f"; stable {_figures(stable)}"
+    if baseline is not None:
+        figures += f"; stable {_figures(baseline)}"
     else:
         figures += "; judged on the SLOs alone (the stable version served too little to compare)"
     return Verdict("pass", figures)

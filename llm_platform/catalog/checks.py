@@ -129,11 +129,15 @@ def _rollout_problems(model: ModelSpec) -> list[tuple[str, str]]:
     return problems
 
 
+def _canary_replicas(model: ModelSpec) -> int:
+    """The canary's fixed replicas beside the stable version (none without a canary strategy)."""
+    return model.rollout.canary_replicas if model.rollout.strategy == "canary" else 0
+
+
 def peak_replicas(model: ModelSpec) -> int:
     """Replicas a model can hold at once: max_replicas plus a rolling update's surge of one, plus the canary's
     fixed replicas while a canary runs beside the stable version."""
-    canary = model.rollout.canary_replicas if model.rollout.strategy == "canary" else 0
-    return model.autoscaling.max_replicas + 1 + canary
+    return model.autoscaling.max_replicas + 1 + _canary_replicas(model)
 
 
 def quota_problems(platform: Platform, models: Sequence[ModelSpec]) -> list[tuple[str | None, str, str]]:
@@ -155,7 +159,7 @@ def _peak_problem(model: ModelSpec, quota: int) -> tuple[str, str] | None:
     peak = peak_replicas(model) * model.gpus_per_replica
     if peak <= quota:
         return None
-    canary = peak_replicas(model) - model.autoscaling.max_replicas - 1
+    canary = _canary_replicas(model)
     extra = f" and {canary} canary" if canary else ""
     return (
         "autoscaling.max_replicas",
@@ -194,7 +198,7 @@ class QuotaBudget:
         replicas) x GPUs per replica — plus every other model's minimum must fit the quota (the catalog's
         arithmetic)."""
         others = self.total - self.minimums.get(model.name, 0)
-        overhead = peak_replicas(model) - model.autoscaling.max_replicas  # the surge, and a canary's replicas
+        overhead = 1 + _canary_replicas(model)  # the surge, and a canary's replicas
         return max(0, (self.quota - others) // max(model.gpus_per_replica, 1) - overhead)
 
     def problems_with(self, model: ModelSpec) -> list[tuple[str, str]]:

@@ -39,6 +39,8 @@ def benchmark_script(
     level prints one ``LLM_PLATFORM_BENCH_RESULT <concurrency> <json>`` line, which the target reads from the pod
     log and hands to the same parser as the local benchmark.
     """
+    if rounds < 1:
+        raise ValueError("a benchmark Job measures at least one round")
     engine = engine_for(model.serving)
     home = cache_dir(model)
     result_dir = f"{home}/bench"
@@ -66,8 +68,6 @@ def benchmark_script(
             "done",
         ]
     dump = "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))))"
-    if rounds < 1:
-        raise ValueError("a benchmark Job measures at least one round")
     for round_index in range(rounds):
         round_dir = f"{result_dir}/round-{round_index}"
         lines += [f"mkdir -p {round_dir}", f"echo {BENCH_ROUND_MARKER} {round_index}"]
@@ -104,9 +104,3 @@ def rounds_from_log(log: str) -> list[dict[int, dict[str, Any]]]:
             _, concurrency, payload = line.split(" ", 2)
             rounds[-1][int(concurrency)] = json.loads(payload)
     return rounds
-
-
-def results_from_log(log: str) -> dict[int, dict[str, Any]]:
-    """The result JSON of each level of a one-round benchmark Job's log."""
-    rounds = rounds_from_log(log)
-    return rounds[-1] if rounds else {}

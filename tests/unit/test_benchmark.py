@@ -143,13 +143,13 @@ def test_regressions_compare_each_level_with_the_promotion() -> None:
 def test_results_and_manifest_come_back_from_a_pod_log() -> None:
     import json
 
-    from llm_platform.manifests.benchmark_script import results_from_log
+    from llm_platform.manifests.benchmark_script import rounds_from_log
     from llm_platform.weights.plan import manifest_from_log, reused_in_log
 
     log = (
         "vLLM noise\nLLM_PLATFORM_BENCH_RESULT 8 " + json.dumps({"completed": 3}) + "\nLLM_PLATFORM_BENCH_RESULT 1 {}\n"
     )
-    assert results_from_log(log) == {8: {"completed": 3}, 1: {}}
+    assert rounds_from_log(log) == [{8: {"completed": 3}, 1: {}}]  # no round line: one round
     assert manifest_from_log("no marker here") is None
     assert not reused_in_log("LLM_PLATFORM_REUSEDX") and reused_in_log("x\nLLM_PLATFORM_REUSED abc\n")
 
