@@ -9,13 +9,16 @@ its deadline, then aborts: a rollout never passes on no evidence. Flagger's anal
 request-success and latency metrics; these are the figures users of an LLM engine feel.
 
 Every verdict's reason names the figures it compared, so the rollout's log and the asset's metadata say why.
+:func:`run_canary` takes a canary through the model's steps against a target's :class:`CanaryTracks` (the edge's
+split and Prometheus' per-track figures, ``PrometheusClient.track_figures``), with an injected clock.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from llm_platform.catalog import Rollout, Slo
 
@@ -143,3 +146,80 @@ def _regressions(canary: TrackFigures, stable: TrackFigures, margins: Margins) -
             f"{margins.error_ratio_points:g}"
         )
     return failures
+
+
+class CanaryTracks(Protocol):
+    """What the rollout driver needs of a target: shift the edge's split, and read each track's figures."""
+
+    def set_canary_weight(self, percent: int) -> None:
+        """Send ``percent`` of the model's traffic to the canary (0: none, the canary is being withdrawn)."""
+
+    def track_figures(self, window_s: int) -> Mapping[str, TrackFigures]:
+        """Each track's figures over the last ``window_s`` seconds, keyed by track name."""
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One judgement of one step, for the asset's per-step table."""
+
+    weight: int
+    elapsed_s: float
+    verdict: Verdict
+    canary: TrackFigures | None
+    stable: TrackFigures | None
+
+
+@dataclass(frozen=True)
+class CanaryResult:
+    """How a canary rollout ended: promoted (every step passed) or aborted (the split is back at 0)."""
+
+    promoted: bool
+    steps: tuple[StepRecord, ...]
+
+    @property
+    def reason(self) -> str:
+        last = self.steps[-1]
+        return f"step {last.weight} % after {last.elapsed_s:.0f} s: {last.verdict.reason}"
+
+
+NO_FIGURES = TrackFigures(math.nan, math.nan, math.nan, math.nan, math.nan)
+
+
+def run_canary(
+    tracks: CanaryTracks,
+    rollout: Rollout,
+    slo: Slo,
+    *,
+    canary_track: str,
+    stable_track: str,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> CanaryResult:
+    """Drive a canary through ``rollout.steps``: at each step set the split, wait ``step_seconds``, judge the step's
+    own window (only this step's traffic counts); hold while the evidence is short, re-judging every ``step_seconds``
+    until ``max_wait_seconds`` past the step's length; abort at the first failed verdict. An abort sets the split back
+    to 0 before it returns, so the stable version owns all traffic again whatever the caller does next. ``clock`` and
+    ``sleep`` are injected (dagster-k8s' way), so the loop is tested without waiting."""
+    margins = Margins.of(rollout, slo)
+    records: list[StepRecord] = []
+    for weight in rollout.steps:
+        tracks.set_canary_weight(weight)
+        started = clock()
+        sleep(rollout.step_seconds)
+        while True:
+            elapsed = clock() - started
+            figures = tracks.track_figures(max(1, math.ceil(elapsed)))
+            canary, stable = figures.get(canary_track), figures.get(stable_track)
+            deadline_passed = elapsed >= rollout.step_seconds + rollout.max_wait_seconds
+            verdict = judge_step(
+                canary or NO_FIGURES, stable, slo, margins, rollout.min_requests, deadline_passed=deadline_passed
+            )
+            records.append(StepRecord(weight, elapsed, verdict, canary, stable))
+            if verdict.outcome == "abort":
+                tracks.set_canary_weight(0)
+                return CanaryResult(promoted=False, steps=tuple(records))
+            if verdict.passed:
+                break
+            remaining = rollout.step_seconds + rollout.max_wait_seconds - elapsed
+            sleep(max(1.0, min(rollout.step_seconds, remaining)))
+    return CanaryResult(promoted=True, steps=tuple(records))

@@ -52,6 +52,13 @@ MODEL_NAME_LABEL = "model_name"
 """The label every engine puts on its metrics: the served model name (a base model's is its catalog name)."""
 TRACK_LABEL = "llm-platform/track"
 """The pod and object label of a rollout track's objects (a canary beside the stable version)."""
+TRACK_METRIC_LABEL = "track"
+""":data:`TRACK_LABEL` on the engine's metrics, set at scrape time from the track's pod label (the PodMonitor's
+relabelling): the canary judge compares tracks by it. A series without it is the stable version's."""
+STABLE_TRACK = "stable"
+"""The track of the version that serves today (its pods carry no track label)."""
+CANARY_TRACK = "canary"
+"""The track of a canary rollout's candidate."""
 
 
 def serving_object_name(model_name: str) -> str:

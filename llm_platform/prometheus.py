@@ -22,7 +22,15 @@ from typing import Any
 
 import requests
 
-from llm_platform.conventions import KSM_MODEL_LABEL, MODEL_NAME_LABEL, SERVING_CONTAINER, SERVING_OBJECT_PREFIX
+from llm_platform.canary import TrackFigures
+from llm_platform.conventions import (
+    KSM_MODEL_LABEL,
+    MODEL_NAME_LABEL,
+    SERVING_CONTAINER,
+    SERVING_OBJECT_PREFIX,
+    STABLE_TRACK,
+    TRACK_METRIC_LABEL,
+)
 from llm_platform.engine import EngineMetrics, all_engines
 from llm_platform.errors import PlatformError
 from llm_platform.tuning.policy import Snapshot, TuningLimits
@@ -166,12 +174,14 @@ def snapshot_queries(lookback: Lookback, matchers: str = "", metrics: EngineMetr
     }
 
 
+def one_query(fields: dict[str, str]) -> str:
+    """Queries keyed by field as one PromQL expression; each series carries its field in ``FIELD_LABEL``."""
+    return " or ".join(f'label_replace({promql}, "{FIELD_LABEL}", "{name}", "", "")' for name, promql in fields.items())
+
+
 def snapshot_query(lookback: Lookback) -> str:
-    """All of :func:`snapshot_queries` as one PromQL expression; each series carries its field in ``FIELD_LABEL``."""
-    return " or ".join(
-        f'label_replace({promql}, "{FIELD_LABEL}", "{name}", "", "")'
-        for name, promql in snapshot_queries(lookback).items()
-    )
+    """All of :func:`snapshot_queries` as one PromQL expression."""
+    return one_query(snapshot_queries(lookback))
 
 
 #: PromQL requests per snapshot, whatever the number of models (where the recording rules run; one more otherwise).
@@ -209,6 +219,43 @@ def recorded_snapshot_query(lookback: Lookback) -> str:
     recorded = f'{RECORDED_SNAPSHOT}{{{LOOKBACK_LABEL}="{lookback.key}"}}'
     one_field = f'{RECORDED_SNAPSHOT}{{{LOOKBACK_LABEL}="{lookback.key}",{FIELD_LABEL}="coverage"}}'
     return f'{recorded} or label_replace(min(timestamp({one_field})), "{FIELD_LABEL}", "{EVALUATED_AT}", "", "")'
+
+
+#: The latency quantile the canary judge compares (the SLO's: p95).
+TRACK_QUANTILE = 0.95
+
+
+def _label_value(value: str) -> str:
+    """``value`` as a PromQL string literal's body (catalog names are DNS labels; escape anyway)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def track_queries(model_name: str, window_s: int, metrics: EngineMetrics) -> dict[str, str]:
+    """The queries of one canary step, keyed by :class:`~llm_platform.canary.TrackFigures` field; each returns one
+    series per track (:data:`TRACK_METRIC_LABEL`; a series without it counts as :data:`STABLE_TRACK`) of the model
+    over the step's last ``window_s`` seconds. Latencies are in milliseconds."""
+    model = f'{MODEL_NAME_LABEL}="{_label_value(model_name)}"'
+    span, by = f"{window_s}s", f"by ({TRACK_METRIC_LABEL})"
+
+    def per_track(metric: str, matchers: str = "") -> str:
+        """The increase of ``metric`` over the window, each series labelled with its track."""
+        increase = f"increase({selector(metric, ','.join(filter(None, [model, matchers])), metrics)}[{span}])"
+        return f'label_replace({increase}, "{TRACK_METRIC_LABEL}", "{STABLE_TRACK}", "{TRACK_METRIC_LABEL}", "")'
+
+    def p95_ms(histogram: str) -> str:
+        buckets = per_track(f"{histogram}_bucket")
+        return f"histogram_quantile({TRACK_QUANTILE:g}, sum by ({TRACK_METRIC_LABEL}, le) ({buckets})) * 1000"
+
+    finished = f"sum {by} ({per_track(metrics.requests_finished)})"
+    failed = f"sum {by} ({per_track(metrics.requests_finished, metrics.failed_requests)})"
+    return {
+        "requests": finished,
+        "ttft_p95_ms": p95_ms(metrics.ttft_seconds),
+        "itl_p95_ms": p95_ms(metrics.itl_seconds),
+        # No failure series yet is no failure: ``or`` fills a zero for every track that finished requests.
+        "error_ratio": f"({failed} or 0 * {finished}) / ({finished} > 0)",
+        "output_tokens_per_s": f"sum {by} ({per_track(metrics.generated_tokens_total)}) / {window_s}",
+    }
 
 
 @dataclass
@@ -284,6 +331,20 @@ class PrometheusClient:
         return {
             model: Snapshot(**{**nothing, **measured}, sample_time=sample_time) for model, measured in values.items()
         }
+
+    def track_figures(
+        self, model_name: str, window_s: int, metrics: EngineMetrics, at: float | None = None
+    ) -> dict[str, TrackFigures]:
+        """Each track's :class:`~llm_platform.canary.TrackFigures` for the model over the last ``window_s`` seconds,
+        from one query (NaN where a field had no series for the track)."""
+        fields = track_queries(model_name, window_s, metrics)
+        values: dict[str, dict[str, float]] = {}
+        for labels, value in self.query(one_query(fields), at):
+            track, name = labels.get(TRACK_METRIC_LABEL), labels.get(FIELD_LABEL)
+            if track and name in fields:
+                values.setdefault(track, {})[name] = value
+        return {track: TrackFigures(**{**dict.fromkeys(fields, math.nan), **measured})
+                for track, measured in values.items()}  # fmt: skip
 
     @staticmethod
     def _by_model(

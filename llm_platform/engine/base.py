@@ -113,6 +113,17 @@ class EngineMetrics:
     """Histogram (base name): prompt length of each finished request."""
     generation_tokens: str
     """Histogram (base name): generated tokens of each finished request."""
+    generated_tokens_total: str
+    """Counter: tokens generated (a track's output throughput)."""
+    requests_finished: str
+    """Counter: requests finished, labelled with how they finished (:attr:`failed_requests` selects the failures)."""
+    failed_requests: str
+    """Label matchers on :attr:`requests_finished` that select the requests the engine failed (its HTTP 500s)."""
+    ttft_seconds: str
+    """Histogram (base name, seconds): time to the first token of each request (a canary's latency, as users feel
+    it at the start of a stream)."""
+    itl_seconds: str
+    """Histogram (base name, seconds): time between successive tokens of a request (its streaming speed)."""
     renamed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Current name → the names it had in earlier releases, matched too so a mixed fleet reads the same."""
 
@@ -123,8 +134,10 @@ class EngineMetrics:
     @property
     def all_names(self) -> frozenset[str]:
         """Every metric name this engine exports that the platform reads (histogram series included)."""
-        current = {self.kv_cache_usage, self.preemptions_total, self.requests_waiting, self.requests_running}
-        for histogram in (self.prompt_tokens, self.generation_tokens):
+        current = {self.kv_cache_usage, self.preemptions_total, self.requests_waiting, self.requests_running,
+                   self.generated_tokens_total, self.requests_finished}  # fmt: skip
+        for histogram in (self.prompt_tokens, self.generation_tokens, self.ttft_seconds,
+                          self.itl_seconds):  # fmt: skip
             current |= {f"{histogram}_bucket", f"{histogram}_count", f"{histogram}_sum"}
         return frozenset(current | {old for olds in self.renamed.values() for old in olds})
 

@@ -32,6 +32,11 @@ VLLM_METRICS = EngineMetrics(
     requests_running="vllm:num_requests_running",
     prompt_tokens="vllm:request_prompt_tokens",
     generation_tokens="vllm:request_generation_tokens",
+    generated_tokens_total="vllm:generation_tokens_total",
+    requests_finished="vllm:request_success_total",
+    failed_requests='finished_reason="error"',
+    ttft_seconds="vllm:time_to_first_token_seconds",
+    itl_seconds="vllm:inter_token_latency_seconds",
     renamed={
         "vllm:kv_cache_usage_perc": ("vllm:gpu_cache_usage_perc",),
         "vllm:num_preemptions_total": ("vllm:num_preemptions",),

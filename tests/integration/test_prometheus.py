@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from llm_platform.canary import TrackFigures
+from llm_platform.conventions import STABLE_TRACK
 from llm_platform.engine.vllm import VLLM_METRICS
 from llm_platform.errors import PlatformError
 from llm_platform.processes import free_port
@@ -25,6 +27,7 @@ from llm_platform.prometheus import (
     PrometheusError,
     selector,
     snapshot_queries,
+    track_queries,
 )
 from llm_platform.services import LocalServices
 from tests.conftest import ServedTiny, tiny_catalog
@@ -84,6 +87,34 @@ def test_one_snapshot_reads_every_serving_metric_of_the_model(prometheus: str, s
     assert 0 < snapshot.generation_tokens_p999 <= 20
     assert snapshot.missing() == []
     assert math.isnan(snapshot.oom_kills) and math.isnan(snapshot.rollout)  # kube-state-metrics is not scraped
+
+
+def test_one_query_reads_the_canary_judges_figures_per_track(prometheus: str, served_tiny: ServedTiny) -> None:
+    """The judge's figures from vLLM's own histograms and counters: the session's server has no track label, so
+    it is the stable version; the query is one request whatever the tracks."""
+    client = PrometheusClient(prometheus)
+    deadline = time.monotonic() + 90
+    tracks: dict[str, TrackFigures] = {}
+    while time.monotonic() < deadline:
+        for seed in range(4):
+            _complete(served_tiny.endpoint, served_tiny.api_key, 20, max_tokens=8, seed=100 + seed)
+        before = client.queries_sent
+        tracks = client.track_figures("tiny-llama", 60, VLLM_METRICS)
+        assert client.queries_sent - before == 1
+        stable = tracks.get(STABLE_TRACK)
+        if stable is not None and stable.requests >= 1 and not math.isnan(stable.itl_p95_ms):
+            break
+        time.sleep(2)
+    assert set(tracks) == {STABLE_TRACK}
+    stable = tracks[STABLE_TRACK]
+    assert stable.requests >= 1
+    # Bucket bounds of a tiny model on two cores: well under a minute, above zero.
+    assert 0 < stable.ttft_p95_ms < 60_000 and 0 < stable.itl_p95_ms < 60_000
+    assert stable.error_ratio == 0  # no failure series yet: zero, not "no data"
+    assert stable.output_tokens_per_s > 0
+    # Another model's figures are not this one's.
+    assert client.track_figures("not-served", 60, VLLM_METRICS) == {}
+    assert 'model_name="tiny-llama"' in track_queries("tiny-llama", 60, VLLM_METRICS)["requests"]
 
 
 def test_renamed_metrics_are_matched_under_both_names() -> None:

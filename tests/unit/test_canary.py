@@ -1,13 +1,15 @@
-"""The canary judge on the figures of one rollout step: evidence floor, absolute SLOs, margins against stable."""
+"""The canary judge on the figures of one rollout step (evidence floor, absolute SLOs, margins against stable), and
+the driver that takes a canary through its steps on a fake clock."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Mapping
 
 import pytest
 
-from llm_platform.canary import Margins, TrackFigures, judge_step
+from llm_platform.canary import Margins, TrackFigures, judge_step, run_canary
 from llm_platform.catalog import Rollout, Slo
 
 SLO = Slo(ttft_p95_ms=2000, itl_p95_ms=100, max_error_rate=0.01, max_regression_pct=20)
@@ -84,3 +86,86 @@ def test_the_margins_come_from_the_rollout_section_and_default_to_the_slos_regre
     assert Margins.of(Rollout(), SLO) == Margins(ttft_pct=20, itl_pct=20, error_ratio_points=0.01)
     own = Rollout(max_ttft_regression_pct=5, max_error_ratio_increase=0)
     assert Margins.of(own, SLO) == Margins(ttft_pct=5, itl_pct=20, error_ratio_points=0)
+
+
+class ScriptedTracks:
+    """A target whose canary serves ``canary_rate`` requests per second per 10 % of the split at ``canary`` figures
+    (1/s: 30 requests in a 300 s window at 10 %, 300 at 100 %); the stable version
+    serves the rest of 10 requests per second at :data:`STABLE`'s. Records the split it was given and when."""
+
+    def __init__(self, clock: Callable[[], float], canary: TrackFigures, canary_rate: float = 1.0) -> None:
+        self.clock, self.canary, self.canary_rate = clock, canary, canary_rate
+        self.weights: list[tuple[float, int]] = []
+        self.windows: list[int] = []
+
+    def set_canary_weight(self, percent: int) -> None:
+        self.weights.append((self.clock(), percent))
+
+    def track_figures(self, window_s: int) -> Mapping[str, TrackFigures]:
+        self.windows.append(window_s)
+        weight = self.weights[-1][1]
+        served = self.canary_rate * window_s * weight / 10
+        figures = {"canary": dataclasses.replace(self.canary, requests=served)} if served else {}
+        stable = 10 * window_s * (100 - weight) / 100
+        return {**figures, **({"stable": dataclasses.replace(STABLE, requests=stable)} if stable else {})}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_good_canary_takes_every_step_and_each_step_is_judged_on_its_own_window() -> None:
+    clock = FakeClock()
+    tracks = ScriptedTracks(clock, GOOD)
+    result = run_canary(tracks, Rollout(strategy="canary"), SLO, canary_track="canary", stable_track="stable",
+                        clock=clock, sleep=clock.sleep)  # fmt: skip
+    assert result.promoted
+    assert [weight for _, weight in tracks.weights] == [10, 25, 50, 100]
+    assert [record.weight for record in result.steps] == [10, 25, 50, 100]
+    assert all(record.verdict.passed for record in result.steps)
+    assert tracks.windows == [300, 300, 300, 300]  # the step's own traffic, not the rollout's so far
+    # At 100 % the stable version serves nothing: judged on the SLOs alone.
+    assert "judged on the SLOs alone" in result.steps[-1].verdict.reason
+    assert clock.now - 1000 == 4 * 300
+
+
+def test_a_regressing_canary_is_aborted_at_its_first_step_and_the_split_goes_back_to_zero() -> None:
+    clock = FakeClock()
+    tracks = ScriptedTracks(clock, dataclasses.replace(GOOD, itl_p95_ms=80))
+    result = run_canary(tracks, Rollout(strategy="canary"), SLO, canary_track="canary", stable_track="stable",
+                        clock=clock, sleep=clock.sleep)  # fmt: skip
+    assert not result.promoted
+    assert [weight for _, weight in tracks.weights] == [10, 0]
+    assert "step 10 % after 300 s: canary p95 ITL 80 ms is 100 % above stable's 40 ms" in result.reason
+
+
+def test_too_little_traffic_holds_the_step_then_aborts_at_its_deadline() -> None:
+    clock = FakeClock()
+    # 0.01 request/s at 10 %: 3 requests per 300 s, 12 by the deadline, never the 50 the floor needs.
+    tracks = ScriptedTracks(clock, GOOD, canary_rate=0.01)
+    rollout = Rollout(strategy="canary", step_seconds=300, max_wait_seconds=900)
+    result = run_canary(tracks, rollout, SLO, canary_track="canary", stable_track="stable", clock=clock,
+                        sleep=clock.sleep)  # fmt: skip
+    assert not result.promoted
+    assert [record.verdict.outcome for record in result.steps] == ["hold", "hold", "hold", "abort"]
+    assert [record.elapsed_s for record in result.steps] == [300, 600, 900, 1200]
+    assert tracks.windows == [300, 600, 900, 1200]  # the evidence of a held step accumulates
+    assert "too little traffic to judge" in result.reason and tracks.weights[-1][1] == 0
+
+
+def test_a_held_step_that_gathers_enough_evidence_passes() -> None:
+    clock = FakeClock()
+    # 0.1 request/s at 10 %: 30 requests in 300 s (held), 60 by 600 s (passes).
+    tracks = ScriptedTracks(clock, GOOD, canary_rate=0.1)
+    result = run_canary(tracks, Rollout(strategy="canary", steps=(10, 100)), SLO, canary_track="canary",
+                        stable_track="stable", clock=clock, sleep=clock.sleep)  # fmt: skip
+    assert result.promoted
+    assert [(record.weight, record.verdict.outcome) for record in result.steps][:2] == [(10, "hold"), (10, "pass")]
+    assert result.steps[1].elapsed_s == 600 and result.steps[1].canary is not None

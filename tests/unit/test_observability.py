@@ -5,6 +5,7 @@ has the panels operators need."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from llm_platform.catalog_files import load_catalog
+from llm_platform.conventions import CANARY_TRACK, TRACK_LABEL, TRACK_METRIC_LABEL, ServedModel
 from llm_platform.manifests.serving import render_deployment
 from llm_platform.manifests.validation import validate_objects
 from llm_platform.prometheus import Lookback, drift_recording_group
@@ -69,6 +71,16 @@ def test_pod_monitor_selects_the_rendered_vllm_pods() -> None:
         assert ports[monitor["spec"]["podMetricsEndpoints"][0]["port"]] == 8001  # the gate's metrics listener
         assert template["metadata"]["annotations"]["prometheus.io/port"] == "8001"
     assert monitor["metadata"]["namespace"] == catalog.platform.namespace
+
+
+def test_pod_monitor_labels_each_series_with_its_rollout_track() -> None:
+    """The canary judge's per-track query groups by the track label: the PodMonitor must set it from the pod label
+    the track's pods carry (Prometheus' kubernetes_sd writes a pod label's name with ``_`` for each other char)."""
+    relabelings = _load("podmonitor.yaml")["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    pod_label = "__meta_kubernetes_pod_label_" + re.sub(r"[^A-Za-z0-9_]", "_", TRACK_LABEL)
+    assert {"sourceLabels": [pod_label], "targetLabel": TRACK_METRIC_LABEL} in relabelings
+    canary = ServedModel("m").track(CANARY_TRACK)
+    assert canary.labels()[TRACK_LABEL] == CANARY_TRACK
 
 
 def dashboard_queries() -> list[str]:

@@ -49,6 +49,11 @@ class ToyEngine(Engine):
         requests_running="toy_batch_size",
         prompt_tokens="toy_prompt_len",
         generation_tokens="toy_output_len",
+        generated_tokens_total="toy_tokens_out_total",
+        requests_finished="toy_requests_done_total",
+        failed_requests='outcome="failed"',
+        ttft_seconds="toy_first_byte_seconds",
+        itl_seconds="toy_token_gap_seconds",
         renamed={"toy_queue_depth": ("toy_pending",)},
     )
     default_max_num_seqs = 48
