@@ -8,6 +8,8 @@ the fields' expressions travel as one PromQL request, each result tagged with it
 from the engines (``llm_platform.engine``: each registered engine's expressions are joined with ``or``; model names
 are disjoint); names an engine renamed are matched under all of them (``__name__=~"new|old"``), so a fleet with old
 and new engine releases reads the same.
+A canary step's figures (:func:`track_queries`) are the one exception to ``by (model_name)``: one model, ``by
+(track)``, also in one request.
 Transient failures (connection errors, 5xx, 429) are retried with backoff; errors become :class:`PrometheusError`
 with the URL and what to do.
 """
