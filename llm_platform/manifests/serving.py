@@ -8,6 +8,7 @@ from llm_platform.catalog.schema import nginx_size_bytes
 from llm_platform.conventions import (
     API_KEY_ENV,
     API_PORT,
+    CANARY_TRACK,
     ENGINE_LOOPBACK_PORT,
     GATE_CONTAINER,
     GATE_HEALTH_PATH,
@@ -320,15 +321,55 @@ def render_network_policy(platform: Platform, model: ModelSpec) -> Object:
     }
 
 
-def render_http_route(platform: Platform, model: ModelSpec) -> Object | None:
+def canary_object_name(model: ModelSpec) -> str:
+    """The canary track's objects' name (its Deployment, Service and, behind ingress-nginx, canary Ingress)."""
+    return model.identity.track(CANARY_TRACK).object_name
+
+
+def _canary_weight(model: ModelSpec, weight: int) -> int:
+    if not 0 <= weight <= 100:
+        raise ValueError(f"model '{model.name}': a canary's share of the traffic is 0 to 100 percent, not {weight}")
+    return weight
+
+
+def render_canary_ingress(platform: Platform, model: ModelSpec, weight: int) -> Object | None:
+    """ingress-nginx's canary Ingress for a canary rollout step: the same host and path as the model's Ingress,
+    ``weight`` percent of its requests to the canary's Service (``canary-weight``; ingress-nginx applies the main
+    Ingress' rate limits and timeouts to both). None when the model is not exposed through an Ingress (a gateway
+    route splits by :func:`render_http_route`'s ``canary_weight``)."""
+    main = render_ingress(platform, model)
+    if main is None:
+        return None
+    name = canary_object_name(model)
+    rule = main["spec"]["rules"][0]
+    path = {**rule["http"]["paths"][0], "backend": {"service": {"name": name, "port": {"name": PORT_NAME}}}}
+    annotations = {
+        "nginx.ingress.kubernetes.io/canary": "true",
+        "nginx.ingress.kubernetes.io/canary-weight": str(_canary_weight(model, weight)),
+    }
+    labels = {**model_labels(model), **model.identity.track(CANARY_TRACK).labels()}
+    return {
+        **main,
+        "metadata": object_metadata(name, platform, labels, annotations=annotations),
+        "spec": {**main["spec"], "rules": [{**rule, "http": {"paths": [path]}}]},
+    }
+
+
+def render_http_route(platform: Platform, model: ModelSpec, canary_weight: int | None = None) -> Object | None:
     """Gateway API HTTPRoute for ``exposure.host`` on the platform's Gateway (``exposure.kind: gateway``); None
     otherwise. Only ``/v1`` is routed; the 10-minute timeouts are the route's own (``timeouts``, standard channel).
     TLS terminates at the Gateway's HTTPS listener (``exposure.tls_secret`` is its certificate); per-client rate and
-    connection limits are the Gateway implementation's policy (see docs/kubernetes.md)."""
+    connection limits are the Gateway implementation's policy (see docs/kubernetes.md). ``canary_weight``: during a
+    canary rollout, the percent of the requests the canary's Service gets (weighted ``backendRefs``)."""
     exposure = model.exposure
     if exposure.host is None or exposure.kind != "gateway":
         return None
     timeout = f"{exposure.timeout_s}s"
+    backends: list[Object] = [{"name": resource_name(model), "port": API_PORT}]
+    if canary_weight is not None:
+        weight = _canary_weight(model, canary_weight)
+        backends = [{**backends[0], "weight": 100 - weight},
+                    {"name": canary_object_name(model), "port": API_PORT, "weight": weight}]  # fmt: skip
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
@@ -339,7 +380,7 @@ def render_http_route(platform: Platform, model: ModelSpec) -> Object | None:
             "rules": [
                 {
                     "matches": [{"path": {"type": "PathPrefix", "value": "/v1"}}],
-                    "backendRefs": [{"name": resource_name(model), "port": API_PORT}],
+                    "backendRefs": backends,
                     "timeouts": {"request": timeout, "backendRequest": timeout},
                 }
             ],

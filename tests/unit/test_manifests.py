@@ -13,6 +13,7 @@ from llm_platform.errors import ManifestValidationError
 from llm_platform.manifests.jobs import render_weights_job, render_weights_pvc, weights_job_name
 from llm_platform.manifests.pods import selector_labels
 from llm_platform.manifests.serving import (
+    render_canary_ingress,
     render_deployment,
     render_ingress,
     render_model,
@@ -372,7 +373,7 @@ def test_an_exposed_model_needs_tls() -> None:
 
 
 def test_gateway_exposure_renders_a_valid_httproute_with_the_timeouts_and_no_ingress() -> None:
-    from llm_platform.manifests.serving import render_http_route, render_ingress, render_model, render_network_policy
+    from llm_platform.manifests.serving import render_http_route, render_ingress, render_model
     from llm_platform.manifests.validation import validate_objects
 
     catalog = parse_catalog(
@@ -395,6 +396,43 @@ def test_gateway_exposure_renders_a_valid_httproute_with_the_timeouts_and_no_ing
     validate_objects(render_model(platform, model))  # against the Gateway API v1.6.1 schema, strict
     peers = render_network_policy(platform, model)["spec"]["ingress"][0]["from"]
     assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateways"}}} in peers
+
+    # A canary step: the same route, weighted between the stable and the canary Services.
+    split = render_http_route(platform, model, canary_weight=25)
+    assert split is not None
+    assert split["spec"]["rules"][0]["backendRefs"] == [
+        {"name": "vllm-m", "port": 8000, "weight": 75},
+        {"name": "vllm-m-canary", "port": 8000, "weight": 25},
+    ]
+    validate_objects([split])
+    assert render_canary_ingress(platform, model, 25) is None  # no Ingress to be a canary of
+
+
+def test_a_canary_step_behind_ingress_nginx_is_a_canary_ingress_on_the_same_host_and_path(
+    platform: Platform, llama: ModelSpec
+) -> None:
+    main = render_ingress(platform, llama)
+    canary = render_canary_ingress(platform, llama, 10)
+    assert main is not None and canary is not None
+    annotations = canary["metadata"]["annotations"]
+    assert annotations == {
+        "nginx.ingress.kubernetes.io/canary": "true",
+        "nginx.ingress.kubernetes.io/canary-weight": "10",
+    }
+    assert canary["metadata"]["name"] == "vllm-llama-canary" != main["metadata"]["name"]
+    assert canary["metadata"]["labels"]["llm-platform/track"] == "canary"
+    (rule,) = canary["spec"]["rules"]
+    assert rule["host"] == main["spec"]["rules"][0]["host"]
+    (path,) = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/v1", "Prefix")
+    assert path["backend"] == {"service": {"name": "vllm-llama-canary", "port": {"name": "http"}}}
+    # The main Ingress still sends the rest to the stable Service; the canary's takes nothing else of it.
+    assert main["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == "vllm-llama"
+    assert canary["spec"]["tls"] == main["spec"]["tls"] and canary["spec"]["ingressClassName"] == "nginx"
+    validate_objects([canary])
+    for weight in (-1, 101):
+        with pytest.raises(ValueError, match=r"model 'llama': a canary's share of the traffic is 0 to 100 percent"):
+            render_canary_ingress(platform, llama, weight)
 
 
 def test_an_unknown_httproute_field_is_refused() -> None:
