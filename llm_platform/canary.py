@@ -201,6 +201,7 @@ def run_canary(
     to 0 before it returns, so the stable version owns all traffic again whatever the caller does next. ``clock`` and
     ``sleep`` are injected (dagster-k8s' way), so the loop is tested without waiting."""
     margins = Margins.of(rollout, slo)
+    deadline_s = rollout.step_seconds + rollout.max_wait_seconds  # from the start of a step
     records: list[StepRecord] = []
     for weight in rollout.steps:
         tracks.set_canary_weight(weight)
@@ -210,7 +211,7 @@ def run_canary(
             elapsed = clock() - started
             figures = tracks.track_figures(max(1, math.ceil(elapsed)))
             canary, stable = figures.get(canary_track), figures.get(stable_track)
-            deadline_passed = elapsed >= rollout.step_seconds + rollout.max_wait_seconds
+            deadline_passed = elapsed >= deadline_s
             verdict = judge_step(
                 canary or NO_FIGURES, stable, slo, margins, rollout.min_requests, deadline_passed=deadline_passed
             )
@@ -220,6 +221,5 @@ def run_canary(
                 return CanaryResult(promoted=False, steps=tuple(records))
             if verdict.passed:
                 break
-            remaining = rollout.step_seconds + rollout.max_wait_seconds - elapsed
-            sleep(max(1.0, min(rollout.step_seconds, remaining)))
+            sleep(max(1.0, min(rollout.step_seconds, deadline_s - elapsed)))
     return CanaryResult(promoted=True, steps=tuple(records))

@@ -340,23 +340,20 @@ class PrometheusClient:
         """Each track's :class:`~llm_platform.canary.TrackFigures` for the model over the last ``window_s`` seconds,
         from one query (NaN where a field had no series for the track)."""
         fields = track_queries(model_name, window_s, metrics)
-        values: dict[str, dict[str, float]] = {}
-        for labels, value in self.query(one_query(fields), at):
-            track, name = labels.get(TRACK_METRIC_LABEL), labels.get(FIELD_LABEL)
-            if track and name in fields:
-                values.setdefault(track, {})[name] = value
+        values, _ = self._by_model(self.query(one_query(fields), at), fields, key=TRACK_METRIC_LABEL)
         return {track: TrackFigures(**{**dict.fromkeys(fields, math.nan), **measured})
                 for track, measured in values.items()}  # fmt: skip
 
     @staticmethod
     def _by_model(
-        series: list[tuple[dict[str, str], float]], fields: dict[str, str]
+        series: list[tuple[dict[str, str], float]], fields: dict[str, str], key: str = MODEL_NAME_LABEL
     ) -> tuple[dict[str, dict[str, float]], float]:
-        """Each model's measured fields, and the recorded snapshot's evaluation time (NaN when not recorded)."""
+        """Each model's (each ``key`` value's) measured fields, and the recorded snapshot's evaluation time (NaN when
+        not recorded)."""
         values: dict[str, dict[str, float]] = {}
         evaluated_at = math.nan
         for labels, value in series:
-            model, name = labels.get(MODEL_NAME_LABEL), labels.get(FIELD_LABEL)
+            model, name = labels.get(key), labels.get(FIELD_LABEL)
             if name == EVALUATED_AT and not model:
                 evaluated_at = value
             elif model and name in fields:

@@ -340,14 +340,15 @@ def render_canary_ingress(platform: Platform, model: ModelSpec, weight: int) -> 
     main = render_ingress(platform, model)
     if main is None:
         return None
-    name = canary_object_name(model)
+    canary = model.identity.track(CANARY_TRACK)
+    name = canary.object_name
     rule = main["spec"]["rules"][0]
     path = {**rule["http"]["paths"][0], "backend": {"service": {"name": name, "port": {"name": PORT_NAME}}}}
     annotations = {
         "nginx.ingress.kubernetes.io/canary": "true",
         "nginx.ingress.kubernetes.io/canary-weight": str(_canary_weight(model, weight)),
     }
-    labels = {**model_labels(model), **model.identity.track(CANARY_TRACK).labels()}
+    labels = {**model_labels(model), **canary.labels()}
     return {
         **main,
         "metadata": object_metadata(name, platform, labels, annotations=annotations),
