@@ -39,7 +39,7 @@ $(CHECKOV):
 # Debian packages: Prometheus (the main job scrapes vLLM with it; its tests query it), Chromium (the UI
 # screenshot test) and PostgreSQL (the Dagster instance of the production-topology tests; the tests run their own
 # throw-away server). Installed with apt when missing (as root, or through sudo).
-SYSTEM_PACKAGES := prometheus chromium postgresql
+SYSTEM_PACKAGES := prometheus chromium postgresql nginx
 system-packages:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \

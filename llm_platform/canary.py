@@ -194,12 +194,14 @@ def run_canary(
     stable_track: str,
     clock: Callable[[], float],
     sleep: Callable[[float], None],
+    on_step: Callable[[StepRecord], None] = lambda _: None,
 ) -> CanaryResult:
     """Drive a canary through ``rollout.steps``: at each step set the split, wait ``step_seconds``, judge the step's
     own window (only this step's traffic counts); hold while the evidence is short, re-judging every ``step_seconds``
     until ``max_wait_seconds`` past the step's length; abort at the first failed verdict. An abort sets the split back
     to 0 before it returns, so the stable version owns all traffic again whatever the caller does next. ``clock`` and
-    ``sleep`` are injected (dagster-k8s' way), so the loop is tested without waiting."""
+    ``sleep`` are injected (dagster-k8s' way), so the loop is tested without waiting; ``on_step`` sees every
+    judgement as it is made (the run's log)."""
     margins = Margins.of(rollout, slo)
     deadline_s = rollout.step_seconds + rollout.max_wait_seconds  # from the start of a step
     records: list[StepRecord] = []
@@ -216,6 +218,7 @@ def run_canary(
                 canary or NO_FIGURES, stable, slo, margins, rollout.min_requests, deadline_passed=deadline_passed
             )
             records.append(StepRecord(weight, elapsed, verdict, canary, stable))
+            on_step(records[-1])
             if verdict.outcome == "abort":
                 tracks.set_canary_weight(0)
                 return CanaryResult(promoted=False, steps=tuple(records))

@@ -16,9 +16,9 @@ to a Unix socket (locally) or to the pod's loopback (on Kubernetes), and this ga
   ``header_timeout_s``: no slow-loris), a body timeout, the body size (refused by ``Content-Length`` before a
   byte of it is read), and an access log without query strings (a key sent as ``?api_key=`` is never written).
 
-The same process is the local target's stable endpoint (``--active-file``: forwards to the server a promotion
-last pointed at) and, with a command after ``--``, the supervisor of the vLLM server it fronts (it exits with the
-server's exit code, and a SIGTERM reaches both).
+With a command after ``--``, the same process is the supervisor of the vLLM server it fronts (it exits with the
+server's exit code, and a SIGTERM reaches both). The local target's endpoint in front of the gates is nginx
+(``llm_platform/edge.py``): the exposure's limits and a canary's split, as ingress-nginx applies them in a cluster.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import os
 import re
@@ -37,7 +36,6 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiohttp import BaseConnector, ClientSession, ClientTimeout, TCPConnector, UnixConnector, web
 from aiohttp.abc import AbstractAccessLogger
@@ -88,31 +86,16 @@ def key_matches(header: str | None, key: str) -> bool:
 
 
 class Upstream:
-    """Where the gate forwards to: a fixed URL or Unix socket, or the server named in an active file (re-read
-    when it changes), the local endpoint's pointer."""
+    """Where the gate forwards to: the engine's Unix socket (locally) or a URL (its loopback port in a pod)."""
 
-    def __init__(self, url: str | None = None, uds: str | None = None, active_file: Path | None = None) -> None:
-        if sum(value is not None for value in (url, uds, active_file)) != 1:
-            raise ValueError("exactly one of url, uds and active_file")
+    def __init__(self, url: str | None = None, uds: str | None = None) -> None:
+        if (url is None) == (uds is None):
+            raise ValueError("exactly one of url and uds")
         self._url = url.rstrip("/") if url else None
         self.uds = uds
-        self._active_file = active_file
-        self._mtime = -1.0
 
     def base_url(self) -> str | None:
-        if self.uds is not None:
-            return "http://localhost"
-        if self._active_file is None:
-            return self._url
-        try:
-            mtime = self._active_file.stat().st_mtime
-        except OSError:
-            return None
-        if mtime != self._mtime:
-            data = json.loads(self._active_file.read_text())
-            self._url = f"http://{data['host']}:{data['port']}"
-            self._mtime = mtime
-        return self._url
+        return "http://localhost" if self.uds is not None else self._url
 
     def connector(self) -> BaseConnector:
         return UnixConnector(path=self.uds) if self.uds is not None else TCPConnector()
@@ -285,7 +268,6 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     origin = parser.add_mutually_exclusive_group(required=True)
     origin.add_argument("--upstream-url", help="the server, e.g. http://127.0.0.1:8081")
     origin.add_argument("--upstream-uds", help="the server's Unix socket")
-    origin.add_argument("--active-file", type=Path, help="JSON naming the server (host, port), re-read on change")
     parser.add_argument("--api-key-env", default=API_KEY_ENV, help="environment variable with the key; empty: no key")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     parser.add_argument("--header-timeout-s", type=float, default=DEFAULT_HEADER_TIMEOUT_S)
@@ -309,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, command = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="gate: %(message)s")
     settings = settings_from(args, os.environ)
-    upstream = Upstream(url=args.upstream_url, uds=args.upstream_uds, active_file=args.active_file)
+    upstream = Upstream(url=args.upstream_url, uds=args.upstream_uds)
     metrics = (args.host, args.metrics_port) if args.metrics_port else None
     sys.exit(asyncio.run(_run(upstream, settings, (args.host, args.port), metrics, command)))
 

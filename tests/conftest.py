@@ -12,7 +12,7 @@ import pytest
 from llm_platform.catalog import Catalog, parse_catalog
 from llm_platform.catalog_files import load_catalog
 from llm_platform.defs.partitions import latest_materialization
-from llm_platform.defs.resources import LocalTargetResource, TargetResource, WeightsResource
+from llm_platform.defs.resources import LocalTargetResource, PrometheusResource, TargetResource, WeightsResource
 from llm_platform.defs.storage import InstanceValueIOManager
 from llm_platform.devhub import LocalHub, publish_model
 from llm_platform.targets.local_servers import LocalServers, LocalTargetSettings
@@ -54,9 +54,20 @@ def cluster() -> Iterator[RunningCluster]:
 TINY_REPO = "llm-platform/tiny-llama"
 
 
-def lifecycle_resources(target: TargetResource, weights: WeightsResource | None = None) -> dict[str, object]:
+#: Where the lifecycle's Prometheus is when a test has none (only a canary promotion queries it).
+NO_PROMETHEUS = "http://127.0.0.1:9"
+
+
+def lifecycle_resources(
+    target: TargetResource, weights: WeightsResource | None = None, prometheus_url: str = NO_PROMETHEUS
+) -> dict[str, object]:
     """Every resource the lifecycle assets take, as the code location configures them (values in the instance)."""
-    return {"io_manager": InstanceValueIOManager(), "target": target, "weights": weights or WeightsResource()}
+    return {
+        "io_manager": InstanceValueIOManager(),
+        "target": target,
+        "weights": weights or WeightsResource(),
+        "prometheus": PrometheusResource(url=prometheus_url),
+    }
 
 
 def local_servers(state_dir: Path) -> LocalServers:

@@ -7,8 +7,9 @@ import dagster as dg
 
 from llm_platform.catalog import Catalog
 from llm_platform.conventions import DEPLOYMENT_ASSET
+from llm_platform.defs.canary import abandoned_after_s, promote_as_canary
 from llm_platform.defs.failures import platform_errors_as_failure, refuse_environment_references
-from llm_platform.defs.resources import TargetResource
+from llm_platform.defs.resources import PrometheusResource, TargetResource
 from llm_platform.defs.values import BenchmarkOutcome, DeploymentRecord, ServingChoice
 from llm_platform.defs.weights import lifecycle_asset_options
 
@@ -23,7 +24,9 @@ def _detail(value: str | int | list[str]) -> dg.MetadataValue:
 
 def build_deployment_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     """Promotion on the target: blue/green between vLLM processes behind the model's local endpoint, or
-    server-side apply, rollout wait and automatic rollback in the catalog's namespace."""
+    server-side apply, rollout wait and automatic rollback in the catalog's namespace; with ``rollout.strategy:
+    canary``, first a canary beside what serves, stepped and judged on live traffic. A canary left behind by a run
+    that died is rolled back before this promotion proceeds."""
 
     @dg.asset(
         name=DEPLOYMENT_ASSET,
@@ -42,6 +45,7 @@ def build_deployment_asset(catalog: Catalog, partitions: dg.PartitionsDefinition
         serving_config: ServingChoice,
         smoke_benchmark: BenchmarkOutcome,
         target: TargetResource,
+        prometheus: PrometheusResource,
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]
         refuse_environment_references(context)
         model = serving_config.model
@@ -59,10 +63,24 @@ def build_deployment_asset(catalog: Catalog, partitions: dg.PartitionsDefinition
                 + "; run the promote job (serving_config → smoke_benchmark → vllm_deployment)",
                 allow_retries=False,
             )
+        log = context.log.info
+        canary_metadata: dict[str, dg.MetadataValue] = {}
         with platform_errors_as_failure():
-            deployment = target.serving_target(catalog.platform).promote(
-                model, serving_config.weights, context.log.info
+            serving_target = target.serving_target(catalog.platform)
+            cleaned = serving_target.roll_back_abandoned_canary(
+                model, stale_after_s=abandoned_after_s(model.rollout), log=log
             )
+            if cleaned:
+                context.log.warning(f"model '{model.name}': {cleaned}")
+            canary = (
+                serving_target.start_canary(model, serving_config.weights, owner=context.run_id, log=log)
+                if model.rollout.strategy == "canary"
+                else None
+            )
+            if canary is None:
+                deployment = serving_target.promote(model, serving_config.weights, log)
+        if canary is not None:
+            deployment, canary_metadata = promote_as_canary(canary, model, prometheus.client(), log)
         record = DeploymentRecord(serving_config, deployment, smoke_benchmark)
         return dg.MaterializeResult(
             value=record,
@@ -75,6 +93,7 @@ def build_deployment_asset(catalog: Catalog, partitions: dg.PartitionsDefinition
                 "serving": dg.MetadataValue.json(model.serving.model_dump(mode="json")),
                 "autoscaling": dg.MetadataValue.json(model.autoscaling.model_dump(mode="json")),
                 **{key: _detail(value) for key, value in deployment.details.items()},
+                **canary_metadata,
             },
         )
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.catalog import ModelSpec
+from llm_platform.errors import TargetError
 from llm_platform.tuning.search import TrialRunner
 from llm_platform.weights.plan import DownloadResult, SnapshotManifest
 
@@ -74,6 +75,32 @@ class TrialBackend(ABC):
         """Trials of the auto-tuner for ``model`` (the candidate's knobs are applied on top of its serving)."""
 
 
+class CanaryRollout(ABC):
+    """A canary in progress on a target: the candidate's servers beside the stable ones, the edge splitting the
+    model's traffic between them. The driver (``canary.run_canary`` with Prometheus' figures) moves the weight;
+    :meth:`promote` or :meth:`abort` ends it, and either leaves exactly one version serving."""
+
+    canary_revision: str
+    """What the canary runs (as :attr:`Deployment.revision` names it)."""
+
+    @abstractmethod
+    def set_weight(self, percent: int) -> None:
+        """Send ``percent`` of the model's requests to the canary."""
+
+    @abstractmethod
+    def keep_alive(self) -> None:
+        """The driver is alive (each judgement calls it): a canary whose driver stops calling is rolled back by
+        :meth:`ServingTarget.roll_back_abandoned_canary`."""
+
+    @abstractmethod
+    def promote(self, log: Log = no_log) -> Deployment:
+        """The stable version takes the canary's config, traffic returns to it, the canary is removed."""
+
+    @abstractmethod
+    def abort(self, log: Log = no_log) -> None:
+        """The weight goes to 0 and the canary is removed; the stable version is never restarted."""
+
+
 class ServingTarget(TrialBackend):
     """A place models are served: the lifecycle's every side effect goes through these methods."""
 
@@ -124,6 +151,22 @@ class ServingTarget(TrialBackend):
     @abstractmethod
     def promote(self, model: ModelSpec, weights: SnapshotManifest, log: Log = no_log) -> Deployment:
         """Serve this config; on failure restore what served before (or nothing) and raise with the reason."""
+
+    def start_canary(
+        self, model: ModelSpec, weights: SnapshotManifest, *, owner: str, log: Log = no_log
+    ) -> CanaryRollout | None:
+        """Run this config as a canary beside what serves, at weight 0; None when there is nothing to compare it with
+        (nothing serves yet, or this very config serves): the caller promotes it directly."""
+        raise TargetError(
+            f"model '{model.name}': canary rollouts are not available on the {self.kind} target in this release; "
+            "set rollout.strategy: replace for it"
+        )
+
+    def roll_back_abandoned_canary(self, model: ModelSpec, *, stale_after_s: float, log: Log = no_log) -> str | None:
+        """Roll back a canary of ``model`` whose driver has not called :meth:`CanaryRollout.keep_alive` for
+        ``stale_after_s`` (its run died); returns what was done, None when there was nothing to do. Raises while a
+        live driver owns a canary: two rollouts of one model never overlap."""
+        return None
 
     @abstractmethod
     def stop(self, model: ModelSpec) -> None:

@@ -6,6 +6,7 @@ benchmark as ``vllm bench serve`` against them, trials as a load bisection again
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 from llm_platform.benchmark.plan import BenchmarkPlan
@@ -13,8 +14,9 @@ from llm_platform.benchmark.runner import run_level, run_plan
 from llm_platform.benchmark.trials import as_overrides, candidate_model, failed_trial, probe_from_result
 from llm_platform.catalog import ModelSpec
 from llm_platform.engine import engine_for
-from llm_platform.errors import PlatformError
+from llm_platform.errors import PlatformError, TargetError
 from llm_platform.targets.base import (
+    CanaryRollout,
     Deployment,
     LevelResults,
     Log,
@@ -23,7 +25,7 @@ from llm_platform.targets.base import (
     TrialSettings,
     no_log,
 )
-from llm_platform.targets.local_servers import LocalServers
+from llm_platform.targets.local_servers import LocalServers, ModelStatus
 from llm_platform.targets.local_state import ServerRecord
 from llm_platform.tuning.search import Candidate, Probe, Trial, TrialRunner, bisect_load
 from llm_platform.weights.download import DEFAULT_WORKERS, DownloadRequest, download_snapshot
@@ -111,8 +113,11 @@ class LocalTarget(ServingTarget):
         )
 
     def promote(self, model: ModelSpec, weights: SnapshotManifest, log: Log = no_log) -> Deployment:
+        status = self.servers.promote(model, self.weights_path(weights), log=log)
+        return self._deployment(model, weights, status)
+
+    def _deployment(self, model: ModelSpec, weights: SnapshotManifest, status: ModelStatus) -> Deployment:
         weights_path = self.weights_path(weights)
-        status = self.servers.promote(model, weights_path, log=log)
         if status.active is None or status.endpoint is None:
             raise PlatformError(f"model '{model.name}': promoted, but the endpoint does not answer")
         label = f"local server {status.active.fingerprint} weights {weights.sha[:12]}"
@@ -125,6 +130,32 @@ class LocalTarget(ServingTarget):
         }
         return Deployment(status.endpoint, status.endpoint, label, details)
 
+    def start_canary(
+        self, model: ModelSpec, weights: SnapshotManifest, *, owner: str, log: Log = no_log
+    ) -> LocalCanary | None:
+        active = self.servers.active(model.name)
+        weights_path = self.weights_path(weights)
+        if active is None or active.fingerprint == self.servers.invocation(model, weights_path).fingerprint:
+            return None
+        server = self.servers.start_canary(model, weights_path, owner=owner, log=log)
+        return LocalCanary(self, model, weights, f"local server {server.fingerprint} weights {weights.sha[:12]}")
+
+    def roll_back_abandoned_canary(self, model: ModelSpec, *, stale_after_s: float, log: Log = no_log) -> str | None:
+        canary = self.servers.canary(model.name)
+        if canary is None:
+            return None
+        silent_s = time.time() - canary.heartbeat
+        if silent_s < stale_after_s:
+            raise TargetError(
+                f"model '{model.name}': a canary rollout ({canary.fingerprint} at {canary.weight} %, run "
+                f"{canary.owner}) is in progress; wait for it to finish, or stop that run"
+            )
+        self.servers.finish_canary(model, promoted=False, log=log)
+        return (
+            f"rolled back the canary {canary.fingerprint} (at {canary.weight} %) left by run {canary.owner}, "
+            f"silent for {silent_s:.0f} s"
+        )
+
     def stop(self, model: ModelSpec) -> None:
         self.servers.stop(model.name)
 
@@ -132,6 +163,29 @@ class LocalTarget(ServingTarget):
         status = self.servers.status(model.name)
         servers = ", ".join(f"{s.fingerprint} (pid {s.pid}, port {s.port})" for s in status.servers) or "none"
         return TargetStatus(model.name, status.healthy, status.endpoint, f"servers: {servers}")
+
+
+@dataclasses.dataclass
+class LocalCanary(CanaryRollout):
+    """A canary on this machine: a second server beside the stable one, nginx splitting the endpoint's requests."""
+
+    target: LocalTarget
+    model: ModelSpec
+    weights: SnapshotManifest
+    canary_revision: str
+
+    def set_weight(self, percent: int) -> None:
+        self.target.servers.set_canary_weight(self.model, percent)
+
+    def keep_alive(self) -> None:
+        self.target.servers.touch_canary(self.model.name)
+
+    def promote(self, log: Log = no_log) -> Deployment:
+        self.target.servers.finish_canary(self.model, promoted=True, log=log)
+        return self.target._deployment(self.model, self.weights, self.target.servers.status(self.model.name))
+
+    def abort(self, log: Log = no_log) -> None:
+        self.target.servers.finish_canary(self.model, promoted=False, log=log)
 
 
 def release_server(servers: LocalServers, model: str, server: ServerRecord, log: Log) -> None:

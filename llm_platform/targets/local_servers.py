@@ -11,24 +11,36 @@ Prometheus file_sd target file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from llm_platform.catalog import ModelSpec, Serving
 from llm_platform.catalog.schema import nginx_size_bytes
-from llm_platform.conventions import API_KEY_ENV, GATE_HEALTH_PATH, GATE_MODULE
-from llm_platform.engine import EngineInvocation, engine_for
+from llm_platform.conventions import API_KEY_ENV, GATE_MODULE, METRICS_PATH
+from llm_platform.edge import NginxEdge
+from llm_platform.engine import EngineInvocation, EngineMetrics, engine_for
 from llm_platform.errors import TargetError
+from llm_platform.manifests.edge_conf import EdgeLimits, EdgeRoutes
 from llm_platform.processes import free_port, http_ok, process_alive, spawn, stop_group, wait_until_healthy
-from llm_platform.targets.local_state import LocalState, ProxyRecord, ServerRecord, read_or_create_api_key
+from llm_platform.targets.local_state import (
+    CanaryRecord,
+    LocalState,
+    ProxyRecord,
+    ServerRecord,
+    read_or_create_api_key,
+)
 
 
 def socket_dir() -> Path:
@@ -61,10 +73,18 @@ class LocalTargetSettings:
     """CPU thread binding (vLLM: ``VLLM_CPU_OMP_THREADS_BIND``). ``nobind`` by default: vLLM's ``auto`` pins every
     server to the same cores, and during a blue/green switch the new server then never finishes starting next to the
     busy old one (seen on 2 cores). Set ``auto`` or explicit lists (``0-1``) for a dedicated single-server machine."""
+    nginx: str = "nginx"
+    """The edge's nginx executable (``PATH``, then ``/usr/sbin``)."""
+    edge_timeout_s: float | None = None
+    """Overrides the exposure's ``timeout_s`` at the local edge (tests use a short one; the catalog allows 600 s+)."""
     startup_timeout_s: float | None = None
     """Overrides the catalog's ``serving.startup_timeout_s`` (tests use a short one)."""
     drain_s: float = 2.0
-    """How long an old server keeps running after the endpoint switched away from it."""
+    """How long an old server keeps running after the endpoint switched away from it, at least: the edge's old
+    workers may still hand it a request they accepted before the reload."""
+    max_drain_s: float = 120.0
+    """How long an old server may keep running while the engine still reports requests running or waiting (a
+    canary's queue when it is withdrawn): the requests in flight finish before it stops."""
     extra_env: Mapping[str, str] = field(default_factory=dict)
     """Further environment for the servers."""
     api_key_file: Path | None = None
@@ -82,6 +102,20 @@ class ModelStatus:
     healthy: bool
 
 
+def in_flight(metrics_url: str, metrics: EngineMetrics) -> float:
+    """Requests running or waiting on the server, from its own ``/metrics`` (0 when it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"{metrics_url}{METRICS_PATH}", timeout=2) as response:  # noqa: S310 - ours
+            text = response.read().decode()
+    except OSError:
+        return 0.0
+    gauges = {*metrics.names(metrics.requests_running), *metrics.names(metrics.requests_waiting)}
+    return sum(
+        sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+        if sample.name in gauges
+    )  # fmt: skip
+
+
 class LocalServers:
     """The local target's process supervision: starts, reuses, switches and stops engine servers (each behind its
     gate) for catalog models on this machine. Not a target of its own: :class:`~llm_platform.targets.local.LocalTarget`
@@ -97,12 +131,14 @@ class LocalServers:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         health_check: Callable[[str], bool] = http_ok,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.state = LocalState(settings.state_dir, settings.file_sd_dir)
         self._clock = clock
         self._sleep = sleep
         self._healthy = health_check
+        self._wall_clock = wall_clock
 
     @property
     def api_key(self) -> str | None:
@@ -150,7 +186,7 @@ class LocalServers:
         return next((r for r in self.servers(model) if r.fingerprint == fingerprint), None)
 
     def endpoint(self, model: str) -> str | None:
-        """The stable URL of the model (its proxy), if the proxy runs."""
+        """The stable URL of the model (its edge), if the edge runs."""
         proxy = self.state.proxy(model)
         if proxy is not None and process_alive(proxy.pid, proxy.marker):
             return f"http://{self.settings.host}:{proxy.port}"
@@ -225,18 +261,117 @@ class LocalServers:
     ) -> ModelStatus:
         """Serve this config at the model's endpoint: start (or reuse) it, switch the endpoint, stop the old one."""
         record = self.ensure_server(model, weights_path, serving, log)
-        endpoint = self._ensure_proxy(model)
         previous = self.active(model.name)
         self.state.route_to(record)
+        self.state.forget_canary(model.name)
+        endpoint = self._apply_edge(model)
         log(f"model '{model.name}': endpoint {endpoint} now routes to server {record.fingerprint}")
+        self._stop_all_but(model, record.fingerprint, previous, log)
+        return self.status(model.name)
+
+    def _stop_all_but(
+        self, model: ModelSpec, keep: str, previous: ServerRecord | None, log: Callable[[str], None]
+    ) -> None:
+        """Stop every server of ``model`` but ``keep``; the one that served until now after the drain period."""
         for other in self.servers(model.name):
-            if other.fingerprint != record.fingerprint:
+            if other.fingerprint != keep:
                 if previous is not None and other.fingerprint == previous.fingerprint:
-                    self._sleep(self.settings.drain_s)  # requests already in flight finish on the old server
+                    self._drain(model, other)  # requests already in flight finish on the old server
                 self.stop_server(model.name, other.fingerprint)
                 log(f"model '{model.name}': stopped the previous server {other.fingerprint}")
         self._write_scrape_targets(model.name)
-        return self.status(model.name)
+
+    # -- a canary rollout: the candidate beside the stable server, the edge splitting by weight -------------------
+
+    def canary(self, model: str) -> CanaryRecord | None:
+        """The model's canary rollout, if one is recorded (its owner may have died: see the heartbeat)."""
+        return self.state.canary(model)
+
+    def start_canary(
+        self, model: ModelSpec, weights_path: str, *, owner: str, serving: Serving | None = None,
+        log: Callable[[str], None] = print,
+    ) -> ServerRecord:  # fmt: skip
+        """Start (or reuse) the candidate's server beside the active one, at weight 0, scraped as the canary."""
+        if self.active(model.name) is None:
+            raise TargetError(f"model '{model.name}': a canary needs a stable server to compare with; none serves")
+        record = self.ensure_server(model, weights_path, serving, log)
+        self.state.save_canary(model.name, CanaryRecord(record.fingerprint, 0, owner, self._wall_clock()))
+        self._write_scrape_targets(model.name)
+        self._apply_edge(model)
+        log(f"model '{model.name}': canary server {record.fingerprint} runs beside the stable one, at 0 %")
+        return record
+
+    def set_canary_weight(self, model: ModelSpec, percent: int) -> None:
+        """Send ``percent`` of the model's requests to the canary (the edge reloads gracefully)."""
+        canary = self._require_canary(model.name)
+        self.state.save_canary(model.name, dataclasses.replace(canary, weight=percent, heartbeat=self._wall_clock()))
+        self._apply_edge(model)
+
+    def touch_canary(self, model: str) -> None:
+        """The owner is alive: refresh the heartbeat."""
+        canary = self._require_canary(model)
+        self.state.save_canary(model, dataclasses.replace(canary, heartbeat=self._wall_clock()))
+
+    def finish_canary(self, model: ModelSpec, *, promoted: bool, log: Callable[[str], None] = print) -> None:
+        """Promoted: the canary's server becomes the stable one and serves alone, the old one stops after the drain;
+        aborted: the stable server takes all traffic again (it never restarted) and the canary's server stops."""
+        canary = self._require_canary(model.name)
+        previous = self.active(model.name)
+        server = self.state.server(model.name, canary.fingerprint)
+        if promoted:
+            if server is None:
+                raise TargetError(f"model '{model.name}': the canary's server {canary.fingerprint} is gone")
+            self.state.route_to(server)
+        self.state.forget_canary(model.name)
+        self._apply_edge(model)
+        if promoted:
+            log(f"model '{model.name}': the canary {canary.fingerprint} is the stable server now")
+            self._stop_all_but(model, canary.fingerprint, previous, log)
+            return
+        log(f"model '{model.name}': canary {canary.fingerprint} withdrawn, all traffic on the stable server")
+        if server is not None and (previous is None or previous.fingerprint != server.fingerprint):
+            self._drain(model, server)
+            self.stop_server(model.name, server.fingerprint)
+
+    def _drain(self, model: ModelSpec, server: ServerRecord) -> None:
+        """Wait ``drain_s``, then while the server reports requests in flight, up to ``max_drain_s``."""
+        self._sleep(self.settings.drain_s)
+        deadline = self._clock() + self.settings.max_drain_s
+        while in_flight(server.metrics_url, engine_for(model.serving).metrics) > 0 and self._clock() < deadline:
+            self._sleep(0.5)
+
+    def _require_canary(self, model: str) -> CanaryRecord:
+        canary = self.state.canary(model)
+        if canary is None:
+            raise TargetError(f"model '{model}': no canary rollout is in progress")
+        return canary
+
+    # -- the edge ------------------------------------------------------------------------------------------------
+
+    def _edge(self, model: str) -> NginxEdge:
+        recorded = self.state.proxy(model)
+        port = recorded.port if recorded is not None else free_port()  # the endpoint keeps its port
+        return NginxEdge(
+            self.state.edge_dir(model), (self.settings.host, port), nginx=self.settings.nginx, clock=self._clock,
+            sleep=self._sleep,
+        )  # fmt: skip
+
+    def _apply_edge(self, model: ModelSpec) -> str:
+        """Start or reload the model's edge with its exposure's limits and the recorded routes; returns its URL."""
+        active, canary = self.active(model.name), self.state.canary(model.name)
+        canary_server = self.state.server(model.name, canary.fingerprint) if canary is not None else None
+        routes = EdgeRoutes(
+            stable=f"{active.host}:{active.port}" if active is not None else None,
+            canary=f"{canary_server.host}:{canary_server.port}" if canary_server is not None else None,
+            canary_weight=canary.weight if canary is not None and canary_server is not None else 0,
+        )
+        limits = EdgeLimits.of(model.exposure)
+        if self.settings.edge_timeout_s is not None:
+            limits = dataclasses.replace(limits, timeout_s=self.settings.edge_timeout_s)
+        edge = self._edge(model.name)
+        pid = edge.apply(limits, routes)
+        self.state.save_proxy(model.name, ProxyRecord(pid, edge.listen[1], edge.marker))
+        return edge.url
 
     def _secret_env(self) -> dict[str, str]:
         """The key for the gate (and vLLM): in the environment of the process only."""
@@ -249,24 +384,6 @@ class LocalServers:
             "--max-body-bytes", str(nginx_size_bytes(model.exposure.max_body_size)),
             "--api-key-env", API_KEY_ENV if self.api_key else "", *upstream,
         ]  # fmt: skip
-
-    def _ensure_proxy(self, model: ModelSpec) -> str:
-        existing = self.endpoint(model.name)
-        if existing is not None:
-            return existing
-        recorded = self.state.proxy(model.name)
-        port = recorded.port if recorded is not None else free_port()  # the endpoint keeps its port
-        log_path = self.state.log_path(f"{model.name}-endpoint")
-        command = self._gate_command(model, port, ["--active-file", str(self.state.active_file(model.name))])
-        process = spawn(command, log_path, cwd=self.settings.state_dir, env={**os.environ, **self._secret_env()})
-        self._children[process.pid] = process
-        self.state.save_proxy(model.name, ProxyRecord(process.pid, port))
-        url = f"http://{self.settings.host}:{port}"
-        wait_until_healthy(
-            process, lambda: self._healthy(f"{url}{GATE_HEALTH_PATH}"), what=f"model '{model.name}': the endpoint",
-            log_path=log_path, timeout_s=30, error=TargetError, clock=self._clock, sleep=self._sleep, interval_s=0.2,
-        )  # fmt: skip
-        return url
 
     def stop_server(self, model: str, fingerprint: str) -> None:
         record = self.state.server(model, fingerprint)
@@ -288,9 +405,7 @@ class LocalServers:
         """Stop everything of ``model``: its servers and its endpoint."""
         for record in self.servers(model):
             self.stop_server(model, record.fingerprint)
-        proxy = self.state.proxy(model)
-        if proxy is not None:
-            self._terminate(proxy.pid, proxy.marker)
+        self._edge(model).stop()
         self.state.forget_endpoint(model)
 
     def status(self, model: str) -> ModelStatus:

@@ -3,12 +3,14 @@
 Layout under ``state_dir`` (``local-target`` under the local home, ``$DAGSTER_HOME`` by default)::
 
     <model>/servers/<fingerprint>.json   one record per vLLM process (pid, port, log, weights) - survives restarts
-    <model>/active.json                  the server the model's endpoint routes to
-    <model>/proxy.json                   the endpoint: a gate (llm_platform/gate.py) on a port that never changes
+    <model>/active.json                  the server the model's endpoint routes to (the stable track)
+    <model>/canary.json                  during a canary rollout: the canary's server, its weight, its owner
+    <model>/proxy.json                   the endpoint: nginx (llm_platform/edge.py) on a port that never changes
+    <model>/edge/                        its configuration, pid file and logs
     logs/<model>-<fingerprint>-<time>.log
 
 and one Prometheus file_sd target file per model in ``file_sd_dir``. Every write is atomic (temp file + rename), so
-that the proxy and Prometheus never read half a record. Nothing here starts or signals a process.
+that the edge and Prometheus never read half a record. Nothing here starts or signals a process.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from llm_platform.conventions import CANARY_TRACK, STABLE_TRACK, TRACK_METRIC_LABEL
 
 
 @dataclass(frozen=True)
@@ -54,12 +58,24 @@ class ServerRecord:
 
 @dataclass(frozen=True)
 class ProxyRecord:
+    """The model's edge (nginx): its master's pid, the port clients call, what its command line carries."""
+
     pid: int
     port: int
+    marker: str
 
-    @property
-    def marker(self) -> str:
-        return port_marker(self.port)
+
+@dataclass(frozen=True)
+class CanaryRecord:
+    """The server a canary rollout sends a share of the model's traffic to, and who drives it."""
+
+    fingerprint: str
+    weight: int
+    """Percent of the model's requests the edge sends to it."""
+    owner: str
+    """The run driving the rollout (its Dagster run id, or the CLI's), for the messages of whoever finds it."""
+    heartbeat: float
+    """Wall-clock time (Unix seconds) of the owner's last step or judgement: a stale one means the owner died."""
 
 
 def port_marker(port: int) -> str:
@@ -146,22 +162,50 @@ class LocalState:
     def proxy(self, model: str) -> ProxyRecord | None:
         data = read_json(self._model_dir(model) / "proxy.json")
         try:
-            return ProxyRecord(int(str(data["pid"])), int(str(data["port"]))) if data else None
+            return ProxyRecord(int(str(data["pid"])), int(str(data["port"])), str(data["marker"])) if data else None
         except (KeyError, ValueError):
             return None
+
+    def edge_dir(self, model: str) -> Path:
+        """The model's nginx: its configuration, pid file and logs."""
+        return self._model_dir(model) / "edge"
+
+    # -- a canary rollout ----------------------------------------------------------------------------------------
+
+    def canary(self, model: str) -> CanaryRecord | None:
+        data = read_json(self._model_dir(model) / "canary.json")
+        try:
+            return CanaryRecord(**data) if data else None  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
+    def save_canary(self, model: str, record: CanaryRecord) -> None:
+        write_json(self._model_dir(model) / "canary.json", asdict(record))
+
+    def forget_canary(self, model: str) -> None:
+        (self._model_dir(model) / "canary.json").unlink(missing_ok=True)
 
     def save_proxy(self, model: str, record: ProxyRecord) -> None:
         write_json(self._model_dir(model) / "proxy.json", asdict(record))
 
     def forget_endpoint(self, model: str) -> None:
         self.active_file(model).unlink(missing_ok=True)
+        self.forget_canary(model)
         (self.file_sd_dir / f"{model}.json").unlink(missing_ok=True)
 
     # -- what Prometheus scrapes ---------------------------------------------------------------------------------
 
     def write_scrape_targets(self, model: str, servers: Sequence[ServerRecord]) -> None:
-        """The model's file_sd target file: every running server, labelled active or candidate."""
+        """The model's file_sd target file: every running server, labelled with its role (active or candidate) and
+        its rollout track (stable, canary, or candidate for a benchmark's server: never counted as either)."""
         active = self.active_fingerprint(model)
+        canary = self.canary(model)
+
+        def track(fingerprint: str) -> str:
+            if fingerprint == active:
+                return STABLE_TRACK
+            return CANARY_TRACK if canary is not None and canary.fingerprint == fingerprint else "candidate"
+
         groups: list[Mapping[str, object]] = [
             {
                 "targets": [f"{record.host}:{record.metrics_port}"],
@@ -169,6 +213,7 @@ class LocalState:
                     "model": model,
                     "fingerprint": record.fingerprint,
                     "role": "active" if record.fingerprint == active else "candidate",
+                    TRACK_METRIC_LABEL: track(record.fingerprint),
                 },
             }
             for record in servers

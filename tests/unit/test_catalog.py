@@ -486,12 +486,12 @@ def test_the_platform_rollout_is_every_models_default_field_by_field() -> None:
                         "(got [10])"]  # fmt: skip
 
 
-def test_a_canary_is_refused_until_the_platform_runs_one_and_needs_an_edge_that_splits_traffic() -> None:
+def test_a_canary_needs_an_edge_that_splits_traffic() -> None:
     exposed = {"host": "llama.example.com", "tls_secret": "llama-tls"}
-    (problem,) = _problems({"models": [_model(exposure=exposed, rollout={"strategy": "canary"})]})
-    assert problem.startswith("models.yaml: model 'llama': rollout.strategy: canary promotions are not available")
-    problems = _problems({"models": [_model(rollout={"strategy": "canary"})]})
-    assert "models.yaml: model 'llama': rollout.strategy: a canary needs exposure.host" in problems[1]
+    catalog = parse_catalog({"models": [_model(exposure=exposed, rollout={"strategy": "canary"})]})
+    assert catalog.model("llama").rollout.strategy == "canary"
+    (problem,) = _problems({"models": [_model(rollout={"strategy": "canary"})]})
+    assert problem.startswith("models.yaml: model 'llama': rollout.strategy: a canary needs exposure.host")
 
 
 def test_a_canarys_replicas_count_in_the_gpu_quota() -> None:

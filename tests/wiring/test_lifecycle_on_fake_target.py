@@ -21,7 +21,7 @@ from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.defs.resources import PrometheusResource, WeightsResource
 from llm_platform.defs.sensors import build_drift_sensor
 from llm_platform.defs.storage import InstanceValueIOManager
-from tests.conftest import deployed_serving
+from tests.conftest import NO_PROMETHEUS, deployed_serving
 from tests.fakeprom import FakePrometheus
 from tests.faketarget import CLUSTERS, FakeCluster, FakeTargetResource, default_performance
 
@@ -65,6 +65,7 @@ class Platform:
             "io_manager": InstanceValueIOManager(),
             "target": FakeTargetResource(cluster=cluster, artifacts_root=str(artifacts)),
             "weights": WeightsResource(),
+            "prometheus": PrometheusResource(url=NO_PROMETHEUS),
         }
 
     def run(

@@ -17,7 +17,7 @@ from llm_platform.catalog import Catalog, model_warnings, parse_catalog
 from llm_platform.cli import definitions_problems
 from llm_platform.defs.jobs import LIFECYCLE_ASSETS
 from llm_platform.defs.lifecycle import lifecycle_assets
-from llm_platform.defs.resources import WeightsResource
+from llm_platform.defs.resources import PrometheusResource, WeightsResource
 from llm_platform.defs.storage import InstanceValueIOManager
 from llm_platform.engine import (
     BenchmarkWorkload,
@@ -35,6 +35,7 @@ from llm_platform.manifests.validation import validate_objects
 from llm_platform.perfmodel import plan_model
 from llm_platform.planning.plan import PlanAxes
 from llm_platform.prometheus import Lookback, snapshot_query
+from tests.conftest import NO_PROMETHEUS
 from tests.faketarget import CLUSTERS, FakeCluster, FakeTargetResource
 
 
@@ -198,6 +199,7 @@ def test_the_lifecycle_runs_with_the_engine_on_the_fake_target(tmp_path: Path) -
                     "io_manager": InstanceValueIOManager(),
                     "target": FakeTargetResource(cluster="second-engine", artifacts_root=str(tmp_path / "a")),
                     "weights": WeightsResource(),
+                    "prometheus": PrometheusResource(url=NO_PROMETHEUS),
                 },
                 run_config={"ops": {"smoke_benchmark": {"config": {"prompts_per_level": 4, "num_warmups": 0}}}},
                 instance=instance,
