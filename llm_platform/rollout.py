@@ -17,6 +17,12 @@ Object = Mapping[str, Any]
 
 #: On the Deployment (metadata): what is promoted - image, engine fingerprint, weights sha, time.
 PROMOTED_REVISION_ANNOTATION = "llm-platform/promoted-revision"
+CANARY_OWNER_ANNOTATION = "llm-platform/canary-owner"
+"""On a canary's Deployment: the run driving the rollout."""
+CANARY_HEARTBEAT_ANNOTATION = "llm-platform/canary-heartbeat"
+"""On a canary's Deployment: Unix time of its driver's last step or judgement (stale: the driver died)."""
+CANARY_WEIGHT_ANNOTATION = "llm-platform/canary-weight"
+"""On a canary's Deployment: the percent of the model's requests the edge sends it now."""
 
 #: Container waiting reasons that mean the pod will not start without a change to the spec or the cluster.
 _FATAL_WAITING = {
@@ -44,6 +50,12 @@ class Revision:
     engine_fingerprint: str
     weights_sha: str
     promoted_at: str
+
+    def same_config(self, other: Revision) -> bool:
+        """Whether ``other`` serves exactly this: image, engine invocation and weights (promotion times aside)."""
+        return (self.image, self.engine_fingerprint, self.weights_sha) == (
+            other.image, other.engine_fingerprint, other.weights_sha,
+        )  # fmt: skip
 
     def label(self) -> str:
         """Short human form: ``vllm/vllm-openai:v0.32.0 engine 1a2b3c4d weights 0123456789ab``."""

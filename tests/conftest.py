@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from llm_platform.defs.partitions import latest_materialization
 from llm_platform.defs.resources import LocalTargetResource, PrometheusResource, TargetResource, WeightsResource
 from llm_platform.defs.storage import InstanceValueIOManager
 from llm_platform.devhub import LocalHub, publish_model
+from llm_platform.processes import free_port
+from llm_platform.services import LocalServices
 from llm_platform.targets.local_servers import LocalServers, LocalTargetSettings
 from tests.kubeemu import RunningCluster, running_cluster
 
@@ -86,9 +90,9 @@ class ServedTiny:
     endpoint: str
     fingerprint: str
 
-    def resources(self) -> dict[str, object]:
+    def resources(self, prometheus_url: str = NO_PROMETHEUS) -> dict[str, object]:
         """The lifecycle resources on this server's model store and local target."""
-        return lifecycle_resources(self.local_target, self.weights)
+        return lifecycle_resources(self.local_target, self.weights, prometheus_url)
 
     @property
     def api_key(self) -> str:
@@ -106,6 +110,19 @@ def tiny_catalog(platform: dict[str, object] | None = None, **sections: object) 
     }
     model.update(sections)
     return parse_catalog({"platform": platform or {}, "models": [model]})
+
+
+@contextmanager
+def running_prometheus(file_sd_dir: Path, home: Path) -> Iterator[str]:
+    """A real Prometheus (the Debian package) scraping the local target's file_sd files; its URL."""
+    if shutil.which("prometheus") is None:
+        pytest.skip("prometheus is not installed (make test installs the Debian package)")
+    services = LocalServices(home)
+    record = services.start_prometheus(file_sd_dir, port=free_port())
+    try:
+        yield record.url
+    finally:
+        services.stop("prometheus")
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from llm_platform.defs.resources import TargetResource
 from llm_platform.engine import engine_for
 from llm_platform.errors import PlatformError, RolloutError
 from llm_platform.targets.base import (
+    CanaryRollout,
     Deployment,
     LevelResults,
     Log,
@@ -78,6 +79,12 @@ class FakeCluster:
     refused: Callable[[Serving], str | None] = lambda _: None
     """Why the engine would refuse to start a config (None: it starts)."""
     deployed: dict[str, tuple[str, Serving]] = field(default_factory=dict)
+    canaries: dict[str, FakeCanary] = field(default_factory=dict)
+    """Canary rollouts in progress (or left behind), by model."""
+    canary_weights: dict[str, list[int]] = field(default_factory=dict)
+    """Every weight the edge was set to, by model, over the cluster's life."""
+    clock: list[float] = field(default_factory=lambda: [0.0])
+    """The rollouts' clock: waiting advances it (no test sleeps through a canary's steps)."""
     """model → (engine fingerprint, serving) of what serves."""
     candidates: dict[str, set[str]] = field(default_factory=dict)
     """model → fingerprints of benchmarked candidates still holding resources."""
@@ -186,12 +193,69 @@ class FakeServingTarget(ServingTarget):
         url = f"http://{model.name}.fake"
         return Deployment(url, url, f"fake {fingerprint} weights {weights.sha[:12]}", {"target": "fake"})
 
+    def start_canary(
+        self, model: ModelSpec, weights: SnapshotManifest, *, owner: str, log: Log = no_log
+    ) -> FakeCanary | None:
+        fingerprint = self._fingerprint(model, weights)
+        served = self.cluster.deployed.get(model.name)
+        if served is None or served[0] == fingerprint:
+            return None
+        canary = FakeCanary(self, model, weights, f"fake {fingerprint}", owner, heartbeat=self.cluster.clock[0])
+        self.cluster.canaries[model.name] = canary
+        self.cluster.calls.append(f"canary {model.name} {fingerprint}")
+        return canary
+
+    def roll_back_abandoned_canary(self, model: ModelSpec, *, stale_after_s: float, log: Log = no_log) -> str | None:
+        canary = self.cluster.canaries.get(model.name)
+        if canary is None:
+            return None
+        if self.cluster.clock[0] - canary.heartbeat < stale_after_s:
+            raise PlatformError(f"model '{model.name}': a canary rollout (run {canary.owner}) is in progress")
+        canary.abort(log)
+        return f"rolled back the canary left by run {canary.owner}"
+
     def stop(self, model: ModelSpec) -> None:
         self.cluster.deployed.pop(model.name, None)
 
     def status(self, model: ModelSpec) -> TargetStatus:
         served = self.cluster.deployed.get(model.name)
         return TargetStatus(model.name, served is not None, f"http://{model.name}.fake" if served else None, "fake")
+
+
+@dataclass
+class FakeCanary(CanaryRollout):
+    """A canary on the fake cluster: weights recorded, promotion as the fake target's, time on the cluster's clock."""
+
+    target: FakeServingTarget
+    model: ModelSpec
+    weights: SnapshotManifest
+    canary_revision: str
+    owner: str
+    heartbeat: float
+
+    def now(self) -> float:
+        return self.target.cluster.clock[0]
+
+    def wait(self, seconds: float) -> None:
+        self.target.cluster.clock[0] += seconds
+
+    def set_weight(self, percent: int) -> None:
+        self.target.cluster.canary_weights.setdefault(self.model.name, []).append(percent)
+        self.heartbeat = self.now()
+
+    def keep_alive(self) -> None:
+        self.heartbeat = self.now()
+
+    def promote(self, log: Log = no_log) -> Deployment:
+        self.target.cluster.canaries.pop(self.model.name)
+        return self.target.promote(self.model, self.weights, log)
+
+    def abort(self, log: Log = no_log) -> None:
+        weights = self.target.cluster.canary_weights.setdefault(self.model.name, [])
+        if weights[-1:] != [0]:
+            weights.append(0)
+        self.target.cluster.canaries.pop(self.model.name)
+        self.target.cluster.calls.append(f"abort {self.model.name}")
 
 
 class FakeTargetResource(TargetResource):

@@ -130,6 +130,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     calls: list[Call] = attrs.field(factory=list)
     pod_logs: dict[tuple[str, str], str] = attrs.field(factory=dict)
     store: dict[tuple[str, str, str, str], Object] = attrs.field(factory=dict)
+    #: What each field manager last applied to each object: server-side apply's ownership, roughly (the object is the
+    #: merge of every manager's applied configuration, so a manager applying a few fields leaves the others' alone).
+    managed: dict[tuple[str, str, str, str], dict[str, Object]] = attrs.field(factory=dict)
     guard: threading.Lock = attrs.field(factory=threading.Lock)
     version: int = 0
 
@@ -210,12 +213,14 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             existing = self.store.get(key)
             content_type = request.headers.get("Content-Type", "")
             if verb == "patch" and content_type.startswith("application/apply-patch"):
+                manager = request.params.get("fieldManager", "")
                 if existing is None:
                     # The API server authorizes an apply that creates as a create as well.
                     if request.headers.get("User-Agent", "").startswith(USER_AGENT):
                         self.calls.append(Call("create", group, plural, request.namespace))
+                    self.managed[key] = {manager: copy.deepcopy(request.data)}
                     return self._create(group, resource.plural, ns, request.data)
-                return self._apply(key, existing, request.data)
+                return self._apply(key, existing, request.data, manager)
             if existing is None:
                 return self._status(
                     404, "NotFound", f'{plural} "{request.name}" not found', {"name": request.name, "kind": plural}
@@ -224,6 +229,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 return aiohttp.web.json_response(copy.deepcopy(existing))
             if verb == "delete":
                 del self.store[key]
+                self.managed.pop(key, None)
                 return aiohttp.web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success"})
             if verb == "patch":
                 patch = request.data
@@ -249,9 +255,16 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self.store[key] = obj
         return aiohttp.web.json_response(copy.deepcopy(obj), status=201)
 
-    def _apply(self, key: tuple[str, str, str, str], existing: Object, data: Object) -> aiohttp.web.Response:
-        """Server-side apply by one manager: its fields replace the old ones; status and identity stay."""
-        applied = copy.deepcopy(data)
+    def _apply(
+        self, key: tuple[str, str, str, str], existing: Object, data: Object, manager: str
+    ) -> aiohttp.web.Response:
+        """Server-side apply by ``manager``: its fields replace the ones it applied before (a field it no longer
+        applies is gone), other managers' applied fields stay; status and identity stay."""
+        configs = self.managed.setdefault(key, {"": {k: v for k, v in existing.items() if k != "status"}})
+        configs[manager] = copy.deepcopy(data)
+        applied: Object = {}
+        for config in configs.values():
+            applied = _merge(applied, config)
         applied["status"] = existing.get("status", {})
         meta = applied.setdefault("metadata", {})
         for kept in ("uid", "creationTimestamp", "generation", "namespace"):
@@ -409,7 +422,12 @@ class FakeDeploymentController(_PollingThread):
         name = deployment["metadata"]["name"]
         template = deployment["spec"]["template"]
         selector = ",".join(f"{k}={v}" for k, v in deployment["spec"]["selector"]["matchLabels"].items())
-        old_pods = self.client.list(PODS, self.namespace, selector)
+        # Its own pods only (their owner, as a ReplicaSet's controllerRef): a canary's pods match the stable
+        # Deployment's selector too, and a real controller never takes them.
+        old_pods = [
+            pod for pod in self.client.list(PODS, self.namespace, selector)
+            if pod["metadata"]["labels"].get(OWNER_LABEL) == deployment["metadata"]["uid"]
+        ]  # fmt: skip
         status: Object = {"observedGeneration": generation, "replicas": 1 + len(old_pods), "updatedReplicas": 1}
         status["availableReplicas"] = status["readyReplicas"] = len(old_pods)
         status["conditions"] = [{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"}]

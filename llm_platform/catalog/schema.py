@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from llm_platform.conventions import ServedModel
 from llm_platform.engine import DEFAULT_ENGINE, UnknownEngineError, engine_named
@@ -661,6 +661,8 @@ class ModelSpec(_Section):
     autoscaling: Autoscaling = Autoscaling()
     exposure: Exposure = Exposure()
     rollout: Rollout = Rollout()
+    _track: str | None = PrivateAttr(default=None)
+    """Set by :meth:`as_track` only, never from a catalog file: the rollout track this view renders."""
 
     @field_validator("name")
     @classmethod
@@ -698,7 +700,15 @@ class ModelSpec(_Section):
     @property
     def identity(self) -> ServedModel:
         """What this entry serves: its base weights (adapters and rollout tracks are children of it)."""
-        return ServedModel(self.name)
+        base = ServedModel(self.name)
+        return base.track(self._track) if self._track else base
+
+    def as_track(self, track: str) -> ModelSpec:
+        """This entry as the rollout track ``track`` (a canary beside the stable version): the same config under the
+        track's object names and labels, so that every renderer and rollout wait serves it unchanged."""
+        view = self.model_copy()
+        view._track = track
+        return view
 
 
 class Catalog(_Section):

@@ -6,7 +6,6 @@ No ``from __future__ import annotations`` here: Dagster reads the resource annot
 """
 
 import base64
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -63,9 +62,6 @@ def promote_as_canary(
     model: ModelSpec,
     prometheus: PrometheusClient,
     log: Callable[[str], None],
-    *,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[Deployment, dict[str, dg.MetadataValue]]:
     """Take the canary through the model's steps; promoted, the deployment and the rollout's metadata. Aborted (or
     interrupted by any error), the canary is withdrawn and the run fails with the judge's reason; the stable
@@ -80,7 +76,7 @@ def promote_as_canary(
     try:
         result = run_canary(
             LiveTracks(rollout, prometheus, model), model.rollout, model.slo, canary_track=CANARY_TRACK,
-            stable_track=STABLE_TRACK, clock=clock, sleep=sleep, on_step=logged,
+            stable_track=STABLE_TRACK, clock=rollout.now, sleep=rollout.wait, on_step=logged,
         )  # fmt: skip
     except BaseException as error:  # the run is stopping or Prometheus failed: never leave a canary behind
         rollout.abort(log)

@@ -1,6 +1,7 @@
 """The sensors. ``tuning_drift_sensor`` watches every deployed model in Prometheus and requests a ``promote`` run
 with new engine arguments or scaling bounds when the policy (``tuning/policy.py``) recommends them;
-``new_revision_sensor`` runs the lifecycle for new hub commits of the models that opt in.
+``new_revision_sensor`` runs the lifecycle for new hub commits of the models that opt in;
+``abandoned_canary_sensor`` rolls back canaries whose runs died.
 
 One drift tick: the deployed models, their config and when it was deployed from the instance (the latest
 ``vllm_deployment`` of each, kept between ticks and brought up to date with the materializations newer than the
@@ -24,10 +25,11 @@ import dagster as dg
 
 from llm_platform.catalog import Catalog, ModelPatch, ModelSpec, QuotaBudget, patch_between
 from llm_platform.conventions import DEPLOYMENT_ASSET, WEIGHTS_ASSET
+from llm_platform.defs.canary import abandoned_after_s
 from llm_platform.defs.deployed import DeployedIndex
 from llm_platform.defs.jobs import LIFECYCLE_JOB, PROMOTE_JOB, promotion_request
 from llm_platform.defs.partitions import latest_materialization_records
-from llm_platform.defs.resources import PrometheusResource, WeightsResource
+from llm_platform.defs.resources import PrometheusResource, TargetResource, WeightsResource
 from llm_platform.defs.storage import VALUE_METADATA_KEY
 from llm_platform.defs.values import DeploymentRecord, decode_value
 from llm_platform.errors import PlatformError
@@ -36,6 +38,7 @@ from llm_platform.tuning.policy import Snapshot, TuningLimits, decide, gate
 
 SENSOR_NAME = "tuning_drift_sensor"
 REVISION_SENSOR_NAME = "new_revision_sensor"
+CANARY_SENSOR_NAME = "abandoned_canary_sensor"
 
 
 @dataclass
@@ -270,3 +273,36 @@ def build_revision_sensor(catalog: Catalog, *, interval_s: int = 600) -> dg.Sens
         return dg.SensorResult(run_requests=requests, skip_reason=None if requests else "; ".join(notes))
 
     return new_revision_sensor
+
+
+def build_canary_sensor(catalog: Catalog, *, interval_s: int = 60) -> dg.SensorDefinition:
+    """``abandoned_canary_sensor``: rolls back, within one interval, a canary whose run died (its pod evicted, its
+    process killed) and that no promotion of the model has cleaned up yet; a live rollout is left alone."""
+    canaries = [model for model in catalog.models if model.rollout.strategy == "canary"]
+
+    @dg.sensor(
+        name=CANARY_SENSOR_NAME,
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Rolls back canaries left behind by runs that died (their driver silent for two steps and a "
+        "minute): the weight goes to 0 and the canary is removed; the stable version never restarts.",
+    )
+    def abandoned_canary_sensor(context: dg.SensorEvaluationContext, target: TargetResource) -> dg.SensorResult:
+        if not canaries:
+            return dg.SensorResult(skip_reason="no model has rollout.strategy: canary")
+        serving_target = target.serving_target(catalog.platform)
+        notes = []
+        for model in canaries:
+            try:
+                done = serving_target.roll_back_abandoned_canary(
+                    model, stale_after_s=abandoned_after_s(model.rollout), log=context.log.info
+                )
+            except PlatformError as error:  # a live rollout (or the target unreachable): nothing to do this tick
+                notes.append(str(error))
+                continue
+            if done:
+                context.log.warning(f"model '{model.name}': {done}")
+            notes.append(f"model '{model.name}': {done or 'no canary left behind'}")
+        return dg.SensorResult(skip_reason="; ".join(notes))
+
+    return abandoned_canary_sensor

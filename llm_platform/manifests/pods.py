@@ -53,12 +53,20 @@ SERVING_COMPONENT = "inference-server"
 """The component label of the Deployment's pods (Jobs' pods carry other components)."""
 
 
-def model_labels(model: ModelSpec, component: str = SERVING_COMPONENT) -> dict[str, str]:
+def serving_component(model: ModelSpec) -> str:
+    """The component label of the model's serving pods; a rollout track's own (``inference-server-canary``), so
+    that the stable version's Service, PodDisruptionBudget and NetworkPolicy never select a canary's pods (its
+    labels are a superset of the stable selector's)."""
+    identity = model.identity
+    return f"{SERVING_COMPONENT}-{identity.child}" if identity.kind == "track" else SERVING_COMPONENT
+
+
+def model_labels(model: ModelSpec, component: str | None = None) -> dict[str, str]:
     """Recommended Kubernetes labels plus the model label that selectors, PromQL and RBAC audits use."""
     return {
         **selector_labels(model),
         "app.kubernetes.io/instance": model.name,
-        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/component": component or serving_component(model),
         "app.kubernetes.io/part-of": PART_OF,
         "app.kubernetes.io/managed-by": MANAGER,
     }

@@ -21,7 +21,6 @@ from llm_platform.manifests.pods import (
     DNS_EGRESS,
     ENGINE_FINGERPRINT_ANNOTATION,
     PORT_NAME,
-    SERVING_COMPONENT,
     WEIGHTS_REVISION_ANNOTATION,
     Object,
     api_key_env,
@@ -34,6 +33,7 @@ from llm_platform.manifests.pods import (
     resource_name,
     restricted_container_security,
     selector_labels,
+    serving_component,
     serving_invocation,
 )
 
@@ -112,7 +112,9 @@ def render_deployment(platform: Platform, model: ModelSpec, revision: str) -> Ob
         "kind": "Deployment",
         "metadata": object_metadata(resource_name(model), platform, model_labels(model)),
         "spec": {
-            # No `replicas`: KEDA's HPA owns the count, and applying one here would fight it on every promotion.
+            # No `replicas`: KEDA's HPA owns the count, and applying one here would fight it on every promotion; a
+            # rollout track's (a canary's) count is fixed, not autoscaled.
+            **({"replicas": model.rollout.canary_replicas} if model.identity.kind == "track" else {}),
             "selector": {"matchLabels": selector_labels(model)},
             "revisionHistoryLimit": 5,
             "progressDeadlineSeconds": model.serving.startup_timeout_s + 300,
@@ -140,7 +142,7 @@ def render_deployment(platform: Platform, model: ModelSpec, revision: str) -> Ob
 def serving_pod_labels(model: ModelSpec) -> dict[str, str]:
     """Labels that select the Deployment's pods and nothing else: the benchmark Job's pod serves the same model on
     the same port, and must never receive the model's traffic nor count in its disruption budget."""
-    return {**selector_labels(model), "app.kubernetes.io/component": SERVING_COMPONENT}
+    return {**selector_labels(model), "app.kubernetes.io/component": serving_component(model)}
 
 
 def render_service(platform: Platform, model: ModelSpec) -> Object:
@@ -387,6 +389,26 @@ def render_http_route(platform: Platform, model: ModelSpec, canary_weight: int |
             ],
         },
     }
+
+
+def render_canary(platform: Platform, model: ModelSpec, revision: str) -> list[Object]:
+    """The canary track's own objects beside the stable version's, in apply order: its Service, its Deployment
+    (``rollout.canary_replicas``, fixed) and its NetworkPolicy (the same clients). ``model`` is the candidate config;
+    the split is :func:`render_split`'s."""
+    canary = model.as_track(CANARY_TRACK)
+    return [
+        render_service(platform, canary),
+        render_deployment(platform, canary, revision),
+        render_network_policy(platform, canary),
+    ]
+
+
+def render_split(platform: Platform, model: ModelSpec, canary_weight: int) -> Object | None:
+    """What makes the edge send ``canary_weight`` percent of the model's requests to the canary: the canary Ingress
+    (``exposure.kind: ingress``) or the HTTPRoute with weighted backends (``gateway``)."""
+    if model.exposure.kind == "gateway":
+        return render_http_route(platform, model, canary_weight=canary_weight)
+    return render_canary_ingress(platform, model, canary_weight)
 
 
 def render_model(platform: Platform, model: ModelSpec, revision: str | None = None) -> list[Object]:

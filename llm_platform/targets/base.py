@@ -9,6 +9,7 @@ that one parser and one SLO evaluation read every target's measurements.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -82,6 +83,14 @@ class CanaryRollout(ABC):
 
     canary_revision: str
     """What the canary runs (as :attr:`Deployment.revision` names it)."""
+
+    def now(self) -> float:
+        """The rollout's clock (monotonic seconds); a test's target steps it instead (dagster-k8s' timer)."""
+        return time.monotonic()
+
+    def wait(self, seconds: float) -> None:
+        """How the rollout waits for a step's traffic; a test's target advances its clock instead (the sleeper)."""
+        time.sleep(seconds)
 
     @abstractmethod
     def set_weight(self, percent: int) -> None:

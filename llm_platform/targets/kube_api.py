@@ -36,6 +36,8 @@ Object = dict[str, Any]
 T = TypeVar("T")
 
 FIELD_MANAGER = "llm-platform"
+CANARY_FIELD_MANAGER = "llm-platform-canary"
+"""Owns a canary Deployment's heartbeat, owner and weight annotations (and nothing else)."""
 USER_AGENT = "llm-platform"
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -89,6 +91,7 @@ DEPLOYMENTS = RESOURCES["apps/v1", "Deployment"]
 PODS = RESOURCES["v1", "Pod"]
 EVENTS = RESOURCES["v1", "Event"]
 JOBS = RESOURCES["batch/v1", "Job"]
+INGRESSES = RESOURCES["networking.k8s.io/v1", "Ingress"]
 
 #: What to tell the user when a resource type is missing from the cluster.
 _INSTALL_HINTS = {
@@ -257,11 +260,13 @@ class KubeApi:
 
     # -- the calls --------------------------------------------------------------------------------------------
 
-    def apply(self, obj: Mapping[str, Any]) -> Object:
-        """Server-side apply (field manager ``llm-platform``): creates or updates, idempotent."""
+    def apply(self, obj: Mapping[str, Any], field_manager: str = FIELD_MANAGER) -> Object:
+        """Server-side apply (field manager ``llm-platform``): creates or updates, idempotent. Another manager owns
+        only the fields it applies: a canary's heartbeat annotations are applied that way, since applying them as
+        ``llm-platform`` without the rest of the object would remove the fields that manager owns."""
         resource = resource_of(obj)
         meta = obj["metadata"]
-        query = [("fieldManager", FIELD_MANAGER)]
+        query = [("fieldManager", field_manager)]
         if self.force_conflicts:
             query.append(("force", "true"))
         path = resource.path(meta["namespace"], meta["name"])

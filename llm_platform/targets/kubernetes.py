@@ -13,10 +13,12 @@ from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.benchmark.trials import candidate_model, failed_trial, ladder_trial, load_ladder
 from llm_platform.catalog import ModelSpec, config_fingerprint
 from llm_platform.conventions import API_PORT
-from llm_platform.errors import PlatformError
+from llm_platform.errors import PlatformError, TargetError
 from llm_platform.manifests.pods import resource_name, serving_invocation
 from llm_platform.manifests.serving import render_model
+from llm_platform.rollout import CANARY_HEARTBEAT_ANNOTATION, CANARY_OWNER_ANNOTATION, CANARY_WEIGHT_ANNOTATION
 from llm_platform.targets.base import (
+    CanaryRollout,
     Deployment,
     LevelResults,
     Log,
@@ -80,8 +82,10 @@ class KubernetesTarget(ServingTarget):
     ) -> TrialRunner:  # fmt: skip
         return KubernetesTrials(self.cluster, model, weights, settings, run_key, log)
 
-    def promote(self, model: ModelSpec, weights: SnapshotManifest, log: Log = no_log) -> Deployment:
-        promotion = self.cluster.promote(model, weights.sha, log=log)
+    def promote(
+        self, model: ModelSpec, weights: SnapshotManifest, log: Log = no_log, *, canary_weight: int | None = None
+    ) -> Deployment:
+        promotion = self.cluster.promote(model, weights.sha, log=log, canary_weight=canary_weight)
         revision = promotion.revision
         details: dict[str, str | int | list[str]] = {
             "target": f"kubernetes ({self.platform.namespace})",
@@ -93,6 +97,33 @@ class KubernetesTarget(ServingTarget):
             "rollout": promotion.detail,
         }
         return Deployment(self.endpoint(model), self.service_url(model), revision.label(), details)
+
+    def start_canary(
+        self, model: ModelSpec, weights: SnapshotManifest, *, owner: str, log: Log = no_log
+    ) -> KubernetesCanary | None:
+        revision = self.cluster.start_canary(model, weights.sha, owner=owner, log=log)
+        if revision is None:
+            return None
+        return KubernetesCanary(self, model, weights, revision.label())
+
+    def roll_back_abandoned_canary(self, model: ModelSpec, *, stale_after_s: float, log: Log = no_log) -> str | None:
+        live = self.cluster.live_canary(model)
+        if live is None:
+            return None
+        annotations = live.get("metadata", {}).get("annotations") or {}
+        owner = annotations.get(CANARY_OWNER_ANNOTATION, "unknown")
+        weight = annotations.get(CANARY_WEIGHT_ANNOTATION, "?")
+        try:
+            silent_s = self.cluster.wall_clock() - float(annotations.get(CANARY_HEARTBEAT_ANNOTATION, "0"))
+        except ValueError:
+            silent_s = float("inf")  # unreadable: nobody keeps it alive
+        if silent_s < stale_after_s:
+            raise TargetError(
+                f"model '{model.name}': a canary rollout (Deployment {live['metadata']['name']} at {weight} %, run "
+                f"{owner}) is in progress; wait for it to finish, or stop that run"
+            )
+        self.cluster.remove_canary(model, log)
+        return f"rolled back the canary (at {weight} %) left by run {owner}, silent for {silent_s:.0f} s"
 
     def stop(self, model: ModelSpec) -> None:
         """Delete the model's serving objects (the weights on the PVC stay)."""
@@ -109,6 +140,41 @@ class KubernetesTarget(ServingTarget):
         revision = self.cluster.current_revision(model)
         label = revision.label() if revision else "no llm-platform revision"
         return TargetStatus(model.name, available > 0, self.endpoint(model), f"{label}; {available} available")
+
+
+@dataclasses.dataclass
+class KubernetesCanary(CanaryRollout):
+    """A canary in the cluster, the Flagger way: a second Deployment (and Service) beside the stable one, the edge's
+    split object stepping the weight; promotion copies the canary's spec to the stable Deployment (a normal rolling
+    update, while the canary still serves), then sends the traffic back to it and removes the canary."""
+
+    target: KubernetesTarget
+    model: ModelSpec
+    weights: SnapshotManifest
+    canary_revision: str
+
+    def now(self) -> float:
+        return self.target.cluster.clock()
+
+    def wait(self, seconds: float) -> None:
+        self.target.cluster.sleep(seconds)
+
+    def set_weight(self, percent: int) -> None:
+        self.target.cluster.set_canary_weight(self.model, percent)
+
+    def keep_alive(self) -> None:
+        self.target.cluster.mark_canary(self.model)
+
+    def promote(self, log: Log = no_log) -> Deployment:
+        try:
+            # The canary keeps all traffic while the stable Deployment rolls to its spec.
+            deployment = self.target.promote(self.model, self.weights, log, canary_weight=100)
+        finally:  # promoted or rolled back: the stable Deployment serves either way, the canary goes
+            self.target.cluster.remove_canary(self.model, log)
+        return deployment
+
+    def abort(self, log: Log = no_log) -> None:
+        self.target.cluster.remove_canary(self.model, log)
 
 
 @dataclasses.dataclass

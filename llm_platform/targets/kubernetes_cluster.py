@@ -38,6 +38,7 @@ from kubernetes.client.rest import ApiException
 
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.catalog import ModelSpec, Platform, is_commit_sha
+from llm_platform.conventions import CANARY_TRACK
 from llm_platform.errors import (
     BenchmarkError,
     JobFailedError,
@@ -58,16 +59,33 @@ from llm_platform.manifests.pods import (
     WEIGHTS_REVISION_ANNOTATION,
     engine_image,
     resource_name,
-    selector_labels,
     serving_invocation,
 )
-from llm_platform.manifests.serving import render_model
+from llm_platform.manifests.serving import (
+    canary_object_name,
+    render_canary,
+    render_http_route,
+    render_model,
+    render_split,
+    serving_pod_labels,
+)
 from llm_platform.manifests.validation import validate_objects
-from llm_platform.rollout import PROMOTED_REVISION_ANNOTATION, Revision, RolloutState, restorable, rollout_state
+from llm_platform.rollout import (
+    CANARY_HEARTBEAT_ANNOTATION,
+    CANARY_OWNER_ANNOTATION,
+    CANARY_WEIGHT_ANNOTATION,
+    PROMOTED_REVISION_ANNOTATION,
+    Revision,
+    RolloutState,
+    restorable,
+    rollout_state,
+)
 from llm_platform.store_layout import snapshot_path
 from llm_platform.targets.kube_api import (
+    CANARY_FIELD_MANAGER,
     DEPLOYMENTS,
     EVENTS,
+    INGRESSES,
     JOBS,
     PODS,
     KubeApi,
@@ -119,8 +137,10 @@ class KubernetesCluster:
         *,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.api = api
+        self.wall_clock = wall_clock
         self.platform = platform
         self.settings = settings or KubernetesTargetSettings()
         self.sleep = sleep
@@ -139,9 +159,16 @@ class KubernetesCluster:
 
     # -- promotion --------------------------------------------------------------------------------------------
 
-    def desired_objects(self, model: ModelSpec, revision: Revision) -> list[Object]:
-        """The rendered objects with the revision recorded on the Deployment."""
+    def desired_objects(self, model: ModelSpec, revision: Revision, canary_weight: int | None = None) -> list[Object]:
+        """The rendered objects with the revision recorded on the Deployment; with ``canary_weight``, an HTTPRoute
+        keeps that share on a canary while the stable Deployment rolls (a canary's promotion)."""
         objects = render_model(self.platform, model, revision.weights_sha)
+        if canary_weight is not None:
+            objects = [
+                render_http_route(self.platform, model, canary_weight=canary_weight) or obj
+                if obj["kind"] == "HTTPRoute" else obj
+                for obj in objects
+            ]  # fmt: skip
         for obj in objects:
             if obj["kind"] == "Deployment":
                 obj["metadata"].setdefault("annotations", {})[PROMOTED_REVISION_ANNOTATION] = revision.to_annotation()
@@ -160,10 +187,13 @@ class KubernetesCluster:
         """What the model serves now, from the annotation on its Deployment."""
         return Revision.from_deployment(self.api.get(DEPLOYMENTS, self.namespace, resource_name(model)))
 
-    def promote(self, model: ModelSpec, weights_sha: str, log: Log = lambda _: None) -> Promotion:
-        """Apply ``model`` at weights ``weights_sha``, wait until it serves; restore the previous state on failure."""
+    def promote(
+        self, model: ModelSpec, weights_sha: str, log: Log = lambda _: None, *, canary_weight: int | None = None
+    ) -> Promotion:
+        """Apply ``model`` at weights ``weights_sha``, wait until it serves; restore the previous state on failure.
+        ``canary_weight``: a canary's promotion, whose share the HTTPRoute keeps until the canary is removed."""
         revision = self.revision_for(model, weights_sha)
-        desired = self.desired_objects(model, revision)
+        desired = self.desired_objects(model, revision, canary_weight)
         validate_objects(desired)
         for resource in {resource_of(obj) for obj in desired}:
             if not self.api.serves(resource):
@@ -224,7 +254,8 @@ class KubernetesCluster:
 
     def _new_pods(self, model: ModelSpec, revision: Revision) -> list[Object]:
         """Pods of ``revision``: same weights and engine fingerprint annotations, same image."""
-        selector = ",".join(f"{key}={value}" for key, value in selector_labels(model).items())
+        # The serving pods of this track only: a canary's pods carry the stable selector's labels too.
+        selector = ",".join(f"{key}={value}" for key, value in serving_pod_labels(model).items())
         pods = []
         for pod in self.api.list(PODS, self.namespace, label_selector=selector):
             annotations = pod.get("metadata", {}).get("annotations") or {}
@@ -275,6 +306,74 @@ class KubernetesCluster:
                     "failed", f"not ready after {timeout:.0f} s ({state.detail}); the new pods never became ready"
                 )
             self.sleep(self.settings.poll_interval_s)
+
+    # -- a canary rollout beside the stable version (Flagger's way) ------------------------------------------------
+
+    def live_canary(self, model: ModelSpec) -> Object | None:
+        """The model's canary Deployment, if one is there (a rollout in progress, or left by a dead run)."""
+        return self.api.get(DEPLOYMENTS, self.namespace, canary_object_name(model))
+
+    def start_canary(self, model: ModelSpec, weights_sha: str, *, owner: str, log: Log) -> Revision | None:
+        """Apply the candidate as the canary track (its Service, Deployment and NetworkPolicy) beside the stable
+        version, wait until it is ready, and put the split in place at 0 %. None when nothing serves yet or this
+        revision serves already. A canary that never becomes ready is removed again; the stable version is never
+        touched."""
+        current = self.current_revision(model)
+        revision = self.revision_for(model, weights_sha)
+        if current is None or current.same_config(revision):
+            return None
+        objects = render_canary(self.platform, model, weights_sha)
+        split = render_split(self.platform, model, 0)
+        if split is None:
+            raise TargetError(f"model '{model.name}': a canary needs exposure.host (an Ingress or HTTPRoute to split)")
+        validate_objects([*objects, split])
+        annotations = {PROMOTED_REVISION_ANNOTATION: revision.to_annotation(), CANARY_OWNER_ANNOTATION: owner}
+        for obj in objects:
+            if obj["kind"] == "Deployment":
+                obj["metadata"].setdefault("annotations", {}).update(annotations)
+        log(f"model '{model.name}': canary {revision.label()} beside {current.label()}")
+        try:
+            for obj in objects:
+                self.api.apply(obj)
+                log(f"model '{model.name}': applied {obj['kind']} {obj['metadata']['name']}")
+            self.mark_canary(model, 0)
+            state = self.wait_for_rollout(model.as_track(CANARY_TRACK), revision, log)
+            if state.phase != "done":
+                raise RolloutError(f"model '{model.name}': the canary {revision.label()} failed: {state.detail}")
+            self.set_canary_weight(model, 0)
+        except PlatformError:
+            self.remove_canary(model, log)
+            raise
+        return revision
+
+    def mark_canary(self, model: ModelSpec, weight: int | None = None) -> None:
+        """Record the driver's heartbeat (and the weight) on the canary's Deployment (metadata only: no restart)."""
+        annotations = {CANARY_HEARTBEAT_ANNOTATION: f"{self.wall_clock():.0f}"}
+        if weight is not None:
+            annotations[CANARY_WEIGHT_ANNOTATION] = str(weight)
+        marker = {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": canary_object_name(model), "namespace": self.namespace, "annotations": annotations},
+        }  # fmt: skip
+        self.api.apply(marker, field_manager=CANARY_FIELD_MANAGER)
+
+    def set_canary_weight(self, model: ModelSpec, weight: int) -> None:
+        """Send ``weight`` percent of the model's requests to the canary (the edge's split object, applied)."""
+        split = render_split(self.platform, model, weight)
+        assert split is not None  # start_canary refused a model without one
+        self.api.apply(split)
+        self.mark_canary(model, weight)
+
+    def remove_canary(self, model: ModelSpec, log: Log) -> None:
+        """The split back to the stable version alone, then the canary's objects deleted (stable never touched)."""
+        route = render_http_route(self.platform, model)
+        if route is not None:
+            self.api.apply(route)  # the stable backend alone
+        else:
+            self.api.delete(INGRESSES, self.namespace, canary_object_name(model))
+        for obj in reversed(render_canary(self.platform, model, "0" * 40)):
+            if self.api.delete(resource_of(obj), self.namespace, obj["metadata"]["name"]):
+                log(f"model '{model.name}': removed {obj['kind']} {obj['metadata']['name']}")
 
     # -- Jobs ---------------------------------------------------------------------------------------------------
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,8 +28,7 @@ from llm_platform.prometheus import (
     snapshot_queries,
     track_queries,
 )
-from llm_platform.services import LocalServices
-from tests.conftest import ServedTiny, tiny_catalog
+from tests.conftest import ServedTiny, running_prometheus, tiny_catalog
 from tests.deployments import record_deployment
 
 pytestmark = pytest.mark.integration
@@ -38,14 +36,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def prometheus(served_tiny: ServedTiny, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if shutil.which("prometheus") is None:
-        pytest.skip("prometheus is not installed (make test installs the Debian package)")
-    services = LocalServices(tmp_path_factory.mktemp("prometheus-home"))
-    record = services.start_prometheus(Path(served_tiny.local_target.file_sd_dir), port=free_port())
-    try:
-        yield record.url
-    finally:
-        services.stop("prometheus")
+    """A Prometheus of this module's own (a fresh TSDB: no other module's series in its windows)."""
+    home = tmp_path_factory.mktemp("prometheus-home")
+    with running_prometheus(Path(served_tiny.local_target.file_sd_dir), home) as url:
+        yield url
 
 
 def _complete(endpoint: str, api_key: str, prompt_words: int, max_tokens: int = 12, seed: int = 0) -> None:

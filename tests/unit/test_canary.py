@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
-from llm_platform.canary import Margins, TrackFigures, judge_step, run_canary
+from llm_platform.canary import CanaryResult, Margins, StepRecord, TrackFigures, Verdict, judge_step, run_canary
 from llm_platform.catalog import Rollout, Slo
 
 SLO = Slo(ttft_p95_ms=2000, itl_p95_ms=100, max_error_rate=0.01, max_regression_pct=20)
@@ -169,3 +169,16 @@ def test_a_held_step_that_gathers_enough_evidence_passes() -> None:
     assert result.promoted
     assert [(record.weight, record.verdict.outcome) for record in result.steps][:2] == [(10, "hold"), (10, "pass")]
     assert result.steps[1].elapsed_s == 600 and result.steps[1].canary is not None
+
+
+def test_the_judges_table_reads_every_judgement() -> None:
+    """The per-step frame the metadata table and plot are made of (from a recorded rollout)."""
+    from llm_platform.canary_report import plot_png, steps_frame
+
+    figures = TrackFigures(40, 120.0, 30.0, 0.0, 55.5)
+    result = CanaryResult(True, (StepRecord(50, 15.2, Verdict("pass", "ok"), figures, figures),
+                                 StepRecord(100, 15.0, Verdict("pass", "ok"), figures, None)))  # fmt: skip
+    frame = steps_frame(result)
+    assert list(frame["weight_pct"]) == [50, 100] and list(frame["canary_p95_ttft_ms"]) == [120.0, 120.0]
+    assert frame["stable_requests"].isna().tolist() == [False, True]
+    assert plot_png("llama", frame).startswith(b"\x89PNG")

@@ -13,6 +13,7 @@ from llm_platform.errors import ManifestValidationError
 from llm_platform.manifests.jobs import render_weights_job, render_weights_pvc, weights_job_name
 from llm_platform.manifests.pods import selector_labels
 from llm_platform.manifests.serving import (
+    render_canary,
     render_canary_ingress,
     render_deployment,
     render_ingress,
@@ -21,6 +22,7 @@ from llm_platform.manifests.serving import (
     render_pod_disruption_budget,
     render_scaled_object,
     render_service,
+    render_split,
 )
 from llm_platform.manifests.validation import KUBERNETES_VERSIONS, object_problems, validate_objects
 
@@ -447,3 +449,37 @@ def test_an_unknown_httproute_field_is_refused() -> None:
     route["spec"]["rules"][0]["timeout"] = "600s"  # misspelled: the API server would drop it silently
     with pytest.raises(ManifestValidationError, match="timeout"):
         validate_objects([route])
+
+
+def test_a_canarys_objects_select_its_own_pods_only_and_validate(platform: Platform, llama: ModelSpec) -> None:
+    """The canary beside the stable version: its pods carry the track and their own component, so the stable
+    Service, PDB and NetworkPolicy (whose selectors they would otherwise match) never take them, while the canary's
+    Service and NetworkPolicy take only them. Its replicas are fixed (no ScaledObject); every object validates."""
+    stepped = llama.model_copy(update={"rollout": llama.rollout.model_copy(update={"canary_replicas": 2})})
+    service, deployment, policy = render_canary(platform, stepped, SHA)
+    assert [o["metadata"]["name"] for o in (service, deployment, policy)] == ["vllm-llama-canary"] * 3
+    pods = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pods["llm-platform/track"] == "canary" and pods["app.kubernetes.io/component"] == "inference-server-canary"
+    assert deployment["spec"]["replicas"] == 2 and "replicas" not in render_deployment(platform, llama, SHA)["spec"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pods.items()
+    stable_pods = render_deployment(platform, llama, SHA)["spec"]["template"]["metadata"]["labels"]
+    for stable_selector in (render_service(platform, llama)["spec"]["selector"],
+                            render_pod_disruption_budget(platform, llama)["spec"]["selector"]["matchLabels"],
+                            render_network_policy(platform, llama)["spec"]["podSelector"]["matchLabels"]):  # fmt: skip
+        assert stable_selector.items() <= stable_pods.items() and not stable_selector.items() <= pods.items()
+    for canary_selector in (service["spec"]["selector"], policy["spec"]["podSelector"]["matchLabels"]):
+        assert canary_selector.items() <= pods.items() and not canary_selector.items() <= stable_pods.items()
+    # The same engine config and clients as the stable version's, under the canary's names.
+    assert _container(deployment)["args"] == _container(render_deployment(platform, stepped, SHA))["args"]
+    assert policy["spec"]["ingress"] == render_network_policy(platform, llama)["spec"]["ingress"]
+    validate_objects([service, deployment, policy])
+
+
+def test_the_split_is_the_exposures_own_kind(platform: Platform, llama: ModelSpec) -> None:
+    split = render_split(platform, llama, 25)
+    assert split is not None and split["kind"] == "Ingress" and split["metadata"]["name"] == "vllm-llama-canary"
+    routed = llama.model_copy(update={"exposure": llama.exposure.model_copy(update={"kind": "gateway"})})
+    route = render_split(platform, routed, 25)
+    assert route is not None and route["kind"] == "HTTPRoute" and route["metadata"]["name"] == "vllm-llama"
+    weights = {ref["name"]: ref["weight"] for ref in route["spec"]["rules"][0]["backendRefs"]}
+    assert weights == {"vllm-llama": 75, "vllm-llama-canary": 25}

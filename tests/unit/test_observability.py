@@ -16,7 +16,8 @@ import yaml
 
 from llm_platform.catalog_files import load_catalog
 from llm_platform.conventions import CANARY_TRACK, TRACK_LABEL, TRACK_METRIC_LABEL, ServedModel
-from llm_platform.manifests.serving import render_deployment
+from llm_platform.manifests.pods import model_labels
+from llm_platform.manifests.serving import render_canary, render_deployment
 from llm_platform.manifests.validation import validate_objects
 from llm_platform.prometheus import Lookback, drift_recording_group
 from llm_platform.tuning.policy import TuningLimits
@@ -59,13 +60,28 @@ def test_the_shipped_recording_rules_are_the_drift_sensors_snapshot() -> None:
     assert shipped == expected, "regenerate the group in prometheusrule.yaml:\n" + yaml.safe_dump(expected)
 
 
-def test_pod_monitor_selects_the_rendered_vllm_pods() -> None:
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector's verdict (matchLabels and the In/NotIn expressions the shipped objects use)."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        inside = labels.get(expression["key"]) in expression["values"]
+        if inside != (expression["operator"] == "In"):
+            return False
+    return True
+
+
+def test_pod_monitor_selects_the_rendered_vllm_pods_of_both_tracks_and_no_job_pod() -> None:
     catalog = load_catalog(EXAMPLE_CATALOG)
     monitor = _load("podmonitor.yaml")
-    selector = monitor["spec"]["selector"]["matchLabels"]
+    selector = monitor["spec"]["selector"]
     for model in catalog.models:
+        canary = render_canary(catalog.platform, model, "0" * 40)[1]["spec"]["template"]["metadata"]["labels"]
+        assert _selects(selector, canary) and canary[TRACK_LABEL] == CANARY_TRACK
+        job = model_labels(model, "benchmark")
+        assert not _selects(selector, job)
         template = render_deployment(catalog.platform, model, "0" * 40)["spec"]["template"]
-        assert selector.items() <= template["metadata"]["labels"].items()
+        assert _selects(selector, template["metadata"]["labels"])
         (gate,) = template["spec"]["initContainers"]
         ports = {port["name"]: port["containerPort"] for port in gate["ports"]}
         assert ports[monitor["spec"]["podMetricsEndpoints"][0]["port"]] == 8001  # the gate's metrics listener

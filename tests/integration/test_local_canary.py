@@ -1,0 +1,175 @@
+"""Canary promotions on the embedded default with real parts only: the session's vLLM server as the stable version,
+a second real vLLM server as the canary, the real nginx edge splitting by weight, a real Prometheus scraping both
+with their track, and a bounded traffic generator at the endpoint from one client. The promote job runs the
+candidate's smoke benchmark and then ``vllm_deployment``'s canary steps."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+import dagster as dg
+import pytest
+
+from llm_platform.catalog import Catalog
+from llm_platform.defs.jobs import PROMOTE_ASSETS
+from llm_platform.defs.lifecycle import lifecycle_assets
+from llm_platform.processes import process_alive
+from llm_platform.targets.local_servers import LocalServers
+from tests.conftest import ServedTiny, running_prometheus, tiny_catalog
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROLLOUT = {"strategy": "canary", "steps": [50, 100], "step_seconds": 15, "min_requests": 4, "max_wait_seconds": 45,
+           "max_ttft_regression_pct": 100, "max_itl_regression_pct": 100}  # fmt: skip
+#: Exposed (a canary needs a host in the catalog), with a rate limit the generator's 8 callers stay under.
+EXPOSURE = {"host": "tiny.llm.example.com", "tls_secret": "tiny-tls", "rate_limit_rps": 200}
+PLAN = {"prompts_per_level": 8, "input_len": 32, "output_len": 8, "concurrency_levels": [2], "num_warmups": 0}
+CONCURRENCY = 8
+
+
+class Traffic:
+    """``CONCURRENCY`` callers at the endpoint, each sending one completion after the other until stopped (or
+    ``max_requests`` in all): every status (or exception) is kept."""
+
+    def __init__(self, endpoint: str, api_key: str, max_requests: int = 5000) -> None:
+        self.endpoint, self.api_key, self.max_requests = endpoint, api_key, max_requests
+        self.outcomes: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._call, args=(n,)) for n in range(CONCURRENCY)]
+
+    def _call(self, caller: int) -> None:
+        sent = 0
+        while not self._stop.is_set() and sum(self.outcomes.values()) < self.max_requests:
+            prompt = " ".join(f"c{caller}r{sent}w{word}" for word in range(24))
+            body = json.dumps({"model": "tiny-llama", "prompt": prompt, "max_tokens": 16, "ignore_eos": True})
+            request = urllib.request.Request(
+                f"{self.endpoint}/v1/completions", data=body.encode(),
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"},
+            )  # fmt: skip
+            try:
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    response.read()
+                    outcome = str(response.status)
+            except urllib.error.HTTPError as error:
+                outcome = str(error.code)
+                if error.code == 429:
+                    self._stop.wait(1.0)  # told to slow down: a well-behaved client does
+            except OSError as error:
+                outcome = type(error).__name__
+            with self._lock:
+                self.outcomes[outcome] += 1
+            sent += 1
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+@pytest.fixture(scope="module")
+def prometheus(served_tiny: ServedTiny, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_prometheus(Path(served_tiny.local_target.file_sd_dir), tmp_path_factory.mktemp("prom")) as url:
+        yield url
+
+
+def _catalog() -> Catalog:
+    return tiny_catalog(rollout=ROLLOUT, exposure=EXPOSURE)
+
+
+@pytest.fixture
+def stable(served_tiny: ServedTiny) -> Iterator[LocalServers]:
+    """The session's server as this module's stable version, its edge enforcing this catalog's exposure (the same
+    config: the server is reused, only the edge reloads); the session's catalog is promoted back afterwards."""
+    servers = served_tiny.local_target.target()
+    servers.promote(_catalog().model("tiny-llama"), served_tiny.weights_path, log=lambda _: None)
+    try:
+        yield servers
+    finally:
+        servers.promote(served_tiny.catalog.model("tiny-llama"), served_tiny.weights_path, log=lambda _: None)
+
+
+def _promote(
+    served: ServedTiny, prometheus: str, instance: dg.DagsterInstance, max_num_seqs: int
+) -> dg.ExecuteInProcessResult:
+    catalog = _catalog()
+    assets = lifecycle_assets(catalog)
+    resources = served.resources(prometheus)
+    dg.materialize(assets, selection=["model_weights"], partition_key="tiny-llama", resources=resources,
+                   instance=instance)  # fmt: skip
+    overrides = {"overrides": {"max_num_seqs": str(max_num_seqs)}, "reason": "canary test"}
+    return dg.materialize(
+        assets, selection=PROMOTE_ASSETS, partition_key="tiny-llama", resources=resources, instance=instance,
+        run_config={"ops": {"serving_config": {"config": overrides}, "smoke_benchmark": {"config": PLAN}}},
+        raise_on_error=False,
+    )  # fmt: skip
+
+
+def test_a_worse_canary_is_aborted_at_its_first_step_and_the_stable_server_keeps_serving(
+    served_tiny: ServedTiny, stable: LocalServers, prometheus: str, tmp_path: Path
+) -> None:
+    """One sequence at a time under concurrency 8: the canary's requests queue, its p95 TTFT is several times the
+    stable server's, and the judge aborts at the 50 % step; every request of the generator was answered."""
+    servers = stable
+    stable_pid = servers.active("tiny-llama").pid  # type: ignore[union-attr]
+    with (
+        dg.instance_for_test(temp_dir=str(tmp_path)) as instance,
+        Traffic(served_tiny.endpoint, served_tiny.api_key) as traffic,
+    ):
+        result = _promote(served_tiny, prometheus, instance, max_num_seqs=1)
+    assert not result.success
+    failure = next(event for event in result.all_events if event.is_step_failure)
+    user_failure = failure.step_failure_data.user_failure_data
+    assert user_failure is not None, failure.step_failure_data.error
+    description = str(user_failure.description)
+    assert description.startswith("model 'tiny-llama': canary aborted at step 50 % after ")
+    assert "p95 TTFT" in description and "above stable's" in description
+    assert description.endswith("the stable version serves as before")
+    steps = user_failure.metadata["canary_steps"]
+    assert isinstance(steps, dg.TableMetadataValue)
+    assert [row.data["weight_pct"] for row in steps.records][-1] == 50.0
+    assert steps.records[-1].data["verdict"] == "abort"
+    # Every request answered, none by an error: the canary's were slow, not failed; the stable server never moved.
+    assert set(traffic.outcomes) == {"200"}, traffic.outcomes
+    status = servers.status("tiny-llama")
+    assert status.active is not None and status.active.pid == stable_pid and process_alive(stable_pid)
+    assert [s.fingerprint for s in status.servers] == [served_tiny.fingerprint] and servers.canary("tiny-llama") is None
+    file_sd = json.loads((Path(served_tiny.local_target.file_sd_dir) / "tiny-llama.json").read_text())
+    assert [group["labels"]["track"] for group in file_sd] == ["stable"]
+
+
+def test_a_good_canary_goes_through_every_step_and_serves_alone(
+    served_tiny: ServedTiny, stable: LocalServers, prometheus: str, tmp_path: Path
+) -> None:
+    """The stable fixture promotes the session's config back afterwards (a server start), for the tests after it."""
+    stable_pid = stable.active("tiny-llama").pid  # type: ignore[union-attr]
+    with (
+        dg.instance_for_test(temp_dir=str(tmp_path)) as instance,
+        Traffic(served_tiny.endpoint, served_tiny.api_key) as traffic,
+    ):
+        result = _promote(served_tiny, prometheus, instance, max_num_seqs=16)
+    assert result.success
+    (deployed,) = result.asset_materializations_for_node("vllm_deployment")
+    steps = deployed.metadata["canary_steps"]
+    assert isinstance(steps, dg.TableMetadataValue)
+    passed = [row.data["weight_pct"] for row in steps.records if row.data["verdict"] == "pass"]
+    assert passed == [50.0, 100.0]
+    assert deployed.metadata["canary_outcome"].value == "promoted"
+    assert str(deployed.metadata["canary_plot"].value).startswith("![both tracks")
+    assert set(traffic.outcomes) == {"200"}, traffic.outcomes
+    status = stable.status("tiny-llama")
+    assert status.active is not None and status.active.fingerprint == deployed.metadata["server_fingerprint"].value
+    assert [s.fingerprint for s in status.servers] == [status.active.fingerprint]  # the new server serves alone
+    assert not process_alive(stable_pid) and status.endpoint == served_tiny.endpoint
