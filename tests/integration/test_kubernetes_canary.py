@@ -232,7 +232,7 @@ def test_behind_a_gateway_the_route_weights_step_and_stay_on_the_canary_until_it
             applied.append(copy.deepcopy(obj))
             return original_apply(obj, **kwargs)
 
-        rig.kube.api.apply = recording_apply  # type: ignore[method-assign]
+        rig.kube.api.apply = recording_apply  # type: ignore[method-assign,assignment]
         canary.promote()
         routes = [obj for obj in applied if obj["kind"] == "HTTPRoute"]
         # While the stable Deployment rolled to the canary's spec the route kept the canary at 100 %; then alone.
