@@ -110,13 +110,13 @@ def judge_step(
     baseline = stable if stable is not None and stable.requests >= min_requests else None
     if baseline is not None:
         failures += _regressions(canary, baseline, margins)
-    if failures:
-        return Verdict("abort", "; ".join(failures))
     figures = f"canary {_figures(canary)}"
     if baseline is not None:
         figures += f"; stable {_figures(baseline)}"
     else:
         figures += "; judged on the SLOs alone (the stable version served too little to compare)"
+    if failures:
+        return Verdict("abort", f"{'; '.join(failures)} ({figures})")
     return Verdict("pass", figures)
 
 

@@ -26,6 +26,7 @@ import requests
 
 from llm_platform.canary import TrackFigures
 from llm_platform.conventions import (
+    CANARY_TRACK,
     KSM_MODEL_LABEL,
     MODEL_NAME_LABEL,
     SERVING_CONTAINER,
@@ -260,6 +261,12 @@ def track_queries(model_name: str, window_s: int, metrics: EngineMetrics) -> dic
     }
 
 
+def canary_models_query(metrics: EngineMetrics) -> str:
+    """The models that have a canary track's server being scraped right now (one series each)."""
+    canary = selector(metrics.requests_running, f'{TRACK_METRIC_LABEL}="{CANARY_TRACK}"', metrics)
+    return f"count by ({MODEL_NAME_LABEL}) ({canary})"
+
+
 @dataclass
 class PrometheusClient:
     """Instant PromQL queries with retries; ``session`` and ``sleep`` are injectable for tests."""
@@ -343,6 +350,11 @@ class PrometheusClient:
         values, _ = self._by_model(self.query(one_query(fields), at), fields, key=TRACK_METRIC_LABEL)
         return {track: TrackFigures(**{**dict.fromkeys(fields, math.nan), **measured})
                 for track, measured in values.items()}  # fmt: skip
+
+    def canary_models(self, metrics: EngineMetrics) -> set[str]:
+        """The models whose canary Prometheus scrapes now (a stopped one's series end at once: staleness markers)."""
+        return {labels[MODEL_NAME_LABEL] for labels, _ in self.query(canary_models_query(metrics))
+                if MODEL_NAME_LABEL in labels}  # fmt: skip
 
     @staticmethod
     def _by_model(

@@ -13,7 +13,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from llm_platform.conventions import STABLE_TRACK, TRACK_METRIC_LABEL
+from llm_platform.conventions import CANARY_TRACK, STABLE_TRACK, TRACK_METRIC_LABEL
 from llm_platform.prometheus import EVALUATED_AT, FIELD_LABEL, RECORDED_SNAPSHOT
 
 #: The fields a combined snapshot query asks for (each sub-expression tags its series with one).
@@ -24,6 +24,8 @@ class FakePrometheus:
     def __init__(self) -> None:
         self.models: dict[str, dict[str, float]] = {}
         self.tracks: dict[str, dict[str, float]] = {}
+        self.canary_models: set[str] = set()
+        """Models whose canary track is being scraped (the abandoned-canary sensor's query)."""
         """A canary step's figures by track (``requests``, ``ttft_p95_ms``, ...), for the per-track query."""
         self.queries: list[str] = []
         self.recording = False
@@ -48,6 +50,8 @@ class FakePrometheus:
         self.queries.append(query)
         if query.startswith(RECORDED_SNAPSHOT):
             return self._recorded() if self.recording else []
+        if f'{TRACK_METRIC_LABEL}="{CANARY_TRACK}"' in query:
+            return [{"metric": {"model_name": model}, "value": [0, "1"]} for model in sorted(self.canary_models)]
         if f'"{TRACK_METRIC_LABEL}", "{STABLE_TRACK}"' in query:  # the canary judge's per-track query
             return [
                 {"metric": {TRACK_METRIC_LABEL: track, FIELD_LABEL: field}, "value": [0, str(values[field])]}

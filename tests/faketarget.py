@@ -23,6 +23,7 @@ from llm_platform.engine import engine_for
 from llm_platform.errors import PlatformError, RolloutError
 from llm_platform.targets.base import (
     CanaryRollout,
+    CanaryState,
     Deployment,
     LevelResults,
     Log,
@@ -205,14 +206,17 @@ class FakeServingTarget(ServingTarget):
         self.cluster.calls.append(f"canary {model.name} {fingerprint}")
         return canary
 
-    def roll_back_abandoned_canary(self, model: ModelSpec, *, stale_after_s: float, log: Log = no_log) -> str | None:
+    def canary_state(self, model: ModelSpec) -> CanaryState | None:
         canary = self.cluster.canaries.get(model.name)
         if canary is None:
             return None
-        if self.cluster.clock[0] - canary.heartbeat < stale_after_s:
-            raise PlatformError(f"model '{model.name}': a canary rollout (run {canary.owner}) is in progress")
-        canary.abort(log)
-        return f"rolled back the canary left by run {canary.owner}"
+        weights = self.cluster.canary_weights.get(model.name) or [0]
+        return CanaryState("fake canary", weights[-1], canary.owner, self.cluster.clock[0] - canary.heartbeat)
+
+    def withdraw_canary(self, model: ModelSpec, log: Log = no_log) -> None:
+        canary = self.cluster.canaries.get(model.name)
+        if canary is not None:
+            canary.abort(log)
 
     def stop(self, model: ModelSpec) -> None:
         self.cluster.deployed.pop(model.name, None)

@@ -636,3 +636,18 @@ class FakeKubelet(_PollingThread):
 
 def secret(name: str, key: str, value: str) -> Object:
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": {key: value}}
+
+
+def role_rules() -> set[tuple[str, str, str]]:
+    """What the shipped Role (``k8s/base/rbac.yaml``) grants: (API group, resource, verb)."""
+    import yaml
+
+    rbac = Path(__file__).resolve().parents[1] / "k8s" / "base" / "rbac.yaml"
+    role = next(doc for doc in yaml.safe_load_all(rbac.read_text()) if doc["kind"] == "Role")
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }

@@ -13,21 +13,63 @@ import dagster as dg
 
 from llm_platform.canary import CanaryResult, StepRecord, TrackFigures, run_canary
 from llm_platform.canary_report import plot_png, steps_frame
-from llm_platform.catalog import ModelSpec, Rollout
+from llm_platform.catalog import Catalog, ModelSpec, Rollout
 from llm_platform.conventions import CANARY_TRACK, STABLE_TRACK
+from llm_platform.defs.failures import platform_errors_as_failure
 from llm_platform.defs.metadata import table_metadata
+from llm_platform.defs.resources import TargetResource
 from llm_platform.engine import engine_for
 from llm_platform.errors import PlatformError
 from llm_platform.prometheus import PrometheusClient
-from llm_platform.targets.base import CanaryRollout, Deployment
+from llm_platform.targets.base import CanaryRollout, CanaryState, Deployment
 
 ABANDONED_GRACE_S = 60
+CANARY_ROLLBACK_JOB = "roll_back_canary"
 
 
 def abandoned_after_s(rollout: Rollout) -> float:
     """How long a canary's driver may be silent before its canary counts as abandoned: it judges at least every
     ``step_seconds``, so two of those and a minute of slack."""
     return 2 * rollout.step_seconds + ABANDONED_GRACE_S
+
+
+def abandoned_judge(instance: dg.DagsterInstance, rollout: Rollout) -> Callable[[CanaryState], bool]:
+    """Whether a canary found on the target is abandoned: the run that drives it has finished (failed, canceled:
+    its pod was evicted and run monitoring said so) or it has been silent past :func:`abandoned_after_s` (a run
+    that died unnoticed)."""
+
+    def abandoned(state: CanaryState) -> bool:
+        if state.silent_s >= abandoned_after_s(rollout):
+            return True
+        run = instance.get_run_by_id(state.owner)
+        return run is not None and run.is_finished
+
+    return abandoned
+
+
+def build_canary_rollback_job(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.JobDefinition:
+    """``roll_back_canary``: withdraws the abandoned canary of one model (its partition), in a run of its own (a run
+    pod holds the serving namespace's rights; the sensor that requests it does not)."""
+
+    @dg.op(name="roll_back_abandoned_canary")
+    def roll_back_abandoned_canary(context: dg.OpExecutionContext, target: TargetResource) -> None:
+        model = catalog.model(context.partition_key)
+        with platform_errors_as_failure():
+            done = target.serving_target(catalog.platform).roll_back_abandoned_canary(
+                model, abandoned=abandoned_judge(context.instance, model.rollout), log=context.log.info
+            )
+        context.log.info(f"model '{model.name}': {done or 'no canary left behind'}")
+
+    @dg.job(
+        name=CANARY_ROLLBACK_JOB,
+        partitions_def=partitions,
+        description="Withdraw a canary whose promotion run died: the weight back to 0, the canary removed, the "
+        "stable version untouched. Requested by abandoned_canary_sensor.",
+    )
+    def roll_back_canary() -> None:
+        roll_back_abandoned_canary()
+
+    return roll_back_canary
 
 
 @dataclass

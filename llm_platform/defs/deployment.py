@@ -7,7 +7,7 @@ import dagster as dg
 
 from llm_platform.catalog import Catalog
 from llm_platform.conventions import DEPLOYMENT_ASSET
-from llm_platform.defs.canary import abandoned_after_s, promote_as_canary
+from llm_platform.defs.canary import abandoned_judge, promote_as_canary
 from llm_platform.defs.failures import platform_errors_as_failure, refuse_environment_references
 from llm_platform.defs.resources import PrometheusResource, TargetResource
 from llm_platform.defs.values import BenchmarkOutcome, DeploymentRecord, ServingChoice
@@ -68,7 +68,7 @@ def build_deployment_asset(catalog: Catalog, partitions: dg.PartitionsDefinition
         with platform_errors_as_failure():
             serving_target = target.serving_target(catalog.platform)
             cleaned = serving_target.roll_back_abandoned_canary(
-                model, stale_after_s=abandoned_after_s(model.rollout), log=log
+                model, abandoned=abandoned_judge(context.instance, model.rollout), log=log
             )
             if cleaned:
                 context.log.warning(f"model '{model.name}': {cleaned}")

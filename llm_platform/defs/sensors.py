@@ -22,16 +22,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import dagster as dg
+from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
+from dagster._core.storage.tags import PARTITION_NAME_TAG
 
 from llm_platform.catalog import Catalog, ModelPatch, ModelSpec, QuotaBudget, patch_between
 from llm_platform.conventions import DEPLOYMENT_ASSET, WEIGHTS_ASSET
-from llm_platform.defs.canary import abandoned_after_s
+from llm_platform.defs.canary import CANARY_ROLLBACK_JOB
 from llm_platform.defs.deployed import DeployedIndex
 from llm_platform.defs.jobs import LIFECYCLE_JOB, PROMOTE_JOB, promotion_request
 from llm_platform.defs.partitions import latest_materialization_records
-from llm_platform.defs.resources import PrometheusResource, TargetResource, WeightsResource
+from llm_platform.defs.resources import PrometheusResource, WeightsResource
 from llm_platform.defs.storage import VALUE_METADATA_KEY
 from llm_platform.defs.values import DeploymentRecord, decode_value
+from llm_platform.engine import engine_for
 from llm_platform.errors import PlatformError
 from llm_platform.prometheus import Lookback
 from llm_platform.tuning.policy import Snapshot, TuningLimits, decide, gate
@@ -276,33 +279,46 @@ def build_revision_sensor(catalog: Catalog, *, interval_s: int = 600) -> dg.Sens
 
 
 def build_canary_sensor(catalog: Catalog, *, interval_s: int = 60) -> dg.SensorDefinition:
-    """``abandoned_canary_sensor``: rolls back, within one interval, a canary whose run died (its pod evicted, its
-    process killed) and that no promotion of the model has cleaned up yet; a live rollout is left alone."""
+    """``abandoned_canary_sensor``: a model whose canary Prometheus still scrapes while no run of the model is in
+    progress has lost its driver (its pod evicted, its process killed): a ``roll_back_canary`` run withdraws it,
+    within one interval. The sensor reads Prometheus and the instance only (the code server has no Kubernetes
+    rights); the run that rolls back holds them."""
     canaries = [model for model in catalog.models if model.rollout.strategy == "canary"]
 
     @dg.sensor(
         name=CANARY_SENSOR_NAME,
+        job_name=CANARY_ROLLBACK_JOB,
         minimum_interval_seconds=interval_s,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Rolls back canaries left behind by runs that died (their driver silent for two steps and a "
-        "minute): the weight goes to 0 and the canary is removed; the stable version never restarts.",
+        description="Requests a roll_back_canary run for a model whose canary serves while no run of the model "
+        "is in progress (the promotion that drove it died).",
     )
-    def abandoned_canary_sensor(context: dg.SensorEvaluationContext, target: TargetResource) -> dg.SensorResult:
+    def abandoned_canary_sensor(context: dg.SensorEvaluationContext, prometheus: PrometheusResource) -> dg.SensorResult:
         if not canaries:
             return dg.SensorResult(skip_reason="no model has rollout.strategy: canary")
-        serving_target = target.serving_target(catalog.platform)
-        notes = []
+        client = prometheus.client()
+        try:
+            engines = {engine_for(model.serving).name: engine_for(model.serving).metrics for model in canaries}
+            serving = set().union(*(client.canary_models(metrics) for metrics in engines.values()))
+        except PlatformError as error:
+            return dg.SensorResult(skip_reason=f"Prometheus: {error}")
+        requests, notes = [], []
         for model in canaries:
-            try:
-                done = serving_target.roll_back_abandoned_canary(
-                    model, stale_after_s=abandoned_after_s(model.rollout), log=context.log.info
-                )
-            except PlatformError as error:  # a live rollout (or the target unreachable): nothing to do this tick
-                notes.append(str(error))
+            if model.name not in serving:
+                notes.append(f"{model.name}: no canary")
                 continue
-            if done:
-                context.log.warning(f"model '{model.name}': {done}")
-            notes.append(f"model '{model.name}': {done or 'no canary left behind'}")
-        return dg.SensorResult(skip_reason="; ".join(notes))
+            if _runs_in_progress(context.instance, model.name):
+                notes.append(f"{model.name}: a canary, driven by a run in progress")
+                continue
+            context.log.warning(f"model '{model.name}': a canary serves and no run drives it: rolling it back")
+            requests.append(dg.RunRequest(partition_key=model.name, run_key=f"{model.name}:{int(time.time())}",
+                                          tags={"llm-platform/trigger": CANARY_SENSOR_NAME}))  # fmt: skip
+        return dg.SensorResult(run_requests=requests, skip_reason=None if requests else "; ".join(notes))
 
     return abandoned_canary_sensor
+
+
+def _runs_in_progress(instance: dg.DagsterInstance, model: str) -> bool:
+    """Whether a run of ``model`` (its partition) is queued or running."""
+    filters = dg.RunsFilter(statuses=list(IN_PROGRESS_RUN_STATUSES), tags={PARTITION_NAME_TAG: model})
+    return bool(instance.get_run_records(filters=filters, limit=1))

@@ -76,6 +76,19 @@ class TrialBackend(ABC):
         """Trials of the auto-tuner for ``model`` (the candidate's knobs are applied on top of its serving)."""
 
 
+@dataclass(frozen=True)
+class CanaryState:
+    """A canary found on a target: where it runs, its share of the traffic, and who drives it."""
+
+    where: str
+    """What runs it (the local server's fingerprint, the canary Deployment's name)."""
+    weight: int
+    owner: str
+    """The run that started it (its Dagster run id)."""
+    silent_s: float
+    """Seconds since its driver's last step or judgement."""
+
+
 class CanaryRollout(ABC):
     """A canary in progress on a target: the candidate's servers beside the stable ones, the edge splitting the
     model's traffic between them. The driver (``canary.run_canary`` with Prometheus' figures) moves the weight;
@@ -99,7 +112,7 @@ class CanaryRollout(ABC):
     @abstractmethod
     def keep_alive(self) -> None:
         """The driver is alive (each judgement calls it): a canary whose driver stops calling is rolled back by
-        :meth:`ServingTarget.roll_back_abandoned_canary`."""
+        :meth:`ServingTarget.roll_back_abandoned_canary` once it counts as abandoned."""
 
     @abstractmethod
     def promote(self, log: Log = no_log) -> Deployment:
@@ -171,11 +184,31 @@ class ServingTarget(TrialBackend):
             "set rollout.strategy: replace for it"
         )
 
-    def roll_back_abandoned_canary(self, model: ModelSpec, *, stale_after_s: float, log: Log = no_log) -> str | None:
-        """Roll back a canary of ``model`` whose driver has not called :meth:`CanaryRollout.keep_alive` for
-        ``stale_after_s`` (its run died); returns what was done, None when there was nothing to do. Raises while a
-        live driver owns a canary: two rollouts of one model never overlap."""
+    def canary_state(self, model: ModelSpec) -> CanaryState | None:
+        """The model's canary, if one is there (in progress, or left behind by a run that died)."""
         return None
+
+    def withdraw_canary(self, model: ModelSpec, log: Log = no_log) -> None:
+        """The weight back to 0 and the canary removed, whoever started it (the stable version never restarts)."""
+
+    def roll_back_abandoned_canary(
+        self, model: ModelSpec, *, abandoned: Callable[[CanaryState], bool], log: Log = no_log
+    ) -> str | None:
+        """Withdraw a canary of ``model`` that ``abandoned`` says no live run drives; returns what was done, None when
+        there was none. Raises while a live run owns one: two rollouts of one model never overlap."""
+        state = self.canary_state(model)
+        if state is None:
+            return None
+        if not abandoned(state):
+            raise TargetError(
+                f"model '{model.name}': a canary rollout ({state.where} at {state.weight} %, run {state.owner}) is "
+                "in progress; wait for it to finish, or stop that run"
+            )
+        self.withdraw_canary(model, log)
+        return (
+            f"rolled back the canary {state.where} (at {state.weight} %) left by run {state.owner}, silent for "
+            f"{state.silent_s:.0f} s"
+        )
 
     @abstractmethod
     def stop(self, model: ModelSpec) -> None:

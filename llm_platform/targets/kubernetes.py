@@ -13,12 +13,13 @@ from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.benchmark.trials import candidate_model, failed_trial, ladder_trial, load_ladder
 from llm_platform.catalog import ModelSpec, config_fingerprint
 from llm_platform.conventions import API_PORT
-from llm_platform.errors import PlatformError, TargetError
+from llm_platform.errors import PlatformError
 from llm_platform.manifests.pods import resource_name, serving_invocation
 from llm_platform.manifests.serving import render_model
 from llm_platform.rollout import CANARY_HEARTBEAT_ANNOTATION, CANARY_OWNER_ANNOTATION, CANARY_WEIGHT_ANNOTATION
 from llm_platform.targets.base import (
     CanaryRollout,
+    CanaryState,
     Deployment,
     LevelResults,
     Log,
@@ -106,24 +107,21 @@ class KubernetesTarget(ServingTarget):
             return None
         return KubernetesCanary(self, model, weights, revision.label())
 
-    def roll_back_abandoned_canary(self, model: ModelSpec, *, stale_after_s: float, log: Log = no_log) -> str | None:
+    def canary_state(self, model: ModelSpec) -> CanaryState | None:
         live = self.cluster.live_canary(model)
         if live is None:
             return None
         annotations = live.get("metadata", {}).get("annotations") or {}
-        owner = annotations.get(CANARY_OWNER_ANNOTATION, "unknown")
-        weight = annotations.get(CANARY_WEIGHT_ANNOTATION, "?")
         try:
             silent_s = self.cluster.wall_clock() - float(annotations.get(CANARY_HEARTBEAT_ANNOTATION, "0"))
-        except ValueError:
-            silent_s = float("inf")  # unreadable: nobody keeps it alive
-        if silent_s < stale_after_s:
-            raise TargetError(
-                f"model '{model.name}': a canary rollout (Deployment {live['metadata']['name']} at {weight} %, run "
-                f"{owner}) is in progress; wait for it to finish, or stop that run"
-            )
+            weight = int(annotations.get(CANARY_WEIGHT_ANNOTATION, "0"))
+        except ValueError:  # unreadable: nobody keeps it alive
+            silent_s, weight = float("inf"), 0
+        owner = annotations.get(CANARY_OWNER_ANNOTATION, "unknown")
+        return CanaryState(f"Deployment {live['metadata']['name']}", weight, owner, silent_s)
+
+    def withdraw_canary(self, model: ModelSpec, log: Log = no_log) -> None:
         self.cluster.remove_canary(model, log)
-        return f"rolled back the canary (at {weight} %) left by run {owner}, silent for {silent_s:.0f} s"
 
     def stop(self, model: ModelSpec) -> None:
         """Delete the model's serving objects (the weights on the PVC stay)."""

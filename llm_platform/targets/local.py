@@ -14,9 +14,10 @@ from llm_platform.benchmark.runner import run_level, run_plan
 from llm_platform.benchmark.trials import as_overrides, candidate_model, failed_trial, probe_from_result
 from llm_platform.catalog import ModelSpec
 from llm_platform.engine import engine_for
-from llm_platform.errors import PlatformError, TargetError
+from llm_platform.errors import PlatformError
 from llm_platform.targets.base import (
     CanaryRollout,
+    CanaryState,
     Deployment,
     LevelResults,
     Log,
@@ -140,21 +141,15 @@ class LocalTarget(ServingTarget):
         server = self.servers.start_canary(model, weights_path, owner=owner, log=log)
         return LocalCanary(self, model, weights, f"local server {server.fingerprint} weights {weights.sha[:12]}")
 
-    def roll_back_abandoned_canary(self, model: ModelSpec, *, stale_after_s: float, log: Log = no_log) -> str | None:
+    def canary_state(self, model: ModelSpec) -> CanaryState | None:
         canary = self.servers.canary(model.name)
         if canary is None:
             return None
-        silent_s = time.time() - canary.heartbeat
-        if silent_s < stale_after_s:
-            raise TargetError(
-                f"model '{model.name}': a canary rollout ({canary.fingerprint} at {canary.weight} %, run "
-                f"{canary.owner}) is in progress; wait for it to finish, or stop that run"
-            )
-        self.servers.finish_canary(model, promoted=False, log=log)
-        return (
-            f"rolled back the canary {canary.fingerprint} (at {canary.weight} %) left by run {canary.owner}, "
-            f"silent for {silent_s:.0f} s"
-        )
+        return CanaryState(f"server {canary.fingerprint}", canary.weight, canary.owner, time.time() - canary.heartbeat)
+
+    def withdraw_canary(self, model: ModelSpec, log: Log = no_log) -> None:
+        if self.servers.canary(model.name) is not None:
+            self.servers.finish_canary(model, promoted=False, log=log)
 
     def stop(self, model: ModelSpec) -> None:
         self.servers.stop(model.name)

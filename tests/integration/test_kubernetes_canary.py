@@ -18,12 +18,13 @@ from llm_platform.catalog import Catalog
 from llm_platform.errors import RolloutError, TargetError
 from llm_platform.manifests.pods import ENGINE_FINGERPRINT_ANNOTATION, WEIGHTS_REVISION_ANNOTATION
 from llm_platform.rollout import CANARY_HEARTBEAT_ANNOTATION, CANARY_OWNER_ANNOTATION, CANARY_WEIGHT_ANNOTATION
+from llm_platform.targets.base import CanaryState
 from llm_platform.targets.kube_api import INGRESSES, RESOURCES
 from llm_platform.targets.kubernetes import KubernetesCanary, KubernetesTarget
 from llm_platform.targets.kubernetes_cluster import KubernetesCluster, KubernetesTargetSettings
 from llm_platform.weights.plan import ManifestFile, SnapshotManifest
 from tests.conftest import tiny_catalog
-from tests.kubeemu import DEPLOYMENTS, OWNER_LABEL, PODS, FakeDeploymentController, RunningCluster
+from tests.kubeemu import DEPLOYMENTS, OWNER_LABEL, PODS, FakeDeploymentController, RunningCluster, role_rules
 
 pytestmark = pytest.mark.integration
 
@@ -188,14 +189,20 @@ def test_a_canary_left_by_a_dead_run_is_rolled_back_and_a_live_one_is_not(rig: R
     before = rig.stored()
     canary = _start(rig, owner="run-that-died")
     canary.set_weight(50)
+
+    def silent(state: CanaryState) -> bool:
+        return state.silent_s >= 180
+
     with pytest.raises(TargetError, match=r"a canary rollout \(Deployment vllm-tiny-llama-canary at 50 %, run "
                                           r"run-that-died\) is in progress"):  # fmt: skip
-        rig.target.roll_back_abandoned_canary(rig.stable, stale_after_s=180)
+        rig.target.roll_back_abandoned_canary(rig.stable, abandoned=silent)
     rig.wall.now += 181
-    done = rig.target.roll_back_abandoned_canary(rig.stable, stale_after_s=180)
-    assert done == "rolled back the canary (at 50 %) left by run run-that-died, silent for 181 s"
+    done = rig.target.roll_back_abandoned_canary(rig.stable, abandoned=silent)
+    assert done == (
+        "rolled back the canary Deployment vllm-tiny-llama-canary (at 50 %) left by run run-that-died, silent for 181 s"
+    )
     assert rig.stored() == before
-    assert rig.target.roll_back_abandoned_canary(rig.stable, stale_after_s=180) is None
+    assert rig.target.roll_back_abandoned_canary(rig.stable, abandoned=silent) is None
 
 
 def test_nothing_to_compare_with_is_a_plain_promotion(cluster: RunningCluster) -> None:
@@ -239,3 +246,15 @@ def test_behind_a_gateway_the_route_weights_step_and_stay_on_the_canary_until_it
         canary_share = [{r["name"]: r.get("weight") for r in o["spec"]["rules"][0]["backendRefs"]} for o in routes]
         assert canary_share == [{"vllm-tiny-llama": 0, CANARY: 100}, {"vllm-tiny-llama": None}]
         assert weights() == {"vllm-tiny-llama": 1}
+
+
+def test_the_role_grants_every_call_a_canary_makes(rig: Rig) -> None:
+    promoted = _start(rig)
+    promoted.set_weight(100)
+    promoted.promote()
+    rig.candidate = rig.stable  # and one more, aborted
+    aborted = _start(rig)
+    aborted.set_weight(10)
+    aborted.abort()
+    used = {(call.group, call.resource, call.verb) for call in rig.cluster.emulator.our_calls()}
+    assert used - role_rules() == set(), "calls the Role does not grant"

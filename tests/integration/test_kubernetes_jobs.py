@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from llm_platform.catalog import Catalog, parse_catalog
 from llm_platform.errors import JobFailedError, KubernetesAccessError, RolloutError
@@ -18,7 +17,6 @@ from llm_platform.manifests.jobs import weights_job_name
 from llm_platform.manifests.pods import HF_TOKEN_KEY, WEIGHTS_REVISION_ANNOTATION
 from llm_platform.store_layout import SNAPSHOT_MANIFEST
 from llm_platform.targets.kubernetes_cluster import KubernetesCluster, KubernetesTargetSettings
-from tests.conftest import REPO_ROOT
 from tests.fakehub import FakeHub, FakeRepo
 from tests.kubeemu import (
     JOBS,
@@ -28,6 +26,7 @@ from tests.kubeemu import (
     FakeKubelet,
     Fault,
     RunningCluster,
+    role_rules,
 )
 
 pytestmark = pytest.mark.integration
@@ -147,18 +146,6 @@ def test_forbidden_job_creation_names_the_verb(cluster: RunningCluster, hub: Fak
         _target(cluster, catalog).download_weights(catalog.model("tiny"), "main")
 
 
-def _role_rules() -> set[tuple[str, str, str]]:
-    documents = yaml.safe_load_all((REPO_ROOT / "k8s" / "base" / "rbac.yaml").read_text())
-    role = next(doc for doc in documents if doc["kind"] == "Role")
-    return {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
-
-
 def test_the_role_grants_exactly_the_calls_the_target_makes(
     cluster: RunningCluster, hub: FakeHub, kubelet: FakeKubelet
 ) -> None:
@@ -206,7 +193,7 @@ def test_the_role_grants_exactly_the_calls_the_target_makes(
     target.current_revision(model)
 
     used = {(call.group, call.resource, call.verb) for call in cluster.emulator.our_calls()}
-    granted = _role_rules()
+    granted = role_rules()
     assert used - granted == set(), "calls the Role does not grant"
     assert granted - used == set(), "grants no call needs"
     assert {call.namespace for call in cluster.emulator.our_calls()} == {catalog.platform.namespace}

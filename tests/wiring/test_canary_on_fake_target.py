@@ -50,7 +50,8 @@ class Rig:
             "prometheus": PrometheusResource(url=prometheus.url),
         }
         first = self.run(LIFECYCLE_ASSETS, {"smoke_benchmark": {"config": SMALL}})
-        assert first.success  # nothing served before: promoted directly, no canary to compare
+        assert first.success
+        self.first_run = first.run_id  # nothing served before: promoted directly, no canary to compare
         assert "canary" not in " ".join(cluster.calls)
 
     def run(self, selection: list[str], ops: dict[str, Any]) -> dg.ExecuteInProcessResult:
@@ -118,10 +119,12 @@ def test_a_slower_canary_is_aborted_with_the_judges_figures_and_the_stable_confi
     result = rig.promote(max_num_seqs=1)
     assert not result.success
     failure = Failed(result)
-    assert failure.description == (
+    assert failure.description.startswith(
         f"model '{MODEL}': canary aborted at step 10 % after 60 s: canary p95 TTFT 900 ms is 200 % above stable's "
-        "300 ms (margin 20 %); the stable version serves as before"
+        "300 ms (margin 20 %) (canary 40 requests, p95 TTFT 900 ms"
     )
+    assert "stable 40 requests, p95 TTFT 300 ms" in failure.description
+    assert failure.description.endswith("; the stable version serves as before")
     assert failure.verdicts() == ["abort"]
     assert rig.cluster.canary_weights[MODEL] == [10, 0]  # withdrawn at once
     assert rig.cluster.deployed[MODEL] == served_before and rig.cluster.canaries == {}
@@ -149,35 +152,51 @@ def test_a_canary_left_by_a_dead_run_is_rolled_back_before_the_next_promotion(ri
     left.set_weight(10)
     # A live owner: the next promotion refuses to start a second rollout of the model.
     refused = rig.promote(max_num_seqs=16)
-    assert "a canary rollout (run run-that-died) is in progress" in Failed(refused).description
+    assert "a canary rollout (fake canary at 10 %, run run-that-died) is in progress" in Failed(refused).description
     rig.cluster.clock[0] += 2 * 60 + 61  # the owner has been silent for two steps and a minute: it died
     result = rig.promote(max_num_seqs=16)
     assert result.success
     assert rig.cluster.canary_weights[MODEL] == [10, 0, 10, 50, 100]  # rolled back, then the new rollout
     logs = [record.user_message for record in rig.instance.all_logs(result.run_id)]
-    assert any("rolled back the canary left by run run-that-died" in str(line) for line in logs)
+    assert any("rolled back the canary fake canary (at 10 %) left by run run-that-died" in str(line) for line in logs)
 
 
-def test_the_sensor_rolls_back_an_abandoned_canary_within_one_interval_and_leaves_a_live_one(rig: Rig) -> None:
+def test_a_canary_no_run_drives_is_rolled_back_by_a_run_the_sensor_requests(rig: Rig) -> None:
+    from dagster._core.storage.tags import PARTITION_NAME_TAG
+
+    from llm_platform.defs.canary import build_canary_rollback_job
+    from llm_platform.defs.partitions import model_partitions
     from llm_platform.defs.sensors import build_canary_sensor
 
     catalog = _catalog()
     target = rig.resources["target"].serving_target(catalog.platform)  # type: ignore[attr-defined]
     model = catalog.model(MODEL)
     faster = model.model_copy(update={"serving": model.serving.model_copy(update={"max_num_seqs": 8})})
-    left = target.start_canary(faster, target.materialize_weights(faster, "main").manifest, owner="run-7")
+    # Its driver: a run that has finished (as run monitoring marks one whose pod was evicted).
+    left = target.start_canary(faster, target.materialize_weights(faster, "main").manifest, owner=rig.first_run)
     assert isinstance(left, FakeCanary)
     left.set_weight(25)
     sensor = build_canary_sensor(catalog)
 
-    def tick() -> str:
-        context = dg.build_sensor_context(instance=rig.instance, resources={"target": rig.resources["target"]})
-        result = sensor(context)
-        assert isinstance(result, dg.SensorResult) and not result.run_requests
-        return str(result.skip_reason.skip_message if result.skip_reason else "")
+    def tick() -> dg.SensorResult:
+        resources = {"prometheus": rig.resources["prometheus"]}
+        result = sensor(dg.build_sensor_context(instance=rig.instance, resources=resources))
+        assert isinstance(result, dg.SensorResult)
+        return result
 
-    assert "in progress" in tick() and MODEL in rig.cluster.canaries  # a live rollout is left alone
-    rig.cluster.clock[0] += 2 * 60 + 61
-    assert "rolled back the canary left by run run-7" in tick()
+    assert "no canary" in str(tick().skip_reason)  # Prometheus scrapes no canary: nothing to do
+    rig.prometheus.canary_models = {MODEL}
+    running = dg.DagsterRun(job_name="promote", run_id="r" * 36, status=dg.DagsterRunStatus.STARTED,
+                            tags={PARTITION_NAME_TAG: MODEL})  # fmt: skip
+    rig.instance.add_run(running)
+    assert "driven by a run in progress" in str(tick().skip_reason)
+    rig.instance.delete_run(running.run_id)
+    (request,) = tick().run_requests or []
+    assert request.partition_key == MODEL
+    job = build_canary_rollback_job(catalog, model_partitions(catalog))
+    result = job.execute_in_process(partition_key=MODEL, instance=rig.instance,
+                                    resources={"target": rig.resources["target"]})  # fmt: skip
+    assert result.success
     assert rig.cluster.canaries == {} and rig.cluster.canary_weights[MODEL] == [25, 0]
-    assert "no canary left behind" in tick()
+    logs = [str(record.user_message) for record in rig.instance.all_logs(result.run_id)]
+    assert any(f"left by run {rig.first_run}" in line for line in logs)
