@@ -298,7 +298,7 @@ def build_canary_sensor(catalog: Catalog, *, interval_s: int = 60) -> dg.SensorD
             return dg.SensorResult(skip_reason="no model has rollout.strategy: canary")
         client = prometheus.client()
         try:
-            engines = {engine_for(model.serving).name: engine_for(model.serving).metrics for model in canaries}
+            engines = {engine.name: engine.metrics for engine in (engine_for(model.serving) for model in canaries)}
             serving = set().union(*(client.canary_models(metrics) for metrics in engines.values()))
         except PlatformError as error:
             return dg.SensorResult(skip_reason=f"Prometheus: {error}")

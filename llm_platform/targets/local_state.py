@@ -112,7 +112,7 @@ class LocalState:
         return self._model_dir(model) / "servers" / f"{fingerprint}.json"
 
     def active_file(self, model: str) -> Path:
-        """The pointer the model's proxy reads on every request."""
+        """The server the model's endpoint routes to (the edge's configuration is rendered from it)."""
         return self._model_dir(model) / "active.json"
 
     def log_path(self, name: str) -> Path:
