@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -128,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tiny.add_argument("directory", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
+    traffic = dev.add_parser(
+        "traffic",
+        help="send completions to a model's local endpoint from concurrent callers until interrupted (to watch a "
+        "canary promotion); prints the answers' statuses every 10 s",
+    )
+    traffic.add_argument("model", metavar="MODEL")
+    traffic.add_argument("--callers", type=int, default=8, help="concurrent callers (default 8)")
+    traffic.add_argument("--max-tokens", type=int, default=48, help="output tokens per request (default 48)")
+    traffic.add_argument("--seconds", type=float, default=None, help="stop after this long (default: Ctrl-C)")
     return parser
 
 
@@ -221,10 +231,36 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
+    if args.dev_command == "traffic":
+        return _dev_traffic(args)
     from llm_platform.dev.tiny_model import make_tiny_model  # needs the `local` extra (torch, transformers)
 
     directory = make_tiny_model(args.directory, seed=args.seed)
     print(f"wrote the tiny demo model to {directory}: {', '.join(sorted(p.name for p in directory.iterdir()))}")
+    return EXIT_OK
+
+
+def _dev_traffic(args: argparse.Namespace) -> int:
+    from llm_platform.dev.traffic import Traffic
+
+    if args.callers < 1 or args.max_tokens < 1:
+        raise CatalogError("--callers and --max-tokens must be at least 1")
+    target = _local_target()
+    endpoint = target.endpoint(args.model)
+    if endpoint is None:
+        raise PlatformError(f"model '{args.model}': not served on this machine (start it: llm-platform demo)")
+    traffic = Traffic(endpoint, target.api_key or "", args.model, callers=args.callers, max_tokens=args.max_tokens,
+                      max_requests=2**62)  # fmt: skip
+    started = time.monotonic()
+    print(f"{args.callers} callers at {endpoint} ({args.max_tokens} tokens per request); Ctrl-C stops", flush=True)
+    with traffic:
+        try:
+            while args.seconds is None or time.monotonic() - started < args.seconds:
+                time.sleep(min(10.0, args.seconds or 10.0))
+                print(f"{time.monotonic() - started:6.0f} s: {dict(sorted(traffic.outcomes.items()))}", flush=True)
+        except KeyboardInterrupt:
+            pass
+    print(f"answers: {dict(sorted(traffic.outcomes.items()))}")
     return EXIT_OK
 
 

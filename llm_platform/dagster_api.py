@@ -75,6 +75,16 @@ class RunOutcome:
         return self.status == "SUCCESS"
 
 
+#: How Dagster names the class of a deliberate failure (``dg.Failure``) in a step's error message.
+_FAILURE_CLASS = "dagster._core.definitions.events.Failure: "
+
+
+def _without_failure_class(message: str) -> str:
+    """A step's error message as the user should read it: a ``Failure``'s description is the platform's own sentence
+    (the class path says nothing); any other exception keeps its class, which is part of what went wrong."""
+    return message.removeprefix(_FAILURE_CLASS)
+
+
 def run_url(base_url: str, run_id: str) -> str:
     return f"{base_url.rstrip('/')}/runs/{run_id}"
 
@@ -171,7 +181,7 @@ class DagsterApi:
             for event in events:
                 kind = event["__typename"]
                 if kind == "ExecutionStepFailureEvent" and event.get("error"):
-                    failures.append(str(event["error"]["message"]).strip())
+                    failures.append(_without_failure_class(str(event["error"]["message"]).strip()))
                 if kind == "AssetCheckEvaluationEvent":
                     evaluation = event["evaluation"]
                     checks[evaluation["checkName"]] = bool(evaluation["success"])

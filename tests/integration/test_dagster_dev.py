@@ -154,6 +154,7 @@ def test_run_config_probes_are_refused_by_the_real_code_location(
     outcome = api.follow(run_id, log=lambda _: None)
     assert outcome.status == "FAILURE", outcome
     assert any("environment references ({env: …}) are not accepted" in failure for failure in outcome.failures), outcome
+    assert not any(failure.startswith("dagster.") for failure in outcome.failures), outcome  # the sentence, no class
     with dg.DagsterInstance.from_config(str(dagster_dev.home)) as instance:
         stored = "\n".join(str(entry) for entry in instance.all_logs(run_id))
     assert str(served_tiny.weights.hf_endpoint) not in stored  # the variable's value, which the config asked for

@@ -6,13 +6,8 @@ candidate's smoke benchmark and then ``vllm_deployment``'s canary steps."""
 from __future__ import annotations
 
 import json
-import threading
-import urllib.error
-import urllib.request
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import dagster as dg
@@ -21,6 +16,7 @@ import pytest
 from llm_platform.catalog import Catalog
 from llm_platform.defs.jobs import PROMOTE_ASSETS
 from llm_platform.defs.lifecycle import lifecycle_assets
+from llm_platform.dev.traffic import Traffic
 from llm_platform.processes import process_alive
 from llm_platform.targets.local_servers import LocalServers
 from tests.conftest import ServedTiny, running_prometheus, tiny_catalog
@@ -38,55 +34,12 @@ LIGHT_PLAN = {"prompts_per_level": 8, "input_len": 32, "output_len": 8, "concurr
 #: ... or the traffic's own shape, which also warms the server for the batches it will see.
 TRAFFIC_PLAN = {"prompts_per_level": 16, "input_len": 32, "output_len": 48, "concurrency_levels": [8],
                 "num_warmups": 0}  # fmt: skip
-CONCURRENCY = 8
-#: Long enough a generation that one sequence at a time queues the others behind it (a tiny model on two cores
-#: decodes one sequence about as fast as a batch: only the queue shows the config's flaw, in the TTFT).
-MAX_TOKENS = 48
 
 
-class Traffic:
-    """``CONCURRENCY`` callers at the endpoint, each sending one completion after the other until stopped (or
-    ``max_requests`` in all): every status (or exception) is kept."""
-
-    def __init__(self, endpoint: str, api_key: str, max_requests: int = 5000) -> None:
-        self.endpoint, self.api_key, self.max_requests = endpoint, api_key, max_requests
-        self.outcomes: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._call, args=(n,)) for n in range(CONCURRENCY)]
-
-    def _call(self, caller: int) -> None:
-        sent = 0
-        while not self._stop.is_set() and sum(self.outcomes.values()) < self.max_requests:
-            prompt = " ".join(f"c{caller}r{sent}w{word}" for word in range(24))
-            body = json.dumps({"model": "tiny-llama", "prompt": prompt, "max_tokens": MAX_TOKENS, "ignore_eos": True})
-            request = urllib.request.Request(
-                f"{self.endpoint}/v1/completions", data=body.encode(),
-                headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"},
-            )  # fmt: skip
-            try:
-                with urllib.request.urlopen(request, timeout=120) as response:
-                    response.read()
-                    outcome = str(response.status)
-            except urllib.error.HTTPError as error:
-                outcome = str(error.code)
-                if error.code == 429:
-                    self._stop.wait(1.0)  # told to slow down: a well-behaved client does
-            except OSError as error:
-                outcome = type(error).__name__
-            with self._lock:
-                self.outcomes[outcome] += 1
-            sent += 1
-
-    def __enter__(self) -> Traffic:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
+def _traffic(served: ServedTiny) -> Traffic:
+    """Eight callers, each generation long enough that one sequence at a time queues the others behind it (a tiny
+    model on two cores decodes one sequence about as fast as a batch: only the queue shows the config's flaw)."""
+    return Traffic(served.endpoint, served.api_key, "tiny-llama", callers=8, max_tokens=48)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +90,7 @@ def test_a_worse_canary_is_aborted_at_its_first_step_and_the_stable_server_keeps
     stable_pid = servers.active("tiny-llama").pid  # type: ignore[union-attr]
     with (
         dg.instance_for_test(temp_dir=str(tmp_path)) as instance,
-        Traffic(served_tiny.endpoint, served_tiny.api_key) as traffic,
+        _traffic(served_tiny) as traffic,
     ):
         result = _promote(served_tiny, prometheus, instance, max_num_seqs=1, plan=LIGHT_PLAN)
     assert not result.success
@@ -168,7 +121,7 @@ def test_a_good_canary_goes_through_every_step_and_serves_alone(
     stable_pid = stable.active("tiny-llama").pid  # type: ignore[union-attr]
     with (
         dg.instance_for_test(temp_dir=str(tmp_path)) as instance,
-        Traffic(served_tiny.endpoint, served_tiny.api_key) as traffic,
+        _traffic(served_tiny) as traffic,
     ):
         result = _promote(served_tiny, prometheus, instance, max_num_seqs=16, plan=TRAFFIC_PLAN)
     assert result.success

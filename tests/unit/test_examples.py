@@ -24,3 +24,10 @@ def test_examples_match_the_renderer(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert sorted(rendered) == sorted(committed)
     for name, text in rendered.items():
         assert text == committed[name], f"k8s/examples/{name} drifted from the renderer; regenerate it"
+
+
+@pytest.mark.parametrize("catalog", sorted((REPO_ROOT / "catalog" / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_catalogs_validate(catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The catalogs the docs tell a user to try are valid, with every object they render."""
+    monkeypatch.chdir(REPO_ROOT)
+    assert main(["validate", "--catalog", str(catalog)]) == 0
