@@ -67,12 +67,14 @@ def _model_from_deployment(expression: str) -> str:
     )
 
 
-def oom_kills_query(lookback: str, matchers: str = "") -> str:
-    """Restarts in ``lookback`` of each model's engine containers whose last termination was ``OOMKilled``, from
-    kube-state-metrics; 0 for models whose pods it sees without such restarts, no series where it is not scraped.
-    ``matchers`` on ``model_name`` apply to the pods' model label."""
+def oom_kills_query(lookback: str, matchers: str = "", *, oom_killed: bool = True) -> str:
+    """Restarts in ``lookback`` of each model's engine containers whose last termination was ``OOMKilled`` (with
+    ``oom_killed=False``: any other reason, ``Error`` above all), from kube-state-metrics; 0 for models whose pods
+    it sees without such restarts, no series where it is not scraped. ``matchers`` on ``model_name`` apply to the
+    pods' model label."""
     restarts = f'kube_pod_container_status_restarts_total{{container="{SERVING_CONTAINER}"}}'
-    oom = f'kube_pod_container_status_last_terminated_reason{{container="{SERVING_CONTAINER}",reason="OOMKilled"}}'
+    reason = 'reason="OOMKilled"' if oom_killed else 'reason!="OOMKilled"'
+    oom = f'kube_pod_container_status_last_terminated_reason{{container="{SERVING_CONTAINER}",{reason}}}'
     pods = ",".join(filter(None, [f'{KSM_MODEL_LABEL}!=""', matchers.replace("model_name", KSM_MODEL_LABEL)]))
     per_pod = f"(increase({restarts}[{lookback}]) and on (namespace, pod, container) {oom}) or 0 * {restarts}"
     with_model = f"({per_pod}) * on (namespace, pod) group_left ({KSM_MODEL_LABEL}) kube_pod_labels{{{pods}}}"
@@ -90,13 +92,19 @@ class Lookback:
     """The level held for at least 1 - quantile of the lookback (0.25: three quarters of it)."""
     namespace: str = ""
     """The serving namespace, for kube-state-metrics' Deployment series (empty: any)."""
+    half_s: int = 900
+    """The moderate tier's window (the lookback's last half at the defaults), whose levels are measured too."""
+    quarter_s: int = 450
+    """The severe tier's window."""
 
     @classmethod
     def of(cls, limits: TuningLimits, namespace: str = "") -> Lookback:
         """The lookback the drift sensor reads for ``limits`` (and the recording rules precompute)."""
         seconds = int(limits.lookback_s)
         step_s = max(1, min(60, seconds // 10))  # at least ten steps per lookback
-        return cls(seconds=seconds, step_s=step_s, quantile=limits.quantile, namespace=namespace)
+        windows = {tier.name: max(1, int(tier.window_s)) for tier in limits.tiers}
+        return cls(seconds=seconds, step_s=step_s, quantile=limits.quantile, namespace=namespace,
+                   half_s=windows["moderate"], quarter_s=windows["severe"])  # fmt: skip
 
     @property
     def range(self) -> str:
@@ -106,12 +114,16 @@ class Lookback:
     def key(self) -> str:
         """What the recorded snapshot of this lookback is labelled with (:data:`LOOKBACK_LABEL`): a tick reads the
         recording rules' values only when they were computed for exactly its lookback."""
-        return f"{self.seconds}s/{self.step_s}s/q{self.quantile:g}/{self.namespace or '*'}"
+        return (
+            f"{self.seconds}s/{self.step_s}s/q{self.quantile:g}/{self.namespace or '*'}/"
+            f"{self.half_s}s,{self.quarter_s}s"
+        )
 
-    def sustained(self, selector: str) -> str:
-        """The level each series of ``selector`` held for at least 1 - quantile of the lookback: a quantile over
-        its raw samples (a range function, not a subquery: cheap for thousands of models)."""
-        return f"quantile_over_time({self.quantile:g}, {selector}[{self.seconds}s])"
+    def sustained(self, selector: str, span_s: int | None = None) -> str:
+        """The level each series of ``selector`` held for at least 1 - quantile of the lookback (or of its last
+        ``span_s``): a quantile over its raw samples (a range function, not a subquery: cheap for thousands of
+        models)."""
+        return f"quantile_over_time({self.quantile:g}, {selector}[{span_s or self.seconds}s])"
 
     def over_steps(self, expression: str, span_s: int | None = None) -> str:
         """``expression`` evaluated at every step of the lookback (a subquery: for what needs an aggregation first)."""
@@ -145,10 +157,24 @@ def snapshot_queries(lookback: Lookback, matchers: str = "", metrics: EngineMetr
     running = of(metrics.requests_running)
     deployments = ",".join(filter(None, [f'namespace="{lookback.namespace}"' if lookback.namespace else "",
                                          f'deployment=~"{SERVING_OBJECT_PREFIX}.+"']))  # fmt: skip
-    # The Deployment's desired count (what KEDA set): its status counts also hold a rollout's surge pod. Where
-    # kube-state-metrics is not scraped (the local target), the engines that report, held for the sustained share.
-    desired = _model_from_deployment(lookback.sustained(f"kube_deployment_spec_replicas{{{deployments}}}"))
-    engines = f"quantile_over_time({lookback.quantile:g}, {lookback.over_steps(f'count {by} ({running})')})"
+
+    def replicas(span_s: int) -> str:
+        # The Deployment's desired count (what KEDA set): its status counts also hold a rollout's surge pod. Where
+        # kube-state-metrics is not scraped (the local target), the engines that report, held for the sustained
+        # share.
+        desired = _model_from_deployment(lookback.sustained(f"kube_deployment_spec_replicas{{{deployments}}}", span_s))
+        engines = f"quantile_over_time({lookback.quantile:g}, {lookback.over_steps(f'count {by} ({running})', span_s)})"
+        return f"{desired} or {engines}"
+
+    def levels(span_s: int, suffix: str = "") -> dict[str, str]:
+        """The levels a tier reads over its window (:data:`~llm_platform.tuning.policy.LEVEL_FIELDS`)."""
+        return {
+            f"kv_cache_usage{suffix}": f"max {by} ({lookback.sustained(of(metrics.kv_cache_usage), span_s)})",
+            f"preemptions_per_s{suffix}": f"sum {by} (increase({of(metrics.preemptions_total)}[{span_s}s])) / {span_s}",
+            f"waiting{suffix}": f"sum {by} ({lookback.sustained(of(metrics.requests_waiting), span_s)})",
+            f"replicas{suffix}": replicas(span_s),
+        }
+
     unfinished = (
         f"clamp_min(kube_deployment_status_replicas{{{deployments}}} - "
         f"kube_deployment_status_replicas_updated{{{deployments}}}, 0) + "
@@ -163,17 +189,17 @@ def snapshot_queries(lookback: Lookback, matchers: str = "", metrics: EngineMetr
     return {
         "coverage": f"clamp_max(count_over_time({lookback.over_steps(f'max {by} ({running})')}) / {steps}, 1)",
         "age_s": f"time() - max {by} (max_over_time({lookback.over_steps(f'timestamp({running})', RECENT_S)}))",
-        "kv_cache_usage": f"max {by} ({lookback.sustained(of(metrics.kv_cache_usage))})",
-        "preemptions_per_s": f"sum {by} (increase({of(metrics.preemptions_total)}[{span}])) / {lookback.seconds}",
-        "waiting": f"sum {by} ({lookback.sustained(of(metrics.requests_waiting))})",
-        "replicas": f"{desired} or {engines}",
+        **levels(lookback.seconds),
         "requests": f"sum {by} (increase({of(metrics.prompt_tokens + '_count')}[{span}]))",
         **{
             name: f"histogram_quantile(0.999, sum by ({MODEL_NAME_LABEL}, le) (increase({of(metric)}[{span}])))"
             for name, metric in lengths.items()
         },
         "oom_kills": oom_kills_query(span, matchers),
+        "crash_restarts": oom_kills_query(span, matchers, oom_killed=False),
         "rollout": f"max_over_time({lookback.over_steps(_model_from_deployment(unfinished))})",
+        **levels(lookback.half_s, "_half"),
+        **levels(lookback.quarter_s, "_quarter"),
     }
 
 

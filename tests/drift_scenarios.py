@@ -13,6 +13,9 @@ HOUR = 3600.0
 #: Typical traffic: ~2,500-token requests against a 4,096-token context, 2 requests/s, half the KV cache.
 STEADY = Behaviour(kv_cache_usage=0.5, prompt_tokens=2000, generation_tokens=500, requests_per_s=2.0)
 SATURATED = {"kv_cache_usage": 0.99, "preemptions_per_s": 0.5}
+#: Severe: users' requests recomputed 1.5 times a second; mild: one every 20 s.
+SEVERE = {"kv_cache_usage": 0.99, "preemptions_per_s": 1.5}
+MILD = {"kv_cache_usage": 0.99, "preemptions_per_s": 0.05}
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,24 @@ SCENARIOS: tuple[Scenario, ...] = (
              why="5 minutes of saturation: a burst, not a level"),
     Scenario("flapping", _b(episodes=(Episode(0, HOUR, SATURATED, period_s=240, on_s=120),)), None,
              why="saturated and idle every 2 minutes: half the time is not most of it"),
+    Scenario("severe-saturation", _b(episodes=(Episode(HOUR - 600, HOUR, SEVERE),)), "kv_saturation",
+             {"gpu_memory_utilization": "0.92"}, "1.5 preemptions/s for the last 10 minutes: severe, acted on at once"),
+    Scenario("severe-saturation-short", _b(episodes=(Episode(HOUR - 300, HOUR, SEVERE),)), None,
+             why="as severe, but for 5 minutes: shorter than the 5.6 minutes severe needs"),
+    Scenario("mild-saturation", _b(episodes=(Episode(HOUR - 1680, HOUR, MILD),)), "kv_saturation",
+             {"gpu_memory_utilization": "0.92"}, "0.05 preemptions/s for the last 28 minutes: mild, and long enough"),
+    Scenario("mild-saturation-short", _b(episodes=(Episode(HOUR - 1200, HOUR, MILD),)), None,
+             why="as mild, for 20 minutes: mild needs 22.5 of the 30-minute lookback"),
+    Scenario("queue-building-full-cache",
+             _b(ksm=True, replicas=2, episodes=(Episode(HOUR - 480, HOUR, {"waiting": 30, **SEVERE}),)), None,
+             why="a severe KV saturation, but with a queue building at the replica ceiling for 8 minutes: capacity "
+             "is judged first, and memory would not serve the queue", model={"autoscaling": {"max_replicas": 2}}),
     Scenario("oom-twice", _b(ksm=True, oom_kills_at_s=(HOUR - 900, HOUR - 300)), "oom_kills",
-             {"gpu_memory_utilization": "0.85"}, "two OOM kills 10 minutes apart, both in the lookback"),
+             {"resources.memory": "48Gi"},
+             "two OOMKilled restarts 10 minutes apart: host memory ran out: the pod's grows (GPU memory frees none)"),
+    Scenario("crash-loop", _b(ksm=True, oom_kills_at_s=(HOUR - 900, HOUR - 300), restart_reason="Error"),
+             "crash_loop", {}, "two restarts with reason Error: the run reads the pods' termination messages "
+             "(a CUDA out-of-memory lowers GPU memory, any other crash is reported, not redeployed)"),
     Scenario("oom-once", _b(ksm=True, oom_kills_at_s=(HOUR - 600,)), None, why="one OOM kill can be a one-off"),
     Scenario("oom-long-ago", _b(ksm=True, oom_kills_at_s=(HOUR - 3000, HOUR - 2700)), None,
              why="both kills are older than the 30-minute lookback"),
@@ -76,7 +95,8 @@ SCENARIOS: tuple[Scenario, ...] = (
 
 
 def catalog_data() -> dict[str, Any]:
-    """One model per scenario (4,096-token context, 64 sequences, 2 replicas at most), a 32-GPU quota."""
+    """One model per scenario (4,096-token context, 64 sequences, 2 replicas at most), a 38-GPU quota (the
+    models need 34 at their minimums)."""
     models = []
     for scenario in SCENARIOS:
         model: dict[str, Any] = {
@@ -88,7 +108,7 @@ def catalog_data() -> dict[str, Any]:
         for section, values in scenario.model.items():
             model[section] = {**model[section], **values}
         models.append(model)
-    return {"platform": {"gpu_quota": 32}, "models": models}
+    return {"platform": {"gpu_quota": 38}, "models": models}
 
 
 def readme_table() -> str:
@@ -96,6 +116,6 @@ def readme_table() -> str:
     rows = ["| scenario | decision | why |", "|---|---|---|"]
     for scenario in SCENARIOS:
         change = ", ".join(f"{k}={v}" for k, v in scenario.expected_change.items())
-        decision = f"`{scenario.expected_rule}`: {change}" if scenario.expected_rule else "no redeploy"
+        decision = f"`{scenario.expected_rule}`: {change or 'diagnosis'}" if scenario.expected_rule else "no redeploy"
         rows.append(f"| {scenario.name} | {decision} | {scenario.why} |")
     return "\n".join(rows) + "\n"

@@ -32,6 +32,7 @@ from llm_platform.targets.base import (
     TrialSettings,
     no_log,
 )
+from llm_platform.tuning.policy import Crash
 from llm_platform.tuning.search import Candidate, Trial, TrialFunction, TrialRunner
 from llm_platform.weights.plan import DownloadResult, ManifestFile, SnapshotManifest
 
@@ -86,6 +87,8 @@ class FakeCluster:
     """Every weight the edge was set to, by model, over the cluster's life."""
     clock: list[float] = field(default_factory=lambda: [0.0])
     """The rollouts' clock: waiting advances it (no test sleeps through a canary's steps)."""
+    crashed: dict[str, list[Crash]] = field(default_factory=dict)
+    """model → its crashed containers, as the pods' statuses would tell."""
     """model → (engine fingerprint, serving) of what serves."""
     candidates: dict[str, set[str]] = field(default_factory=dict)
     """model → fingerprints of benchmarked candidates still holding resources."""
@@ -106,6 +109,9 @@ class FakeServingTarget(ServingTarget):
     def __init__(self, cluster: FakeCluster, artifacts_root: Path) -> None:
         super().__init__(artifacts_root)
         self.cluster = cluster
+
+    def crashes(self, model: ModelSpec) -> list[Crash]:
+        return list(self.cluster.crashed.get(model.name, []))
 
     def weights_location(self) -> str:
         return "fake://store"

@@ -1,4 +1,5 @@
-"""Typed changes to a model's settings: a :class:`ModelPatch` of its ``serving`` and ``autoscaling`` fields.
+"""Typed changes to a model's settings: a :class:`ModelPatch` of its ``serving``, ``autoscaling`` and ``resources``
+fields.
 
 A patch is built once where a change enters — run config, ``llm-platform promote --set``, the drift sensor, the
 auto-tuner — validated like the catalog itself (including the model's position limit from its ``config.json`` when
@@ -17,15 +18,17 @@ from pydantic import BaseModel, ValidationError
 
 from llm_platform.catalog.checks import QuotaBudget, model_problems
 from llm_platform.catalog.parsing import describe_error, format_problem, load_yaml
-from llm_platform.catalog.schema import Autoscaling, Catalog, ModelSpec, Serving
+from llm_platform.catalog.schema import Autoscaling, Catalog, ModelSpec, Resources, Serving
 from llm_platform.errors import CatalogError
 
-#: The sections a patch may change, and their schema.
-PATCHABLE: Mapping[str, type[BaseModel]] = {"serving": Serving, "autoscaling": Autoscaling}
+#: The sections a patch may change, and their schema (``resources``: the drift policy grows the pod's memory after
+#: OOM kills; GPUs stay tied to tensor parallelism and the quota, checked as in the catalog).
+PATCHABLE: Mapping[str, type[BaseModel]] = {"serving": Serving, "autoscaling": Autoscaling, "resources": Resources}
 
 
 def _section_and_field(key: str) -> tuple[str, str]:
-    """``max_num_seqs`` and ``serving.max_num_seqs`` name a serving field; ``autoscaling.max_replicas`` another."""
+    """``max_num_seqs`` and ``serving.max_num_seqs`` name a serving field; ``autoscaling.max_replicas`` and
+    ``resources.memory`` others."""
     section, dot, name = key.partition(".")
     return (section, name) if dot and section in PATCHABLE else ("serving", key)
 
@@ -121,7 +124,7 @@ class ModelPatch:
 
 
 def patch_between(base: ModelSpec, effective: ModelSpec) -> ModelPatch:
-    """The patch that turns ``base`` into ``effective`` (their differing serving and autoscaling fields)."""
+    """The patch that turns ``base`` into ``effective`` (their differing fields of the patchable sections)."""
     changes = {}
     for section in PATCHABLE:
         before, after = getattr(base, section).model_dump(), getattr(effective, section).model_dump()

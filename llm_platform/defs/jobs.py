@@ -82,10 +82,15 @@ def promotion_request(
     overrides: Mapping[str, str] | None = None,
     reason: str = "",
     benchmark: Mapping[str, object] | None = None,
+    diagnose_crash: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """The job and run config of a promotion: ``lifecycle`` when a weights revision is given (it must be downloaded
-    first), else ``promote`` on the weights already materialized."""
-    ops: dict[str, Any] = {"serving_config": {"config": {"overrides": dict(overrides or {}), "reason": reason}}}
+    first), else ``promote`` on the weights already materialized. ``diagnose_crash``: ``serving_config`` reads the
+    crashed pods' termination messages first (the drift sensor's crash-loop proposals)."""
+    serving: dict[str, Any] = {"overrides": dict(overrides or {}), "reason": reason}
+    if diagnose_crash:
+        serving["diagnose_crash"] = True
+    ops: dict[str, Any] = {"serving_config": {"config": serving}}
     if revision is not None:
         ops[WEIGHTS_ASSET] = {"config": {"revision": revision}}
     if benchmark:

@@ -115,13 +115,15 @@ def build_drift_sensor(
     catalog: Catalog,
     *,
     limits: TuningLimits | None = None,
-    interval_s: int = 300,
+    interval_s: int = 120,
     clock: Callable[[], float] = time.time,
     timer: Callable[[], float] = time.perf_counter,
     on_tick: Callable[[TickPhases], None] | None = None,
 ) -> dg.SensorDefinition:
-    """``clock``: the tick's time (injectable, so that tests can place a tick after a deployment's lookback);
-    ``timer`` and ``on_tick``: each tick's phases, for the benchmark."""
+    """``interval_s``: two minutes, so that a severe condition (5.6 min of evidence at the defaults) is acted on
+    within 10 min of its onset, one recording-rule evaluation and one tick included; a tick costs about 1.5 s at
+    5,000 models. ``clock``: the tick's time (injectable, so that tests can place a tick after a deployment's
+    lookback); ``timer`` and ``on_tick``: each tick's phases, for the benchmark."""
     limits = limits or TuningLimits()
     lookback = Lookback.of(limits, catalog.platform.namespace)
     models = {model.name: model for model in catalog.models}
@@ -134,9 +136,9 @@ def build_drift_sensor(
         minimum_interval_seconds=interval_s,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Watches every deployed model's vLLM metrics in Prometheus and, when the engine arguments no "
-        "longer fit the traffic (OOM kills, KV saturation, queue at the replica ceiling, a context far above or "
-        "crowded by the requests), "
-        "requests a promote run with the recommended overrides.",
+        "longer fit the traffic (OOM kills, crash loops, KV saturation, queue at the replica ceiling, a context far "
+        "above or crowded by the requests; the worse a condition, the less time it must hold), requests a promote "
+        "run with the recommended overrides.",
     )
     def tuning_drift_sensor(context: dg.SensorEvaluationContext, prometheus: PrometheusResource) -> dg.SensorResult:
         state = DriftState.load(context.cursor)
@@ -166,7 +168,7 @@ def build_drift_sensor(
                 limits=limits,
             )
             observed = ", ".join(f"{k}={v:g}" for k, v in decision.observed.items())
-            if decision.kind != "recommend":
+            if decision.kind not in ("recommend", "diagnose"):
                 notes.append(f"{name}: {decision.kind} ({decision.reason}){' [' + observed + ']' if observed else ''}")
                 continue
             wait = gate(state.changes.get(name, []), now)
@@ -187,7 +189,9 @@ def build_drift_sensor(
                 notes.append(f"{name}: {decision.reason}; proposal refused: {error}")
                 continue
             _, run_config = promotion_request(
-                overrides=proposal.as_overrides(), reason=f"{decision.rule}: {decision.reason}"
+                overrides=proposal.as_overrides(),
+                reason=f"{decision.rule}: {decision.reason}",
+                diagnose_crash=decision.kind == "diagnose",
             )
             requests.append(
                 dg.RunRequest(

@@ -10,13 +10,15 @@ No ``from __future__ import annotations`` here: Dagster reads the config annotat
 import dagster as dg
 from pydantic import Field
 
-from llm_platform.catalog import Catalog, ModelPatch, diff_table
+from llm_platform.catalog import Catalog, ModelPatch, ModelSpec, diff_table
 from llm_platform.conventions import SERVING_CONFIG_ASSET, TUNED_ASSET
 from llm_platform.defs.failures import platform_errors_as_failure, refuse_environment_references
+from llm_platform.defs.resources import TargetResource
 from llm_platform.defs.tuning import tuned_overrides
 from llm_platform.defs.values import ServingChoice
 from llm_platform.defs.weights import lifecycle_asset_options
 from llm_platform.engine import engine_for
+from llm_platform.tuning.policy import crash_decision
 from llm_platform.weights.plan import SnapshotManifest
 
 
@@ -25,11 +27,17 @@ class ServingOverrides(dg.Config):
 
     overrides: dict[str, str] = Field(
         default_factory=dict,
-        description="serving (and autoscaling.*) fields to change for this run, e.g. {max_num_seqs: '64', "
-        "autoscaling.max_replicas: '3'}; values are read as YAML scalars, as in the catalog file, and validated "
-        "like it, with the model's position limit from its weights.",
+        description="serving (and autoscaling.*, resources.*) fields to change for this run, e.g. {max_num_seqs: "
+        "'64', autoscaling.max_replicas: '3'}; values are read as YAML scalars, as in the catalog file, and "
+        "validated like it, with the model's position limit from its weights.",
     )
     reason: str = Field(default="", description="Why this config is tried (the drift sensor states its finding).")
+    diagnose_crash: bool = Field(
+        default=False,
+        description="Read the model's crashed vLLM containers' termination messages first (the drift sensor asks "
+        "for it on crash restarts): a CUDA out-of-memory adds the GPU-memory change to the overrides, any other "
+        "crash fails the run with the pod and its message, before anything is benchmarked or deployed.",
+    )
 
 
 def build_serving_config_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
@@ -46,7 +54,10 @@ def build_serving_config_asset(catalog: Catalog, partitions: dg.PartitionsDefini
         ),
     )
     def serving_config(
-        context: dg.AssetExecutionContext, config: ServingOverrides, model_weights: SnapshotManifest
+        context: dg.AssetExecutionContext,
+        config: ServingOverrides,
+        model_weights: SnapshotManifest,
+        target: TargetResource,
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]
         refuse_environment_references(context)
         model = catalog.model(context.partition_key)
@@ -57,6 +68,10 @@ def build_serving_config_asset(catalog: Catalog, partitions: dg.PartitionsDefini
             requested = ModelPatch.parse(
                 model, config.overrides, origin="serving_config run config", position_limit=limit
             )
+            if config.diagnose_crash:
+                requested = requested.merged(
+                    _crash_patch(context, adopted.merged(requested).apply(model), target, catalog, limit)
+                )
             # The run's own overrides win over the adopted tuning.
             effective = adopted.merged(requested).apply(
                 model, origin=SERVING_CONFIG_ASSET, position_limit=limit, fleet=catalog
@@ -106,3 +121,16 @@ def build_serving_config_asset(catalog: Catalog, partitions: dg.PartitionsDefini
         )
 
     return serving_config
+
+
+def _crash_patch(
+    context: dg.AssetExecutionContext, deployed: ModelSpec, target: TargetResource, catalog: Catalog, limit: int | None
+) -> ModelPatch:
+    """The change a crash loop calls for, from the crashed containers' termination messages (this run may read the
+    serving namespace's pods; the sensor that asked may not); a crash that no setting cures fails the run."""
+    crashes = target.serving_target(catalog.platform).crashes(deployed)
+    decision = crash_decision(deployed, crashes)
+    context.log.info(f"model '{deployed.name}': crash diagnosis: {decision.reason}")
+    if decision.kind != "recommend":
+        raise dg.Failure(description=f"model '{deployed.name}': no redeploy: {decision.reason}", allow_retries=False)
+    return ModelPatch.parse(deployed, decision.overrides, origin="crash diagnosis", position_limit=limit)

@@ -60,6 +60,9 @@ class Behaviour:
     """Moments (seconds into the trace) the vLLM container is OOM-killed and restarted (needs ``ksm``)."""
     oom_kills_per_hour: float | None = None
     """Evenly spaced OOM kills instead of ``oom_kills_at_s`` (None: none); sets ``ksm``."""
+    restart_reason: str = "OOMKilled"
+    """The last termination reason kube-state-metrics reports for those restarts (``Error``: a crash, a CUDA
+    out-of-memory among others)."""
     gaps: tuple[tuple[float, float], ...] = ()
     """Spans (seconds into the trace) without any of the model's vLLM samples."""
     stops_at_s: float | None = None
@@ -187,8 +190,8 @@ def openmetrics(
                           container, restarts, t_abs)  # fmt: skip
                 if restarts:
                     trace.add("kube_pod_container_status_last_terminated_reason", "gauge",
-                              "kube_pod_container_status_last_terminated_reason", {**container, "reason": "OOMKilled"},
-                              1, t_abs)  # fmt: skip
+                              "kube_pod_container_status_last_terminated_reason",
+                              {**container, "reason": behaviour.restart_reason}, 1, t_abs)  # fmt: skip
                 trace.add("kube_pod_labels", "gauge", "kube_pod_labels", {**pod, KSM_MODEL_LABEL: name}, 1,
                           t_abs)  # fmt: skip
                 desired = int(levels["replicas"])

@@ -161,6 +161,9 @@ def engine_container_base(platform: Platform, model: ModelSpec, invocation: Engi
         "name": SERVING_CONTAINER,
         "image": engine_image(platform, model),
         "imagePullPolicy": "IfNotPresent",
+        # A crash's log tail becomes its termination message, which the drift policy reads to tell a CUDA
+        # out-of-memory from any other crash (kube-state-metrics only says "Error").
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "env": [
             *({"name": key, "value": value} for key, value in sorted(invocation.env.items())),
             api_key_env(platform, model),

@@ -19,6 +19,7 @@ from typing import Any
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.catalog import ModelSpec
 from llm_platform.errors import TargetError
+from llm_platform.tuning.policy import Crash
 from llm_platform.tuning.search import TrialRunner
 from llm_platform.weights.plan import DownloadResult, SnapshotManifest
 
@@ -187,6 +188,11 @@ class ServingTarget(TrialBackend):
     def canary_state(self, model: ModelSpec) -> CanaryState | None:
         """The model's canary, if one is there (in progress, or left behind by a run that died)."""
         return None
+
+    def crashes(self, model: ModelSpec) -> list[Crash]:
+        """The model's crashed engine containers (not OOM-killed) with their termination messages, for the drift
+        policy's diagnosis; none where the target keeps no such record (the local target restarts nothing)."""
+        return []
 
     def withdraw_canary(self, model: ModelSpec, log: Log = no_log) -> None:
         """The weight back to 0 and the canary removed, whoever started it (the stable version never restarts)."""

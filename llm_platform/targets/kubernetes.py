@@ -30,6 +30,7 @@ from llm_platform.targets.base import (
 )
 from llm_platform.targets.kube_api import DEPLOYMENTS, resource_of
 from llm_platform.targets.kubernetes_cluster import KubernetesCluster
+from llm_platform.tuning.policy import Crash
 from llm_platform.tuning.search import Candidate, Trial, TrialRunner
 from llm_platform.weights.plan import DownloadResult, SnapshotManifest
 
@@ -106,6 +107,9 @@ class KubernetesTarget(ServingTarget):
         if revision is None:
             return None
         return KubernetesCanary(self, model, weights, revision.label())
+
+    def crashes(self, model: ModelSpec) -> list[Crash]:
+        return self.cluster.crashes(model)
 
     def canary_state(self, model: ModelSpec) -> CanaryState | None:
         live = self.cluster.live_canary(model)

@@ -38,7 +38,7 @@ from kubernetes.client.rest import ApiException
 
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.catalog import ModelSpec, Platform, is_commit_sha
-from llm_platform.conventions import CANARY_TRACK
+from llm_platform.conventions import CANARY_TRACK, SERVING_CONTAINER
 from llm_platform.errors import (
     BenchmarkError,
     JobFailedError,
@@ -92,6 +92,7 @@ from llm_platform.targets.kube_api import (
     map_api_error,
     resource_of,
 )
+from llm_platform.tuning.policy import Crash
 from llm_platform.weights.plan import DownloadResult, manifest_from_log, reused_in_log
 
 Log = Callable[[str], None]
@@ -268,6 +269,26 @@ class KubernetesCluster:
             ):
                 pods.append(pod)
         return pods
+
+    def crashes(self, model: ModelSpec) -> list[Crash]:
+        """The model's serving vLLM containers whose last termination was not ``OOMKilled``, most restarted first:
+        the pod, the reason, the exit code and the termination message (the log's tail:
+        ``terminationMessagePolicy: FallbackToLogsOnError``)."""
+        selector = ",".join(f"{key}={value}" for key, value in serving_pod_labels(model).items())
+        found: list[tuple[int, Crash]] = []
+        for pod in self.api.list(PODS, self.namespace, label_selector=selector):
+            for status in pod.get("status", {}).get("containerStatuses") or []:
+                last = (status.get("lastState") or {}).get("terminated") or {}
+                if status.get("name") != SERVING_CONTAINER or not last or last.get("reason") == "OOMKilled":
+                    continue
+                crash = Crash(
+                    pod=str(pod.get("metadata", {}).get("name", "?")),
+                    reason=str(last.get("reason") or "Error"),
+                    exit_code=last.get("exitCode"),
+                    message=str(last.get("message") or ""),
+                )
+                found.append((int(status.get("restartCount") or 0), crash))
+        return [crash for _, crash in sorted(found, key=lambda item: -item[0])]
 
     def _latest_warning(self, pod_name: str) -> str | None:
         events = self.api.list(EVENTS, self.namespace, field_selector=f"involvedObject.name={pod_name}")

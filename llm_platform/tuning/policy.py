@@ -35,8 +35,8 @@ Rules, in priority order (stability, then capacity, then throughput, then the co
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 from llm_platform.catalog import ModelSpec
@@ -66,9 +66,24 @@ class Snapshot:
     generation_tokens_p999: float
     sample_time: float
     oom_kills: float = math.nan
-    """Restarts of the model's vLLM containers last killed for OOM in the lookback (NaN where ksm is not scraped)."""
+    """Restarts of the model's vLLM containers last ``OOMKilled`` in the lookback: the kernel killed the container
+    for host memory (its memory limit, which the in-memory /dev/shm counts against), never the GPU running out
+    (NaN where ksm is not scraped)."""
+    crash_restarts: float = math.nan
+    """Restarts in the lookback whose last termination was any other reason (``Error``: a CUDA out-of-memory among
+    others, which only the pod's termination message tells; NaN where ksm is not scraped)."""
     rollout: float = math.nan
     """Pods of an unfinished rollout seen in the lookback (0: none; NaN where ksm is not scraped)."""
+    kv_cache_usage_half: float = math.nan
+    """The KV-cache level sustained over the lookback's last half (the moderate tier's window); NaN: not measured."""
+    preemptions_per_s_half: float = math.nan
+    waiting_half: float = math.nan
+    replicas_half: float = math.nan
+    kv_cache_usage_quarter: float = math.nan
+    """The same over the lookback's last quarter (the severe tier's window)."""
+    preemptions_per_s_quarter: float = math.nan
+    waiting_quarter: float = math.nan
+    replicas_quarter: float = math.nan
 
     @classmethod
     def no_data(cls, sample_time: float) -> Snapshot:
@@ -85,10 +100,41 @@ class Snapshot:
             if item.name not in OPTIONAL_MEASUREMENTS and math.isnan(getattr(self, item.name))
         )
 
+    def levels(self, tier: Tier) -> Levels:
+        """The levels sustained over ``tier``'s window (the whole lookback for the mild tier)."""
+        suffix = {"mild": "", "moderate": "_half", "severe": "_quarter"}[tier.name]
+        return Levels(*(getattr(self, f"{name}{suffix}") for name in LEVEL_FIELDS))
 
+
+#: The levels measured per tier window, in :class:`Levels`' order.
+LEVEL_FIELDS = ("kv_cache_usage", "preemptions_per_s", "waiting", "replicas")
+#: The measurements of the shorter tier windows (a tier without them is not evaluated).
+TIER_MEASUREMENTS = frozenset(f"{name}{suffix}" for name in LEVEL_FIELDS for suffix in ("_half", "_quarter"))
 #: Measurements only some clusters have, or that are NaN on an idle model; without them their rule is not
 #: evaluated, the others still are.
-OPTIONAL_MEASUREMENTS = frozenset({"oom_kills", "rollout", "prompt_tokens_p999", "generation_tokens_p999"})
+OPTIONAL_MEASUREMENTS = frozenset(
+    {"oom_kills", "crash_restarts", "rollout", "prompt_tokens_p999", "generation_tokens_p999", *TIER_MEASUREMENTS}
+)
+
+
+@dataclass(frozen=True)
+class Levels:
+    """What a model held over one tier's window: each level for at least the sustained fraction of it, preemptions
+    averaged over it."""
+
+    kv_cache_usage: float
+    preemptions_per_s: float
+    waiting: float
+    replicas: float
+
+
+@dataclass(frozen=True)
+class Tier:
+    """How much evidence a condition of a given severity needs: the window (ending at the tick) it must have held
+    for the sustained fraction of."""
+
+    name: Literal["severe", "moderate", "mild"]
+    window_s: float
 
 
 @dataclass(frozen=True)
@@ -121,10 +167,32 @@ class TuningLimits:
     """max_model_len recommendations are multiples of this."""
     min_model_len: int = 512
     """Never recommend a smaller max_model_len than this."""
+    moderate_window_fraction: float = 0.5
+    """The moderate tier's window, as a fraction of the lookback (15 min at the defaults)."""
+    severe_window_fraction: float = 0.25
+    """The severe tier's window (7.5 min): a severe condition acts once it held for the sustained fraction of it,
+    5.6 min, where a mild one needs 22.5 of the whole lookback's 30."""
+    preemptions_moderate_per_s: float = 0.2
+    """Preemptions per second that make a saturated KV cache moderate (a recomputed request every 5 s)."""
+    preemptions_severe_per_s: float = 1.0
+    """Preemptions per second that make it severe (users' requests recomputed every second)."""
+    queue_moderate_factor: float = 2.0
+    """Waiting requests per replica, in multiples of ``autoscaling.waiting_threshold``, that make a queue at the
+    replica ceiling moderate."""
+    queue_severe_factor: float = 4.0
+    """The same for severe."""
     oom_kills: int = 2
-    """OOM-killed restarts in the lookback that call for less memory (one can be a one-off)."""
+    """OOM-killed restarts in the lookback that call for more pod memory (one can be a one-off)."""
+    oom_memory_factor: float = 1.5
+    """How much ``resources.memory`` grows after OOM kills (rounded up to whole GiB)."""
+    max_memory_gib: int = 1024
+    """Never recommend more pod memory than this (a node's size); beyond it the decision says what to raise."""
+    crash_restarts: int = 2
+    """Restarts for another reason (``Error``) in the lookback that call for a diagnosis of the termination
+    message: a CUDA out-of-memory lowers GPU memory, any other crash is reported, never redeployed."""
     oom_memory_step: float = 0.05
-    """How much gpu_memory_utilization is lowered after OOM kills (a bigger step than raising: a crash costs more)."""
+    """How much gpu_memory_utilization is lowered after CUDA out-of-memory crashes (a bigger step than raising:
+    a crash costs more)."""
     memory_floor: float = 0.7
     """Never recommend less gpu_memory_utilization than this; below it max_model_len is halved instead."""
     length_crowded: float = 0.9
@@ -137,10 +205,24 @@ class TuningLimits:
         """The quantile over time that is the sustained level."""
         return 1.0 - self.sustained_fraction
 
+    @property
+    def tiers(self) -> tuple[Tier, ...]:
+        """The evidence tiers, most severe (shortest window) first."""
+        return (
+            Tier("severe", self.lookback_s * self.severe_window_fraction),
+            Tier("moderate", self.lookback_s * self.moderate_window_fraction),
+            Tier("mild", self.lookback_s),
+        )
+
+    def hold_s(self, tier: Tier) -> float:
+        """How long a condition of ``tier``'s severity must have held before the policy acts on it."""
+        return tier.window_s * self.sustained_fraction
+
 
 @dataclass(frozen=True)
 class Decision:
-    kind: Literal["no_change", "recommend", "skip"]
+    kind: Literal["no_change", "recommend", "skip", "diagnose"]
+    """``diagnose``: the evidence is in the pods' termination messages, which a run reads (:func:`crash_decision`)."""
     reason: str
     rule: str = ""
     overrides: Mapping[str, str] = field(default_factory=dict)
@@ -179,6 +261,189 @@ def _data_problem(snapshot: Snapshot, now: float, config_age_s: float, limits: T
     return None
 
 
+@dataclass(frozen=True)
+class Condition:
+    """A drift condition judged in proportion to its severity: ``holds`` says whether a tier window's levels show
+    it at all, ``severity`` how bad it is there; it acts at the most severe tier whose ``needed`` severity it
+    reaches over that tier's window."""
+
+    what: str
+    holds: Callable[[Levels], bool]
+    severity: Callable[[Levels], float]
+    needed: Mapping[str, float]
+    """Tier name → the severity the condition must reach over the tier's window (mild: 0, any)."""
+    describe: Callable[[Levels], str]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Where a condition stands against the tiers."""
+
+    acting: Tier | None = None
+    """The most severe tier at which the condition acts (None: it does not act yet)."""
+    levels: Levels | None = None
+    """The acting tier's levels."""
+    reason: str = ""
+    """Why it acts: the figures, the window and the tier."""
+    pending: str = ""
+    """When it shows but does not act yet: how far it is from acting (empty otherwise)."""
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f}".removesuffix(".0")
+
+
+def _evidence(condition: Condition, snapshot: Snapshot, limits: TuningLimits) -> Evidence:
+    """The condition against every tier, most severe first. A tier whose window was not measured is left out."""
+    shown: tuple[Tier, Levels] | None = None
+    for tier in limits.tiers:
+        levels = snapshot.levels(tier)
+        if any(math.isnan(value) for value in (levels.kv_cache_usage, levels.waiting, levels.replicas)):
+            continue
+        if not condition.holds(levels):
+            continue
+        if condition.severity(levels) >= condition.needed[tier.name]:
+            reason = (
+                f"{condition.what} ({condition.describe(levels)}) for {limits.sustained_fraction:.0%} of the last "
+                f"{_minutes(tier.window_s)} min ({tier.name})"
+            )
+            return Evidence(tier, levels, reason)
+        shown = shown or (tier, levels)
+    if shown is None:
+        return Evidence()
+    tier, levels = shown
+    severity = condition.severity(levels)
+    needed = next(t for t in limits.tiers if severity >= condition.needed[t.name])
+    return Evidence(
+        pending=f"{condition.what} ({condition.describe(levels)}) for at least {_minutes(limits.hold_s(tier))} of the "
+        f"last {_minutes(tier.window_s)} min; at this severity ({needed.name}) it must hold "
+        f"{_minutes(limits.hold_s(needed))} of the last {_minutes(needed.window_s)} min"
+    )
+
+
+def _kv_condition(limits: TuningLimits) -> Condition:
+    """A full KV cache preempting requests; its severity is the preemption rate (each preemption recomputes a
+    user's request)."""
+    return Condition(
+        what="KV cache saturated",
+        holds=lambda lv: lv.kv_cache_usage >= limits.kv_saturated and lv.preemptions_per_s > 0,
+        severity=lambda lv: lv.preemptions_per_s,
+        needed={
+            "severe": limits.preemptions_severe_per_s,
+            "moderate": limits.preemptions_moderate_per_s,
+            "mild": 0.0,
+        },
+        describe=lambda lv: f"{lv.kv_cache_usage:.0%}, {lv.preemptions_per_s:.2f} preemptions/s",
+    )
+
+
+def _queue_condition(model: ModelSpec, limits: TuningLimits) -> Condition:
+    """Requests waiting above KEDA's threshold at the replica ceiling; its severity is the queue per replica in
+    multiples of the threshold."""
+    scaling = model.autoscaling
+
+    def per_replica(levels: Levels) -> float:
+        return levels.waiting / max(levels.replicas, 1.0)
+
+    return Condition(
+        what=f"requests waiting at the ceiling of {scaling.max_replicas} replicas",
+        holds=lambda lv: lv.replicas >= scaling.max_replicas and per_replica(lv) > scaling.waiting_threshold,
+        severity=lambda lv: per_replica(lv) / scaling.waiting_threshold,
+        needed={"severe": limits.queue_severe_factor, "moderate": limits.queue_moderate_factor, "mild": 0.0},
+        describe=lambda lv: (
+            f"{lv.waiting:.1f} waiting, {per_replica(lv) / scaling.waiting_threshold:.1f}× the "
+            f"threshold of {scaling.waiting_threshold:g} per replica"
+        ),
+    )
+
+
+_MEMORY_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+                 "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18, "m": 1e-3}  # fmt: skip
+
+
+def memory_gib(quantity: str) -> float:
+    """A Kubernetes memory quantity (``32Gi``, ``64G``, ``1.5Ti``, bytes) in GiB."""
+    for suffix in sorted(_MEMORY_UNITS, key=len, reverse=True):
+        if quantity.endswith(suffix):
+            return float(quantity.removesuffix(suffix)) * _MEMORY_UNITS[suffix] / 2**30
+    return float(quantity) / 2**30
+
+
+def _oom_decision(
+    model: ModelSpec, snapshot: Snapshot, limits: TuningLimits, observed: dict[str, float]
+) -> Decision | None:
+    """OOM kills (host memory) → more pod memory; crash restarts of another reason → a diagnosis of the pods'
+    termination messages (CUDA out of memory or not), which only a run may read."""
+    lookback = f"in the last {_minutes(limits.lookback_s)} min"
+    if not math.isnan(snapshot.oom_kills) and snapshot.oom_kills >= limits.oom_kills:
+        reason = (
+            f"{snapshot.oom_kills:.0f} OOMKilled restarts {lookback}: the container ran out of host memory (its "
+            "limit, which the in-memory /dev/shm counts against), not GPU memory"
+        )
+        current = memory_gib(model.resources.memory)
+        more = min(limits.max_memory_gib, math.ceil(current * limits.oom_memory_factor))
+        if more > current:
+            return Decision("recommend", reason, "oom_kills", {"resources.memory": f"{more}Gi"}, observed)
+        return Decision("no_change", f"{reason}, but resources.memory is at the {limits.max_memory_gib} GiB cap: "
+                        "find what fills it (/dev/shm, CPU swap space, tokenizer workers)", "oom_kills",
+                        observed=observed)  # fmt: skip
+    if not math.isnan(snapshot.crash_restarts) and snapshot.crash_restarts >= limits.crash_restarts:
+        reason = (
+            f"{snapshot.crash_restarts:.0f} crash restarts (not OOMKilled) {lookback}: the pods' termination "
+            "messages say whether the GPU ran out of memory"
+        )
+        return Decision("diagnose", reason, "crash_loop", observed=observed)
+    return None
+
+
+def crash_decision(model: ModelSpec, crashes: Sequence[Crash], limits: TuningLimits | None = None) -> Decision:
+    """The decision from the crashed containers' termination messages (read by a run, which may read pods): a CUDA
+    out-of-memory lowers gpu_memory_utilization to ``memory_floor``, then halves max_model_len; any other crash is
+    no redeploy, with the failing pod and its message named."""
+    limits = limits or TuningLimits()
+    serving = model.serving
+    cuda = [crash for crash in crashes if crash.cuda_out_of_memory]
+    if not cuda:
+        if not crashes:
+            return Decision("no_change", "no crashed vLLM container found (the pods restarted since)", "crash_loop")
+        first = crashes[0]
+        return Decision("no_change", f"pod {first.pod} crash-loops ({first.describe()}): not a memory shortage; "
+                        "fix the cause the message names", "crash_loop")  # fmt: skip
+    reason = f"pod {cuda[0].pod} ran out of GPU memory ({cuda[0].describe()})"
+    if serving.gpu_memory_utilization - 1e-9 > limits.memory_floor:
+        memory = max(limits.memory_floor, serving.gpu_memory_utilization - limits.oom_memory_step)
+        return Decision("recommend", reason, "cuda_oom", {"gpu_memory_utilization": f"{memory:.2f}"})
+    shorter = _quantised(serving.max_model_len // 2, limits)
+    if shorter < serving.max_model_len:
+        return Decision("recommend", reason, "cuda_oom", {"max_model_len": str(shorter)})
+    return Decision("no_change", f"{reason}, but gpu_memory_utilization and max_model_len are at their floors: a "
+                    "larger GPU or more tensor parallelism", "cuda_oom")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Crash:
+    """One crashed vLLM container, as its pod's status tells (``lastState.terminated``)."""
+
+    pod: str
+    reason: str
+    exit_code: int | None
+    message: str
+    """The termination message: the log's tail, with ``terminationMessagePolicy: FallbackToLogsOnError``."""
+
+    @property
+    def cuda_out_of_memory(self) -> bool:
+        return any(marker in self.message for marker in CUDA_OOM_MARKERS)
+
+    def describe(self) -> str:
+        last = next((line.strip() for line in reversed(self.message.splitlines()) if line.strip()), "no message")
+        return f"{self.reason}, exit code {self.exit_code}: {last[:200]}"
+
+
+#: What PyTorch and vLLM print when the GPU runs out of memory.
+CUDA_OOM_MARKERS = ("CUDA out of memory", "torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError",
+                    "CUBLAS_STATUS_ALLOC_FAILED")  # fmt: skip
+
+
 def decide(
     model: ModelSpec,
     snapshot: Snapshot,
@@ -197,40 +462,32 @@ def decide(
     serving, scaling, observed = model.serving, model.autoscaling, _observed(snapshot)
     seqs = serving.max_num_seqs or engine_for(serving).default_max_num_seqs
 
-    if not math.isnan(snapshot.oom_kills) and snapshot.oom_kills >= limits.oom_kills:
-        reason = f"{snapshot.oom_kills:.0f} OOM-killed restarts in the last {limits.lookback_s / 60:.0f} min"
-        if serving.gpu_memory_utilization - 1e-9 > limits.memory_floor:
-            memory = max(limits.memory_floor, serving.gpu_memory_utilization - limits.oom_memory_step)
-            return Decision("recommend", reason, "oom_kills", {"gpu_memory_utilization": f"{memory:.2f}"}, observed)
-        shorter = _quantised(serving.max_model_len // 2, limits)
-        if shorter < serving.max_model_len:
-            return Decision("recommend", reason, "oom_kills", {"max_model_len": str(shorter)}, observed)
-        return Decision("no_change", f"{reason}, but memory and max_model_len are at their floors: raise "
-                        "resources.memory", "oom_kills", observed=observed)  # fmt: skip
+    oom = _oom_decision(model, snapshot, limits, observed)
+    if oom is not None:
+        return oom
 
-    replicas = max(snapshot.replicas, 1.0)
-    if snapshot.replicas >= scaling.max_replicas and snapshot.waiting / replicas > scaling.waiting_threshold:
-        reason = (
-            f"{snapshot.waiting:.1f} requests waiting at the ceiling of {scaling.max_replicas} replicas for "
-            f"{limits.sustained_fraction:.0%} of the lookback (threshold {scaling.waiting_threshold:g} per replica)"
-        )
-        if snapshot.kv_cache_usage >= limits.kv_saturated:
+    queue = _evidence(_queue_condition(model, limits), snapshot, limits)
+    if queue.acting is not None and queue.levels is not None:
+        reason = queue.reason
+        if queue.levels.kv_cache_usage >= limits.kv_saturated:
             if max_replicas_allowed is not None and max_replicas_allowed > scaling.max_replicas:
                 return Decision("recommend", f"{reason} with the KV cache full: more replicas", "capacity",
                                 {"autoscaling.max_replicas": str(max_replicas_allowed)}, observed)  # fmt: skip
             return Decision("no_change", f"{reason} with the KV cache full, but the GPU quota has no headroom for "
                             "another replica: raise platform.gpu_quota", "capacity", observed=observed)  # fmt: skip
-        if snapshot.kv_cache_usage < limits.kv_headroom:
+        if queue.levels.kv_cache_usage < limits.kv_headroom:
             return Decision("recommend", f"{reason}, KV cache has headroom", "queue_at_ceiling",
                             {"max_num_seqs": str(seqs + max(1, seqs // 2))}, observed)  # fmt: skip
         return Decision("no_change", f"{reason}; the KV cache is neither full nor free enough to batch more",
                         "queue_at_ceiling", observed=observed)  # fmt: skip
 
-    if snapshot.kv_cache_usage >= limits.kv_saturated and snapshot.preemptions_per_s > 0:
-        reason = (
-            f"KV cache saturated ({snapshot.kv_cache_usage:.0%}) with {snapshot.preemptions_per_s:.2f} "
-            f"preemptions/s for {limits.sustained_fraction:.0%} of the lookback"
-        )
+    kv = _evidence(_kv_condition(limits), snapshot, limits)
+    if kv.acting is not None:
+        reason = kv.reason
+        if queue.pending:
+            # A capacity shortage fills the cache too: more memory would not serve a queue at the ceiling.
+            return Decision("no_change", f"{reason}, but {queue.pending}: capacity is judged first, memory waits",
+                            "queue_at_ceiling", observed=observed)  # fmt: skip
         if serving.gpu_memory_utilization + 1e-9 < limits.memory_cap:
             memory = min(limits.memory_cap, serving.gpu_memory_utilization + limits.memory_step)
             return Decision("recommend", reason, "kv_saturation", {"gpu_memory_utilization": f"{memory:.2f}"}, observed)
@@ -240,6 +497,18 @@ def decide(
         return Decision("no_change", f"{reason}, but memory and max_num_seqs are at their limits", "kv_saturation",
                         observed=observed)  # fmt: skip
 
+    pending = "; ".join(evidence.pending for evidence in (queue, kv) if evidence.pending)
+    decision = _workload_decision(model, snapshot, limits, observed)
+    if pending and decision.kind != "recommend":
+        return replace(decision, reason=f"{decision.reason}; not yet: {pending}")
+    return decision
+
+
+def _workload_decision(
+    model: ModelSpec, snapshot: Snapshot, limits: TuningLimits, observed: dict[str, float]
+) -> Decision:
+    """The rules about the workload's shape (the context length), once no stability or capacity rule acted."""
+    serving = model.serving
     if snapshot.requests < limits.min_requests or math.isnan(snapshot.prompt_tokens_p999):
         return Decision(
             "skip",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 
 from llm_platform.catalog import max_replicas_within_quota, parse_catalog
 from llm_platform.defs.resources import PrometheusResource
@@ -71,13 +72,24 @@ def test_every_labelled_scenario_gets_its_decision(tmp_path: Path) -> None:
     wrong = []
     for scenario in SCENARIOS:
         request = requested.get(scenario.name)
-        got = (request.tags["llm-platform/rule"], request.run_config["ops"]["serving_config"]["config"]["overrides"]) \
-            if request else (None, {})  # fmt: skip
+        # The run-config form of each value is a YAML scalar ('"48Gi"' for a string): compare the values it reads as.
+        overrides = request.run_config["ops"]["serving_config"]["config"]["overrides"] if request else {}
+        got = (request.tags["llm-platform/rule"] if request else None,
+               {key: str(yaml.safe_load(value)) for key, value in overrides.items()})  # fmt: skip
         if got != (scenario.expected_rule, scenario.expected_change):
             wrong.append(f"{scenario.name}: expected {scenario.expected_rule} {scenario.expected_change}, got {got} "
                          f"({decisions[scenario.name]}; {snapshot.get(scenario.name)})")  # fmt: skip
     assert not wrong, "\n".join(wrong)
     assert math.isnan(snapshot["steady"].oom_kills) and snapshot["oom-twice"].oom_kills == pytest.approx(2, abs=0.2)
+    # A crash loop's run reads the termination messages first; an OOM kill is not a crash restart, nor the reverse.
+    assert requested["crash-loop"].run_config["ops"]["serving_config"]["config"]["diagnose_crash"] is True
+    assert "diagnose_crash" not in requested["oom-twice"].run_config["ops"]["serving_config"]["config"]
+    assert snapshot["oom-twice"].crash_restarts == 0 and snapshot["crash-loop"].oom_kills == 0
+    # A condition left alone says how far it is from acting.
+    assert decisions["mild-saturation-short"][1].endswith(
+        "at this severity (mild) it must hold 22.5 of the last 30 min"
+    ), decisions["mild-saturation-short"]
+    assert "capacity is judged first, memory waits" in decisions["queue-building-full-cache"][1]
 
     # docs/lifecycle.md shows this very table.
     readme = (REPO_ROOT / "docs" / "lifecycle.md").read_text()

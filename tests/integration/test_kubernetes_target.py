@@ -17,7 +17,7 @@ from llm_platform.errors import (
     RolloutError,
 )
 from llm_platform.manifests.pods import WEIGHTS_REVISION_ANNOTATION
-from llm_platform.manifests.serving import render_model
+from llm_platform.manifests.serving import render_model, serving_pod_labels
 from llm_platform.rollout import PROMOTED_REVISION_ANNOTATION, Revision
 from llm_platform.targets.kube_api import resource_of
 from llm_platform.targets.kubernetes_cluster import KubernetesCluster, KubernetesTargetSettings, Promotion
@@ -259,3 +259,37 @@ def test_current_revision_reads_the_deployment_annotation(
     assert target.current_revision(model) == promotion.revision
     live = cluster.emulator.stored(DEPLOYMENTS, catalog.platform.namespace)["vllm-tiny-llama"]
     assert PROMOTED_REVISION_ANNOTATION in live["metadata"]["annotations"]
+
+
+def _crashed_pod(name: str, labels: dict[str, str], reason: str, message: str, restarts: int) -> dict[str, Any]:
+    last = {"terminated": {"exitCode": 137 if reason == "OOMKilled" else 1, "reason": reason, "message": message}}
+    return {
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai"}]},
+        "status": {"containerStatuses": [{"name": "vllm", "restartCount": restarts, "lastState": last}]},
+    }
+
+
+def test_crashes_are_read_from_the_serving_pods_termination_messages(
+    cluster: RunningCluster, catalog: Catalog, model: ModelSpec
+) -> None:
+    """What the crash diagnosis reads (RBAC: the run pods may read pods): the model's serving pods whose vLLM
+    container last ended for another reason than OOMKilled, most restarted first, with the message."""
+    namespace = catalog.platform.namespace
+    labels = serving_pod_labels(model)
+    pods = [
+        _crashed_pod("vllm-tiny-llama-a", labels, "Error", "torch.OutOfMemoryError: CUDA out of memory.", 4),
+        _crashed_pod("vllm-tiny-llama-b", labels, "OOMKilled", "", 9),  # host memory: not a crash to diagnose
+        _crashed_pod("vllm-tiny-llama-c", labels, "Error", "ValueError: bad flag", 1),
+        _crashed_pod("vllm-other-a", {**labels, "llm-platform/model": "other"}, "Error", "elsewhere", 7),
+    ]
+    raw = cluster.raw()
+    for pod in pods:
+        raw.create(PODS, namespace, pod)
+        raw.patch_status(PODS, namespace, pod["metadata"]["name"], pod["status"])
+    crashes = _target(cluster, catalog).crashes(model)
+    assert [(c.pod, c.reason, c.exit_code, c.cuda_out_of_memory) for c in crashes] == [
+        ("vllm-tiny-llama-a", "Error", 1, True),
+        ("vllm-tiny-llama-c", "Error", 1, False),
+    ]
+    assert crashes[1].message == "ValueError: bad flag"

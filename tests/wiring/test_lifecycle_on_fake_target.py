@@ -21,6 +21,7 @@ from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.defs.resources import PrometheusResource, WeightsResource
 from llm_platform.defs.sensors import build_drift_sensor
 from llm_platform.defs.storage import InstanceValueIOManager
+from llm_platform.tuning.policy import Crash
 from tests.conftest import NO_PROMETHEUS, deployed_serving
 from tests.fakeprom import FakePrometheus
 from tests.faketarget import CLUSTERS, FakeCluster, FakeTargetResource, default_performance
@@ -294,6 +295,43 @@ def test_a_capacity_change_rescales_without_restarting_or_benchmarking(
     (deployment,) = rescaled.asset_materializations_for_node("vllm_deployment")
     autoscaling = deployment.metadata["autoscaling"].value
     assert isinstance(autoscaling, dict) and autoscaling["max_replicas"] == 4
+
+
+CUDA_OOM = Crash("vllm-tiny-7d9f-x2", "Error", 1, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate")
+BAD_ARGUMENT = Crash("vllm-tiny-7d9f-x2", "Error", 2, "vllm: error: unrecognized arguments: --foo")
+
+
+@pytest.mark.parametrize("crash", [CUDA_OOM, BAD_ARGUMENT], ids=["cuda-oom", "other"])
+def test_a_crash_loop_is_diagnosed_by_the_run_from_the_termination_messages(
+    cluster: tuple[str, FakeCluster], instance: dg.DagsterInstance, tmp_path: Path, crash: Crash
+) -> None:
+    """kube-state-metrics says only "Error": the sensor asks for a diagnosis, and the run (which may read pods)
+    lowers GPU memory for a CUDA out-of-memory, or fails before any benchmark for any other crash."""
+    catalog = _catalog()
+    platform = _platform(catalog, cluster, instance, tmp_path)
+    assert platform.lifecycle().success
+    before = cluster[1].deployed[MODEL]
+    (request,) = _drift_requests(catalog, instance, {MODEL: {**STEADY, "oom_kills": 0.0, "crash_restarts": 3.0}})
+    assert request.tags["llm-platform/rule"] == "crash_loop"
+    cluster[1].crashed[MODEL] = [crash]
+    benchmarks_before = [call for call in cluster[1].calls if call.startswith("benchmark")]
+
+    run = platform.run(PROMOTE_ASSETS, {**request.run_config["ops"], "smoke_benchmark": {"config": SMALL}})
+
+    if crash is CUDA_OOM:
+        assert run.success
+        assert cluster[1].deployed[MODEL][1].gpu_memory_utilization == pytest.approx(0.85)
+        return
+    assert not run.success
+    failure = next(event for event in run.all_events if event.is_step_failure)
+    assert failure.step_key == "serving_config"
+    description = str(failure.step_failure_data.user_failure_data.description)  # type: ignore[union-attr]
+    assert description == (
+        f"model '{MODEL}': no redeploy: pod vllm-tiny-7d9f-x2 crash-loops (Error, exit code 2: vllm: error: "
+        "unrecognized arguments: --foo): not a memory shortage; fix the cause the message names"
+    )
+    assert cluster[1].deployed[MODEL] == before
+    assert [call for call in cluster[1].calls if call.startswith("benchmark")] == benchmarks_before
 
 
 def test_the_live_schedule_skips_until_deployed_then_catches_a_regression(
