@@ -4,9 +4,14 @@ Every measurement covers the same fixed lookback (30 minutes by default) ending 
 runs: Dagster's sensor interval is a minimum, not a schedule, so nothing may depend on how many ticks ran.
 
 - **Levels are sustained, not peaked.** A level (KV usage, waiting requests, replicas) is the value it held for at
-  least ``sustained_fraction`` of the lookback — the (1 - fraction) quantile over time of its samples — so a burst
+  least ``sustained_fraction`` of a window — the (1 - fraction) quantile over time of its samples — so a burst
   of a few minutes, or traffic flapping between saturated and idle, never reads as a level. Preemptions are events,
-  averaged over the lookback: they only count together with a sustained full cache.
+  averaged over the window: they only count together with a sustained full cache.
+- **Evidence in proportion to severity.** Each level is read over three windows ending at the tick (:class:`Tier`:
+  the lookback's last quarter, last half, whole); a condition acts at the most severe tier whose window it filled
+  at that tier's severity (preemptions per second for the KV cache, the queue in multiples of KEDA's threshold),
+  so a severe condition acts after 5.6 minutes and a mild one after 22.5 at the defaults. One seen but not acting
+  says how far it is from acting (:attr:`Evidence.pending`).
 - **Events are counted over the lookback** (``increase()``): two OOM kills ten minutes apart are two kills at
   every tick that follows within the lookback, and none is counted twice across configs because the sensor only
   decides once a whole lookback of the deployed config's own data exists (``config_age_s``).
@@ -21,11 +26,14 @@ runs: Dagster's sensor interval is a minimum, not a schedule, so nothing may dep
 Rules, in priority order (stability, then capacity, then throughput, then the context):
 
 1. **OOM kills** (``oom_kills`` >= ``oom_kills`` over the lookback, from kube-state-metrics; left out where it is
-   not scraped): gpu_memory_utilization - ``oom_memory_step`` down to ``memory_floor``, then half max_model_len.
+   not scraped): host memory, so ``resources.memory`` × ``oom_memory_factor`` up to ``max_memory_gib``. **Crash
+   restarts** of another reason: a ``diagnose`` decision — a run reads the termination messages
+   (:func:`crash_decision`: a CUDA out-of-memory lowers gpu_memory_utilization, then max_model_len; anything else is
+   no redeploy, the pod named).
 2. **Queue at the replica ceiling**: full KV cache → more replicas within the quota; KV headroom → max_num_seqs
    by half again.
-3. **KV cache saturated with preemptions**: gpu_memory_utilization + ``memory_step`` up to ``memory_cap``, then a
-   quarter fewer max_num_seqs.
+3. **KV cache saturated with preemptions** (not while a queue at the ceiling is still building: capacity first):
+   gpu_memory_utilization + ``memory_step`` up to ``memory_cap``, then a quarter fewer max_num_seqs.
 4. **Context far larger than the traffic** (p99.9 prompt + generation tokens with ``length_margin`` at most half of
    max_model_len): shrink max_model_len to that, rounded up to ``length_quantum``.
 5. **Requests crowding the context** (p99.9 prompt tokens >= ``length_crowded`` of max_model_len): double it, up
