@@ -67,13 +67,13 @@ def _model_from_deployment(expression: str) -> str:
     )
 
 
-def oom_kills_query(lookback: str, matchers: str = "", *, oom_killed: bool = True) -> str:
+def restarts_query(lookback: str, matchers: str = "", *, oom_killed: bool = True) -> str:
     """Restarts in ``lookback`` of each model's engine containers whose last termination was ``OOMKilled`` (with
-    ``oom_killed=False``: any other reason, ``Error`` above all), from kube-state-metrics; 0 for models whose pods
-    it sees without such restarts, no series where it is not scraped. ``matchers`` on ``model_name`` apply to the
-    pods' model label."""
+    ``oom_killed=False``: a crash, any reason but ``OOMKilled`` and ``Completed``), from kube-state-metrics; 0 for
+    models whose pods it sees without such restarts, no series where it is not scraped. ``matchers`` on
+    ``model_name`` apply to the pods' model label."""
     restarts = f'kube_pod_container_status_restarts_total{{container="{SERVING_CONTAINER}"}}'
-    reason = 'reason="OOMKilled"' if oom_killed else 'reason!="OOMKilled"'
+    reason = 'reason="OOMKilled"' if oom_killed else 'reason!~"OOMKilled|Completed"'
     oom = f'kube_pod_container_status_last_terminated_reason{{container="{SERVING_CONTAINER}",{reason}}}'
     pods = ",".join(filter(None, [f'{KSM_MODEL_LABEL}!=""', matchers.replace("model_name", KSM_MODEL_LABEL)]))
     per_pod = f"(increase({restarts}[{lookback}]) and on (namespace, pod, container) {oom}) or 0 * {restarts}"
@@ -195,8 +195,8 @@ def snapshot_queries(lookback: Lookback, matchers: str = "", metrics: EngineMetr
             name: f"histogram_quantile(0.999, sum by ({MODEL_NAME_LABEL}, le) (increase({of(metric)}[{span}])))"
             for name, metric in lengths.items()
         },
-        "oom_kills": oom_kills_query(span, matchers),
-        "crash_restarts": oom_kills_query(span, matchers, oom_killed=False),
+        "oom_kills": restarts_query(span, matchers),
+        "crash_restarts": restarts_query(span, matchers, oom_killed=False),
         "rollout": f"max_over_time({lookback.over_steps(_model_from_deployment(unfinished))})",
         **levels(lookback.half_s, "_half"),
         **levels(lookback.quarter_s, "_quarter"),

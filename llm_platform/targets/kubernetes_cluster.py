@@ -125,6 +125,10 @@ def _key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
     return (str(obj["kind"]), obj["metadata"]["namespace"], obj["metadata"]["name"])
 
 
+#: Last terminations that are no crash: host memory (the drift policy's OOM rule) and a clean exit.
+NOT_CRASHES = ("OOMKilled", "Completed")
+
+
 class KubernetesCluster:
     """The kubernetes target's cluster work: applies a model's objects into one namespace (promotion with rollback)
     and runs the platform's Jobs there. Not a target of its own:
@@ -271,15 +275,15 @@ class KubernetesCluster:
         return pods
 
     def crashes(self, model: ModelSpec) -> list[Crash]:
-        """The model's serving vLLM containers whose last termination was not ``OOMKilled``, most restarted first:
-        the pod, the reason, the exit code and the termination message (the log's tail:
-        ``terminationMessagePolicy: FallbackToLogsOnError``)."""
+        """The model's serving vLLM containers whose last termination was a crash (not ``OOMKilled``, not
+        ``Completed``), most restarted first: the pod, the reason, the exit code and the termination message (the
+        log's tail: ``terminationMessagePolicy: FallbackToLogsOnError``)."""
         selector = ",".join(f"{key}={value}" for key, value in serving_pod_labels(model).items())
         found: list[tuple[int, Crash]] = []
         for pod in self.api.list(PODS, self.namespace, label_selector=selector):
             for status in pod.get("status", {}).get("containerStatuses") or []:
                 last = (status.get("lastState") or {}).get("terminated") or {}
-                if status.get("name") != SERVING_CONTAINER or not last or last.get("reason") == "OOMKilled":
+                if status.get("name") != SERVING_CONTAINER or not last or last.get("reason") in NOT_CRASHES:
                     continue
                 crash = Crash(
                     pod=str(pod.get("metadata", {}).get("name", "?")),

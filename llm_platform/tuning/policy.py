@@ -78,8 +78,9 @@ class Snapshot:
     for host memory (its memory limit, which the in-memory /dev/shm counts against), never the GPU running out
     (NaN where ksm is not scraped)."""
     crash_restarts: float = math.nan
-    """Restarts in the lookback whose last termination was any other reason (``Error``: a CUDA out-of-memory among
-    others, which only the pod's termination message tells; NaN where ksm is not scraped)."""
+    """Restarts in the lookback whose last termination was a crash, any other reason but ``Completed`` (``Error``: a
+    CUDA out-of-memory among others, which only the pod's termination message tells; NaN where ksm is not
+    scraped)."""
     rollout: float = math.nan
     """Pods of an unfinished rollout seen in the lookback (0: none; NaN where ksm is not scraped)."""
     kv_cache_usage_half: float = math.nan

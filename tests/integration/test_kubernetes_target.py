@@ -274,13 +274,15 @@ def test_crashes_are_read_from_the_serving_pods_termination_messages(
     cluster: RunningCluster, catalog: Catalog, model: ModelSpec
 ) -> None:
     """What the crash diagnosis reads (RBAC: the run pods may read pods): the model's serving pods whose vLLM
-    container last ended for another reason than OOMKilled, most restarted first, with the message."""
+    container last ended for another reason than OOMKilled or a clean exit, most restarted first, with the
+    message."""
     namespace = catalog.platform.namespace
     labels = serving_pod_labels(model)
     pods = [
         _crashed_pod("vllm-tiny-llama-a", labels, "Error", "torch.OutOfMemoryError: CUDA out of memory.", 4),
         _crashed_pod("vllm-tiny-llama-b", labels, "OOMKilled", "", 9),  # host memory: not a crash to diagnose
         _crashed_pod("vllm-tiny-llama-c", labels, "Error", "ValueError: bad flag", 1),
+        _crashed_pod("vllm-tiny-llama-d", labels, "Completed", "", 2),  # a clean exit is no crash
         _crashed_pod("vllm-other-a", {**labels, "llm-platform/model": "other"}, "Error", "elsewhere", 7),
     ]
     raw = cluster.raw()
