@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llm_platform.catalog import Catalog, ModelPatch, model_warnings, parse_assignments, platform_warnings
+from llm_platform.catalog import Catalog, ModelPatch, ModelSpec, model_warnings, parse_assignments, platform_warnings
 from llm_platform.catalog_files import CATALOG_ENV_VAR, default_catalog_path, load_catalog
 from llm_platform.dagster_api import DEFAULT_URL
 from llm_platform.errors import CatalogError, ManifestValidationError, PlatformError, UnknownModelError
@@ -218,7 +218,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     gpu_type = args.gpu_type or catalog.platform.gpu_type
     if gpu_type is not None and gpu_type not in GPU_TYPES:
         raise CatalogError([f"--gpu-type: '{gpu_type[:40]}' is not one of {', '.join(GPU_TYPES)}"])
-    plan = plan_model(model, gpu_type, catalog.platform.gpu_quota, args.weights_dir or model.source.path, PlanAxes())
+    local_dir = args.weights_dir or model.source.path
+    architecture = _hub_architecture(catalog, model) if local_dir is None and gpu_type is not None else None
+    plan = plan_model(model, gpu_type, catalog.platform.gpu_quota, local_dir, PlanAxes(), architecture)
     if plan.note:
         print(plan.verdict, file=sys.stderr)
         return EXIT_FAILED
@@ -228,6 +230,22 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print(shown.drop(columns=["note"]).to_string(index=False, float_format=lambda value: f"{value:.1f}"))
     print(plan.verdict)
     return EXIT_OK if plan.best is not None else EXIT_FAILED
+
+
+def _hub_architecture(catalog: Catalog, model: ModelSpec) -> dict[str, object] | None:
+    """The architecture of a hub model that AIConfigurator does not bundle, from its ``config.json`` alone (the
+    catalog's hub, ``$HF_ENDPOINT`` and ``$HF_TOKEN`` as the downloads use them; the pinned revision): a plan before
+    any weights are downloaded. None when the model is bundled or comes from a local path."""
+    from llm_platform.defs.resources import weights_resource_from_env
+    from llm_platform.perfmodel import bundled_model_configs
+
+    repo = model.source.repo
+    if repo is None or repo in bundled_model_configs():
+        return None
+    _, architecture = (
+        weights_resource_from_env(catalog.platform).hub().read_config(model.name, repo, model.source.revision)
+    )
+    return architecture
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:

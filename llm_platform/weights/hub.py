@@ -9,6 +9,8 @@ a token file) and scrubbed from every message.
 from __future__ import annotations
 
 import hashlib
+import json
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,10 +33,14 @@ from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 from tqdm import tqdm
 
 from llm_platform.errors import HubAccessError, HubNotFoundError, HubUnavailableError, WeightsError
-from llm_platform.weights.plan import RemoteFile
+from llm_platform.weights.plan import RemoteFile, architecture_of
 from llm_platform.weights.store import partial_path
 
 T = TypeVar("T")
+
+#: The file a serving plan reads the architecture from, and the most bytes accepted for it (configs are a few KB).
+CONFIG_FILE = "config.json"
+MAX_CONFIG_BYTES = 1 << 20
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 
@@ -201,6 +207,31 @@ class HubClient:
             return DownloadedFile(target, writer.hexdigest())
 
         return self._call(model, repo, sha, download, what=f"file '{path}'")
+
+    def read_config(
+        self, model: str, repo: str, revision: str, max_bytes: int = MAX_CONFIG_BYTES
+    ) -> tuple[str, dict[str, Any]]:
+        """The commit ``revision`` points to and the architecture of its ``config.json`` (:func:`architecture_of`),
+        fetched alone (what a serving plan needs before any weights are downloaded). The file comes from outside:
+        its size is checked in the listing before a byte is fetched, and it must be a JSON object."""
+        sha = self.resolve_revision(model, repo, revision)
+        where = f"model '{model}': config.json of '{repo}' at {sha[:12]}"
+        listed = next((f for f in self.list_files(model, repo, sha) if f.path == CONFIG_FILE), None)
+        if listed is None:
+            raise HubNotFoundError(f"{where}: not in the repository (a plan needs the model's config.json)")
+        if listed.size is None or listed.size > max_bytes:
+            raise WeightsError(f"{where}: {listed.size} bytes, more than the {max_bytes} a config may have")
+        with tempfile.TemporaryDirectory(prefix="llm-platform-config-") as scratch:
+            path = self.download_file(model, repo, sha, CONFIG_FILE, Path(scratch)).path
+            text = path.read_bytes()[: max_bytes + 1]
+        try:
+            config = json.loads(text) if len(text) <= max_bytes else None
+        except ValueError:
+            config = None
+        architecture = architecture_of(config) if isinstance(config, dict) else None
+        if architecture is None:
+            raise WeightsError(f"{where}: not a JSON object of at most {max_bytes} bytes with an architecture")
+        return sha, architecture
 
     def _token_for(self, url: str) -> str | bool:
         """The token for a request to ``url``: only to the hub's own origin. huggingface.co redirects LFS files to

@@ -6,16 +6,22 @@ AIConfigurator's real performance data (Llama-3.1-8B on h100_sxm is bundled with
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 
 import dagster as dg
+import pytest
+import yaml
 
 from llm_platform.catalog import parse_catalog
+from llm_platform.cli import main
 from llm_platform.conventions import PLAN_ASSET, TUNED_ASSET
 from llm_platform.defs.planning import PLAN_CHECK
 from llm_platform.perfmodel import model_reference, open_perf_model, plan_model
 from llm_platform.planning.plan import PlanAxes
+from llm_platform.weights.hub import MAX_CONFIG_BYTES
 from llm_platform.weights.plan import architecture_of
+from tests.fakehub import FakeHub, FakeRepo
 from tests.faketarget import FakeCluster
 from tests.wiring.test_lifecycle_on_fake_target import (  # noqa: F401 - fixtures
     MODEL,
@@ -134,3 +140,56 @@ def test_auto_tune_on_the_simulated_gpu_server_starts_at_the_plan_and_needs_one(
     assert low <= event.metadata["gain_pct"].value <= high  # type: ignore[operator]
     assert event.metadata["noise_spread_pct"].value > 0  # type: ignore[operator]
     assert not cluster[1].deployed  # no server was started for a trial
+
+
+def _hub_with(files: dict[str, bytes]) -> FakeHub:
+    hub = FakeHub().start()
+    hub.repos["acme/llama-8b-chat"] = FakeRepo(files)
+    return hub
+
+
+def _plan_cli(hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    catalog = tmp_path / "models.yaml"
+    catalog.write_text(yaml.safe_dump({
+        "platform": {"hf_endpoint": hub.endpoint},
+        "models": [{"name": MODEL, "source": {"repo": "acme/llama-8b-chat"},
+                    "serving": {"max_model_len": 4096, "max_num_seqs": 64},
+                    "slo": {"ttft_p95_ms": 500, "itl_p95_ms": 30, "min_output_tokens_per_s": 1, "max_error_rate": 0}}],
+    }))  # fmt: skip
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    return main(["plan", MODEL, "--gpu-type", "h100_sxm", "--catalog", str(catalog)])
+
+
+def test_a_hub_model_aiconfigurator_does_not_bundle_is_planned_from_its_config_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before any download: the platform's hub client fetches config.json alone (pinned to the commit the revision
+    resolves to), and AIConfigurator plans from it; no weight file is asked for."""
+    config = resources.files("aiconfigurator_core") / "model_configs" / f"{LLAMA.replace('/', '--')}_config.json"
+    hub = _hub_with({"config.json": config.read_bytes(), "model.safetensors": b"\0" * 4096})
+    try:
+        assert _plan_cli(hub, tmp_path, monkeypatch) == 0, capsys.readouterr().err
+        fetched = {path for method, path, _ in hub.requests if "/resolve/" in path}
+    finally:
+        hub.stop()
+    verdict = capsys.readouterr().out.splitlines()[-1]
+    assert verdict.startswith(f"model '{MODEL}' on h100_sxm: best start TP=1 "), verdict
+    assert fetched and all(path.endswith("/config.json") for path in fetched)
+    assert f"/resolve/{hub.repos['acme/llama-8b-chat'].sha}/" in next(iter(fetched))
+
+
+def test_a_hostile_or_missing_config_is_one_line_and_no_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for files, expected in (
+        ({"README.md": b"hi"}, "config.json of 'acme/llama-8b-chat' at "),
+        ({"config.json": b"[1, 2]"}, "not a JSON object of at most 1048576 bytes"),
+        ({"config.json": b" " * (MAX_CONFIG_BYTES + 1)}, "bytes, more than the 1048576 a config may have"),
+    ):
+        hub = _hub_with(files)
+        try:
+            assert _plan_cli(hub, tmp_path, monkeypatch) == 1
+        finally:
+            hub.stop()
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: model '{MODEL}': ") and expected in err and err.count("\n") == 1, err
