@@ -17,6 +17,7 @@ with the URL and what to do.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from llm_platform.conventions import (
 from llm_platform.engine import EngineMetrics, all_engines
 from llm_platform.errors import PlatformError
 from llm_platform.tuning.policy import Snapshot, TuningLimits
+from llm_platform.workload import MeasuredTraffic
 
 PROMETHEUS_URL_ENV_VAR = "LLM_PLATFORM_PROMETHEUS_URL"
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
@@ -287,6 +289,51 @@ def track_queries(model_name: str, window_s: int, metrics: EngineMetrics) -> dic
     }
 
 
+#: The traffic profile's single-valued measurements (:class:`~llm_platform.workload.MeasuredTraffic` fields).
+TRAFFIC_SCALARS = ("rate_median_rps", "rate_peak_rps", "running_mean", "waiting_mean", "prefix_cache_queries",
+                   "prefix_cache_hits")  # fmt: skip
+#: The request rate a profile reads the median and the peak of (5-minute rates, at a 1-minute step).
+RATE_WINDOW_S, RATE_STEP_S = 300, 60
+
+
+def traffic_queries(model_name: str, window_s: int, metrics: EngineMetrics) -> dict[str, str]:
+    """The queries of one model's traffic profile over the last ``window_s`` seconds: both request-length
+    histograms by ``le``, the 5-minute request rate's median and peak, mean running and waiting requests, the
+    prefix cache's queries and hits, and finished requests by ``finished_reason``."""
+    model = f'{MODEL_NAME_LABEL}="{_label_value(model_name)}"'
+    span = f"{window_s}s"
+
+    def of(metric: str) -> str:
+        return selector(metric, model, metrics)
+
+    def mean(expression: str) -> str:
+        return f"avg_over_time(({expression})[{span}:{RATE_STEP_S}s])"
+
+    rate = f"sum(rate({of(metrics.prompt_tokens + '_count')}[{RATE_WINDOW_S}s]))"
+    return {
+        "prompt": f"sum by (le) (increase({of(metrics.prompt_tokens + '_bucket')}[{span}]))",
+        "generation": f"sum by (le) (increase({of(metrics.generation_tokens + '_bucket')}[{span}]))",
+        "rate_median_rps": f"quantile_over_time(0.5, ({rate})[{span}:{RATE_STEP_S}s])",
+        "rate_peak_rps": f"max_over_time(({rate})[{span}:{RATE_STEP_S}s])",
+        "running_mean": mean(f"sum({of(metrics.requests_running)})"),
+        "waiting_mean": mean(f"sum({of(metrics.requests_waiting)})"),
+        "prefix_cache_queries": f"sum(increase({of(metrics.prefix_cache_queries_total)}[{span}]))",
+        "prefix_cache_hits": f"sum(increase({of(metrics.prefix_cache_hits_total)}[{span}]))",
+        "finish_reasons": f"sum by (finished_reason) (increase({of(metrics.requests_finished)}[{span}]))",
+    }
+
+
+def parse_duration_s(text: str) -> float | None:
+    """A Prometheus duration (``15d``, ``1w2d``, ``36h30m``) in seconds; None when it is not one, or ``0s`` (the
+    default retention, which Prometheus does not state)."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+    parts = re.findall(r"(\d+)(ms|[smhdwy])", text)
+    if not parts or "".join(number + unit for number, unit in parts) != text.strip():
+        return None
+    seconds = sum(int(number) * units[unit] for number, unit in parts)
+    return float(seconds) if seconds > 0 else None
+
+
 def canary_models_query(metrics: EngineMetrics) -> str:
     """The models that have a canary track's server being scraped right now (one series each)."""
     canary = selector(metrics.requests_running, f'{TRACK_METRIC_LABEL}="{CANARY_TRACK}"', metrics)
@@ -310,7 +357,19 @@ class PrometheusClient:
     def query(self, promql: str, at: float | None = None) -> list[tuple[dict[str, str], float]]:
         """``(labels, value)`` per series of an instant query (a scalar result is one series without labels)."""
         params = {"query": promql, **({"time": f"{at:.3f}"} if at is not None else {})}
-        endpoint = f"{self.url.rstrip('/')}/api/v1/query"
+        return self._parse(self._get("/api/v1/query", params), promql)
+
+    def retention_s(self) -> float | None:
+        """How far back Prometheus keeps samples (its ``--storage.tsdb.retention.time``; None: not told)."""
+        response = self._get("/api/v1/status/flags", {})
+        try:
+            flags = response.json().get("data", {})
+        except ValueError:
+            return None
+        return parse_duration_s(str(flags.get("storage.tsdb.retention.time", "")))
+
+    def _get(self, path: str, params: dict[str, str]) -> requests.Response:
+        endpoint = f"{self.url.rstrip('/')}{path}"
         for attempt in range(self.retries + 1):
             self.queries_sent += 1
             try:
@@ -321,7 +380,7 @@ class PrometheusClient:
                 if response.status_code in (429, 500, 502, 503, 504):
                     failure = f"HTTP {response.status_code}"
                 else:
-                    return self._parse(response, promql)
+                    return response
             if attempt == self.retries:
                 raise PrometheusError(
                     f"Prometheus at {self.url} is {failure} after {self.retries + 1} attempts; check "
@@ -376,6 +435,28 @@ class PrometheusClient:
         values, _ = self._by_model(self.query(one_query(fields), at), fields, key=TRACK_METRIC_LABEL)
         return {track: TrackFigures(**{**dict.fromkeys(fields, math.nan), **measured})
                 for track, measured in values.items()}  # fmt: skip
+
+    def measured_traffic(
+        self, model_name: str, window_s: int, metrics: EngineMetrics, at: float | None = None
+    ) -> MeasuredTraffic:
+        """What the model served over the last ``window_s`` seconds (:func:`traffic_queries`), from one query."""
+        fields = traffic_queries(model_name, window_s, metrics)
+        histograms: dict[str, dict[float, float]] = {"prompt": {}, "generation": {}}
+        reasons: dict[str, float] = {}
+        scalars: dict[str, float] = {}
+        for labels, value in self.query(one_query(fields), at):
+            name = labels.get(FIELD_LABEL, "")
+            if name in histograms and "le" in labels:
+                histograms[name][float(labels["le"])] = value
+            elif name == "finish_reasons" and labels.get("finished_reason"):
+                reasons[labels["finished_reason"]] = value
+            elif name in fields and not math.isnan(value):
+                scalars[name] = value
+        return MeasuredTraffic(
+            prompt_cumulative=histograms["prompt"], generation_cumulative=histograms["generation"],
+            finish_reasons=reasons,
+            **{name: scalars.get(name, math.nan) for name in TRAFFIC_SCALARS},
+        )  # fmt: skip
 
     def canary_models(self, metrics: EngineMetrics) -> set[str]:
         """The models whose canary Prometheus scrapes now (a stopped one's series end at once: staleness markers)."""

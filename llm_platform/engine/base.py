@@ -126,6 +126,11 @@ class EngineMetrics:
     """Histogram (base name, seconds): time between successive tokens of a request (its streaming speed)."""
     renamed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Current name → the names it had in earlier releases, matched too so a mixed fleet reads the same."""
+    prefix_cache_queries_total: str = "prefix_cache_queries_total"
+    """Counter: prompt tokens looked up in the prefix cache (a traffic profile's hit ratio; an engine without one
+    has no such series, and the ratio is NaN)."""
+    prefix_cache_hits_total: str = "prefix_cache_hits_total"
+    """Counter: of those, tokens found in the cache."""
 
     def names(self, metric: str) -> tuple[str, ...]:
         """``metric`` under every name it has had, the current one first."""

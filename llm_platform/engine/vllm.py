@@ -37,6 +37,8 @@ VLLM_METRICS = EngineMetrics(
     failed_requests='finished_reason="error"',
     ttft_seconds="vllm:time_to_first_token_seconds",
     itl_seconds="vllm:inter_token_latency_seconds",
+    prefix_cache_queries_total="vllm:prefix_cache_queries_total",
+    prefix_cache_hits_total="vllm:prefix_cache_hits_total",
     renamed={
         "vllm:kv_cache_usage_perc": ("vllm:gpu_cache_usage_perc",),
         "vllm:num_preemptions_total": ("vllm:num_preemptions",),

@@ -1,0 +1,203 @@
+"""The traffic a model really serves (pure): its request-length distributions, rates and cache behaviour over a
+window, as vLLM reports them to Prometheus — what benchmarks, plans and the tuner should be judged on instead of the
+catalog's two typical numbers.
+
+vLLM counts every finished request in two histograms (prompt and generation tokens); a :class:`LengthHistogram`
+holds one over the window, gives its quantiles as PromQL's ``histogram_quantile`` does (linear within a bucket),
+and draws lengths from it with a seed (uniform within the bucket drawn by weight), so that a benchmark can replay
+the shape. A :class:`TrafficProfile` adds the request rate (median and peak of the 5-minute rate), the running and
+waiting requests, the prefix-cache hit ratio and the finish reasons. With fewer than
+:data:`MIN_PROFILE_REQUESTS` finished requests in the window the profile falls back to the catalog's ``traffic``
+section and says so: a few requests say nothing about a shape.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from llm_platform.catalog import ModelSpec
+
+#: Finished requests a window needs before its shape is trusted: with fewer, the catalog's traffic section stands in.
+#: 200 requests put the p90 of a length distribution within about one bucket of where 10,000 would.
+MIN_PROFILE_REQUESTS = 200
+
+
+@dataclass(frozen=True)
+class LengthHistogram:
+    """Requests by token length over a window: ``counts[i]`` requests in ``(bounds[i-1], bounds[i]]`` (the first
+    bucket from 0), and ``counts[-1]`` above the last bound."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[float, ...]
+
+    @classmethod
+    def from_cumulative(cls, cumulative: Mapping[float, float]) -> LengthHistogram:
+        """From a Prometheus histogram's cumulative ``le`` counts (``+Inf`` included); a count that decreases with
+        ``le`` (a counter reset between the buckets' samples) is clipped, never negative."""
+        finite = sorted(bound for bound in cumulative if math.isfinite(bound))
+        total = cumulative.get(math.inf, max((cumulative[b] for b in finite), default=0.0))
+        counts, below = [], 0.0
+        for bound in finite:
+            running = max(below, cumulative[bound])
+            counts.append(running - below)
+            below = running
+        counts.append(max(0.0, total - below))
+        return cls(tuple(finite), tuple(counts))
+
+    @classmethod
+    def point(cls, tokens: int) -> LengthHistogram:
+        """Every request ``tokens`` long (the catalog's typical length, when no traffic was measured)."""
+        return cls((float(tokens),), (1.0, 0.0))
+
+    @property
+    def total(self) -> float:
+        """Requests counted; 0 for a histogram without a finite bound (it says nothing about lengths)."""
+        return sum(self.counts) if self.bounds else 0.0
+
+    def above(self, limit: float) -> float:
+        """Requests in buckets wholly above ``limit`` tokens (for the context: requests vLLM refused or cut)."""
+        lowers = (0.0, *self.bounds)
+        return sum(count for lower, count in zip(lowers, self.counts, strict=True) if lower >= limit)
+
+    def quantile(self, q: float) -> float:
+        """The ``q`` quantile, interpolated within its bucket as ``histogram_quantile`` does; NaN when empty."""
+        total = self.total
+        if total <= 0 or not self.bounds:
+            return math.nan
+        rank, below = q * total, 0.0
+        for index, count in enumerate(self.counts):
+            if count > 0 and below + count >= rank:
+                if index == len(self.bounds):  # above the last bound: its value is the last bound
+                    return self.bounds[-1]
+                lower = self.bounds[index - 1] if index else 0.0
+                return lower + (self.bounds[index] - lower) * (rank - below) / count
+            below += count
+        return self.bounds[-1]
+
+    def sample(self, n: int, rng: random.Random, *, cap: int) -> list[int]:
+        """``n`` lengths drawn from the distribution: a bucket by its weight, then uniform within it (integers at
+        least 1, at most ``cap``; above the last bound, the last bound). Buckets wholly above ``cap`` are left out:
+        those requests were refused, a replay does not send them."""
+        lowers = (0.0, *self.bounds)
+        uppers = (*self.bounds, self.bounds[-1] if self.bounds else 0.0)
+        weights = [count if lower < cap else 0.0 for lower, count in zip(lowers, self.counts, strict=True)]
+        if not self.bounds or sum(weights) <= 0:
+            raise ValueError(f"the length histogram has nothing to draw from at or below {cap} tokens")
+        buckets = rng.choices(range(len(self.counts)), weights=weights, k=n)
+        return [
+            max(1, min(cap, round(rng.uniform(lowers[b], uppers[b]) if uppers[b] > lowers[b] else uppers[b])))
+            for b in buckets
+        ]
+
+
+@dataclass(frozen=True)
+class TrafficProfile:
+    """What one model served over ``window_s`` seconds (``source: catalog``: too little was measured, and these are
+    the catalog's typical lengths)."""
+
+    model: str
+    window_s: float
+    source: Literal["prometheus", "catalog"]
+    requests: float
+    prompt: LengthHistogram
+    generation: LengthHistogram
+    rate_median_rps: float = math.nan
+    """Median of the 5-minute request rate over the window."""
+    rate_peak_rps: float = math.nan
+    """Highest 5-minute request rate in the window (what a benchmark at the profile's rate sends)."""
+    running_mean: float = math.nan
+    waiting_mean: float = math.nan
+    prefix_cache_hit_ratio: float = math.nan
+    finish_reasons: Mapping[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_catalog(cls, model: ModelSpec, window_s: float, requests: float, note: str) -> TrafficProfile:
+        """The catalog's ``traffic`` section as a profile, with the reason it stands in."""
+        return cls(
+            model=model.name, window_s=window_s, source="catalog", requests=requests,
+            prompt=LengthHistogram.point(model.traffic.input_tokens),
+            generation=LengthHistogram.point(model.traffic.output_tokens), notes=(note,),
+        )  # fmt: skip
+
+    def quantiles(self) -> dict[str, dict[str, float]]:
+        """p50/p90/p99 of both lengths (the table the asset shows)."""
+        return {
+            name: {f"p{round(q * 100)}": histogram.quantile(q) for q in (0.5, 0.9, 0.99)}
+            for name, histogram in (("prompt_tokens", self.prompt), ("generation_tokens", self.generation))
+        }
+
+    @property
+    def described(self) -> str:
+        """One line naming the profile (what a benchmark's metadata says it replayed)."""
+        lengths = self.quantiles()
+        return (
+            f"{self.source} profile of '{self.model}' over {self.window_s / 3600:g} h: {self.requests:.0f} requests, "
+            f"prompt p50 {lengths['prompt_tokens']['p50']:.0f} / p99 {lengths['prompt_tokens']['p99']:.0f}, "
+            f"output p50 {lengths['generation_tokens']['p50']:.0f} / p99 {lengths['generation_tokens']['p99']:.0f} "
+            "tokens"
+        )
+
+
+@dataclass(frozen=True)
+class MeasuredTraffic:
+    """What Prometheus answered for one model over a window (NaN: no series)."""
+
+    prompt_cumulative: Mapping[float, float]
+    generation_cumulative: Mapping[float, float]
+    rate_median_rps: float
+    rate_peak_rps: float
+    running_mean: float
+    waiting_mean: float
+    prefix_cache_queries: float
+    prefix_cache_hits: float
+    finish_reasons: Mapping[str, float]
+
+
+def build_profile(model: ModelSpec, window_s: float, measured: MeasuredTraffic) -> TrafficProfile:
+    """The model's profile from what was measured; the catalog's traffic section when the window holds fewer than
+    :data:`MIN_PROFILE_REQUESTS` finished requests or no length histogram; bad data is a note, never an error."""
+    prompt = LengthHistogram.from_cumulative(measured.prompt_cumulative)
+    generation = LengthHistogram.from_cumulative(measured.generation_cumulative)
+    requests = min(prompt.total, generation.total)
+    if requests < MIN_PROFILE_REQUESTS:
+        return TrafficProfile.from_catalog(
+            model, window_s, requests,
+            f"{requests:.0f} finished requests in the window (fewer than {MIN_PROFILE_REQUESTS}): the catalog's "
+            f"traffic section ({model.traffic.input_tokens} in / {model.traffic.output_tokens} out) stands in",
+        )  # fmt: skip
+    notes = []
+    limit = model.serving.max_model_len
+    beyond = prompt.above(limit)
+    if beyond > 0:
+        notes.append(
+            f"{beyond:.0f} requests had prompts longer than max_model_len {limit} (refused by the engine): "
+            "they are left out of what a benchmark replays"
+        )
+    hit_ratio = (
+        measured.prefix_cache_hits / measured.prefix_cache_queries
+        if measured.prefix_cache_queries and measured.prefix_cache_queries > 0
+        else math.nan
+    )
+    return TrafficProfile(
+        model=model.name, window_s=window_s, source="prometheus", requests=requests, prompt=prompt,
+        generation=generation, rate_median_rps=measured.rate_median_rps, rate_peak_rps=measured.rate_peak_rps,
+        running_mean=measured.running_mean, waiting_mean=measured.waiting_mean, prefix_cache_hit_ratio=hit_ratio,
+        finish_reasons=dict(measured.finish_reasons), notes=tuple(notes),
+    )  # fmt: skip
+
+
+def window_problem(window_s: float, retention_s: float | None) -> str | None:
+    """Why a profile window cannot be read (one line), or None: longer than what Prometheus keeps, or not positive."""
+    if not window_s > 0:
+        return f"traffic profile window must be positive (got {window_s:g} s)"
+    if retention_s is not None and window_s > retention_s:
+        return (
+            f"traffic profile window {window_s / 3600:g} h is longer than Prometheus keeps ({retention_s / 3600:g} h "
+            "of retention): shorten the window or raise --storage.tsdb.retention.time"
+        )
+    return None

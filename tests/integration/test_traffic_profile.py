@@ -1,0 +1,74 @@
+"""A model's traffic profile read from a real Prometheus: an hour of vLLM series backfilled with promtool (short
+chat turns most of the time, long documents for a third of it, a burst of requests), one query, and the profile
+built from it — the lengths' shape, the median and peak rate, the fallback for an idle model, and the retention."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from llm_platform.catalog import parse_catalog
+from llm_platform.dev.promtrace import Behaviour, Episode, backfill, openmetrics
+from llm_platform.engine.vllm import VLLM_METRICS
+from llm_platform.processes import free_port
+from llm_platform.prometheus import PrometheusClient
+from llm_platform.services import LocalServices
+from llm_platform.workload import build_profile, window_problem
+
+pytestmark = pytest.mark.integration
+
+HOUR = 3600
+#: 300-token chat turns with 100-token answers at 2 requests/s; for the middle third, 3,000-token documents with
+#: 500-token answers; for 10 minutes near the end, 6 requests/s.
+MIXED = Behaviour(
+    prompt_tokens=300, generation_tokens=100, requests_per_s=2.0,
+    episodes=(Episode(1200, 2400, {"prompt_tokens": 3000, "generation_tokens": 500}),
+              Episode(2700, 3300, {"requests_per_s": 6.0})),
+)  # fmt: skip
+CATALOG = parse_catalog({"models": [{"name": name, "source": {"repo": f"org/{name}"},
+                                     "serving": {"max_model_len": 4096}} for name in ("mixed", "idle")]})  # fmt: skip
+
+
+def test_the_profile_shows_the_shape_and_the_rate_of_what_was_served(tmp_path: Path) -> None:
+    if shutil.which("prometheus") is None or shutil.which("promtool") is None:
+        pytest.fail("prometheus/promtool are not installed (make test installs the Debian package)")
+    now = time.time()
+    idle = Behaviour(requests_per_s=0.01)
+    trace = openmetrics({"mixed": MIXED, "idle": idle}, now - HOUR, now - 5, step_s=15)
+    backfill(trace, tmp_path / "prometheus" / "data")
+    services = LocalServices(tmp_path)
+    record = services.start_prometheus(tmp_path / "file_sd", port=free_port())
+    try:
+        client = PrometheusClient(record.url)
+        sent = client.queries_sent
+        measured = client.measured_traffic("mixed", HOUR - 60, VLLM_METRICS, at=now)
+        assert client.queries_sent == sent + 1  # the whole profile in one request
+        quiet = client.measured_traffic("idle", HOUR - 60, VLLM_METRICS, at=now)
+        retention = client.retention_s()
+    finally:
+        services.stop("prometheus")
+
+    profile = build_profile(CATALOG.model("mixed"), HOUR - 60, measured)
+    assert profile.source == "prometheus" and not profile.notes
+    # About (40 + 10) min at 2/s and 10 min at 6/s: ~9,500 requests.
+    assert 8_000 < profile.requests < 11_000
+    lengths = profile.quantiles()
+    # Two thirds short turns, one third documents: the median is a chat turn, the p90 a document.
+    assert lengths["prompt_tokens"]["p50"] <= 500 < 2000 <= lengths["prompt_tokens"]["p90"] <= 5000
+    assert lengths["generation_tokens"]["p50"] <= 200 < lengths["generation_tokens"]["p90"]
+    assert profile.rate_median_rps == pytest.approx(2.0, rel=0.1)
+    assert profile.rate_peak_rps == pytest.approx(6.0, rel=0.1)
+    assert math.isnan(profile.prefix_cache_hit_ratio)  # the trace has no prefix-cache series: unknown, not zero
+    # About 36 requests in the hour: the catalog's traffic section stands in, and says so.
+    fallback = build_profile(CATALOG.model("idle"), HOUR - 60, quiet)
+    assert fallback.source == "catalog"
+    assert "the catalog's traffic section (1024 in / 256 out) stands in" in fallback.notes[0]
+    # The local Prometheus keeps 7 days (its --storage.tsdb.retention.time); a window beyond it is one line.
+    assert retention == 7 * 86400
+    assert str(window_problem(8 * 86400, retention)).startswith(
+        "traffic profile window 192 h is longer than Prometheus"
+    )

@@ -1,0 +1,102 @@
+"""The traffic profile's pure core: histograms from Prometheus' cumulative buckets, quantiles as
+``histogram_quantile`` computes them, seeded draws that reproduce the shape, the catalog fallback below the evidence
+floor, and the notes for refused lengths and impossible windows."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+
+import pytest
+
+from llm_platform.catalog import parse_catalog
+from llm_platform.workload import (
+    MIN_PROFILE_REQUESTS,
+    LengthHistogram,
+    MeasuredTraffic,
+    build_profile,
+    window_problem,
+)
+
+TRAFFIC = {"input_tokens": 700, "output_tokens": 90}
+MODEL = parse_catalog(
+    {"models": [{"name": "m", "source": {"repo": "a/b"}, "serving": {"max_model_len": 4096}, "traffic": TRAFFIC}]}
+).model("m")
+#: 1,000 requests: 100 up to 100 tokens, 600 in (100, 500], 280 in (500, 2000], 20 in (2000, 5000], none above.
+CUMULATIVE = {100.0: 100.0, 500.0: 700.0, 2000.0: 980.0, 5000.0: 1000.0, math.inf: 1000.0}
+
+
+def _measured(prompt: dict[float, float], generation: dict[float, float] | None = None) -> MeasuredTraffic:
+    return MeasuredTraffic(prompt, generation or prompt, 1.5, 4.0, 3.0, 0.5, 400.0, 100.0, {"stop": 900, "length": 100})
+
+
+def test_buckets_and_quantiles_as_prometheus_computes_them() -> None:
+    histogram = LengthHistogram.from_cumulative(CUMULATIVE)
+    assert histogram.counts == (100, 600, 280, 20, 0) and histogram.total == 1000
+    # histogram_quantile(0.5): rank 500 falls in (100, 500] at 400/600 of it.
+    assert histogram.quantile(0.5) == pytest.approx(100 + 400 * 400 / 600)
+    assert histogram.quantile(0.99) == pytest.approx(2000 + 3000 * 10 / 20)
+    assert math.isnan(LengthHistogram.from_cumulative({math.inf: 0.0}).quantile(0.5))
+    # A bucket sampled after a counter reset reads lower than the one below it: clipped, never negative.
+    assert min(LengthHistogram.from_cumulative({10.0: 5.0, 20.0: 3.0, math.inf: 9.0}).counts) >= 0
+
+
+def test_seeded_draws_reproduce_the_shape_and_respect_the_cap() -> None:
+    histogram = LengthHistogram.from_cumulative(CUMULATIVE)
+    first = histogram.sample(5000, random.Random(7), cap=4096)
+    assert first == histogram.sample(5000, random.Random(7), cap=4096)  # a seed makes runs comparable
+    assert first != histogram.sample(5000, random.Random(8), cap=4096)
+    assert min(first) >= 1 and max(first) <= 4096
+    share_short = sum(1 for n in first if n <= 100) / len(first)
+    assert share_short == pytest.approx(0.1, abs=0.02)
+    assert statistics.median(first) == pytest.approx(histogram.quantile(0.5), rel=0.05)
+    with pytest.raises(ValueError, match="nothing to draw from at or below 10 tokens"):
+        LengthHistogram.from_cumulative({math.inf: 0.0}).sample(1, random.Random(0), cap=10)
+    # Requests longer than the cap were refused: a replay draws none of them.
+    refused = LengthHistogram.from_cumulative({100.0: 10.0, 8000.0: 1000.0, math.inf: 1000.0})
+    assert set(refused.sample(200, random.Random(1), cap=100)) <= set(range(1, 101))
+
+
+def test_a_profile_from_enough_traffic_names_its_figures() -> None:
+    profile = build_profile(MODEL, 86400, _measured(CUMULATIVE))
+    assert profile.source == "prometheus" and profile.requests == 1000 and not profile.notes
+    assert profile.prefix_cache_hit_ratio == pytest.approx(0.25)
+    assert profile.rate_peak_rps == 4.0 and dict(profile.finish_reasons) == {"stop": 900, "length": 100}
+    assert profile.described.startswith("prometheus profile of 'm' over 24 h: 1000 requests, prompt p50 367 / p99")
+
+
+def test_too_little_traffic_falls_back_to_the_catalog_and_says_so() -> None:
+    few = {100.0: 10.0, math.inf: MIN_PROFILE_REQUESTS - 1.0}
+    profile = build_profile(MODEL, 3600, _measured(few))
+    assert profile.source == "catalog"
+    assert profile.notes == (
+        f"{MIN_PROFILE_REQUESTS - 1} finished requests in the window (fewer than {MIN_PROFILE_REQUESTS}): the "
+        "catalog's traffic section (700 in / 90 out) stands in",
+    )
+    assert profile.prompt.quantile(0.5) == pytest.approx(350) and profile.prompt.sample(3, random.Random(0), cap=4096)
+    assert build_profile(MODEL, 3600, _measured({})).source == "catalog"  # no histogram at all: a note too
+
+
+def test_prompts_beyond_the_context_are_a_note() -> None:
+    profile = build_profile(MODEL, 3600, _measured({**CUMULATIVE, 8000.0: 1050.0, math.inf: 1050.0}))
+    assert profile.notes == (
+        "50 requests had prompts longer than max_model_len 4096 (refused by the engine): they are left out of what "
+        "a benchmark replays",
+    )
+
+
+@pytest.mark.parametrize(
+    ("window_s", "retention_s", "problem"),
+    [
+        (86400, 15 * 86400, None),
+        (86400, None, None),
+        (30 * 86400, 15 * 86400, "traffic profile window 720 h is longer than Prometheus keeps (360 h of retention)"),
+        (0, None, "traffic profile window must be positive (got 0 s)"),
+    ],
+)
+def test_a_window_prometheus_cannot_answer_is_one_line(
+    window_s: float, retention_s: float | None, problem: str | None
+) -> None:
+    found = window_problem(window_s, retention_s)
+    assert found == problem if problem is None else (found is not None and found.startswith(problem))
