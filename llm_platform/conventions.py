@@ -136,6 +136,7 @@ class ServedModel:
 
 WEIGHTS_ASSET = "model_weights"
 PLAN_ASSET = "serving_plan"
+TRAFFIC_PROFILE_ASSET = "traffic_profile"
 SERVING_CONFIG_ASSET = "serving_config"
 SMOKE_BENCHMARK_ASSET = "smoke_benchmark"
 DEPLOYMENT_ASSET = "vllm_deployment"

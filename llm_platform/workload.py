@@ -17,7 +17,7 @@ import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from llm_platform.catalog import ModelSpec
 
@@ -124,6 +124,42 @@ class TrafficProfile:
             generation=LengthHistogram.point(model.traffic.output_tokens), notes=(note,),
         )  # fmt: skip
 
+    def as_json(self) -> dict[str, Any]:
+        """The profile as JSON (NaN as null): what its materialization records for the benchmarks that replay it."""
+
+        def number(value: float) -> float | None:
+            return None if math.isnan(value) else value
+
+        return {
+            "model": self.model, "window_s": self.window_s, "source": self.source, "requests": self.requests,
+            "prompt": {"bounds": list(self.prompt.bounds), "counts": list(self.prompt.counts)},
+            "generation": {"bounds": list(self.generation.bounds), "counts": list(self.generation.counts)},
+            **{name: number(getattr(self, name)) for name in _SCALARS},
+            "finish_reasons": dict(self.finish_reasons), "notes": list(self.notes),
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TrafficProfile:
+        """:meth:`as_json`'s output back (a ``ValueError``/``KeyError``/``TypeError`` when it is not one)."""
+
+        def histogram(part: Mapping[str, Any]) -> LengthHistogram:
+            bounds, counts = tuple(float(b) for b in part["bounds"]), tuple(float(c) for c in part["counts"])
+            if len(counts) != len(bounds) + 1 or any(c < 0 for c in counts) or list(bounds) != sorted(bounds):
+                raise ValueError("not a length histogram")
+            return LengthHistogram(bounds, counts)
+
+        source = data["source"]
+        if source not in ("prometheus", "catalog"):
+            raise ValueError(f"unknown profile source {source!r}")
+        return cls(
+            model=str(data["model"]), window_s=float(data["window_s"]), source=source,
+            requests=float(data["requests"]), prompt=histogram(data["prompt"]),
+            generation=histogram(data["generation"]),
+            **{name: math.nan if data.get(name) is None else float(data[name]) for name in _SCALARS},
+            finish_reasons={str(k): float(v) for k, v in dict(data.get("finish_reasons") or {}).items()},
+            notes=tuple(str(note) for note in data.get("notes") or ()),
+        )  # fmt: skip
+
     def quantiles(self) -> dict[str, dict[str, float]]:
         """p50/p90/p99 of both lengths (the table the asset shows)."""
         return {
@@ -141,6 +177,10 @@ class TrafficProfile:
             f"output p50 {lengths['generation_tokens']['p50']:.0f} / p99 {lengths['generation_tokens']['p99']:.0f} "
             "tokens"
         )
+
+
+#: The profile's single-valued fields (NaN where not measured).
+_SCALARS = ("rate_median_rps", "rate_peak_rps", "running_mean", "waiting_mean", "prefix_cache_hit_ratio")
 
 
 @dataclass(frozen=True)

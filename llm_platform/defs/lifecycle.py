@@ -12,12 +12,14 @@ from llm_platform.defs.planning import build_serving_plan_asset
 from llm_platform.defs.serving import build_serving_config_asset
 from llm_platform.defs.tuning import build_tuned_serving_config_asset
 from llm_platform.defs.weights import build_weights_asset
+from llm_platform.defs.workload import build_traffic_profile_asset
 
 
 def lifecycle_assets(catalog: Catalog) -> list[dg.AssetsDefinition]:
     """model_weights → serving_plan (AIConfigurator's estimate, before the GPU hour) and serving_config →
     smoke_benchmark (blocking SLO checks) → vllm_deployment → live_benchmark,
-    partitioned by model, with model_weights → tuned_serving_config (auto_tune) feeding serving_config."""
+    partitioned by model, with model_weights → tuned_serving_config (auto_tune) feeding serving_config; and
+    traffic_profile (what the model really served, from Prometheus)."""
     partitions = model_partitions(catalog)
     return [
         build_weights_asset(catalog, partitions),
@@ -27,4 +29,5 @@ def lifecycle_assets(catalog: Catalog) -> list[dg.AssetsDefinition]:
         build_benchmark_asset(catalog, partitions),
         build_deployment_asset(catalog, partitions),
         build_live_benchmark_asset(catalog, partitions),
+        build_traffic_profile_asset(catalog, partitions),
     ]

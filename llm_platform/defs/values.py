@@ -16,11 +16,12 @@ import pandas as pd
 
 from llm_platform.benchmark.parse import results_frame
 from llm_platform.catalog import ModelSpec, config_fingerprint
-from llm_platform.conventions import PLAN_ASSET
+from llm_platform.conventions import PLAN_ASSET, TRAFFIC_PROFILE_ASSET
 from llm_platform.errors import PlatformError
 from llm_platform.planning.plan import Estimate, ServingPlan
 from llm_platform.targets.base import Deployment
 from llm_platform.weights.plan import SnapshotManifest
+from llm_platform.workload import TrafficProfile
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,7 @@ _CODECS: dict[str, tuple[type, Callable[[Any], Any], Callable[[Any], Any]]] = {
     "results_frame": (pd.DataFrame, _frame_to_json, _frame_from_json),
     "overrides": (dict, dict, _overrides_from_json),
     PLAN_ASSET: (ServingPlan, _plan_to_json, _plan_from_json),
+    TRAFFIC_PROFILE_ASSET: (TrafficProfile, TrafficProfile.as_json, TrafficProfile.from_json),
 }
 
 

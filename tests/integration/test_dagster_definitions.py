@@ -177,4 +177,5 @@ def test_materialize_all_of_the_lifecycle_group_spends_no_search_or_live_benchma
         "model_lifecycle": {"model_weights", "serving_plan", "serving_config", "smoke_benchmark", "vllm_deployment"},
         "live_benchmark": {"live_benchmark"},
         "auto_tune": {"tuned_serving_config"},
+        "traffic": {"traffic_profile"},
     }

@@ -9,15 +9,22 @@ import shutil
 import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from llm_platform.catalog import parse_catalog
+from llm_platform.conventions import TRAFFIC_PROFILE_ASSET
+from llm_platform.defs.partitions import model_partitions
+from llm_platform.defs.resources import PrometheusResource
+from llm_platform.defs.storage import VALUE_METADATA_KEY, InstanceValueIOManager
+from llm_platform.defs.values import decode_value
+from llm_platform.defs.workload import build_traffic_profile_asset
 from llm_platform.dev.promtrace import Behaviour, Episode, backfill, openmetrics
 from llm_platform.engine.vllm import VLLM_METRICS
 from llm_platform.processes import free_port
 from llm_platform.prometheus import PrometheusClient
 from llm_platform.services import LocalServices
-from llm_platform.workload import build_profile, window_problem
+from llm_platform.workload import TrafficProfile, build_profile, window_problem
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +38,17 @@ MIXED = Behaviour(
 )  # fmt: skip
 CATALOG = parse_catalog({"models": [{"name": name, "source": {"repo": f"org/{name}"},
                                      "serving": {"max_model_len": 4096}} for name in ("mixed", "idle")]})  # fmt: skip
+
+
+def _materialize(url: str, window_hours: float) -> dg.ExecuteInProcessResult:
+    """``traffic_profile`` of the mixed model through Dagster, its value stored as the lifecycle stores values."""
+    with dg.instance_for_test() as instance:
+        return dg.materialize(
+            [build_traffic_profile_asset(CATALOG, model_partitions(CATALOG))], partition_key="mixed", instance=instance,
+            resources={"prometheus": PrometheusResource(url=url), "io_manager": InstanceValueIOManager()},
+            run_config={"ops": {TRAFFIC_PROFILE_ASSET: {"config": {"window_hours": window_hours}}}},
+            raise_on_error=False,
+        )  # fmt: skip
 
 
 def test_the_profile_shows_the_shape_and_the_rate_of_what_was_served(tmp_path: Path) -> None:
@@ -49,6 +67,7 @@ def test_the_profile_shows_the_shape_and_the_rate_of_what_was_served(tmp_path: P
         assert client.queries_sent == sent + 1  # the whole profile in one request
         quiet = client.measured_traffic("idle", HOUR - 60, VLLM_METRICS, at=now)
         retention = client.retention_s()
+        materialized, refused = _materialize(record.url, 1.0), _materialize(record.url, 24.0 * 8)
     finally:
         services.stop("prometheus")
 
@@ -72,3 +91,15 @@ def test_the_profile_shows_the_shape_and_the_rate_of_what_was_served(tmp_path: P
     assert str(window_problem(8 * 86400, retention)).startswith(
         "traffic profile window 192 h is longer than Prometheus"
     )
+    # Through Dagster: the figures, the plot and the value a benchmark will replay; a window beyond retention fails.
+    assert materialized.success
+    (event,) = materialized.asset_materializations_for_node(TRAFFIC_PROFILE_ASSET)
+    assert str(event.metadata["profile"].value).startswith("prometheus profile of 'mixed' over 1 h: ")
+    assert str(event.metadata["lengths_plot"].value).startswith("![request lengths](data:image/png;base64,")
+    stored = decode_value(event.metadata[VALUE_METADATA_KEY].value, "traffic_profile")
+    assert isinstance(stored, TrafficProfile) and stored.source == "prometheus"
+    assert stored.requests == event.metadata["requests"].value and stored.prompt.counts and stored.generation.counts
+    assert not refused.success
+    failure = next(e for e in refused.all_events if e.is_step_failure)
+    description = str(failure.step_failure_data.user_failure_data.description)  # type: ignore[union-attr]
+    assert description.startswith("model 'mixed': traffic profile window 192 h is longer than Prometheus keeps")

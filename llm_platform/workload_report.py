@@ -1,0 +1,54 @@
+"""A traffic profile for the Dagster UI: the length distributions as bars (share of requests per bucket of vLLM's
+histogram) and a table of the figures. Pure but for matplotlib's rendering."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from llm_platform.charts import new_figure, to_png
+from llm_platform.workload import LengthHistogram, TrafficProfile
+
+
+def figures_frame(profile: TrafficProfile) -> pd.DataFrame:
+    """One row per figure: the length quantiles, the rates, the queue, the prefix cache, the finish reasons."""
+    rows: list[tuple[str, float]] = [
+        (f"{name} {quantile}", value)
+        for name, quantiles in profile.quantiles().items()
+        for quantile, value in quantiles.items()
+    ]
+    rows += [
+        ("requests", profile.requests),
+        ("rate median (req/s, 5-min)", profile.rate_median_rps),
+        ("rate peak (req/s, 5-min)", profile.rate_peak_rps),
+        ("running (mean)", profile.running_mean),
+        ("waiting (mean)", profile.waiting_mean),
+        ("prefix cache hit ratio", profile.prefix_cache_hit_ratio),
+        *((f"finished: {reason}", count) for reason, count in sorted(profile.finish_reasons.items())),
+    ]
+    return pd.DataFrame(rows, columns=["figure", "value"])
+
+
+def _bars(axis: Any, histogram: LengthHistogram, title: str) -> None:
+    labels = [f"≤{bound:g}" for bound in histogram.bounds] + [f">{histogram.bounds[-1]:g}" if histogram.bounds else ""]
+    total = histogram.total or 1.0
+    shares = [count / total for count in histogram.counts]
+    kept = [index for index, share in enumerate(shares) if share > 0] or [0]
+    first, last = kept[0], kept[-1] + 1
+    axis.bar(range(last - first), shares[first:last], color="tab:blue")
+    axis.set_xticks(range(last - first), labels[first:last], rotation=45, fontsize="small")
+    axis.set_title(title)
+    axis.set_ylabel("share of requests")
+
+
+def profile_png(profile: TrafficProfile) -> bytes:
+    """Prompt (left) and generation (right) lengths, as the shares of the requests per bucket."""
+    figure, _ = new_figure(9, 3.5)
+    figure.clf()  # two panels instead of new_figure's one
+    left, right = figure.subplots(1, 2)
+    _bars(left, profile.prompt, "prompt tokens")
+    _bars(right, profile.generation, "generation tokens")
+    figure.suptitle(f"{profile.model}: {profile.source} profile over {profile.window_s / 3600:g} h "
+                    f"({profile.requests:.0f} requests)")  # fmt: skip
+    return to_png(figure)
