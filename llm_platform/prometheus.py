@@ -296,6 +296,12 @@ TRAFFIC_SCALARS = ("rate_median_rps", "rate_peak_rps", "running_mean", "waiting_
 RATE_WINDOW_S, RATE_STEP_S = 300, 60
 
 
+def request_rate_query(model_name: str, metrics: EngineMetrics) -> str:
+    """The model's 5-minute rate of finished requests (all servers)."""
+    count = selector(metrics.prompt_tokens + "_count", f'{MODEL_NAME_LABEL}="{_label_value(model_name)}"', metrics)
+    return f"sum(rate({count}[{RATE_WINDOW_S}s]))"
+
+
 def traffic_queries(model_name: str, window_s: int, metrics: EngineMetrics) -> dict[str, str]:
     """The queries of one model's traffic profile over the last ``window_s`` seconds: both request-length
     histograms by ``le``, the 5-minute request rate's median and peak, mean running and waiting requests, the
@@ -309,7 +315,7 @@ def traffic_queries(model_name: str, window_s: int, metrics: EngineMetrics) -> d
     def mean(expression: str) -> str:
         return f"avg_over_time(({expression})[{span}:{RATE_STEP_S}s])"
 
-    rate = f"sum(rate({of(metrics.prompt_tokens + '_count')}[{RATE_WINDOW_S}s]))"
+    rate = request_rate_query(model_name, metrics)
     return {
         "prompt": f"sum by (le) (increase({of(metrics.prompt_tokens + '_bucket')}[{span}]))",
         "generation": f"sum by (le) (increase({of(metrics.generation_tokens + '_bucket')}[{span}]))",
@@ -358,6 +364,19 @@ class PrometheusClient:
         """``(labels, value)`` per series of an instant query (a scalar result is one series without labels)."""
         params = {"query": promql, **({"time": f"{at:.3f}"} if at is not None else {})}
         return self._parse(self._get("/api/v1/query", params), promql)
+
+    def query_range(self, promql: str, start: float, end: float, step_s: int) -> list[tuple[float, float]]:
+        """The samples of a range query's first series, as ``(time, value)`` (empty when it has none)."""
+        params = {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step_s}s"}
+        response = self._get("/api/v1/query_range", params)
+        try:
+            body: dict[str, Any] = response.json()
+        except ValueError:
+            raise PrometheusError(f"{self.url} answered HTTP {response.status_code} without JSON") from None
+        if body.get("status") != "success":
+            raise PrometheusError(f"Prometheus refused the query {promql!r}: {body.get('error', 'no reason given')}")
+        result = body.get("data", {}).get("result") or []
+        return [(float(t), float(v)) for t, v in result[0].get("values", [])] if result else []
 
     def retention_s(self) -> float | None:
         """How far back Prometheus keeps samples (its ``--storage.tsdb.retention.time``; None: not told)."""
@@ -439,8 +458,11 @@ class PrometheusClient:
     def measured_traffic(
         self, model_name: str, window_s: int, metrics: EngineMetrics, at: float | None = None
     ) -> MeasuredTraffic:
-        """What the model served over the last ``window_s`` seconds (:func:`traffic_queries`), from one query."""
+        """What the model served over the last ``window_s`` seconds: :func:`traffic_queries` in one query, and the
+        request rate over the window (for the plot) in a range query."""
         fields = traffic_queries(model_name, window_s, metrics)
+        end = at if at is not None else time.time()
+        rate = self.query_range(request_rate_query(model_name, metrics), end - window_s, end, RATE_WINDOW_S)
         histograms: dict[str, dict[float, float]] = {"prompt": {}, "generation": {}}
         reasons: dict[str, float] = {}
         scalars: dict[str, float] = {}
@@ -454,7 +476,7 @@ class PrometheusClient:
                 scalars[name] = value
         return MeasuredTraffic(
             prompt_cumulative=histograms["prompt"], generation_cumulative=histograms["generation"],
-            finish_reasons=reasons,
+            finish_reasons=reasons, rate_series=tuple(rate),
             **{name: scalars.get(name, math.nan) for name in TRAFFIC_SCALARS},
         )  # fmt: skip
 

@@ -114,6 +114,8 @@ class TrafficProfile:
     prefix_cache_hit_ratio: float = math.nan
     finish_reasons: Mapping[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    rate_series: tuple[tuple[float, float], ...] = ()
+    """``(time, requests/s)`` over the window (the 5-minute rate): what the plot shows."""
 
     @classmethod
     def from_catalog(cls, model: ModelSpec, window_s: float, requests: float, note: str) -> TrafficProfile:
@@ -136,6 +138,7 @@ class TrafficProfile:
             "generation": {"bounds": list(self.generation.bounds), "counts": list(self.generation.counts)},
             **{name: number(getattr(self, name)) for name in _SCALARS},
             "finish_reasons": dict(self.finish_reasons), "notes": list(self.notes),
+            "rate_series": [list(point) for point in self.rate_series],
         }  # fmt: skip
 
     @classmethod
@@ -158,6 +161,7 @@ class TrafficProfile:
             **{name: math.nan if data.get(name) is None else float(data[name]) for name in _SCALARS},
             finish_reasons={str(k): float(v) for k, v in dict(data.get("finish_reasons") or {}).items()},
             notes=tuple(str(note) for note in data.get("notes") or ()),
+            rate_series=tuple((float(t), float(v)) for t, v in data.get("rate_series") or ()),
         )  # fmt: skip
 
     def quantiles(self) -> dict[str, dict[str, float]]:
@@ -196,6 +200,8 @@ class MeasuredTraffic:
     prefix_cache_queries: float
     prefix_cache_hits: float
     finish_reasons: Mapping[str, float]
+    rate_series: tuple[tuple[float, float], ...] = ()
+    """``(time, requests/s)`` over the window, every 5 minutes (the plot's)."""
 
 
 def build_profile(model: ModelSpec, window_s: float, measured: MeasuredTraffic) -> TrafficProfile:
@@ -227,7 +233,7 @@ def build_profile(model: ModelSpec, window_s: float, measured: MeasuredTraffic) 
         model=model.name, window_s=window_s, source="prometheus", requests=requests, prompt=prompt,
         generation=generation, rate_median_rps=measured.rate_median_rps, rate_peak_rps=measured.rate_peak_rps,
         running_mean=measured.running_mean, waiting_mean=measured.waiting_mean, prefix_cache_hit_ratio=hit_ratio,
-        finish_reasons=dict(measured.finish_reasons), notes=tuple(notes),
+        finish_reasons=dict(measured.finish_reasons), notes=tuple(notes), rate_series=tuple(measured.rate_series),
     )  # fmt: skip
 
 

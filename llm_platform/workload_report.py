@@ -43,12 +43,20 @@ def _bars(axis: Any, histogram: LengthHistogram, title: str) -> None:
 
 
 def profile_png(profile: TrafficProfile) -> bytes:
-    """Prompt (left) and generation (right) lengths, as the shares of the requests per bucket."""
-    figure, _ = new_figure(9, 3.5)
-    figure.clf()  # two panels instead of new_figure's one
-    left, right = figure.subplots(1, 2)
-    _bars(left, profile.prompt, "prompt tokens")
-    _bars(right, profile.generation, "generation tokens")
+    """Prompt and generation lengths, as the shares of the requests per bucket, and the request rate over the
+    window (5-minute rate; empty when it was not measured)."""
+    figure, _ = new_figure(12, 3.5)
+    figure.clf()  # three panels instead of new_figure's one
+    prompt, generation, rate = figure.subplots(1, 3)
+    _bars(prompt, profile.prompt, "prompt tokens")
+    _bars(generation, profile.generation, "generation tokens")
+    if profile.rate_series:
+        start = profile.rate_series[0][0]
+        rate.plot([(t - start) / 3600 for t, _ in profile.rate_series], [v for _, v in profile.rate_series],
+                  color="tab:green")  # fmt: skip
+    rate.set_xlabel("hours into the window")
+    rate.set_ylabel("requests/s (5-min rate)")
+    rate.set_title("request rate")
     figure.suptitle(f"{profile.model}: {profile.source} profile over {profile.window_s / 3600:g} h "
                     f"({profile.requests:.0f} requests)")  # fmt: skip
     return to_png(figure)

@@ -20,7 +20,6 @@ from llm_platform.errors import PlatformError
 from llm_platform.workload import TrafficProfile, build_profile, window_problem
 from llm_platform.workload_report import figures_frame, profile_png
 
-
 TRAFFIC_GROUP = "traffic"
 
 

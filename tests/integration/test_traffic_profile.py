@@ -64,7 +64,7 @@ def test_the_profile_shows_the_shape_and_the_rate_of_what_was_served(tmp_path: P
         client = PrometheusClient(record.url)
         sent = client.queries_sent
         measured = client.measured_traffic("mixed", HOUR - 60, VLLM_METRICS, at=now)
-        assert client.queries_sent == sent + 1  # the whole profile in one request
+        assert client.queries_sent == sent + 2  # the figures in one request, the rate over the window in another
         quiet = client.measured_traffic("idle", HOUR - 60, VLLM_METRICS, at=now)
         retention = client.retention_s()
         materialized, refused = _materialize(record.url, 1.0), _materialize(record.url, 24.0 * 8)
@@ -81,6 +81,9 @@ def test_the_profile_shows_the_shape_and_the_rate_of_what_was_served(tmp_path: P
     assert lengths["generation_tokens"]["p50"] <= 200 < lengths["generation_tokens"]["p90"]
     assert profile.rate_median_rps == pytest.approx(2.0, rel=0.1)
     assert profile.rate_peak_rps == pytest.approx(6.0, rel=0.1)
+    # The rate over the window, every 5 minutes: the burst near the end, 2/s before it.
+    rates = [value for _, value in profile.rate_series]
+    assert len(rates) >= 11 and max(rates) == pytest.approx(6.0, rel=0.1) and min(rates) < 2.5
     assert math.isnan(profile.prefix_cache_hit_ratio)  # the trace has no prefix-cache series: unknown, not zero
     # About 36 requests in the hour: the catalog's traffic section stands in, and says so.
     fallback = build_profile(CATALOG.model("idle"), HOUR - 60, quiet)
