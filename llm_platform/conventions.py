@@ -147,3 +147,7 @@ LIFECYCLE_ASSETS = (WEIGHTS_ASSET, PLAN_ASSET, SERVING_CONFIG_ASSET, SMOKE_BENCH
 """What the lifecycle job materializes, in order."""
 PROMOTE_ASSETS = (SERVING_CONFIG_ASSET, SMOKE_BENCHMARK_ASSET, DEPLOYMENT_ASSET)
 """What a promotion materializes: a config, its benchmark, the deployment."""
+
+#: The file beside a benchmark's results with the lengths a replaying benchmark sends (``[[prompt, output], ...]``):
+#: written by the runner, read by the benchmark client's shim (``llm_platform.benchmark.vllm_bench``).
+REPLAY_LENGTHS_FILE = "replay-lengths.json"

@@ -237,6 +237,18 @@ def build_profile(model: ModelSpec, window_s: float, measured: MeasuredTraffic) 
     )  # fmt: skip
 
 
+def replay_lengths(profile: TrafficProfile, n: int, *, seed: int, max_model_len: int) -> tuple[tuple[int, int], ...]:
+    """``n`` ``(prompt, output)`` token lengths drawn from ``profile`` with ``seed`` (the same seed, the same
+    requests): prompts that fit the context with at least one output token, outputs cut to what the context leaves
+    (as the engine would stop them)."""
+    rng = random.Random(seed)  # noqa: S311 - benchmark lengths, seeded so that runs are comparable
+    prompts = profile.prompt.sample(n, rng, cap=max_model_len - 1)
+    outputs = profile.generation.sample(n, rng, cap=max_model_len - 1)
+    return tuple(
+        (prompt, max(1, min(output, max_model_len - prompt))) for prompt, output in zip(prompts, outputs, strict=True)
+    )
+
+
 def window_problem(window_s: float, retention_s: float | None) -> str | None:
     """Why a profile window cannot be read (one line), or None: longer than what Prometheus keeps, or not positive."""
     if not window_s > 0:

@@ -87,6 +87,8 @@ class FakeCluster:
     """Every weight the edge was set to, by model, over the cluster's life."""
     clock: list[float] = field(default_factory=lambda: [0.0])
     """The rollouts' clock: waiting advances it (no test sleeps through a canary's steps)."""
+    benchmark_plans: list[BenchmarkPlan] = field(default_factory=list)
+    """Every candidate benchmark's plan, in order."""
     crashed: dict[str, list[Crash]] = field(default_factory=dict)
     """model → its crashed containers, as the pods' statuses would tell."""
     """model → (engine fingerprint, serving) of what serves."""
@@ -105,6 +107,7 @@ CLUSTERS: dict[str, FakeCluster] = {}
 
 class FakeServingTarget(ServingTarget):
     kind = "fake"
+    replays_traffic_profiles = True
 
     def __init__(self, cluster: FakeCluster, artifacts_root: Path) -> None:
         super().__init__(artifacts_root)
@@ -152,6 +155,7 @@ class FakeServingTarget(ServingTarget):
             raise PlatformError(f"model '{model.name}': vLLM did not start: {refusal}")
         fingerprint = self._fingerprint(model, weights)
         self.cluster.calls.append(f"benchmark {model.name} {fingerprint}")
+        self.cluster.benchmark_plans.append(plan)
         self.cluster.candidates.setdefault(model.name, set()).add(fingerprint)
         return self._measure(model.serving, plan)
 

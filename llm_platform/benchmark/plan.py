@@ -34,12 +34,26 @@ class BenchmarkPlan:
     #: Requests are all offered at once and throttled by the concurrency limit.
     request_rate: str = "inf"
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    requests: tuple[tuple[int, int], ...] = ()
+    """``(prompt tokens, output tokens)`` of each request to replay (drawn from a traffic profile) instead of the
+    random dataset's fixed lengths; empty: the random dataset."""
+    workload: str = ""
+    """What the requests replay (the profile's description), for the benchmark's metadata."""
 
     def __post_init__(self) -> None:
         if not self.concurrency_levels or min(self.concurrency_levels) < 1:
             raise ValueError("concurrency levels must be positive")
         if self.input_len < 1 or self.output_len < 1 or self.prompts_per_level < 1:
             raise ValueError("input_len, output_len and prompts_per_level must be positive")
+        if any(prompt < 1 or output < 1 for prompt, output in self.requests):
+            raise ValueError("replayed requests need at least one prompt and one output token")
+
+    @property
+    def described(self) -> str:
+        """What the benchmark sends, in one line."""
+        if self.requests:
+            return f"replay of {len(self.requests)} requests drawn from the {self.workload}"
+        return f"random dataset: {self.input_len} prompt tokens, {self.output_len} output tokens per request"
 
 
 def plan_for(

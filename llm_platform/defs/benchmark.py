@@ -18,7 +18,13 @@ from llm_platform.benchmark.plan import BenchmarkPlan, plan_for
 from llm_platform.benchmark.report import plot_png, summary_markdown
 from llm_platform.benchmark.slo import SloResult, evaluate_slos, regressions
 from llm_platform.catalog import Catalog, ModelSpec
-from llm_platform.conventions import DEPLOYMENT_ASSET, LIVE_BENCHMARK_ASSET, PLAN_ASSET, SMOKE_BENCHMARK_ASSET
+from llm_platform.conventions import (
+    DEPLOYMENT_ASSET,
+    LIVE_BENCHMARK_ASSET,
+    PLAN_ASSET,
+    SMOKE_BENCHMARK_ASSET,
+    TRAFFIC_PROFILE_ASSET,
+)
 from llm_platform.defs.failures import platform_errors_as_failure, refuse_environment_references
 from llm_platform.defs.metadata import table_metadata
 from llm_platform.defs.resources import TargetResource
@@ -28,6 +34,7 @@ from llm_platform.defs.weights import LIVE_BENCHMARK_GROUP, lifecycle_asset_opti
 from llm_platform.perfmodel import predicted_levels
 from llm_platform.planning.plan import ServingPlan, predicted_vs_measured
 from llm_platform.targets.base import LevelResults
+from llm_platform.workload import TrafficProfile, replay_lengths
 
 SLO_CHECKS = {
     "ttft_p95_ms": "p95 time to first token at every concurrency level is within slo.ttft_p95_ms",
@@ -50,6 +57,12 @@ class BenchmarkConfig(dg.Config):
     output_len: int = Field(default=64, description="Generated tokens per request (EOS ignored).")
     concurrency_levels: list[int] | None = Field(default=None, description="Default: 1, 8 and max_num_seqs.")
     num_warmups: int = Field(default=2, description="Warm-up requests before each level.")
+    replay_traffic_profile: bool = Field(
+        default=True,
+        description="Where the model has a traffic_profile measured from its live traffic (and the target's client "
+        "can replay one), send requests whose prompt and output lengths are drawn from it (seeded) instead of the "
+        "random dataset's fixed lengths. False: the synthetic plan.",
+    )
     reuse_deployed: bool = Field(
         default=True,
         description="When the candidate's engine config (and weights) is exactly the one serving - a promotion that "
@@ -66,6 +79,23 @@ def plan_from_config(model: ModelSpec, config: BenchmarkConfig) -> BenchmarkPlan
     if config.concurrency_levels:
         plan = dataclasses.replace(plan, concurrency_levels=tuple(sorted(config.concurrency_levels)))
     return plan
+
+
+def with_traffic_profile(
+    context: dg.AssetExecutionContext, model: ModelSpec, plan: BenchmarkPlan, replays: bool
+) -> BenchmarkPlan:
+    """``plan`` replaying the model's latest measured traffic profile, when there is one and the target's client
+    replays; the plan as it is otherwise (the reason logged)."""
+    profile = latest_value(context.instance, TRAFFIC_PROFILE_ASSET, model.name)
+    if not isinstance(profile, TrafficProfile) or profile.source != "prometheus":
+        return plan
+    if not replays:
+        context.log.info(f"model '{model.name}': this target's benchmark client does not replay traffic profiles yet")
+        return plan
+    requests = replay_lengths(
+        profile, plan.prompts_per_level, seed=plan.seed, max_model_len=model.serving.max_model_len
+    )
+    return dataclasses.replace(plan, requests=requests, workload=profile.described)
 
 
 def slo_check_name(slo: str) -> str:
@@ -145,7 +175,8 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
         kinds={"vllm", "pandas"},
         **lifecycle_asset_options(catalog, partitions),
         pool=BENCHMARK_POOL,
-        deps=[PLAN_ASSET],  # read when there is one: the promote job does not plan again
+        # Read when there is one: the promote job does not plan again, nor measure the traffic.
+        deps=[PLAN_ASSET, TRAFFIC_PROFILE_ASSET],
         # The value is a BenchmarkOutcome; stated here because a parametrized return annotation is not accepted
         # together with check specs.
         dagster_type=dg.Any,
@@ -154,7 +185,8 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
             for name, text in SLO_CHECKS.items()
         ],
         description=(
-            "vLLM's own benchmark (vllm bench serve, random dataset) of the candidate serving_config at a few "
+            "vLLM's own benchmark (vllm bench serve: the random dataset, or a replay of the model's measured "
+            "traffic_profile) of the candidate serving_config at a few "
             "concurrency levels: one row per level with throughput and TTFT/TPOT/ITL/E2E percentiles. Blocking "
             "checks compare it with the catalog's SLOs; a failed check stops the promotion."
         ),
@@ -169,6 +201,9 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
         model, weights = serving_config.model, serving_config.weights
         plan = plan_from_config(model, config)
         serving_target = target.serving_target(catalog.platform)
+        if config.replay_traffic_profile:
+            plan = with_traffic_profile(context, model, plan, serving_target.replays_traffic_profiles)
+        context.log.info(f"model '{model.name}': benchmark workload: {plan.described}")
         work_dir = serving_target.artifact_dir(model.name, "benchmarks", context.run.run_id)
         deployed = latest_value(context.instance, DEPLOYMENT_ASSET, model.name) if config.reuse_deployed else None
         reused = isinstance(deployed, DeploymentRecord) and deployed.choice.fingerprint == serving_config.fingerprint
@@ -206,7 +241,10 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
                 "target": dg.MetadataValue.text(serving_target.kind),
                 "weights_sha": dg.MetadataValue.text(weights.sha),
                 "reused_promotion_benchmark": dg.MetadataValue.bool(reused),
-                "plan": dg.MetadataValue.json(json.loads(json.dumps(plan.__dict__))),
+                "plan": dg.MetadataValue.json(
+                    json.loads(json.dumps({k: v for k, v in plan.__dict__.items() if k != "requests"}))
+                ),
+                "workload": dg.MetadataValue.text(plan.described),
             },
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
+from llm_platform.conventions import REPLAY_LENGTHS_FILE
 from llm_platform.engine import vllm_flags
 from llm_platform.engine.base import BenchmarkWorkload, Engine, EngineInvocation, EngineMetrics, ServingSettings
 
@@ -165,9 +166,15 @@ class VllmEngine(Engine):
             "--model", served_model_name,
             "--served-model-name", served_model_name,
             "--tokenizer", tokenizer,
-            "--dataset-name", "random",
-            "--random-input-len", str(workload.input_len),
-            "--random-output-len", str(workload.output_len),
+            *(
+                # A replay: our client shim turns the lengths into prompts with the model's tokenizer (a custom
+                # dataset with each request's output length).
+                ("--replay-lengths", f"{result_dir}/{REPLAY_LENGTHS_FILE}", "--dataset-name", "custom",
+                 "--custom-output-len", "-1", "--skip-chat-template")
+                if workload.requests
+                else ("--dataset-name", "random", "--random-input-len", str(workload.input_len),
+                      "--random-output-len", str(workload.output_len))
+            ),
             "--num-prompts", str(workload.prompts_per_level),
             "--max-concurrency", str(concurrency),
             "--request-rate", workload.request_rate,

@@ -308,3 +308,29 @@ def test_deployment_refuses_a_config_that_was_not_benchmarked(served_tiny: Serve
     assert "the last smoke_benchmark missed its SLOs; run the promote job" in failure.step_failure_data.error.message
     status = served_tiny.local_target.target().status("tiny-llama")
     assert status.active is not None and status.active.fingerprint == served_tiny.fingerprint
+
+
+def test_a_replay_sends_every_request_with_its_own_prompt_and_output_length(
+    served_tiny: ServedTiny, tmp_path: Path
+) -> None:
+    """What only vLLM's benchmark shows: our client shim writes a prompt of each drawn length with the model's
+    tokenizer, and vLLM's custom dataset sends each request with its own output length (EOS ignored)."""
+    from llm_platform.benchmark.plan import BenchmarkPlan
+    from llm_platform.benchmark.runner import run_plan
+    from llm_platform.engine.vllm import VLLM
+
+    lengths = ((20, 5), (300, 40), (64, 12), (700, 3), (150, 25))
+    plan = BenchmarkPlan(prompts_per_level=len(lengths), concurrency_levels=(2,), num_warmups=0, requests=lengths,
+                         workload="test profile")  # fmt: skip
+    _, raw = run_plan(
+        plan, engine=VLLM, model="tiny-llama", base_url=served_tiny.endpoint, tokenizer=served_tiny.weights_path,
+        work_dir=tmp_path, api_key=served_tiny.api_key,
+    )  # fmt: skip
+    result = raw[2]
+    assert result["completed"] == len(lengths)
+    assert result["total_output_tokens"] == sum(output for _, output in lengths)
+    # A decode/encode round trip may merge a token or two, and the tokenizer adds BOS: within 3 % of the lengths.
+    assert result["total_input_tokens"] == pytest.approx(sum(prompt for prompt, _ in lengths), rel=0.03)
+    dataset = [json.loads(line) for line in (tmp_path / "replay-lengths.dataset.jsonl").read_text().splitlines()]
+    assert [row["output_tokens"] for row in dataset] == [output for _, output in lengths]
+    assert len({row["prompt"] for row in dataset}) == len(lengths)

@@ -16,6 +16,7 @@ from llm_platform.workload import (
     LengthHistogram,
     MeasuredTraffic,
     build_profile,
+    replay_lengths,
     window_problem,
 )
 
@@ -100,3 +101,13 @@ def test_a_window_prometheus_cannot_answer_is_one_line(
 ) -> None:
     found = window_problem(window_s, retention_s)
     assert found == problem if problem is None else (found is not None and found.startswith(problem))
+
+
+def test_replayed_lengths_are_seeded_and_fit_the_context() -> None:
+    profile = build_profile(MODEL, 3600, _measured({**CUMULATIVE, 8000.0: 1050.0, math.inf: 1050.0}))
+    first = replay_lengths(profile, 300, seed=3, max_model_len=4096)
+    assert first == replay_lengths(profile, 300, seed=3, max_model_len=4096)
+    assert first != replay_lengths(profile, 300, seed=4, max_model_len=4096)
+    assert all(prompt >= 1 and output >= 1 and prompt + output <= 4096 for prompt, output in first)
+    # The refused prompts (above 4,096) are not replayed; the long tail up to the context is.
+    assert max(prompt for prompt, _ in first) > 2000

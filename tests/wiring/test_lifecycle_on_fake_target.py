@@ -4,6 +4,7 @@ in seconds. Real vLLM, Prometheus, PostgreSQL and the Kubernetes API emulator ar
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,13 +16,15 @@ import pytest
 
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.catalog import Catalog, Serving, parse_catalog
-from llm_platform.conventions import TUNED_ASSET
+from llm_platform.conventions import TRAFFIC_PROFILE_ASSET, TUNED_ASSET
 from llm_platform.defs.jobs import LIFECYCLE_ASSETS, PROMOTE_ASSETS, promotion_request, schedule_name
 from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.defs.resources import PrometheusResource, WeightsResource
 from llm_platform.defs.sensors import build_drift_sensor
-from llm_platform.defs.storage import InstanceValueIOManager
+from llm_platform.defs.storage import VALUE_METADATA_KEY, InstanceValueIOManager
+from llm_platform.defs.values import encode_value
 from llm_platform.tuning.policy import Crash
+from llm_platform.workload import MeasuredTraffic, TrafficProfile, build_profile, replay_lengths
 from tests.conftest import NO_PROMETHEUS, deployed_serving
 from tests.fakeprom import FakePrometheus
 from tests.faketarget import CLUSTERS, FakeCluster, FakeTargetResource, default_performance
@@ -295,6 +298,49 @@ def test_a_capacity_change_rescales_without_restarting_or_benchmarking(
     (deployment,) = rescaled.asset_materializations_for_node("vllm_deployment")
     autoscaling = deployment.metadata["autoscaling"].value
     assert isinstance(autoscaling, dict) and autoscaling["max_replicas"] == 4
+
+
+def _record_profile(instance: dg.DagsterInstance, profile: TrafficProfile) -> None:
+    """A traffic_profile materialization of the model, as the asset records it (its value in the metadata)."""
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            TRAFFIC_PROFILE_ASSET, partition=MODEL,
+            metadata={VALUE_METADATA_KEY: dg.MetadataValue.json(encode_value(profile))},
+        )
+    )  # fmt: skip
+
+
+def test_the_smoke_benchmark_replays_the_measured_traffic_profile(
+    cluster: tuple[str, FakeCluster], instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    """No profile, or one that fell back to the catalog: the random dataset. A measured one: each request's lengths
+    drawn from it with the plan's seed, and the metadata names it."""
+    catalog = _catalog()
+    platform = _platform(catalog, cluster, instance, tmp_path)
+    assert platform.lifecycle().success
+    assert not cluster[1].benchmark_plans[-1].requests
+    model = catalog.model(MODEL)
+    _record_profile(instance, TrafficProfile.from_catalog(model, 3600, 12, "too few requests"))
+    assert platform.run(PROMOTE_ASSETS, {"smoke_benchmark": {"config": {**SMALL, "reuse_deployed": False}}}).success
+    assert not cluster[1].benchmark_plans[-1].requests
+    measured = build_profile(model, 3600, MeasuredTraffic({100.0: 300.0, 1000.0: 900.0, math.inf: 1000.0},
+                                                          {50.0: 800.0, 400.0: 1000.0, math.inf: 1000.0},
+                                                          1.0, 3.0, 2.0, 0.0, math.nan, math.nan, {}))  # fmt: skip
+    _record_profile(instance, measured)
+
+    run = platform.run(PROMOTE_ASSETS, {"smoke_benchmark": {"config": {**SMALL, "reuse_deployed": False}}})
+
+    assert run.success
+    plan = cluster[1].benchmark_plans[-1]
+    assert len(plan.requests) == SMALL["prompts_per_level"]
+    assert plan.requests == replay_lengths(measured, len(plan.requests), seed=plan.seed, max_model_len=2048)
+    (bench,) = run.asset_materializations_for_node("smoke_benchmark")
+    assert str(bench.metadata["workload"].value).startswith(
+        "replay of 8 requests drawn from the prometheus profile of 'tiny' over 1 h: 1000 requests"
+    )
+    synthetic_plan = {**SMALL, "reuse_deployed": False, "replay_traffic_profile": False}
+    synthetic = platform.run(PROMOTE_ASSETS, {"smoke_benchmark": {"config": synthetic_plan}})
+    assert synthetic.success and not cluster[1].benchmark_plans[-1].requests
 
 
 CUDA_OOM = Crash("vllm-tiny-7d9f-x2", "Error", 1, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate")
