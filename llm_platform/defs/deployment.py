@@ -73,7 +73,7 @@ def build_deployment_asset(catalog: Catalog, partitions: dg.PartitionsDefinition
             if cleaned:
                 context.log.warning(f"model '{model.name}': {cleaned}")
             canary = (
-                serving_target.start_canary(model, serving_config.weights, owner=context.run_id, log=log)
+                serving_target.start_canary(model, serving_config.weights, owner=context.run.run_id, log=log)
                 if model.rollout.strategy == "canary"
                 else None
             )
