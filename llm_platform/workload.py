@@ -50,8 +50,9 @@ class LengthHistogram:
 
     @classmethod
     def point(cls, tokens: int) -> LengthHistogram:
-        """Every request ``tokens`` long (the catalog's typical length, when no traffic was measured)."""
-        return cls((float(tokens),), (1.0, 0.0))
+        """Every request ``tokens`` long (the catalog's typical length, when no traffic was measured): one bucket
+        of width one ending there."""
+        return cls((float(tokens - 1), float(tokens)), (0.0, 1.0, 0.0))
 
     @property
     def total(self) -> float:
@@ -79,7 +80,7 @@ class LengthHistogram:
         return self.bounds[-1]
 
     def sample(self, n: int, rng: random.Random, *, cap: int) -> list[int]:
-        """``n`` lengths drawn from the distribution: a bucket by its weight, then uniform within it (integers at
+        """``n`` lengths drawn from the distribution: a bucket by its weight, then an integer uniform within it (at
         least 1, at most ``cap``; above the last bound, the last bound). Buckets wholly above ``cap`` are left out:
         those requests were refused, a replay does not send them."""
         lowers = (0.0, *self.bounds)
@@ -88,8 +89,10 @@ class LengthHistogram:
         if not self.bounds or sum(weights) <= 0:
             raise ValueError(f"the length histogram has nothing to draw from at or below {cap} tokens")
         buckets = rng.choices(range(len(self.counts)), weights=weights, k=n)
+        # A bucket holds the integer lengths above its lower bound up to its upper bound (Prometheus' ``le``).
+        spans = [(math.floor(lower) + 1, math.floor(upper)) for lower, upper in zip(lowers, uppers, strict=True)]
         return [
-            max(1, min(cap, round(rng.uniform(lowers[b], uppers[b]) if uppers[b] > lowers[b] else uppers[b])))
+            max(1, min(cap, rng.randint(*spans[b]) if spans[b][1] >= spans[b][0] else math.floor(uppers[b])))
             for b in buckets
         ]
 
