@@ -10,6 +10,7 @@ id) or from a local directory with a ``config.json``; nothing is ever downloaded
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -232,12 +233,38 @@ def plan_model(
         return ServingPlan(model.name, gpu_type, note=f"AIConfigurator has no estimates for engine '{engine.name}'")
     try:
         reference = model_reference(model.source.repo, local_dir, architecture)
+        heads = attention_heads(reference)
+        if heads:  # vLLM splits the attention heads over the GPUs: a size that does not divide them cannot serve
+            axes = dataclasses.replace(axes, tensor_parallel_size=tuple(
+                tp for tp in axes.tensor_parallel_size if heads % tp == 0
+            ))  # fmt: skip
         return plan_serving(
             model, gpu_type, lambda tp: open_perf_model(reference, gpu_type, tp), axes, gpu_quota=gpu_quota,
             model_ref=reference,
         )  # fmt: skip
     except PerfModelUnavailable as error:
         return ServingPlan(model.name, gpu_type, note=str(error))
+
+
+def attention_heads(reference: str) -> int | None:
+    """``num_attention_heads`` of the architecture AIConfigurator reads for ``reference`` (a bundled repository id
+    or a directory with a ``config.json``; the text part of a multimodal config); None when it does not say."""
+    if Path(reference).is_dir():
+        text = (Path(reference) / "config.json").read_text()
+    else:
+        bundled = (
+            resources.files("aiconfigurator_core") / "model_configs" / f"{reference.replace('/', '--')}_config.json"
+        )
+        if not bundled.is_file():
+            return None
+        text = bundled.read_text()
+    try:
+        config = json.loads(text)
+    except ValueError:
+        return None
+    config = config.get("text_config", config) if isinstance(config, dict) else {}
+    heads = config.get("num_attention_heads") if isinstance(config, dict) else None
+    return heads if isinstance(heads, int) and heads > 0 else None
 
 
 def predicted_levels(

@@ -193,3 +193,17 @@ def test_a_hostile_or_missing_config_is_one_line_and_no_plan(
             hub.stop()
         err = capsys.readouterr().err
         assert err.startswith(f"error: model '{MODEL}': ") and expected in err and err.count("\n") == 1, err
+
+
+def test_only_tensor_parallel_sizes_that_divide_the_attention_heads_are_planned(tmp_path: Path) -> None:
+    """vLLM splits the heads over the GPUs: a model with 4 heads is planned on 1, 2 and 4 GPUs, never 8 (which
+    AIConfigurator refuses outright, and which used to turn the whole plan into a note)."""
+    bundled = resources.files("aiconfigurator_core") / "model_configs" / f"{LLAMA.replace('/', '--')}_config.json"
+    config = json.loads(bundled.read_text())
+    config.update(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=64)  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = _catalog("h100_sxm", {"ttft_p95_ms": 500, "itl_p95_ms": 30}, repo="acme/tiny").model(MODEL)
+    plan = plan_model(model, "h100_sxm", 8, str(tmp_path), PlanAxes(max_num_seqs=(64,), max_num_batched_tokens=(512,)))
+    assert not plan.note, plan.note
+    assert sorted({e.tensor_parallel_size for e in plan.estimates}) == [1, 2, 4]
