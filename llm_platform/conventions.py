@@ -148,6 +148,7 @@ LIFECYCLE_ASSETS = (WEIGHTS_ASSET, PLAN_ASSET, SERVING_CONFIG_ASSET, SMOKE_BENCH
 PROMOTE_ASSETS = (SERVING_CONFIG_ASSET, SMOKE_BENCHMARK_ASSET, DEPLOYMENT_ASSET)
 """What a promotion materializes: a config, its benchmark, the deployment."""
 
-#: The file beside a benchmark's results with the lengths a replaying benchmark sends (``[[prompt, output], ...]``):
-#: written by the runner, read by the benchmark client's shim (``llm_platform.benchmark.vllm_bench``).
+#: Beside a replaying benchmark's results: the lengths it sends (``[[prompt, output], ...]``) and the custom dataset
+#: written from them (``llm_platform/benchmark/replay_dataset.py``), which the benchmark client reads.
 REPLAY_LENGTHS_FILE = "replay-lengths.json"
+REPLAY_DATASET_FILE = "replay-dataset.jsonl"

@@ -107,7 +107,6 @@ CLUSTERS: dict[str, FakeCluster] = {}
 
 class FakeServingTarget(ServingTarget):
     kind = "fake"
-    replays_traffic_profiles = True
 
     def __init__(self, cluster: FakeCluster, artifacts_root: Path) -> None:
         super().__init__(artifacts_root)

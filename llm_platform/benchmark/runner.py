@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from llm_platform.benchmark import vllm_bench
+from llm_platform.benchmark import replay_dataset, vllm_bench
 from llm_platform.benchmark.parse import parse_result, results_frame
 from llm_platform.benchmark.plan import BenchmarkPlan, bench_serve_args, level_filename
-from llm_platform.conventions import REPLAY_LENGTHS_FILE
+from llm_platform.conventions import REPLAY_DATASET_FILE, REPLAY_LENGTHS_FILE
 from llm_platform.engine import Engine
 from llm_platform.errors import BenchmarkError
 
@@ -49,8 +49,10 @@ def run_level(
     work_dir.mkdir(parents=True, exist_ok=True)
     result_file = work_dir / level_filename(concurrency)
     result_file.unlink(missing_ok=True)
-    if plan.requests:  # a replay: the client's shim writes the prompts from these lengths
-        (work_dir / REPLAY_LENGTHS_FILE).write_text(json.dumps([list(pair) for pair in plan.requests]))
+    if plan.requests:  # a replay: the prompts of these lengths, written with the model's tokenizer
+        lengths = [list(pair) for pair in plan.requests]
+        (work_dir / REPLAY_LENGTHS_FILE).write_text(json.dumps(lengths))
+        replay_dataset.write_dataset(lengths, tokenizer, plan.seed, work_dir / REPLAY_DATASET_FILE)
     args = bench_serve_args(
         engine,
         plan,

@@ -59,9 +59,9 @@ class BenchmarkConfig(dg.Config):
     num_warmups: int = Field(default=2, description="Warm-up requests before each level.")
     replay_traffic_profile: bool = Field(
         default=True,
-        description="Where the model has a traffic_profile measured from its live traffic (and the target's client "
-        "can replay one), send requests whose prompt and output lengths are drawn from it (seeded) instead of the "
-        "random dataset's fixed lengths. False: the synthetic plan.",
+        description="Where the model has a traffic_profile measured from its live traffic, send requests whose "
+        "prompt and output lengths are drawn from it (seeded) instead of the random dataset's fixed lengths. False: "
+        "the synthetic plan.",
     )
     reuse_deployed: bool = Field(
         default=True,
@@ -81,16 +81,11 @@ def plan_from_config(model: ModelSpec, config: BenchmarkConfig) -> BenchmarkPlan
     return plan
 
 
-def with_traffic_profile(
-    context: dg.AssetExecutionContext, model: ModelSpec, plan: BenchmarkPlan, replays: bool
-) -> BenchmarkPlan:
-    """``plan`` replaying the model's latest measured traffic profile, when there is one and the target's client
-    replays; the plan as it is otherwise (the reason logged)."""
+def with_traffic_profile(context: dg.AssetExecutionContext, model: ModelSpec, plan: BenchmarkPlan) -> BenchmarkPlan:
+    """``plan`` replaying the model's latest measured traffic profile, when there is one (a profile that fell back
+    to the catalog has nothing to replay): each request's lengths drawn from it with the plan's seed."""
     profile = latest_value(context.instance, TRAFFIC_PROFILE_ASSET, model.name)
     if not isinstance(profile, TrafficProfile) or profile.source != "prometheus":
-        return plan
-    if not replays:
-        context.log.info(f"model '{model.name}': this target's benchmark client does not replay traffic profiles yet")
         return plan
     requests = replay_lengths(
         profile, plan.prompts_per_level, seed=plan.seed, max_model_len=model.serving.max_model_len
@@ -202,7 +197,7 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
         plan = plan_from_config(model, config)
         serving_target = target.serving_target(catalog.platform)
         if config.replay_traffic_profile:
-            plan = with_traffic_profile(context, model, plan, serving_target.replays_traffic_profiles)
+            plan = with_traffic_profile(context, model, plan)
         context.log.info(f"model '{model.name}': benchmark workload: {plan.described}")
         work_dir = serving_target.artifact_dir(model.name, "benchmarks", context.run.run_id)
         deployed = latest_value(context.instance, DEPLOYMENT_ASSET, model.name) if config.reuse_deployed else None

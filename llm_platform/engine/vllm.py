@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
-from llm_platform.conventions import REPLAY_LENGTHS_FILE
+from llm_platform.conventions import REPLAY_DATASET_FILE
 from llm_platform.engine import vllm_flags
 from llm_platform.engine.base import BenchmarkWorkload, Engine, EngineInvocation, EngineMetrics, ServingSettings
 
@@ -167,9 +167,9 @@ class VllmEngine(Engine):
             "--served-model-name", served_model_name,
             "--tokenizer", tokenizer,
             *(
-                # A replay: our client shim turns the lengths into prompts with the model's tokenizer (a custom
-                # dataset with each request's output length).
-                ("--replay-lengths", f"{result_dir}/{REPLAY_LENGTHS_FILE}", "--dataset-name", "custom",
+                # A replay: the prompts written beside the results (replay_dataset.py), each request with its own
+                # output length, sent as written.
+                ("--dataset-name", "custom", "--dataset-path", f"{result_dir}/{REPLAY_DATASET_FILE}",
                  "--custom-output-len", "-1", "--skip-chat-template")
                 if workload.requests
                 else ("--dataset-name", "random", "--random-input-len", str(workload.input_len),

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 from typing import Any
 
+from llm_platform.benchmark import replay_dataset
 from llm_platform.benchmark.plan import (
     BENCH_RESULT_MARKER,
     BENCH_ROUND_MARKER,
@@ -16,7 +18,12 @@ from llm_platform.benchmark.plan import (
     level_filename,
 )
 from llm_platform.catalog import ModelSpec, Platform
-from llm_platform.conventions import ENGINE_HEALTH_PATH, ENGINE_LOOPBACK_PORT
+from llm_platform.conventions import (
+    ENGINE_HEALTH_PATH,
+    ENGINE_LOOPBACK_PORT,
+    REPLAY_DATASET_FILE,
+    REPLAY_LENGTHS_FILE,
+)
 from llm_platform.engine import engine_for
 from llm_platform.manifests.pods import cache_dir, serving_invocation, weights_path
 
@@ -67,10 +74,14 @@ def benchmark_script(
             "  sleep 5",
             "done",
         ]
+    if plan.requests:
+        lines += replay_dataset_lines(result_dir, plan, weights_path(platform, model, revision))
     dump = "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))))"
     for round_index in range(rounds):
         round_dir = f"{result_dir}/round-{round_index}"
         lines += [f"mkdir -p {round_dir}", f"echo {BENCH_ROUND_MARKER} {round_index}"]
+        if plan.requests:
+            lines.append(f"cp {result_dir}/{REPLAY_DATASET_FILE} {round_dir}/{REPLAY_DATASET_FILE}")
         for concurrency in plan.concurrency_levels:
             args = bench_serve_args(
                 engine,
@@ -91,6 +102,26 @@ def benchmark_script(
     if against is None:
         lines += ['kill "$server"', 'wait "$server" 2>/dev/null']
     return "\n".join([*lines, "exit 0"]) + "\n"
+
+
+#: The end of the here-documents that carry the replay's lengths and writer into the Job (never in either).
+_HEREDOC_END = "LLM_PLATFORM_END_OF_FILE"
+
+
+def replay_dataset_lines(result_dir: str, plan: BenchmarkPlan, tokenizer: str) -> list[str]:
+    """Lines that write the replay's prompts in the Job: its lengths and ``replay_dataset.py`` itself (the engine
+    image has ``transformers``, not the platform) as here-documents, then the writer run with the plan's seed."""
+    writer = Path(replay_dataset.__file__).read_text()
+    lengths = json.dumps([list(pair) for pair in plan.requests])
+    if _HEREDOC_END in writer:
+        raise ValueError("replay_dataset.py contains the here-document's end marker")
+    return [
+        f"cat > {result_dir}/{REPLAY_LENGTHS_FILE} <<'{_HEREDOC_END}'", lengths, _HEREDOC_END,
+        f"cat > {result_dir}/replay_dataset.py <<'{_HEREDOC_END}'", writer.rstrip("\n"), _HEREDOC_END,
+        f"python3 {result_dir}/replay_dataset.py {result_dir}/{REPLAY_LENGTHS_FILE} {shlex.quote(tokenizer)} "
+        f"{plan.seed} {result_dir}/{REPLAY_DATASET_FILE} || "
+        '{ echo "error: writing the replayed prompts failed" >&2; exit 6; }',
+    ]  # fmt: skip
 
 
 def rounds_from_log(log: str) -> list[dict[int, dict[str, Any]]]:

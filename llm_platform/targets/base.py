@@ -189,9 +189,6 @@ class ServingTarget(TrialBackend):
         """The model's canary, if one is there (in progress, or left behind by a run that died)."""
         return None
 
-    #: Whether this target's benchmark client replays a traffic profile's lengths (``BenchmarkPlan.requests``).
-    replays_traffic_profiles: bool = False
-
     def crashes(self, model: ModelSpec) -> list[Crash]:
         """The model's crashed engine containers (not OOM-killed) with their termination messages, for the drift
         policy's diagnosis; none where the target keeps no such record (the local target restarts nothing)."""

@@ -40,7 +40,6 @@ class LocalTarget(ServingTarget):
     """vLLM on CPU on this machine, weights in ``store``, fetched from ``hub``."""
 
     kind = "local"
-    replays_traffic_profiles = True  # the benchmark runs through llm_platform.benchmark.vllm_bench's shim
 
     def __init__(
         self,

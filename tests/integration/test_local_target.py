@@ -313,7 +313,7 @@ def test_deployment_refuses_a_config_that_was_not_benchmarked(served_tiny: Serve
 def test_a_replay_sends_every_request_with_its_own_prompt_and_output_length(
     served_tiny: ServedTiny, tmp_path: Path
 ) -> None:
-    """What only vLLM's benchmark shows: our client shim writes a prompt of each drawn length with the model's
+    """What only vLLM's benchmark shows: the runner writes a prompt of each drawn length with the model's
     tokenizer, and vLLM's custom dataset sends each request with its own output length (EOS ignored)."""
     from llm_platform.benchmark.plan import BenchmarkPlan
     from llm_platform.benchmark.runner import run_plan
@@ -331,6 +331,6 @@ def test_a_replay_sends_every_request_with_its_own_prompt_and_output_length(
     assert result["total_output_tokens"] == sum(output for _, output in lengths)
     # A decode/encode round trip may merge a token or two, and the tokenizer adds BOS: within 3 % of the lengths.
     assert result["total_input_tokens"] == pytest.approx(sum(prompt for prompt, _ in lengths), rel=0.03)
-    dataset = [json.loads(line) for line in (tmp_path / "replay-lengths.dataset.jsonl").read_text().splitlines()]
+    dataset = [json.loads(line) for line in (tmp_path / "replay-dataset.jsonl").read_text().splitlines()]
     assert [row["output_tokens"] for row in dataset] == [output for _, output in lengths]
     assert len({row["prompt"] for row in dataset}) == len(lengths)
