@@ -16,7 +16,7 @@ import pytest
 from llm_platform.benchmark.plan import BenchmarkPlan, bench_serve_args
 from llm_platform.dev.tiny_model import train_tokenizer
 from llm_platform.engine.vllm import VLLM
-from llm_platform.manifests.benchmark_script import replay_dataset_lines, benchmark_script
+from llm_platform.manifests.benchmark_script import benchmark_script, replay_dataset_lines
 from tests.conftest import tiny_catalog
 
 pytestmark = pytest.mark.integration
