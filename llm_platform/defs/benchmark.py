@@ -198,7 +198,6 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
         serving_target = target.serving_target(catalog.platform)
         if config.replay_traffic_profile:
             plan = with_traffic_profile(context, model, plan)
-        context.log.info(f"model '{model.name}': benchmark workload: {plan.described}")
         work_dir = serving_target.artifact_dir(model.name, "benchmarks", context.run.run_id)
         deployed = latest_value(context.instance, DEPLOYMENT_ASSET, model.name) if config.reuse_deployed else None
         reused = isinstance(deployed, DeploymentRecord) and deployed.choice.fingerprint == serving_config.fingerprint
@@ -215,6 +214,7 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
                     dataclasses.replace(plan, concurrency_levels=deployed.baseline.concurrency_levels),
                 )
             else:
+                context.log.info(f"model '{model.name}': benchmark workload: {plan.described}")
                 frame = results_table(
                     serving_target.benchmark_candidate(
                         model, weights, plan, run_key=context.run.run_id, work_dir=work_dir, log=context.log.info
@@ -239,7 +239,11 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
                 "plan": dg.MetadataValue.json(
                     json.loads(json.dumps({k: v for k, v in plan.__dict__.items() if k != "requests"}))
                 ),
-                "workload": dg.MetadataValue.text(plan.described),
+                "workload": dg.MetadataValue.text(
+                    "the promotion benchmark of the engine config that serves (not measured again)"
+                    if reused
+                    else plan.described
+                ),
             },
         )
 
