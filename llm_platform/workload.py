@@ -64,6 +64,15 @@ class LengthHistogram:
         lowers = (0.0, *self.bounds)
         return sum(count for lower, count in zip(lowers, self.counts, strict=True) if lower >= limit)
 
+    def mean(self) -> float:
+        """The mean length, each bucket at its midpoint (the overflow bucket at the last bound); NaN when empty."""
+        total = self.total
+        if total <= 0:
+            return math.nan
+        lowers = (0.0, *self.bounds)
+        uppers = (*self.bounds, self.bounds[-1])
+        return sum(c * (lo + up) / 2 for lo, up, c in zip(lowers, uppers, self.counts, strict=True)) / total
+
     def quantile(self, q: float) -> float:
         """The ``q`` quantile, interpolated within its bucket as ``histogram_quantile`` does; NaN when empty."""
         total = self.total
@@ -238,6 +247,20 @@ def build_profile(model: ModelSpec, window_s: float, measured: MeasuredTraffic) 
         running_mean=measured.running_mean, waiting_mean=measured.waiting_mean, prefix_cache_hit_ratio=hit_ratio,
         finish_reasons=dict(measured.finish_reasons), notes=tuple(notes), rate_series=tuple(measured.rate_series),
     )  # fmt: skip
+
+
+def planned_traffic(model: ModelSpec, profile: TrafficProfile | None) -> tuple[ModelSpec, str]:
+    """``model`` with the typical lengths a serving plan sizes the engine for taken from a measured profile (its
+    mean prompt and output lengths: AIConfigurator's steady state takes one of each), and what was planned for."""
+    traffic = model.traffic
+    if profile is None or profile.source != "prometheus":
+        return model, f"the catalog's traffic: {traffic.input_tokens} in / {traffic.output_tokens} out"
+    measured = traffic.model_copy(update={"input_tokens": max(1, round(profile.prompt.mean())),
+                                          "output_tokens": max(1, round(profile.generation.mean()))})  # fmt: skip
+    return model.model_copy(update={"traffic": measured}), (
+        f"the measured traffic's means ({measured.input_tokens} in / {measured.output_tokens} out) of the "
+        f"{profile.described}"
+    )
 
 
 def replay_lengths(profile: TrafficProfile, n: int, *, seed: int, max_model_len: int) -> tuple[tuple[int, int], ...]:

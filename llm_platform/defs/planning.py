@@ -10,15 +10,17 @@ import dagster as dg
 from pydantic import Field
 
 from llm_platform.catalog import Catalog
-from llm_platform.conventions import PLAN_ASSET
+from llm_platform.conventions import PLAN_ASSET, TRAFFIC_PROFILE_ASSET
 from llm_platform.defs.failures import refuse_environment_references
 from llm_platform.defs.metadata import table_metadata
 from llm_platform.defs.resources import TargetResource
+from llm_platform.defs.storage import latest_value
 from llm_platform.defs.weights import lifecycle_asset_options
 from llm_platform.perfmodel import plan_model
 from llm_platform.planning.plan import PlanAxes, ServingPlan
 from llm_platform.planning.report import plan_png
 from llm_platform.weights.plan import SnapshotManifest
+from llm_platform.workload import TrafficProfile, planned_traffic
 
 PLAN_CHECK = "slo_feasible"
 
@@ -72,6 +74,7 @@ def build_serving_plan_asset(catalog: Catalog, partitions: dg.PartitionsDefiniti
         kinds={"nvidia", "pandas"},
         dagster_type=dg.Any,  # the value is a ServingPlan (see smoke_benchmark on annotations with checks)
         **lifecycle_asset_options(catalog, partitions),
+        deps=[TRAFFIC_PROFILE_ASSET],  # planned for the measured traffic when there is a profile
         check_specs=[
             dg.AssetCheckSpec(
                 PLAN_CHECK,
@@ -84,8 +87,9 @@ def build_serving_plan_asset(catalog: Catalog, partitions: dg.PartitionsDefiniti
         description=(
             "Before any GPU hour: NVIDIA AIConfigurator's estimate of the model on platform.gpu_type for each "
             "candidate tensor-parallel size, max_num_seqs, max_num_batched_tokens, gpu_memory_utilization and "
-            "max_model_len, at the catalog's traffic: does it fit, its KV cache, the highest concurrency meeting the "
-            "SLO, and the best start for the auto-tuner. An SLO no config meets is reported with the nearest option."
+            "max_model_len, at the measured traffic_profile's mean lengths (else the catalog's traffic): does it "
+            "fit, its KV cache, the highest concurrency meeting the SLO, and the best start for the auto-tuner. An "
+            "SLO no config meets is reported with the nearest option."
         ),
     )
     def serving_plan(
@@ -96,14 +100,17 @@ def build_serving_plan_asset(catalog: Catalog, partitions: dg.PartitionsDefiniti
         # The architecture: AIConfigurator's bundled config of the repository, else the weights' config.json where
         # this process can read it (the local store), else what the download recorded in the manifest.
         local_dir = model.source.path or target.serving_target(catalog.platform).readable_weights_dir(model_weights)
-        plan = plan_model(model, catalog.platform.gpu_type, catalog.platform.gpu_quota, local_dir, config.axes(),
+        profile = latest_value(context.instance, TRAFFIC_PROFILE_ASSET, model.name)
+        planned, planned_for = planned_traffic(model, profile if isinstance(profile, TrafficProfile) else None)
+        plan = plan_model(planned, catalog.platform.gpu_type, catalog.platform.gpu_quota, local_dir, config.axes(),
                           model_weights.architecture)  # fmt: skip
-        context.log.info(plan.verdict)
+        context.log.info(f"{plan.verdict} (planned for {planned_for})")
         # Without a performance model there is nothing to judge: the check passes and says why.
         check = dg.AssetCheckResult(
             check_name=PLAN_CHECK, passed=bool(plan.note) or plan.best is not None,
             severity=dg.AssetCheckSeverity.WARN, metadata={"verdict": dg.MetadataValue.text(plan.verdict)},
         )  # fmt: skip
-        return dg.MaterializeResult(value=plan, metadata=plan_metadata(plan), check_results=[check])
+        metadata = {**plan_metadata(plan), "planned_for": dg.MetadataValue.text(planned_for)}
+        return dg.MaterializeResult(value=plan, metadata=metadata, check_results=[check])
 
     return serving_plan

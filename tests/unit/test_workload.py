@@ -112,3 +112,10 @@ def test_replayed_lengths_are_seeded_and_fit_the_context() -> None:
     assert all(prompt >= 1 and output >= 1 and prompt + output <= 4096 for prompt, output in first)
     # The refused prompts (above 4,096) are not replayed; the long tail up to the context is.
     assert max(prompt for prompt, _ in first) > 2000
+
+
+def test_the_mean_length_takes_each_bucket_at_its_midpoint() -> None:
+    histogram = LengthHistogram.from_cumulative(CUMULATIVE)
+    expected = (100 * 50 + 600 * 300 + 280 * 1250 + 20 * 3500) / 1000
+    assert histogram.mean() == pytest.approx(expected)
+    assert math.isnan(LengthHistogram.from_cumulative({math.inf: 0.0}).mean())

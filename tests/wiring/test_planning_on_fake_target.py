@@ -6,6 +6,7 @@ AIConfigurator's real performance data (Llama-3.1-8B on h100_sxm is bundled with
 from __future__ import annotations
 
 import json
+import math
 from importlib import resources
 from pathlib import Path
 
@@ -15,12 +16,15 @@ import yaml
 
 from llm_platform.catalog import parse_catalog
 from llm_platform.cli import main
-from llm_platform.conventions import PLAN_ASSET, TUNED_ASSET
+from llm_platform.conventions import PLAN_ASSET, TRAFFIC_PROFILE_ASSET, TUNED_ASSET
 from llm_platform.defs.planning import PLAN_CHECK
+from llm_platform.defs.storage import VALUE_METADATA_KEY
+from llm_platform.defs.values import encode_value
 from llm_platform.perfmodel import model_reference, open_perf_model, plan_model
 from llm_platform.planning.plan import PlanAxes
 from llm_platform.weights.hub import MAX_CONFIG_BYTES
 from llm_platform.weights.plan import architecture_of
+from llm_platform.workload import MeasuredTraffic, build_profile
 from tests.fakehub import FakeHub, FakeRepo
 from tests.faketarget import FakeCluster
 from tests.wiring.test_lifecycle_on_fake_target import (  # noqa: F401 - fixtures
@@ -207,3 +211,30 @@ def test_only_tensor_parallel_sizes_that_divide_the_attention_heads_are_planned(
     plan = plan_model(model, "h100_sxm", 8, str(tmp_path), PlanAxes(max_num_seqs=(64,), max_num_batched_tokens=(512,)))
     assert not plan.note, plan.note
     assert sorted({e.tensor_parallel_size for e in plan.estimates}) == [1, 2, 4]
+
+
+def test_the_plan_sizes_the_engine_for_the_measured_traffic(
+    cluster: tuple[str, FakeCluster], instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    """With a measured traffic profile the plan takes its mean lengths instead of the catalog's two numbers, and
+    says which it planned for; long documents need more KV cache per request than the catalog's chat turns."""
+    catalog = _catalog("h100_sxm", {"ttft_p95_ms": 2000, "itl_p95_ms": 50})
+    platform = Platform(catalog, cluster[0], instance, tmp_path / "artifacts")
+    assert platform.run(["model_weights"]).success
+    before = platform.run([PLAN_ASSET])
+    (catalog_plan,) = before.asset_materializations_for_node(PLAN_ASSET)
+    assert catalog_plan.metadata["planned_for"].value == "the catalog's traffic: 1024 in / 128 out"
+    documents = build_profile(catalog.model(MODEL), 3600, MeasuredTraffic(
+        {2000.0: 0.0, 3000.0: 1000.0, math.inf: 1000.0}, {200.0: 0.0, 400.0: 1000.0, math.inf: 1000.0},
+        1.0, 2.0, 4.0, 0.0, math.nan, math.nan, {}))  # fmt: skip
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        TRAFFIC_PROFILE_ASSET, partition=MODEL,
+        metadata={VALUE_METADATA_KEY: dg.MetadataValue.json(encode_value(documents))}))  # fmt: skip
+
+    after = platform.run([PLAN_ASSET])
+
+    (measured_plan,) = after.asset_materializations_for_node(PLAN_ASSET)
+    assert str(measured_plan.metadata["planned_for"].value).startswith(
+        "the measured traffic's means (2500 in / 300 out) of the prometheus profile of 'tiny'"
+    )
+    assert measured_plan.metadata["best_output_tok_s"].value != catalog_plan.metadata["best_output_tok_s"].value
