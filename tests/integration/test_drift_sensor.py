@@ -107,7 +107,10 @@ def test_a_sustained_saturation_requests_a_promotion_at_once_then_cools_down(
         assert request.tags["llm-platform/rule"] == "kv_saturation"
         config = request.run_config["ops"]["serving_config"]["config"]
         assert config["overrides"] == {"max_num_seqs": "48", "gpu_memory_utilization": "0.92"}
-        assert config["reason"].startswith("kv_saturation: KV cache saturated (99%) with 0.40 preemptions/s")
+        # The snapshot has the whole lookback only (no shorter tier windows): judged as mild, over 30 minutes.
+        assert config["reason"] == (
+            "kv_saturation: KV cache saturated (99%, 0.40 preemptions/s) for 75% of the last 30 min (mild)"
+        )
         assert len(prometheus.queries) == QUERIES_PER_SNAPSHOT  # every model, one request: the recorded snapshot
 
         cursor = first.cursor

@@ -23,23 +23,29 @@ from tests.conftest import ServedTiny, running_prometheus, tiny_catalog
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-#: Margins wide enough for two engines sharing two cores (a server's speed there swings with its neighbour's load),
-#: and far below what one sequence at a time does to the TTFT (several times the stable server's).
-ROLLOUT = {"strategy": "canary", "steps": [50, 100], "step_seconds": 20, "min_requests": 4, "max_wait_seconds": 60,
-           "max_ttft_regression_pct": 150, "max_itl_regression_pct": 300}  # fmt: skip
+#: Two engines share two cores here, and a closed loop piles its callers up at the slower server: a step's ITL
+#: swings with how many sequences each server batches at that moment (a good canary's was 6x the stable one's once,
+#: with 60 requests each), so ITL is left to the unit tests and the figures that tell these configs apart are the
+#: TTFTs. One sequence at a time queues the others behind it: its p95 TTFT was 2.3x to 46x the stable server's in
+#: 20-s steps with 48-token answers; 30-s steps and 64-token answers lengthen that queue, and a 100 % margin sits
+#: between that and a good canary's (+6 % and +10 % measured).
+ROLLOUT = {"strategy": "canary", "steps": [50, 100], "step_seconds": 30, "min_requests": 4, "max_wait_seconds": 60,
+           "max_ttft_regression_pct": 100, "max_itl_regression_pct": 1000}  # fmt: skip
 #: Exposed (a canary needs a host in the catalog), with a rate limit the generator's 8 callers stay under.
 EXPOSURE = {"host": "tiny.llm.example.com", "tls_secret": "tiny-tls", "rate_limit_rps": 200}
+#: Output tokens per request of the traffic (and of the good candidate's benchmark).
+MAX_TOKENS = 64
 #: The smoke benchmark of a candidate: a light synthetic load (what one sequence at a time passes) ...
 LIGHT_PLAN = {"prompts_per_level": 8, "input_len": 32, "output_len": 8, "concurrency_levels": [2], "num_warmups": 0}
 #: ... or the traffic's own shape, which also warms the server for the batches it will see.
-TRAFFIC_PLAN = {"prompts_per_level": 16, "input_len": 32, "output_len": 48, "concurrency_levels": [8],
+TRAFFIC_PLAN = {"prompts_per_level": 16, "input_len": 32, "output_len": MAX_TOKENS, "concurrency_levels": [8],
                 "num_warmups": 0}  # fmt: skip
 
 
 def _traffic(served: ServedTiny) -> Traffic:
     """Eight callers, each generation long enough that one sequence at a time queues the others behind it (a tiny
     model on two cores decodes one sequence about as fast as a batch: only the queue shows the config's flaw)."""
-    return Traffic(served.endpoint, served.api_key, "tiny-llama", callers=8, max_tokens=48)
+    return Traffic(served.endpoint, served.api_key, "tiny-llama", callers=8, max_tokens=MAX_TOKENS)
 
 
 @pytest.fixture(scope="module")
