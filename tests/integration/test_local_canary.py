@@ -23,14 +23,14 @@ from tests.conftest import ServedTiny, running_prometheus, tiny_catalog
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-#: Two engines share two cores here, and a closed loop piles its callers up at the slower server: a step's ITL
-#: swings with how many sequences each server batches at that moment (a good canary's was 6x the stable one's once,
-#: with 60 requests each), so ITL is left to the unit tests and the figures that tell these configs apart are the
-#: TTFTs. One sequence at a time queues the others behind it: its p95 TTFT was 2.3x to 46x the stable server's in
-#: 20-s steps with 48-token answers; 30-s steps and 64-token answers lengthen that queue, and a 100 % margin sits
-#: between that and a good canary's (+6 % and +10 % measured).
+#: Two engines share two cores here, and a closed loop piles its callers up at the slower server: the stable server's
+#: p95 TTFT in a step swung from 331 to 3,550 ms across runs (and its ITL from 19 to 578 ms), so no margin against it
+#: told these two configs apart reliably. The canary's own figure did: one sequence at a time queued the others to a
+#: p95 TTFT of 4,375-5,125 ms in every run, max_num_seqs 16 stayed at 2,200 ms. So this test's judge is the absolute
+#: SLO between the two (the comparison with stable is left wide open; the unit tests pin the margins down).
 ROLLOUT = {"strategy": "canary", "steps": [50, 100], "step_seconds": 30, "min_requests": 4, "max_wait_seconds": 60,
-           "max_ttft_regression_pct": 100, "max_itl_regression_pct": 1000}  # fmt: skip
+           "max_ttft_regression_pct": 1000, "max_itl_regression_pct": 1000}  # fmt: skip
+SLO = {"ttft_p95_ms": 4000, "itl_p95_ms": 5000, "min_output_tokens_per_s": 1, "max_error_rate": 0}
 #: Exposed (a canary needs a host in the catalog), with a rate limit the generator's 8 callers stay under.
 EXPOSURE = {"host": "tiny.llm.example.com", "tls_secret": "tiny-tls", "rate_limit_rps": 200}
 #: Output tokens per request of the traffic (and of the good candidate's benchmark).
@@ -55,7 +55,7 @@ def prometheus(served_tiny: ServedTiny, tmp_path_factory: pytest.TempPathFactory
 
 
 def _catalog() -> Catalog:
-    return tiny_catalog(rollout=ROLLOUT, exposure=EXPOSURE)
+    return tiny_catalog(rollout=ROLLOUT, exposure=EXPOSURE, slo=SLO)
 
 
 @pytest.fixture
@@ -90,8 +90,8 @@ def test_a_worse_canary_is_aborted_at_its_first_step_and_the_stable_server_keeps
     served_tiny: ServedTiny, stable: LocalServers, prometheus: str, tmp_path: Path
 ) -> None:
     """One sequence at a time passes a light synthetic benchmark (concurrency 2), but under the live traffic's
-    concurrency 8 the canary's requests queue: its p95 TTFT is several times the stable server's and the judge
-    aborts at the 50 % step; every request of the generator was answered."""
+    concurrency 8 the canary's requests queue: its p95 TTFT passes the SLO and the judge aborts at the 50 % step,
+    naming both tracks' figures; every request of the generator was answered."""
     servers = stable
     stable_pid = servers.active("tiny-llama").pid  # type: ignore[union-attr]
     with (
@@ -105,7 +105,7 @@ def test_a_worse_canary_is_aborted_at_its_first_step_and_the_stable_server_keeps
     assert user_failure is not None, failure.step_failure_data.error
     description = str(user_failure.description)
     assert description.startswith("model 'tiny-llama': canary aborted at step 50 % after ")
-    assert "p95 TTFT" in description and "above stable's" in description
+    assert "canary p95 TTFT" in description and "> SLO 4000 ms" in description
     assert description.endswith("the stable version serves as before")
     steps = user_failure.metadata["canary_steps"]
     assert isinstance(steps, dg.TableMetadataValue)
