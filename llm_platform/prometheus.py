@@ -368,14 +368,7 @@ class PrometheusClient:
     def query_range(self, promql: str, start: float, end: float, step_s: int) -> list[tuple[float, float]]:
         """The samples of a range query's first series, as ``(time, value)`` (empty when it has none)."""
         params = {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step_s}s"}
-        response = self._get("/api/v1/query_range", params)
-        try:
-            body: dict[str, Any] = response.json()
-        except ValueError:
-            raise PrometheusError(f"{self.url} answered HTTP {response.status_code} without JSON") from None
-        if body.get("status") != "success":
-            raise PrometheusError(f"Prometheus refused the query {promql!r}: {body.get('error', 'no reason given')}")
-        result = body.get("data", {}).get("result") or []
+        result = self._data(self._get("/api/v1/query_range", params), promql).get("result") or []
         return [(float(t), float(v)) for t, v in result[0].get("values", [])] if result else []
 
     def retention_s(self) -> float | None:
@@ -408,7 +401,8 @@ class PrometheusClient:
             self.sleep(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _parse(self, response: requests.Response, promql: str) -> list[tuple[dict[str, str], float]]:
+    def _data(self, response: requests.Response, promql: str) -> dict[str, Any]:
+        """The ``data`` of a query's answer; a non-JSON answer or a refused query is a :class:`PrometheusError`."""
         try:
             body: dict[str, Any] = response.json()
         except ValueError:
@@ -417,7 +411,11 @@ class PrometheusClient:
             ) from None
         if body.get("status") != "success":
             raise PrometheusError(f"Prometheus refused the query {promql!r}: {body.get('error', 'no reason given')}")
-        data = body.get("data", {})
+        data: dict[str, Any] = body.get("data", {})
+        return data
+
+    def _parse(self, response: requests.Response, promql: str) -> list[tuple[dict[str, str], float]]:
+        data = self._data(response, promql)
         if data.get("resultType") == "scalar":
             return [({}, float(data["result"][1]))]
         return [(dict(item.get("metric", {})), float(item["value"][1])) for item in data.get("result", [])]

@@ -59,19 +59,22 @@ class LengthHistogram:
         """Requests counted; 0 for a histogram without a finite bound (it says nothing about lengths)."""
         return sum(self.counts) if self.bounds else 0.0
 
+    @property
+    def edges(self) -> tuple[tuple[float, float], ...]:
+        """Each bucket's ``(lower, upper)`` bound, beside :attr:`counts` (the overflow bucket: the last bound twice)."""
+        last = self.bounds[-1] if self.bounds else 0.0
+        return tuple(zip((0.0, *self.bounds), (*self.bounds, last), strict=True))
+
     def above(self, limit: float) -> float:
         """Requests in buckets wholly above ``limit`` tokens (for the context: requests vLLM refused or cut)."""
-        lowers = (0.0, *self.bounds)
-        return sum(count for lower, count in zip(lowers, self.counts, strict=True) if lower >= limit)
+        return sum(count for (lower, _), count in zip(self.edges, self.counts, strict=True) if lower >= limit)
 
     def mean(self) -> float:
         """The mean length, each bucket at its midpoint (the overflow bucket at the last bound); NaN when empty."""
         total = self.total
         if total <= 0:
             return math.nan
-        lowers = (0.0, *self.bounds)
-        uppers = (*self.bounds, self.bounds[-1])
-        return sum(c * (lo + up) / 2 for lo, up, c in zip(lowers, uppers, self.counts, strict=True)) / total
+        return sum(c * (lo + up) / 2 for (lo, up), c in zip(self.edges, self.counts, strict=True)) / total
 
     def quantile(self, q: float) -> float:
         """The ``q`` quantile, interpolated within its bucket as ``histogram_quantile`` does; NaN when empty."""
@@ -92,16 +95,15 @@ class LengthHistogram:
         """``n`` lengths drawn from the distribution: a bucket by its weight, then an integer uniform within it (at
         least 1, at most ``cap``; above the last bound, the last bound). Buckets wholly above ``cap`` are left out:
         those requests were refused, a replay does not send them."""
-        lowers = (0.0, *self.bounds)
-        uppers = (*self.bounds, self.bounds[-1] if self.bounds else 0.0)
-        weights = [count if lower < cap else 0.0 for lower, count in zip(lowers, self.counts, strict=True)]
+        edges = self.edges
+        weights = [count if lower < cap else 0.0 for (lower, _), count in zip(edges, self.counts, strict=True)]
         if not self.bounds or sum(weights) <= 0:
             raise ValueError(f"the length histogram has nothing to draw from at or below {cap} tokens")
         buckets = rng.choices(range(len(self.counts)), weights=weights, k=n)
         # A bucket holds the integer lengths above its lower bound up to its upper bound (Prometheus' ``le``).
-        spans = [(math.floor(lower) + 1, math.floor(upper)) for lower, upper in zip(lowers, uppers, strict=True)]
+        spans = [(math.floor(lower) + 1, math.floor(upper)) for lower, upper in edges]
         return [
-            max(1, min(cap, rng.randint(*spans[b]) if spans[b][1] >= spans[b][0] else math.floor(uppers[b])))
+            max(1, min(cap, rng.randint(*spans[b]) if spans[b][1] >= spans[b][0] else math.floor(edges[b][1])))
             for b in buckets
         ]
 
