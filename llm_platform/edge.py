@@ -22,8 +22,16 @@ from pathlib import Path
 
 from llm_platform.conventions import EDGE_HEALTH_PATH
 from llm_platform.errors import TargetError
-from llm_platform.manifests.edge_conf import EdgeLimits, EdgeRoutes, render_edge_conf
-from llm_platform.processes import Clock, Sleep, process_alive, spawn, stop_group, wait_until_healthy
+from llm_platform.manifests.edge_conf import WORKER_PROCESSES, EdgeLimits, EdgeRoutes, render_edge_conf
+from llm_platform.processes import (
+    Clock,
+    Sleep,
+    children_of,
+    process_alive,
+    spawn,
+    stop_group,
+    wait_until_healthy,
+)
 
 DEFAULT_NGINX = "nginx"
 RELOAD_TIMEOUT_S = 30.0
@@ -148,6 +156,13 @@ class NginxEdge:
                                   f"{RELOAD_TIMEOUT_S:.0f} s; see {self.directory / 'error.log'}")  # fmt: skip
             self._sleep(0.1)
         return pid
+
+    def retiring_workers(self) -> int:
+        """Workers of an earlier configuration still finishing the requests they accepted (nginx's graceful reload:
+        an old worker exits once its last request is answered). While there are any, a server the new configuration
+        no longer routes to may still be handed a request or be streaming one: it must not stop yet."""
+        pid = self.pid()
+        return 0 if pid is None else max(0, len(children_of(pid)) - WORKER_PROCESSES)
 
     def stop(self) -> None:
         pid = self.pid()

@@ -77,6 +77,19 @@ def process_alive(pid: int, marker: str | None = None) -> bool:
     return True
 
 
+def children_of(pid: int) -> list[int]:
+    """The live (not zombie) processes whose parent is ``pid``, read from ``/proc``."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(") ", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue  # gone while we looked
+        if int(ppid) == pid and state != "Z":
+            children.append(int(stat.parent.name))
+    return children
+
+
 def group_alive(pgid: int) -> bool:
     """Whether any process of the group (the process and every child it started) is still there."""
     try:

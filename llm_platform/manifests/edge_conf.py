@@ -27,6 +27,12 @@ from llm_platform.conventions import EDGE_HEALTH_PATH
 BURST_MULTIPLIER = 5
 """ingress-nginx's ``limit-burst-multiplier`` default: the burst a client may send at once is 5 × its rate."""
 LIMIT_STATUS = 429
+WORKER_PROCESSES = 1
+"""One worker per edge: a tiny model's traffic on a laptop or CI; more workers would share the limit zones anyway."""
+UPSTREAM_IDLE_TIMEOUT_S = 10.0
+"""How long nginx keeps an idle connection to a server's gate for reuse: shorter than the gate's own keep-alive
+(15 s, ``gate.DEFAULT_HEADER_TIMEOUT_S``), so that nginx, never the gate, closes an idle connection. The other way
+round, a request nginx sends on a connection the gate is closing at that instant fails as a 502."""
 NO_SERVER_BODY = '{"error": {"message": "no server is promoted for this model yet", "code": 503}}'
 
 
@@ -81,7 +87,8 @@ def render_edge_conf(
     host, port = listen
     upstreams = {"stable": routes.stable, "canary": routes.canary}
     blocks = "".join(
-        f"    upstream {name} {{\n        server {address} max_fails=0;\n        keepalive 16;\n    }}\n"
+        f"    upstream {name} {{\n        server {address} max_fails=0;\n        keepalive 16;\n"
+        f"        keepalive_timeout {_seconds(UPSTREAM_IDLE_TIMEOUT_S)};\n    }}\n"
         for name, address in upstreams.items()
         if address is not None
     )
@@ -111,7 +118,7 @@ def render_edge_conf(
     return f"""# Rendered by llm-platform (manifests/edge_conf.py); every reload replaces it whole.
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {WORKER_PROCESSES};
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log crit;
 

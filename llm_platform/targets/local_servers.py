@@ -334,10 +334,14 @@ class LocalServers:
             self.stop_server(model.name, server.fingerprint)
 
     def _drain(self, model: ModelSpec, server: ServerRecord) -> None:
-        """Wait ``drain_s``, then while the server reports requests in flight, up to ``max_drain_s``."""
+        """Wait ``drain_s``, then, up to ``max_drain_s``, while the edge's workers of an earlier configuration are
+        still answering requests (some of them may be on this server, or about to be sent to it) or the server
+        itself reports requests running or waiting. The engine's own gauges alone miss a request that is still in
+        the gate or the engine's HTTP layer: stopping then would answer it with a 502."""
         self._sleep(self.settings.drain_s)
         deadline = self._clock() + self.settings.max_drain_s
-        while in_flight(server.metrics_url, engine_for(model.serving).metrics) > 0 and self._clock() < deadline:
+        edge, metrics = self._edge(model.name), engine_for(model.serving).metrics
+        while (edge.retiring_workers() or in_flight(server.metrics_url, metrics) > 0) and self._clock() < deadline:
             self._sleep(0.5)
 
     def _require_canary(self, model: str) -> CanaryRecord:

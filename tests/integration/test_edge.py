@@ -138,9 +138,15 @@ def test_the_split_follows_the_weight_and_a_reload_keeps_a_stream_open(
         assert edge.apply(_limits(), EdgeRoutes(stable=upstreams["stable"], canary=upstreams["canary"],
                                                 canary_weight=100)) == pid  # fmt: skip
         assert {_get(f"{edge.url}/v1/who")[1] for _ in range(20)} == {"canary"}
+        # The old worker still streams to the stable server: a drain must not stop it yet.
+        assert edge.retiring_workers() == 1
         status, body = stream.result()
     assert status == 200 and body.count("data:") == 4
     assert edge_generation(edge.url) == 2
+    deadline = time.monotonic() + 10
+    while edge.retiring_workers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert edge.retiring_workers() == 0  # the old worker exited with its last request
 
 
 def test_a_configuration_nginx_refuses_is_never_loaded(edge: NginxEdge, upstreams: dict[str, str]) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from llm_platform.catalog.schema import Exposure
-from llm_platform.manifests.edge_conf import EdgeLimits, EdgeRoutes, render_edge_conf
+from llm_platform.gate import DEFAULT_HEADER_TIMEOUT_S
+from llm_platform.manifests.edge_conf import UPSTREAM_IDLE_TIMEOUT_S, EdgeLimits, EdgeRoutes, render_edge_conf
 
 
 def _conf(routes: EdgeRoutes, **exposure: object) -> str:
@@ -47,3 +48,12 @@ def test_a_canary_weight_splits_by_request_and_the_ends_route_to_one_upstream() 
 def test_a_weight_that_is_no_percent_or_has_no_canary_is_refused(canary: str | None, weight: int) -> None:
     with pytest.raises(ValueError, match="canary"):
         EdgeRoutes(stable="127.0.0.1:9000", canary=canary, canary_weight=weight)
+
+
+def test_nginx_closes_an_idle_upstream_connection_before_the_gate_would() -> None:
+    """The gate drops a connection idle for its keep-alive (header) timeout; were nginx to keep it longer, a request
+    sent on it at the instant the gate closes it would be answered 502."""
+    conf = _conf(EdgeRoutes(stable="127.0.0.1:9000", canary="127.0.0.1:9001", canary_weight=10))
+    idle_ms = [int(line.split()[1].rstrip("ms;")) for line in conf.splitlines() if "keepalive_timeout" in line]
+    assert len(idle_ms) == 2  # one per upstream
+    assert all(ms == UPSTREAM_IDLE_TIMEOUT_S * 1000 < DEFAULT_HEADER_TIMEOUT_S * 1000 for ms in idle_ms)
