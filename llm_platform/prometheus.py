@@ -38,7 +38,7 @@ from llm_platform.conventions import (
 from llm_platform.engine import EngineMetrics, all_engines
 from llm_platform.errors import PlatformError
 from llm_platform.tuning.policy import Snapshot, TuningLimits
-from llm_platform.workload import MeasuredTraffic
+from llm_platform.workload import LengthHistogram, MeasuredTraffic
 
 PROMETHEUS_URL_ENV_VAR = "LLM_PLATFORM_PROMETHEUS_URL"
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
@@ -329,6 +329,22 @@ def traffic_queries(model_name: str, window_s: int, metrics: EngineMetrics) -> d
     }
 
 
+#: A model's live length shapes for the shape sensor: ``(prompt, generation)`` of the earlier half, then the recent.
+LiveShapes = tuple[tuple[LengthHistogram, LengthHistogram], tuple[LengthHistogram, LengthHistogram]]
+
+
+def shape_queries(window_s: int, metrics: EngineMetrics) -> dict[str, str]:
+    """Both request-length histograms of every model by ``le``, over each half of the last ``window_s`` seconds
+    (the earlier half through ``offset``): four expressions, one series per model, field and bucket."""
+    half = f"{window_s // 2}s"
+    fields = {}
+    for kind, metric in (("prompt", metrics.prompt_tokens), ("generation", metrics.generation_tokens)):
+        buckets = selector(metric + "_bucket", "", metrics)
+        for name, offset in (("earlier", f" offset {half}"), ("recent", "")):
+            fields[f"{kind}_{name}"] = f"sum by ({MODEL_NAME_LABEL}, le) (increase({buckets}[{half}]{offset}))"
+    return fields
+
+
 def parse_duration_s(text: str) -> float | None:
     """A Prometheus duration (``15d``, ``1w2d``, ``36h30m``) in seconds; None when it is not one, or ``0s`` (the
     default retention, which Prometheus does not state)."""
@@ -477,6 +493,26 @@ class PrometheusClient:
             finish_reasons=reasons, rate_series=tuple(rate),
             **{name: scalars.get(name, math.nan) for name in TRAFFIC_SCALARS},
         )  # fmt: skip
+
+    def live_shapes(self, window_s: int, metrics: EngineMetrics, at: float | None = None) -> dict[str, LiveShapes]:
+        """Every model's request-length histograms over the two halves of the last ``window_s`` seconds, from one
+        query (:func:`shape_queries`); a model without length series is absent."""
+        cumulative: dict[str, dict[str, dict[float, float]]] = {}
+        for labels, value in self.query(one_query(shape_queries(window_s, metrics)), at):
+            model, name, bound = labels.get(MODEL_NAME_LABEL), labels.get(FIELD_LABEL), labels.get("le")
+            if model and name and bound is not None and not math.isnan(value):
+                cumulative.setdefault(model, {}).setdefault(name, {})[float(bound)] = value
+
+        def histogram(fields: dict[str, dict[float, float]], name: str) -> LengthHistogram:
+            return LengthHistogram.from_cumulative(fields.get(name, {}))
+
+        return {
+            model: tuple(
+                (histogram(fields, f"prompt_{half}"), histogram(fields, f"generation_{half}"))
+                for half in ("earlier", "recent")
+            )  # type: ignore[misc]
+            for model, fields in cumulative.items()
+        }
 
     def canary_models(self, metrics: EngineMetrics) -> set[str]:
         """The models whose canary Prometheus scrapes now (a stopped one's series end at once: staleness markers)."""

@@ -91,6 +91,20 @@ class LengthHistogram:
             below += count
         return self.bounds[-1]
 
+    def cdf(self, tokens: float) -> float:
+        """The share of requests at most ``tokens`` long, linear within a bucket as :meth:`quantile` reads it (the
+        overflow bucket counts at the last bound); NaN when empty."""
+        total = self.total
+        if total <= 0:
+            return math.nan
+        below = 0.0
+        for (lower, upper), count in zip(self.edges, self.counts, strict=True):
+            if tokens >= upper:
+                below += count
+            elif tokens > lower:
+                below += count * (tokens - lower) / (upper - lower)
+        return min(1.0, below / total)
+
     def sample(self, n: int, rng: random.Random, *, cap: int) -> list[int]:
         """``n`` lengths drawn from the distribution: a bucket by its weight, then an integer uniform within it (at
         least 1, at most ``cap``; above the last bound, the last bound). Buckets wholly above ``cap`` are left out:
@@ -287,3 +301,82 @@ def window_problem(window_s: float, retention_s: float | None) -> str | None:
             "of retention): shorten the window or raise --storage.tsdb.retention.time"
         )
     return None
+
+
+def length_distance(a: LengthHistogram, b: LengthHistogram) -> float:
+    """The two-sample Kolmogorov-Smirnov distance between two length distributions: the largest gap between their
+    cumulative shares, read at every bucket bound of either (where histograms know their shares). 0: the same
+    shape; 1: no request of one is as long as any of the other. NaN when either is empty."""
+    if a.total <= 0 or b.total <= 0:
+        return math.nan
+    points = sorted({*a.bounds, *b.bounds})
+    return max(abs(a.cdf(x) - b.cdf(x)) for x in points)
+
+
+def ks_critical(n: float, m: float, alpha: float) -> float:
+    """The distance two samples of ``n`` and ``m`` requests from one distribution exceed with probability
+    ``alpha`` (the two-sample KS test's asymptotic critical value)."""
+    return math.sqrt(-math.log(alpha / 2) / 2) * math.sqrt((n + m) / (n * m))
+
+
+@dataclass(frozen=True)
+class ShapeLimits:
+    """When live traffic counts as having moved away from the shape the deployed config was tuned and benchmarked
+    on (the profile it replayed), so that ``traffic_shape_sensor`` requests a retune on the new one."""
+
+    window_s: int = 2 * 3600
+    """The live window compared with the baseline, read as two halves (1 h each): both must have moved, so a burst
+    of long documents for twenty minutes is not a new shape, two hours of them are."""
+    min_distance: float = 0.2
+    """The least KS distance that counts: a fifth of the requests on the other side of some length. Smaller moves
+    shift a tuned ``max_num_batched_tokens`` or ``max_num_seqs`` optimum by less than the tuner's noise margin."""
+    alpha: float = 0.001
+    """The chance that two samples of one shape look this far apart: the distance must also exceed the KS critical
+    value at this level for the requests counted (with 200 requests per side about 0.195), so a thin sample's
+    chance gap never retunes."""
+    min_requests: int = MIN_PROFILE_REQUESTS
+    """Finished requests each half must hold (the profile's own floor: fewer say nothing about a shape)."""
+    cooldown_s: float = 6 * 3600
+    """At least this long between two retunes of one model (a retune costs GPU hours of trials)."""
+    max_per_day: int = 2
+    """At most this many retunes of one model in 24 h."""
+
+
+@dataclass(frozen=True)
+class ShapeVerdict:
+    """Whether the live shape moved away from the baseline, why, and each half's distances (what the skip says)."""
+
+    moved: bool
+    reason: str
+    distances: Mapping[str, float] = field(default_factory=dict)
+
+
+def shape_moved(
+    baseline: TrafficProfile,
+    halves: tuple[tuple[LengthHistogram, LengthHistogram], tuple[LengthHistogram, LengthHistogram]],
+    limits: ShapeLimits = ShapeLimits(),
+) -> ShapeVerdict:
+    """Whether both halves of the live window (each a ``(prompt, generation)`` pair, earlier half first) moved away
+    from ``baseline``'s shape in the same length: beyond :attr:`ShapeLimits.min_distance` and beyond chance for the
+    requests counted. A catalog baseline (nothing was measured) or a half with too few requests is never a move."""
+    if baseline.source != "prometheus":
+        return ShapeVerdict(False, "no measured profile to compare with (the catalog's lengths stood in)")
+    thin = [min(p.total, g.total) for p, g in halves]
+    if min(thin) < limits.min_requests:
+        return ShapeVerdict(False, f"too little traffic: {min(thin):.0f} requests in an hour of the window "
+                                   f"(at least {limits.min_requests})")  # fmt: skip
+    distances: dict[str, float] = {}
+    moved_in = []
+    for kind, reference, index in (("prompt", baseline.prompt, 0), ("output", baseline.generation, 1)):
+        needed = [max(limits.min_distance, ks_critical(reference.total, half[index].total, limits.alpha))
+                  for half in halves]  # fmt: skip
+        gaps = [length_distance(reference, half[index]) for half in halves]
+        distances.update({f"{kind}_earlier": round(gaps[0], 3), f"{kind}_recent": round(gaps[1], 3)})
+        if all(gap >= need for gap, need in zip(gaps, needed, strict=True)):
+            moved_in.append(f"{kind} lengths (KS {gaps[0]:.2f} and {gaps[1]:.2f} >= {max(needed):.2f})")
+    span = f"{limits.window_s / 3600:g} h"
+    if moved_in:
+        return ShapeVerdict(True, f"{' and '.join(moved_in)} moved away from the {baseline.described} in both halves "
+                                  f"of the last {span}", distances)  # fmt: skip
+    return ShapeVerdict(False, f"the shape holds over the last {span} (KS distances {distances}, moving needs "
+                               f">= {limits.min_distance:g} in both halves)", distances)  # fmt: skip

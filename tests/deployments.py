@@ -29,7 +29,14 @@ def record_deployment(
         metadata["autoscaling"] = dg.MetadataValue.json(autoscaling)
     if stored is not None:
         metadata[VALUE_METADATA_KEY] = dg.MetadataValue.json(encode_value(stored))
-    materialization = dg.AssetMaterialization("vllm_deployment", partition=model, metadata=metadata)
+    record_materialization(instance, "vllm_deployment", model, metadata, age_s=age_s)
+
+
+def record_materialization(
+    instance: dg.DagsterInstance, asset: str, model: str, metadata: dict[str, dg.MetadataValue], *, age_s: float
+) -> None:
+    """A materialization of ``asset`` for ``model`` dated ``age_s`` ago, outside any run."""
+    materialization = dg.AssetMaterialization(asset, partition=model, metadata=metadata)
     event = DagsterEvent(
         event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
         job_name=RUNLESS_JOB_NAME,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dagster as dg
+from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
+from dagster._core.storage.tags import PARTITION_NAME_TAG
 
 from llm_platform.catalog import Catalog
 
@@ -45,3 +47,9 @@ def latest_materialization_records(
             if record.partition_key is not None:
                 records[record.partition_key] = record
     return records
+
+
+def runs_in_progress(instance: dg.DagsterInstance, model: str) -> bool:
+    """Whether a run of ``model`` (its partition) is queued or running."""
+    filters = dg.RunsFilter(statuses=list(IN_PROGRESS_RUN_STATUSES), tags={PARTITION_NAME_TAG: model})
+    return bool(instance.get_run_records(filters=filters, limit=1))

@@ -22,15 +22,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import dagster as dg
-from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
-from dagster._core.storage.tags import PARTITION_NAME_TAG
 
 from llm_platform.catalog import Catalog, ModelPatch, ModelSpec, QuotaBudget, patch_between
 from llm_platform.conventions import DEPLOYMENT_ASSET, WEIGHTS_ASSET
 from llm_platform.defs.canary import CANARY_ROLLBACK_JOB
 from llm_platform.defs.deployed import DeployedIndex
 from llm_platform.defs.jobs import LIFECYCLE_JOB, PROMOTE_JOB, promotion_request
-from llm_platform.defs.partitions import latest_materialization_records
+from llm_platform.defs.partitions import latest_materialization_records, runs_in_progress
 from llm_platform.defs.resources import PrometheusResource, WeightsResource
 from llm_platform.defs.storage import VALUE_METADATA_KEY
 from llm_platform.defs.values import DeploymentRecord, decode_value
@@ -311,7 +309,7 @@ def build_canary_sensor(catalog: Catalog, *, interval_s: int = 60) -> dg.SensorD
             if model.name not in serving:
                 notes.append(f"{model.name}: no canary")
                 continue
-            if _runs_in_progress(context.instance, model.name):
+            if runs_in_progress(context.instance, model.name):
                 notes.append(f"{model.name}: a canary, driven by a run in progress")
                 continue
             context.log.warning(f"model '{model.name}': a canary serves and no run drives it: rolling it back")
@@ -320,9 +318,3 @@ def build_canary_sensor(catalog: Catalog, *, interval_s: int = 60) -> dg.SensorD
         return dg.SensorResult(run_requests=requests, skip_reason=None if requests else "; ".join(notes))
 
     return abandoned_canary_sensor
-
-
-def _runs_in_progress(instance: dg.DagsterInstance, model: str) -> bool:
-    """Whether a run of ``model`` (its partition) is queued or running."""
-    filters = dg.RunsFilter(statuses=list(IN_PROGRESS_RUN_STATUSES), tags={PARTITION_NAME_TAG: model})
-    return bool(instance.get_run_records(filters=filters, limit=1))

@@ -21,7 +21,7 @@ from pydantic import Field
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.benchmark.trials import as_overrides
 from llm_platform.catalog import Catalog, ModelSpec, apply_serving_overrides
-from llm_platform.conventions import PLAN_ASSET, TUNED_ASSET
+from llm_platform.conventions import PLAN_ASSET, TRAFFIC_PROFILE_ASSET, TUNED_ASSET
 from llm_platform.defs.benchmark import BENCHMARK_POOL
 from llm_platform.defs.failures import platform_errors_as_failure, refuse_environment_references
 from llm_platform.defs.metadata import table_metadata
@@ -36,6 +36,7 @@ from llm_platform.tuning.search import SearchSpace, clamp_seqs, noise_aware_sear
 from llm_platform.weights.plan import SnapshotManifest
 
 AUTO_TUNE_JOB = "auto_tune"
+RETUNE_JOB = "retune_on_traffic"
 MIN_PROMPTS_PER_PROBE = 16
 
 
@@ -102,6 +103,7 @@ def build_tuned_serving_config_asset(catalog: Catalog, partitions: dg.Partitions
         kinds={"vllm", "pandas"},
         **lifecycle_asset_options(catalog, partitions, group=AUTO_TUNE_GROUP),
         pool=BENCHMARK_POOL,
+        deps=[TRAFFIC_PROFILE_ASSET],  # the retune job measures the traffic first (traffic_shape_sensor)
         description=(
             "Engine arguments with the most goodput (output tokens/s at the highest load that meets the SLO) from "
             "a noise-aware coordinate search over max_num_seqs x max_num_batched_tokens, starting at the serving "
@@ -213,4 +215,14 @@ def auto_tune_job() -> UnresolvedAssetJobDefinition:
         selection=[TUNED_ASSET],
         description="Search the engine arguments for the most goodput under the model's SLO; an adopted result "
         "becomes serving_config's override for the next lifecycle or promote run.",
+    )
+
+
+def retune_job() -> UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
+        RETUNE_JOB,
+        selection=[TRAFFIC_PROFILE_ASSET, TUNED_ASSET],
+        description="Measure the model's traffic profile, then search the engine arguments again: what "
+        "traffic_shape_sensor requests when the live request lengths moved away from the profile the deployed config "
+        "was benchmarked on. An adopted result is promoted by the sensor's next tick through the rollout strategy.",
     )

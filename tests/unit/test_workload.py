@@ -15,8 +15,12 @@ from llm_platform.workload import (
     MIN_PROFILE_REQUESTS,
     LengthHistogram,
     MeasuredTraffic,
+    ShapeLimits,
     build_profile,
+    ks_critical,
+    length_distance,
     replay_lengths,
+    shape_moved,
     window_problem,
 )
 
@@ -119,3 +123,55 @@ def test_the_mean_length_takes_each_bucket_at_its_midpoint() -> None:
     expected = (100 * 50 + 600 * 300 + 280 * 1250 + 20 * 3500) / 1000
     assert histogram.mean() == pytest.approx(expected)
     assert math.isnan(LengthHistogram.from_cumulative({math.inf: 0.0}).mean())
+
+
+def _scaled(cumulative: dict[float, float], requests: float) -> LengthHistogram:
+    """The same shape as ``cumulative`` with ``requests`` requests."""
+    return LengthHistogram.from_cumulative({le: n * requests / cumulative[math.inf] for le, n in cumulative.items()})
+
+
+#: Short chat turns: 800 of 1,000 prompts up to 100 tokens (vLLM's buckets 1, 2, 5, 10, 20, 50, 100, 200, 500, ...).
+SHORT = {50.0: 400.0, 100.0: 800.0, 500.0: 980.0, 2000.0: 1000.0, 5000.0: 1000.0, math.inf: 1000.0}
+#: Long documents: most prompts in (500, 2000].
+LONG = {50.0: 20.0, 100.0: 50.0, 500.0: 150.0, 2000.0: 900.0, 5000.0: 1000.0, math.inf: 1000.0}
+
+
+def test_the_distance_between_shapes_is_the_largest_gap_of_their_cumulative_shares() -> None:
+    short, long = LengthHistogram.from_cumulative(SHORT), LengthHistogram.from_cumulative(LONG)
+    assert length_distance(short, _scaled(SHORT, 50)) == pytest.approx(0)  # the shape, not the count
+    assert length_distance(short, long) == pytest.approx(0.83)  # at 500 tokens: 98 % of one, 15 % of the other
+    assert length_distance(long, short) == length_distance(short, long)
+    # A catalog's point length against a measured shape: read at both's bounds, linear within a bucket.
+    assert length_distance(LengthHistogram.point(100), short) == pytest.approx(0.792)  # at 99: 0 against 79.2 %
+    assert math.isnan(length_distance(short, LengthHistogram.from_cumulative({math.inf: 0.0})))
+    assert short.cdf(75) == pytest.approx(0.6) and short.cdf(10_000) == 1 and short.cdf(0) == 0
+    # The chance gap between two samples of one shape shrinks with their size.
+    assert ks_critical(200, 200, 0.001) == pytest.approx(0.195, abs=0.001)
+    assert ks_critical(10_000, 10_000, 0.001) < 0.03
+
+
+def test_a_shape_moves_only_when_both_halves_left_the_baseline_by_more_than_chance() -> None:
+    baseline = build_profile(MODEL, 86400, _measured(SHORT, SHORT))
+    short, long = (LengthHistogram.from_cumulative(c) for c in (SHORT, LONG))
+    moved = shape_moved(baseline, ((long, short), (long, short)))
+    assert moved.moved and moved.reason.startswith("prompt lengths (KS 0.83 and 0.83 >= 0.20) moved away from")
+    assert moved.distances["output_recent"] == pytest.approx(0)
+    # Stationary: no move, and the skip says how far each half is.
+    held = shape_moved(baseline, ((short, short), (_scaled(SHORT, 400), short)))
+    assert not held.moved and "the shape holds over the last 2 h" in held.reason
+    # A burst of documents in the recent half only is not a new shape yet.
+    assert not shape_moved(baseline, ((short, short), (long, short))).moved
+    # Thin halves are no evidence, however far apart.
+    thin = shape_moved(baseline, ((_scaled(LONG, 150), short), (long, short)))
+    assert not thin.moved and thin.reason.startswith("too little traffic: 150 requests")
+    # A gap above the minimum but within chance for the requests counted is no move either.
+    slight = {50.0: 300.0, 100.0: 700.0, 500.0: 980.0, 2000.0: 1000.0, 5000.0: 1000.0, math.inf: 1000.0}
+    assert length_distance(short, LengthHistogram.from_cumulative(slight)) == pytest.approx(0.1)
+    limits = ShapeLimits(min_distance=0.05)
+    few = _scaled(slight, 250)
+    assert not shape_moved(baseline, ((few, short), (few, short)), limits).moved  # critical value ~0.13 at 250
+    many = _scaled(slight, 5000)
+    assert shape_moved(baseline, ((many, short), (many, short)), limits).moved
+    # Nothing measured to compare with: never a move.
+    catalog = build_profile(MODEL, 86400, _measured({math.inf: 0.0}))
+    assert not shape_moved(catalog, ((long, long), (long, long))).moved
