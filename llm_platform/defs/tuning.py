@@ -8,6 +8,7 @@ No ``from __future__ import annotations`` here: Dagster reads the config and res
 """
 
 import base64
+import dataclasses
 import json
 import math
 import statistics
@@ -34,6 +35,7 @@ from llm_platform.targets.base import TrialSettings
 from llm_platform.tuning.report import pareto_png, trials_frame
 from llm_platform.tuning.search import SearchSpace, clamp_seqs, noise_aware_search
 from llm_platform.weights.plan import SnapshotManifest
+from llm_platform.workload import TrafficProfile, replay_lengths
 
 AUTO_TUNE_JOB = "auto_tune"
 RETUNE_JOB = "retune_on_traffic"
@@ -52,8 +54,10 @@ class AutoTuneConfig(dg.Config):
     load_low: int = Field(default=1, description="Lowest concurrency the bisection tries.")
     load_high: int = Field(default=32, description="Highest concurrency the bisection (on kubernetes: the doubling "
                            "ladder) tries.")  # fmt: skip
-    input_len: int = Field(default=128, description="Prompt tokens per benchmark request.")
-    output_len: int = Field(default=32, description="Generated tokens per request (EOS ignored).")
+    input_len: int = Field(default=128, description="Prompt tokens per benchmark request, where the model has no "
+                           "measured traffic_profile (else each request's lengths are drawn from it).")  # fmt: skip
+    output_len: int = Field(default=32, description="Generated tokens per request (EOS ignored), where the model has "
+                            "no measured traffic_profile.")  # fmt: skip
     prompts_per_load: int = Field(default=4, description="Requests per probe per unit of concurrency (at least 16 "
                                   "per probe: p95s of fewer requests are mostly noise).")  # fmt: skip
     margin_pct: float = Field(default=10.0, description="Adopt the winner only if the lower end of the interval on "
@@ -67,7 +71,8 @@ class AutoTuneConfig(dg.Config):
         "with a performance model; no GPU used).",
     )
     noise_pct: float = Field(default=10.0, ge=0, description="Simulated trials only: measurement noise (%).")
-    seed: int = Field(default=0, description="Simulated trials only: the noise's seed.")
+    seed: int = Field(default=0, description="The seed of the lengths drawn from the traffic profile (the same "
+                      "seed, the same requests) and of the simulated trials' noise.")  # fmt: skip
 
 
 def tuned_overrides(instance: dg.DagsterInstance, model: str) -> dict[str, str]:
@@ -135,6 +140,8 @@ def build_tuned_serving_config_asset(catalog: Catalog, partitions: dg.Partitions
             prompts_per_level=MIN_PROMPTS_PER_PROBE,
             num_warmups=1,
         )
+        plan = _replaying_profile(context.instance, current, plan, config)
+        context.log.info(f"model '{name}': trials send {plan.described}")
         settings = TrialSettings(plan, config.load_low, config.load_high, config.prompts_per_load)
         serving_plan = latest_value(context.instance, PLAN_ASSET, name)
         backend = target.trial_backend(
@@ -194,6 +201,7 @@ def build_tuned_serving_config_asset(catalog: Catalog, partitions: dg.Partitions
                 "winner_goodputs": dg.MetadataValue.json([round(v, 3) for v in outcome.winner_goodputs]),
                 "start": dg.MetadataValue.json(dict(start)),
                 "trial_backend": dg.MetadataValue.text(config.trials),
+                "workload": dg.MetadataValue.text(plan.described),
                 "trials": dg.MetadataValue.int(len(result.trials)),
                 "grid_size": dg.MetadataValue.int(len(space.grid())),
                 "failed_trials": dg.MetadataValue.int(sum(not trial.ok for trial in result.trials)),
@@ -216,6 +224,20 @@ def auto_tune_job() -> UnresolvedAssetJobDefinition:
         description="Search the engine arguments for the most goodput under the model's SLO; an adopted result "
         "becomes serving_config's override for the next lifecycle or promote run.",
     )
+
+
+def _replaying_profile(
+    instance: dg.DagsterInstance, model: ModelSpec, plan: BenchmarkPlan, config: AutoTuneConfig
+) -> BenchmarkPlan:
+    """``plan`` sending the model's measured traffic (its latest ``traffic_profile`` from Prometheus): as many
+    seeded draws as the highest load sends, so that no level repeats a prompt (a repeat would hit the prefix cache);
+    the fixed lengths when nothing was measured."""
+    profile = latest_value(instance, TRAFFIC_PROFILE_ASSET, model.name)
+    if not isinstance(profile, TrafficProfile) or profile.source != "prometheus":
+        return plan
+    count = max(MIN_PROMPTS_PER_PROBE, config.prompts_per_load * config.load_high)
+    requests = replay_lengths(profile, count, seed=config.seed, max_model_len=model.serving.max_model_len)
+    return dataclasses.replace(plan, requests=requests, workload=profile.described)
 
 
 def retune_job() -> UnresolvedAssetJobDefinition:

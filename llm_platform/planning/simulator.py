@@ -76,12 +76,19 @@ class EngineLimits:
 
 @dataclass(frozen=True)
 class Workload:
-    """A closed-loop benchmark: ``num_prompts`` requests of fixed length, at most ``concurrency`` in flight."""
+    """A closed-loop benchmark: ``num_prompts`` requests of fixed length (or, with ``lengths``, of those lengths in
+    turn: a traffic profile's draws), at most ``concurrency`` in flight."""
 
     concurrency: int
     num_prompts: int
     input_len: int
     output_len: int
+    lengths: tuple[tuple[int, int], ...] = ()
+    """``(prompt, output)`` tokens of each request, in order, repeated when there are fewer than ``num_prompts``."""
+
+    def request(self, index: int) -> tuple[int, int]:
+        """The prompt and output length of the ``index``-th request sent."""
+        return self.lengths[index % len(self.lengths)] if self.lengths else (self.input_len, self.output_len)
 
 
 @dataclass
@@ -118,7 +125,6 @@ def simulate(
     makes long benchmarks at high concurrency cheap; the result is the same (a test compares the two)."""
     rng = random.Random(seed)  # noqa: S311 - simulated measurement noise, not a secret
     run_factor = 1.0 + rng.uniform(-noise, noise)
-    total_len = workload.input_len + workload.output_len
     refused = 0
     to_send = workload.num_prompts
     waiting: deque[_Request] = deque()
@@ -134,11 +140,12 @@ def simulate(
     def send(count: int) -> None:
         nonlocal to_send, refused
         while count > 0 and to_send > 0:
+            prompt, output = workload.request(workload.num_prompts - to_send)
             to_send -= 1
-            if total_len > limits.max_model_len:
+            if prompt + output > limits.max_model_len:
                 refused += 1  # vLLM answers 400 at once; the client sends its next request
                 continue
-            waiting.append(_Request(now, workload.input_len, workload.output_len))
+            waiting.append(_Request(now, prompt, output))
             count -= 1
 
     def blocks_for(tokens: int) -> int:

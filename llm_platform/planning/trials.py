@@ -62,11 +62,13 @@ class SimulatedTrials(TrialRunner):
     noise: float = 0.1
     seed: int = 0
     calls: int = 0
+    lengths: tuple[tuple[int, int], ...] = ()
+    """Each request's ``(prompt, output)`` tokens, drawn from a traffic profile (empty: the fixed lengths)."""
 
     def measure(self, candidate: Candidate, load: int, *, seed: int) -> dict[str, float]:
         """One simulated ``vllm bench serve`` run of ``candidate`` at ``load``: its result JSON."""
         workload = Workload(load, max(MIN_PROMPTS_PER_PROBE, self.prompts_per_load * load), self.input_len,
-                            self.output_len)  # fmt: skip
+                            self.output_len, self.lengths)  # fmt: skip
         limits = engine_limits(self.perf, candidate, self.defaults)
         return simulate(limits, workload, self.perf.step_ms, noise=self.noise, seed=seed)
 

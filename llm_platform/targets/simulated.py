@@ -39,5 +39,5 @@ class SimulatedGpuTrials(TrialBackend):
         return SimulatedTrials(
             perf, model.slo, engine_defaults(model, plan.gpu_type), settings.plan.input_len, settings.plan.output_len,
             load_low=settings.load_low, load_high=settings.load_high, prompts_per_load=settings.prompts_per_load,
-            noise=self.noise, seed=self.seed,
+            noise=self.noise, seed=self.seed, lengths=settings.plan.requests,
         )  # fmt: skip

@@ -98,6 +98,19 @@ def test_requests_longer_than_max_model_len_are_refused_and_a_kv_cache_below_it_
         EngineLimits(max_num_seqs=8, max_num_batched_tokens=2048, kv_cache_tokens=1000, max_model_len=4096)
 
 
+def test_a_profiles_lengths_are_sent_in_turn_and_judged_request_by_request() -> None:
+    limits = EngineLimits(max_num_seqs=8, max_num_batched_tokens=8192, kv_cache_tokens=100_000, max_model_len=1024)
+    mixed = Workload(4, 8, 1, 1, lengths=((100, 10), (900, 50), (2000, 10)))
+    assert [mixed.request(i) for i in range(4)] == [(100, 10), (900, 50), (2000, 10), (100, 10)]
+    result = simulate(limits, mixed, linear_step)
+    # The third and the sixth request (2,000-token prompts) do not fit the context: refused, the others served.
+    assert result["failed"] == 2 and result["completed"] == 6
+    assert result["output_throughput"] * result["duration"] == pytest.approx(3 * 10 + 3 * 50)
+    # Long prompts cost time to first token that the fixed short lengths never show.
+    short = simulate(limits, Workload(4, 8, 100, 10), linear_step)
+    assert result["p95_ttft_ms"] > 2 * short["p95_ttft_ms"]
+
+
 @pytest.mark.parametrize(
     ("limits", "workload"),
     [

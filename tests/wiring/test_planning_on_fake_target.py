@@ -144,6 +144,22 @@ def test_auto_tune_on_the_simulated_gpu_server_starts_at_the_plan_and_needs_one(
     assert low <= event.metadata["gain_pct"].value <= high  # type: ignore[operator]
     assert event.metadata["noise_spread_pct"].value > 0  # type: ignore[operator]
     assert not cluster[1].deployed  # no server was started for a trial
+    assert str(event.metadata["workload"].value).startswith("random dataset: 1024 prompt tokens")
+
+    # With a measured profile (short chat turns) the trials send its lengths: other figures than 1024-token prompts.
+    chat = build_profile(platform.catalog.model(MODEL), 3600, MeasuredTraffic(
+        {50.0: 0.0, 200.0: 1000.0, math.inf: 1000.0}, {20.0: 0.0, 100.0: 1000.0, math.inf: 1000.0},
+        1.0, 2.0, 4.0, 0.0, math.nan, math.nan, {}))  # fmt: skip
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        TRAFFIC_PROFILE_ASSET, partition=MODEL,
+        metadata={VALUE_METADATA_KEY: dg.MetadataValue.json(encode_value(chat))}))  # fmt: skip
+    replayed = platform.run([TUNED_ASSET], {TUNED_ASSET: {"config": search}})
+    (replay,) = replayed.asset_materializations_for_node(TUNED_ASSET)
+    assert replayed.success
+    assert str(replay.metadata["workload"].value).startswith(
+        "replay of 256 requests drawn from the prometheus profile of 'tiny'"  # load_high 64 x 4 prompts per load
+    )
+    assert replay.metadata["current_goodputs"].value != event.metadata["current_goodputs"].value
 
 
 def _hub_with(files: dict[str, bytes]) -> FakeHub:
