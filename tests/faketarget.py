@@ -169,6 +169,7 @@ class FakeServingTarget(ServingTarget):
     ) -> LevelResults:  # fmt: skip
         _, serving = self.cluster.deployed[model.name]
         self.cluster.calls.append(f"live {model.name}")
+        self.cluster.benchmark_plans.append(plan)
         return self._measure(serving, plan)
 
     def trial_runner(

@@ -209,10 +209,11 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
                     f"model '{model.name}': engine config {serving_config.fingerprint} serves already; judging its "
                     "promotion benchmark (set reuse_deployed: false to measure again)"
                 )
-                frame, plan = (
-                    deployed.baseline.frame,
-                    dataclasses.replace(plan, concurrency_levels=deployed.baseline.concurrency_levels),
-                )
+                baseline = deployed.baseline
+                frame, plan = baseline.frame, dataclasses.replace(
+                    plan, concurrency_levels=baseline.concurrency_levels, requests=baseline.requests,
+                    workload=baseline.workload,
+                )  # fmt: skip
             else:
                 context.log.info(f"model '{model.name}': benchmark workload: {plan.described}")
                 frame = results_table(
@@ -228,7 +229,9 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
         if not reused:
             metadata.update(_prediction_metadata(context, model, frame, plan))
         return dg.MaterializeResult(
-            value=BenchmarkOutcome(frame, serving_config.fingerprint, passed, plan.concurrency_levels),
+            value=BenchmarkOutcome(
+                frame, serving_config.fingerprint, passed, plan.concurrency_levels, plan.requests, plan.workload
+            ),
             check_results=check_results(results),
             metadata={
                 **metadata,
@@ -284,9 +287,13 @@ def build_live_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefini
         refuse_environment_references(context)
         choice = vllm_deployment.choice
         model = choice.model
-        plan = dataclasses.replace(
-            plan_from_config(model, config), concurrency_levels=vllm_deployment.baseline.concurrency_levels
-        )
+        baseline = vllm_deployment.baseline
+        plan = dataclasses.replace(plan_from_config(model, config), concurrency_levels=baseline.concurrency_levels)
+        if baseline.requests:  # the promotion replayed a traffic profile: the same requests again, like with like
+            plan = dataclasses.replace(
+                plan, requests=baseline.requests, workload=baseline.workload, prompts_per_level=len(baseline.requests)
+            )
+        context.log.info(f"model '{model.name}': live benchmark workload: {plan.described}")
         serving_target = target.serving_target(catalog.platform)
         work_dir = serving_target.artifact_dir(model.name, "live-benchmarks", context.run.run_id)
         with platform_errors_as_failure():
@@ -317,6 +324,7 @@ def build_live_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefini
                 "config_fingerprint": dg.MetadataValue.text(choice.fingerprint),
                 "deployed_revision": dg.MetadataValue.text(vllm_deployment.deployment.revision),
                 "endpoint": dg.MetadataValue.url(vllm_deployment.deployment.endpoint),
+                "workload": dg.MetadataValue.text(plan.described),
             },
         )
 

@@ -44,6 +44,11 @@ class BenchmarkOutcome:
     config_fingerprint: str
     slo_passed: bool
     concurrency_levels: tuple[int, ...]
+    requests: tuple[tuple[int, int], ...] = ()
+    """The ``(prompt, output)`` lengths replayed from a traffic profile (empty: the random dataset), so that the
+    live benchmark sends exactly these again and compares like with like."""
+    workload: str = ""
+    """What the replayed requests were drawn from."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,8 @@ def _outcome_to_json(outcome: BenchmarkOutcome) -> dict[str, Any]:
         "config_fingerprint": outcome.config_fingerprint,
         "slo_passed": outcome.slo_passed,
         "concurrency_levels": list(outcome.concurrency_levels),
+        "requests": [list(pair) for pair in outcome.requests],
+        "workload": outcome.workload,
     }
 
 
@@ -94,6 +101,8 @@ def _outcome_from_json(data: Mapping[str, Any]) -> BenchmarkOutcome:
         config_fingerprint=str(data["config_fingerprint"]),
         slo_passed=bool(data["slo_passed"]),
         concurrency_levels=tuple(int(level) for level in data["concurrency_levels"]),
+        requests=tuple((int(prompt), int(output)) for prompt, output in data.get("requests") or ()),
+        workload=str(data.get("workload") or ""),
     )
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.catalog import Catalog, Serving, parse_catalog
-from llm_platform.conventions import TRAFFIC_PROFILE_ASSET, TUNED_ASSET
+from llm_platform.conventions import LIVE_BENCHMARK_ASSET, TRAFFIC_PROFILE_ASSET, TUNED_ASSET
 from llm_platform.defs.jobs import LIFECYCLE_ASSETS, PROMOTE_ASSETS, promotion_request, schedule_name
 from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.defs.resources import PrometheusResource, WeightsResource
@@ -338,6 +338,12 @@ def test_the_smoke_benchmark_replays_the_measured_traffic_profile(
     assert str(bench.metadata["workload"].value).startswith(
         "replay of 8 requests drawn from the prometheus profile of 'tiny' over 1 h: 1000 requests"
     )
+    # The live benchmark sends exactly the promotion's requests again (a newer profile must not make a regression).
+    _record_profile(instance, TrafficProfile.from_catalog(model, 3600, 12, "quiet since"))
+    live = platform.run([LIVE_BENCHMARK_ASSET], {LIVE_BENCHMARK_ASSET: {"config": SMALL}})
+    assert live.success and cluster[1].benchmark_plans[-1].requests == plan.requests
+    (live_event,) = live.asset_materializations_for_node(LIVE_BENCHMARK_ASSET)
+    assert live_event.metadata["workload"].value == bench.metadata["workload"].value
     synthetic_plan = {**SMALL, "reuse_deployed": False, "replay_traffic_profile": False}
     synthetic = platform.run(PROMOTE_ASSETS, {"smoke_benchmark": {"config": synthetic_plan}})
     assert synthetic.success and not cluster[1].benchmark_plans[-1].requests
