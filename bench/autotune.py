@@ -27,6 +27,7 @@ the defaults where the grid shows that headroom exists.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import tempfile
@@ -60,10 +61,47 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(value) for value in text.split(","))
 
 
+#: Traffic shapes the simulated tuner is judged on: ``prompt/output`` fixed lengths, or ``chat``: short turns with
+#: a long tail (log-normal prompts, median 150 tokens, and answers, median 100), drawn as a measured profile is.
+SHAPES = ("chat", "1024/256", "4096/256")
+#: The simulated model's context: long enough for the long-context shape (4,096 in + 256 out).
+SIMULATED_MAX_MODEL_LEN = 8192
+
+
+def shape_lengths(shape: str, count: int, seed: int) -> tuple[tuple[int, int], ...]:
+    """``count`` requests of ``shape``, through the platform's own path: a profile over vLLM's length buckets
+    (``build_profile``), then seeded draws (``replay_lengths``), as a benchmark replays a measured profile."""
+    import math
+    import random
+
+    from llm_platform.engine.vllm import request_length_buckets
+    from llm_platform.workload import LengthHistogram, TrafficProfile, replay_lengths
+
+    if shape != "chat":
+        prompt, output = (int(part) for part in shape.split("/"))
+        profile = TrafficProfile("bench", 3600, "prometheus", 1000, LengthHistogram.point(prompt),
+                                 LengthHistogram.point(output))  # fmt: skip
+    else:
+        rng = random.Random(seed)
+        bounds = request_length_buckets(SIMULATED_MAX_MODEL_LEN)
+
+        def cumulative(samples: list[int]) -> dict[float, float]:
+            return {**{float(b): float(sum(1 for n in samples if n <= b)) for b in bounds}, math.inf: len(samples)}
+
+        prompts = [max(1, min(4000, round(rng.lognormvariate(math.log(150), 1.0)))) for _ in range(5000)]
+        outputs = [max(1, min(1024, round(rng.lognormvariate(math.log(100), 0.8)))) for _ in range(5000)]
+        profile = TrafficProfile("bench", 3600, "prometheus", 5000, LengthHistogram.from_cumulative(
+            cumulative(prompts)), LengthHistogram.from_cumulative(cumulative(outputs)))  # fmt: skip
+    return replay_lengths(profile, count, seed=seed, max_model_len=SIMULATED_MAX_MODEL_LEN)
+
+
 def simulated(argv: list[str]) -> None:
-    """The tuner on the simulated GPU server, per seed: the grid (one noisy trial per point, as vLLM's auto_tune),
-    the noise-aware search from the serving plan's best, and vLLM's defaults; then the three winners re-measured on
-    the same seeds (``--confirm`` each), medians. Figures: medians over the seeds."""
+    """The tuner on the simulated GPU server, per traffic shape and seed: the grid (one noisy trial per point, as
+    vLLM's auto_tune), the noise-aware search from the serving plan's best, and vLLM's defaults; then the three
+    winners re-measured on the same seeds (``--confirm`` each), medians. ``tuned_vs_optimum``: what the tuner would
+    deploy against the grid's best measured without noise (the best there is), both without noise. A flat surface
+    (one request at a time: every config serves it alike) must never be adopted. Figures: medians over the seeds,
+    per shape and over all shapes."""
     from llm_platform.perfmodel import engine_defaults, model_reference, open_perf_model, plan_model
     from llm_platform.planning.plan import PlanAxes
     from llm_platform.planning.trials import SimulatedTrials
@@ -77,63 +115,90 @@ def simulated(argv: list[str]) -> None:
     parser.add_argument("--utilization", type=_floats, default=_floats("0.85,0.9,0.95"))
     parser.add_argument("--ttft-ms", type=float, default=500.0)
     parser.add_argument("--itl-ms", type=float, default=30.0)
-    parser.add_argument("--input-len", type=int, default=1024)
-    parser.add_argument("--output-len", type=int, default=256)
+    parser.add_argument("--shapes", type=lambda text: tuple(text.split(",")), default=SHAPES,
+                        help="traffic shapes: chat and/or prompt/output token lengths, comma-separated")  # fmt: skip
     parser.add_argument("--load-high", type=int, default=256)
     parser.add_argument("--prompts-per-load", type=int, default=32)  # p95 past the start-up burst (1/32 of requests)
     parser.add_argument("--noise", type=float, default=0.10)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--confirm", type=int, default=3)
-    short = {"seqs": (64.0, 256.0), "tokens": (512.0, 2048.0), "utilization": (0.9,), "input_len": 256,
-             "output_len": 32, "load_high": 32, "prompts_per_load": 8, "seeds": 1, "confirm": 1}  # fmt: skip
+    short = {"seqs": (64.0, 256.0), "tokens": (512.0, 2048.0), "utilization": (0.9,), "shapes": ("chat",),
+             "load_high": 32, "prompts_per_load": 8, "seeds": 1, "confirm": 1}  # fmt: skip
     options = parse_options(parser, short, argv)
 
     slo = {"ttft_p95_ms": options.ttft_ms, "itl_p95_ms": options.itl_ms, "max_error_rate": 0}
     catalog = parse_catalog({"platform": {"gpu_type": options.gpu_type},
                              "models": [{"name": "bench", "source": {"repo": options.model}, "slo": slo,
-                                         "traffic": {"input_tokens": options.input_len,
-                                                     "output_tokens": options.output_len}}]})  # fmt: skip
+                                         "serving": {"max_model_len": SIMULATED_MAX_MODEL_LEN}}]})  # fmt: skip
     model = catalog.model("bench")
     perf = open_perf_model(model_reference(options.model, None), options.gpu_type, 1)
     defaults = engine_defaults(model, options.gpu_type)
-    plan = plan_model(model, options.gpu_type, 1, None, PlanAxes(tensor_parallel_size=(1,)))
-    print(plan.verdict, flush=True)
     axes = {"max_num_seqs": options.seqs, "max_num_batched_tokens": options.tokens}
     if len(options.utilization) > 1:
         axes["gpu_memory_utilization"] = options.utilization
     space = SearchSpace(axes)
-    start = space.nearest(plan.best.overrides if plan.best else {})
+    requests = max(16, options.prompts_per_load * options.load_high)
 
-    def trials(seed: int) -> SimulatedTrials:
-        return SimulatedTrials(perf, model.slo, defaults, options.input_len, options.output_len,
-                               load_high=options.load_high, prompts_per_load=options.prompts_per_load,
-                               noise=options.noise, seed=seed)  # fmt: skip
+    overall: dict[str, list[float]] = {"tuned_vs_defaults": [], "tuned_vs_grid": [], "trials_ratio": [],
+                                       "tuned_vs_optimum": []}  # fmt: skip
+    per_shape: dict[str, float] = {}
+    flat_adoptions = 0
+    for shape in options.shapes:
+        lengths = shape_lengths(shape, requests, seed=0)
+        mean_in = round(statistics.mean(p for p, _ in lengths))
+        mean_out = round(statistics.mean(o for _, o in lengths))
+        # The plan sizes for the shape's mean lengths, as serving_plan does for a measured profile.
+        planned = model.model_copy(update={"traffic": model.traffic.model_copy(
+            update={"input_tokens": mean_in, "output_tokens": mean_out})})  # fmt: skip
+        plan = plan_model(planned, options.gpu_type, 1, None, PlanAxes(tensor_parallel_size=(1,)))
+        start = space.nearest(plan.best.overrides if plan.best else {})
+        print(f"shape {shape} (mean {mean_in} in / {mean_out} out): {plan.verdict}", flush=True)
 
-    figures: dict[str, list[float]] = {"tuned_vs_defaults": [], "tuned_vs_grid": [], "trials_ratio": []}
-    for seed in range(1, options.seeds + 1):
-        started = time.monotonic()
-        grid = grid_search(space, trials(seed))
-        outcome = noise_aware_search(space, trials(10_000 + seed), start, current={},
-                                     equivalent=clamp_seqs(options.load_high))  # fmt: skip
-        # What each would deploy: the tuner's winner only when it was adopted (its gain's interval cleared the
-        # margin), else the current config (the defaults); the grid's best single trial, as vLLM's auto_tune does.
-        tuned = outcome.winner.candidate if outcome.winner and outcome.adopted else {}
-        contenders = {"defaults": {}, "grid": grid.best.candidate if grid.best else {}, "tuner": tuned}
-        # Each winner re-measured on the same seeds: the same noise for all three, so the ratio is about the configs.
-        confirmed = {name: statistics.median(trials(20_000 + seed)(candidate).goodput
-                                             for _ in range(options.confirm))
-                     for name, candidate in contenders.items()}  # fmt: skip
-        figures["tuned_vs_defaults"].append(confirmed["tuner"] / confirmed["defaults"])
-        figures["tuned_vs_grid"].append(confirmed["tuner"] / confirmed["grid"])
-        figures["trials_ratio"].append(outcome.trials / len(grid.trials))
-        low, high = outcome.gain_interval
-        print(f"seed {seed}: grid best {contenders['grid']} ({len(grid.trials)} trials), tuner {contenders['tuner']} "
-              f"({outcome.trials} trials, spread {outcome.spread:.1%}, gain {outcome.gain:+.1%} [{low:+.1%}, "
-              f"{high:+.1%}], adopted {outcome.adopted}); confirmed tok/s "
-              f"{ {name: round(value) for name, value in confirmed.items()} } ({time.monotonic() - started:.0f} s)",
-              flush=True)  # fmt: skip
-    print(" ".join(f"{name}={statistics.median(values):.3f}" for name, values in figures.items())
-          + f" seeds={options.seeds} grid_trials={len(space.grid())} noise={options.noise:g}")  # fmt: skip
+        trials = functools.partial(SimulatedTrials, perf, model.slo, defaults, mean_in, mean_out,
+                                   load_high=options.load_high, prompts_per_load=options.prompts_per_load,
+                                   noise=options.noise, lengths=lengths)  # fmt: skip
+
+        optimum = grid_search(space, trials(seed=0, noise=0.0))
+        best_there_is = optimum.best.goodput if optimum.best else float("nan")
+        figures: dict[str, list[float]] = {name: [] for name in overall}
+        for seed in range(1, options.seeds + 1):
+            started = time.monotonic()
+            grid = grid_search(space, trials(seed=seed))
+            outcome = noise_aware_search(space, trials(seed=10_000 + seed), start, current={},
+                                         equivalent=clamp_seqs(options.load_high))  # fmt: skip
+            # What each would deploy: the tuner's winner only when it was adopted (its gain's interval cleared the
+            # margin), else the current config (the defaults); the grid's best single trial, as vLLM's auto_tune does.
+            tuned = outcome.winner.candidate if outcome.winner and outcome.adopted else {}
+            contenders = {"defaults": {}, "grid": grid.best.candidate if grid.best else {}, "tuner": tuned}
+            # Each winner re-measured on the same seeds: the same noise for all three, so the ratio is about configs.
+            confirmed = {name: statistics.median(trials(seed=20_000 + seed)(candidate).goodput
+                                                 for _ in range(options.confirm))
+                         for name, candidate in contenders.items()}  # fmt: skip
+            figures["tuned_vs_defaults"].append(confirmed["tuner"] / confirmed["defaults"])
+            figures["tuned_vs_grid"].append(confirmed["tuner"] / confirmed["grid"])
+            figures["trials_ratio"].append(outcome.trials / len(grid.trials))
+            figures["tuned_vs_optimum"].append(trials(seed=0, noise=0.0)(tuned).goodput / best_there_is)
+            # A flat surface: one request at a time, every config serves it alike; adopting anything is noise.
+            flat = noise_aware_search(space, trials(seed=30_000 + seed, load_high=1), start, current={},
+                                      equivalent=clamp_seqs(1))  # fmt: skip
+            flat_adoptions += int(flat.adopted)
+            low, high = outcome.gain_interval
+            print(f"  seed {seed}: grid best {contenders['grid']} ({len(grid.trials)} trials), tuner "
+                  f"{contenders['tuner']} ({outcome.trials} trials, spread {outcome.spread:.1%}, gain "
+                  f"{outcome.gain:+.1%} [{low:+.1%}, {high:+.1%}], adopted {outcome.adopted}); optimum "
+                  f"{optimum.best.candidate if optimum.best else {}}; confirmed tok/s "
+                  f"{ {name: round(value) for name, value in confirmed.items()} }; flat surface adopted "
+                  f"{flat.adopted} ({time.monotonic() - started:.0f} s)", flush=True)  # fmt: skip
+        key = shape.replace("/", "_")
+        for name, values in figures.items():
+            overall[name].extend(values)
+            per_shape[f"{name}_{key}"] = statistics.median(values)
+        print(f"shape {shape}: " + " ".join(f"{name}={statistics.median(values):.3f}"
+                                           for name, values in figures.items()), flush=True)  # fmt: skip
+    print(" ".join(f"{name}={statistics.median(values):.3f}" for name, values in overall.items())
+          + " " + " ".join(f"{name}={value:.3f}" for name, value in per_shape.items())
+          + f" flat_adoptions={flat_adoptions} seeds={options.seeds} grid_trials={len(space.grid())}"
+          + f" noise={options.noise:g}")  # fmt: skip
 
 
 def main() -> None:

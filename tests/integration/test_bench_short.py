@@ -8,10 +8,12 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, ServedTiny
+from tests.conftest import REPO_ROOT, ServedTiny, running_prometheus
 
 BENCH = REPO_ROOT / "bench"
 #: Each script → the keys its last line must carry (``key=value`` pairs), the ratio among them.
@@ -33,10 +35,27 @@ FIGURES = {
         "ratio",
     ),
     "benchmark_fidelity.py": ("ours_output_tok_s", "direct_output_tok_s", "ratio"),
+    "profile_fidelity.py": (
+        "live_p95_ttft_ms",
+        "live_output_tok_s",
+        "profile_ttft_ratio",
+        "profile_tok_ratio",
+        "synthetic_ttft_ratio",
+        "synthetic_tok_ratio",
+    ),
 }
 HELPERS = {"shortmode.py"}
 #: Benches that measure a running tiny-llama server: the short run measures the session's instead of starting one.
-SERVER_BENCHES = {"benchmark_fidelity.py"}
+SERVER_BENCHES = {"benchmark_fidelity.py", "profile_fidelity.py"}
+#: ... and a Prometheus scraping it.
+PROMETHEUS_BENCHES = {"profile_fidelity.py"}
+
+
+@pytest.fixture(scope="module")
+def tiny_prometheus(served_tiny: ServedTiny, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prometheus scraping the session's server."""
+    with running_prometheus(Path(served_tiny.local_target.file_sd_dir), tmp_path_factory.mktemp("prom")) as url:
+        yield url
 
 
 def test_every_bench_script_has_a_short_run_here() -> None:
@@ -53,6 +72,11 @@ def test_bench_short_mode_runs_and_prints_its_figures(script: str, request: pyte
         served: ServedTiny = request.getfixturevalue("served_tiny")
         extra = ["--base-url", served.endpoint, "--tokenizer", served.weights_path,
                  "--api-key-file", served.local_target.api_key_file]  # fmt: skip
+        if script in PROMETHEUS_BENCHES:  # the server itself, not its edge: the drive's rate is the bench's own
+            server = served.local_target.target().active("tiny-llama")
+            assert server is not None
+            extra[1] = server.base_url
+            extra += ["--prometheus", request.getfixturevalue("tiny_prometheus")]
     result = subprocess.run(
         [sys.executable, str(BENCH / script), "--short", *extra],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=840, check=False,

@@ -1,0 +1,227 @@
+"""Profile fidelity: does a benchmark that replays the measured traffic profile predict what the server does under
+that traffic, and better than today's synthetic plan?
+
+1. Live: drive the tiny-llama endpoint for ``--duration`` seconds with a mixed workload of known shape (log-normal
+   prompt lengths with a long tail, log-normal output lengths, ``ignore_eos``), Poisson arrivals at ``--rate``
+   requests/s, streamed; the client measures each request's time to first token and the output tokens/s.
+2. The profile: ``PrometheusClient.measured_traffic`` over the drive's window and ``build_profile``, as the
+   ``traffic_profile`` asset does.
+3. Benchmark the same server with the platform's runner (``vllm bench serve``): (a) the profile replayed, as many
+   seeded draws as the drive sent, at the profile's mean request rate; (b) today's synthetic plan (``plan_for``:
+   a quarter of max_model_len in, 64 out, closed loop at concurrency 1, 8 and max_num_seqs), judged as the SLO gate
+   judges it (worst p95 TTFT, best output tokens/s over its levels).
+4. Print each benchmark's p95 TTFT and output tokens/s over the live figures. Goal: the profile's within +/-15 % of
+   live on both, and closer than the synthetic plan's.
+
+    .venv/bin/python bench/profile_fidelity.py [--duration 300] [--rate 4]
+        [--base-url URL --tokenizer DIR --prometheus URL [--api-key-file FILE]]   # a running tiny-llama server
+
+Without ``--base-url`` it starts a tiny-llama server (local target) and a Prometheus scraping it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from shortmode import parse_options  # noqa: E402
+
+from llm_platform.benchmark import replay_dataset  # noqa: E402
+from llm_platform.benchmark.plan import BenchmarkPlan, plan_for  # noqa: E402
+from llm_platform.benchmark.runner import run_plan  # noqa: E402
+from llm_platform.catalog import ModelSpec, parse_catalog  # noqa: E402
+from llm_platform.dev.tiny_model import make_tiny_model  # noqa: E402
+from llm_platform.engine.vllm import VLLM, VLLM_METRICS  # noqa: E402
+from llm_platform.processes import free_port  # noqa: E402
+from llm_platform.prometheus import PrometheusClient  # noqa: E402
+from llm_platform.services import SCRAPE_INTERVAL_S, LocalServices  # noqa: E402
+from llm_platform.targets.local_servers import LocalServers, LocalTargetSettings  # noqa: E402
+from llm_platform.workload import build_profile, replay_lengths  # noqa: E402
+
+MODEL = "tiny-llama"
+MAX_MODEL_LEN = 2048
+#: The live workload's shape: log-normal prompt lengths (median 80 tokens, a tail to 1,500) and outputs (median 24).
+PROMPT_MEDIAN, PROMPT_SIGMA, PROMPT_CAP = 80, 1.0, 1500
+OUTPUT_MEDIAN, OUTPUT_SIGMA, OUTPUT_CAP = 24, 0.7, 256
+#: Open-loop replay: enough concurrency that the rate, not a cap, decides how many requests are in flight.
+REPLAY_CONCURRENCY = 256
+
+
+def log_normal(rng: random.Random, median: float, sigma: float, cap: int) -> int:
+    return max(1, min(cap, round(rng.lognormvariate(math.log(median), sigma))))
+
+
+@dataclass
+class LiveTraffic:
+    """What the client saw: each answered request's time to first token (s) and output tokens, and the span."""
+
+    ttft_s: list[float] = field(default_factory=list)
+    output_tokens: int = 0
+    failed: int = 0
+    first_sent: float = math.nan
+    last_done: float = math.nan
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def p95_ttft_ms(self) -> float:
+        return statistics.quantiles(self.ttft_s, n=20)[-1] * 1000 if len(self.ttft_s) > 1 else math.nan
+
+    def output_tok_s(self) -> float:
+        return self.output_tokens / (self.last_done - self.first_sent)
+
+
+def send(base_url: str, api_key: str | None, prompt: str, output: int, live: LiveTraffic) -> None:
+    """One streamed completion; records its time to first token and its output tokens."""
+    body = json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": output, "ignore_eos": True, "stream": True,
+                       "temperature": 0}).encode()  # fmt: skip
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    request = urllib.request.Request(f"{base_url}/v1/completions", data=body, headers=headers)
+    start, first = time.monotonic(), math.nan
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            for line in response:
+                if math.isnan(first) and line.startswith(b"data: {"):
+                    first = time.monotonic()
+    except OSError:
+        first = math.nan
+    done = time.monotonic()
+    with live.lock:
+        if math.isnan(first):  # refused, cut, or answered without a token
+            live.failed += 1
+            return
+        live.ttft_s.append(first - start)
+        live.output_tokens += output
+        live.last_done = done if math.isnan(live.last_done) else max(live.last_done, done)
+
+
+def drive(base_url: str, api_key: str | None, tokenizer: str, rate: float, duration_s: float, seed: int,
+          work: Path) -> LiveTraffic:  # fmt: skip
+    """Poisson arrivals at ``rate`` for ``duration_s``, each request its own thread (bounded by the duration)."""
+    rng = random.Random(seed)
+    count = max(1, round(rate * duration_s))
+    lengths = []
+    for _ in range(count):
+        prompt = log_normal(rng, PROMPT_MEDIAN, PROMPT_SIGMA, PROMPT_CAP)
+        output = min(log_normal(rng, OUTPUT_MEDIAN, OUTPUT_SIGMA, OUTPUT_CAP), MAX_MODEL_LEN - prompt - 8)
+        lengths.append([prompt, output])
+    dataset = replay_dataset.write_dataset(lengths, tokenizer, seed, work / "live.jsonl")
+    requests = [json.loads(line) for line in dataset.read_text().splitlines()]
+    live, threads = LiveTraffic(), []
+    live.first_sent = time.monotonic()
+    due = live.first_sent
+    for entry in requests:
+        due += rng.expovariate(rate)
+        time.sleep(max(0.0, due - time.monotonic()))
+        thread = threading.Thread(target=send, args=(base_url, api_key, entry["prompt"], entry["output_tokens"], live))
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join(timeout=600)
+    return live
+
+
+def replay_plan(model: ModelSpec, prometheus: str, window_s: int, requests: int, seed: int) -> BenchmarkPlan:
+    """The profile of the drive's window (as ``traffic_profile`` builds it) as a replay at its mean rate."""
+    measured = PrometheusClient(prometheus).measured_traffic(MODEL, window_s, VLLM_METRICS)
+    profile = build_profile(model, window_s, measured)
+    if profile.source != "prometheus":
+        raise SystemExit(f"no measured profile: {'; '.join(profile.notes)}")
+    lengths = replay_lengths(profile, requests, seed=seed, max_model_len=model.serving.max_model_len)
+    rate = profile.requests / window_s
+    print(f"profile: {profile.described}; replayed at {rate:.2f} requests/s")
+    return BenchmarkPlan(input_len=1, output_len=1, prompts_per_level=len(lengths), seed=seed, num_warmups=0,
+                         concurrency_levels=(REPLAY_CONCURRENCY,), request_rate=f"{rate:.3f}", requests=lengths,
+                         workload=profile.described)  # fmt: skip
+
+
+def tiny_model(path: str) -> ModelSpec:
+    """The demo model as the tests' catalog serves it (the session's server has this engine config)."""
+    serving = {"max_model_len": MAX_MODEL_LEN, "max_num_seqs": 32}
+    return parse_catalog({"models": [{"name": MODEL, "source": {"path": path}, "serving": serving}]}).model(MODEL)
+
+
+@contextmanager
+def own_server(work: Path) -> Iterator[tuple[str, str, str, str | None]]:
+    """A tiny-llama server and a Prometheus scraping it: base URL, weights, Prometheus URL, API key."""
+    model_dir = str(make_tiny_model(work / "tiny"))
+    target = LocalServers(LocalTargetSettings(state_dir=work / "target", file_sd_dir=work / "sd"))
+    services = LocalServices(work / "services")
+    try:
+        server = target.ensure_server(tiny_model(model_dir), model_dir, log=lambda _: None)
+        prometheus = services.start_prometheus(work / "sd", port=free_port())
+        yield server.base_url, model_dir, prometheus.url, target.api_key
+    finally:
+        services.stop("prometheus")
+        target.stop(MODEL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=300.0, help="seconds of live traffic")
+    parser.add_argument("--rate", type=float, default=4.0, help="live requests per second (Poisson arrivals)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base-url", help="measure this running tiny-llama server instead of starting one")
+    parser.add_argument("--tokenizer", help="the running server's weights directory (with --base-url)")
+    parser.add_argument("--prometheus", help="a Prometheus scraping the running server (with --base-url)")
+    parser.add_argument("--api-key-file", help="the key the running server requires (with --base-url)")
+    options = parse_options(parser, {"duration": 60.0, "rate": 4.0})
+    if options.base_url and not (options.tokenizer and options.prometheus):
+        parser.error("--base-url needs --tokenizer and --prometheus")
+    if options.rate * options.duration < 200:
+        parser.error("rate x duration must send at least 200 requests (the profile's floor)")
+    work = Path(tempfile.mkdtemp(prefix="profile-fidelity-"))
+    model = tiny_model(str(work))
+
+    @contextmanager
+    def given() -> Iterator[tuple[str, str, str, str | None]]:
+        key = Path(options.api_key_file).read_text().strip() if options.api_key_file else None
+        yield options.base_url, options.tokenizer, options.prometheus, key
+
+    with given() if options.base_url else own_server(work) as (base_url, model_dir, prometheus, api_key):
+        time.sleep(2 * SCRAPE_INTERVAL_S)  # the window starts after a scrape of the idle server
+        started = time.time()
+        live = drive(base_url, api_key, model_dir, options.rate, options.duration, options.seed, work)
+        time.sleep(2 * SCRAPE_INTERVAL_S)  # the last requests' samples are scraped
+        window_s = math.ceil(time.time() - started)
+        sent = len(live.ttft_s) + live.failed
+        replay = replay_plan(model, prometheus, window_s, sent, options.seed + 1)
+        runs = {}
+        for name, plan in (("profile", replay), ("synthetic", plan_for(model))):
+            frame, _ = run_plan(plan, engine=VLLM, model=MODEL, base_url=base_url, api_key=api_key,
+                                tokenizer=model_dir, work_dir=work / name)  # fmt: skip
+            runs[name] = (float(frame["p95_ttft_ms"].max()), float(frame["output_throughput"].max()))
+            print(f"{name}: {plan.described}; levels {list(plan.concurrency_levels)}: p95 TTFT {runs[name][0]:.0f} ms, "
+                  f"{runs[name][1]:.0f} output tok/s")  # fmt: skip
+    live_ttft, live_tok = live.p95_ttft_ms(), live.output_tok_s()
+    print(f"live: {len(live.ttft_s)} answered, {live.failed} failed at {options.rate:g} requests/s for "
+          f"{options.duration:g} s: p95 TTFT {live_ttft:.0f} ms, {live_tok:.0f} output tok/s")  # fmt: skip
+    ratios = {f"{name}_{kind}_ratio": value / reference for name, (ttft, tok) in runs.items()
+              for kind, value, reference in (("ttft", ttft, live_ttft), ("tok", tok, live_tok))}  # fmt: skip
+
+    def error(name: str) -> float:
+        return max(abs(ratios[f"{name}_ttft_ratio"] - 1), abs(ratios[f"{name}_tok_ratio"] - 1))
+
+    goal_met = error("profile") <= 0.15 and error("profile") < error("synthetic")
+    print(
+        f"live_p95_ttft_ms={live_ttft:.0f} live_output_tok_s={live_tok:.0f} "
+        + " ".join(f"{key}={value:.3f}" for key, value in ratios.items())
+        + f" goal=profile_within_15pct_and_closer goal_met={goal_met}"
+    )
+
+
+if __name__ == "__main__":
+    main()
