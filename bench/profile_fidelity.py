@@ -174,11 +174,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=300.0, help="seconds of live traffic")
     parser.add_argument("--rate", type=float, default=4.0, help="live requests per second (Poisson arrivals)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--synthetic-prompts", type=int, default=64, help="the synthetic plan's prompts per level")
     parser.add_argument("--base-url", help="measure this running tiny-llama server instead of starting one")
     parser.add_argument("--tokenizer", help="the running server's weights directory (with --base-url)")
     parser.add_argument("--prometheus", help="a Prometheus scraping the running server (with --base-url)")
     parser.add_argument("--api-key-file", help="the key the running server requires (with --base-url)")
-    options = parse_options(parser, {"duration": 60.0, "rate": 4.0})
+    options = parse_options(parser, {"duration": 45.0, "rate": 5.0, "synthetic_prompts": 16})
     if options.base_url and not (options.tokenizer and options.prometheus):
         parser.error("--base-url needs --tokenizer and --prometheus")
     if options.rate * options.duration < 200:
@@ -200,7 +201,8 @@ def main() -> None:
         sent = len(live.ttft_s) + live.failed
         replay = replay_plan(model, prometheus, window_s, sent, options.seed + 1)
         runs = {}
-        for name, plan in (("profile", replay), ("synthetic", plan_for(model))):
+        synthetic = plan_for(model, prompts_per_level=options.synthetic_prompts)
+        for name, plan in (("profile", replay), ("synthetic", synthetic)):
             frame, _ = run_plan(plan, engine=VLLM, model=MODEL, base_url=base_url, api_key=api_key,
                                 tokenizer=model_dir, work_dir=work / name)  # fmt: skip
             runs[name] = (float(frame["p95_ttft_ms"].max()), float(frame["output_throughput"].max()))

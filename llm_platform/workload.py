@@ -122,6 +122,13 @@ class LengthHistogram:
         ]
 
 
+def span(seconds: float) -> str:
+    """A window's length as people say it: ``24 h``, ``1.5 h``, ``5 min``, ``45 s``."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.3g} h"
+    return f"{seconds / 60:.3g} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 @dataclass(frozen=True)
 class TrafficProfile:
     """What one model served over ``window_s`` seconds (``source: catalog``: too little was measured, and these are
@@ -204,7 +211,7 @@ class TrafficProfile:
         """One line naming the profile (what a benchmark's metadata says it replayed)."""
         lengths = self.quantiles()
         return (
-            f"{self.source} profile of '{self.model}' over {self.window_s / 3600:g} h: {self.requests:.0f} requests, "
+            f"{self.source} profile of '{self.model}' over {span(self.window_s)}: {self.requests:.0f} requests, "
             f"prompt p50 {lengths['prompt_tokens']['p50']:.0f} / p99 {lengths['prompt_tokens']['p99']:.0f}, "
             f"output p50 {lengths['generation_tokens']['p50']:.0f} / p99 {lengths['generation_tokens']['p99']:.0f} "
             "tokens"
@@ -374,9 +381,9 @@ def shape_moved(
         distances.update({f"{kind}_earlier": round(gaps[0], 3), f"{kind}_recent": round(gaps[1], 3)})
         if all(gap >= need for gap, need in zip(gaps, needed, strict=True)):
             moved_in.append(f"{kind} lengths (KS {gaps[0]:.2f} and {gaps[1]:.2f} >= {max(needed):.2f})")
-    span = f"{limits.window_s / 3600:g} h"
+    last = span(limits.window_s)
     if moved_in:
         return ShapeVerdict(True, f"{' and '.join(moved_in)} moved away from the {baseline.described} in both halves "
-                                  f"of the last {span}", distances)  # fmt: skip
-    return ShapeVerdict(False, f"the shape holds over the last {span} (KS distances {distances}, moving needs "
+                                  f"of the last {last}", distances)  # fmt: skip
+    return ShapeVerdict(False, f"the shape holds over the last {last} (KS distances {distances}, moving needs "
                                f">= {limits.min_distance:g} in both halves)", distances)  # fmt: skip

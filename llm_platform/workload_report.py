@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from llm_platform.charts import new_figure, to_png
-from llm_platform.workload import LengthHistogram, TrafficProfile
+from llm_platform.workload import LengthHistogram, TrafficProfile, span
 
 
 def figures_frame(profile: TrafficProfile) -> pd.DataFrame:
@@ -57,6 +57,6 @@ def profile_png(profile: TrafficProfile) -> bytes:
     rate.set_xlabel("hours into the window")
     rate.set_ylabel("requests/s (5-min rate)")
     rate.set_title("request rate")
-    figure.suptitle(f"{profile.model}: {profile.source} profile over {profile.window_s / 3600:g} h "
+    figure.suptitle(f"{profile.model}: {profile.source} profile over {span(profile.window_s)} "
                     f"({profile.requests:.0f} requests)")  # fmt: skip
     return to_png(figure)

@@ -4,6 +4,9 @@ file and the environment is ``llm_platform.catalog_files``'s job."""
 
 from llm_platform.catalog.checks import (
     QuotaBudget,
+    adapter_config_problems,
+    lora_rank,
+    max_loras,
     max_replicas_within_quota,
     model_problems,
     model_warnings,
@@ -16,10 +19,12 @@ from llm_platform.catalog.fingerprint import config_fingerprint
 from llm_platform.catalog.parsing import parse_assignments, parse_catalog, parse_catalog_text
 from llm_platform.catalog.patches import ModelPatch, apply_serving_overrides, diff_table, patch_between
 from llm_platform.catalog.schema import (
+    ADAPTER_ALLOW_PATTERNS,
     DEFAULT_ALLOW_PATTERNS,
     DEFAULT_VLLM_IMAGE_TAG,
     GPU_TYPES,
     MAX_MODEL_NAME_LENGTH,
+    Adapter,
     Autoscaling,
     Catalog,
     Exposure,
@@ -36,10 +41,12 @@ from llm_platform.catalog.schema import (
 )
 
 __all__ = [
+    "ADAPTER_ALLOW_PATTERNS",
     "DEFAULT_ALLOW_PATTERNS",
     "DEFAULT_VLLM_IMAGE_TAG",
     "GPU_TYPES",
     "MAX_MODEL_NAME_LENGTH",
+    "Adapter",
     "Autoscaling",
     "Catalog",
     "Exposure",
@@ -54,10 +61,13 @@ __all__ = [
     "Source",
     "Toleration",
     "Traffic",
+    "adapter_config_problems",
     "apply_serving_overrides",
     "config_fingerprint",
     "diff_table",
     "is_commit_sha",
+    "lora_rank",
+    "max_loras",
     "max_replicas_within_quota",
     "model_problems",
     "model_warnings",

@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llm_platform.catalog.schema import IMAGE_DIGEST, ModelSpec, Platform
+from llm_platform.catalog.schema import IMAGE_DIGEST, Adapter, ModelSpec, Platform
 from llm_platform.engine import engine_for
+from llm_platform.errors import shorten
 
 _POSITION_LIMIT_KEYS = (
     "max_position_embeddings",
@@ -77,6 +78,7 @@ def model_problems(
             )
         )
     problems += _rollout_problems(model)
+    problems += _lora_problems(model)
     batched = serving.max_num_batched_tokens
     if batched is not None:
         if not serving.enable_chunked_prefill and batched < serving.max_model_len:
@@ -120,6 +122,73 @@ def _rollout_problems(model: ModelSpec) -> list[tuple[str, str]]:
             )
         )
     return problems
+
+
+#: The adapter slots when the catalog leaves ``serving.max_loras`` out: every adapter, up to this many at once.
+DEFAULT_MAX_LORAS = 8
+
+
+def max_loras(model: ModelSpec) -> int:
+    """Adapters one batch may hold: the catalog's ``serving.max_loras``, else all of them up to 8."""
+    return model.serving.max_loras or min(len(model.adapters), DEFAULT_MAX_LORAS)
+
+
+def _lora_problems(model: ModelSpec) -> list[tuple[str, str]]:
+    """The LoRA knobs against the adapters and the engine: slots and ranks it can serve, knobs without adapters."""
+    serving, engine = model.serving, engine_for(model.serving)
+    problems: list[tuple[str, str]] = []
+    if not model.adapters:
+        problems += [(f"serving.{knob}", "set without adapters: remove it, or list the model's adapters")
+                     for knob in ("max_loras", "max_lora_rank") if getattr(serving, knob) is not None]  # fmt: skip
+        return problems
+    if not engine.lora_ranks:
+        return [("adapters", f"engine '{engine.name}' serves no LoRA adapters; serve them with vllm")]
+    if serving.max_loras is not None and serving.max_loras > len(model.adapters):
+        problems.append(("serving.max_loras", f"{serving.max_loras} slots for {len(model.adapters)} adapters: each "
+                         "slot reserves GPU memory; at most as many as there are adapters"))  # fmt: skip
+    if serving.max_lora_rank is not None and serving.max_lora_rank not in engine.lora_ranks:
+        ranks = ", ".join(map(str, engine.lora_ranks))
+        problems.append(("serving.max_lora_rank", f"{engine.name} serves ranks {ranks}; {serving.max_lora_rank} is "
+                         "none of them (take the next one up)"))  # fmt: skip
+    problems.append(("adapters", "LoRA adapters are validated but not served by this release yet (their download, "
+                     "benchmark and serving come next): remove them for now"))  # fmt: skip
+    return problems
+
+
+def adapter_config_problems(model: ModelSpec, adapter: Adapter, config: Mapping[str, Any]) -> list[str]:
+    """What an adapter's ``adapter_config.json`` (read after its download, before anything serves it) says against
+    its base model and the engine, one line each: a PEFT method other than LoRA, a rank missing, above
+    ``serving.max_lora_rank`` or above any the engine serves, another base model than the catalog's."""
+    engine, problems = engine_for(model.serving), []
+    method = config.get("peft_type", "LORA")
+    if not isinstance(method, str) or method.upper() != "LORA":
+        problems.append(f"peft_type {shorten(str(method))} is not LORA: only LoRA adapters are served")
+    rank = config.get("r")
+    limit = model.serving.max_lora_rank or engine.default_lora_rank or 0
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        problems.append("its rank 'r' is missing or not a positive integer")
+    elif engine.lora_ranks and rank > max(engine.lora_ranks):
+        problems.append(f"rank {rank} is above any {engine.name} serves (at most {max(engine.lora_ranks)})")
+    elif model.serving.max_lora_rank is not None and rank > limit:
+        fits = min(r for r in engine.lora_ranks if r >= rank)
+        problems.append(f"rank {rank} exceeds serving.max_lora_rank {limit}: set it to {fits} or more")
+    base = config.get("base_model_name_or_path")
+    base = base if isinstance(base, str) else ""
+    # A hub id other than the base's is another model; a local path (where it was trained) says nothing either way.
+    hub_id = "/" in base and not base.startswith(("/", "."))
+    if hub_id and model.source.repo and base.lower() != model.source.repo.lower():
+        problems.append(f"trained on {shorten(base)}, not on the model's '{model.source.repo}'")
+    return [f"model '{model.name}': adapter '{adapter.name}': {problem}" for problem in problems]
+
+
+def lora_rank(model: ModelSpec, ranks: Sequence[int]) -> int:
+    """The rank the engine reserves room for: ``serving.max_lora_rank``, else the smallest the engine serves that
+    fits the largest adapter rank in ``ranks`` (the adapters' configs), at least the engine's default."""
+    engine = engine_for(model.serving)
+    if model.serving.max_lora_rank is not None:
+        return model.serving.max_lora_rank
+    needed = max([*ranks, engine.default_lora_rank or 1])
+    return min(rank for rank in engine.lora_ranks if rank >= needed)
 
 
 def _canary_replicas(model: ModelSpec) -> int:

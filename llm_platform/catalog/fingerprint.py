@@ -8,11 +8,16 @@ import json
 from llm_platform.catalog.schema import Serving
 from llm_platform.engine import DEFAULT_ENGINE
 
+#: Serving fields added after fingerprints were first recorded, left out of one while unset.
+LATER_OPTIONAL_FIELDS = ("max_loras", "max_lora_rank")
+
 
 def config_fingerprint(serving: Serving, weights_sha: str) -> str:
-    """Target-independent identity of ``serving`` on a weights commit. The engine counts where it is not the
-    default: configs of the default engine keep the identity they had before ``serving.engine`` existed, so their
-    benchmarks stay valid."""
-    fields = serving.model_dump(mode="json", exclude={"engine"} if serving.engine == DEFAULT_ENGINE else None)
+    """Target-independent identity of ``serving`` on a weights commit. Fields added later count where they are
+    set: the engine where it is not the default, the LoRA knobs where given, so configs from before them keep their
+    identity and their benchmarks stay valid."""
+    unset = {"engine"} if serving.engine == DEFAULT_ENGINE else set()
+    unset |= {knob for knob in LATER_OPTIONAL_FIELDS if getattr(serving, knob) is None}
+    fields = serving.model_dump(mode="json", exclude=unset)
     payload = json.dumps({"serving": fields, "weights": weights_sha}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

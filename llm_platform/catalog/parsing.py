@@ -110,6 +110,7 @@ def parse_catalog(
 
     models: list[ModelSpec] = []
     seen: set[str] = set()
+    served_by: dict[str, str] = {}  # every served name so far (models' and adapters') → what serves it
     for index, raw in enumerate(raw_models):
         name = raw.get("name") if isinstance(raw, Mapping) else None
         where = f"{origin}: model {shorten(name)}" if isinstance(name, str) and name else f"{origin}: models[{index}]"
@@ -124,6 +125,7 @@ def parse_catalog(
         if model.name in seen:
             problems.append(format_problem(where, "name", "duplicate model name; each model needs its own"))
         seen.add(model.name)
+        problems += _served_name_problems(model, where, served_by)
         problems += [format_problem(where, p, m) for p, m in model_problems(model, model_configs.get(model.name))]
         models.append(model)
 
@@ -133,6 +135,22 @@ def parse_catalog(
     if problems:
         raise CatalogError(problems)
     return Catalog(platform=platform, models=tuple(models))
+
+
+def _served_name_problems(model: ModelSpec, where: str, served_by: dict[str, str]) -> list[str]:
+    """A model's name and its adapters' against every served name of the models before it (requests name what they
+    want served: two of one name would be ambiguous); records them in ``served_by``."""
+    problems = []
+    if served_by.get(model.name, "").startswith("adapter"):
+        problems.append(format_problem(where, "name", f"'{model.name}' is the {served_by[model.name]} already: "
+                                       "served names are unique"))  # fmt: skip
+    served_by.setdefault(model.name, f"model '{model.name}'")
+    for index, adapter in enumerate(model.adapters):
+        if adapter.name in served_by:
+            problems.append(format_problem(where, f"adapters[{index}].name", f"'{adapter.name}' is served by "
+                                           f"{served_by[adapter.name]} already: served names are unique"))  # fmt: skip
+        served_by[adapter.name] = f"adapter of model '{model.name}'"
+    return problems
 
 
 #: Bounds on catalog text, checked before anything else reads it: far above any real catalog, far below what

@@ -38,6 +38,12 @@ DEFAULT_ALLOW_PATTERNS: tuple[str, ...] = (
     "*.jinja",
 )
 
+#: What an adapter download fetches unless the catalog says otherwise: its config and safetensors weights only
+#: (never a pickle: ``adapter_model.bin`` is left out, and an adapter without safetensors is refused).
+ADAPTER_ALLOW_PATTERNS: tuple[str, ...] = ("adapter_config.json", "*.safetensors")
+#: Most adapters one model may serve (each is a served name, a download and a benchmark).
+MAX_ADAPTERS = 32
+
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 # huggingface_hub's own repo-id rule (validate_repo_id), restated here so the core needs no hub client.
@@ -214,6 +220,48 @@ class Source(_Section):
         return self
 
 
+class AdapterSource(Source):
+    """Where an adapter's weights come from: like a model's, without revision tracking (an adapter changes with a
+    promotion of its base, pinned), and by default its ``adapter_config.json`` and safetensors only."""
+
+    allow_patterns: tuple[str, ...] = ADAPTER_ALLOW_PATTERNS
+
+    @model_validator(mode="after")
+    def _no_tracking(self) -> AdapterSource:
+        if self.track_revision:
+            raise ValueError("an adapter follows its base's promotions: track_revision is for models only")
+        return self
+
+
+class Adapter(_Section):
+    """A LoRA adapter served on the model's base weights under a name of its own (KServe's ``LoRASpec``; the engine
+    loads it at start from the model store): requests that name it get the base with the adapter applied."""
+
+    name: str
+    """The served model name clients send: a DNS-1123 label, unique across every served name of the catalog."""
+    source: AdapterSource
+    """The adapter's repository (or directory) and revision; downloaded beside the base's weights."""
+    base_revision: str | None = None
+    """The base weights' commit the adapter was trained on (40-hex); when set, the adapter is served only on it."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if len(name) > 63 or not _DNS1123_LABEL.match(name):
+            raise ValueError(
+                f"{shorten(name)} is not a served name: a DNS-1123 label of at most 63 characters (lower case letters, "
+                "digits and '-')"
+            )
+        return name
+
+    @field_validator("base_revision")
+    @classmethod
+    def _commit(cls, revision: str | None) -> str | None:
+        if revision is not None and not is_commit_sha(revision):
+            raise ValueError(f"{shorten(revision)} is not a commit id (40 hex characters): a branch can move")
+        return revision
+
+
 class Serving(_Section):
     """The engine settings the catalog controls; the engine (``llm_platform/engine/``) turns them into its command
     line."""
@@ -245,6 +293,12 @@ class Serving(_Section):
     trust_remote_code: bool = False
     """Let vLLM run the Python code that comes with the model's repository (vLLM's remote-code flag): only for
     repositories you trust as you trust this platform's own code."""
+    max_loras: int | None = Field(None, ge=1)
+    """LoRA adapters one batch may hold at once (the engine's adapter slots); ``null``: all the model's adapters, up
+    to 8. Adapters beyond it take turns (loaded from host memory as requests ask for them)."""
+    max_lora_rank: int | None = Field(None, ge=1)
+    """Highest adapter rank the engine reserves room for (vLLM's: 1, 8, 16, 32, 64, 128, 256, 320 or 512);
+    ``null``: the engine's default (16), raised to the adapters' rank once their configs are read."""
     extra_args: tuple[str, ...] = ()
     """Further engine flags from the engine's allow-list (vLLM's: ``llm_platform/engine/vllm_flags.py``), each
     written in full; flags with a field of their own, and every flag not on the list, are refused with the reason."""
@@ -661,6 +715,8 @@ class ModelSpec(_Section):
     autoscaling: Autoscaling = Autoscaling()
     exposure: Exposure = Exposure()
     rollout: Rollout = Rollout()
+    adapters: tuple[Adapter, ...] = ()
+    """LoRA adapters served on these weights, each under its own name (at most :data:`MAX_ADAPTERS`)."""
     _track: str | None = PrivateAttr(default=None)
     """Set by :meth:`as_track` only, never from a catalog file: the rollout track this view renders."""
 
@@ -676,6 +732,19 @@ class ModelSpec(_Section):
                 f"{shorten(name)} is not a DNS-1123 label (lower case letters, digits and '-', e.g. 'llama-8b')"
             )
         return name
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapters(cls, adapters: tuple[Adapter, ...], info: ValidationInfo) -> tuple[Adapter, ...]:
+        if len(adapters) > MAX_ADAPTERS:
+            raise ValueError(f"{len(adapters)} adapters; at most {MAX_ADAPTERS} per model")
+        names = [adapter.name for adapter in adapters]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"adapter names must differ: {', '.join(repeated)} more than once")
+        if info.data.get("name") in names:
+            raise ValueError(f"adapter '{info.data['name']}' has the model's own name: a served name must be unique")
+        return adapters
 
     @field_validator("owners")
     @classmethod

@@ -161,6 +161,15 @@ class Engine(ABC):
     """HOME inside the engine's image: where its compile caches go (an emptyDir in the pod)."""
     aiconfigurator_backend: str | None
     """The backend name AIConfigurator estimates this engine under; None: the planner has no estimate for it."""
+    lora_ranks: tuple[int, ...] = ()
+    """The LoRA ranks the engine can reserve room for (``serving.max_lora_rank``); empty: it serves no adapters."""
+    default_lora_rank: int | None = None
+    """The rank it reserves room for when ``serving.max_lora_rank`` is unset."""
+
+    def lora_args(self, adapters: Mapping[str, str], *, max_loras: int, max_lora_rank: int) -> tuple[str, ...]:
+        """Arguments that serve ``adapters`` (served name → directory) beside the base weights. Only engines with
+        :attr:`lora_ranks` serve adapters."""
+        raise NotImplementedError(f"engine '{self.name}' serves no LoRA adapters")
 
     @abstractmethod
     def server_args(self, serving: ServingSettings, *, served_model_name: str, weights_path: str) -> tuple[str, ...]:

@@ -71,6 +71,22 @@ class VllmEngine(Engine):
     default_max_num_seqs = 256
     container_home = "/home/vllm"
     aiconfigurator_backend = "vllm"
+    lora_ranks = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's LoRAConfig.max_lora_rank choices
+    default_lora_rank = 16
+
+    def lora_args(self, adapters: Mapping[str, str], *, max_loras: int, max_lora_rank: int) -> tuple[str, ...]:
+        """``--enable-lora`` with every adapter named in ``--lora-modules`` (loaded at start, from the model store);
+        vLLM's runtime adapter endpoints stay off (``VLLM_ALLOW_RUNTIME_LORA_UPDATING`` is never set, and the gate
+        does not route ``/v1/load_lora_adapter``)."""
+        if not adapters:
+            return ()
+        return (
+            "--enable-lora",
+            *_flag("max-loras", max_loras),
+            *_flag("max-lora-rank", max_lora_rank),
+            "--lora-modules",
+            *(f"{name}={path}" for name, path in sorted(adapters.items())),
+        )
 
     @property
     def image_repository(self) -> str:

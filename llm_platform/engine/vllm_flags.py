@@ -54,6 +54,10 @@ MANAGED_FLAGS: Mapping[str, str] = {
     "--api-key": "a Secret (API keys never go into the catalog)",
     "--trust-remote-code": "serving.trust_remote_code",
     "--no-trust-remote-code": "serving.trust_remote_code",
+    "--enable-lora": "adapters (the model's LoRA adapters, downloaded and verified like its weights)",
+    "--lora-modules": "adapters (the model's LoRA adapters, downloaded and verified like its weights)",
+    "--max-loras": "serving.max_loras",
+    "--max-lora-rank": "serving.max_lora_rank",
 }
 
 #: Flags that are never accepted, and why (the most likely to be asked for; everything not allowed is refused).

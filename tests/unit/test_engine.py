@@ -109,6 +109,13 @@ def test_vllm_own_parser_accepts_the_arguments() -> None:
     parsed = make_arg_parser(FlexibleArgumentParser()).parse_args(list(invocation.args))
     assert (parsed.model, parsed.max_num_seqs, parsed.max_model_len, parsed.port) == ("/w", 8, 2048, 8123)
     assert parsed.enable_chunked_prefill is False and parsed.enable_prefix_caching is False
+    # The LoRA flags as vLLM reads them: each adapter a served name with its directory.
+    adapters = {"m-sql": "/w/adapters/sql", "m-chat": "/w/adapters/chat"}
+    lora = VLLM.lora_args(adapters, max_loras=2, max_lora_rank=32)
+    parsed = make_arg_parser(FlexibleArgumentParser()).parse_args([*invocation.args, *lora])
+    assert parsed.enable_lora is True and (parsed.max_loras, parsed.max_lora_rank) == (2, 32)
+    assert {module.name: module.path for module in parsed.lora_modules} == adapters
+    assert VLLM.lora_args({}, max_loras=1, max_lora_rank=16) == ()  # no adapters: LoRA stays off
 
 
 def test_request_length_buckets_resolve_the_top_of_the_context() -> None:
