@@ -81,14 +81,17 @@ def plan_from_config(model: ModelSpec, config: BenchmarkConfig) -> BenchmarkPlan
     return plan
 
 
-def with_traffic_profile(context: dg.AssetExecutionContext, model: ModelSpec, plan: BenchmarkPlan) -> BenchmarkPlan:
+def with_traffic_profile(
+    instance: dg.DagsterInstance, model: ModelSpec, plan: BenchmarkPlan, count: int | None = None
+) -> BenchmarkPlan:
     """``plan`` replaying the model's latest measured traffic profile, when there is one (a profile that fell back
-    to the catalog has nothing to replay): each request's lengths drawn from it with the plan's seed."""
-    profile = latest_value(context.instance, TRAFFIC_PROFILE_ASSET, model.name)
+    to the catalog has nothing to replay): ``count`` requests (default: the plan's per level) whose lengths are
+    drawn from it with the plan's seed."""
+    profile = latest_value(instance, TRAFFIC_PROFILE_ASSET, model.name)
     if not isinstance(profile, TrafficProfile) or profile.source != "prometheus":
         return plan
     requests = replay_lengths(
-        profile, plan.prompts_per_level, seed=plan.seed, max_model_len=model.serving.max_model_len
+        profile, count or plan.prompts_per_level, seed=plan.seed, max_model_len=model.serving.max_model_len
     )
     return dataclasses.replace(plan, requests=requests, workload=profile.described)
 
@@ -197,7 +200,7 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
         plan = plan_from_config(model, config)
         serving_target = target.serving_target(catalog.platform)
         if config.replay_traffic_profile:
-            plan = with_traffic_profile(context, model, plan)
+            plan = with_traffic_profile(context.instance, model, plan)
         work_dir = serving_target.artifact_dir(model.name, "benchmarks", context.run.run_id)
         deployed = latest_value(context.instance, DEPLOYMENT_ASSET, model.name) if config.reuse_deployed else None
         reused = isinstance(deployed, DeploymentRecord) and deployed.choice.fingerprint == serving_config.fingerprint

@@ -8,7 +8,6 @@ No ``from __future__ import annotations`` here: Dagster reads the config and res
 """
 
 import base64
-import dataclasses
 import json
 import math
 import statistics
@@ -23,7 +22,7 @@ from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.benchmark.trials import as_overrides
 from llm_platform.catalog import Catalog, ModelSpec, apply_serving_overrides
 from llm_platform.conventions import PLAN_ASSET, TRAFFIC_PROFILE_ASSET, TUNED_ASSET
-from llm_platform.defs.benchmark import BENCHMARK_POOL
+from llm_platform.defs.benchmark import BENCHMARK_POOL, with_traffic_profile
 from llm_platform.defs.failures import platform_errors_as_failure, refuse_environment_references
 from llm_platform.defs.metadata import table_metadata
 from llm_platform.defs.partitions import latest_materialization
@@ -35,7 +34,6 @@ from llm_platform.targets.base import TrialSettings
 from llm_platform.tuning.report import pareto_png, trials_frame
 from llm_platform.tuning.search import SearchSpace, clamp_seqs, noise_aware_search
 from llm_platform.weights.plan import SnapshotManifest
-from llm_platform.workload import TrafficProfile, replay_lengths
 
 AUTO_TUNE_JOB = "auto_tune"
 RETUNE_JOB = "retune_on_traffic"
@@ -139,8 +137,16 @@ def build_tuned_serving_config_asset(catalog: Catalog, partitions: dg.Partitions
             output_len=config.output_len,
             prompts_per_level=MIN_PROMPTS_PER_PROBE,
             num_warmups=1,
+            seed=config.seed,
         )
-        plan = _replaying_profile(context.instance, current, plan, config)
+        # The measured traffic, as many draws as the highest load sends: no level repeats a prompt (a repeat would
+        # hit the prefix cache).
+        plan = with_traffic_profile(
+            context.instance,
+            current,
+            plan,
+            count=max(MIN_PROMPTS_PER_PROBE, config.prompts_per_load * config.load_high),
+        )
         context.log.info(f"model '{name}': trials send {plan.described}")
         settings = TrialSettings(plan, config.load_low, config.load_high, config.prompts_per_load)
         serving_plan = latest_value(context.instance, PLAN_ASSET, name)
@@ -224,20 +230,6 @@ def auto_tune_job() -> UnresolvedAssetJobDefinition:
         description="Search the engine arguments for the most goodput under the model's SLO; an adopted result "
         "becomes serving_config's override for the next lifecycle or promote run.",
     )
-
-
-def _replaying_profile(
-    instance: dg.DagsterInstance, model: ModelSpec, plan: BenchmarkPlan, config: AutoTuneConfig
-) -> BenchmarkPlan:
-    """``plan`` sending the model's measured traffic (its latest ``traffic_profile`` from Prometheus): as many
-    seeded draws as the highest load sends, so that no level repeats a prompt (a repeat would hit the prefix cache);
-    the fixed lengths when nothing was measured."""
-    profile = latest_value(instance, TRAFFIC_PROFILE_ASSET, model.name)
-    if not isinstance(profile, TrafficProfile) or profile.source != "prometheus":
-        return plan
-    count = max(MIN_PROMPTS_PER_PROBE, config.prompts_per_load * config.load_high)
-    requests = replay_lengths(profile, count, seed=config.seed, max_model_len=model.serving.max_model_len)
-    return dataclasses.replace(plan, requests=requests, workload=profile.described)
 
 
 def retune_job() -> UnresolvedAssetJobDefinition:

@@ -140,9 +140,8 @@ def build_shape_sensor(
     halves of the window, and a ``promote`` run once that retune adopted a new config (the model's rollout strategy
     judges it, a canary included). ``jobs``: the retune and promote jobs the definitions hold."""
     limits = limits or ShapeLimits()
-    deployed = list(catalog.models)
     engines: dict[str, list[ModelSpec]] = {}
-    for model in deployed:
+    for model in catalog.models:
         engines.setdefault(engine_for(model.serving).name, []).append(model)
 
     @dg.sensor(
@@ -157,7 +156,7 @@ def build_shape_sensor(
     def traffic_shape_sensor(context: dg.SensorEvaluationContext, prometheus: PrometheusResource) -> dg.SensorResult:
         state = ShapeState.load(context.cursor)
         now = clock()
-        names = [model.name for model in deployed]
+        names = catalog.model_names
         deployments = latest_materialization_records(context.instance, DEPLOYMENT_ASSET, names)
         requests, notes = _promote_adopted(context.instance, state, names, now, give_up_s=2 * interval_s), []
         requests_for = {request.partition_key for request in requests}
@@ -173,14 +172,13 @@ def build_shape_sensor(
         except PlatformError as error:
             return dg.SensorResult(run_requests=requests, skip_reason=f"metrics unavailable: {error}",
                                    cursor=state.dump())  # fmt: skip
-        for model in deployed:
-            name = model.name
+        for name in names:
             deployment = deployments.get(name)
             if deployment is None:
                 notes.append(f"{name}: not deployed")
                 continue
-            if name in requests_for or name in state.pending or runs_in_progress(context.instance, name):
-                notes.append(f"{name}: a retune or promotion is in progress")
+            if name in requests_for or name in state.pending:
+                notes.append(f"{name}: a retune or its promotion is in progress")
                 continue
             if now - deployment.timestamp < limits.window_s:
                 notes.append(f"{name}: deployed {now - deployment.timestamp:.0f} s ago, younger than the window")
@@ -198,8 +196,8 @@ def build_shape_sensor(
                 notes.append(f"{name}: {verdict.reason}")
                 continue
             wait = gate(state.retunes.get(name, []), now, limits.cooldown_s, limits.max_per_day)
-            if wait:
-                notes.append(f"{name}: {verdict.reason}; not yet: {wait}")
+            if wait or runs_in_progress(context.instance, name):  # the instance is asked only for a moved shape
+                notes.append(f"{name}: {verdict.reason}; not yet: {wait or 'a run of the model is in progress'}")
                 continue
             context.log.info(f"model '{name}': {verdict.reason}: retuning on the new shape")
             requests.append(dg.RunRequest(

@@ -93,7 +93,7 @@ def test_a_moved_shape_is_retuned_once_and_a_stationary_one_never(prometheus: tu
         # The retune is pending: a later tick (the data end where the trace ends: the same time) does not ask again.
         again = _tick(instance, url, now, cursor)
         assert not again.run_requests
-        assert "shifting: a retune or promotion is in progress" in str(again.skip_reason)
+        assert "shifting: a retune or its promotion is in progress" in str(again.skip_reason)
         assert "steady: the shape holds over the last 2 h" in str(again.skip_reason)
         # The retune measured the new profile and adopted a config: the next tick promotes it.
         client = PrometheusClient(url)
