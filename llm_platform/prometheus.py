@@ -503,16 +503,11 @@ class PrometheusClient:
             if model and name and bound is not None and not math.isnan(value):
                 cumulative.setdefault(model, {}).setdefault(name, {})[float(bound)] = value
 
-        def histogram(fields: dict[str, dict[float, float]], name: str) -> LengthHistogram:
-            return LengthHistogram.from_cumulative(fields.get(name, {}))
+        def half(fields: dict[str, dict[float, float]], which: str) -> tuple[LengthHistogram, LengthHistogram]:
+            return (LengthHistogram.from_cumulative(fields.get(f"prompt_{which}", {})),
+                    LengthHistogram.from_cumulative(fields.get(f"generation_{which}", {})))  # fmt: skip
 
-        return {
-            model: tuple(
-                (histogram(fields, f"prompt_{half}"), histogram(fields, f"generation_{half}"))
-                for half in ("earlier", "recent")
-            )  # type: ignore[misc]
-            for model, fields in cumulative.items()
-        }
+        return {model: (half(fields, "earlier"), half(fields, "recent")) for model, fields in cumulative.items()}
 
     def canary_models(self, metrics: EngineMetrics) -> set[str]:
         """The models whose canary Prometheus scrapes now (a stopped one's series end at once: staleness markers)."""

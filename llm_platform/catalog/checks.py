@@ -163,13 +163,12 @@ def adapter_config_problems(model: ModelSpec, adapter: Adapter, config: Mapping[
     method = config.get("peft_type", "LORA")
     if not isinstance(method, str) or method.upper() != "LORA":
         problems.append(f"peft_type {shorten(str(method))} is not LORA: only LoRA adapters are served")
-    rank = config.get("r")
-    limit = model.serving.max_lora_rank or engine.default_lora_rank or 0
+    rank, limit = config.get("r"), model.serving.max_lora_rank
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         problems.append("its rank 'r' is missing or not a positive integer")
     elif engine.lora_ranks and rank > max(engine.lora_ranks):
         problems.append(f"rank {rank} is above any {engine.name} serves (at most {max(engine.lora_ranks)})")
-    elif model.serving.max_lora_rank is not None and rank > limit:
+    elif limit is not None and rank > limit:
         fits = min(r for r in engine.lora_ranks if r >= rank)
         problems.append(f"rank {rank} exceeds serving.max_lora_rank {limit}: set it to {fits} or more")
     base = config.get("base_model_name_or_path")

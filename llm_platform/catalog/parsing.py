@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from llm_platform.catalog.checks import model_problems, quota_problems
 from llm_platform.catalog.schema import Catalog, ModelSpec, Platform
+from llm_platform.conventions import ServedModel
 from llm_platform.errors import CatalogError, shorten
 
 
@@ -110,7 +111,7 @@ def parse_catalog(
 
     models: list[ModelSpec] = []
     seen: set[str] = set()
-    served_by: dict[str, str] = {}  # every served name so far (models' and adapters') → what serves it
+    served_by: dict[str, ServedModel] = {}  # every served name so far (models' and adapters') → what serves it
     for index, raw in enumerate(raw_models):
         name = raw.get("name") if isinstance(raw, Mapping) else None
         where = f"{origin}: model {shorten(name)}" if isinstance(name, str) and name else f"{origin}: models[{index}]"
@@ -137,19 +138,24 @@ def parse_catalog(
     return Catalog(platform=platform, models=tuple(models))
 
 
-def _served_name_problems(model: ModelSpec, where: str, served_by: dict[str, str]) -> list[str]:
+def _served_name_problems(model: ModelSpec, where: str, served_by: dict[str, ServedModel]) -> list[str]:
     """A model's name and its adapters' against every served name of the models before it (requests name what they
     want served: two of one name would be ambiguous); records them in ``served_by``."""
+
+    def owner(name: str) -> str:
+        served = served_by[name]
+        return f"adapter of model '{served.base}'" if served.kind == "adapter" else f"model '{served.base}'"
+
     problems = []
-    if served_by.get(model.name, "").startswith("adapter"):
-        problems.append(format_problem(where, "name", f"'{model.name}' is the {served_by[model.name]} already: "
+    if model.name in served_by and served_by[model.name].kind == "adapter":
+        problems.append(format_problem(where, "name", f"'{model.name}' is the {owner(model.name)} already: "
                                        "served names are unique"))  # fmt: skip
-    served_by.setdefault(model.name, f"model '{model.name}'")
+    served_by.setdefault(model.name, model.identity)
     for index, adapter in enumerate(model.adapters):
         if adapter.name in served_by:
             problems.append(format_problem(where, f"adapters[{index}].name", f"'{adapter.name}' is served by "
-                                           f"{served_by[adapter.name]} already: served names are unique"))  # fmt: skip
-        served_by[adapter.name] = f"adapter of model '{model.name}'"
+                                           f"{owner(adapter.name)} already: served names are unique"))  # fmt: skip
+        served_by[adapter.name] = model.identity.adapter(adapter.name)
     return problems
 
 

@@ -55,7 +55,11 @@ def latest_value(instance: dg.DagsterInstance, asset: str, partition: str) -> ob
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
     ).records
-    materialization = records[0].asset_materialization if records else None
+    return stored_value(records[0].asset_materialization if records else None, asset, partition)
+
+
+def stored_value(materialization: dg.AssetMaterialization | None, asset: str, partition: str) -> object | None:
+    """The value recorded with ``materialization`` (None: none, or unreadable)."""
     stored = materialization.metadata.get(VALUE_METADATA_KEY) if materialization is not None else None
     if not isinstance(stored, dg.JsonMetadataValue):
         return None

@@ -21,9 +21,8 @@ from llm_platform.defs.jobs import PROMOTE_JOB, promotion_request
 from llm_platform.defs.metadata import table_metadata
 from llm_platform.defs.partitions import latest_materialization_records, runs_in_progress
 from llm_platform.defs.resources import PrometheusResource
-from llm_platform.defs.storage import VALUE_METADATA_KEY
+from llm_platform.defs.storage import stored_value
 from llm_platform.defs.tuning import RETUNE_JOB
-from llm_platform.defs.values import decode_value
 from llm_platform.defs.weights import lifecycle_asset_options
 from llm_platform.engine import engine_for
 from llm_platform.errors import PlatformError
@@ -140,9 +139,7 @@ def build_shape_sensor(
     halves of the window, and a ``promote`` run once that retune adopted a new config (the model's rollout strategy
     judges it, a canary included). ``jobs``: the retune and promote jobs the definitions hold."""
     limits = limits or ShapeLimits()
-    engines: dict[str, list[ModelSpec]] = {}
-    for model in catalog.models:
-        engines.setdefault(engine_for(model.serving).name, []).append(model)
+    engines = {engine.name: engine.metrics for engine in (engine_for(model.serving) for model in catalog.models)}
 
     @dg.sensor(
         name=SHAPE_SENSOR_NAME,
@@ -163,12 +160,8 @@ def build_shape_sensor(
         baselines = latest_materialization_records(context.instance, TRAFFIC_PROFILE_ASSET, names)
         client = prometheus.client()
         try:
-            live = {
-                name: shapes
-                for models in engines.values()
-                for name, shapes in client.live_shapes(limits.window_s, engine_for(models[0].serving).metrics, at=now)
-                .items()
-            }  # fmt: skip
+            live = {name: shapes for metrics in engines.values()
+                    for name, shapes in client.live_shapes(limits.window_s, metrics, at=now).items()}  # fmt: skip
         except PlatformError as error:
             return dg.SensorResult(run_requests=requests, skip_reason=f"metrics unavailable: {error}",
                                    cursor=state.dump())  # fmt: skip
@@ -183,8 +176,9 @@ def build_shape_sensor(
             if now - deployment.timestamp < limits.window_s:
                 notes.append(f"{name}: deployed {now - deployment.timestamp:.0f} s ago, younger than the window")
                 continue
-            baseline = _stored_profile(baselines.get(name), name)
-            if baseline is None:
+            record = baselines.get(name)
+            baseline = stored_value(record.asset_materialization if record else None, TRAFFIC_PROFILE_ASSET, name)
+            if not isinstance(baseline, TrafficProfile):
                 notes.append(f"{name}: no traffic profile measured yet (materialize traffic_profile)")
                 continue
             halves = live.get(name)
@@ -211,22 +205,6 @@ def build_shape_sensor(
         )
 
     return traffic_shape_sensor
-
-
-def _stored_profile(record: dg.EventLogRecord | None, model: str) -> TrafficProfile | None:
-    """The profile stored with a ``traffic_profile`` materialization (None when absent or unreadable)."""
-    stored = (
-        record.asset_materialization.metadata.get(VALUE_METADATA_KEY)
-        if record and record.asset_materialization
-        else None
-    )
-    if not isinstance(stored, dg.JsonMetadataValue):
-        return None
-    try:
-        value = decode_value(stored.value, f"model '{model}': {TRAFFIC_PROFILE_ASSET}")
-    except PlatformError:
-        return None
-    return value if isinstance(value, TrafficProfile) else None
 
 
 def _promote_adopted(
