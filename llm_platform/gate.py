@@ -12,9 +12,12 @@ to a Unix socket (locally) or to the pod's loopback (on Kubernetes), and this ga
   routes (``/scale_elastic_ep``, LoRA loading, cache resets, ``/collective_rpc``, …) and documentation are 404
   even with the key. ``/metrics`` is served only on the separate metrics listener, which the NetworkPolicy opens
   to the monitoring namespace alone.
-- **Limits at the edge:** a header timeout (a connection must deliver a complete request head within
-  ``header_timeout_s``: no slow-loris), a body timeout, the body size (refused by ``Content-Length`` before a
-  byte of it is read), and an access log without query strings (a key sent as ``?api_key=`` is never written).
+- **Limits at the edge:** a header timeout (a request head must be complete within ``header_timeout_s`` of its
+  first byte, and a new connection's first head within ``header_timeout_s`` of opening: no slow-loris), an idle
+  keep-alive longer than every proxy's in front (``idle_timeout_s``: the proxy, never the gate, closes an idle
+  connection, or a request sent at that instant is a 502), a body timeout, the body size (refused by
+  ``Content-Length`` before a byte of it is read), and an access log without query strings (a key sent as
+  ``?api_key=`` is never written).
 
 With a command after ``--``, the same process is the supervisor of the vLLM server it fronts (it exits with the
 server's exit code, and a SIGTERM reaches both). The local target's endpoint in front of the gates is nginx
@@ -39,6 +42,8 @@ from dataclasses import dataclass
 
 from aiohttp import BaseConnector, ClientSession, ClientTimeout, TCPConnector, UnixConnector, web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestHandler
 
 from llm_platform.conventions import API_KEY_ENV, ENGINE_HEALTH_PATH, GATE_HEALTH_PATH, GATE_MODULE, METRICS_PATH
 
@@ -69,6 +74,9 @@ _API_ROUTE = re.compile("|".join(f"(?:{route})" for route in API_ROUTES))
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_HEADER_TIMEOUT_S = 15.0
+DEFAULT_IDLE_TIMEOUT_S = 75.0
+"""Above the upstream keep-alive of every proxy that may front a gate: ingress-nginx keeps idle upstream
+connections 60 s (``upstream-keepalive-timeout``), AWS's load balancers 60 s by default."""
 DEFAULT_BODY_TIMEOUT_S = 60.0
 
 log = logging.getLogger("llm_platform.gate")
@@ -109,7 +117,10 @@ class GateSettings:
     """The key every request but ``GET /health`` must carry; None: no key (only for the tests of the limits)."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    """A request head must be complete within this of its first byte (and of the connection's opening)."""
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    """How long a connection may stay idle between requests: longer than any proxy in front keeps it."""
 
 
 class PathOnlyAccessLogger(AbstractAccessLogger):
@@ -182,12 +193,103 @@ def build_app(upstream: Upstream, settings: GateSettings, *, metrics_only: bool 
             await response.write_eof()
             return response
 
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_request_began])
     app.on_startup.append(startup)
     app.on_cleanup.append(cleanup)
     app.router.add_get(GATE_HEALTH_PATH, own_health)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app
+
+
+class HeadDeadlineHandler(RequestHandler):
+    """aiohttp's connection handler with a deadline per request head, apart from the idle keep-alive.
+
+    aiohttp has one timer for both (``keepalive_timeout``): a header timeout short enough to stop a slow-loris also
+    closes idle connections a proxy still holds for reuse. Here the keep-alive is the idle limit, and a head that
+    has begun (or a connection's first) must be complete within ``head_timeout_s``; :func:`_request_began` (a
+    middleware) marks a head complete.
+    """
+
+    __slots__ = ("_head_timeout_s", "_head_timer", "_heads", "_in_request")
+
+    def __init__(self, manager: web.Server, *, head_timeout_s: float, **kwargs: object) -> None:
+        super().__init__(manager, **kwargs)  # type: ignore[arg-type]
+        self._head_timeout_s = head_timeout_s
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._heads = 0
+        self._in_request = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_head_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_timer is None and not self._in_request:
+            self._arm_head_deadline()  # the first byte of a new head after an idle spell
+        super().data_received(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def request_began(self) -> None:
+        """A complete head was parsed: its deadline is met; the next one starts with its first byte."""
+        self._heads += 1
+        self._in_request = True
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def request_ended(self) -> None:
+        self._in_request = False
+
+    def _arm_head_deadline(self) -> None:
+        heads = self._heads
+        self._head_timer = asyncio.get_running_loop().call_later(self._head_timeout_s, self._head_late, heads)
+
+    def _head_late(self, heads: int) -> None:
+        self._head_timer = None
+        if self._heads == heads and not self._in_request:
+            self.force_close()
+
+
+@web.middleware
+async def _request_began(request: web.Request, handler: Handler) -> web.StreamResponse:
+    protocol = request.protocol
+    if not isinstance(protocol, HeadDeadlineHandler):
+        return await handler(request)
+    protocol.request_began()
+    try:
+        return await handler(request)
+    finally:
+        protocol.request_ended()
+
+
+class GateSite(web.TCPSite):
+    """A TCP listener whose connections are :class:`HeadDeadlineHandler`\\ s."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, settings: GateSettings) -> None:
+        super().__init__(runner, host, port)
+        self._settings = settings
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner (which stops it)
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+
+        def connection() -> HeadDeadlineHandler:
+            return HeadDeadlineHandler(
+                server,
+                loop=loop,
+                head_timeout_s=self._settings.header_timeout_s,
+                keepalive_timeout=self._settings.idle_timeout_s,
+                access_log_class=PathOnlyAccessLogger,
+            )
+
+        self._server = await loop.create_server(connection, self._host, self._port, reuse_address=True)
 
 
 async def serve(
@@ -201,16 +303,9 @@ async def serve(
     for address, metrics_only in ((listen, False), (metrics_listen, True)):
         if address is None:
             continue
-        runner = web.AppRunner(
-            build_app(upstream, settings, metrics_only=metrics_only),
-            access_log_class=PathOnlyAccessLogger,
-            # aiohttp's keep-alive timer starts when the connection opens and runs until a complete request head
-            # is parsed: the header timeout (and the idle limit between requests).
-            keepalive_timeout=settings.header_timeout_s,
-            handle_signals=False,
-        )
+        runner = web.AppRunner(build_app(upstream, settings, metrics_only=metrics_only), handle_signals=False)
         await runner.setup()
-        await web.TCPSite(runner, address[0], address[1]).start()
+        await GateSite(runner, address[0], address[1], settings).start()
         runners.append(runner)
     return runners
 
@@ -272,6 +367,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     parser.add_argument("--header-timeout-s", type=float, default=DEFAULT_HEADER_TIMEOUT_S)
     parser.add_argument("--body-timeout-s", type=float, default=DEFAULT_BODY_TIMEOUT_S)
+    parser.add_argument("--idle-timeout-s", type=float, default=DEFAULT_IDLE_TIMEOUT_S)
     return parser.parse_args(argv), command
 
 
@@ -284,6 +380,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> GateS
         max_body_bytes=args.max_body_bytes,
         header_timeout_s=args.header_timeout_s,
         body_timeout_s=args.body_timeout_s,
+        idle_timeout_s=args.idle_timeout_s,
     )
 
 

@@ -29,10 +29,11 @@ BURST_MULTIPLIER = 5
 LIMIT_STATUS = 429
 WORKER_PROCESSES = 1
 """One worker per edge: a tiny model's traffic on a laptop or CI; more workers would share the limit zones anyway."""
-UPSTREAM_IDLE_TIMEOUT_S = 10.0
-"""How long nginx keeps an idle connection to a server's gate for reuse: shorter than the gate's own keep-alive
-(15 s, ``gate.DEFAULT_HEADER_TIMEOUT_S``), so that nginx, never the gate, closes an idle connection. The other way
-round, a request nginx sends on a connection the gate is closing at that instant fails as a 502."""
+UPSTREAM_IDLE_TIMEOUT_S = 60.0
+"""How long nginx keeps an idle connection to a server's gate for reuse: ingress-nginx's default
+(``upstream-keepalive-timeout``), so the local edge meets the gates as a cluster's does; shorter than the gate's idle
+keep-alive (75 s, ``gate.DEFAULT_IDLE_TIMEOUT_S``), so that nginx, never the gate, closes an idle connection. The
+other way round, a request nginx sends on a connection the gate is closing at that instant fails as a 502."""
 NO_SERVER_BODY = '{"error": {"message": "no server is promoted for this model yet", "code": 503}}'
 
 

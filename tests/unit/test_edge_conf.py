@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from llm_platform.catalog.schema import Exposure
-from llm_platform.gate import DEFAULT_HEADER_TIMEOUT_S
+from llm_platform.gate import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S
 from llm_platform.manifests.edge_conf import UPSTREAM_IDLE_TIMEOUT_S, EdgeLimits, EdgeRoutes, render_edge_conf
 
 
@@ -51,9 +51,10 @@ def test_a_weight_that_is_no_percent_or_has_no_canary_is_refused(canary: str | N
 
 
 def test_nginx_closes_an_idle_upstream_connection_before_the_gate_would() -> None:
-    """The gate drops a connection idle for its keep-alive (header) timeout; were nginx to keep it longer, a request
-    sent on it at the instant the gate closes it would be answered 502."""
+    """The gate drops a connection idle for its idle keep-alive; were nginx to keep it longer, a request sent on it
+    at the instant the gate closes it would be answered 502. The header timeout is a separate, shorter deadline."""
     conf = _conf(EdgeRoutes(stable="127.0.0.1:9000", canary="127.0.0.1:9001", canary_weight=10))
     idle_ms = [int(line.split()[1].rstrip("ms;")) for line in conf.splitlines() if "keepalive_timeout" in line]
     assert len(idle_ms) == 2  # one per upstream
-    assert all(ms == UPSTREAM_IDLE_TIMEOUT_S * 1000 < DEFAULT_HEADER_TIMEOUT_S * 1000 for ms in idle_ms)
+    assert all(ms == UPSTREAM_IDLE_TIMEOUT_S * 1000 < DEFAULT_IDLE_TIMEOUT_S * 1000 for ms in idle_ms)
+    assert DEFAULT_HEADER_TIMEOUT_S < UPSTREAM_IDLE_TIMEOUT_S  # idle connections outlive the header deadline

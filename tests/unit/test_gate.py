@@ -43,7 +43,9 @@ async def gate() -> AsyncIterator[Running]:
     upstream_port = free_port()
     await web.TCPSite(upstream_runner, "127.0.0.1", upstream_port).start()
     port, metrics_port = free_port(), free_port()
-    settings = GateSettings(api_key=KEY, max_body_bytes=1024, header_timeout_s=1.0, body_timeout_s=1.0)
+    settings = GateSettings(
+        api_key=KEY, max_body_bytes=1024, header_timeout_s=1.0, body_timeout_s=1.0, idle_timeout_s=3.0
+    )
     runners = await serve(
         Upstream(url=f"http://127.0.0.1:{upstream_port}"), settings, ("127.0.0.1", port), ("127.0.0.1", metrics_port)
     )
@@ -122,6 +124,35 @@ async def test_slow_headers_are_cut_off_and_do_not_hold_the_gate(gate: Running) 
     for reader, writer in slow:  # and closes the slow ones after the header timeout (1 s here)
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
+
+
+async def test_an_idle_connection_outlives_the_header_timeout_and_a_head_begun_after_it_does_not(
+    gate: Running,
+) -> None:
+    """A proxy keeps idle connections for reuse (ingress-nginx: 60 s): the gate must not close them at the header
+    timeout, or a request sent at that instant is a 502; a head begun on such a connection still has a deadline."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+    request = f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n".encode()
+    for _ in range(2):
+        writer.write(request)
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n0\r\n\r\n"), 5)  # a chunked body's end
+        assert answer.startswith(b"HTTP/1.1 200")
+        await asyncio.sleep(1.5)  # idle past the header timeout (1 s), within the idle limit (3 s)
+    writer.write(b"GET /v1/models HTTP/1.1\r\n")  # a head begun after the idle spell, never finished
+    began = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert asyncio.get_running_loop().time() - began < 2.5  # the header timeout, not the idle limit
+    writer.close()
+
+
+async def test_an_idle_connection_is_closed_after_the_idle_limit(gate: Running) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+    writer.write(f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n".encode())
+    await asyncio.wait_for(reader.readuntil(b"\r\n0\r\n\r\n"), 5)
+    began = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    assert asyncio.get_running_loop().time() - began > 2  # the idle limit (3 s), not the header timeout (1 s)
+    writer.close()
 
 
 async def test_the_access_log_has_no_query_strings(gate: Running, caplog: pytest.LogCaptureFixture) -> None:
