@@ -135,6 +135,8 @@ class ServedModel:
 # -- Dagster assets -----------------------------------------------------------------------------------------------
 
 WEIGHTS_ASSET = "model_weights"
+ADAPTERS_ASSET = "adapter_weights"
+"""The model's LoRA adapters beside its weights; its value is the weights as served (base and adapters)."""
 PLAN_ASSET = "serving_plan"
 TRAFFIC_PROFILE_ASSET = "traffic_profile"
 SERVING_CONFIG_ASSET = "serving_config"
@@ -143,10 +145,13 @@ DEPLOYMENT_ASSET = "vllm_deployment"
 """The promoted deployment (its name predates the engine seam; renaming an asset orphans its history)."""
 LIVE_BENCHMARK_ASSET = "live_benchmark"
 TUNED_ASSET = "tuned_serving_config"
-LIFECYCLE_ASSETS = (WEIGHTS_ASSET, PLAN_ASSET, SERVING_CONFIG_ASSET, SMOKE_BENCHMARK_ASSET, DEPLOYMENT_ASSET)
+LIFECYCLE_ASSETS = (
+    WEIGHTS_ASSET, ADAPTERS_ASSET, PLAN_ASSET, SERVING_CONFIG_ASSET, SMOKE_BENCHMARK_ASSET, DEPLOYMENT_ASSET,
+)  # fmt: skip
 """What the lifecycle job materializes, in order."""
-PROMOTE_ASSETS = (SERVING_CONFIG_ASSET, SMOKE_BENCHMARK_ASSET, DEPLOYMENT_ASSET)
-"""What a promotion materializes: a config, its benchmark, the deployment."""
+PROMOTE_ASSETS = (ADAPTERS_ASSET, SERVING_CONFIG_ASSET, SMOKE_BENCHMARK_ASSET, DEPLOYMENT_ASSET)
+"""What a promotion materializes: the adapters the catalog lists now (verified; only a new one is fetched), a
+config, its benchmark, the deployment."""
 
 #: Beside a replaying benchmark's results: the lengths it sends (``[[prompt, output], ...]``) and the custom dataset
 #: written from them (``llm_platform/benchmark/replay_dataset.py``), which the benchmark client reads.

@@ -150,8 +150,6 @@ def _lora_problems(model: ModelSpec) -> list[tuple[str, str]]:
         ranks = ", ".join(map(str, engine.lora_ranks))
         problems.append(("serving.max_lora_rank", f"{engine.name} serves ranks {ranks}; {serving.max_lora_rank} is "
                          "none of them (take the next one up)"))  # fmt: skip
-    problems.append(("adapters", "LoRA adapters are validated but not served by this release yet (their download, "
-                     "benchmark and serving come next): remove them for now"))  # fmt: skip
     return problems
 
 

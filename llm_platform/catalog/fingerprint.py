@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 
 from llm_platform.catalog.schema import Serving
 from llm_platform.engine import DEFAULT_ENGINE
@@ -12,12 +13,16 @@ from llm_platform.engine import DEFAULT_ENGINE
 LATER_OPTIONAL_FIELDS = ("max_loras", "max_lora_rank")
 
 
-def config_fingerprint(serving: Serving, weights_sha: str) -> str:
-    """Target-independent identity of ``serving`` on a weights commit. Fields added later count where they are
-    set: the engine where it is not the default, the LoRA knobs where given, so configs from before them keep their
-    identity and their benchmarks stay valid."""
+def config_fingerprint(serving: Serving, weights_sha: str, adapters: Mapping[str, str] | None = None) -> str:
+    """Target-independent identity of ``serving`` on a weights commit, with the LoRA adapters served on it (served
+    name → commit). Fields added later count where they are set: the engine where it is not the default, the LoRA
+    knobs where given, adapters where there are any, so configs from before them keep their identity and their
+    benchmarks stay valid."""
     unset = {"engine"} if serving.engine == DEFAULT_ENGINE else set()
     unset |= {knob for knob in LATER_OPTIONAL_FIELDS if getattr(serving, knob) is None}
     fields = serving.model_dump(mode="json", exclude=unset)
-    payload = json.dumps({"serving": fields, "weights": weights_sha}, sort_keys=True)
+    identity: dict[str, object] = {"serving": fields, "weights": weights_sha}
+    if adapters:
+        identity["adapters"] = dict(adapters)
+    payload = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -11,18 +11,20 @@ from llm_platform.defs.partitions import model_partitions
 from llm_platform.defs.planning import build_serving_plan_asset
 from llm_platform.defs.serving import build_serving_config_asset
 from llm_platform.defs.tuning import build_tuned_serving_config_asset
-from llm_platform.defs.weights import build_weights_asset
+from llm_platform.defs.weights import build_adapter_weights_asset, build_weights_asset
 from llm_platform.defs.workload import build_traffic_profile_asset
 
 
 def lifecycle_assets(catalog: Catalog) -> list[dg.AssetsDefinition]:
-    """model_weights → serving_plan (AIConfigurator's estimate, before the GPU hour) and serving_config →
+    """model_weights → serving_plan (AIConfigurator's estimate, before the GPU hour) and adapter_weights (the
+    model's LoRA adapters) → serving_config →
     smoke_benchmark (blocking SLO checks) → vllm_deployment → live_benchmark,
     partitioned by model, with model_weights → tuned_serving_config (auto_tune) feeding serving_config; and
     traffic_profile (what the model really served, from Prometheus)."""
     partitions = model_partitions(catalog)
     return [
         build_weights_asset(catalog, partitions),
+        build_adapter_weights_asset(catalog, partitions),
         build_serving_plan_asset(catalog, partitions),
         build_tuned_serving_config_asset(catalog, partitions),
         build_serving_config_asset(catalog, partitions),

@@ -49,19 +49,20 @@ def build_serving_config_asset(catalog: Catalog, partitions: dg.PartitionsDefini
         deps=[TUNED_ASSET],
         description=(
             "The vLLM engine configuration to benchmark and promote: the catalog's serving section, the adopted "
-            "auto_tune result, and this run's overrides (validated like the catalog), on the materialized weights. "
+            "auto_tune result, and this run's overrides (validated like the catalog), on the materialized weights "
+            "and adapters. "
             "Metadata shows the diff against the catalog and the engine arguments."
         ),
     )
     def serving_config(
         context: dg.AssetExecutionContext,
         config: ServingOverrides,
-        model_weights: SnapshotManifest,
+        adapter_weights: SnapshotManifest,
         target: TargetResource,
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]
         refuse_environment_references(context)
         model = catalog.model(context.partition_key)
-        limit = model_weights.max_position_tokens  # from the weights' config.json: checked on every change
+        limit = adapter_weights.max_position_tokens  # from the weights' config.json: checked on every change
         tuned = tuned_overrides(context.instance, model.name)
         with platform_errors_as_failure():
             adopted = ModelPatch.parse(model, tuned, origin="adopted tuning", position_limit=limit)
@@ -78,7 +79,7 @@ def build_serving_config_asset(catalog: Catalog, partitions: dg.PartitionsDefini
             )
         if adopted:
             context.log.info(f"model '{model.name}': adopted auto-tune overrides: {adopted.describe()}")
-        choice = ServingChoice(effective, model_weights)
+        choice = ServingChoice(effective, adapter_weights)  # the weights as served: base and adapters
         diff = diff_table(model, effective)
         if diff:
             changes = ", ".join(f"{key} {old!r} → {new!r}" for key, (old, new) in diff.items())
@@ -92,7 +93,8 @@ def build_serving_config_asset(catalog: Catalog, partitions: dg.PartitionsDefini
             data_version=dg.DataVersion(choice.fingerprint),
             metadata={
                 "config_fingerprint": dg.MetadataValue.text(choice.fingerprint),
-                "weights_sha": dg.MetadataValue.text(model_weights.sha),
+                "weights_sha": dg.MetadataValue.text(adapter_weights.sha),
+                "adapters": dg.MetadataValue.json(adapter_weights.adapter_commits),
                 "overridden_fields": dg.MetadataValue.int(len(diff)),
                 "diff_vs_catalog": dg.TableMetadataValue(
                     records=rows,

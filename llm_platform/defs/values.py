@@ -33,7 +33,7 @@ class ServingChoice:
 
     @property
     def fingerprint(self) -> str:
-        return config_fingerprint(self.model.serving, self.weights.sha)
+        return config_fingerprint(self.model.serving, self.weights.sha, self.weights.adapter_commits)
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ from typing import TypedDict
 import dagster as dg
 from pydantic import Field
 
-from llm_platform.catalog import Catalog
-from llm_platform.conventions import LIVE_BENCHMARK_ASSET, WEIGHTS_ASSET
+from llm_platform.catalog import Catalog, Serving, adapter_config_problems, config_fingerprint
+from llm_platform.conventions import ADAPTERS_ASSET, LIVE_BENCHMARK_ASSET, WEIGHTS_ASSET
 from llm_platform.defs.failures import platform_errors_as_failure, refuse_environment_references
 from llm_platform.defs.resources import TargetResource
+from llm_platform.errors import WeightsError
 from llm_platform.weights.plan import DownloadResult, SnapshotManifest
 
 LIFECYCLE_GROUP = "model_lifecycle"
@@ -113,3 +114,67 @@ def build_weights_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -
         )
 
     return model_weights
+
+
+def build_adapter_weights_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    """The model's LoRA adapters, a lineage child of its weights: same partition (an adapter is served only with
+    its base, by the base's servers, and changes with a promotion of it), one snapshot per adapter beside the
+    base's."""
+
+    @dg.asset(
+        name=ADAPTERS_ASSET,
+        kinds={"huggingface", "python"},
+        **lifecycle_asset_options(catalog, partitions),
+        description=(
+            "The model's LoRA adapters (catalog adapters:) beside its weights, each pinned to a commit, verified "
+            "like the weights (adapter_config.json and safetensors only) and checked against the base: its "
+            "commit, its model and the engine's ranks. The value is the weights as served, base and adapters; a "
+            "model without adapters passes its weights through. Only an adapter not yet in the store is fetched."
+        ),
+    )
+    def adapter_weights(
+        context: dg.AssetExecutionContext, model_weights: SnapshotManifest, target: TargetResource
+    ) -> dg.MaterializeResult[SnapshotManifest]:
+        model = catalog.model(context.partition_key)
+        serving_target = target.serving_target(catalog.platform)
+        adapters: dict[str, SnapshotManifest] = {}
+        records = []
+        with platform_errors_as_failure():
+            for adapter in model.adapters:
+                if adapter.base_revision is not None and adapter.base_revision != model_weights.sha:
+                    raise WeightsError(
+                        f"model '{model.name}': adapter '{adapter.name}' was trained on base commit "
+                        f"{adapter.base_revision[:12]}, but the weights are {model_weights.sha[:12]}: pin the "
+                        "model's source.revision to that commit, or set base_revision to the adapter's new base"
+                    )
+                result = serving_target.materialize_adapter(model, adapter, log=context.log.info)
+                problems = adapter_config_problems(model, adapter, result.manifest.adapter_config or {})
+                if problems:
+                    raise WeightsError("; ".join(problems))
+                adapters[adapter.name] = result.manifest
+                records.append(dg.TableRecord({
+                    "adapter": adapter.name, "repo": result.manifest.repo, "revision_sha": result.manifest.sha,
+                    "rank": int((result.manifest.adapter_config or {}).get("r", 0)),
+                    "bytes": result.manifest.total_bytes,
+                    "downloaded_bytes": 0 if result.reused else result.manifest.downloaded_bytes,
+                    "path": str(result.directory),
+                }))  # fmt: skip
+        served = model_weights.with_adapters(adapters)
+        if not adapters:
+            context.log.info(f"model '{model.name}': no adapters; the weights {model_weights.sha[:12]} as they are")
+        columns = [("adapter", "string"), ("repo", "string"), ("revision_sha", "string"), ("rank", "int"),
+                   ("bytes", "int"), ("downloaded_bytes", "int"), ("path", "string")]  # fmt: skip
+        return dg.MaterializeResult(
+            value=served,
+            data_version=dg.DataVersion(config_fingerprint(Serving(), model_weights.sha, served.adapter_commits)),
+            metadata={
+                "base_revision_sha": dg.MetadataValue.text(model_weights.sha),
+                "adapter_count": dg.MetadataValue.int(len(adapters)),
+                "adapters": dg.TableMetadataValue(
+                    records=records,
+                    schema=dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in columns]),
+                ),
+            },
+        )
+
+    return adapter_weights

@@ -84,3 +84,45 @@ def make_tiny_model(directory: Path, seed: int = 0) -> Path:
     model.save_pretrained(directory, safe_serialization=True)
     GenerationConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1).save_pretrained(directory)
     return directory
+
+
+#: The demo adapter's target modules and rank: small enough to write in a second, large enough to change outputs.
+ADAPTER_TARGET_MODULES = ("q_proj", "v_proj")
+ADAPTER_RANK = 8
+
+
+def make_tiny_adapter(directory: Path, base_repo: str, *, seed: int = 1, scale: float = 0.5) -> Path:
+    """Write a LoRA adapter for the demo model into ``directory`` in PEFT's layout (``adapter_config.json``,
+    ``adapter_model.safetensors``), without PEFT: random A and B matrices for ``q_proj`` and ``v_proj`` of every
+    layer. PEFT starts B at zero (an adapter that changes nothing); here both are random, so that a completion
+    through the adapter differs from the base's."""
+    import torch
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    hidden, head_dim, heads, kv_heads, layers = 256, 64, 4, 2, 2  # make_tiny_model's architecture
+    outputs = {"q_proj": heads * head_dim, "v_proj": kv_heads * head_dim}
+    tensors = {}
+    for layer in range(layers):
+        for module in ADAPTER_TARGET_MODULES:
+            prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(ADAPTER_RANK, hidden) * scale
+            tensors[f"{prefix}.lora_B.weight"] = torch.randn(outputs[module], ADAPTER_RANK) * scale
+    save_file(tensors, str(directory / "adapter_model.safetensors"))
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_repo,
+        "r": ADAPTER_RANK,
+        "lora_alpha": 2 * ADAPTER_RANK,
+        "lora_dropout": 0.0,
+        "target_modules": list(ADAPTER_TARGET_MODULES),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "modules_to_save": None,
+        "use_rslora": False,
+        "use_dora": False,
+    }
+    (directory / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return directory

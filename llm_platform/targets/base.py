@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_platform.benchmark.plan import BenchmarkPlan
-from llm_platform.catalog import ModelSpec
+from llm_platform.catalog import Adapter, ModelSpec
 from llm_platform.errors import TargetError
 from llm_platform.tuning.policy import Crash
 from llm_platform.tuning.search import TrialRunner
@@ -152,6 +152,13 @@ class ServingTarget(TrialBackend):
     @abstractmethod
     def materialize_weights(self, model: ModelSpec, revision: str, log: Log = no_log) -> DownloadResult:
         """Download and verify ``revision`` of the model's weights where the servers read them."""
+
+    def materialize_adapter(self, model: ModelSpec, adapter: Adapter, log: Log = no_log) -> DownloadResult:
+        """Download and verify one of the model's LoRA adapters beside its weights, where the servers read them."""
+        raise TargetError(
+            f"model '{model.name}': adapter '{adapter.name}': LoRA adapters are not served on the {self.kind} target "
+            "in this release; remove the model's adapters for it"
+        )
 
     @abstractmethod
     def benchmark_candidate(

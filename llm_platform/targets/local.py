@@ -12,9 +12,10 @@ from pathlib import Path
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.benchmark.runner import run_level, run_plan
 from llm_platform.benchmark.trials import as_overrides, candidate_model, failed_trial, probe_from_result
-from llm_platform.catalog import ModelSpec
-from llm_platform.engine import engine_for
+from llm_platform.catalog import Adapter, ModelSpec
+from llm_platform.engine import EngineInvocation, LoraAdapters, engine_for
 from llm_platform.errors import PlatformError
+from llm_platform.manifests.pods import lora_adapters
 from llm_platform.targets.base import (
     CanaryRollout,
     CanaryState,
@@ -61,11 +62,21 @@ class LocalTarget(ServingTarget):
     def weights_path(self, weights: SnapshotManifest) -> str:
         return str(self.store.snapshot_dir(weights.model, weights.sha))
 
+    def adapters(self, model: ModelSpec, weights: SnapshotManifest) -> LoraAdapters | None:
+        """The adapters served on ``weights``, from this store."""
+        return lora_adapters(model, weights, str(self.store.root))
+
     def weights_location(self) -> str:
         return str(self.store.root)
 
     def readable_weights_dir(self, weights: SnapshotManifest) -> str | None:
         return self.weights_path(weights)
+
+    def materialize_adapter(self, model: ModelSpec, adapter: Adapter, log: Log = no_log) -> DownloadResult:
+        return download_snapshot(
+            DownloadRequest.for_adapter(model, adapter), self.store, self.hub, workers=self.workers,
+            progress=LogProgress(log),
+        )  # fmt: skip
 
     def materialize_weights(self, model: ModelSpec, revision: str, log: Log = no_log) -> DownloadResult:
         request = DownloadRequest.for_model(model, revision)
@@ -80,7 +91,9 @@ class LocalTarget(ServingTarget):
         self, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, *, run_key: str, work_dir: Path,
         log: Log = no_log,
     ) -> LevelResults:  # fmt: skip
-        server = self.servers.ensure_server(model, self.weights_path(weights), log=log)
+        server = self.servers.ensure_server(
+            model, self.weights_path(weights), log=log, adapters=self.adapters(model, weights)
+        )
         return self._measure(model, weights, plan, server.base_url, work_dir, log)
 
     def _measure(
@@ -94,7 +107,7 @@ class LocalTarget(ServingTarget):
         return raw
 
     def release_candidate(self, model: ModelSpec, weights: SnapshotManifest, log: Log = no_log) -> None:
-        fingerprint = self.servers.invocation(model, self.weights_path(weights)).fingerprint
+        fingerprint = self._invocation(model, weights).fingerprint
         for server in self.servers.servers(model.name):
             if server.fingerprint == fingerprint:
                 release_server(self.servers, model.name, server, log)
@@ -110,15 +123,19 @@ class LocalTarget(ServingTarget):
         log: Log = no_log,
     ) -> TrialRunner:  # fmt: skip
         return LocalTrials(
-            self.servers, model, self.weights_path(weights), settings, work_dir, weights.max_position_tokens, log
-        )
+            self.servers, model, self.weights_path(weights), settings, work_dir, weights.max_position_tokens, log,
+            self.adapters(model, weights),
+        )  # fmt: skip
 
     def promote(self, model: ModelSpec, weights: SnapshotManifest, log: Log = no_log) -> Deployment:
-        status = self.servers.promote(model, self.weights_path(weights), log=log)
+        adapters = self.adapters(model, weights)
+        status = self.servers.promote(model, self.weights_path(weights), log=log, adapters=adapters)
         return self._deployment(model, weights, status)
 
+    def _invocation(self, model: ModelSpec, weights: SnapshotManifest) -> EngineInvocation:
+        return self.servers.invocation(model, self.weights_path(weights), adapters=self.adapters(model, weights))
+
     def _deployment(self, model: ModelSpec, weights: SnapshotManifest, status: ModelStatus) -> Deployment:
-        weights_path = self.weights_path(weights)
         if status.active is None or status.endpoint is None:
             raise PlatformError(f"model '{model.name}': promoted, but the endpoint does not answer")
         label = f"local server {status.active.fingerprint} weights {weights.sha[:12]}"
@@ -127,7 +144,7 @@ class LocalTarget(ServingTarget):
             "server_fingerprint": status.active.fingerprint,
             "server_pid": status.active.pid,
             "server_log": status.active.log_path,
-            "engine_args": list(self.servers.invocation(model, weights_path).args),
+            "engine_args": list(self._invocation(model, weights).args),
         }
         return Deployment(status.endpoint, status.endpoint, label, details)
 
@@ -135,10 +152,11 @@ class LocalTarget(ServingTarget):
         self, model: ModelSpec, weights: SnapshotManifest, *, owner: str, log: Log = no_log
     ) -> LocalCanary | None:
         active = self.servers.active(model.name)
-        weights_path = self.weights_path(weights)
-        if active is None or active.fingerprint == self.servers.invocation(model, weights_path).fingerprint:
+        if active is None or active.fingerprint == self._invocation(model, weights).fingerprint:
             return None
-        server = self.servers.start_canary(model, weights_path, owner=owner, log=log)
+        server = self.servers.start_canary(
+            model, self.weights_path(weights), owner=owner, log=log, adapters=self.adapters(model, weights)
+        )
         return LocalCanary(self, model, weights, f"local server {server.fingerprint} weights {weights.sha[:12]}")
 
     def canary_state(self, model: ModelSpec) -> CanaryState | None:
@@ -207,6 +225,7 @@ class LocalTrials(TrialRunner):
     work_dir: Path
     position_limit: int | None = None
     log: Log = no_log
+    adapters: LoraAdapters | None = None
 
     def __call__(self, candidate: Candidate) -> Trial:
         return self.repeated(candidate, 1)[0]
@@ -215,7 +234,7 @@ class LocalTrials(TrialRunner):
         label = ", ".join(f"{k}={v}" for k, v in as_overrides(candidate).items())
         try:
             model = candidate_model(self.model, candidate, self.position_limit)
-            server = self.servers.ensure_server(model, self.weights_path, log=self.log)
+            server = self.servers.ensure_server(model, self.weights_path, log=self.log, adapters=self.adapters)
         except PlatformError as error:
             return [failed_trial(self.model, candidate, error, self.log)] * times
         work_dir = self.work_dir / server.fingerprint

@@ -30,7 +30,7 @@ from llm_platform.catalog import ModelSpec, Serving
 from llm_platform.catalog.schema import nginx_size_bytes
 from llm_platform.conventions import API_KEY_ENV, GATE_MODULE, METRICS_PATH
 from llm_platform.edge import NginxEdge
-from llm_platform.engine import EngineInvocation, EngineMetrics, engine_for
+from llm_platform.engine import EngineInvocation, EngineMetrics, LoraAdapters, engine_for
 from llm_platform.errors import TargetError
 from llm_platform.manifests.edge_conf import EdgeLimits, EdgeRoutes
 from llm_platform.processes import free_port, http_ok, process_alive, spawn, stop_group, wait_until_healthy
@@ -148,9 +148,11 @@ class LocalServers:
         return read_or_create_api_key(self.settings.api_key_file)
 
     def invocation(
-        self, model: ModelSpec, weights_path: str, serving: Serving | None = None, port: int = 0, uds: str | None = None
-    ) -> EngineInvocation:
-        """The engine invocation for ``model``. Fingerprints use port 0 and no socket: both are chosen at start."""
+        self, model: ModelSpec, weights_path: str, serving: Serving | None = None, port: int = 0,
+        uds: str | None = None, adapters: LoraAdapters | None = None,
+    ) -> EngineInvocation:  # fmt: skip
+        """The engine invocation for ``model`` (with ``adapters`` on its weights). Fingerprints use port 0 and no
+        socket: both are chosen at start."""
         serving = serving or model.serving
         engine = engine_for(serving)
         env = {
@@ -167,6 +169,7 @@ class LocalServers:
             port=port,
             uds=uds,
             extra_env=env,
+            adapters=adapters,
         )
 
     def servers(self, model: str) -> list[ServerRecord]:
@@ -195,10 +198,11 @@ class LocalServers:
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
     def ensure_server(
-        self, model: ModelSpec, weights_path: str, serving: Serving | None = None, log: Callable[[str], None] = print
-    ) -> ServerRecord:
+        self, model: ModelSpec, weights_path: str, serving: Serving | None = None, log: Callable[[str], None] = print,
+        adapters: LoraAdapters | None = None,
+    ) -> ServerRecord:  # fmt: skip
         """A healthy server running exactly this config: the one already running, or a new one."""
-        invocation = self.invocation(model, weights_path, serving)
+        invocation = self.invocation(model, weights_path, serving, adapters=adapters)
         fingerprint = invocation.fingerprint
         for record in self.servers(model.name):
             if record.fingerprint == fingerprint and self._healthy(f"{record.base_url}/health"):
@@ -206,17 +210,18 @@ class LocalServers:
                 return record
         if self.state.server(model.name, fingerprint) is not None:  # same config but unhealthy: replace it
             self.stop_server(model.name, fingerprint)
-        return self._start(model, fingerprint, weights_path, serving or model.serving, log)
+        return self._start(model, fingerprint, weights_path, serving or model.serving, log, adapters)
 
     def _start(
-        self, model: ModelSpec, fingerprint: str, weights_path: str, serving: Serving, log: Callable[[str], None]
-    ) -> ServerRecord:
+        self, model: ModelSpec, fingerprint: str, weights_path: str, serving: Serving, log: Callable[[str], None],
+        adapters: LoraAdapters | None,
+    ) -> ServerRecord:  # fmt: skip
         port, metrics_port = free_port(), free_port()
         # vLLM listens on a Unix socket in a directory only this user can enter; the gate in front of it (its
         # parent process, in the same process group) is the only TCP listener and requires the key on every route.
         socket_path = socket_dir() / f"{fingerprint}-{port}.sock"
         socket_path.unlink(missing_ok=True)
-        invocation = self.invocation(model, weights_path, serving, uds=str(socket_path))
+        invocation = self.invocation(model, weights_path, serving, uds=str(socket_path), adapters=adapters)
         command = [
             *self._gate_command(model, port, ["--metrics-port", str(metrics_port), "--upstream-uds", str(socket_path)]),
             "--",
@@ -257,10 +262,11 @@ class LocalServers:
         return record
 
     def promote(
-        self, model: ModelSpec, weights_path: str, serving: Serving | None = None, log: Callable[[str], None] = print
-    ) -> ModelStatus:
+        self, model: ModelSpec, weights_path: str, serving: Serving | None = None, log: Callable[[str], None] = print,
+        adapters: LoraAdapters | None = None,
+    ) -> ModelStatus:  # fmt: skip
         """Serve this config at the model's endpoint: start (or reuse) it, switch the endpoint, stop the old one."""
-        record = self.ensure_server(model, weights_path, serving, log)
+        record = self.ensure_server(model, weights_path, serving, log, adapters)
         previous = self.active(model.name)
         self.state.route_to(record)
         self.state.forget_canary(model.name)
@@ -289,12 +295,12 @@ class LocalServers:
 
     def start_canary(
         self, model: ModelSpec, weights_path: str, *, owner: str, serving: Serving | None = None,
-        log: Callable[[str], None] = print,
+        log: Callable[[str], None] = print, adapters: LoraAdapters | None = None,
     ) -> ServerRecord:  # fmt: skip
         """Start (or reuse) the candidate's server beside the active one, at weight 0, scraped as the canary."""
         if self.active(model.name) is None:
             raise TargetError(f"model '{model.name}': a canary needs a stable server to compare with; none serves")
-        record = self.ensure_server(model, weights_path, serving, log)
+        record = self.ensure_server(model, weights_path, serving, log, adapters)
         self.state.save_canary(model.name, CanaryRecord(record.fingerprint, 0, owner, self._wall_clock()))
         self._write_scrape_targets(model.name)
         self._apply_edge(model)

@@ -16,13 +16,16 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from llm_platform.catalog import ModelSpec, is_commit_sha, position_limit
+from llm_platform.catalog import Adapter, ModelSpec, is_commit_sha, position_limit
 from llm_platform.errors import ChecksumMismatchError, InsufficientDiskError, WeightsError
+from llm_platform.store_layout import adapter_store_key
 from llm_platform.weights.hub import HubClient
 from llm_platform.weights.plan import (
+    ADAPTER_REQUIRED_FILES,
     DownloadResult,
     ManifestFile,
     RemoteFile,
@@ -55,6 +58,8 @@ class DownloadRequest:
     repo: str
     revision: str
     allow_patterns: tuple[str, ...]
+    required: tuple[str, ...] = ()
+    """Patterns each of which some selected file must match, checked before a byte is fetched."""
 
     @classmethod
     def for_model(cls, model: ModelSpec, revision: str) -> DownloadRequest:
@@ -63,6 +68,19 @@ class DownloadRequest:
         if model.source.repo is None:
             raise WeightsError(f"model '{model.name}' has a local source ({model.source.path}); nothing to download")
         return cls(model.name, model.source.repo, revision, model.source.allow_patterns)
+
+    @classmethod
+    def for_adapter(cls, model: ModelSpec, adapter: Adapter) -> DownloadRequest:
+        """The request for one of a model's LoRA adapters: into the store beside the base's snapshots, its config
+        and safetensors weights required."""
+        if adapter.source.repo is None:
+            raise WeightsError(
+                f"model '{model.name}': adapter '{adapter.name}' has a local source ({adapter.source.path}); "
+                "nothing to download"
+            )
+        key = adapter_store_key(model.name, adapter.name)
+        return cls(key, adapter.source.repo, adapter.source.revision, adapter.source.allow_patterns,
+                   ADAPTER_REQUIRED_FILES)  # fmt: skip
 
 
 def _verify_existing(manifest: SnapshotManifest, directory: Path, workers: int) -> tuple[list[ManifestFile], list[str]]:
@@ -130,16 +148,24 @@ class _ProgressMonitor:
             self.report()
 
 
-def _config_facts(directory: Path) -> dict[str, Any]:
-    """The position limit and the architecture from the snapshot's ``config.json`` (None each when there is none to
-    read), as manifest fields."""
+def _read_json_object(path: Path) -> dict[str, Any] | None:
     try:
-        config = json.loads((directory / "config.json").read_text())
+        content = json.loads(path.read_text())
     except (OSError, ValueError):
-        config = None
-    if not isinstance(config, dict):
-        return {"max_position_tokens": None, "architecture": None}
-    return {"max_position_tokens": position_limit(config), "architecture": architecture_of(config)}
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def _config_facts(directory: Path) -> dict[str, Any]:
+    """The position limit and the architecture from the snapshot's ``config.json``, an adapter's
+    ``adapter_config.json`` (None each when there is none to read), as manifest fields."""
+    config = _read_json_object(directory / "config.json")
+    adapter_config = _read_json_object(directory / "adapter_config.json")
+    return {
+        "max_position_tokens": None if config is None else position_limit(config),
+        "architecture": None if config is None else architecture_of(config),
+        "adapter_config": None if adapter_config is None else architecture_of(adapter_config),
+    }
 
 
 def download_snapshot(
@@ -173,7 +199,7 @@ def download_snapshot(
         intact, problems = _verify_existing(existing, directory, workers)
         if not problems:
             pruned = _prune(store, model, keep_revisions, {sha, *protected})
-            if existing.max_position_tokens is None or existing.architecture is None:  # written before the fields
+            if existing.architecture is None and existing.adapter_config is None:  # written before the fields
                 existing = existing.model_copy(update=_config_facts(directory))
             return DownloadResult(existing, directory, reused=True, pruned=pruned)
         # Damaged since it was completed: forget the manifest and the bad files; fetch only those again.
@@ -190,10 +216,17 @@ def download_snapshot(
             f"({shown}); refusing to download from it: check the hub or mirror at source.repo"
         )
     files = select_files(listing, request.allow_patterns)
+    missing = [pattern for pattern in request.required if not any(fnmatch(f.path, pattern) for f in files)]
+    has = f"the repository has {sorted(item.path for item in listing)[:8]}"
     if not files:
         raise WeightsError(
             f"model '{model}': no file of '{request.repo}' at {sha[:12]} matches source.allow_patterns "
-            f"{list(request.allow_patterns)}; the repository has {sorted(item.path for item in listing)[:8]}"
+            f"{list(request.allow_patterns)}; {has}"
+        )
+    if missing:
+        raise WeightsError(
+            f"model '{model}': '{request.repo}' at {sha[:12]} has no {' and no '.join(missing)} matching "
+            f"source.allow_patterns {list(request.allow_patterns)}, and cannot be served without; {has}"
         )
     directory.mkdir(parents=True, exist_ok=True)
     remove_orphaned_partials(directory)

@@ -18,6 +18,8 @@ from llm_platform.catalog import DEFAULT_ALLOW_PATTERNS
 #: can execute code), and only downloaded by the default patterns when it has nothing else.
 PICKLE_WEIGHT_PATTERNS: tuple[str, ...] = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 MANIFEST_FORMAT = 1
+#: What an adapter's snapshot must have: its config and safetensors weights (a pickled adapter is never loaded).
+ADAPTER_REQUIRED_FILES: tuple[str, ...] = ("adapter_config.json", "*.safetensors")
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,21 @@ class SnapshotManifest(BaseModel):
     #: The architecture fields of that ``config.json`` (:func:`architecture_of`): what the serving plan estimates the
     #: model from where the weights themselves are out of reach (on Kubernetes they are on the PVC, not in the run).
     architecture: dict[str, Any] | None = None
+    #: An adapter's ``adapter_config.json`` (filtered like :attr:`architecture`): what its checks read where the
+    #: files are out of reach. None for base weights.
+    adapter_config: dict[str, Any] | None = None
+    #: The LoRA adapters served on these weights, served name → the adapter's snapshot: set by the lifecycle (the
+    #: ``adapter_weights`` asset) on the base's manifest, never by a download.
+    adapters: dict[str, SnapshotManifest] = {}
+
+    def with_adapters(self, adapters: Mapping[str, SnapshotManifest]) -> SnapshotManifest:
+        """These weights with ``adapters`` served on them."""
+        return self.model_copy(update={"adapters": dict(adapters)})
+
+    @property
+    def adapter_commits(self) -> dict[str, str]:
+        """Served name → commit of each adapter served on these weights (part of what a config is)."""
+        return {name: adapter.sha for name, adapter in sorted(self.adapters.items())}
 
     @property
     def file_count(self) -> int:

@@ -64,6 +64,7 @@ def test_jobs_and_one_live_benchmark_schedule_per_model() -> None:
     repository = build_definitions(catalog).get_repository_def()
     jobs = {name: repository.get_job(name) for name in ("lifecycle", "promote", "benchmark_live")}
     assert {node.name for node in jobs["promote"].nodes_in_topological_order} == {
+        "adapter_weights",  # the catalog's adapters now (verified; a new one fetched): part of what is promoted
         "serving_config",
         "smoke_benchmark",
         "vllm_deployment",
@@ -174,7 +175,14 @@ def test_materialize_all_of_the_lifecycle_group_spends_no_search_or_live_benchma
     for node in repository.asset_graph.asset_nodes:
         groups.setdefault(node.group_name, set()).add(node.key.to_user_string())
     assert groups == {
-        "model_lifecycle": {"model_weights", "serving_plan", "serving_config", "smoke_benchmark", "vllm_deployment"},
+        "model_lifecycle": {
+            "model_weights",
+            "adapter_weights",
+            "serving_plan",
+            "serving_config",
+            "smoke_benchmark",
+            "vllm_deployment",
+        },
         "live_benchmark": {"live_benchmark"},
         "auto_tune": {"tuned_serving_config"},
         "traffic": {"traffic_profile"},

@@ -270,7 +270,7 @@ def test_a_bad_override_fails_with_the_catalogs_message(served_tiny: ServedTiny,
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         result = dg.materialize(
             lifecycle_assets(catalog),
-            selection=["model_weights", "serving_config"],
+            selection=["model_weights", "adapter_weights", "serving_config"],
             partition_key="tiny-llama",
             resources=served_tiny.resources(),
             instance=instance,

@@ -541,14 +541,14 @@ def test_the_budget_says_of_one_changed_model_what_the_whole_catalog_check_says(
 
 
 SQL = {"name": "llama-sql", "source": {"repo": "org/llama-sql-lora"}}
-NOT_YET = "models.yaml: model 'llama': adapters: LoRA adapters are validated but not served by this release yet"
 
 
 def _adapter_problems(*models: dict[str, Any]) -> list[str]:
-    """Every problem but the release's refusal of adapters (what validation says of them besides)."""
-    return [
-        problem for problem in _problems({"models": list(models)}) if "not served by this release yet" not in problem
-    ]
+    try:
+        parse_catalog({"models": list(models)}, origin="models.yaml")
+    except CatalogError as error:
+        return error.problems
+    return []
 
 
 @pytest.mark.parametrize(
@@ -588,14 +588,12 @@ def test_served_names_are_unique_across_models_and_adapters() -> None:
     ]
 
 
-def test_adapters_download_no_pickles_and_are_refused_until_served() -> None:
+def test_adapters_download_no_pickles_and_leave_configs_without_them_as_they_were() -> None:
     from llm_platform.catalog import ModelSpec
 
     model = ModelSpec.model_validate(_model(adapters=[SQL]))
     assert model.adapters[0].source.allow_patterns == ("adapter_config.json", "*.safetensors")
-    assert _problems({"models": [_model(adapters=[SQL])]}) == [
-        f"{NOT_YET} (their download, benchmark and serving come next): remove them for now"
-    ]
+    assert _adapter_problems(_model(adapters=[SQL])) == []
     # Unset, the LoRA knobs leave a config's identity as it was (its benchmarks stay valid).
     from llm_platform.catalog.fingerprint import config_fingerprint
 
@@ -606,6 +604,13 @@ def test_adapters_download_no_pickles_and_are_refused_until_served() -> None:
     assert config_fingerprint(plain, "a" * 40) == hashlib.sha256(before).hexdigest()[:16]
     ranked = ModelSpec.model_validate(_model(adapters=[SQL], serving={"max_lora_rank": 64})).serving
     assert config_fingerprint(ranked, "a" * 40) != config_fingerprint(plain, "a" * 40)
+    # The adapters served on the weights are part of a config; none leaves it as it was.
+    assert config_fingerprint(plain, "a" * 40, {}) == config_fingerprint(plain, "a" * 40)
+    with_sql = config_fingerprint(plain, "a" * 40, {"llama-sql": "b" * 40})
+    assert with_sql not in (
+        config_fingerprint(plain, "a" * 40),
+        config_fingerprint(plain, "a" * 40, {"llama-sql": "c" * 40}),
+    )
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from llm_platform.catalog import Serving
-from llm_platform.engine import EngineInvocation
+from llm_platform.engine import EngineInvocation, LoraAdapters
 from llm_platform.engine.vllm import BASE_ENVIRONMENT, VLLM, VLLM_SERVER_MODULE
 
 engine_args = VLLM.server_args
@@ -111,11 +111,17 @@ def test_vllm_own_parser_accepts_the_arguments() -> None:
     assert parsed.enable_chunked_prefill is False and parsed.enable_prefix_caching is False
     # The LoRA flags as vLLM reads them: each adapter a served name with its directory.
     adapters = {"m-sql": "/w/adapters/sql", "m-chat": "/w/adapters/chat"}
-    lora = VLLM.lora_args(adapters, max_loras=2, max_lora_rank=32)
-    parsed = make_arg_parser(FlexibleArgumentParser()).parse_args([*invocation.args, *lora])
+    lora = VLLM.invocation(
+        serving, served_model_name="m", weights_path="/w", host="127.0.0.1", port=8123,
+        adapters=LoraAdapters(adapters, max_loras=2, max_lora_rank=32),
+    )  # fmt: skip
+    assert (
+        lora.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "0" and "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in invocation.env
+    )
+    parsed = make_arg_parser(FlexibleArgumentParser()).parse_args(list(lora.args))
     assert parsed.enable_lora is True and (parsed.max_loras, parsed.max_lora_rank) == (2, 32)
     assert {module.name: module.path for module in parsed.lora_modules} == adapters
-    assert VLLM.lora_args({}, max_loras=1, max_lora_rank=16) == ()  # no adapters: LoRA stays off
+    assert VLLM.lora_args(LoraAdapters({}, max_loras=1, max_lora_rank=16)) == ()  # no adapters: LoRA stays off
 
 
 def test_request_length_buckets_resolve_the_top_of_the_context() -> None:

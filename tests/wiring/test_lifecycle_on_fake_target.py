@@ -206,7 +206,7 @@ def test_the_tuner_adopts_a_winner_only_past_its_margin(
     (event,) = tuned.asset_materializations_for_node(TUNED_ASSET)
     assert event.metadata["adopted"].value is adopted
     assert float(event.metadata["gain_pct"].value) > 100  # type: ignore[arg-type]
-    config = platform.run(["serving_config"])
+    config = platform.run(["adapter_weights", "serving_config"])
     (config_event,) = config.asset_materializations_for_node("serving_config")
     serving = config_event.metadata["serving"].value
     assert isinstance(serving, dict) and serving["max_num_seqs"] == (8 if adopted else 2)

@@ -24,6 +24,7 @@ from llm_platform.engine import (
     Engine,
     EngineInvocation,
     EngineMetrics,
+    LoraAdapters,
     ServingSettings,
     register_engine,
     unregister_engine,
@@ -65,13 +66,16 @@ class ToyEngine(Engine):
     def image_repository(self) -> str:
         return "ghcr.io/acme/toyserve"
 
-    def server_args(self, serving: ServingSettings, *, served_model_name: str, weights_path: str) -> tuple[str, ...]:
+    def server_args(
+        self, serving: ServingSettings, *, served_model_name: str, weights_path: str,
+        adapters: LoraAdapters | None = None,
+    ) -> tuple[str, ...]:  # fmt: skip
         return ("--weights", weights_path, "--alias", served_model_name, "--context", str(serving.max_model_len),
                 *serving.extra_args)  # fmt: skip
 
     def invocation(
         self, serving: ServingSettings, *, served_model_name: str, weights_path: str, host: str, port: int,
-        uds: str | None = None, extra_env: Mapping[str, str] | None = None,
+        uds: str | None = None, extra_env: Mapping[str, str] | None = None, adapters: LoraAdapters | None = None,
     ) -> EngineInvocation:  # fmt: skip
         listen = ("--socket", uds) if uds else ("--bind", f"{host}:{port}")
         args = (*self.server_args(serving, served_model_name=served_model_name, weights_path=weights_path), *listen)
