@@ -24,7 +24,7 @@ from llm_platform.conventions import (
     REPLAY_DATASET_FILE,
     REPLAY_LENGTHS_FILE,
 )
-from llm_platform.engine import engine_for
+from llm_platform.engine import LoraAdapters, engine_for
 from llm_platform.manifests.pods import cache_dir, serving_invocation, weights_path
 
 
@@ -35,6 +35,7 @@ def benchmark_script(
     plan: BenchmarkPlan,
     against: str | None = None,
     rounds: int = 1,
+    adapters: LoraAdapters | None = None,
 ) -> str:
     """The benchmark container's shell script: serve the candidate, wait for health, benchmark each level.
 
@@ -54,7 +55,7 @@ def benchmark_script(
     lines = ["set -u", f"mkdir -p {result_dir}"]
     base_url = against or f"http://127.0.0.1:{ENGINE_LOOPBACK_PORT}"
     if against is None:
-        invocation = serving_invocation(platform, model, revision)
+        invocation = serving_invocation(platform, model, revision, adapters)
         server_log = f"{home}/engine-server.log"
         probe = f'import urllib.request as u; u.urlopen("{base_url}{ENGINE_HEALTH_PATH}", timeout=5)'
         timeout = model.serving.startup_timeout_s

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 
 from llm_platform.benchmark.plan import BenchmarkPlan
-from llm_platform.catalog import ModelSpec, Platform
+from llm_platform.catalog import Adapter, ModelSpec, Platform
 from llm_platform.conventions import MANAGER, PART_OF
+from llm_platform.engine import LoraAdapters
 from llm_platform.manifests.benchmark_script import benchmark_script
 from llm_platform.manifests.pods import (
     DNS_EGRESS,
@@ -22,6 +23,8 @@ from llm_platform.manifests.pods import (
     restricted_container_security,
     serving_invocation,
 )
+from llm_platform.store_layout import adapter_store_key
+from llm_platform.weights.plan import ADAPTER_REQUIRED_FILES
 
 WEIGHTS_COMPONENT = "weights-download"
 HF_TOKEN_DIR = "/var/run/secrets/huggingface"  # noqa: S105 - a mount path, not a secret
@@ -84,19 +87,31 @@ def weights_job_name(model: ModelSpec, revision: str) -> str:
     return f"weights-{model.name}-{digest}"
 
 
-def weights_job_args(platform: Platform, model: ModelSpec, revision: str) -> list[str]:
-    """Arguments of ``python -m llm_platform.weights``: self-contained, the Job needs no catalog file."""
-    if model.source.repo is None:
+def adapter_job_name(model: ModelSpec, adapter: Adapter) -> str:
+    """A Job name per (model, adapter, revision): within the 63 characters a Job's pods need, like the weights'."""
+    digest = hashlib.sha256(f"{adapter.name}@{adapter.source.revision}".encode()).hexdigest()[:8]
+    return f"adapter-{model.name}-{digest}"
+
+
+def weights_job_args(platform: Platform, model: ModelSpec, revision: str, adapter: Adapter | None = None) -> list[str]:
+    """Arguments of ``python -m llm_platform.weights``: self-contained, the Job needs no catalog file. With
+    ``adapter``: that adapter of the model, into its directory beside the base's snapshots."""
+    source = adapter.source if adapter is not None else model.source
+    if source.repo is None:
         raise ValueError(f"model '{model.name}' has a local source and no download Job")
-    args = ["--model", model.name, "--repo", model.source.repo, "--revision", revision]
+    key = adapter_store_key(model.name, adapter.name) if adapter is not None else model.name
+    args = ["--model", key, "--repo", source.repo, "--revision", revision]
     args += ["--dest", platform.weights_mount_path]
-    for pattern in model.source.allow_patterns:
+    for pattern in source.allow_patterns:
         args += ["--allow-pattern", pattern]
+    for pattern in ADAPTER_REQUIRED_FILES if adapter is not None else ():
+        args += ["--require", pattern]
     return args
 
 
-def render_weights_job(platform: Platform, model: ModelSpec, revision: str) -> Object:
-    """The Job that downloads one revision of a Hugging Face model into the RWX model store.
+def render_weights_job(platform: Platform, model: ModelSpec, revision: str, adapter: Adapter | None = None) -> Object:
+    """The Job that downloads one revision of a Hugging Face model into the RWX model store; with ``adapter``, one
+    of its LoRA adapters (``revision`` its own), into the adapter's directory beside the base's snapshots.
 
     The token comes only from the Secret, mounted as a file (``HF_TOKEN_PATH``, which huggingface_hub reads; an
     environment variable would show in ``kubectl describe`` of the pod's spec and in every child process); the
@@ -106,7 +121,7 @@ def render_weights_job(platform: Platform, model: ModelSpec, revision: str) -> O
         "name": "download",
         "image": platform.platform_image,
         "command": ["python", "-m", "llm_platform.weights"],
-        "args": weights_job_args(platform, model, revision),
+        "args": weights_job_args(platform, model, revision, adapter),
         "env": [
             {"name": "HF_TOKEN_PATH", "value": f"{HF_TOKEN_DIR}/{HF_TOKEN_KEY}"},
             {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
@@ -128,7 +143,11 @@ def render_weights_job(platform: Platform, model: ModelSpec, revision: str) -> O
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": object_metadata(weights_job_name(model, revision), platform, labels),
+        "metadata": object_metadata(
+            adapter_job_name(model, adapter) if adapter is not None else weights_job_name(model, revision),
+            platform,
+            labels,
+        ),
         "spec": {
             # The downloader resumes where a killed attempt stopped, so retrying is cheap.
             "backoffLimit": 3,
@@ -175,6 +194,7 @@ def render_benchmark_job(
     run_key: str,
     against: str | None = None,
     rounds: int = 1,
+    adapters: LoraAdapters | None = None,
 ) -> Object:
     """The GPU smoke benchmark: one pod serves the candidate config from the PVC and benchmarks it on localhost
     (``rounds`` times over, for the tuner's repeats).
@@ -183,13 +203,13 @@ def render_benchmark_job(
     promotion would serve. ``backoffLimit: 0``: a failed benchmark is a result to report, not to retry. With
     ``against`` (the live benchmark of a deployed model) the pod only runs the client: no GPU, no server.
     """
-    invocation = serving_invocation(platform, model, revision)
+    invocation = serving_invocation(platform, model, revision, adapters)
     base = engine_container_base(platform, model, invocation)
     container: Object = {
         **base,
         # The server requires the model's API key; ``vllm bench serve`` sends OPENAI_API_KEY as a bearer token.
         "env": [*base["env"], api_key_env(platform, model, "OPENAI_API_KEY")],
-        "command": ["/bin/sh", "-c", benchmark_script(platform, model, revision, plan, against, rounds)],
+        "command": ["/bin/sh", "-c", benchmark_script(platform, model, revision, plan, against, rounds, adapters)],
     }
     pod_spec: Object = {**engine_pod_base(platform), "restartPolicy": "Never", "containers": [container]}
     if against is not None:

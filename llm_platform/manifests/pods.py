@@ -107,10 +107,12 @@ def cache_dir(model: ModelSpec) -> str:
     return engine_for(model.serving).container_home
 
 
-def serving_invocation(platform: Platform, model: ModelSpec, revision: str) -> EngineInvocation:
-    """The engine invocation inside the serving container: on the pod's loopback only, behind the gate (the
-    Deployment) or the benchmark client in the same pod (the benchmark Job); nothing outside the pod reaches the
-    engine itself."""
+def serving_invocation(
+    platform: Platform, model: ModelSpec, revision: str, adapters: LoraAdapters | None = None
+) -> EngineInvocation:
+    """The engine invocation inside the serving container (with ``adapters`` on the weights): on the pod's loopback
+    only, behind the gate (the Deployment) or the benchmark client in the same pod (the benchmark Job); nothing
+    outside the pod reaches the engine itself."""
     return engine_for(model.serving).invocation(
         model.serving,
         served_model_name=model.name,
@@ -118,6 +120,7 @@ def serving_invocation(platform: Platform, model: ModelSpec, revision: str) -> E
         host="127.0.0.1",
         port=ENGINE_LOOPBACK_PORT,
         extra_env={"HOME": cache_dir(model)},
+        adapters=adapters,
     )
 
 

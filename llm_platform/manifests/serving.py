@@ -16,7 +16,7 @@ from llm_platform.conventions import (
     METRICS_PATH,
     METRICS_PORT,
 )
-from llm_platform.engine import engine_for
+from llm_platform.engine import LoraAdapters, engine_for
 from llm_platform.manifests.pods import (
     DNS_EGRESS,
     ENGINE_FINGERPRINT_ANNOTATION,
@@ -79,9 +79,12 @@ def gate_container(platform: Platform, model: ModelSpec) -> Object:
     }
 
 
-def render_deployment(platform: Platform, model: ModelSpec, revision: str) -> Object:
-    """The vLLM Deployment. ``revision`` is the weights' commit sha (the snapshot directory on the PVC)."""
-    invocation = serving_invocation(platform, model, revision)
+def render_deployment(
+    platform: Platform, model: ModelSpec, revision: str, adapters: LoraAdapters | None = None
+) -> Object:
+    """The vLLM Deployment. ``revision`` is the weights' commit sha (the snapshot directory on the PVC); the
+    ``adapters`` are on the same PVC, mounted once for all."""
+    invocation = serving_invocation(platform, model, revision, adapters)
     startup_period_s = 10
     container: Object = {
         **engine_container_base(platform, model, invocation),
@@ -391,14 +394,16 @@ def render_http_route(platform: Platform, model: ModelSpec, canary_weight: int |
     }
 
 
-def render_canary(platform: Platform, model: ModelSpec, revision: str) -> list[Object]:
+def render_canary(
+    platform: Platform, model: ModelSpec, revision: str, adapters: LoraAdapters | None = None
+) -> list[Object]:
     """The canary track's own objects beside the stable version's, in apply order: its Service, its Deployment
     (``rollout.canary_replicas``, fixed) and its NetworkPolicy (the same clients). ``model`` is the candidate config;
     the split is :func:`render_split`'s."""
     canary = model.as_track(CANARY_TRACK)
     return [
         render_service(platform, canary),
-        render_deployment(platform, canary, revision),
+        render_deployment(platform, canary, revision, adapters),
         render_network_policy(platform, canary),
     ]
 
@@ -411,12 +416,14 @@ def render_split(platform: Platform, model: ModelSpec, canary_weight: int) -> Ob
     return render_canary_ingress(platform, model, canary_weight)
 
 
-def render_model(platform: Platform, model: ModelSpec, revision: str | None = None) -> list[Object]:
+def render_model(
+    platform: Platform, model: ModelSpec, revision: str | None = None, adapters: LoraAdapters | None = None
+) -> list[Object]:
     """Every object that serves ``model``, in apply order. ``revision`` defaults to the catalog's revision."""
     revision = revision or model.source.revision
     objects = [
         render_service(platform, model),
-        render_deployment(platform, model, revision),
+        render_deployment(platform, model, revision, adapters),
         render_pod_disruption_budget(platform, model),
         render_scaled_object(platform, model),
         render_network_policy(platform, model),

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.benchmark.trials import candidate_model, failed_trial, ladder_trial, load_ladder
-from llm_platform.catalog import ModelSpec, config_fingerprint
+from llm_platform.catalog import Adapter, ModelSpec, config_fingerprint
 from llm_platform.conventions import API_PORT
+from llm_platform.engine import LoraAdapters
 from llm_platform.errors import PlatformError
-from llm_platform.manifests.pods import resource_name, serving_invocation
+from llm_platform.manifests.pods import lora_adapters, resource_name, serving_invocation
 from llm_platform.manifests.serving import render_model
 from llm_platform.rollout import CANARY_HEARTBEAT_ANNOTATION, CANARY_OWNER_ANNOTATION, CANARY_WEIGHT_ANNOTATION
 from llm_platform.targets.base import (
@@ -61,11 +62,20 @@ class KubernetesTarget(ServingTarget):
     def materialize_weights(self, model: ModelSpec, revision: str, log: Log = no_log) -> DownloadResult:
         return self.cluster.download_weights(model, revision, log=log)
 
+    def materialize_adapter(self, model: ModelSpec, adapter: Adapter, log: Log = no_log) -> DownloadResult:
+        return self.cluster.download_adapter(model, adapter, log=log)
+
+    def adapters(self, model: ModelSpec, weights: SnapshotManifest) -> LoraAdapters | None:
+        """The adapters served on ``weights``, on the PVC as the pods mount it."""
+        return lora_adapters(model, weights, self.platform.weights_mount_path)
+
     def benchmark_candidate(
         self, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, *, run_key: str, work_dir: Path,
         log: Log = no_log,
     ) -> LevelResults:  # fmt: skip
-        return self.cluster.smoke_benchmark(model, weights.sha, plan, run_key=run_key, log=log)
+        return self.cluster.smoke_benchmark(
+            model, weights.sha, plan, run_key=run_key, log=log, adapters=self.adapters(model, weights)
+        )
 
     def release_candidate(self, model: ModelSpec, weights: SnapshotManifest, log: Log = no_log) -> None:
         """Nothing to release: the benchmark Job's server ended with its pod."""
@@ -87,14 +97,15 @@ class KubernetesTarget(ServingTarget):
     def promote(
         self, model: ModelSpec, weights: SnapshotManifest, log: Log = no_log, *, canary_weight: int | None = None
     ) -> Deployment:
-        promotion = self.cluster.promote(model, weights.sha, log=log, canary_weight=canary_weight)
+        adapters = self.adapters(model, weights)
+        promotion = self.cluster.promote(model, weights.sha, log=log, canary_weight=canary_weight, adapters=adapters)
         revision = promotion.revision
         details: dict[str, str | int | list[str]] = {
             "target": f"kubernetes ({self.platform.namespace})",
             "previous_revision": promotion.previous.label() if promotion.previous else "none",
             "image": revision.image,
             "server_fingerprint": revision.engine_fingerprint,
-            "engine_args": list(serving_invocation(self.platform, model, weights.sha).args),
+            "engine_args": list(serving_invocation(self.platform, model, weights.sha, adapters).args),
             "applied": list(promotion.applied),
             "rollout": promotion.detail,
         }
@@ -103,7 +114,9 @@ class KubernetesTarget(ServingTarget):
     def start_canary(
         self, model: ModelSpec, weights: SnapshotManifest, *, owner: str, log: Log = no_log
     ) -> KubernetesCanary | None:
-        revision = self.cluster.start_canary(model, weights.sha, owner=owner, log=log)
+        revision = self.cluster.start_canary(
+            model, weights.sha, owner=owner, log=log, adapters=self.adapters(model, weights)
+        )
         if revision is None:
             return None
         return KubernetesCanary(self, model, weights, revision.label())

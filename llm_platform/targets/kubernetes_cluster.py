@@ -37,8 +37,9 @@ from dagster_k8s.client import (
 from kubernetes.client.rest import ApiException
 
 from llm_platform.benchmark.plan import BenchmarkPlan
-from llm_platform.catalog import ModelSpec, Platform, is_commit_sha
+from llm_platform.catalog import Adapter, ModelSpec, Platform, is_commit_sha
 from llm_platform.conventions import CANARY_TRACK, SERVING_CONTAINER
+from llm_platform.engine import LoraAdapters
 from llm_platform.errors import (
     BenchmarkError,
     JobFailedError,
@@ -164,10 +165,13 @@ class KubernetesCluster:
 
     # -- promotion --------------------------------------------------------------------------------------------
 
-    def desired_objects(self, model: ModelSpec, revision: Revision, canary_weight: int | None = None) -> list[Object]:
+    def desired_objects(
+        self, model: ModelSpec, revision: Revision, canary_weight: int | None = None,
+        adapters: LoraAdapters | None = None,
+    ) -> list[Object]:  # fmt: skip
         """The rendered objects with the revision recorded on the Deployment; with ``canary_weight``, an HTTPRoute
         keeps that share on a canary while the stable Deployment rolls (a canary's promotion)."""
-        objects = render_model(self.platform, model, revision.weights_sha)
+        objects = render_model(self.platform, model, revision.weights_sha, adapters)
         if canary_weight is not None:
             objects = [
                 render_http_route(self.platform, model, canary_weight=canary_weight) or obj
@@ -179,8 +183,8 @@ class KubernetesCluster:
                 obj["metadata"].setdefault("annotations", {})[PROMOTED_REVISION_ANNOTATION] = revision.to_annotation()
         return objects
 
-    def revision_for(self, model: ModelSpec, weights_sha: str) -> Revision:
-        invocation = serving_invocation(self.platform, model, weights_sha)
+    def revision_for(self, model: ModelSpec, weights_sha: str, adapters: LoraAdapters | None = None) -> Revision:
+        invocation = serving_invocation(self.platform, model, weights_sha, adapters)
         return Revision(
             image=engine_image(self.platform, model),
             engine_fingerprint=invocation.fingerprint,
@@ -193,12 +197,14 @@ class KubernetesCluster:
         return Revision.from_deployment(self.api.get(DEPLOYMENTS, self.namespace, resource_name(model)))
 
     def promote(
-        self, model: ModelSpec, weights_sha: str, log: Log = lambda _: None, *, canary_weight: int | None = None
-    ) -> Promotion:
-        """Apply ``model`` at weights ``weights_sha``, wait until it serves; restore the previous state on failure.
-        ``canary_weight``: a canary's promotion, whose share the HTTPRoute keeps until the canary is removed."""
-        revision = self.revision_for(model, weights_sha)
-        desired = self.desired_objects(model, revision, canary_weight)
+        self, model: ModelSpec, weights_sha: str, log: Log = lambda _: None, *, canary_weight: int | None = None,
+        adapters: LoraAdapters | None = None,
+    ) -> Promotion:  # fmt: skip
+        """Apply ``model`` at weights ``weights_sha`` (with ``adapters``), wait until it serves; restore the previous
+        state on failure. ``canary_weight``: a canary's promotion, whose share the HTTPRoute keeps until the canary is
+        removed."""
+        revision = self.revision_for(model, weights_sha, adapters)
+        desired = self.desired_objects(model, revision, canary_weight, adapters)
         validate_objects(desired)
         for resource in {resource_of(obj) for obj in desired}:
             if not self.api.serves(resource):
@@ -338,16 +344,18 @@ class KubernetesCluster:
         """The model's canary Deployment, if one is there (a rollout in progress, or left by a dead run)."""
         return self.api.get(DEPLOYMENTS, self.namespace, canary_object_name(model))
 
-    def start_canary(self, model: ModelSpec, weights_sha: str, *, owner: str, log: Log) -> Revision | None:
+    def start_canary(
+        self, model: ModelSpec, weights_sha: str, *, owner: str, log: Log, adapters: LoraAdapters | None = None
+    ) -> Revision | None:
         """Apply the candidate as the canary track (its Service, Deployment and NetworkPolicy) beside the stable
         version, wait until it is ready, and put the split in place at 0 %. None when nothing serves yet or this
         revision serves already. A canary that never becomes ready is removed again; the stable version is never
         touched."""
         current = self.current_revision(model)
-        revision = self.revision_for(model, weights_sha)
+        revision = self.revision_for(model, weights_sha, adapters)
         if current is None or current.same_config(revision):
             return None
-        objects = render_canary(self.platform, model, weights_sha)
+        objects = render_canary(self.platform, model, weights_sha, adapters)
         split = render_split(self.platform, model, 0)
         if split is None:
             raise TargetError(f"model '{model.name}': a canary needs exposure.host (an Ingress or HTTPRoute to split)")
@@ -408,18 +416,26 @@ class KubernetesCluster:
         A succeeded Job for a commit sha is reused (its snapshot is immutable); for a branch or tag a new Job runs,
         which verifies what is already on the PVC and downloads only what the branch now points at.
         """
+        return self._download(model, render_weights_job(self.platform, model, revision), is_commit_sha(revision), log)
+
+    def download_adapter(self, model: ModelSpec, adapter: Adapter, log: Log = lambda _: None) -> DownloadResult:
+        """Run the download Job of one of the model's adapters (into its directory beside the base's snapshots, on
+        the same PVC): nothing of the base is fetched or verified."""
+        job = render_weights_job(self.platform, model, adapter.source.revision, adapter)
+        return self._download(model, job, is_commit_sha(adapter.source.revision), log)
+
+    def _download(self, model: ModelSpec, job: Object, immutable: bool, log: Log) -> DownloadResult:
         # The Job mounts the claim and needs its egress policy (the namespace denies by default); applying both here
         # makes the first download self-contained.
         for obj in (render_weights_pvc(self.platform), render_weights_network_policy(self.platform)):
             self.api.apply(obj)
-        job = render_weights_job(self.platform, model, revision)
-        output = self.run_job(job, log, reuse_succeeded=is_commit_sha(revision))
+        output = self.run_job(job, log, reuse_succeeded=immutable)
         manifest = manifest_from_log(output)
         if manifest is None:
             raise JobFailedError(
-                f"model '{model.name}': the weights Job {job['metadata']['name']} succeeded but printed no manifest"
+                f"model '{model.name}': the download Job {job['metadata']['name']} succeeded but printed no manifest"
             )
-        on_pvc = snapshot_path(self.platform.weights_mount_path, model.name, manifest.sha)
+        on_pvc = snapshot_path(self.platform.weights_mount_path, manifest.model, manifest.sha)
         return DownloadResult(manifest, Path(on_pvc), reused=reused_in_log(output))
 
     def smoke_benchmark(
@@ -430,10 +446,11 @@ class KubernetesCluster:
         run_key: str,
         log: Log = lambda _: None,
         against: str | None = None,
+        adapters: LoraAdapters | None = None,
     ) -> dict[int, dict[str, Any]]:
         """Run the GPU benchmark Job and return the result JSON of each concurrency level (``against``: only the
         client, against a deployed model's URL)."""
-        (results,) = self.benchmark_rounds(model, weights_sha, plan, run_key, log, against)
+        (results,) = self.benchmark_rounds(model, weights_sha, plan, run_key, log, against, adapters=adapters)
         return results
 
     def benchmark_rounds(
@@ -445,9 +462,10 @@ class KubernetesCluster:
         log: Log = lambda _: None,
         against: str | None = None,
         rounds: int = 1,
+        adapters: LoraAdapters | None = None,
     ) -> list[dict[int, dict[str, Any]]]:
         """One benchmark Job measuring every level ``rounds`` times against one server: each round's results."""
-        job = render_benchmark_job(self.platform, model, weights_sha, plan, run_key, against, rounds)
+        job = render_benchmark_job(self.platform, model, weights_sha, plan, run_key, against, rounds, adapters)
         measured = rounds_from_log(self.run_job(job, log, reuse_succeeded=True))
         name = job["metadata"]["name"]
         if len(measured) != rounds:

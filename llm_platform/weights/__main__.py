@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--allow-pattern", action="append", dest="allow_patterns", help="glob of files to fetch (repeatable)"
     )
+    parser.add_argument(
+        "--require", action="append", default=[], help="glob some fetched file must match, else nothing is fetched"
+    )
     parser.add_argument("--keep-revisions", type=int, default=0, help="complete snapshots to keep (0: all)")
     parser.add_argument("--protect", action="append", default=[], help="a sha never pruned (repeatable)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="parallel file downloads")
@@ -58,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         repo=args.repo,
         revision=args.revision,
         allow_patterns=tuple(args.allow_patterns or DEFAULT_ALLOW_PATTERNS),
+        required=tuple(args.require),
     )
     progress = TerminalProgress() if sys.stderr.isatty() else LogProgress(lambda line: print(line, flush=True))
     try:

@@ -12,13 +12,16 @@ from typing import Any
 import pytest
 
 from llm_platform.catalog import Catalog, parse_catalog
+from llm_platform.conventions import SERVING_CONTAINER
 from llm_platform.errors import JobFailedError, KubernetesAccessError, RolloutError
 from llm_platform.manifests.jobs import weights_job_name
-from llm_platform.manifests.pods import HF_TOKEN_KEY, WEIGHTS_REVISION_ANNOTATION
+from llm_platform.manifests.pods import HF_TOKEN_KEY, WEIGHTS_REVISION_ANNOTATION, resource_name
 from llm_platform.store_layout import SNAPSHOT_MANIFEST
+from llm_platform.targets.kubernetes import KubernetesTarget
 from llm_platform.targets.kubernetes_cluster import KubernetesCluster, KubernetesTargetSettings
 from tests.fakehub import FakeHub, FakeRepo
 from tests.kubeemu import (
+    DEPLOYMENTS,
     JOBS,
     PVCS,
     SECRETS,
@@ -197,3 +200,59 @@ def test_the_role_grants_exactly_the_calls_the_target_makes(
     assert used - granted == set(), "calls the Role does not grant"
     assert granted - used == set(), "grants no call needs"
     assert {call.namespace for call in cluster.emulator.our_calls()} == {catalog.platform.namespace}
+
+
+ADAPTER_REPO = "acme/tiny-sql-lora"
+
+
+def test_an_adapter_job_fetches_only_the_adapter_beside_the_base_and_the_deployment_serves_it(
+    cluster: RunningCluster, hub: FakeHub, kubelet: FakeKubelet, tmp_path: Path
+) -> None:
+    adapter_config = {"peft_type": "LORA", "r": 32, "base_model_name_or_path": REPO}
+    hub.repos[ADAPTER_REPO] = FakeRepo({
+        "adapter_config.json": json.dumps(adapter_config).encode(),
+        "adapter_model.safetensors": os.urandom(50_000),
+        "adapter_model.bin": b"a pickle: never fetched",
+    })  # fmt: skip
+    hub.repos["acme/pickled-lora"] = FakeRepo({"adapter_config.json": b"{}", "adapter_model.bin": b"pickle"})
+    catalog = parse_catalog({
+        "platform": {"hf_endpoint": hub.endpoint},
+        "models": [{
+            "name": "tiny", "source": {"repo": REPO}, "serving": {"max_model_len": 2048},
+            "adapters": [{"name": "tiny-sql", "source": {"repo": ADAPTER_REPO}},
+                         {"name": "tiny-pickled", "source": {"repo": "acme/pickled-lora"}}],
+        }],
+    })  # fmt: skip
+    model, target = catalog.model("tiny"), _target(cluster, catalog)
+    base = target.download_weights(model, "main").manifest
+    fetched_base = {path: hub.served[path] for path in hub.repos[REPO].files}
+
+    sql = target.download_adapter(model, model.adapters[0])
+
+    sha = hub.repos[ADAPTER_REPO].sha
+    assert (
+        sql.manifest.model == "tiny/adapters/tiny-sql" and str(sql.directory) == f"/models/tiny/adapters/tiny-sql/{sha}"
+    )
+    assert {entry.path for entry in sql.manifest.files} == {"adapter_config.json", "adapter_model.safetensors"}
+    assert (tmp_path / "pvc" / "tiny" / "adapters" / "tiny-sql" / sha / SNAPSHOT_MANIFEST).is_file()
+    assert sql.manifest.adapter_config is not None and sql.manifest.adapter_config["r"] == 32
+    assert {path: hub.served[path] for path in hub.repos[REPO].files} == fetched_base  # nothing of the base again
+    assert (tmp_path / "pvc" / "tiny" / base.sha / SNAPSHOT_MANIFEST).is_file()  # the base, untouched
+    # An adapter without safetensors: refused before a byte is fetched, in one line from the Job.
+    with pytest.raises(JobFailedError, match=r"has no \*\.safetensors matching source.allow_patterns"):
+        target.download_adapter(model, model.adapters[1])
+    assert not list((tmp_path / "pvc" / "tiny" / "adapters").rglob("*.bin"))
+
+    # The Deployment: the LoRA flags with the adapter's path on the PVC it mounts already (rank from its config).
+    served = base.with_adapters({"tiny-sql": sql.manifest})
+    with FakeDeploymentController(cluster.raw(), catalog.platform.namespace, lambda _: "ready"):
+        KubernetesTarget(target, tmp_path / "artifacts").promote(model, served)
+    deployment = cluster.emulator.stored(DEPLOYMENTS)[resource_name(model)]
+    (engine,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == SERVING_CONTAINER]
+    args = engine["args"]
+    assert args[args.index("--lora-modules") + 1] == f"tiny-sql=/models/tiny/adapters/tiny-sql/{sha}"
+    assert args[args.index("--max-lora-rank") + 1] == "32" and args[args.index("--max-loras") + 1] == "2"
+    mount = next(m for m in engine["volumeMounts"] if m["mountPath"] == catalog.platform.weights_mount_path)
+    assert mount["readOnly"] is True
+    env = {item["name"]: item.get("value") for item in engine["env"]}
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "0"
