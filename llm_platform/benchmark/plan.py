@@ -39,6 +39,8 @@ class BenchmarkPlan:
     random dataset's fixed lengths; empty: the random dataset."""
     workload: str = ""
     """What the requests replay (the profile's description), for the benchmark's metadata."""
+    served_name: str = ""
+    """The served name the requests address: one of the model's LoRA adapters; empty: the model's own."""
 
     def __post_init__(self) -> None:
         if not self.concurrency_levels or min(self.concurrency_levels) < 1:

@@ -33,7 +33,7 @@ from llm_platform.defs.values import BenchmarkOutcome, DeploymentRecord, Serving
 from llm_platform.defs.weights import LIVE_BENCHMARK_GROUP, lifecycle_asset_options
 from llm_platform.perfmodel import predicted_levels
 from llm_platform.planning.plan import ServingPlan, predicted_vs_measured
-from llm_platform.targets.base import LevelResults
+from llm_platform.targets.base import LevelResults, ServingTarget
 from llm_platform.workload import TrafficProfile, replay_lengths
 
 SLO_CHECKS = {
@@ -42,6 +42,8 @@ SLO_CHECKS = {
     "min_output_tokens_per_s": "the best output throughput reaches slo.min_output_tokens_per_s",
     "max_error_rate": "failed requests stay within slo.max_error_rate",
 }
+ADAPTERS_SLO_CHECK = "slo_adapters"
+"""Each LoRA adapter of the model, addressed by its served name, meets the same SLOs (at the plan's top level)."""
 BENCHMARK_POOL = "gpu-benchmark"
 TABLE_COLUMNS = [
     "concurrency", "completed", "failed", "request_throughput", "output_throughput", "achieved_concurrency",
@@ -164,6 +166,54 @@ def _prediction_metadata(
     }
 
 
+def _benchmark_adapters(
+    context: dg.AssetExecutionContext,
+    serving_target: ServingTarget,
+    choice: ServingChoice,
+    plan: BenchmarkPlan,
+    work_dir: Path,
+) -> dict[str, list[SloResult]]:
+    """Each adapter served on the candidate, addressed by its name at the plan's highest concurrency on the same
+    server (the same workload), judged by the model's SLOs: served name → its SLO results."""
+    model, weights = choice.model, choice.weights
+    judged: dict[str, list[SloResult]] = {}
+    for name in sorted(weights.adapters):
+        adapter_plan = dataclasses.replace(plan, served_name=name, concurrency_levels=(max(plan.concurrency_levels),))
+        context.log.info(f"model '{model.name}': adapter '{name}' at concurrency {adapter_plan.concurrency_levels[0]}")
+        measured = serving_target.benchmark_candidate(
+            model, weights, adapter_plan, run_key=context.run.run_id, work_dir=work_dir / name, log=context.log.info
+        )
+        judged[name] = evaluate_slos(results_table(measured), model.slo)
+    return judged
+
+
+def _adapters_check(adapters: dict[str, str], judged: dict[str, list[SloResult]], reused: bool) -> dg.AssetCheckResult:
+    """One row per adapter and SLO: measured, threshold, verdict."""
+    rows = [
+        dg.TableRecord({"served_name": name, "slo": result.name, "measured": round(float(result.measured), 3),
+                        "threshold": float(result.threshold), "passed": result.passed})
+        for name, slos in judged.items() for result in slos
+    ]  # fmt: skip
+    columns = [("served_name", "string"), ("slo", "string"), ("measured", "float"), ("threshold", "float"),
+               ("passed", "bool")]  # fmt: skip
+    note = (
+        "no adapters" if not adapters
+        else "judged at the promotion of the engine config that serves (not measured again)" if reused
+        else f"{len(judged)} adapter(s) measured"
+    )  # fmt: skip
+    return dg.AssetCheckResult(
+        check_name=ADAPTERS_SLO_CHECK,
+        passed=all(result.passed for slos in judged.values() for result in slos),
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "note": dg.MetadataValue.text(note),
+            "adapters": dg.TableMetadataValue(
+                records=rows, schema=dg.TableSchema(columns=[dg.TableColumn(n, kind) for n, kind in columns])
+            ),
+        },
+    )
+
+
 def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     """The candidate benchmarked on the target (a vLLM-on-CPU server here and ``vllm bench serve`` against it, or
     the GPU benchmark Job serving and benchmarking in one pod), judged by the blocking SLO checks."""
@@ -179,8 +229,17 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
         # together with check specs.
         dagster_type=dg.Any,
         check_specs=[
-            dg.AssetCheckSpec(slo_check_name(name), asset=SMOKE_BENCHMARK_ASSET, blocking=True, description=text)
-            for name, text in SLO_CHECKS.items()
+            *(
+                dg.AssetCheckSpec(slo_check_name(name), asset=SMOKE_BENCHMARK_ASSET, blocking=True, description=text)
+                for name, text in SLO_CHECKS.items()
+            ),
+            dg.AssetCheckSpec(
+                ADAPTERS_SLO_CHECK,
+                asset=SMOKE_BENCHMARK_ASSET,
+                blocking=True,
+                description="each LoRA adapter, addressed by its served name at the plan's highest concurrency, "
+                "meets the same SLOs (passes for a model without adapters)",
+            ),
         ],
         description=(
             "vLLM's own benchmark (vllm bench serve: the random dataset, or a replay of the model's measured "
@@ -225,7 +284,10 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
                     )
                 )
             results = evaluate_slos(frame, model.slo)
-            passed = all(result.passed for result in results)
+            adapters = {} if reused else _benchmark_adapters(context, serving_target, serving_config, plan, work_dir)
+            passed = all(result.passed for result in results) and all(
+                result.passed for slos in adapters.values() for result in slos
+            )
             if not passed:  # a rejected candidate must not hold resources
                 serving_target.release_candidate(model, weights, log=context.log.info)
         metadata = _report_metadata(model.name, frame, results, work_dir)
@@ -235,7 +297,7 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
             value=BenchmarkOutcome(
                 frame, serving_config.fingerprint, passed, plan.concurrency_levels, plan.requests, plan.workload
             ),
-            check_results=check_results(results),
+            check_results=[*check_results(results), _adapters_check(weights.adapter_commits, adapters, reused)],
             metadata={
                 **metadata,
                 "config_fingerprint": dg.MetadataValue.text(serving_config.fingerprint),

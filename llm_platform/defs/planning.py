@@ -111,6 +111,14 @@ def build_serving_plan_asset(catalog: Catalog, partitions: dg.PartitionsDefiniti
             severity=dg.AssetCheckSeverity.WARN, metadata={"verdict": dg.MetadataValue.text(plan.verdict)},
         )  # fmt: skip
         metadata = {**plan_metadata(plan), "planned_for": dg.MetadataValue.text(planned_for)}
+        if model.adapters:
+            # AIConfigurator models the base alone; an adapter's extra matmuls and slots are not in the estimate.
+            caveat = (
+                f"the estimate does not model the overhead of the model's {len(model.adapters)} LoRA adapter(s) "
+                "(AIConfigurator plans the base alone): the smoke benchmark measures it"
+            )
+            context.log.info(f"model '{model.name}': {caveat}")
+            metadata["lora_caveat"] = dg.MetadataValue.text(caveat)
         return dg.MaterializeResult(value=plan, metadata=metadata, check_results=[check])
 
     return serving_plan

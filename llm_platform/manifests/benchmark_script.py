@@ -89,7 +89,7 @@ def benchmark_script(
                 plan,
                 concurrency,
                 base_url=base_url,
-                served_model_name=model.name,
+                served_model_name=plan.served_name or model.name,
                 tokenizer=weights_path(platform, model, revision),
                 result_dir=round_dir,
                 result_filename=level_filename(concurrency),

@@ -100,7 +100,7 @@ class LocalTarget(ServingTarget):
         self, model: ModelSpec, weights: SnapshotManifest, plan: BenchmarkPlan, base_url: str, work_dir: Path, log: Log
     ) -> LevelResults:
         _, raw = run_plan(
-            plan, engine=engine_for(model.serving), model=model.name, base_url=base_url,
+            plan, engine=engine_for(model.serving), model=plan.served_name or model.name, base_url=base_url,
             tokenizer=self.weights_path(weights), work_dir=work_dir,
             log=log, api_key=self.servers.api_key,
         )  # fmt: skip

@@ -74,6 +74,14 @@ def test_an_adapter_is_downloaded_beside_its_base_and_served_under_its_own_name(
             (pirate,) = _adapter_rows(result).values()
             assert pirate["rank"] == 8 and pirate["downloaded_bytes"] > 0
             assert Path(pirate["path"]).parent.parent == Path(served_tiny.weights_path).parent / "adapters"
+            (plan,) = result.asset_materializations_for_node("serving_plan")
+            assert "does not model the overhead of the model's 1 LoRA adapter" in str(plan.metadata["lora_caveat"])
+            (adapters_check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "slo_adapters"]
+            judged = adapters_check.metadata["adapters"]
+            assert adapters_check.passed and isinstance(judged, dg.TableMetadataValue)
+            assert {record.data["served_name"] for record in judged.records} == {"tiny-llama-pirate"}
+            measured = {str(record.data["slo"]): float(str(record.data["measured"])) for record in judged.records}
+            assert measured["ttft_p95_ms"] > 0 and measured["min_output_tokens_per_s"] > 0
             choice = result.output_for_node("serving_config")
             assert set(choice.weights.adapter_commits) == {"tiny-llama-pirate"}
             (deployment,) = result.asset_materializations_for_node("vllm_deployment")

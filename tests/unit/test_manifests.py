@@ -483,3 +483,24 @@ def test_the_split_is_the_exposures_own_kind(platform: Platform, llama: ModelSpe
     assert route is not None and route["kind"] == "HTTPRoute" and route["metadata"]["name"] == "vllm-llama"
     weights = {ref["name"]: ref["weight"] for ref in route["spec"]["rules"][0]["backendRefs"]}
     assert weights == {"vllm-llama": 75, "vllm-llama-canary": 25}
+
+
+def test_an_adapters_benchmark_job_addresses_it_by_name_and_is_a_job_of_its_own(example_catalog: Catalog) -> None:
+    """The benchmark Job of one adapter serves the base with the adapters and sends every request to the adapter's
+    name; its Job name differs from the base's, so the base's succeeded Job is never read back for it."""
+    from llm_platform.benchmark.plan import BenchmarkPlan
+    from llm_platform.engine import LoraAdapters
+    from llm_platform.manifests.jobs import render_benchmark_job
+
+    platform, model = example_catalog.platform, example_catalog.model("tiny-llama")
+    lora = LoraAdapters({"tiny-sql": "/models/tiny-llama/adapters/tiny-sql/" + "a" * 40}, max_loras=1, max_lora_rank=16)
+    base = render_benchmark_job(platform, model, "b" * 40, BenchmarkPlan(), "run", adapters=lora)
+    sql = render_benchmark_job(platform, model, "b" * 40, BenchmarkPlan(served_name="tiny-sql"), "run", adapters=lora)
+    script = sql["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    assert "--model tiny-sql --served-model-name tiny-sql" in script
+    assert "--lora-modules tiny-sql=/models/tiny-llama/adapters/tiny-sql/" in script
+    assert (
+        "--model tiny-llama --served-model-name tiny-llama"
+        in base["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    )
+    assert sql["metadata"]["name"] != base["metadata"]["name"]
