@@ -17,7 +17,7 @@ from typing import Any
 
 from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.benchmark.trials import as_overrides, candidate_model, failed_trial, ladder_trial, load_ladder
-from llm_platform.catalog import ModelSpec, Platform, Serving, config_fingerprint
+from llm_platform.catalog import Adapter, ModelSpec, Platform, Serving, config_fingerprint
 from llm_platform.defs.resources import TargetResource
 from llm_platform.engine import engine_for
 from llm_platform.errors import PlatformError, RolloutError
@@ -129,8 +129,20 @@ class FakeServingTarget(ServingTarget):
         )  # fmt: skip
         return DownloadResult(manifest, Path(f"/fake/{model.name}/{sha}"), reused=False)
 
+    def materialize_adapter(self, model: ModelSpec, adapter: Adapter, log: Log = no_log) -> DownloadResult:
+        self.cluster.calls.append(f"adapter {model.name}/{adapter.name}@{adapter.source.revision}")
+        repo = str(adapter.source.repo)
+        sha = self.cluster.sha(repo, adapter.source.revision)
+        manifest = SnapshotManifest(
+            model=f"{model.name}/adapters/{adapter.name}", repo=repo, requested_revision=adapter.source.revision,
+            sha=sha, files=(ManifestFile(path="adapter_config.json", size=2, sha256="0" * 64),), total_bytes=2,
+            downloaded_bytes=2, duration_s=0.0, completed_at=datetime.now(UTC),
+            adapter_config={"peft_type": "LORA", "r": 8, "base_model_name_or_path": model.source.repo},
+        )  # fmt: skip
+        return DownloadResult(manifest, Path(f"/fake/{manifest.model}/{sha}"), reused=False)
+
     def _fingerprint(self, model: ModelSpec, weights: SnapshotManifest) -> str:
-        return config_fingerprint(model.serving, weights.sha)
+        return config_fingerprint(model.serving, weights.sha, weights.adapter_commits)
 
     def _command(self, model: ModelSpec, weights: SnapshotManifest) -> list[str]:
         invocation = engine_for(model.serving).invocation(

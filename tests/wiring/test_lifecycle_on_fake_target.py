@@ -419,3 +419,29 @@ def test_the_live_schedule_skips_until_deployed_then_catches_a_regression(
     assert "output_throughput at concurrency 4: 285.7 vs 571.4 at promotion (-50.0%)" in str(
         check.metadata["regressions"].value
     )
+
+
+SQL_ADAPTER = {"name": "tiny-sql", "source": {"repo": "acme/tiny-sql-lora"}}
+
+
+def test_adding_or_removing_an_adapter_is_a_promotion_of_the_base_that_fetches_only_the_adapter(
+    cluster: tuple[str, FakeCluster], instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    platform = _platform(_catalog(), cluster, instance, tmp_path)
+    assert platform.lifecycle().success
+    plain = cluster[1].deployed[MODEL][0]
+    cluster[1].calls.clear()
+    ops = promotion_request(benchmark=SMALL)[1]["ops"]
+
+    added = platform.run(PROMOTE_ASSETS, ops, catalog=_catalog(adapters=[SQL_ADAPTER]))
+
+    assert added.success
+    with_sql = cluster[1].deployed[MODEL][0]
+    assert with_sql != plain  # the adapter's commit is part of the config: benchmarked, then promoted
+    assert [call.split()[0] for call in cluster[1].calls] == ["adapter", "benchmark", "benchmark", "promote"]
+    assert cluster[1].calls[0] == "adapter tiny/tiny-sql@main"  # the adapter alone: nothing of the base
+    (check,) = [c for c in added.get_asset_check_evaluations() if c.check_name == "slo_adapters"]
+    assert check.passed and check.metadata["note"] == dg.MetadataValue.text("1 adapter(s) measured")
+
+    removed = platform.run(PROMOTE_ASSETS, ops)  # the catalog without it: the base alone again
+    assert removed.success and cluster[1].deployed[MODEL][0] == plain
