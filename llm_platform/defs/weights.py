@@ -8,7 +8,7 @@ from typing import TypedDict
 import dagster as dg
 from pydantic import Field
 
-from llm_platform.catalog import Catalog, Serving, adapter_config_problems, config_fingerprint
+from llm_platform.catalog import Catalog, adapter_config_problems
 from llm_platform.conventions import ADAPTERS_ASSET, LIVE_BENCHMARK_ASSET, WEIGHTS_ASSET
 from llm_platform.defs.failures import platform_errors_as_failure, refuse_environment_references
 from llm_platform.defs.resources import TargetResource
@@ -154,7 +154,7 @@ def build_adapter_weights_asset(catalog: Catalog, partitions: dg.PartitionsDefin
                 adapters[adapter.name] = result.manifest
                 records.append(dg.TableRecord({
                     "adapter": adapter.name, "repo": result.manifest.repo, "revision_sha": result.manifest.sha,
-                    "rank": int((result.manifest.adapter_config or {}).get("r", 0)),
+                    "rank": result.manifest.lora_rank or 0,
                     "bytes": result.manifest.total_bytes,
                     "downloaded_bytes": 0 if result.reused else result.manifest.downloaded_bytes,
                     "path": str(result.directory),
@@ -166,7 +166,7 @@ def build_adapter_weights_asset(catalog: Catalog, partitions: dg.PartitionsDefin
                    ("bytes", "int"), ("downloaded_bytes", "int"), ("path", "string")]  # fmt: skip
         return dg.MaterializeResult(
             value=served,
-            data_version=dg.DataVersion(config_fingerprint(Serving(), model_weights.sha, served.adapter_commits)),
+            data_version=dg.DataVersion(served.served_version),
             metadata={
                 "base_revision_sha": dg.MetadataValue.text(model_weights.sha),
                 "adapter_count": dg.MetadataValue.int(len(adapters)),

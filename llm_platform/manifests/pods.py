@@ -90,11 +90,7 @@ def lora_adapters(model: ModelSpec, weights: SnapshotManifest, root: str) -> Lor
     catalog leaves them out. None: no adapters, LoRA stays off."""
     if not weights.adapters:
         return None
-    ranks = [
-        rank
-        for adapter in weights.adapters.values()
-        if isinstance(rank := (adapter.adapter_config or {}).get("r"), int)
-    ]
+    ranks = [adapter.lora_rank for adapter in weights.adapters.values() if adapter.lora_rank is not None]
     return LoraAdapters(
         {name: snapshot_path(root, adapter.model, adapter.sha) for name, adapter in weights.adapters.items()},
         max_loras=max_loras(model),

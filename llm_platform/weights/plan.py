@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -115,6 +116,18 @@ class SnapshotManifest(BaseModel):
     def adapter_commits(self) -> dict[str, str]:
         """Served name → commit of each adapter served on these weights (part of what a config is)."""
         return {name: adapter.sha for name, adapter in sorted(self.adapters.items())}
+
+    @property
+    def served_version(self) -> str:
+        """The weights' commit and each adapter's, as one short hash (what the served weights are)."""
+        identity = json.dumps({"weights": self.sha, "adapters": self.adapter_commits}, sort_keys=True)
+        return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+    @property
+    def lora_rank(self) -> int | None:
+        """An adapter's rank from its ``adapter_config.json``; None when it states none."""
+        rank = (self.adapter_config or {}).get("r")
+        return rank if isinstance(rank, int) and not isinstance(rank, bool) else None
 
     @property
     def file_count(self) -> int:
