@@ -18,6 +18,9 @@ to a Unix socket (locally) or to the pod's loopback (on Kubernetes), and this ga
   connection, or a request sent at that instant is a 502), a body timeout, the body size (refused by
   ``Content-Length`` before a byte of it is read), and an access log without query strings (a key sent as
   ``?api_key=`` is never written).
+- **Requests and latency per served name** (:class:`ServedNameMetrics`), which vLLM does not export (it labels its
+  metrics with the engine's name whatever LoRA adapter a request names): appended to the engine's ``/metrics`` on
+  the metrics listener, so one scrape has both.
 
 With a command after ``--``, the same process is the supervisor of the vLLM server it fronts (it exits with the
 server's exit code, and a SIGTERM reaches both). The local target's endpoint in front of the gates is nginx
@@ -30,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import os
 import re
@@ -44,8 +48,21 @@ from aiohttp import BaseConnector, ClientSession, ClientTimeout, TCPConnector, U
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from llm_platform.conventions import API_KEY_ENV, ENGINE_HEALTH_PATH, GATE_HEALTH_PATH, GATE_MODULE, METRICS_PATH
+from llm_platform.conventions import (
+    API_KEY_ENV,
+    ENGINE_HEALTH_PATH,
+    GATE_DURATION_METRIC,
+    GATE_FIRST_BYTE_METRIC,
+    GATE_HEALTH_PATH,
+    GATE_LATENCY_BUCKETS,
+    GATE_MODULE,
+    GATE_REQUESTS_METRIC,
+    METRICS_PATH,
+    MODEL_NAME_LABEL,
+    SERVED_NAME_LABEL,
+)
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "host", "content-length"}  # fmt: skip
@@ -121,6 +138,66 @@ class GateSettings:
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     """How long a connection may stay idle between requests: longer than any proxy in front keeps it."""
+    served_names: tuple[str, ...] = ()
+    """The names the server behind serves (the model's first, then its adapters'): the label values of
+    :class:`ServedNameMetrics`; empty: no per-name metrics."""
+
+
+OTHER_SERVED_NAME = "other"
+"""The label of requests that named no model, or one this server does not serve (the engine refuses those)."""
+#: Prometheus' classic text format: what the engine is asked for, and what the gate's own metrics are written in.
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
+#: The largest body the gate parses for its ``model`` field; a larger one is counted as :data:`OTHER_SERVED_NAME`.
+MAX_PARSED_BODY_BYTES = 1024 * 1024
+
+
+class ServedNameMetrics:
+    """Requests, time to the first byte and duration per served name, as the gate sees them.
+
+    The label values are the names the server serves (:attr:`GateSettings.served_names`); any other ``model`` a
+    client sends is :data:`OTHER_SERVED_NAME`, so a caller cannot mint series (bounded cardinality)."""
+
+    def __init__(self, served_names: Sequence[str]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._names = frozenset(served_names)
+        self._model = served_names[0] if served_names else ""
+        labels = (MODEL_NAME_LABEL, SERVED_NAME_LABEL)
+        self._requests = Counter(
+            GATE_REQUESTS_METRIC.removesuffix("_total"), "Requests the gate forwarded, by the served name they "
+            "addressed and the answer's status", (*labels, "code"), registry=self.registry,
+        )  # fmt: skip
+        self._first_byte = Histogram(
+            GATE_FIRST_BYTE_METRIC, "From a request's arrival to the first byte of its answer's body", labels,
+            buckets=GATE_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self._duration = Histogram(
+            GATE_DURATION_METRIC, "From a request's arrival to the end of its answer", labels,
+            buckets=GATE_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._names)
+
+    def served_name(self, body: bytes) -> str:
+        """The body's ``model`` when it is a name this server serves, else :data:`OTHER_SERVED_NAME`."""
+        if not body or len(body) > MAX_PARSED_BODY_BYTES or b'"model"' not in body:
+            return OTHER_SERVED_NAME
+        try:
+            name = json.loads(body).get("model")
+        except (ValueError, RecursionError, AttributeError):
+            return OTHER_SERVED_NAME
+        return name if isinstance(name, str) and name in self._names else OTHER_SERVED_NAME
+
+    def observe(self, served_name: str, status: int, first_byte_s: float | None, duration_s: float) -> None:
+        self._requests.labels(self._model, served_name, str(status)).inc()
+        if first_byte_s is not None:
+            self._first_byte.labels(self._model, served_name).observe(first_byte_s)
+        self._duration.labels(self._model, served_name).observe(duration_s)
+
+    def exposition(self) -> bytes:
+        """The metrics in Prometheus' text format (0.0.4), to append to the engine's."""
+        return generate_latest(self.registry)
 
 
 class PathOnlyAccessLogger(AbstractAccessLogger):
@@ -137,9 +214,14 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"message": message, "code": status}}, status=status)
 
 
-def build_app(upstream: Upstream, settings: GateSettings, *, metrics_only: bool = False) -> web.Application:
-    """The gate's application: the API listener, or (``metrics_only``) the metrics listener."""
+def build_app(
+    upstream: Upstream, settings: GateSettings, *, metrics_only: bool = False,
+    served_metrics: ServedNameMetrics | None = None,
+) -> web.Application:  # fmt: skip
+    """The gate's application: the API listener, or (``metrics_only``) the metrics listener; both share
+    ``served_metrics`` (the API listener records, the metrics listener exposes)."""
     session: dict[str, ClientSession] = {}
+    served = served_metrics or ServedNameMetrics(settings.served_names)
 
     async def startup(app: web.Application) -> None:
         session["client"] = ClientSession(
@@ -176,22 +258,51 @@ def build_app(upstream: Upstream, settings: GateSettings, *, metrics_only: bool 
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"request body exceeds the limit of {settings.max_body_bytes} bytes")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        if metrics_only and path == METRICS_PATH:
+            return await engine_and_gate_metrics(request, backend, headers)
+        began = asyncio.get_running_loop().time()
+        measured = served.enabled and request.method == "POST"
+        served_name = served.served_name(body) if measured else OTHER_SERVED_NAME
         try:
             upstream_response = await session["client"].request(
                 request.method, f"{backend}{request.rel_url}", headers=headers, data=body or None
             )
         except OSError:
             return _error(503, "the model server is not reachable (starting, or stopped)")
-        async with upstream_response:
-            response = web.StreamResponse(
-                status=upstream_response.status,
-                headers={k: v for k, v in upstream_response.headers.items() if k.lower() not in HOP_BY_HOP},
-            )
-            await response.prepare(request)
-            async for chunk in upstream_response.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-            return response
+        first_byte_s: float | None = None
+        try:
+            async with upstream_response:
+                response = web.StreamResponse(
+                    status=upstream_response.status,
+                    headers={k: v for k, v in upstream_response.headers.items() if k.lower() not in HOP_BY_HOP},
+                )
+                await response.prepare(request)
+                async for chunk in upstream_response.content.iter_any():
+                    if first_byte_s is None:
+                        first_byte_s = asyncio.get_running_loop().time() - began
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        finally:
+            if measured:
+                duration_s = asyncio.get_running_loop().time() - began
+                served.observe(served_name, upstream_response.status, first_byte_s, duration_s)
+
+    async def engine_and_gate_metrics(request: web.Request, backend: str, headers: dict[str, str]) -> web.Response:
+        """The engine's metrics in the text format (never OpenMetrics, whose ``# EOF`` must end the answer, nor
+        compressed), then the gate's own."""
+        headers = {k: v for k, v in headers.items() if k.lower() not in ("accept", "accept-encoding")}
+        headers.update({"Accept": TEXT_FORMAT, "Accept-Encoding": "identity"})
+        try:
+            async with session["client"].get(f"{backend}{METRICS_PATH}", headers=headers) as engine:
+                text = await engine.read()
+                if engine.status != 200:
+                    return web.Response(status=engine.status, body=text)
+        except OSError:
+            return _error(503, "the model server is not reachable (starting, or stopped)")
+        if text and not text.endswith(b"\n"):
+            text += b"\n"
+        return web.Response(body=text + served.exposition(), headers={"Content-Type": TEXT_FORMAT})
 
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_request_began])
     app.on_startup.append(startup)
@@ -300,10 +411,12 @@ async def serve(
 ) -> list[web.AppRunner]:
     """Start the API listener (and the metrics listener); the caller cleans the runners up."""
     runners = []
+    served = ServedNameMetrics(settings.served_names)
     for address, metrics_only in ((listen, False), (metrics_listen, True)):
         if address is None:
             continue
-        runner = web.AppRunner(build_app(upstream, settings, metrics_only=metrics_only), handle_signals=False)
+        app = build_app(upstream, settings, metrics_only=metrics_only, served_metrics=served)
+        runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         await GateSite(runner, address[0], address[1], settings).start()
         runners.append(runner)
@@ -368,6 +481,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--header-timeout-s", type=float, default=DEFAULT_HEADER_TIMEOUT_S)
     parser.add_argument("--body-timeout-s", type=float, default=DEFAULT_BODY_TIMEOUT_S)
     parser.add_argument("--idle-timeout-s", type=float, default=DEFAULT_IDLE_TIMEOUT_S)
+    parser.add_argument(
+        "--served-name", action="append", default=[], dest="served_names",
+        help="a name the server serves (the model's first, then each adapter's): per-name request metrics",
+    )  # fmt: skip
     return parser.parse_args(argv), command
 
 
@@ -381,6 +498,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> GateS
         header_timeout_s=args.header_timeout_s,
         body_timeout_s=args.body_timeout_s,
         idle_timeout_s=args.idle_timeout_s,
+        served_names=tuple(args.served_names),
     )
 
 

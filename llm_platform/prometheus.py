@@ -28,8 +28,12 @@ import requests
 from llm_platform.canary import TrackFigures
 from llm_platform.conventions import (
     CANARY_TRACK,
+    GATE_DURATION_METRIC,
+    GATE_FIRST_BYTE_METRIC,
+    GATE_REQUESTS_METRIC,
     KSM_MODEL_LABEL,
     MODEL_NAME_LABEL,
+    SERVED_NAME_LABEL,
     SERVING_CONTAINER,
     SERVING_OBJECT_PREFIX,
     STABLE_TRACK,
@@ -38,7 +42,7 @@ from llm_platform.conventions import (
 from llm_platform.engine import EngineMetrics, all_engines
 from llm_platform.errors import PlatformError
 from llm_platform.tuning.policy import Snapshot, TuningLimits
-from llm_platform.workload import LengthHistogram, MeasuredTraffic
+from llm_platform.workload import LengthHistogram, MeasuredTraffic, ServedNameFigures
 
 PROMETHEUS_URL_ENV_VAR = "LLM_PLATFORM_PROMETHEUS_URL"
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
@@ -329,6 +333,38 @@ def traffic_queries(model_name: str, window_s: int, metrics: EngineMetrics) -> d
     }
 
 
+#: The :class:`~llm_platform.workload.ServedNameFigures` fields, as :func:`served_name_queries` keys them.
+SERVED_FIELDS = {
+    "served_requests": "requests",
+    "served_error_ratio": "error_ratio",
+    "served_first_byte_p95_ms": "first_byte_p95_ms",
+    "served_duration_p95_ms": "duration_p95_ms",
+}
+
+
+def served_name_queries(model_name: str, window_s: int) -> dict[str, str]:
+    """The gate's figures of one model per served name (:data:`SERVED_NAME_LABEL`: the base's and each adapter's)
+    over the last ``window_s`` seconds, keyed as :data:`SERVED_FIELDS`. Latencies are in milliseconds."""
+    model, by = f'{MODEL_NAME_LABEL}="{_label_value(model_name)}"', f"by ({SERVED_NAME_LABEL})"
+
+    def increase(metric: str, matchers: str = "") -> str:
+        return f"increase({selector(metric, ','.join(filter(None, [model, matchers])))}[{window_s}s])"
+
+    def p95_ms(histogram: str) -> str:
+        buckets = increase(f"{histogram}_bucket")
+        return f"histogram_quantile({TRACK_QUANTILE:g}, sum by ({SERVED_NAME_LABEL}, le) ({buckets})) * 1000"
+
+    requests = f"sum {by} ({increase(GATE_REQUESTS_METRIC)})"
+    server_errors = 'code=~"5.."'
+    failed = f"sum {by} ({increase(GATE_REQUESTS_METRIC, server_errors)})"
+    return {
+        "served_requests": requests,
+        "served_error_ratio": f"({failed} or 0 * {requests}) / ({requests} > 0)",
+        "served_first_byte_p95_ms": p95_ms(GATE_FIRST_BYTE_METRIC),
+        "served_duration_p95_ms": p95_ms(GATE_DURATION_METRIC),
+    }
+
+
 #: A model's live length shapes for the shape sensor: ``(prompt, generation)`` of the earlier half, then the recent.
 LiveShapes = tuple[tuple[LengthHistogram, LengthHistogram], tuple[LengthHistogram, LengthHistogram]]
 
@@ -474,15 +510,18 @@ class PrometheusClient:
     ) -> MeasuredTraffic:
         """What the model served over the last ``window_s`` seconds: :func:`traffic_queries` in one query, and the
         request rate over the window (for the plot) in a range query."""
-        fields = traffic_queries(model_name, window_s, metrics)
+        fields = {**traffic_queries(model_name, window_s, metrics), **served_name_queries(model_name, window_s)}
         end = at if at is not None else time.time()
         rate = self.query_range(request_rate_query(model_name, metrics), end - window_s, end, RATE_WINDOW_S)
         histograms: dict[str, dict[float, float]] = {"prompt": {}, "generation": {}}
         reasons: dict[str, float] = {}
         scalars: dict[str, float] = {}
+        served: dict[str, dict[str, float]] = {}
         for labels, value in self.query(one_query(fields), at):
             name = labels.get(FIELD_LABEL, "")
-            if name in histograms and "le" in labels:
+            if name in SERVED_FIELDS and labels.get(SERVED_NAME_LABEL) and not math.isnan(value):
+                served.setdefault(labels[SERVED_NAME_LABEL], {})[SERVED_FIELDS[name]] = value
+            elif name in histograms and "le" in labels:
                 histograms[name][float(labels["le"])] = value
             elif name == "finish_reasons" and labels.get("finished_reason"):
                 reasons[labels["finished_reason"]] = value
@@ -492,6 +531,7 @@ class PrometheusClient:
             prompt_cumulative=histograms["prompt"], generation_cumulative=histograms["generation"],
             finish_reasons=reasons, rate_series=tuple(rate),
             **{name: scalars.get(name, math.nan) for name in TRAFFIC_SCALARS},
+            served={name: ServedNameFigures(**figures) for name, figures in served.items() if "requests" in figures},
         )  # fmt: skip
 
     def live_shapes(self, window_s: int, metrics: EngineMetrics, at: float | None = None) -> dict[str, LiveShapes]:

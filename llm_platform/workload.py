@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from llm_platform.catalog import ModelSpec
@@ -130,6 +130,19 @@ def span(seconds: float) -> str:
 
 
 @dataclass(frozen=True)
+class ServedNameFigures:
+    """One served name's part of a model's traffic (the base's or a LoRA adapter's), as the gate in front of the
+    engine measured it: vLLM labels every metric with the engine's name, whichever adapter a request named."""
+
+    requests: float
+    error_ratio: float = math.nan
+    """Share of the answers that were server errors (5xx)."""
+    first_byte_p95_ms: float = math.nan
+    """p95 from arrival to the answer's first byte (a stream's first token: TTFT as the client sees it)."""
+    duration_p95_ms: float = math.nan
+
+
+@dataclass(frozen=True)
 class TrafficProfile:
     """What one model served over ``window_s`` seconds (``source: catalog``: too little was measured, and these are
     the catalog's typical lengths)."""
@@ -151,6 +164,9 @@ class TrafficProfile:
     notes: tuple[str, ...] = ()
     rate_series: tuple[tuple[float, float], ...] = ()
     """``(time, requests/s)`` over the window (the 5-minute rate): what the plot shows."""
+    served: Mapping[str, ServedNameFigures] = field(default_factory=dict)
+    """Each served name's requests and latency (base and adapters share the engine, so the lengths and rates
+    above are the engine's: what its knobs are tuned for)."""
 
     @classmethod
     def from_catalog(cls, model: ModelSpec, window_s: float, requests: float, note: str) -> TrafficProfile:
@@ -174,6 +190,8 @@ class TrafficProfile:
             **{name: number(getattr(self, name)) for name in _SCALARS},
             "finish_reasons": dict(self.finish_reasons), "notes": list(self.notes),
             "rate_series": [list(point) for point in self.rate_series],
+            "served": {name: {key: number(value) for key, value in asdict(figures).items()}
+                       for name, figures in self.served.items()},
         }  # fmt: skip
 
     @classmethod
@@ -197,6 +215,9 @@ class TrafficProfile:
             finish_reasons={str(k): float(v) for k, v in dict(data.get("finish_reasons") or {}).items()},
             notes=tuple(str(note) for note in data.get("notes") or ()),
             rate_series=tuple((float(t), float(v)) for t, v in data.get("rate_series") or ()),
+            served={str(name): ServedNameFigures(**{key: math.nan if value is None else float(value)
+                                                    for key, value in dict(figures).items()})
+                    for name, figures in dict(data.get("served") or {}).items()},
         )  # fmt: skip
 
     def quantiles(self) -> dict[str, dict[str, float]]:
@@ -237,6 +258,8 @@ class MeasuredTraffic:
     finish_reasons: Mapping[str, float]
     rate_series: tuple[tuple[float, float], ...] = ()
     """``(time, requests/s)`` over the window, every 5 minutes (the plot's)."""
+    served: Mapping[str, ServedNameFigures] = field(default_factory=dict)
+    """Per served name (the gate's figures); empty where no gate reported any."""
 
 
 def build_profile(model: ModelSpec, window_s: float, measured: MeasuredTraffic) -> TrafficProfile:
@@ -269,6 +292,7 @@ def build_profile(model: ModelSpec, window_s: float, measured: MeasuredTraffic) 
         generation=generation, rate_median_rps=measured.rate_median_rps, rate_peak_rps=measured.rate_peak_rps,
         running_mean=measured.running_mean, waiting_mean=measured.waiting_mean, prefix_cache_hit_ratio=hit_ratio,
         finish_reasons=dict(measured.finish_reasons), notes=tuple(notes), rate_series=tuple(measured.rate_series),
+        served=dict(measured.served),
     )  # fmt: skip
 
 

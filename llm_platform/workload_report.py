@@ -30,6 +30,20 @@ def figures_frame(profile: TrafficProfile) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["figure", "value"])
 
 
+def served_frame(profile: TrafficProfile) -> pd.DataFrame:
+    """One row per served name (the base's and each adapter's): its requests, share, errors and p95 latencies as
+    the gate measured them; the lengths and rates of the profile are the engine's, shared by all of them."""
+    total = sum(figures.requests for figures in profile.served.values()) or 1.0
+    return pd.DataFrame(
+        [
+            (name, figures.requests, figures.requests / total, figures.error_ratio, figures.first_byte_p95_ms,
+             figures.duration_p95_ms)
+            for name, figures in sorted(profile.served.items())
+        ],
+        columns=["served_name", "requests", "share", "error_ratio", "first_byte_p95_ms", "duration_p95_ms"],
+    )  # fmt: skip
+
+
 def _bars(axis: Any, histogram: LengthHistogram, title: str) -> None:
     labels = [f"≤{bound:g}" for bound in histogram.bounds] + [f">{histogram.bounds[-1]:g}" if histogram.bounds else ""]
     total = histogram.total or 1.0

@@ -767,6 +767,11 @@ class ModelSpec(_Section):
         return self.resources.gpus if self.resources.gpus is not None else self.serving.tensor_parallel_size
 
     @property
+    def served_names(self) -> tuple[str, ...]:
+        """The names requests may address: the model's, then each adapter's."""
+        return (self.name, *(adapter.name for adapter in self.adapters))
+
+    @property
     def identity(self) -> ServedModel:
         """What this entry serves: its base weights (adapters and rollout tracks are children of it)."""
         base = ServedModel(self.name)

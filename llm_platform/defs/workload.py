@@ -28,7 +28,7 @@ from llm_platform.engine import engine_for
 from llm_platform.errors import PlatformError
 from llm_platform.tuning.policy import gate
 from llm_platform.workload import ShapeLimits, TrafficProfile, build_profile, shape_moved, window_problem
-from llm_platform.workload_report import figures_frame, profile_png
+from llm_platform.workload_report import figures_frame, profile_png, served_frame
 
 TRAFFIC_GROUP = "traffic"
 
@@ -94,6 +94,8 @@ def build_traffic_profile_asset(catalog: Catalog, partitions: dg.PartitionsDefin
                 "figures": table_metadata(figures_frame(profile)),
                 "notes": dg.MetadataValue.md("\n".join(f"- {note}" for note in profile.notes) or "none"),
                 "lengths_plot": dg.MetadataValue.md(f"![request lengths](data:image/png;base64,{png})"),
+                # Per served name (base and adapters), from the gate: vLLM labels its metrics per engine.
+                **({"served_names": table_metadata(served_frame(profile))} if profile.served else {}),
             },
         )
 

@@ -9,14 +9,24 @@ models that set ``ksm`` — the others behave as on a cluster that does not scra
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from llm_platform.conventions import KSM_MODEL_LABEL, SERVING_CONTAINER, serving_object_name
+from llm_platform.conventions import (
+    GATE_DURATION_METRIC,
+    GATE_FIRST_BYTE_METRIC,
+    GATE_LATENCY_BUCKETS,
+    GATE_REQUESTS_METRIC,
+    KSM_MODEL_LABEL,
+    SERVED_NAME_LABEL,
+    SERVING_CONTAINER,
+    serving_object_name,
+)
 from llm_platform.engine.vllm import VLLM_METRICS as METRICS
 from llm_platform.engine.vllm import request_length_buckets
 
@@ -69,6 +79,9 @@ class Behaviour:
     """No vLLM samples after this moment (the model went silent: stale data)."""
     rollout_between: tuple[float, float] | None = None
     """A rollout in progress (kube-state-metrics: a surge pod not yet updated; one engine more reports)."""
+    served: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    """The gate's series (:data:`~llm_platform.conventions.GATE_REQUESTS_METRIC` and its latency histograms): served
+    name → (share of the requests, seconds to the first byte); empty: no gate series."""
 
     def at(self, t: float) -> dict[str, float]:
         """The levels at ``t`` seconds into the trace."""
@@ -183,6 +196,7 @@ def openmetrics(
                         trace.add(metric, "histogram", f"{metric}_bucket", {**base, "le": str(bound)}, value, t_abs)
                     trace.add(metric, "histogram", f"{metric}_count", base, finished[attr], t_abs)
                     trace.add(metric, "histogram", f"{metric}_sum", base, sums[attr], t_abs)
+                _gate_series(trace, counters, name, behaviour, levels, dt, t_abs)
             if behaviour.watched:
                 restarts = sum(1 for kill in kills if kill <= t)
                 container = {**pod, "container": SERVING_CONTAINER}
@@ -204,6 +218,32 @@ def openmetrics(
                 for metric, value in states.items():
                     trace.add(metric, "gauge", metric, deployment, value, t_abs)
     return trace.text()
+
+
+#: Seconds per generated token in the gate's durations (a request lasts its first byte plus its tokens).
+GATE_SECONDS_PER_TOKEN = 0.02
+
+
+def _gate_series(
+    trace: _Trace, counters: _Counters, model: str, behaviour: Behaviour, levels: Mapping[str, float], dt: float,
+    t_abs: float,
+) -> None:  # fmt: skip
+    """One step of the gate's per-served-name series: each name's share of the requests, all answered 200."""
+    for served_name, (share, first_byte_s) in sorted(behaviour.served.items()):
+        labels = {"model_name": model, SERVED_NAME_LABEL: served_name}
+        added = levels["requests_per_s"] * share * dt
+        total = counters.add(f"gate_{served_name}", added)
+        trace.add(GATE_REQUESTS_METRIC.removesuffix("_total"), "counter", GATE_REQUESTS_METRIC,
+                  {**labels, "code": "200"}, total, t_abs)  # fmt: skip
+        duration_s = first_byte_s + levels["generation_tokens"] * GATE_SECONDS_PER_TOKEN
+        for metric, seconds in ((GATE_FIRST_BYTE_METRIC, first_byte_s), (GATE_DURATION_METRIC, duration_s)):
+            for bound in (*GATE_LATENCY_BUCKETS, math.inf):
+                inside = counters.add(f"{metric}_{served_name}_{bound}", added if seconds <= bound else 0.0)
+                le = "+Inf" if math.isinf(bound) else f"{bound:g}"
+                trace.add(metric, "histogram", f"{metric}_bucket", {**labels, "le": le}, inside, t_abs)
+            trace.add(metric, "histogram", f"{metric}_count", labels, total, t_abs)
+            trace.add(metric, "histogram", f"{metric}_sum", labels,
+                      counters.add(f"{metric}_{served_name}_sum", added * seconds), t_abs)  # fmt: skip
 
 
 def backfill(text: str, data_dir: Path) -> None:

@@ -48,6 +48,7 @@ def gate_args(model: ModelSpec) -> list[str]:
         "--upstream-url", f"http://127.0.0.1:{ENGINE_LOOPBACK_PORT}",
         "--max-body-bytes", str(nginx_size_bytes(model.exposure.max_body_size)),
         "--body-timeout-s", str(model.exposure.timeout_s),
+        *(f"--served-name={name}" for name in model.served_names),
     ]  # fmt: skip
 
 

@@ -392,7 +392,8 @@ class LocalServers:
         return [
             self.settings.python, "-m", GATE_MODULE, "--host", self.settings.host, "--port", str(port),
             "--max-body-bytes", str(nginx_size_bytes(model.exposure.max_body_size)),
-            "--api-key-env", API_KEY_ENV if self.api_key else "", *upstream,
+            "--api-key-env", API_KEY_ENV if self.api_key else "",
+            *(f"--served-name={name}" for name in model.served_names), *upstream,
         ]  # fmt: skip
 
     def stop_server(self, model: str, fingerprint: str) -> None:

@@ -11,12 +11,14 @@ from typing import Any
 
 import dagster as dg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from llm_platform.defs.jobs import LIFECYCLE_ASSETS
 from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.defs.resources import LocalTargetResource
 from llm_platform.dev.tiny_model import make_tiny_adapter
 from llm_platform.devhub import LocalHub, publish_model
+from llm_platform.engine.vllm import VLLM_METRICS
 from tests.conftest import TINY_REPO, ServedTiny, lifecycle_resources, tiny_catalog
 
 pytestmark = pytest.mark.integration
@@ -39,6 +41,18 @@ def _call(endpoint: str, key: str, path: str, body: dict[str, Any] | None = None
 def _text(endpoint: str, key: str, model: str) -> str:
     body = {"model": model, "prompt": "The ship sailed", "max_tokens": 24, "temperature": 0, "seed": 7}
     return str(_call(endpoint, key, "/v1/completions", body)["choices"][0]["text"])
+
+
+def _served_counts(metrics_url: str) -> dict[str, float]:
+    """The gate's answered requests per served name, from the server's metrics listener (vLLM's series too)."""
+    with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=30) as response:
+        families = {family.name: family for family in text_string_to_metric_families(response.read().decode())}
+    assert VLLM_METRICS.requests_running in families  # the engine's metrics, then the gate's
+    return {
+        sample.labels["served_name"]: sample.value
+        for sample in families["llm_platform_gate_requests"].samples
+        if sample.name.endswith("_total") and sample.labels["code"] == "200"
+    }
 
 
 def _adapter_rows(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, Any]]:
@@ -92,7 +106,16 @@ def test_an_adapter_is_downloaded_beside_its_base_and_served_under_its_own_name(
             endpoint, key = str(deployment.metadata["endpoint"].value), Path(target.api_key_file).read_text().strip()
             listed = {entry["id"] for entry in _call(endpoint, key, "/v1/models")["data"]}
             assert listed == {"tiny-llama", "tiny-llama-pirate"}
+            serving = target.target().active("tiny-llama")
+            assert serving is not None
+            before = _served_counts(serving.metrics_url)
             assert _text(endpoint, key, "tiny-llama-pirate") != _text(endpoint, key, "tiny-llama")
+            # vLLM labels its series with the engine's name only; the gate counts each served name, on one scrape.
+            after = _served_counts(serving.metrics_url)
+            assert {name: after[name] - before.get(name, 0) for name in after} == {
+                "tiny-llama": 1,
+                "tiny-llama-pirate": 1,
+            }
             with pytest.raises(urllib.error.HTTPError) as refused:  # runtime adapter loading stays unreachable
                 _call(endpoint, key, "/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "/tmp"})
             assert refused.value.code == 404

@@ -30,11 +30,13 @@ pytestmark = pytest.mark.integration
 
 HOUR = 3600
 #: 300-token chat turns with 100-token answers at 2 requests/s; for the middle third, 3,000-token documents with
-#: 500-token answers; for 10 minutes near the end, 6 requests/s.
+#: 500-token answers; for 10 minutes near the end, 6 requests/s. A quarter of the requests name a LoRA adapter
+#: whose first byte takes 1.5 s (the gate's series: vLLM's own are the engine's, whatever name a request carried).
 MIXED = Behaviour(
     prompt_tokens=300, generation_tokens=100, requests_per_s=2.0,
     episodes=(Episode(1200, 2400, {"prompt_tokens": 3000, "generation_tokens": 500}),
               Episode(2700, 3300, {"requests_per_s": 6.0})),
+    served={"mixed": (0.75, 0.08), "mixed-sql": (0.25, 1.5)},
 )  # fmt: skip
 CATALOG = parse_catalog({"models": [{"name": name, "source": {"repo": f"org/{name}"},
                                      "serving": {"max_model_len": 4096}} for name in ("mixed", "idle")]})  # fmt: skip
@@ -84,6 +86,13 @@ def test_the_profile_shows_the_shape_and_the_rate_of_what_was_served(tmp_path: P
     # The rate over the window, every 5 minutes: the burst near the end, 2/s before it.
     rates = [value for _, value in profile.rate_series]
     assert len(rates) >= 11 and max(rates) == pytest.approx(6.0, rel=0.1) and min(rates) < 2.5
+    # Per served name, from the gate: the adapter's quarter of the requests and its slower first byte.
+    assert set(profile.served) == {"mixed", "mixed-sql"}
+    base, adapter = profile.served["mixed"], profile.served["mixed-sql"]
+    assert adapter.requests / (base.requests + adapter.requests) == pytest.approx(0.25, rel=0.02)
+    assert base.first_byte_p95_ms <= 100 < 1000 < adapter.first_byte_p95_ms <= 2500
+    assert base.error_ratio == adapter.error_ratio == 0
+    assert adapter.duration_p95_ms > adapter.first_byte_p95_ms
     assert math.isnan(profile.prefix_cache_hit_ratio)  # the trace has no prefix-cache series: unknown, not zero
     # About 36 requests in the hour: the catalog's traffic section stands in, and says so.
     fallback = build_profile(CATALOG.model("idle"), HOUR - 60, quiet)
@@ -102,6 +111,11 @@ def test_the_profile_shows_the_shape_and_the_rate_of_what_was_served(tmp_path: P
     stored = decode_value(event.metadata[VALUE_METADATA_KEY].value, "traffic_profile")
     assert isinstance(stored, TrafficProfile) and stored.source == "prometheus"
     assert stored.requests == event.metadata["requests"].value and stored.prompt.counts and stored.generation.counts
+    table = event.metadata["served_names"]
+    assert isinstance(table, dg.TableMetadataValue)
+    served_table = {row.data["served_name"]: row.data for row in table.records}
+    assert served_table["mixed-sql"]["share"] == pytest.approx(0.25, rel=0.02)
+    assert TrafficProfile.from_json(stored.as_json()).served == stored.served
     assert not refused.success
     failure = next(e for e in refused.all_events if e.is_step_failure)
     description = str(failure.step_failure_data.user_failure_data.description)  # type: ignore[union-attr]

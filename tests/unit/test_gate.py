@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 import pytest_asyncio
 from aiohttp import ClientSession, web
+from prometheus_client.parser import text_string_to_metric_families
 
 from llm_platform.gate import API_ROUTES, GateSettings, Upstream, key_matches, route_allowed, serve
 from llm_platform.processes import free_port
@@ -34,6 +35,11 @@ async def gate() -> AsyncIterator[Running]:
     async def upstream_handler(request: web.Request) -> web.Response:
         reached.append(f"{request.method} {request.path_qs}")
         await request.read()
+        if request.path == "/metrics":  # the engine's, in the format the gate asked for
+            assert (
+                request.headers["Accept"].startswith("text/plain") and request.headers["Accept-Encoding"] == "identity"
+            )
+            return web.Response(text="# TYPE engine_requests gauge\nengine_requests 3")
         return web.Response(text="upstream")
 
     upstream_app = web.Application(client_max_size=1024**3)
@@ -44,7 +50,12 @@ async def gate() -> AsyncIterator[Running]:
     await web.TCPSite(upstream_runner, "127.0.0.1", upstream_port).start()
     port, metrics_port = free_port(), free_port()
     settings = GateSettings(
-        api_key=KEY, max_body_bytes=1024, header_timeout_s=1.0, body_timeout_s=1.0, idle_timeout_s=3.0
+        api_key=KEY,
+        max_body_bytes=1024,
+        header_timeout_s=1.0,
+        body_timeout_s=1.0,
+        idle_timeout_s=3.0,
+        served_names=("base", "base-sql"),
     )
     runners = await serve(
         Upstream(url=f"http://127.0.0.1:{upstream_port}"), settings, ("127.0.0.1", port), ("127.0.0.1", metrics_port)
@@ -89,6 +100,36 @@ async def test_metrics_only_on_the_metrics_listener(gate: Running) -> None:
             async with client.post(f"{gate.metrics}{path}", headers=AUTH) as response:
                 assert response.status == 404, path
     assert gate.reached == ["GET /metrics"]
+
+
+async def test_requests_are_counted_per_served_name_beside_the_engines_metrics(gate: Running) -> None:
+    """vLLM labels its metrics with the engine's name whatever adapter a request names: the gate counts each served
+    name itself; names the server does not serve are one ``other`` series, whatever a client sends."""
+    async with ClientSession() as client:
+        for body in ({"model": "base"}, {"model": "base-sql"}, {"model": "base-sql"}, {"model": "x" * 50},
+                     {"model": "y"}, {"prompt": "no model"}, [1, 2]):  # fmt: skip
+            async with client.post(f"{gate.api}/v1/completions", headers=AUTH, json=body) as response:
+                assert response.status == 200
+        async with client.post(f"{gate.api}/v1/completions", json={"model": "base"}) as response:
+            assert response.status == 401  # refused by the gate: never reached the engine, not counted
+        async with client.get(f"{gate.metrics}/metrics", headers={"Accept-Encoding": "gzip"}) as response:
+            assert response.status == 200 and response.headers["Content-Type"].startswith("text/plain")
+            text = await response.text()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    assert families["engine_requests"].samples[0].value == 3  # the engine's metrics first, unchanged
+    requests = {
+        sample.labels["served_name"]: sample.value
+        for sample in families["llm_platform_gate_requests"].samples
+        if sample.name.endswith("_total")
+    }
+    assert requests == {"base": 1, "base-sql": 2, "other": 4}
+    assert {sample.labels["model_name"] for sample in families["llm_platform_gate_requests"].samples} == {"base"}
+    durations = {
+        sample.labels["served_name"]: sample.value
+        for sample in families["llm_platform_gate_request_seconds"].samples
+        if sample.name.endswith("_count")
+    }
+    assert durations == requests
 
 
 async def test_an_oversized_body_is_refused_before_it_is_read(gate: Running) -> None:
