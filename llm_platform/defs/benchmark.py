@@ -7,6 +7,7 @@ No ``from __future__ import annotations`` here: Dagster reads the config and res
 import base64
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -33,7 +34,7 @@ from llm_platform.defs.values import BenchmarkOutcome, DeploymentRecord, Serving
 from llm_platform.defs.weights import LIVE_BENCHMARK_GROUP, lifecycle_asset_options
 from llm_platform.perfmodel import predicted_levels
 from llm_platform.planning.plan import ServingPlan, predicted_vs_measured
-from llm_platform.targets.base import LevelResults, ServingTarget
+from llm_platform.targets.base import LevelResults
 from llm_platform.workload import TrafficProfile, replay_lengths
 
 SLO_CHECKS = {
@@ -168,23 +169,22 @@ def _prediction_metadata(
 
 def _benchmark_adapters(
     context: dg.AssetExecutionContext,
-    serving_target: ServingTarget,
+    measure: Callable[[BenchmarkPlan, Path], LevelResults],
     choice: ServingChoice,
     plan: BenchmarkPlan,
     work_dir: Path,
-) -> dict[str, list[SloResult]]:
-    """Each adapter served on the candidate, addressed by its name at the plan's highest concurrency on the same
-    server (the same workload), judged by the model's SLOs: served name → its SLO results."""
-    model, weights = choice.model, choice.weights
-    judged: dict[str, list[SloResult]] = {}
-    for name in sorted(weights.adapters):
+) -> dict[str, pd.DataFrame]:
+    """Each adapter ``choice`` serves, addressed by its name at the plan's highest concurrency on the same server
+    (the same workload), measured by ``measure`` (the candidate's server, or where the deployment serves): served
+    name → its results."""
+    frames: dict[str, pd.DataFrame] = {}
+    for name in sorted(choice.weights.adapters):
         adapter_plan = dataclasses.replace(plan, served_name=name, concurrency_levels=(max(plan.concurrency_levels),))
-        context.log.info(f"model '{model.name}': adapter '{name}' at concurrency {adapter_plan.concurrency_levels[0]}")
-        measured = serving_target.benchmark_candidate(
-            model, weights, adapter_plan, run_key=context.run.run_id, work_dir=work_dir / name, log=context.log.info
+        context.log.info(
+            f"model '{choice.model.name}': adapter '{name}' at concurrency {adapter_plan.concurrency_levels[0]}"
         )
-        judged[name] = evaluate_slos(results_table(measured), model.slo)
-    return judged
+        frames[name] = results_table(measure(adapter_plan, work_dir / name))
+    return frames
 
 
 def _adapters_check(adapters: dict[str, str], judged: dict[str, list[SloResult]], reused: bool) -> dg.AssetCheckResult:
@@ -198,7 +198,7 @@ def _adapters_check(adapters: dict[str, str], judged: dict[str, list[SloResult]]
                ("passed", "bool")]  # fmt: skip
     note = (
         "no adapters" if not adapters
-        else "judged at the promotion of the engine config that serves (not measured again)" if reused
+        else "the promotion benchmark of the engine config that serves, judged by today's SLOs" if reused
         else f"{len(judged)} adapter(s) measured"
     )  # fmt: skip
     return dg.AssetCheckResult(
@@ -284,7 +284,18 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
                     )
                 )
             results = evaluate_slos(frame, model.slo)
-            adapters = {} if reused else _benchmark_adapters(context, serving_target, serving_config, plan, work_dir)
+            if isinstance(deployed, DeploymentRecord) and reused:
+                adapter_frames = dict(deployed.baseline.adapter_frames)
+            else:
+
+                def on_candidate(adapter_plan: BenchmarkPlan, adapter_dir: Path) -> LevelResults:
+                    return serving_target.benchmark_candidate(
+                        model, weights, adapter_plan, run_key=context.run.run_id, work_dir=adapter_dir,
+                        log=context.log.info,
+                    )  # fmt: skip
+
+                adapter_frames = _benchmark_adapters(context, on_candidate, serving_config, plan, work_dir)
+            adapters = {name: evaluate_slos(adapter_frame, model.slo) for name, adapter_frame in adapter_frames.items()}
             passed = all(result.passed for result in results) and all(
                 result.passed for slos in adapters.values() for result in slos
             )
@@ -295,7 +306,13 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
             metadata.update(_prediction_metadata(context, model, frame, plan))
         return dg.MaterializeResult(
             value=BenchmarkOutcome(
-                frame, serving_config.fingerprint, passed, plan.concurrency_levels, plan.requests, plan.workload
+                frame,
+                serving_config.fingerprint,
+                passed,
+                plan.concurrency_levels,
+                plan.requests,
+                plan.workload,
+                adapter_frames,
             ),
             check_results=[*check_results(results), _adapters_check(weights.adapter_commits, adapters, reused)],
             metadata={
@@ -321,6 +338,39 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
 NO_REGRESSION_CHECK = "no_regression"
 
 
+def _served_names_table(
+    model: str, frame: pd.DataFrame, adapter_frames: dict[str, pd.DataFrame], baseline: BenchmarkOutcome
+) -> dg.TableMetadataValue:
+    """One row per served name (the model's, each adapter's) at the highest level measured for it: live output
+    throughput and p95 TTFT beside the promotion's at that level (NaN where the promotion did not measure it)."""
+
+    def at_level(table: pd.DataFrame | None, level: int, column: str) -> float:
+        rows = table[table["concurrency"] == level] if table is not None and not table.empty else pd.DataFrame()
+        return round(float(rows[column].iloc[0]), 3) if not rows.empty else float("nan")
+
+    measured: dict[str, tuple[pd.DataFrame, pd.DataFrame | None]] = {model: (frame, baseline.frame)}
+    measured.update({name: (live, baseline.adapter_frames.get(name)) for name, live in adapter_frames.items()})
+    records = []
+    for name, (live, promoted) in measured.items():
+        if live.empty:
+            continue
+        level = int(live["concurrency"].max())
+        records.append(dg.TableRecord({
+            "served_name": name, "concurrency": level,
+            **{f"{column}{suffix}": at_level(table, level, column)
+               for column in ("output_throughput", "p95_ttft_ms")
+               for suffix, table in (("", live), ("_at_promotion", promoted))},
+        }))  # fmt: skip
+    columns = [("served_name", "string"), ("concurrency", "int")] + [
+        (f"{column}{suffix}", "float")
+        for column in ("output_throughput", "p95_ttft_ms")
+        for suffix in ("", "_at_promotion")
+    ]
+    return dg.TableMetadataValue(
+        records=records, schema=dg.TableSchema(columns=[dg.TableColumn(n, kind) for n, kind in columns])
+    )
+
+
 def build_live_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     """The deployed config measured at its endpoint with the plan of its promotion (``benchmark_live`` job)."""
 
@@ -334,13 +384,15 @@ def build_live_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefini
             dg.AssetCheckSpec(
                 NO_REGRESSION_CHECK,
                 asset=LIVE_BENCHMARK_ASSET,
-                description="output throughput and p95 TTFT at each level are within slo.max_regression_pct of the "
-                "benchmark taken when the config was promoted",
+                description="output throughput and p95 TTFT at each level (and each LoRA adapter's, by its served "
+                "name, at the top level) are within slo.max_regression_pct of the benchmark taken when the config was "
+                "promoted",
             )
         ],
         description=(
             "The deployed model benchmarked where it serves (the local endpoint, or the Service from a client "
-            "Job), with the concurrency levels of its promotion's smoke benchmark, and compared with it."
+            "Job), with the concurrency levels of its promotion's smoke benchmark, and compared with it; each LoRA "
+            "adapter by its served name at the top level."
         ),
     )
     def live_benchmark(
@@ -368,17 +420,32 @@ def build_live_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefini
                     work_dir=work_dir, log=context.log.info,
                 )
             )  # fmt: skip
+
+            def where_it_serves(adapter_plan: BenchmarkPlan, adapter_dir: Path) -> LevelResults:
+                return serving_target.benchmark_deployed(
+                    vllm_deployment.deployment, model, choice.weights, adapter_plan, run_key=context.run.run_id,
+                    work_dir=adapter_dir, log=context.log.info,
+                )  # fmt: skip
+
+            adapter_frames = _benchmark_adapters(context, where_it_serves, choice, plan, work_dir)
         allowance = model.slo.max_regression_pct
-        found = regressions(vllm_deployment.baseline.frame, frame, allowance)
+        found = [regression.describe() for regression in regressions(baseline.frame, frame, allowance)]
+        for name, adapter_frame in adapter_frames.items():
+            # An adapter promoted before adapters were measured has no baseline: measured, compared from the next.
+            adapter_baseline = baseline.adapter_frames.get(name)
+            if adapter_baseline is not None:
+                found += [f"adapter '{name}': {r.describe()}" for r in regressions(adapter_baseline, adapter_frame,
+                                                                                    allowance)]  # fmt: skip
         for regression in found:
-            context.log.warning(f"model '{model.name}': regression: {regression.describe()}")
+            context.log.warning(f"model '{model.name}': regression: {regression}")
         check = dg.AssetCheckResult(
             check_name=NO_REGRESSION_CHECK,
             passed=not found,
             severity=dg.AssetCheckSeverity.ERROR,
             metadata={
                 "max_regression_pct": dg.MetadataValue.float(allowance),
-                "regressions": dg.MetadataValue.text("; ".join(r.describe() for r in found) or "none"),
+                "regressions": dg.MetadataValue.text("; ".join(found) or "none"),
+                "served_names": _served_names_table(model.name, frame, adapter_frames, baseline),
             },
         )
         return dg.MaterializeResult(

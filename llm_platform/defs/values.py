@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -49,6 +49,9 @@ class BenchmarkOutcome:
     live benchmark sends exactly these again and compares like with like."""
     workload: str = ""
     """What the replayed requests were drawn from."""
+    adapter_frames: Mapping[str, pd.DataFrame] = field(default_factory=dict)
+    """Each LoRA adapter's results by its served name (the plan's top level), which the live benchmark compares
+    each adapter with."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ def _outcome_to_json(outcome: BenchmarkOutcome) -> dict[str, Any]:
         "concurrency_levels": list(outcome.concurrency_levels),
         "requests": [list(pair) for pair in outcome.requests],
         "workload": outcome.workload,
+        "adapter_frames": {name: _frame_to_json(frame) for name, frame in outcome.adapter_frames.items()},
     }
 
 
@@ -103,6 +107,7 @@ def _outcome_from_json(data: Mapping[str, Any]) -> BenchmarkOutcome:
         concurrency_levels=tuple(int(level) for level in data["concurrency_levels"]),
         requests=tuple((int(prompt), int(output)) for prompt, output in data.get("requests") or ()),
         workload=str(data.get("workload") or ""),
+        adapter_frames={str(name): _frame_from_json(rows) for name, rows in (data.get("adapter_frames") or {}).items()},
     )
 
 

@@ -120,6 +120,19 @@ def test_an_adapter_is_downloaded_beside_its_base_and_served_under_its_own_name(
                 _call(endpoint, key, "/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "/tmp"})
             assert refused.value.code == 404
 
+            # The live benchmark measures the adapter by its name where it serves, beside its promotion's figures
+            # (whether it passes depends on this machine's noise: only what was measured is asserted).
+            live = dg.materialize(
+                lifecycle_assets(catalog), selection=["live_benchmark"], partition_key="tiny-llama",
+                resources=resources, run_config={"ops": {"live_benchmark": {"config": SMALL_PLAN}}}, instance=instance,
+            )  # fmt: skip
+            (no_regression,) = live.get_asset_check_evaluations()
+            table = no_regression.metadata["served_names"]
+            assert isinstance(table, dg.TableMetadataValue)
+            live_rows = {str(row.data["served_name"]): row.data for row in table.records}
+            assert set(live_rows) == {"tiny-llama", "tiny-llama-pirate"}
+            assert float(str(live_rows["tiny-llama-pirate"]["output_throughput_at_promotion"])) > 0
+
             # A second adapter: only it is fetched; the first and the base are verified where they are.
             more = dg.materialize(
                 lifecycle_assets(tiny_catalog(adapters=[PIRATE, POET])), selection=["adapter_weights"],

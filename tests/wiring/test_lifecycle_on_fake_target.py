@@ -443,5 +443,34 @@ def test_adding_or_removing_an_adapter_is_a_promotion_of_the_base_that_fetches_o
     (check,) = [c for c in added.get_asset_check_evaluations() if c.check_name == "slo_adapters"]
     assert check.passed and check.metadata["note"] == dg.MetadataValue.text("1 adapter(s) measured")
 
+    # The live benchmark measures the adapter by its name where it serves, against its own promotion benchmark.
+    def live() -> dg.AssetCheckEvaluation:
+        cluster[1].calls.clear()
+        run = platform.run(
+            ["live_benchmark"], {"live_benchmark": {"config": SMALL}}, catalog=_catalog(adapters=[SQL_ADAPTER])
+        )
+        assert cluster[1].calls == ["live tiny", "live tiny"]
+        (evaluation,) = run.get_asset_check_evaluations()
+        return evaluation
+
+    steady = live()
+    table = steady.metadata["served_names"]
+    assert steady.passed and isinstance(table, dg.TableMetadataValue)
+    rows = {str(row.data["served_name"]): row.data for row in table.records}
+    assert set(rows) == {"tiny", "tiny-sql"}
+    assert rows["tiny-sql"]["output_throughput"] == rows["tiny-sql"]["output_throughput_at_promotion"]
+    assert float(str(rows["tiny-sql"]["output_throughput"])) > 0
+
+    def slower_adapter(serving: Serving, concurrency: int, plan: BenchmarkPlan) -> dict[str, float]:
+        perf = default_performance(serving, concurrency, plan)
+        return {**perf, "output_throughput": perf["output_throughput"] / 2} if plan.served_name else perf
+
+    cluster[1].performance = slower_adapter
+    regressed = live()
+    assert not regressed.passed
+    found = str(regressed.metadata["regressions"].value)
+    assert found.startswith("adapter 'tiny-sql': output_throughput at concurrency") and found.count(";") == 0
+    cluster[1].performance = default_performance
+
     removed = platform.run(PROMOTE_ASSETS, ops)  # the catalog without it: the base alone again
     assert removed.success and cluster[1].deployed[MODEL][0] == plain
