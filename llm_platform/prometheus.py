@@ -294,8 +294,8 @@ def track_queries(model_name: str, window_s: int, metrics: EngineMetrics) -> dic
 
 
 #: The traffic profile's single-valued measurements (:class:`~llm_platform.workload.MeasuredTraffic` fields).
-TRAFFIC_SCALARS = ("rate_median_rps", "rate_peak_rps", "running_mean", "waiting_mean", "prefix_cache_queries",
-                   "prefix_cache_hits")  # fmt: skip
+TRAFFIC_SCALARS = ("rate_median_rps", "rate_peak_rps", "rate_peak_per_engine_rps", "running_mean", "waiting_mean",
+                   "prefix_cache_queries", "prefix_cache_hits")  # fmt: skip
 #: The request rate a profile reads the median and the peak of (5-minute rates, at a 1-minute step).
 RATE_WINDOW_S, RATE_STEP_S = 300, 60
 
@@ -325,6 +325,10 @@ def traffic_queries(model_name: str, window_s: int, metrics: EngineMetrics) -> d
         "generation": f"sum by (le) (increase({of(metrics.generation_tokens + '_bucket')}[{span}]))",
         "rate_median_rps": f"quantile_over_time(0.5, ({rate})[{span}:{RATE_STEP_S}s])",
         "rate_peak_rps": f"max_over_time(({rate})[{span}:{RATE_STEP_S}s])",
+        # What one server took at the busiest time: the model's rate over its engines then (autoscaling spreads it).
+        "rate_peak_per_engine_rps": (
+            f"max_over_time(({rate} / count({of(metrics.requests_running)}))[{span}:{RATE_STEP_S}s])"
+        ),
         "running_mean": mean(f"sum({of(metrics.requests_running)})"),
         "waiting_mean": mean(f"sum({of(metrics.requests_waiting)})"),
         "prefix_cache_queries": f"sum(increase({of(metrics.prefix_cache_queries_total)}[{span}]))",

@@ -156,7 +156,10 @@ class TrafficProfile:
     rate_median_rps: float = math.nan
     """Median of the 5-minute request rate over the window."""
     rate_peak_rps: float = math.nan
-    """Highest 5-minute request rate in the window (what a benchmark at the profile's rate sends)."""
+    """Highest 5-minute request rate in the window (all servers of the model together)."""
+    rate_peak_per_engine_rps: float = math.nan
+    """Highest 5-minute request rate per server in the window (the model's rate over its engines at the time): what
+    the smoke benchmark's peak-rate run sends one candidate server."""
     running_mean: float = math.nan
     waiting_mean: float = math.nan
     prefix_cache_hit_ratio: float = math.nan
@@ -240,7 +243,14 @@ class TrafficProfile:
 
 
 #: The profile's single-valued fields (NaN where not measured).
-_SCALARS = ("rate_median_rps", "rate_peak_rps", "running_mean", "waiting_mean", "prefix_cache_hit_ratio")
+_SCALARS = (
+    "rate_median_rps",
+    "rate_peak_rps",
+    "rate_peak_per_engine_rps",
+    "running_mean",
+    "waiting_mean",
+    "prefix_cache_hit_ratio",
+)
 
 
 @dataclass(frozen=True)
@@ -260,6 +270,7 @@ class MeasuredTraffic:
     """``(time, requests/s)`` over the window, every 5 minutes (the plot's)."""
     served: Mapping[str, ServedNameFigures] = field(default_factory=dict)
     """Per served name (the gate's figures); empty where no gate reported any."""
+    rate_peak_per_engine_rps: float = math.nan
 
 
 def build_profile(model: ModelSpec, window_s: float, measured: MeasuredTraffic) -> TrafficProfile:
@@ -290,6 +301,7 @@ def build_profile(model: ModelSpec, window_s: float, measured: MeasuredTraffic) 
     return TrafficProfile(
         model=model.name, window_s=window_s, source="prometheus", requests=requests, prompt=prompt,
         generation=generation, rate_median_rps=measured.rate_median_rps, rate_peak_rps=measured.rate_peak_rps,
+        rate_peak_per_engine_rps=measured.rate_peak_per_engine_rps,
         running_mean=measured.running_mean, waiting_mean=measured.waiting_mean, prefix_cache_hit_ratio=hit_ratio,
         finish_reasons=dict(measured.finish_reasons), notes=tuple(notes), rate_series=tuple(measured.rate_series),
         served=dict(measured.served),

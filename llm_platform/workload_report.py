@@ -22,6 +22,7 @@ def figures_frame(profile: TrafficProfile) -> pd.DataFrame:
         ("requests", profile.requests),
         ("rate median (req/s, 5-min)", profile.rate_median_rps),
         ("rate peak (req/s, 5-min)", profile.rate_peak_rps),
+        ("rate peak per server (req/s, 5-min)", profile.rate_peak_per_engine_rps),
         ("running (mean)", profile.running_mean),
         ("waiting (mean)", profile.waiting_mean),
         ("prefix cache hit ratio", profile.prefix_cache_hit_ratio),

@@ -7,7 +7,7 @@ Job (``vllm bench serve`` in the vLLM image), so both paths produce the same res
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from llm_platform.catalog import ModelSpec
 from llm_platform.engine import Engine
@@ -41,6 +41,9 @@ class BenchmarkPlan:
     """What the requests replay (the profile's description), for the benchmark's metadata."""
     served_name: str = ""
     """The served name the requests address: one of the model's LoRA adapters; empty: the model's own."""
+    peak_rate_rps: float = 0.0
+    """Requests/s of one more run after the levels: open-loop arrivals at the per-server peak of the traffic the
+    requests replay, capped at the top level's concurrency (0: none)."""
 
     def __post_init__(self) -> None:
         if not self.concurrency_levels or min(self.concurrency_levels) < 1:
@@ -49,6 +52,22 @@ class BenchmarkPlan:
             raise ValueError("input_len, output_len and prompts_per_level must be positive")
         if any(prompt < 1 or output < 1 for prompt, output in self.requests):
             raise ValueError("replayed requests need at least one prompt and one output token")
+        if not self.peak_rate_rps >= 0:
+            raise ValueError("the peak rate must be 0 (none) or positive")
+
+    def at_peak_rate(self) -> BenchmarkPlan:
+        """The peak-rate run: the same requests arriving at :attr:`peak_rate_rps` (Poisson, seeded), at most the
+        top level's concurrency in flight."""
+        return replace(
+            self, request_rate=f"{self.peak_rate_rps:.3f}", concurrency_levels=(max(self.concurrency_levels),),
+            peak_rate_rps=0.0, num_warmups=0,
+        )  # fmt: skip
+
+    @property
+    def variant(self) -> str:
+        """What tells this plan's runs from the default plan's on the same server (a served name, a rate): part of
+        a benchmark Job's name, so that one run's succeeded Job is never read back as another's."""
+        return self.served_name + ("" if self.request_rate == "inf" else f"@{self.request_rate}")
 
     @property
     def described(self) -> str:

@@ -44,6 +44,9 @@ SLO_CHECKS = {
     "max_error_rate": "failed requests stay within slo.max_error_rate",
 }
 ADAPTERS_SLO_CHECK = "slo_adapters"
+PEAK_RATE_SLO_CHECK = "slo_peak_rate"
+"""The candidate under the replayed traffic's per-server peak rate (open loop) meets the SLOs: a warning, not a
+gate (a config that misses them at the peak may still be better than the one serving)."""
 """Each LoRA adapter of the model, addressed by its served name, meets the same SLOs (at the plan's top level)."""
 BENCHMARK_POOL = "gpu-benchmark"
 TABLE_COLUMNS = [
@@ -96,7 +99,10 @@ def with_traffic_profile(
     requests = replay_lengths(
         profile, count or plan.prompts_per_level, seed=plan.seed, max_model_len=model.serving.max_model_len
     )
-    return dataclasses.replace(plan, requests=requests, workload=profile.described)
+    peak = profile.rate_peak_per_engine_rps
+    return dataclasses.replace(
+        plan, requests=requests, workload=profile.described, peak_rate_rps=peak if peak > 0 else 0.0
+    )
 
 
 def slo_check_name(slo: str) -> str:
@@ -187,6 +193,29 @@ def _benchmark_adapters(
     return frames
 
 
+def _peak_rate_check(plan: BenchmarkPlan, peak: pd.DataFrame | None, model: ModelSpec) -> dg.AssetCheckResult:
+    """The peak-rate run judged by the model's SLOs (a warning); passes, saying why, when there was none."""
+    if peak is None:
+        return dg.AssetCheckResult(
+            check_name=PEAK_RATE_SLO_CHECK, passed=True, severity=dg.AssetCheckSeverity.WARN,
+            metadata={"note": dg.MetadataValue.text(
+                "no peak-rate run: no measured traffic profile replayed (or the promotion benchmark was reused)"
+            )},
+        )  # fmt: skip
+    results = evaluate_slos(peak, model.slo)
+    return dg.AssetCheckResult(
+        check_name=PEAK_RATE_SLO_CHECK,
+        passed=all(result.passed for result in results),
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "request_rate": dg.MetadataValue.float(plan.peak_rate_rps),
+            "results": frame_table(peak),
+            **{result.name: dg.MetadataValue.float(round(float(result.measured), 3)) for result in results},
+            "failed": dg.MetadataValue.text(", ".join(r.name for r in results if not r.passed) or "none"),
+        },
+    )
+
+
 def _adapters_check(adapters: dict[str, str], judged: dict[str, list[SloResult]], reused: bool) -> dg.AssetCheckResult:
     """One row per adapter and SLO: measured, threshold, verdict."""
     rows = [
@@ -232,6 +261,12 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
             *(
                 dg.AssetCheckSpec(slo_check_name(name), asset=SMOKE_BENCHMARK_ASSET, blocking=True, description=text)
                 for name, text in SLO_CHECKS.items()
+            ),
+            dg.AssetCheckSpec(
+                PEAK_RATE_SLO_CHECK,
+                asset=SMOKE_BENCHMARK_ASSET,
+                description="replaying a measured traffic profile: the same requests arriving at the profile's "
+                "per-server peak rate (open loop) meet the SLOs; a warning (passes without a measured profile)",
             ),
             dg.AssetCheckSpec(
                 ADAPTERS_SLO_CHECK,
@@ -299,6 +334,18 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
             passed = all(result.passed for result in results) and all(
                 result.passed for slos in adapters.values() for result in slos
             )
+            peak = None
+            if plan.peak_rate_rps > 0 and not reused:
+                peak_plan = plan.at_peak_rate()
+                context.log.info(
+                    f"model '{model.name}': at the profile's per-server peak of {peak_plan.request_rate} requests/s"
+                )
+                peak = results_table(
+                    serving_target.benchmark_candidate(
+                        model, weights, peak_plan, run_key=context.run.run_id, work_dir=work_dir / "peak-rate",
+                        log=context.log.info,
+                    )
+                )  # fmt: skip
             if not passed:  # a rejected candidate must not hold resources
                 serving_target.release_candidate(model, weights, log=context.log.info)
         metadata = _report_metadata(model.name, frame, results, work_dir)
@@ -314,7 +361,11 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
                 plan.workload,
                 adapter_frames,
             ),
-            check_results=[*check_results(results), _adapters_check(weights.adapter_commits, adapters, reused)],
+            check_results=[
+                *check_results(results),
+                _peak_rate_check(plan, peak, model),
+                _adapters_check(weights.adapter_commits, adapters, reused),
+            ],
             metadata={
                 **metadata,
                 "config_fingerprint": dg.MetadataValue.text(serving_config.fingerprint),

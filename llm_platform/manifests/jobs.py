@@ -219,7 +219,7 @@ def render_benchmark_job(
     labels = model_labels(model, component="live-benchmark" if against else "smoke-benchmark")
     if against is not None:
         labels.update(model.exposure.client_labels)  # the model's NetworkPolicy admits labelled clients only
-    name = benchmark_job_name(model, revision, invocation.fingerprint + (against or "") + plan.served_name, run_key)
+    name = benchmark_job_name(model, revision, invocation.fingerprint + (against or "") + plan.variant, run_key)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

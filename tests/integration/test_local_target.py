@@ -82,6 +82,7 @@ def test_loose_slos_pass_and_the_config_is_promoted(served_tiny: ServedTiny, tmp
             "slo_itl_p95_ms": True,
             "slo_min_output_tokens_per_s": True,
             "slo_max_error_rate": True,
+            "slo_peak_rate": True,  # no measured traffic profile: no peak-rate run (a note)
             "slo_adapters": True,  # no adapters: nothing to judge
             "slo_feasible": True,  # serving_plan's: no platform.gpu_type here, nothing to judge (a note)
         }

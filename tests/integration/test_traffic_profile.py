@@ -58,7 +58,8 @@ def test_the_profile_shows_the_shape_and_the_rate_of_what_was_served(tmp_path: P
         pytest.fail("prometheus/promtool are not installed (make test installs the Debian package)")
     now = time.time()
     idle = Behaviour(requests_per_s=0.01)
-    trace = openmetrics({"mixed": MIXED, "idle": idle}, now - HOUR, now - 5, step_s=15)
+    pair = Behaviour(requests_per_s=4.0, replicas=2)  # two servers sharing 4 requests/s
+    trace = openmetrics({"mixed": MIXED, "idle": idle, "pair": pair}, now - HOUR, now - 5, step_s=15)
     backfill(trace, tmp_path / "prometheus" / "data")
     services = LocalServices(tmp_path)
     record = services.start_prometheus(tmp_path / "file_sd", port=free_port())
@@ -68,6 +69,7 @@ def test_the_profile_shows_the_shape_and_the_rate_of_what_was_served(tmp_path: P
         measured = client.measured_traffic("mixed", HOUR - 60, VLLM_METRICS, at=now)
         assert client.queries_sent == sent + 2  # the figures in one request, the rate over the window in another
         quiet = client.measured_traffic("idle", HOUR - 60, VLLM_METRICS, at=now)
+        shared = client.measured_traffic("pair", HOUR - 60, VLLM_METRICS, at=now)
         retention = client.retention_s()
         materialized, refused = _materialize(record.url, 1.0), _materialize(record.url, 24.0 * 8)
     finally:
@@ -83,6 +85,10 @@ def test_the_profile_shows_the_shape_and_the_rate_of_what_was_served(tmp_path: P
     assert lengths["generation_tokens"]["p50"] <= 200 < lengths["generation_tokens"]["p90"]
     assert profile.rate_median_rps == pytest.approx(2.0, rel=0.1)
     assert profile.rate_peak_rps == pytest.approx(6.0, rel=0.1)
+    # What one server took at the peak (the smoke benchmark's peak-rate run): all of it with one server, half with two.
+    assert profile.rate_peak_per_engine_rps == pytest.approx(6.0, rel=0.1)
+    assert shared.rate_peak_rps == pytest.approx(4.0, rel=0.1)
+    assert shared.rate_peak_per_engine_rps == pytest.approx(2.0, rel=0.1)
     # The rate over the window, every 5 minutes: the burst near the end, 2/s before it.
     rates = [value for _, value in profile.rate_series]
     assert len(rates) >= 11 and max(rates) == pytest.approx(6.0, rel=0.1) and min(rates) < 2.5

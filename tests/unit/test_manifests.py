@@ -504,3 +504,20 @@ def test_an_adapters_benchmark_job_addresses_it_by_name_and_is_a_job_of_its_own(
         in base["spec"]["template"]["spec"]["containers"][0]["command"][-1]
     )
     assert sql["metadata"]["name"] != base["metadata"]["name"]
+
+
+def test_the_peak_rate_run_is_a_benchmark_job_of_its_own_at_the_profiles_rate(example_catalog: Catalog) -> None:
+    """The same requests at the traffic's per-server peak (open loop, capped at the top level): its own Job name,
+    so the levels' succeeded Job is never read back for it."""
+    from llm_platform.benchmark.plan import BenchmarkPlan
+    from llm_platform.manifests.jobs import render_benchmark_job
+
+    platform, model = example_catalog.platform, example_catalog.model("tiny-llama")
+    plan = BenchmarkPlan(concurrency_levels=(1, 8), requests=((100, 20), (300, 40)), peak_rate_rps=2.25)
+    levels = render_benchmark_job(platform, model, "b" * 40, plan, "run")
+    peak = render_benchmark_job(platform, model, "b" * 40, plan.at_peak_rate(), "run")
+    script = peak["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    assert "--request-rate 2.250" in script and "--max-concurrency 8" in script
+    assert "--max-concurrency 1 " not in script  # the peak run alone, at the top level's cap
+    assert "--request-rate inf" in levels["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    assert peak["metadata"]["name"] != levels["metadata"]["name"]

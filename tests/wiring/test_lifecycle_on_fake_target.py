@@ -325,13 +325,19 @@ def test_the_smoke_benchmark_replays_the_measured_traffic_profile(
     assert not cluster[1].benchmark_plans[-1].requests
     measured = build_profile(model, 3600, MeasuredTraffic({100.0: 300.0, 1000.0: 900.0, math.inf: 1000.0},
                                                           {50.0: 800.0, 400.0: 1000.0, math.inf: 1000.0},
-                                                          1.0, 3.0, 2.0, 0.0, math.nan, math.nan, {}))  # fmt: skip
+                                                          1.0, 3.0, 2.0, 0.0, math.nan, math.nan, {},
+                                                          rate_peak_per_engine_rps=1.5))  # fmt: skip
     _record_profile(instance, measured)
 
     run = platform.run(PROMOTE_ASSETS, {"smoke_benchmark": {"config": {**SMALL, "reuse_deployed": False}}})
 
     assert run.success
-    plan = cluster[1].benchmark_plans[-1]
+    # After the levels, one run of the same requests arriving at the profile's per-server peak, open loop.
+    plan, peak = cluster[1].benchmark_plans[-2:]
+    assert peak.request_rate == "1.500" and peak.requests == plan.requests and plan.request_rate == "inf"
+    assert peak.concurrency_levels == (max(plan.concurrency_levels),)
+    (peak_check,) = [c for c in run.get_asset_check_evaluations() if c.check_name == "slo_peak_rate"]
+    assert peak_check.passed and peak_check.metadata["request_rate"].value == 1.5
     assert len(plan.requests) == SMALL["prompts_per_level"]
     assert plan.requests == replay_lengths(measured, len(plan.requests), seed=plan.seed, max_model_len=2048)
     (bench,) = run.asset_materializations_for_node("smoke_benchmark")
@@ -347,6 +353,9 @@ def test_the_smoke_benchmark_replays_the_measured_traffic_profile(
     synthetic_plan = {**SMALL, "reuse_deployed": False, "replay_traffic_profile": False}
     synthetic = platform.run(PROMOTE_ASSETS, {"smoke_benchmark": {"config": synthetic_plan}})
     assert synthetic.success and not cluster[1].benchmark_plans[-1].requests
+    assert cluster[1].benchmark_plans[-1].request_rate == "inf"  # no peak-rate run without a replayed profile
+    (no_peak,) = [c for c in synthetic.get_asset_check_evaluations() if c.check_name == "slo_peak_rate"]
+    assert no_peak.passed and "no peak-rate run" in str(no_peak.metadata["note"].value)
 
 
 CUDA_OOM = Crash("vllm-tiny-7d9f-x2", "Error", 1, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate")
