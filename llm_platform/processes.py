@@ -163,6 +163,14 @@ def wait_until_healthy(
         sleep(interval_s)
 
 
+def _reap_if_ours(pid: int) -> None:
+    """Reap ``pid`` if it is an exited child of this process whose ``Popen`` is gone (a service started by this
+    process and stopped by its record): a zombie still counts as a member of its group, so the wait for the group
+    would otherwise last the whole grace period."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
 def stop_group(
     pid: int,
     *,
@@ -181,6 +189,8 @@ def stop_group(
     while clock() < deadline:
         if child is not None:
             child.poll()
+        else:
+            _reap_if_ours(pid)
         if not group_alive(pid):
             break
         sleep(0.1)
