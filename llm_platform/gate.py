@@ -235,6 +235,7 @@ def build_app(
         return web.Response(text="ok")
 
     async def forward(request: web.Request) -> web.StreamResponse:
+        began = asyncio.get_running_loop().time()
         path = request.path
         reading = request.method in ("GET", "HEAD")
         open_path = reading and (path == ENGINE_HEALTH_PATH or (metrics_only and path == METRICS_PATH))
@@ -259,8 +260,7 @@ def build_app(
             return _error(413, f"request body exceeds the limit of {settings.max_body_bytes} bytes")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         if metrics_only and path == METRICS_PATH:
-            return await engine_and_gate_metrics(request, backend, headers)
-        began = asyncio.get_running_loop().time()
+            return await engine_and_gate_metrics(backend, headers)
         measured = served.enabled and request.method == "POST"
         served_name = served.served_name(body) if measured else OTHER_SERVED_NAME
         try:
@@ -288,7 +288,7 @@ def build_app(
                 duration_s = asyncio.get_running_loop().time() - began
                 served.observe(served_name, upstream_response.status, first_byte_s, duration_s)
 
-    async def engine_and_gate_metrics(request: web.Request, backend: str, headers: dict[str, str]) -> web.Response:
+    async def engine_and_gate_metrics(backend: str, headers: dict[str, str]) -> web.Response:
         """The engine's metrics in the text format (never OpenMetrics, whose ``# EOF`` must end the answer, nor
         compressed), then the gate's own."""
         headers = {k: v for k, v in headers.items() if k.lower() not in ("accept", "accept-encoding")}

@@ -44,10 +44,10 @@ SLO_CHECKS = {
     "max_error_rate": "failed requests stay within slo.max_error_rate",
 }
 ADAPTERS_SLO_CHECK = "slo_adapters"
+"""Each LoRA adapter of the model, addressed by its served name, meets the same SLOs (at the plan's top level)."""
 PEAK_RATE_SLO_CHECK = "slo_peak_rate"
 """The candidate under the replayed traffic's per-server peak rate (open loop) meets the SLOs: a warning, not a
 gate (a config that misses them at the peak may still be better than the one serving)."""
-"""Each LoRA adapter of the model, addressed by its served name, meets the same SLOs (at the plan's top level)."""
 BENCHMARK_POOL = "gpu-benchmark"
 TABLE_COLUMNS = [
     "concurrency", "completed", "failed", "request_throughput", "output_throughput", "achieved_concurrency",
@@ -193,14 +193,13 @@ def _benchmark_adapters(
     return frames
 
 
-def _peak_rate_check(plan: BenchmarkPlan, peak: pd.DataFrame | None, model: ModelSpec) -> dg.AssetCheckResult:
-    """The peak-rate run judged by the model's SLOs (a warning); passes, saying why, when there was none."""
-    if peak is None:
+def _peak_rate_check(plan: BenchmarkPlan, peak: pd.DataFrame | str, model: ModelSpec) -> dg.AssetCheckResult:
+    """The peak-rate run judged by the model's SLOs (a warning); ``peak`` is its results, or why there was none
+    (the check passes, saying so)."""
+    if isinstance(peak, str):
         return dg.AssetCheckResult(
             check_name=PEAK_RATE_SLO_CHECK, passed=True, severity=dg.AssetCheckSeverity.WARN,
-            metadata={"note": dg.MetadataValue.text(
-                "no peak-rate run: no measured traffic profile replayed (or the promotion benchmark was reused)"
-            )},
+            metadata={"note": dg.MetadataValue.text(f"no peak-rate run: {peak}")},
         )  # fmt: skip
     results = evaluate_slos(peak, model.slo)
     return dg.AssetCheckResult(
@@ -334,8 +333,13 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
             passed = all(result.passed for result in results) and all(
                 result.passed for slos in adapters.values() for result in slos
             )
-            peak = None
-            if plan.peak_rate_rps > 0 and not reused:
+            peak: pd.DataFrame | str = (
+                "no measured traffic profile replayed" if plan.peak_rate_rps <= 0
+                else "the promotion benchmark of the config that serves was reused" if reused
+                else "the candidate missed its SLOs at the levels already" if not passed
+                else ""
+            )  # fmt: skip
+            if not peak:
                 peak_plan = plan.at_peak_rate()
                 context.log.info(
                     f"model '{model.name}': at the profile's per-server peak of {peak_plan.request_rate} requests/s"
