@@ -5,7 +5,9 @@ Every change of the routes (a promotion, a canary step) renders the whole config
 (``manifests/edge_conf.py``), has ``nginx -t`` check it, and reloads nginx with SIGHUP: nginx's graceful reload keeps
 the requests in flight (a streaming generation included) on the old workers until they finish, and the new
 workers take the next ones. A reload is done when the edge answers the new configuration's generation on its
-health path. A configuration nginx refuses is never loaded: the running one stays.
+health path *and* no worker of an earlier configuration still accepts connections (the master starts the new workers
+before it tells the old ones to stop: for a moment both take new connections, and a request could still be routed by
+the old configuration). A configuration nginx refuses is never loaded: the running one stays.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from llm_platform.processes import (
 
 DEFAULT_NGINX = "nginx"
 RELOAD_TIMEOUT_S = 30.0
+#: The title nginx gives a worker that accepts connections; one told to stop gracefully closes its listening sockets
+#: and becomes "nginx: worker process is shutting down".
+ACCEPTING_WORKER_TITLE = "nginx: worker process"
 
 
 def edge_generation(url: str, timeout_s: float = 2.0) -> int | None:
@@ -44,6 +49,18 @@ def edge_generation(url: str, timeout_s: float = 2.0) -> int | None:
             return int(response.read().decode().split()[-1])
     except (OSError, urllib.error.URLError, ValueError, IndexError):
         return None
+
+
+def accepting_workers(master: int) -> int:
+    """How many workers of the nginx ``master`` accept new connections (read from their titles in ``/proc``)."""
+    count = 0
+    for child in children_of(master):
+        try:
+            title = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone while we looked
+        count += title.strip() == ACCEPTING_WORKER_TITLE
+    return count
 
 
 def nginx_binary(configured: str = DEFAULT_NGINX) -> str:
@@ -72,6 +89,7 @@ class NginxEdge:
         clock: Clock = time.monotonic,
         sleep: Sleep = time.sleep,
         generation_of: Callable[[str], int | None] = edge_generation,
+        accepting_workers_of: Callable[[int], int] = accepting_workers,
     ) -> None:
         self.directory = directory
         self.listen = listen
@@ -79,6 +97,7 @@ class NginxEdge:
         self._clock = clock
         self._sleep = sleep
         self._generation_of = generation_of
+        self._accepting_workers_of = accepting_workers_of
 
     @property
     def url(self) -> str:
@@ -150,7 +169,9 @@ class NginxEdge:
             return process.pid
         os.kill(pid, signal.SIGHUP)
         deadline = self._clock() + RELOAD_TIMEOUT_S
-        while self._generation_of(self.url) != generation:
+        while (
+            self._generation_of(self.url) != generation or self._accepting_workers_of(pid) != WORKER_PROCESSES
+        ):  # fmt: skip
             if self._clock() > deadline:
                 raise TargetError(f"the local edge (nginx, pid {pid}) did not take its new configuration within "
                                   f"{RELOAD_TIMEOUT_S:.0f} s; see {self.directory / 'error.log'}")  # fmt: skip

@@ -44,7 +44,15 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from aiohttp import BaseConnector, ClientSession, ClientTimeout, TCPConnector, UnixConnector, web
+from aiohttp import (
+    BaseConnector,
+    ClientConnectionError,
+    ClientSession,
+    ClientTimeout,
+    TCPConnector,
+    UnixConnector,
+    web,
+)
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
@@ -95,6 +103,11 @@ DEFAULT_IDLE_TIMEOUT_S = 75.0
 """Above the upstream keep-alive of every proxy that may front a gate: ingress-nginx keeps idle upstream
 connections 60 s (``upstream-keepalive-timeout``), AWS's load balancers 60 s by default."""
 DEFAULT_BODY_TIMEOUT_S = 60.0
+UPSTREAM_KEEPALIVE_S = 2.0
+"""How long the gate keeps an idle connection to the engine for the next request: below the engine's own keep-alive
+(uvicorn's, 5 s in vLLM), so the engine never closes an idle connection at the moment the gate reuses it (the request
+would fail with a reset, and a POST is not retried); the same rule as :data:`DEFAULT_IDLE_TIMEOUT_S`, the other way
+round."""
 
 log = logging.getLogger("llm_platform.gate")
 
@@ -123,7 +136,9 @@ class Upstream:
         return "http://localhost" if self.uds is not None else self._url
 
     def connector(self) -> BaseConnector:
-        return UnixConnector(path=self.uds) if self.uds is not None else TCPConnector()
+        if self.uds is not None:
+            return UnixConnector(path=self.uds, keepalive_timeout=UPSTREAM_KEEPALIVE_S)
+        return TCPConnector(keepalive_timeout=UPSTREAM_KEEPALIVE_S)
 
 
 @dataclass(frozen=True)
@@ -267,7 +282,7 @@ def build_app(
             upstream_response = await session["client"].request(
                 request.method, f"{backend}{request.rel_url}", headers=headers, data=body or None
             )
-        except OSError:
+        except (OSError, ClientConnectionError):  # refused, reset, or closed before it answered
             return _error(503, "the model server is not reachable (starting, or stopped)")
         first_byte_s: float | None = None
         try:
@@ -298,7 +313,7 @@ def build_app(
                 text = await engine.read()
                 if engine.status != 200:
                     return web.Response(status=engine.status, body=text)
-        except OSError:
+        except (OSError, ClientConnectionError):  # refused, reset, or closed before it answered
             return _error(503, "the model server is not reachable (starting, or stopped)")
         if text and not text.endswith(b"\n"):
             text += b"\n"

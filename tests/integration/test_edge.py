@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from llm_platform.edge import NginxEdge, edge_generation, nginx_binary
+from llm_platform.edge import NginxEdge, accepting_workers, edge_generation, nginx_binary
 from llm_platform.errors import TargetError
-from llm_platform.manifests.edge_conf import EdgeLimits, EdgeRoutes
+from llm_platform.manifests.edge_conf import WORKER_PROCESSES, EdgeLimits, EdgeRoutes
 from llm_platform.processes import free_port, process_alive
 
 pytestmark = pytest.mark.integration
@@ -137,8 +137,10 @@ def test_the_split_follows_the_weight_and_a_reload_keeps_a_stream_open(
         # The canary takes everything: nginx reloads gracefully, the stream in flight finishes on the old worker.
         assert edge.apply(_limits(), EdgeRoutes(stable=upstreams["stable"], canary=upstreams["canary"],
                                                 canary_weight=100)) == pid  # fmt: skip
+        # Done means only the new workers take connections (the old one, told to stop, accepts none) ...
+        assert accepting_workers(pid) == WORKER_PROCESSES
         assert {_get(f"{edge.url}/v1/who")[1] for _ in range(20)} == {"canary"}
-        # The old worker still streams to the stable server: a drain must not stop it yet.
+        # ... while the old worker still streams to the stable server: a drain must not stop it yet.
         assert edge.retiring_workers() == 1
         status, body = stream.result()
     assert status == 200 and body.count("data:") == 4

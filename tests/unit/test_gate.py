@@ -13,7 +13,15 @@ import pytest_asyncio
 from aiohttp import ClientSession, web
 from prometheus_client.parser import text_string_to_metric_families
 
-from llm_platform.gate import API_ROUTES, GateSettings, Upstream, key_matches, route_allowed, serve
+from llm_platform.gate import (
+    API_ROUTES,
+    UPSTREAM_KEEPALIVE_S,
+    GateSettings,
+    Upstream,
+    key_matches,
+    route_allowed,
+    serve,
+)
 from llm_platform.processes import free_port
 
 KEY = "test-key-0123456789"
@@ -26,14 +34,19 @@ class Running:
     metrics: str
     port: int
     reached: list[str] = field(default_factory=list)
+    peers: list[int] = field(default_factory=list)
+    """The gate's source port of each request that reached the upstream: which connection carried it."""
 
 
 @pytest_asyncio.fixture
 async def gate() -> AsyncIterator[Running]:
     reached: list[str] = []
+    peers: list[int] = []
 
     async def upstream_handler(request: web.Request) -> web.Response:
         reached.append(f"{request.method} {request.path_qs}")
+        assert request.transport is not None
+        peers.append(request.transport.get_extra_info("peername")[1])
         await request.read()
         if request.path == "/metrics":  # the engine's, in the format the gate asked for
             assert (
@@ -60,7 +73,7 @@ async def gate() -> AsyncIterator[Running]:
     runners = await serve(
         Upstream(url=f"http://127.0.0.1:{upstream_port}"), settings, ("127.0.0.1", port), ("127.0.0.1", metrics_port)
     )
-    yield Running(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}", port, reached)
+    yield Running(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}", port, reached, peers)
     for runner in [*runners, upstream_runner]:
         await runner.cleanup()
 
@@ -194,6 +207,19 @@ async def test_an_idle_connection_is_closed_after_the_idle_limit(gate: Running) 
     assert await asyncio.wait_for(reader.read(), 10) == b""
     assert asyncio.get_running_loop().time() - began > 2  # the idle limit (3 s), not the header timeout (1 s)
     writer.close()
+
+
+async def test_the_gate_lets_go_of_an_idle_engine_connection_before_the_engine_would(gate: Running) -> None:
+    """A connection to the engine serves the next request at once, and is closed by the gate after
+    UPSTREAM_KEEPALIVE_S idle, below the engine's 5 s: the engine never closes one the gate is about to reuse."""
+    async with ClientSession(headers=AUTH) as client:
+        for pause_s in (0.0, 0.0, UPSTREAM_KEEPALIVE_S + 0.5):
+            await asyncio.sleep(pause_s)
+            async with client.get(f"{gate.api}/v1/models") as response:
+                assert response.status == 200
+    first, reused, after_idle = gate.peers
+    assert reused == first and after_idle != first
+    assert UPSTREAM_KEEPALIVE_S < 5
 
 
 async def test_the_access_log_has_no_query_strings(gate: Running, caplog: pytest.LogCaptureFixture) -> None:
