@@ -197,5 +197,11 @@ def stop_group(
     else:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
+        if child is None:  # a killed leader of ours is a zombie until reaped
+            for _ in range(50):
+                _reap_if_ours(pid)
+                if not group_alive(pid):
+                    break
+                sleep(0.1)
     if child is not None:
         child.wait(timeout=10)
