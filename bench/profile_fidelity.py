@@ -225,12 +225,13 @@ def main() -> None:
             live = drive(base_url, api_key, model_dir, options.rate, options.duration, seed, work)
             time.sleep(2 * SCRAPE_INTERVAL_S)  # the last requests' samples are scraped
             window_s = math.ceil(time.time() - started)
+            live_figures = (live.p95_ttft_ms(), live.output_tok_s())
             print(f"round {index + 1}: live {len(live.ttft_s)} answered, {live.failed} failed at {options.rate:g} "
-                  f"requests/s for {options.duration:g} s: p95 TTFT {live.p95_ttft_ms():.0f} ms, "
-                  f"{live.output_tok_s():.0f} output tok/s", flush=True)  # fmt: skip
+                  f"requests/s for {options.duration:g} s: p95 TTFT {live_figures[0]:.0f} ms, "
+                  f"{live_figures[1]:.0f} output tok/s", flush=True)  # fmt: skip
             replay = replay_plan(model, prometheus, window_s, len(live.ttft_s) + live.failed, seed + 1)
             replayed = measure(replay, base_url, api_key, model_dir, work / f"profile-{index + 1}")
-            rounds.append(Round((live.p95_ttft_ms(), live.output_tok_s()), replayed))
+            rounds.append(Round(live_figures, replayed))
         synthetic = measure(plan_for(model, prompts_per_level=options.synthetic_prompts), base_url, api_key,
                             model_dir, work / "synthetic")  # fmt: skip
 

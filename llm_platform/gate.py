@@ -109,6 +109,10 @@ UPSTREAM_KEEPALIVE_S = 2.0
 would fail with a reset, and a POST is not retried); the same rule as :data:`DEFAULT_IDLE_TIMEOUT_S`, the other way
 round."""
 
+UNREACHABLE = (OSError, ClientConnectionError)
+"""What the engine's connection fails with before an answer: refused, reset, or closed (aiohttp's
+``ServerDisconnectedError`` is not an ``OSError``)."""
+
 log = logging.getLogger("llm_platform.gate")
 
 
@@ -229,6 +233,10 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"message": message, "code": status}}, status=status)
 
 
+def _unreachable() -> web.Response:
+    return _error(503, "the model server is not reachable (starting, or stopped)")
+
+
 def build_app(
     upstream: Upstream, settings: GateSettings, *, metrics_only: bool = False,
     served_metrics: ServedNameMetrics | None = None,
@@ -282,8 +290,8 @@ def build_app(
             upstream_response = await session["client"].request(
                 request.method, f"{backend}{request.rel_url}", headers=headers, data=body or None
             )
-        except (OSError, ClientConnectionError):  # refused, reset, or closed before it answered
-            return _error(503, "the model server is not reachable (starting, or stopped)")
+        except UNREACHABLE:
+            return _unreachable()
         first_byte_s: float | None = None
         try:
             async with upstream_response:
@@ -313,8 +321,8 @@ def build_app(
                 text = await engine.read()
                 if engine.status != 200:
                     return web.Response(status=engine.status, body=text)
-        except (OSError, ClientConnectionError):  # refused, reset, or closed before it answered
-            return _error(503, "the model server is not reachable (starting, or stopped)")
+        except UNREACHABLE:
+            return _unreachable()
         if text and not text.endswith(b"\n"):
             text += b"\n"
         return web.Response(body=text + served.exposition(), headers={"Content-Type": TEXT_FORMAT})

@@ -185,23 +185,26 @@ def stop_group(
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = clock() + grace_s
-    while clock() < deadline:
+
+    def ended() -> bool:
+        """Whether the whole group is gone, once our leader (an exited one is a zombie, still a member) is reaped."""
         if child is not None:
             child.poll()
         else:
             _reap_if_ours(pid)
-        if not group_alive(pid):
+        return not group_alive(pid)
+
+    deadline = clock() + grace_s
+    while clock() < deadline:
+        if ended():
             break
         sleep(0.1)
     else:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        if child is None:  # a killed leader of ours is a zombie until reaped
-            for _ in range(50):
-                _reap_if_ours(pid)
-                if not group_alive(pid):
-                    break
-                sleep(0.1)
+        for _ in range(50):  # a killed group ends at once; up to 5 s for the kernel to let go of it
+            if ended():
+                break
+            sleep(0.1)
     if child is not None:
         child.wait(timeout=10)
