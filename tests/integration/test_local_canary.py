@@ -25,19 +25,23 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 #: Two engines share two cores here, and a closed loop piles its callers up at the slower server: the stable server's
 #: p95 TTFT in a step swung from 331 to 3,550 ms across runs (and its ITL from 19 to 578 ms), so no margin against it
-#: told these two configs apart reliably. The canary's own figure did: one sequence at a time queued the others to a
-#: p95 TTFT of 4,375-5,125 ms in every run, max_num_seqs 16 stayed at 2,200 ms. So this test's judge is the absolute
-#: SLO between the two (the comparison with stable is left wide open; the unit tests pin the margins down).
+#: told these two configs apart reliably. The canary's own figure does, judged against an absolute SLO (the comparison
+#: with stable is left wide open; the unit tests pin the margins down). The judge reads vLLM's TTFT histogram, whose
+#: buckets around here are 1, 2.5, 5 and 7.5 s: a p95 within a bucket is interpolated, so an SLO inside one (4,000 ms
+#: once) fails a good config whose slowest 13 % land in (2.5 s, 5 s] -- CI saw it. The SLO sits on the 5 s bound: a
+#: config passes when 95 % of its first tokens came within 5 s, which max_num_seqs 16 does with a wide margin (p95
+#: 2.2-3.5 s), and one sequence at a time queues 7 callers behind 128-token generations (about 9 s).
 ROLLOUT = {"strategy": "canary", "steps": [50, 100], "step_seconds": 30, "min_requests": 4, "max_wait_seconds": 60,
            "max_ttft_regression_pct": 1000, "max_itl_regression_pct": 1000}  # fmt: skip
-SLO = {"ttft_p95_ms": 4000, "itl_p95_ms": 5000, "min_output_tokens_per_s": 1, "max_error_rate": 0}
+SLO = {"ttft_p95_ms": 5000, "itl_p95_ms": 5000, "min_output_tokens_per_s": 1, "max_error_rate": 0}
 #: Exposed (a canary needs a host in the catalog), with a rate limit the generator's 8 callers stay under.
 EXPOSURE = {"host": "tiny.llm.example.com", "tls_secret": "tiny-tls", "rate_limit_rps": 200}
-#: Output tokens per request of the traffic (and of the good candidate's benchmark).
-MAX_TOKENS = 64
+#: Output tokens per request of the traffic (and of the good candidate's benchmark): long enough that the queue
+#: behind one sequence at a time is far past the SLO (at 64 the flawed config's p95 read 4.4-5.1 s).
+MAX_TOKENS = 128
 #: The smoke benchmark of a candidate: a light synthetic load, one request at a time (what one sequence at a time
 #: passes however loaded the machine: at concurrency 2 the second request's TTFT is the first one's whole
-#: generation, which crossed the 4,000 ms SLO in CI while the traffic loaded both cores) ...
+#: generation, which crossed the SLO in CI while the traffic loaded both cores) ...
 LIGHT_PLAN = {"prompts_per_level": 8, "input_len": 32, "output_len": 8, "concurrency_levels": [1], "num_warmups": 0}
 #: ... or the traffic's own shape, which also warms the server for the batches it will see. Its first batch on the
 #: fresh server is not what is judged (vLLM's benchmark sends warm-up requests first, at the same concurrency): with
@@ -90,6 +94,14 @@ def _promote(
     )  # fmt: skip
 
 
+def _why_failed(result: dg.ExecuteInProcessResult) -> str:
+    """The failed step and its reason, so a CI log says which gate stopped the promotion and on what figures."""
+    failure = next(event for event in result.all_events if event.is_step_failure)
+    data = failure.step_failure_data
+    reason = data.user_failure_data.description if data.user_failure_data else data.error
+    return f"step {failure.step_key}: {reason}"
+
+
 def test_a_worse_canary_is_aborted_at_its_first_step_and_the_stable_server_keeps_serving(
     served_tiny: ServedTiny, stable: LocalServers, prometheus: str, tmp_path: Path
 ) -> None:
@@ -109,7 +121,7 @@ def test_a_worse_canary_is_aborted_at_its_first_step_and_the_stable_server_keeps
     assert user_failure is not None, failure.step_failure_data.error
     description = str(user_failure.description)
     assert description.startswith("model 'tiny-llama': canary aborted at step 50 % after ")
-    assert "canary p95 TTFT" in description and "> SLO 4000 ms" in description
+    assert "canary p95 TTFT" in description and "> SLO 5000 ms" in description
     assert description.endswith("the stable version serves as before")
     steps = user_failure.metadata["canary_steps"]
     assert isinstance(steps, dg.TableMetadataValue)
@@ -134,7 +146,7 @@ def test_a_good_canary_goes_through_every_step_and_serves_alone(
         _traffic(served_tiny) as traffic,
     ):
         result = _promote(served_tiny, prometheus, instance, max_num_seqs=16, plan=TRAFFIC_PLAN)
-    assert result.success
+    assert result.success, _why_failed(result)
     (deployed,) = result.asset_materializations_for_node("vllm_deployment")
     steps = deployed.metadata["canary_steps"]
     assert isinstance(steps, dg.TableMetadataValue)
