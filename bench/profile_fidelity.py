@@ -25,19 +25,21 @@ Without ``--base-url`` it starts a tiny-llama server (local target) and a Promet
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -77,43 +79,70 @@ class LiveTraffic:
     output_tokens: int = 0
     failed: int = 0
     first_sent: float = math.nan
+    last_sent: float = math.nan
     last_done: float = math.nan
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def p95_ttft_ms(self) -> float:
         return statistics.quantiles(self.ttft_s, n=20)[-1] * 1000 if len(self.ttft_s) > 1 else math.nan
 
+    def mean_ttft_ms(self) -> float:
+        return statistics.fmean(self.ttft_s) * 1000 if self.ttft_s else math.nan
+
     def output_tok_s(self) -> float:
         return self.output_tokens / (self.last_done - self.first_sent)
 
+    @property
+    def arrival_span_s(self) -> float:
+        """From the first request sent to the last: the time the traffic arrived over."""
+        return self.last_sent - self.first_sent
 
-def send(base_url: str, api_key: str | None, prompt: str, output: int, live: LiveTraffic) -> None:
+
+async def send(session: aiohttp.ClientSession, url: str, prompt: str, output: int, live: LiveTraffic) -> None:
     """One streamed completion; records its time to first token and its output tokens."""
-    body = json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": output, "ignore_eos": True, "stream": True,
-                       "temperature": 0}).encode()  # fmt: skip
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
-    request = urllib.request.Request(f"{base_url}/v1/completions", data=body, headers=headers)
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": output, "ignore_eos": True, "stream": True,
+            "temperature": 0}  # fmt: skip
     start, first = time.monotonic(), math.nan
     try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            for line in response:
+        async with session.post(url, json=body) as response:
+            response.raise_for_status()
+            async for line in response.content:
                 if math.isnan(first) and line.startswith(b"data: {"):
                     first = time.monotonic()
-    except OSError:
+    except (TimeoutError, aiohttp.ClientError):
         first = math.nan
     done = time.monotonic()
-    with live.lock:
-        if math.isnan(first):  # refused, cut, or answered without a token
-            live.failed += 1
-            return
-        live.ttft_s.append(first - start)
-        live.output_tokens += output
-        live.last_done = done if math.isnan(live.last_done) else max(live.last_done, done)
+    if math.isnan(first):  # refused, cut, or answered without a token
+        live.failed += 1
+        return
+    live.ttft_s.append(first - start)
+    live.output_tokens += output
+    live.last_done = done if math.isnan(live.last_done) else max(live.last_done, done)
+
+
+async def _drive(base_url: str, api_key: str | None, requests: list[dict[str, Any]], rate: float,
+                 rng: random.Random) -> LiveTraffic:  # fmt: skip
+    """Poisson arrivals at ``rate``: each request a task on one pooled session, as a production client sends (and
+    as vLLM's benchmark does: a thread and a new connection per request measured the client's own delays)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    timeout = aiohttp.ClientTimeout(total=300)
+    live, tasks = LiveTraffic(), []
+    async with aiohttp.ClientSession(
+        headers=headers, timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
+    ) as session:
+        live.first_sent = due = time.monotonic()
+        for entry in requests:
+            due += rng.expovariate(rate)
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            url = f"{base_url}/v1/completions"
+            tasks.append(asyncio.create_task(send(session, url, entry["prompt"], entry["output_tokens"], live)))
+        live.last_sent = time.monotonic()
+        await asyncio.gather(*tasks)
+    return live
 
 
 def drive(base_url: str, api_key: str | None, tokenizer: str, rate: float, duration_s: float, seed: int,
           work: Path) -> LiveTraffic:  # fmt: skip
-    """Poisson arrivals at ``rate`` for ``duration_s``, each request its own thread (bounded by the duration)."""
+    """Poisson arrivals at ``rate`` for ``duration_s`` of the workload's shape (bounded by the duration)."""
     rng = random.Random(seed)
     count = max(1, round(rate * duration_s))
     lengths = []
@@ -123,32 +152,41 @@ def drive(base_url: str, api_key: str | None, tokenizer: str, rate: float, durat
         lengths.append([prompt, output])
     dataset = replay_dataset.write_dataset(lengths, tokenizer, seed, work / "live.jsonl")
     requests = [json.loads(line) for line in dataset.read_text().splitlines()]
-    live, threads = LiveTraffic(), []
-    live.first_sent = time.monotonic()
-    due = live.first_sent
-    for entry in requests:
-        due += rng.expovariate(rate)
-        time.sleep(max(0.0, due - time.monotonic()))
-        thread = threading.Thread(target=send, args=(base_url, api_key, entry["prompt"], entry["output_tokens"], live))
-        thread.start()
-        threads.append(thread)
-    for thread in threads:
-        thread.join(timeout=600)
-    return live
+    return asyncio.run(_drive(base_url, api_key, requests, rate, rng))
 
 
-def replay_plan(model: ModelSpec, prometheus: str, window_s: int, requests: int, seed: int) -> BenchmarkPlan:
-    """The profile of the drive's window (as ``traffic_profile`` builds it) as a replay at its mean rate."""
+def replay_plan(
+    model: ModelSpec, prometheus: str, window_s: int, arrival_span_s: float, requests: int, seed: int
+) -> BenchmarkPlan:
+    """The profile of the drive's window (as ``traffic_profile`` builds it) as a replay at its mean rate: the
+    profile's requests over the span they arrived in (the window also holds the idle scrapes around the drive)."""
     measured = PrometheusClient(prometheus).measured_traffic(MODEL, window_s, VLLM_METRICS)
     profile = build_profile(model, window_s, measured)
     if profile.source != "prometheus":
         raise SystemExit(f"no measured profile: {'; '.join(profile.notes)}")
     lengths = replay_lengths(profile, requests, seed=seed, max_model_len=model.serving.max_model_len)
-    rate = profile.requests / window_s
+    rate = profile.requests / arrival_span_s
     print(f"profile: {profile.described}; replayed at {rate:.2f} requests/s")
     return BenchmarkPlan(input_len=1, output_len=1, prompts_per_level=len(lengths), seed=seed, num_warmups=0,
                          concurrency_levels=(REPLAY_CONCURRENCY,), request_rate=f"{rate:.3f}", requests=lengths,
                          workload=profile.described)  # fmt: skip
+
+
+def server_ttft_ms(prometheus: str, since: float) -> tuple[float, float]:
+    """The engine's own TTFT (its histogram: p95 interpolated in vLLM's buckets, and the exact mean) over the
+    requests it finished since ``since`` (epoch seconds), once their samples are scraped: what the server did, beside
+    what each client measured."""
+    window = f"[{math.ceil(time.time() - since)}s]"
+    name, matchers = VLLM_METRICS.ttft_seconds, f'{{model_name="{MODEL}"}}'
+    client = PrometheusClient(prometheus)
+
+    def value(promql: str) -> float:
+        answer = client.query(promql)
+        return answer[0][1] * 1000 if answer else math.nan
+
+    p95 = value(f"histogram_quantile(0.95, sum by (le) (increase({name}_bucket{matchers}{window})))")
+    mean = value(f"sum(increase({name}_sum{matchers}{window})) / sum(increase({name}_count{matchers}{window}))")
+    return p95, mean
 
 
 def tiny_model(path: str) -> ModelSpec:
@@ -185,8 +223,8 @@ def measure(plan: BenchmarkPlan, base_url: str, api_key: str | None, tokenizer: 
     frame, _ = run_plan(plan, engine=VLLM, model=MODEL, base_url=base_url, api_key=api_key, tokenizer=tokenizer,
                         work_dir=work)  # fmt: skip
     figures = (float(frame["p95_ttft_ms"].max()), float(frame["output_throughput"].max()))
-    print(f"  {work.name}: {plan.described}; levels {list(plan.concurrency_levels)}: p95 TTFT {figures[0]:.0f} ms, "
-          f"{figures[1]:.0f} output tok/s", flush=True)  # fmt: skip
+    print(f"  {work.name}: {plan.described}; levels {list(plan.concurrency_levels)}: p95 TTFT {figures[0]:.0f} ms "
+          f"(mean {float(frame['mean_ttft_ms'].max()):.0f}), {figures[1]:.0f} output tok/s", flush=True)  # fmt: skip
     return figures
 
 
@@ -226,11 +264,17 @@ def main() -> None:
             time.sleep(2 * SCRAPE_INTERVAL_S)  # the last requests' samples are scraped
             window_s = math.ceil(time.time() - started)
             live_figures = (live.p95_ttft_ms(), live.output_tok_s())
+            replay = replay_plan(model, prometheus, window_s, live.arrival_span_s, len(live.ttft_s) + live.failed,
+                                 seed + 1)  # fmt: skip
             print(f"round {index + 1}: live {len(live.ttft_s)} answered, {live.failed} failed at {options.rate:g} "
-                  f"requests/s for {options.duration:g} s: p95 TTFT {live_figures[0]:.0f} ms, "
-                  f"{live_figures[1]:.0f} output tok/s", flush=True)  # fmt: skip
-            replay = replay_plan(model, prometheus, window_s, len(live.ttft_s) + live.failed, seed + 1)
+                  f"requests/s for {options.duration:g} s: p95 TTFT {live_figures[0]:.0f} ms "
+                  f"(mean {live.mean_ttft_ms():.0f}), {live_figures[1]:.0f} output tok/s; the engine's own TTFT: "
+                  "p95 {:.0f} ms, mean {:.0f} ms".format(*server_ttft_ms(prometheus, started)), flush=True)  # fmt: skip
+            replay_started = time.time()
             replayed = measure(replay, base_url, api_key, model_dir, work / f"profile-{index + 1}")
+            time.sleep(2 * SCRAPE_INTERVAL_S)
+            print("  the engine's own TTFT under the replay: p95 {:.0f} ms, mean {:.0f} ms".format(
+                *server_ttft_ms(prometheus, replay_started)), flush=True)  # fmt: skip
             rounds.append(Round(live_figures, replayed))
         synthetic = measure(plan_for(model, prompts_per_level=options.synthetic_prompts), base_url, api_key,
                             model_dir, work / "synthetic")  # fmt: skip

@@ -71,11 +71,13 @@ class LengthHistogram:
         return sum(count for (lower, _), count in zip(self.edges, self.counts, strict=True) if lower >= limit)
 
     def mean(self) -> float:
-        """The mean length, each bucket at its midpoint (the overflow bucket at the last bound); NaN when empty."""
+        """The mean length of what :meth:`sample` draws (each bucket at its log-uniform mean, the overflow bucket at
+        the last bound), so that a plan sizes for the lengths its benchmark replays; NaN when empty. The midpoint
+        would put a heavy-tailed traffic's mean about 10 % long (a bucket's mass leans to its lower end)."""
         total = self.total
         if total <= 0:
             return math.nan
-        return sum(c * (lo + up) / 2 for (lo, up), c in zip(self.edges, self.counts, strict=True)) / total
+        return sum(c * _bucket_mean(lo, up) for (lo, up), c in zip(self.edges, self.counts, strict=True)) / total
 
     def quantile(self, q: float) -> float:
         """The ``q`` quantile, interpolated within its bucket as ``histogram_quantile`` does; NaN when empty."""
@@ -120,17 +122,37 @@ class LengthHistogram:
         if not self.bounds or sum(weights) <= 0:
             raise ValueError(f"the length histogram has nothing to draw from at or below {cap} tokens")
         buckets = rng.choices(range(len(self.counts)), weights=weights, k=n)
-        # A bucket holds the integer lengths above its lower bound up to its upper bound (Prometheus' ``le``).
-        spans = [(math.floor(lower) + 1, math.floor(upper)) for lower, upper in edges]
-        return [
-            max(1, min(cap, _log_uniform(rng, *spans[b]) if spans[b][1] >= spans[b][0] else math.floor(edges[b][1])))
-            for b in buckets
-        ]
+        spans = [_integer_span(lower, upper) for lower, upper in edges]
+        return [max(1, min(cap, _draw(rng, spans[b], edges[b][1]))) for b in buckets]
+
+
+def _integer_span(lower: float, upper: float) -> tuple[int, int] | None:
+    """The integer lengths a bucket holds, above its lower bound up to its upper bound (Prometheus' ``le``; at
+    least 1); None when it holds none (the overflow bucket, or bounds closer than one token)."""
+    low, high = max(1, math.floor(lower) + 1), math.floor(upper)
+    return (low, high) if high >= low else None
+
+
+def _draw(rng: random.Random, span: tuple[int, int] | None, upper: float) -> int:
+    """A length from one bucket: log-uniform over its integers, or its upper bound when it holds none."""
+    return _log_uniform(rng, *span) if span is not None else math.floor(upper)
 
 
 def _log_uniform(rng: random.Random, low: int, high: int) -> int:
     """An integer in ``[low, high]`` (``low`` >= 1), each equal ratio of the range as likely as any other."""
     return min(high, math.floor(math.exp(rng.uniform(math.log(low), math.log(high + 1)))))
+
+
+def _bucket_mean(lower: float, upper: float) -> float:
+    """The mean of :func:`_log_uniform` over a bucket's integers ``L..H``: ``k`` comes with probability
+    ``ln((k+1)/k) / ln((H+1)/L)``, and the sum of ``k ln((k+1)/k)`` telescopes to
+    ``H ln(H+1) - L ln L - ln(H!/L!)``. A bucket without integers: its upper bound (as :meth:`sample` draws)."""
+    span = _integer_span(lower, upper)
+    if span is None:
+        return max(1, math.floor(upper))
+    low, high = span
+    weighted = high * math.log(high + 1) - low * math.log(low) - (math.lgamma(high + 1) - math.lgamma(low + 1))
+    return weighted / math.log((high + 1) / low)
 
 
 def span(seconds: float) -> str:

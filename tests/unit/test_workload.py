@@ -136,10 +136,14 @@ def test_replayed_lengths_are_seeded_and_fit_the_context() -> None:
     assert max(prompt for prompt, _ in first) > 2000
 
 
-def test_the_mean_length_takes_each_bucket_at_its_midpoint() -> None:
+def test_the_mean_length_is_the_mean_of_what_a_replay_draws() -> None:
     histogram = LengthHistogram.from_cumulative(CUMULATIVE)
-    expected = (100 * 50 + 600 * 300 + 280 * 1250 + 20 * 3500) / 1000
-    assert histogram.mean() == pytest.approx(expected)
+    draws = histogram.sample(100_000, random.Random(5), cap=10**6)
+    assert histogram.mean() == pytest.approx(sum(draws) / len(draws), rel=0.01)
+    # Below the buckets' midpoints: within a log-spaced bucket the mass leans to its lower end.
+    midpoints = (100 * 50 + 600 * 300 + 280 * 1250 + 20 * 3500) / 1000
+    assert histogram.mean() < 0.9 * midpoints
+    assert LengthHistogram.point(100).mean() == pytest.approx(100)  # the catalog's length, exactly
     assert math.isnan(LengthHistogram.from_cumulative({math.inf: 0.0}).mean())
 
 
