@@ -17,6 +17,7 @@ from llm_platform.conventions import ENGINE_LOOPBACK_PORT, TUNED_ASSET
 from llm_platform.defs.jobs import LIFECYCLE_ASSETS
 from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.defs.resources import KubernetesTargetResource, WeightsResource
+from llm_platform.engine import engine_for
 from llm_platform.rollout import Revision
 from tests.conftest import ServedTiny, lifecycle_resources, tiny_catalog
 from tests.kubeemu import DEPLOYMENTS, JOBS, FakeDeploymentController, FakeKubelet, RunningCluster
@@ -70,10 +71,10 @@ def test_lifecycle_on_kubernetes_through_dagster(
     catalog: Catalog = tiny_catalog(platform={"hf_endpoint": hub_endpoint})
     namespace = catalog.platform.namespace
     monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "kubeconfig", cluster.url)))
+    # The GPU node, played by this machine: vLLM on CPU as the local target runs it (one device: one engine process).
     node_env = {
         "PATH": f"{_vllm_image_shims(tmp_path / 'image-bin')}:{os.environ['PATH']}",
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        **engine_for(catalog.model("tiny-llama").serving).cpu_environment(kv_cache_space_gib=1, threads_bind="nobind"),
     }
     pvc = tmp_path / "pvc"
     kubelet = FakeKubelet(cluster, namespace, {"model-weights": pvc}, tmp_path / "scratch", node_env)

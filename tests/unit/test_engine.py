@@ -10,7 +10,7 @@ import pytest
 
 from llm_platform.catalog import Serving
 from llm_platform.engine import EngineInvocation, LoraAdapters
-from llm_platform.engine.vllm import BASE_ENVIRONMENT, VLLM, VLLM_SERVER_MODULE
+from llm_platform.engine.vllm import BASE_ENVIRONMENT, SINGLE_DEVICE_CPU_ENVIRONMENT, VLLM, VLLM_SERVER_MODULE
 
 engine_args = VLLM.server_args
 
@@ -83,6 +83,18 @@ def test_invocation_adds_listen_address_and_base_environment() -> None:
     # Targets may add settings but not undo the base ones (weights are always local).
     assert invocation.env["HF_HUB_OFFLINE"] == BASE_ENVIRONMENT["HF_HUB_OFFLINE"] == "1"
     assert invocation.command("/venv/bin/python")[:3] == ["/venv/bin/python", "-m", VLLM_SERVER_MODULE]
+
+
+@pytest.mark.parametrize(
+    ("threads_bind", "one_process"), [("nobind", True), ("auto", False), ("0-1", False), (None, False)]
+)
+def test_an_unpinned_cpu_server_runs_its_model_in_the_engine_process(
+    threads_bind: str | None, one_process: bool
+) -> None:
+    env = VLLM.cpu_environment(kv_cache_space_gib=2, threads_bind=threads_bind)
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    # vLLM pins OpenMP threads only from a worker process of their own, so pinned servers keep it.
+    assert (env.items() >= SINGLE_DEVICE_CPU_ENVIRONMENT.items()) is one_process
 
 
 def test_fingerprint_changes_with_any_argument_and_only_then() -> None:
