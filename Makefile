@@ -68,9 +68,10 @@ test: lint $(OLAH) $(CHECKOV) system-packages
 	$(BIN)/pytest
 
 # The edit loop: lint, type checks, contracts, the unit tests and the wiring on the in-process fake target (no
-# vLLM, no services). `make test` runs these and the real-component tests.
+# vLLM, no services), over two pytest-xdist workers. `make test` runs these and the real-component tests in one
+# process (real servers beside each other would measure each other).
 test-fast: lint
-	$(BIN)/pytest -m "not integration and not e2e"
+	$(BIN)/pytest -m "not integration and not e2e" -n 2
 
 # The image's dependencies, pinned with hashes (pip-tools in its own virtualenv).
 lock:

@@ -30,15 +30,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 #: buckets around here are 1, 2.5, 5 and 7.5 s: a p95 within a bucket is interpolated, so an SLO inside one (4,000 ms
 #: once) fails a good config whose slowest 13 % land in (2.5 s, 5 s] -- CI saw it. The SLO sits on the 5 s bound: a
 #: config passes when 95 % of its first tokens came within 5 s, which max_num_seqs 16 does with a wide margin (p95
-#: 2.2-3.5 s), and one sequence at a time queues 7 callers behind 128-token generations (about 9 s).
+#: 2.2-3.5 s), and one sequence at a time queues 7 callers behind
+#: MAX_TOKENS-token generations.
 ROLLOUT = {"strategy": "canary", "steps": [50, 100], "step_seconds": 30, "min_requests": 4, "max_wait_seconds": 60,
            "max_ttft_regression_pct": 1000, "max_itl_regression_pct": 1000}  # fmt: skip
 SLO = {"ttft_p95_ms": 5000, "itl_p95_ms": 5000, "min_output_tokens_per_s": 1, "max_error_rate": 0}
 #: Exposed (a canary needs a host in the catalog), with a rate limit the generator's 8 callers stay under.
 EXPOSURE = {"host": "tiny.llm.example.com", "tls_secret": "tiny-tls", "rate_limit_rps": 200}
 #: Output tokens per request of the traffic (and of the good candidate's benchmark): long enough that the queue
-#: behind one sequence at a time is far past the SLO (at 64 the flawed config's p95 read 4.4-5.1 s).
-MAX_TOKENS = 128
+#: behind one sequence at a time is far past the SLO however fast the engine decodes. At 64 the flawed config's p95
+#: read 4.4-5.1 s; at 128 about 9 s, until the model moved into vLLM's engine process (no polling worker beside it):
+#: one sequence then decodes at ~3 ms a token and the flawed config read 4.6-5.0 s in a fresh-clone run. At 512,
+#: seven callers wait behind 512-token generations: 7 x 512 x 3 ms, about 11 s on an idle machine, more when loaded.
+MAX_TOKENS = 512
 #: The smoke benchmark of a candidate: a light synthetic load, one request at a time (what one sequence at a time
 #: passes however loaded the machine: at concurrency 2 the second request's TTFT is the first one's whole
 #: generation, which crossed the SLO in CI while the traffic loaded both cores) ...
