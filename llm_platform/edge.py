@@ -29,6 +29,7 @@ from llm_platform.processes import (
     Clock,
     Sleep,
     children_of,
+    command_line,
     process_alive,
     spawn,
     stop_group,
@@ -56,7 +57,7 @@ def accepting_workers(master: int) -> int:
     count = 0
     for child in children_of(master):
         try:
-            title = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            title = command_line(child)
         except OSError:
             continue  # gone while we looked
         count += title.strip() == ACCEPTING_WORKER_TITLE

@@ -59,6 +59,12 @@ def http_answers(url: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
+def command_line(pid: int) -> str:
+    """The command line of ``pid`` as one string, its arguments joined by spaces (a retitled process shows its title,
+    e.g. nginx's workers or ``VLLM::EngineCore``). Raises ``OSError`` when the process is gone."""
+    return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+
+
 def process_alive(pid: int, marker: str | None = None) -> bool:
     """Whether ``pid`` runs (not a zombie) and, with ``marker``, whether its command line contains it: a pid file
     that outlived its process must not make us signal an unrelated process that reused the pid."""
@@ -71,7 +77,7 @@ def process_alive(pid: int, marker: str | None = None) -> bool:
         if proc.joinpath("stat").read_text().split(") ", 1)[1].startswith("Z"):
             return False
         if marker is not None:
-            return marker in proc.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            return marker in command_line(pid)
     except (OSError, IndexError):
         return False
     return True

@@ -15,7 +15,7 @@ from llm_platform.catalog import Catalog
 from llm_platform.defs.jobs import LIFECYCLE_ASSETS, PROMOTE_ASSETS
 from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.errors import TargetError
-from llm_platform.processes import children_of, process_alive
+from llm_platform.processes import children_of, command_line, process_alive
 from llm_platform.targets.local_servers import LocalServers, LocalTargetSettings
 from tests.conftest import ServedTiny, tiny_catalog
 
@@ -71,18 +71,15 @@ def test_a_one_device_server_is_two_engine_processes(served_tiny: ServedTiny) ->
     active = served_tiny.local_target.target().status("tiny-llama").active
     assert active is not None
     (api_server,) = children_of(active.pid)
-    assert "vllm.entrypoints.openai.api_server" in _command_line(api_server)
+    assert "vllm.entrypoints.openai.api_server" in command_line(api_server)
     descendants, parents = [], [api_server]
     while parents:
         children = [child for parent in parents for child in children_of(parent)]
         descendants += children
         parents = children
     # vLLM retitles its processes (VLLM::EngineCore, VLLM::Worker_...); the others are multiprocessing's helpers.
-    assert [title for pid in descendants if (title := _command_line(pid)).startswith("VLLM::")] == ["VLLM::EngineCore"]
-
-
-def _command_line(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    titles = [command_line(pid).strip() for pid in descendants]
+    assert [title for title in titles if title.startswith("VLLM::")] == ["VLLM::EngineCore"]
 
 
 def test_loose_slos_pass_and_the_config_is_promoted(served_tiny: ServedTiny, tmp_path: Path) -> None:
