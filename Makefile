@@ -71,7 +71,7 @@ test: lint $(OLAH) $(CHECKOV) system-packages
 # vLLM, no services), over two pytest-xdist workers. `make test` runs these and the real-component tests in one
 # process (real servers beside each other would measure each other).
 test-fast: lint
-	$(BIN)/pytest -m "not integration and not e2e" -n 2
+	$(BIN)/pytest -m "not integration and not e2e" -n 2 --dist loadfile
 
 # The image's dependencies, pinned with hashes (pip-tools in its own virtualenv).
 lock:

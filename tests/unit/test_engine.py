@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from typing import Any
 
 import pytest
 
 from llm_platform.catalog import Serving
-from llm_platform.engine import EngineInvocation, LoraAdapters
+from llm_platform.engine import EngineInvocation
 from llm_platform.engine.vllm import BASE_ENVIRONMENT, SINGLE_DEVICE_CPU_ENVIRONMENT, VLLM, VLLM_SERVER_MODULE
 
 engine_args = VLLM.server_args
@@ -103,37 +102,6 @@ def test_fingerprint_changes_with_any_argument_and_only_then() -> None:
     other = engine_invocation(Serving(max_num_seqs=8), served_model_name="m", weights_path="/w")
     assert first.fingerprint == same.fingerprint
     assert first.fingerprint != other.fingerprint
-
-
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (make run installs it)")
-def test_vllm_own_parser_accepts_the_arguments() -> None:
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    serving = Serving(
-        max_num_seqs=8,
-        max_num_batched_tokens=2048,
-        enable_prefix_caching=False,
-        enable_chunked_prefill=False,
-        max_model_len=2048,
-    )
-    invocation = engine_invocation(serving, served_model_name="m", weights_path="/w", port=8123)
-    parsed = make_arg_parser(FlexibleArgumentParser()).parse_args(list(invocation.args))
-    assert (parsed.model, parsed.max_num_seqs, parsed.max_model_len, parsed.port) == ("/w", 8, 2048, 8123)
-    assert parsed.enable_chunked_prefill is False and parsed.enable_prefix_caching is False
-    # The LoRA flags as vLLM reads them: each adapter a served name with its directory.
-    adapters = {"m-sql": "/w/adapters/sql", "m-chat": "/w/adapters/chat"}
-    lora = VLLM.invocation(
-        serving, served_model_name="m", weights_path="/w", host="127.0.0.1", port=8123,
-        adapters=LoraAdapters(adapters, max_loras=2, max_lora_rank=32),
-    )  # fmt: skip
-    assert (
-        lora.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "0" and "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in invocation.env
-    )
-    parsed = make_arg_parser(FlexibleArgumentParser()).parse_args(list(lora.args))
-    assert parsed.enable_lora is True and (parsed.max_loras, parsed.max_lora_rank) == (2, 32)
-    assert {module.name: module.path for module in parsed.lora_modules} == adapters
-    assert VLLM.lora_args(LoraAdapters({}, max_loras=1, max_lora_rank=16)) == ()  # no adapters: LoRA stays off
 
 
 def test_request_length_buckets_resolve_the_top_of_the_context() -> None:

@@ -1,6 +1,7 @@
-"""``serving.extra_args`` by allow-list, read as vLLM reads it: checked against the installed vLLM's own parser
-(every flag we name exists with the arity we give it, and what we accept changes exactly what we say), and a corpus
-of the spellings that walked around the old deny-list."""
+"""The engine's command line as the installed vLLM's own parser reads it: the invocations we render, and
+``serving.extra_args`` by allow-list (every flag we name exists with the arity we give it, what we accept changes
+exactly what we say, and a corpus of the spellings that walked around the old deny-list). The tests that import vLLM
+live in this one module, so that `make test-fast` (``--dist loadfile``) imports it in one worker only."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from llm_platform.catalog import ModelPatch, parse_catalog
+from llm_platform.catalog import ModelPatch, Serving, parse_catalog
+from llm_platform.engine import LoraAdapters
+from llm_platform.engine.vllm import VLLM
 from llm_platform.engine.vllm_flags import (
     ALLOWED_FLAGS,
     MANAGED_FLAGS,
@@ -19,16 +22,18 @@ from llm_platform.engine.vllm_flags import (
     parse_extra_args,
 )
 from llm_platform.errors import CatalogError
+from tests.unit.test_engine import engine_invocation
 
 BASE = ["--model", "/w", "--served-model-name", "m", "--port", "8002"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def vllm_parser() -> argparse.ArgumentParser:
+    """A fresh parser for each test (10 ms once vLLM is imported): ``_changed`` swaps its defaults."""
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    parser: argparse.ArgumentParser = make_arg_parser(FlexibleArgumentParser())  # type: ignore[no-untyped-call]
+    parser: argparse.ArgumentParser = make_arg_parser(FlexibleArgumentParser())
     return parser
 
 
@@ -158,3 +163,30 @@ def test_names_are_read_with_underscores_as_dashes() -> None:
     assert canonical("--kv_cache_dtype") == "--kv-cache-dtype"
     flags, problems = parse_extra_args(["--kv_cache_dtype=fp8"])
     assert problems == [] and flags[0].flag == "--kv-cache-dtype" and flags[0].value == "fp8"
+
+
+def test_vllm_own_parser_accepts_the_arguments(vllm_parser: argparse.ArgumentParser) -> None:
+    serving = Serving(
+        max_num_seqs=8,
+        max_num_batched_tokens=2048,
+        enable_prefix_caching=False,
+        enable_chunked_prefill=False,
+        max_model_len=2048,
+    )
+    invocation = engine_invocation(serving, served_model_name="m", weights_path="/w", port=8123)
+    parsed = vllm_parser.parse_args(list(invocation.args))
+    assert (parsed.model, parsed.max_num_seqs, parsed.max_model_len, parsed.port) == ("/w", 8, 2048, 8123)
+    assert parsed.enable_chunked_prefill is False and parsed.enable_prefix_caching is False
+    # The LoRA flags as vLLM reads them: each adapter a served name with its directory.
+    adapters = {"m-sql": "/w/adapters/sql", "m-chat": "/w/adapters/chat"}
+    lora = VLLM.invocation(
+        serving, served_model_name="m", weights_path="/w", host="127.0.0.1", port=8123,
+        adapters=LoraAdapters(adapters, max_loras=2, max_lora_rank=32),
+    )  # fmt: skip
+    assert (
+        lora.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "0" and "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in invocation.env
+    )
+    parsed = vllm_parser.parse_args(list(lora.args))
+    assert parsed.enable_lora is True and (parsed.max_loras, parsed.max_lora_rank) == (2, 32)
+    assert {module.name: module.path for module in parsed.lora_modules} == adapters
+    assert VLLM.lora_args(LoraAdapters({}, max_loras=1, max_lora_rank=16)) == ()  # no adapters: LoRA stays off

@@ -70,7 +70,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     CLUSTERS[name] = FakeCluster()
     prometheus = FakePrometheus().start()
     try:
-        with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        with dg.DagsterInstance.ephemeral() as instance:
             yield Rig(CLUSTERS[name], name, prometheus, instance, tmp_path)
     finally:
         prometheus.stop()

@@ -53,12 +53,6 @@ def cluster(tmp_path: Path) -> Iterator[tuple[str, FakeCluster]]:
     del CLUSTERS[name]
 
 
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        yield instance
-
-
 class Platform:
     """One catalog on the fake target, with an instance shared by its runs."""
 
@@ -396,8 +390,9 @@ def test_a_crash_loop_is_diagnosed_by_the_run_from_the_termination_messages(
 
 
 def test_the_live_schedule_skips_until_deployed_then_catches_a_regression(
-    cluster: tuple[str, FakeCluster], instance: dg.DagsterInstance, tmp_path: Path
+    cluster: tuple[str, FakeCluster], instance_on_disk: dg.DagsterInstance, tmp_path: Path
 ) -> None:
+    instance = instance_on_disk
     from llm_platform.definitions import build_definitions
 
     catalog = _catalog()

@@ -32,7 +32,6 @@ from tests.wiring.test_lifecycle_on_fake_target import (  # noqa: F401 - fixture
     Platform,
     _failure,
     cluster,
-    instance,
 )
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B"

@@ -29,13 +29,6 @@ def catalog(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Catalog:
     return tiny_catalog()
 
 
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
-    (tmp_path / "instance").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
-        yield instance
-
-
 def _probe_values(resource: type[dg.ConfigurableResource]) -> Iterator[tuple[str, Any]]:  # type: ignore[type-arg]
     """A value of the right type for every config field of ``resource`` (each would matter if accepted)."""
     for name, field in resource.model_fields.items():

@@ -194,7 +194,7 @@ def test_the_planner_says_it_has_no_estimate_for_the_engine() -> None:
 def test_the_lifecycle_runs_with_the_engine_on_the_fake_target(tmp_path: Path) -> None:
     CLUSTERS["second-engine"] = cluster = FakeCluster()
     try:
-        with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        with dg.DagsterInstance.ephemeral() as instance:
             result = dg.materialize(
                 lifecycle_assets(_catalog()),
                 selection=LIFECYCLE_ASSETS,
