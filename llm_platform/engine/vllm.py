@@ -76,14 +76,6 @@ def _flag(name: str, value: object) -> list[str]:
 UNBOUND_THREADS = "nobind"
 """``VLLM_CPU_OMP_THREADS_BIND`` that leaves the OpenMP threads unpinned."""
 
-CPU_COMPILE_ENVIRONMENT = {"VLLM_USE_AOT_COMPILE": "0"}
-"""On CPU, vLLM compiles the model on its Dynamo-trace path rather than from its AOT artifact: vLLM 0.32's AOT artifact
-does not load on CPU ("Compiling model again due to a load failure ... 'function' object has no attribute
-'finalize_loading'"), so every start compiled the model anew and rewrote the artifact. Measured on two cores
-(2026-12-07, the tiny demo model, three starts of each alternated, warm caches): start median 34.1 s -> 29.3 s, a
-64-token completion unchanged (0.14-0.21 s against 0.16-0.21 s). GPU servers keep vLLM's default.
-"""
-
 SINGLE_DEVICE_CPU_ENVIRONMENT = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 """On CPU, the model runs in the engine-core process, as vLLM runs a one-GPU server (its ``uni`` executor).
 
@@ -185,7 +177,7 @@ class VllmEngine(Engine):
         return (1024, 8192) if gpu_memory_bytes >= 70 * 2**30 else (256, 2048)
 
     def cpu_environment(self, *, kv_cache_space_gib: int, threads_bind: str | None) -> dict[str, str]:
-        env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_space_gib), **CPU_COMPILE_ENVIRONMENT}
+        env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_space_gib)}
         if threads_bind:
             env["VLLM_CPU_OMP_THREADS_BIND"] = threads_bind
         if threads_bind == UNBOUND_THREADS:

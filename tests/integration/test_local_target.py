@@ -80,8 +80,6 @@ def test_a_one_device_server_is_two_engine_processes(served_tiny: ServedTiny) ->
     # vLLM retitles its processes (VLLM::EngineCore, VLLM::Worker_...); the others are multiprocessing's helpers.
     titles = [command_line(pid).strip() for pid in descendants]
     assert [title for title in titles if title.startswith("VLLM::")] == ["VLLM::EngineCore"]
-    # and it compiled the model on the path whose artifact loads on CPU (vLLM 0.32's AOT one fails to, every start).
-    assert "due to a load failure" not in Path(active.log_path).read_text(errors="replace")
 
 
 def test_loose_slos_pass_and_the_config_is_promoted(served_tiny: ServedTiny, tmp_path: Path) -> None:
