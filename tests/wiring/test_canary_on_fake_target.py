@@ -65,13 +65,12 @@ class Rig:
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
+def rig(tmp_path: Path, instance: dg.DagsterInstance) -> Iterator[Rig]:
     name = f"canary-{next(_names)}"
     CLUSTERS[name] = FakeCluster()
     prometheus = FakePrometheus().start()
     try:
-        with dg.DagsterInstance.ephemeral() as instance:
-            yield Rig(CLUSTERS[name], name, prometheus, instance, tmp_path)
+        yield Rig(CLUSTERS[name], name, prometheus, instance, tmp_path)
     finally:
         prometheus.stop()
         del CLUSTERS[name]

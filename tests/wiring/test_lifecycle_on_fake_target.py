@@ -392,8 +392,9 @@ def test_a_crash_loop_is_diagnosed_by_the_run_from_the_termination_messages(
 def test_the_live_schedule_skips_until_deployed_then_catches_a_regression(
     cluster: tuple[str, FakeCluster], instance_on_disk: dg.DagsterInstance, tmp_path: Path
 ) -> None:
-    instance = instance_on_disk
     from llm_platform.definitions import build_definitions
+
+    instance = instance_on_disk
 
     catalog = _catalog()
     platform = _platform(catalog, cluster, instance, tmp_path)

@@ -191,24 +191,23 @@ def test_the_planner_says_it_has_no_estimate_for_the_engine() -> None:
     assert plan.note == "AIConfigurator has no estimates for engine 'toyserve'"
 
 
-def test_the_lifecycle_runs_with_the_engine_on_the_fake_target(tmp_path: Path) -> None:
+def test_the_lifecycle_runs_with_the_engine_on_the_fake_target(tmp_path: Path, instance: dg.DagsterInstance) -> None:
     CLUSTERS["second-engine"] = cluster = FakeCluster()
     try:
-        with dg.DagsterInstance.ephemeral() as instance:
-            result = dg.materialize(
-                lifecycle_assets(_catalog()),
-                selection=LIFECYCLE_ASSETS,
-                partition_key=MODEL,
-                resources={
-                    "io_manager": InstanceValueIOManager(),
-                    "target": FakeTargetResource(cluster="second-engine", artifacts_root=str(tmp_path / "a")),
-                    "weights": WeightsResource(),
-                    "prometheus": PrometheusResource(url=NO_PROMETHEUS),
-                },
-                run_config={"ops": {"smoke_benchmark": {"config": {"prompts_per_level": 4, "num_warmups": 0}}}},
-                instance=instance,
-                raise_on_error=False,
-            )
+        result = dg.materialize(
+            lifecycle_assets(_catalog()),
+            selection=LIFECYCLE_ASSETS,
+            partition_key=MODEL,
+            resources={
+                "io_manager": InstanceValueIOManager(),
+                "target": FakeTargetResource(cluster="second-engine", artifacts_root=str(tmp_path / "a")),
+                "weights": WeightsResource(),
+                "prometheus": PrometheusResource(url=NO_PROMETHEUS),
+            },
+            run_config={"ops": {"smoke_benchmark": {"config": {"prompts_per_level": 4, "num_warmups": 0}}}},
+            instance=instance,
+            raise_on_error=False,
+        )
         assert result.success
         command = cluster.commands[MODEL]
         assert command[:3] == ["python3", "-m", "toyserve.server"] and "--alias" in command
