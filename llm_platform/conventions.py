@@ -168,3 +168,6 @@ config, its benchmark, the deployment."""
 #: written from them (``llm_platform/benchmark/replay_dataset.py``), which the benchmark client reads.
 REPLAY_LENGTHS_FILE = "replay-lengths.json"
 REPLAY_DATASET_FILE = "replay-dataset.jsonl"
+#: Beside a local benchmark's results: the ``vllm bench serve`` argument list of each level, in the order one child
+#: process runs them (``python -m llm_platform.benchmark.vllm_bench --runs FILE``).
+BENCH_RUNS_FILE = "bench-serve-runs.json"

@@ -1,5 +1,5 @@
 """Runs a benchmark plan against a serving endpoint with vLLM's own benchmark client (``vllm.benchmarks.serve``),
-one process per concurrency level, with the arguments the serving engine gives it."""
+with the arguments the serving engine gives it."""
 
 from __future__ import annotations
 
@@ -17,13 +17,46 @@ import pandas as pd
 from llm_platform.benchmark import replay_dataset, vllm_bench
 from llm_platform.benchmark.parse import parse_result, results_frame
 from llm_platform.benchmark.plan import BenchmarkPlan, bench_serve_args, level_filename
-from llm_platform.conventions import REPLAY_DATASET_FILE, REPLAY_LENGTHS_FILE
+from llm_platform.conventions import BENCH_RUNS_FILE, REPLAY_DATASET_FILE, REPLAY_LENGTHS_FILE
 from llm_platform.engine import Engine
 from llm_platform.errors import BenchmarkError
 
 
 def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _write_dataset(plan: BenchmarkPlan, tokenizer: str, work_dir: Path) -> None:
+    """``work_dir`` with the replayed prompts of ``plan`` (written with the model's tokenizer), when it replays."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if plan.requests:
+        lengths = [list(pair) for pair in plan.requests]
+        (work_dir / REPLAY_LENGTHS_FILE).write_text(json.dumps(lengths))
+        replay_dataset.write_dataset(lengths, tokenizer, plan.seed, work_dir / REPLAY_DATASET_FILE)
+
+
+def _level_args(
+    plan: BenchmarkPlan, concurrency: int, *, engine: Engine, model: str, base_url: str, tokenizer: str, work_dir: Path
+) -> list[str]:
+    (work_dir / level_filename(concurrency)).unlink(missing_ok=True)
+    return bench_serve_args(
+        engine, plan, concurrency, base_url=base_url, served_model_name=model, tokenizer=tokenizer,
+        result_dir=str(work_dir), result_filename=level_filename(concurrency),
+    )  # fmt: skip
+
+
+def _level_result(model: str, concurrency: int, work_dir: Path, code: int, log_text: str) -> dict[str, object]:
+    result_file = work_dir / level_filename(concurrency)
+    if code != 0 or not result_file.is_file():
+        raise _level_failed(model, concurrency, code, log_text)
+    result: dict[str, object] = json.loads(result_file.read_text())
+    return result
+
+
+def _level_failed(model: str, concurrency: int, code: int, log_text: str) -> BenchmarkError:
+    return BenchmarkError(
+        f"model '{model}': vllm bench serve failed at concurrency {concurrency} (exit {code}):\n{_tail(log_text)}"
+    )
 
 
 def run_level(
@@ -35,60 +68,22 @@ def run_level(
     base_url: str,
     tokenizer: str,
     work_dir: Path,
-    python: str = sys.executable,
-    timeout_s: float = 1800,
-    in_process: bool = False,
     api_key: str | None = None,
 ) -> dict[str, object]:
-    """The result JSON of ``vllm bench serve`` at one concurrency level of ``plan``.
-
-    ``in_process`` runs vLLM's benchmark in this interpreter (its import costs ~10 s on CPU, which a search that
-    measures many short levels pays once instead of per level); otherwise a child process, with ``timeout_s``.
-    ``api_key`` is sent as the bearer token (vLLM's benchmark reads it from ``OPENAI_API_KEY``).
-    """
-    work_dir.mkdir(parents=True, exist_ok=True)
-    result_file = work_dir / level_filename(concurrency)
-    result_file.unlink(missing_ok=True)
-    if plan.requests:  # a replay: the prompts of these lengths, written with the model's tokenizer
-        lengths = [list(pair) for pair in plan.requests]
-        (work_dir / REPLAY_LENGTHS_FILE).write_text(json.dumps(lengths))
-        replay_dataset.write_dataset(lengths, tokenizer, plan.seed, work_dir / REPLAY_DATASET_FILE)
-    args = bench_serve_args(
-        engine,
-        plan,
-        concurrency,
-        base_url=base_url,
-        served_model_name=model,
-        tokenizer=tokenizer,
-        result_dir=str(work_dir),
-        result_filename=level_filename(concurrency),
+    """The result JSON of ``vllm bench serve`` at one concurrency level of ``plan``, run in this interpreter: a
+    search that measures many short levels pays vLLM's import (~15 s on CPU) once instead of per level.
+    ``api_key`` is sent as the bearer token (vLLM's benchmark reads it from ``OPENAI_API_KEY``)."""
+    _write_dataset(plan, tokenizer, work_dir)
+    args = _level_args(
+        plan, concurrency, engine=engine, model=model, base_url=base_url, tokenizer=tokenizer, work_dir=work_dir
     )
-    if in_process:
-        output = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output), _api_key_env(api_key):
-                code = vllm_bench.main(args)
-        except (Exception, SystemExit) as error:  # vLLM's benchmark raises what its HTTP client met
-            code, output = 1, io.StringIO(f"{output.getvalue()}\n{type(error).__name__}: {error}")
-        log_text = output.getvalue()
-    else:
-        try:
-            completed = subprocess.run(
-                [python, "-m", "llm_platform.benchmark.vllm_bench", *args],
-                capture_output=True, text=True, timeout=timeout_s, check=False,
-                env={**os.environ, **({"OPENAI_API_KEY": api_key} if api_key else {})},
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            raise BenchmarkError(
-                f"model '{model}': the benchmark at concurrency {concurrency} ran past {timeout_s:.0f} s"
-            ) from None
-        code, log_text = completed.returncode, completed.stdout + completed.stderr
-    if code != 0 or not result_file.is_file():
-        raise BenchmarkError(
-            f"model '{model}': vllm bench serve failed at concurrency {concurrency} (exit {code}):\n{_tail(log_text)}"
-        )
-    result: dict[str, object] = json.loads(result_file.read_text())
-    return result
+    output = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output), _api_key_env(api_key):
+            code = vllm_bench.main(args)
+    except (Exception, SystemExit) as error:  # vLLM's benchmark raises what its HTTP client met
+        code, output = 1, io.StringIO(f"{output.getvalue()}\n{type(error).__name__}: {error}")
+    return _level_result(model, concurrency, work_dir, code, output.getvalue())
 
 
 @contextlib.contextmanager
@@ -121,14 +116,37 @@ def run_plan(
     log: Callable[[str], None] = lambda _: None,
     api_key: str | None = None,
 ) -> tuple[pd.DataFrame, dict[int, dict[str, object]]]:
-    """The benchmark table (one row per concurrency level) and the raw result JSON of each level."""
-    rows, raw = [], {}
-    for concurrency in plan.concurrency_levels:
-        log(f"model '{model}': vllm bench serve at concurrency {concurrency} ({plan.prompts_per_level} prompts)")
-        result = run_level(
-            plan, concurrency, engine=engine, model=model, base_url=base_url, tokenizer=tokenizer, work_dir=work_dir,
-            python=python, timeout_s=timeout_s, api_key=api_key,
+    """The benchmark table (one row per concurrency level) and the raw result JSON of each level.
+
+    Every level runs in one child process, in order (vLLM's import, ~15 s on CPU, is paid once per plan, not per
+    level); ``timeout_s`` bounds each level. The argument lists are kept in ``work_dir`` beside the results."""
+    _write_dataset(plan, tokenizer, work_dir)
+    levels = plan.concurrency_levels
+    runs = [
+        _level_args(plan, level, engine=engine, model=model, base_url=base_url, tokenizer=tokenizer, work_dir=work_dir)
+        for level in levels
+    ]
+    runs_file = work_dir / BENCH_RUNS_FILE
+    runs_file.write_text(json.dumps(runs, indent=1))
+    described = ", ".join(str(level) for level in levels)
+    log(f"model '{model}': vllm bench serve at concurrency {described} ({plan.prompts_per_level} prompts each)")
+    try:
+        completed = subprocess.run(
+            [python, "-m", "llm_platform.benchmark.vllm_bench", vllm_bench.RUNS_FLAG, str(runs_file)],
+            capture_output=True, text=True, timeout=timeout_s * len(levels), check=False,
+            env={**os.environ, **({"OPENAI_API_KEY": api_key} if api_key else {})},
         )  # fmt: skip
-        raw[concurrency] = result
-        rows.append(parse_result(result, concurrency))
-    return results_frame(rows), raw
+    except subprocess.TimeoutExpired:
+        raise BenchmarkError(
+            f"model '{model}': the benchmark ran past {timeout_s * len(levels):.0f} s ({timeout_s:.0f} s a level) "
+            f"at concurrency {_first_unfinished(levels, work_dir)}"
+        ) from None
+    code, log_text = completed.returncode, completed.stdout + completed.stderr
+    if code != 0:  # the level that failed is the first without its result (the child stops there)
+        raise _level_failed(model, _first_unfinished(levels, work_dir), code, log_text)
+    raw = {level: _level_result(model, level, work_dir, code, log_text) for level in levels}
+    return results_frame([parse_result(raw[level], level) for level in levels]), raw
+
+
+def _first_unfinished(levels: tuple[int, ...], work_dir: Path) -> int:
+    return next((level for level in levels if not (work_dir / level_filename(level)).is_file()), levels[-1])

@@ -266,6 +266,5 @@ class LocalTrials(TrialRunner):
         prompts = max(plan.prompts_per_level, self.settings.prompts_per_load * load)
         plan = dataclasses.replace(plan, prompts_per_level=prompts)
         result = run_level(plan, load, engine=engine_for(self.model.serving), model=self.model.name, base_url=base_url,
-                           tokenizer=self.weights_path, work_dir=work_dir,
-                           in_process=True, api_key=self.servers.api_key)  # fmt: skip
+                           tokenizer=self.weights_path, work_dir=work_dir, api_key=self.servers.api_key)  # fmt: skip
         return probe_from_result(result, load, self.model.slo)

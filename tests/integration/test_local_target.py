@@ -14,7 +14,7 @@ import pytest
 from llm_platform.catalog import Catalog
 from llm_platform.defs.jobs import LIFECYCLE_ASSETS, PROMOTE_ASSETS
 from llm_platform.defs.lifecycle import lifecycle_assets
-from llm_platform.errors import TargetError
+from llm_platform.errors import BenchmarkError, TargetError
 from llm_platform.processes import children_of, command_line, process_alive
 from llm_platform.targets.local_servers import LocalServers, LocalTargetSettings
 from tests.conftest import ServedTiny, tiny_catalog
@@ -353,3 +353,30 @@ def test_a_replay_sends_every_request_with_its_own_prompt_and_output_length(
     dataset = [json.loads(line) for line in (tmp_path / "replay-dataset.jsonl").read_text().splitlines()]
     assert [row["output_tokens"] for row in dataset] == [output for _, output in lengths]
     assert len({row["prompt"] for row in dataset}) == len(lengths)
+
+
+def test_a_failing_level_is_named_and_the_later_levels_never_run(tmp_path: Path) -> None:
+    """One child process runs every level of a plan in order: the level vLLM's benchmark fails at (here the first:
+    the tokenizer directory is empty) is the one the error names, with vLLM's own lines and never the key, and
+    nothing after it is measured."""
+    from llm_platform.benchmark.plan import BenchmarkPlan, bench_serve_args, level_filename
+    from llm_platform.benchmark.runner import run_plan
+    from llm_platform.conventions import BENCH_RUNS_FILE
+    from llm_platform.engine.vllm import VLLM
+
+    key, tokenizer, work_dir = "sk-secret-0123456789", tmp_path / "empty-weights", tmp_path / "bench"
+    tokenizer.mkdir()
+    plan = BenchmarkPlan(input_len=16, output_len=4, prompts_per_level=2, concurrency_levels=(1, 2), num_warmups=0)
+    with pytest.raises(BenchmarkError) as failed:
+        run_plan(plan, engine=VLLM, model="tiny-llama", base_url="http://127.0.0.1:9", tokenizer=str(tokenizer),
+                 work_dir=work_dir, api_key=key)  # fmt: skip
+    message = str(failed.value)
+    assert message.startswith("model 'tiny-llama': vllm bench serve failed at concurrency 1 (exit 1)"), message
+    assert "tokenizer" in message.split("\n", 1)[1] and key not in message  # vLLM's own lines follow
+    expected = [
+        bench_serve_args(VLLM, plan, level, base_url="http://127.0.0.1:9", served_model_name="tiny-llama",
+                         tokenizer=str(tokenizer), result_dir=str(work_dir), result_filename=level_filename(level))
+        for level in (1, 2)
+    ]  # fmt: skip
+    assert json.loads((work_dir / BENCH_RUNS_FILE).read_text()) == expected
+    assert not (work_dir / level_filename(1)).exists() and not (work_dir / level_filename(2)).exists()
