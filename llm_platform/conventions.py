@@ -169,5 +169,5 @@ config, its benchmark, the deployment."""
 REPLAY_LENGTHS_FILE = "replay-lengths.json"
 REPLAY_DATASET_FILE = "replay-dataset.jsonl"
 #: Beside a local benchmark's results: the ``vllm bench serve`` argument list of each level, in the order one child
-#: process runs them (``python -m llm_platform.benchmark.vllm_bench --runs FILE``).
+#: process runs them (``python -m llm_platform.engine.vllm_bench --runs FILE``).
 BENCH_RUNS_FILE = "bench-serve-runs.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ import pytest
 
 from llm_platform.catalog import Catalog, parse_catalog
 from llm_platform.catalog_files import load_catalog
+from llm_platform.conventions import BENCH_RUNS_FILE
 from llm_platform.defs.partitions import latest_materialization
 from llm_platform.defs.resources import LocalTargetResource, PrometheusResource, TargetResource, WeightsResource
 from llm_platform.defs.storage import InstanceValueIOManager
@@ -98,6 +100,14 @@ class ServedTiny:
     def api_key(self) -> str:
         """The key the local target's servers require on ``/v1/``."""
         return Path(self.local_target.api_key_file).read_text().strip()
+
+
+def client_runs(script: str) -> list[list[str]]:
+    """The benchmark client's argument lists a benchmark Job's script carries (its runs file's here-document)."""
+    lines = script.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("cat > ") and BENCH_RUNS_FILE in line)
+    runs: list[list[str]] = json.loads(lines[start + 1])
+    return runs
 
 
 def tiny_catalog(platform: dict[str, object] | None = None, **sections: object) -> Catalog:

@@ -1,6 +1,6 @@
 """What a smoke benchmark runs, derived from the catalog, and the ``vllm bench serve`` arguments for it.
 
-The same argument list is used locally (``python -m llm_platform.benchmark.vllm_bench``, a shim around
+The same argument list is used locally (``python -m llm_platform.engine.vllm_bench``, a shim around
 ``vllm.benchmarks.serve`` because the CPU wheel breaks the ``vllm`` console script) and in the Kubernetes benchmark
 Job (``vllm bench serve`` in the vLLM image), so both paths produce the same result JSON for one parser.
 """

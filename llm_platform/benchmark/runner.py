@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from llm_platform.benchmark import replay_dataset, vllm_bench
+from llm_platform.benchmark import replay_dataset
 from llm_platform.benchmark.parse import parse_result, results_frame
 from llm_platform.benchmark.plan import BenchmarkPlan, bench_serve_args, level_filename
 from llm_platform.conventions import BENCH_RUNS_FILE, REPLAY_DATASET_FILE, REPLAY_LENGTHS_FILE
-from llm_platform.engine import Engine
+from llm_platform.engine import Engine, vllm_bench
 from llm_platform.errors import BenchmarkError
 
 
@@ -132,7 +132,7 @@ def run_plan(
     log(f"model '{model}': vllm bench serve at concurrency {described} ({plan.prompts_per_level} prompts each)")
     try:
         completed = subprocess.run(
-            [python, "-m", "llm_platform.benchmark.vllm_bench", vllm_bench.RUNS_FLAG, str(runs_file)],
+            [python, "-m", "llm_platform.engine.vllm_bench", vllm_bench.RUNS_FLAG, str(runs_file)],
             capture_output=True, text=True, timeout=timeout_s * len(levels), check=False,
             env={**os.environ, **({"OPENAI_API_KEY": api_key} if api_key else {})},
         )  # fmt: skip

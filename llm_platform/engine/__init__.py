@@ -3,6 +3,7 @@
 benchmark client, image - lives in this package and nowhere else (``tests/unit/test_engine_seam.py`` checks)."""
 
 from llm_platform.engine.base import (
+    BenchmarkRunner,
     BenchmarkWorkload,
     Engine,
     EngineInvocation,
@@ -23,6 +24,7 @@ from llm_platform.engine.registry import (
 
 __all__ = [
     "DEFAULT_ENGINE",
+    "BenchmarkRunner",
     "BenchmarkWorkload",
     "Engine",
     "EngineInvocation",

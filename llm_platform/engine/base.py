@@ -109,6 +109,18 @@ class EngineInvocation:
 
 
 @dataclass(frozen=True)
+class BenchmarkRunner:
+    """A script the benchmark Job runs in the engine's image to measure every level of a benchmark in one process
+    (the client's import is paid once per Job instead of once per level)."""
+
+    source: str
+    """Python source; it needs nothing but the engine's image."""
+    runs_flag: str
+    """``python3 SCRIPT <runs_flag> FILE`` runs each benchmark argument list of the JSON ``FILE`` in turn and exits
+    non-zero at the first that fails."""
+
+
+@dataclass(frozen=True)
 class EngineMetrics:
     """The engine's Prometheus metrics the platform reads, by role, with the names each has had.
 
@@ -241,6 +253,10 @@ class Engine(ABC):
     @abstractmethod
     def benchmark_command(self) -> list[str]:
         """The benchmark client's command inside the engine's image (the benchmark Job runs it)."""
+
+    def benchmark_runner(self) -> BenchmarkRunner | None:
+        """The script that runs a Job's benchmark levels in one process; None: :meth:`benchmark_command` per level."""
+        return None
 
     @abstractmethod
     def benchmark_args(

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from llm_platform.conventions import REPLAY_DATASET_FILE
-from llm_platform.engine import vllm_flags
+from llm_platform.engine import vllm_bench, vllm_flags
 from llm_platform.engine.base import (
+    BenchmarkRunner,
     BenchmarkWorkload,
     Engine,
     EngineInvocation,
@@ -195,6 +197,9 @@ class VllmEngine(Engine):
 
     def benchmark_command(self) -> list[str]:
         return ["vllm", "bench", "serve"]
+
+    def benchmark_runner(self) -> BenchmarkRunner:
+        return BenchmarkRunner(Path(vllm_bench.__file__).read_text(), vllm_bench.RUNS_FLAG)
 
     def benchmark_args(
         self,

@@ -1,5 +1,6 @@
 """The benchmark Job's shell script and the parser of what it prints: serve the candidate, run the engine's
-benchmark client at each level (the whole ladder ``rounds`` times), a ``LLM_PLATFORM_BENCH_ROUND <n>`` line before
+benchmark client at each level (the whole ladder ``rounds`` times; every level in one process where the engine has a
+runner script), a ``LLM_PLATFORM_BENCH_ROUND <n>`` line before
 each round and one ``LLM_PLATFORM_BENCH_RESULT <concurrency> <json>`` line per level, read back from the pod log."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from llm_platform.benchmark.plan import (
 )
 from llm_platform.catalog import ModelSpec, Platform
 from llm_platform.conventions import (
+    BENCH_RUNS_FILE,
     ENGINE_HEALTH_PATH,
     ENGINE_LOOPBACK_PORT,
     REPLAY_DATASET_FILE,
@@ -77,48 +79,68 @@ def benchmark_script(
         ]
     if plan.requests:
         lines += replay_dataset_lines(result_dir, plan, weights_path(platform, model, revision))
-    dump = "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))))"
+    runs: list[tuple[str, int, list[str]]] = []  # (round directory, concurrency, the client's arguments)
     for round_index in range(rounds):
         round_dir = f"{result_dir}/round-{round_index}"
-        lines += [f"mkdir -p {round_dir}", f"echo {BENCH_ROUND_MARKER} {round_index}"]
+        lines.append(f"mkdir -p {round_dir}")
         if plan.requests:
             lines.append(f"cp {result_dir}/{REPLAY_DATASET_FILE} {round_dir}/{REPLAY_DATASET_FILE}")
-        for concurrency in plan.concurrency_levels:
-            args = bench_serve_args(
-                engine,
-                plan,
-                concurrency,
-                base_url=base_url,
-                served_model_name=plan.served_name or model.name,
-                tokenizer=weights_path(platform, model, revision),
-                result_dir=round_dir,
+        runs += [
+            (round_dir, concurrency, bench_serve_args(
+                engine, plan, concurrency, base_url=base_url, served_model_name=plan.served_name or model.name,
+                tokenizer=weights_path(platform, model, revision), result_dir=round_dir,
                 result_filename=level_filename(concurrency),
-            )
-            lines += [
-                f"{shlex.join([*engine.benchmark_command(), *args])} || "
-                f'{{ echo "error: the benchmark client failed at concurrency {concurrency}" >&2; exit 5; }}',
-                f"printf '%s ' {BENCH_RESULT_MARKER} {concurrency}; "
-                f"python3 -c {shlex.quote(dump)} {round_dir}/{level_filename(concurrency)}",
-            ]
+            ))
+            for concurrency in plan.concurrency_levels
+        ]  # fmt: skip
+    runner = engine.benchmark_runner()
+    if runner is not None:  # every level of every round in one client process, then the results in order
+        runs_file, script = f"{result_dir}/{BENCH_RUNS_FILE}", f"{result_dir}/bench_runner.py"
+        stale = " ".join(f"{round_dir}/{level_filename(concurrency)}" for round_dir, concurrency, _ in runs)
+        lines += [
+            f"rm -f {stale}",  # only what this client writes is read as a result
+            *_here_document(runs_file, json.dumps([args for _, _, args in runs])),
+            *_here_document(script, runner.source),
+            f"python3 {script} {runner.runs_flag} {runs_file}",
+            "client=$?",
+        ]
+    dump = "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))))"
+    for index, (round_dir, concurrency, args) in enumerate(runs):
+        if index % len(plan.concurrency_levels) == 0:
+            lines.append(f"echo {BENCH_ROUND_MARKER} {index // len(plan.concurrency_levels)}")
+        result = f"{round_dir}/{level_filename(concurrency)}"
+        failed = f'{{ echo "error: the benchmark client failed at concurrency {concurrency}" >&2; exit 5; }}'
+        run = f"[ -f {result} ]" if runner is not None else shlex.join([*engine.benchmark_command(), *args])
+        lines += [
+            f"{run} || {failed}",
+            f"printf '%s ' {BENCH_RESULT_MARKER} {concurrency}; python3 -c {shlex.quote(dump)} {result}",
+        ]
+    if runner is not None:
+        lines.append('[ "$client" -eq 0 ] || { echo "error: the benchmark client failed (exit $client)" >&2; exit 5; }')
     if against is None:
         lines += ['kill "$server"', 'wait "$server" 2>/dev/null']
     return "\n".join([*lines, "exit 0"]) + "\n"
 
 
-#: The end of the here-documents that carry the replay's lengths and writer into the Job (never in either).
+#: The end of the here-documents that carry files into the Job (the replay's lengths and writer, the benchmark's runs
+#: and runner); never in any of them.
 _HEREDOC_END = "LLM_PLATFORM_END_OF_FILE"
+
+
+def _here_document(path: str, text: str) -> list[str]:
+    """Lines that write ``text`` to ``path`` in the Job, verbatim (a quoted here-document: nothing is expanded)."""
+    if _HEREDOC_END in text:
+        raise ValueError(f"{path.rsplit('/', 1)[-1]} contains the here-document's end marker")
+    return [f"cat > {path} <<'{_HEREDOC_END}'", text.rstrip("\n"), _HEREDOC_END]
 
 
 def replay_dataset_lines(result_dir: str, plan: BenchmarkPlan, tokenizer: str) -> list[str]:
     """Lines that write the replay's prompts in the Job: its lengths and ``replay_dataset.py`` itself (the engine
     image has ``transformers``, not the platform) as here-documents, then the writer run with the plan's seed."""
-    writer = Path(replay_dataset.__file__).read_text()
     lengths = json.dumps([list(pair) for pair in plan.requests])
-    if _HEREDOC_END in writer:
-        raise ValueError("replay_dataset.py contains the here-document's end marker")
     return [
-        f"cat > {result_dir}/{REPLAY_LENGTHS_FILE} <<'{_HEREDOC_END}'", lengths, _HEREDOC_END,
-        f"cat > {result_dir}/replay_dataset.py <<'{_HEREDOC_END}'", writer.rstrip("\n"), _HEREDOC_END,
+        *_here_document(f"{result_dir}/{REPLAY_LENGTHS_FILE}", lengths),
+        *_here_document(f"{result_dir}/replay_dataset.py", Path(replay_dataset.__file__).read_text()),
         f"python3 {result_dir}/replay_dataset.py {result_dir}/{REPLAY_LENGTHS_FILE} {shlex.quote(tokenizer)} "
         f"{plan.seed} {result_dir}/{REPLAY_DATASET_FILE} || "
         '{ echo "error: writing the replayed prompts failed" >&2; exit 6; }',

@@ -34,7 +34,7 @@ def _vllm_image_shims(directory: Path) -> Path:
     shims = {
         "python3": f'exec {sys.executable} "$@"',  # a script, not a link: a linked venv python loses its venv
         "vllm": '[ "$1" = bench ] && [ "$2" = serve ] || { echo "shim: only bench serve" >&2; exit 64; }\n'
-        f'shift 2; exec {sys.executable} -m llm_platform.benchmark.vllm_bench "$@"',
+        f'shift 2; exec {sys.executable} -m llm_platform.engine.vllm_bench "$@"',
     }
     for name, body in shims.items():
         (directory / name).write_text(f"#!/bin/sh\n{body}\n")
