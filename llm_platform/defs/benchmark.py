@@ -77,6 +77,11 @@ class BenchmarkConfig(dg.Config):
     )
 
 
+class LiveBenchmarkConfig(dg.Config):
+    """Run configuration of ``live_benchmark``: none. It measures exactly the plan of the promotion's benchmark, and
+    a declared empty config makes Dagster refuse a sizing instead of ignoring it."""
+
+
 def plan_from_config(model: ModelSpec, config: BenchmarkConfig) -> BenchmarkPlan:
     plan = plan_for(
         model, prompts_per_level=config.prompts_per_level, input_len=config.input_len, output_len=config.output_len
@@ -305,11 +310,7 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
                     f"model '{model.name}': engine config {serving_config.fingerprint} serves already; judging its "
                     "promotion benchmark (set reuse_deployed: false to measure again)"
                 )
-                baseline = deployed.baseline
-                frame, plan = baseline.frame, dataclasses.replace(
-                    plan, concurrency_levels=baseline.concurrency_levels, requests=baseline.requests,
-                    workload=baseline.workload,
-                )  # fmt: skip
+                frame, plan = deployed.baseline.frame, deployed.baseline.plan
             else:
                 context.log.info(f"model '{model.name}': benchmark workload: {plan.described}")
                 frame = results_table(
@@ -356,15 +357,7 @@ def build_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefinition)
         if not reused:
             metadata.update(_prediction_metadata(context, model, frame, plan))
         return dg.MaterializeResult(
-            value=BenchmarkOutcome(
-                frame,
-                serving_config.fingerprint,
-                passed,
-                plan.concurrency_levels,
-                plan.requests,
-                plan.workload,
-                adapter_frames,
-            ),
+            value=BenchmarkOutcome(frame, serving_config.fingerprint, passed, plan, adapter_frames),
             check_results=[
                 *check_results(results),
                 _peak_rate_check(plan, peak, model),
@@ -446,13 +439,14 @@ def build_live_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefini
         ],
         description=(
             "The deployed model benchmarked where it serves (the local endpoint, or the Service from a client "
-            "Job), with the concurrency levels of its promotion's smoke benchmark, and compared with it; each LoRA "
-            "adapter by its served name at the top level."
+            "Job), with exactly the plan of its promotion's smoke benchmark (lengths or replayed requests, requests "
+            "per level, levels, warm-ups, seed), and compared with it; each LoRA adapter by its served name at the "
+            "top level."
         ),
     )
     def live_benchmark(
         context: dg.AssetExecutionContext,
-        config: BenchmarkConfig,
+        config: LiveBenchmarkConfig,
         vllm_deployment: DeploymentRecord,
         target: TargetResource,
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]
@@ -460,11 +454,9 @@ def build_live_benchmark_asset(catalog: Catalog, partitions: dg.PartitionsDefini
         choice = vllm_deployment.choice
         model = choice.model
         baseline = vllm_deployment.baseline
-        plan = dataclasses.replace(plan_from_config(model, config), concurrency_levels=baseline.concurrency_levels)
-        if baseline.requests:  # the promotion replayed a traffic profile: the same requests again, like with like
-            plan = dataclasses.replace(
-                plan, requests=baseline.requests, workload=baseline.workload, prompts_per_level=len(baseline.requests)
-            )
+        # Like with like: exactly the plan of the promotion's benchmark (its lengths or replayed requests, requests
+        # per level, levels, warm-ups and seed), so a difference is the server's, never the workload's.
+        plan = baseline.plan
         context.log.info(f"model '{model.name}': live benchmark workload: {plan.described}")
         serving_target = target.serving_target(catalog.platform)
         work_dir = serving_target.artifact_dir(model.name, "live-benchmarks", context.run.run_id)

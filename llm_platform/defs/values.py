@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pandas as pd
 
 from llm_platform.benchmark.parse import results_frame
+from llm_platform.benchmark.plan import BenchmarkPlan, plan_for
 from llm_platform.catalog import ModelSpec, config_fingerprint
 from llm_platform.conventions import PLAN_ASSET, TRAFFIC_PROFILE_ASSET
 from llm_platform.errors import PlatformError
@@ -43,12 +44,9 @@ class BenchmarkOutcome:
     frame: pd.DataFrame
     config_fingerprint: str
     slo_passed: bool
-    concurrency_levels: tuple[int, ...]
-    requests: tuple[tuple[int, int], ...] = ()
-    """The ``(prompt, output)`` lengths replayed from a traffic profile (empty: the random dataset), so that the
-    live benchmark sends exactly these again and compares like with like."""
-    workload: str = ""
-    """What the replayed requests were drawn from."""
+    plan: BenchmarkPlan
+    """What was measured: lengths (or the requests replayed from a traffic profile), requests per level, levels,
+    warm-ups, seed. The live benchmark runs exactly this again, so that it compares like with like."""
     adapter_frames: Mapping[str, pd.DataFrame] = field(default_factory=dict)
     """Each LoRA adapter's results by its served name (the plan's top level), which the live benchmark compares
     each adapter with."""
@@ -92,21 +90,43 @@ def _outcome_to_json(outcome: BenchmarkOutcome) -> dict[str, Any]:
         "frame": _frame_to_json(outcome.frame),
         "config_fingerprint": outcome.config_fingerprint,
         "slo_passed": outcome.slo_passed,
-        "concurrency_levels": list(outcome.concurrency_levels),
-        "requests": [list(pair) for pair in outcome.requests],
-        "workload": outcome.workload,
+        "plan": asdict(outcome.plan),
         "adapter_frames": {name: _frame_to_json(frame) for name, frame in outcome.adapter_frames.items()},
     }
 
 
-def _outcome_from_json(data: Mapping[str, Any]) -> BenchmarkOutcome:
+def _benchmark_plan_from_json(data: Mapping[str, Any]) -> BenchmarkPlan:
+    return BenchmarkPlan(
+        input_len=int(data["input_len"]), output_len=int(data["output_len"]),
+        prompts_per_level=int(data["prompts_per_level"]),
+        concurrency_levels=tuple(int(level) for level in data["concurrency_levels"]), seed=int(data["seed"]),
+        num_warmups=int(data["num_warmups"]), request_rate=str(data["request_rate"]),
+        extra_args=tuple(str(arg) for arg in data["extra_args"]),
+        requests=tuple((int(prompt), int(output)) for prompt, output in data["requests"]),
+        workload=str(data["workload"]), served_name=str(data["served_name"]),
+        peak_rate_rps=float(data["peak_rate_rps"]),
+    )  # fmt: skip
+
+
+def _recorded_plan(data: Mapping[str, Any], model: ModelSpec | None) -> BenchmarkPlan:
+    """The plan an outcome recorded; for one recorded before plans were (levels and replayed requests only), what
+    the live benchmark ran then: the model's default plan at those levels."""
+    if "plan" in data:
+        return _benchmark_plan_from_json(data["plan"])
+    requests = tuple((int(prompt), int(output)) for prompt, output in data.get("requests") or ())
+    default = plan_for(model) if model is not None else BenchmarkPlan()
+    return replace(
+        default, concurrency_levels=tuple(int(level) for level in data["concurrency_levels"]), requests=requests,
+        workload=str(data.get("workload") or ""), prompts_per_level=len(requests) or default.prompts_per_level,
+    )  # fmt: skip
+
+
+def _outcome_from_json(data: Mapping[str, Any], model: ModelSpec | None = None) -> BenchmarkOutcome:
     return BenchmarkOutcome(
         frame=_frame_from_json(data["frame"]),
         config_fingerprint=str(data["config_fingerprint"]),
         slo_passed=bool(data["slo_passed"]),
-        concurrency_levels=tuple(int(level) for level in data["concurrency_levels"]),
-        requests=tuple((int(prompt), int(output)) for prompt, output in data.get("requests") or ()),
-        workload=str(data.get("workload") or ""),
+        plan=_recorded_plan(data, model),
         adapter_frames={str(name): _frame_from_json(rows) for name, rows in (data.get("adapter_frames") or {}).items()},
     )
 
@@ -120,16 +140,16 @@ def _record_to_json(record: DeploymentRecord) -> dict[str, Any]:
 
 
 def _record_from_json(data: Mapping[str, Any]) -> DeploymentRecord:
-    deployment = data["deployment"]
+    deployment, choice = data["deployment"], _choice_from_json(data["choice"])
     return DeploymentRecord(
-        choice=_choice_from_json(data["choice"]),
+        choice=choice,
         deployment=Deployment(
             endpoint=str(deployment["endpoint"]),
             benchmark_url=str(deployment["benchmark_url"]),
             revision=str(deployment["revision"]),
             details=dict(deployment["details"]),
         ),
-        baseline=_outcome_from_json(data["baseline"]),
+        baseline=_outcome_from_json(data["baseline"], choice.model),
     )
 
 

@@ -13,6 +13,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from llm_platform.benchmark.plan import BenchmarkPlan
 from llm_platform.catalog import Catalog, parse_catalog
 from llm_platform.definitions import build_definitions
 from llm_platform.defs.resources import PrometheusResource
@@ -185,7 +186,7 @@ def test_a_proposal_past_the_models_position_limit_is_a_skip_with_the_reason(
         model="hot", repo="a/hot", requested_revision="main", sha="a" * 40, files=(), total_bytes=0,
         downloaded_bytes=0, duration_s=0, completed_at=datetime.now(UTC), max_position_tokens=4096,
     )  # fmt: skip
-    outcome = BenchmarkOutcome(pd.DataFrame(), "x", True, (1,))
+    outcome = BenchmarkOutcome(pd.DataFrame(), "x", True, BenchmarkPlan(concurrency_levels=(1,)))
     record = DeploymentRecord(ServingChoice(model, weights), Deployment("http://x", "http://x", "r"), outcome)
     with dg.instance_for_test() as instance:
         record_deployment(instance, "hot", _serving(catalog, "hot"), stored=record)

@@ -269,7 +269,6 @@ def test_overrides_are_benchmarked_promoted_and_benchmarked_live(served_tiny: Se
                 partition_key="tiny-llama",
                 resources=resources,
                 instance=instance,
-                run_config={"ops": {"live_benchmark": plan}},
             )
             (check,) = live.get_asset_check_evaluations()
             assert check.check_name == "no_regression"

@@ -124,7 +124,7 @@ def test_an_adapter_is_downloaded_beside_its_base_and_served_under_its_own_name(
             # (whether it passes depends on this machine's noise: only what was measured is asserted).
             live = dg.materialize(
                 lifecycle_assets(catalog), selection=["live_benchmark"], partition_key="tiny-llama",
-                resources=resources, run_config={"ops": {"live_benchmark": {"config": SMALL_PLAN}}}, instance=instance,
+                resources=resources, instance=instance,
             )  # fmt: skip
             (no_regression,) = live.get_asset_check_evaluations()
             table = no_regression.metadata["served_names"]

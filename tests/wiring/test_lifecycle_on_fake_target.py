@@ -3,6 +3,7 @@ in seconds. Real vLLM, Prometheus, PostgreSQL and the Kubernetes API emulator ar
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -14,15 +15,15 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from llm_platform.benchmark.plan import BenchmarkPlan
+from llm_platform.benchmark.plan import BenchmarkPlan, plan_for
 from llm_platform.catalog import Catalog, Serving, parse_catalog
-from llm_platform.conventions import LIVE_BENCHMARK_ASSET, TRAFFIC_PROFILE_ASSET, TUNED_ASSET
+from llm_platform.conventions import DEPLOYMENT_ASSET, LIVE_BENCHMARK_ASSET, TRAFFIC_PROFILE_ASSET, TUNED_ASSET
 from llm_platform.defs.jobs import LIFECYCLE_ASSETS, PROMOTE_ASSETS, promotion_request, schedule_name
 from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.defs.resources import PrometheusResource, WeightsResource
 from llm_platform.defs.sensors import build_drift_sensor
-from llm_platform.defs.storage import VALUE_METADATA_KEY, InstanceValueIOManager
-from llm_platform.defs.values import encode_value
+from llm_platform.defs.storage import VALUE_METADATA_KEY, InstanceValueIOManager, latest_value
+from llm_platform.defs.values import DeploymentRecord, decode_value, encode_value
 from llm_platform.tuning.policy import Crash
 from llm_platform.workload import MeasuredTraffic, TrafficProfile, build_profile, replay_lengths
 from tests.conftest import NO_PROMETHEUS, deployed_serving
@@ -340,7 +341,7 @@ def test_the_smoke_benchmark_replays_the_measured_traffic_profile(
     )
     # The live benchmark sends exactly the promotion's requests again (a newer profile must not make a regression).
     _record_profile(instance, TrafficProfile.from_catalog(model, 3600, 12, "quiet since"))
-    live = platform.run([LIVE_BENCHMARK_ASSET], {LIVE_BENCHMARK_ASSET: {"config": SMALL}})
+    live = platform.run([LIVE_BENCHMARK_ASSET])
     assert live.success and cluster[1].benchmark_plans[-1].requests == plan.requests
     (live_event,) = live.asset_materializations_for_node(LIVE_BENCHMARK_ASSET)
     assert live_event.metadata["workload"].value == bench.metadata["workload"].value
@@ -410,7 +411,7 @@ def test_the_live_schedule_skips_until_deployed_then_catches_a_regression(
     assert tick().skip_message == "model 'tiny' has never been deployed; nothing to benchmark"
     assert platform.lifecycle().success
     assert tick().run_requests
-    steady = platform.run(["live_benchmark"], {"live_benchmark": {"config": SMALL}})
+    steady = platform.run(["live_benchmark"])
     assert [check.passed for check in steady.get_asset_check_evaluations()] == [True]
 
     def slower(serving: Serving, concurrency: int, plan: BenchmarkPlan) -> dict[str, float]:
@@ -418,12 +419,43 @@ def test_the_live_schedule_skips_until_deployed_then_catches_a_regression(
         return {**perf, "output_throughput": perf["output_throughput"] / 2}
 
     cluster[1].performance = slower
-    regressed = platform.run(["live_benchmark"], {"live_benchmark": {"config": SMALL}})
+    regressed = platform.run(["live_benchmark"])
     (check,) = regressed.get_asset_check_evaluations()
     assert not check.passed
     assert "output_throughput at concurrency 4: 285.7 vs 571.4 at promotion (-50.0%)" in str(
         check.metadata["regressions"].value
     )
+
+
+def test_the_live_benchmark_runs_exactly_the_plan_of_the_promotion_benchmark(
+    cluster: tuple[str, FakeCluster], instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    """Like with like: the nightly benchmark measures the lengths, requests per level, levels and warm-ups the
+    promotion was measured with (here none of them the defaults), never the defaults at the promotion's levels;
+    and it takes no sizing of its own."""
+    platform = _platform(_catalog(), cluster, instance, tmp_path)
+    measured = cluster[1].benchmark_plans
+    smoke = {"prompts_per_level": 5, "input_len": 100, "output_len": 7, "concurrency_levels": [2, 3], "num_warmups": 1}
+    assert platform.run(LIFECYCLE_ASSETS, {"smoke_benchmark": {"config": smoke}}).success
+    promoted = measured[-1]
+    assert (promoted.input_len, promoted.output_len, promoted.prompts_per_level, promoted.num_warmups) == (100, 7, 5, 1)
+    measured.clear()
+    live = platform.run(["live_benchmark"])
+    assert live.success and measured == [promoted]
+    assert [check.passed for check in live.get_asset_check_evaluations()] == [True]
+    with pytest.raises(dg.DagsterInvalidConfigError):  # nothing to size: a sizing is refused, never ignored
+        platform.run(["live_benchmark"], {"live_benchmark": {"config": {"prompts_per_level": 64}}})
+
+    # A record from before plans were kept (its levels and replayed requests only) reads back as what the live
+    # benchmark measured then: the model's default plan at those levels.
+    record = latest_value(instance, DEPLOYMENT_ASSET, MODEL)
+    assert isinstance(record, DeploymentRecord) and record.baseline.plan == promoted
+    stored = encode_value(record)
+    plan = stored["value"]["baseline"].pop("plan")
+    stored["value"]["baseline"].update(concurrency_levels=plan["concurrency_levels"], requests=[], workload="")
+    legacy = decode_value(stored, "a record of an earlier version")
+    assert isinstance(legacy, DeploymentRecord)
+    assert legacy.baseline.plan == dataclasses.replace(plan_for(record.choice.model), concurrency_levels=(2, 3))
 
 
 SQL_ADAPTER = {"name": "tiny-sql", "source": {"repo": "acme/tiny-sql-lora"}}
@@ -451,9 +483,7 @@ def test_adding_or_removing_an_adapter_is_a_promotion_of_the_base_that_fetches_o
     # The live benchmark measures the adapter by its name where it serves, against its own promotion benchmark.
     def live() -> dg.AssetCheckEvaluation:
         cluster[1].calls.clear()
-        run = platform.run(
-            ["live_benchmark"], {"live_benchmark": {"config": SMALL}}, catalog=_catalog(adapters=[SQL_ADAPTER])
-        )
+        run = platform.run(["live_benchmark"], catalog=_catalog(adapters=[SQL_ADAPTER]))
         assert cluster[1].calls == ["live tiny", "live tiny"]
         (evaluation,) = run.get_asset_check_evaluations()
         return evaluation
