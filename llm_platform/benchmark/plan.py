@@ -7,6 +7,7 @@ Job (``vllm bench serve`` in the vLLM image), so both paths produce the same res
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from llm_platform.catalog import ModelSpec
@@ -78,22 +79,28 @@ class BenchmarkPlan:
 
 
 def plan_for(
-    model: ModelSpec, *, prompts_per_level: int = 64, input_len: int | None = None, output_len: int = 64
+    model: ModelSpec,
+    *,
+    prompts_per_level: int | None = None,
+    input_len: int | None = None,
+    output_len: int | None = None,
+    concurrency_levels: Sequence[int] | None = None,
+    num_warmups: int | None = None,
 ) -> BenchmarkPlan:
-    """The default smoke plan of a model: concurrency 1, 8 and ``max_num_seqs`` (when set), prompts that fit.
-
-    Input length defaults to a quarter of ``max_model_len`` (at most 1024 tokens), so that prompt + completion
-    always fit the context the config promises.
-    """
-    levels = {1, 8}
-    if model.serving.max_num_seqs is not None:
-        levels.add(model.serving.max_num_seqs)
-    length = input_len if input_len is not None else min(1024, model.serving.max_model_len // 4)
+    """The smoke plan of a model: what a run's config sets, else the catalog's ``benchmark`` section, else its
+    defaults (concurrency 1, 8 and ``max_num_seqs``; prompts of a quarter of ``max_model_len``, at most 1,024 tokens,
+    so that prompt + completion always fit the context the config promises)."""
+    size = model.benchmark
+    levels = set(concurrency_levels or size.concurrency_levels or ())
+    if not levels:
+        levels = {1, 8} | ({model.serving.max_num_seqs} if model.serving.max_num_seqs is not None else set())
+    length = input_len or size.input_len or min(1024, model.serving.max_model_len // 4)
     return BenchmarkPlan(
         input_len=length,
-        output_len=min(output_len, model.serving.max_model_len - length),
-        prompts_per_level=prompts_per_level,
+        output_len=min(output_len or size.output_len, model.serving.max_model_len - length),
+        prompts_per_level=prompts_per_level or size.prompts_per_level,
         concurrency_levels=tuple(sorted(levels)),
+        num_warmups=size.num_warmups if num_warmups is None else num_warmups,
     )
 
 

@@ -79,6 +79,15 @@ def model_problems(
         )
     problems += _rollout_problems(model)
     problems += _lora_problems(model)
+    bench = model.benchmark
+    if bench.input_len is not None and bench.input_len + bench.output_len > serving.max_model_len:
+        problems.append(
+            (
+                "benchmark.input_len",
+                f"{bench.input_len} prompt + {bench.output_len} output tokens exceed serving.max_model_len "
+                f"({serving.max_model_len}): vLLM would refuse every request; shorten them",
+            )
+        )
     batched = serving.max_num_batched_tokens
     if batched is not None:
         if not serving.enable_chunked_prefill and batched < serving.max_model_len:

@@ -56,13 +56,18 @@ TABLE_COLUMNS = [
 
 
 class BenchmarkConfig(dg.Config):
-    """Run configuration of ``smoke_benchmark``: the plan's size (defaults derive from the catalog)."""
+    """Run configuration of ``smoke_benchmark``: the plan's size, for this run only (unset: the catalog's
+    ``benchmark`` section)."""
 
-    prompts_per_level: int = Field(default=64, description="Requests per concurrency level.")
-    input_len: int | None = Field(default=None, description="Prompt tokens; default max_model_len / 4, <= 1024.")
-    output_len: int = Field(default=64, description="Generated tokens per request (EOS ignored).")
-    concurrency_levels: list[int] | None = Field(default=None, description="Default: 1, 8 and max_num_seqs.")
-    num_warmups: int = Field(default=2, description="Warm-up requests before each level.")
+    prompts_per_level: int | None = Field(default=None, ge=1, description="Requests per concurrency level.")
+    input_len: int | None = Field(
+        default=None, ge=1, description="Prompt tokens; default benchmark.input_len, else max_model_len / 4, <= 1024."
+    )
+    output_len: int | None = Field(default=None, ge=1, description="Generated tokens per request (EOS ignored).")
+    concurrency_levels: list[int] | None = Field(
+        default=None, description="Default benchmark.concurrency_levels, else 1, 8 and max_num_seqs."
+    )
+    num_warmups: int | None = Field(default=None, ge=0, description="Warm-up requests before each level.")
     replay_traffic_profile: bool = Field(
         default=True,
         description="Where the model has a traffic_profile measured from its live traffic, send requests whose "
@@ -83,13 +88,10 @@ class LiveBenchmarkConfig(dg.Config):
 
 
 def plan_from_config(model: ModelSpec, config: BenchmarkConfig) -> BenchmarkPlan:
-    plan = plan_for(
-        model, prompts_per_level=config.prompts_per_level, input_len=config.input_len, output_len=config.output_len
-    )
-    plan = dataclasses.replace(plan, num_warmups=config.num_warmups)
-    if config.concurrency_levels:
-        plan = dataclasses.replace(plan, concurrency_levels=tuple(sorted(config.concurrency_levels)))
-    return plan
+    return plan_for(
+        model, prompts_per_level=config.prompts_per_level, input_len=config.input_len, output_len=config.output_len,
+        concurrency_levels=config.concurrency_levels, num_warmups=config.num_warmups,
+    )  # fmt: skip
 
 
 def with_traffic_profile(

@@ -43,6 +43,7 @@ pytestmark = pytest.mark.integration
 
 MODEL = "tiny-llama"
 REPO = "llm-platform/tiny-topology"
+#: The catalog's benchmark section: what every promotion measures, whoever asks (the CLI, the sensors).
 SMALL = {"prompts_per_level": 6, "concurrency_levels": [1, 2], "num_warmups": 1}
 SLO = {"ttft_p95_ms": 60000, "itl_p95_ms": 10000, "min_output_tokens_per_s": 0.1, "max_error_rate": 0}
 
@@ -93,6 +94,7 @@ def _catalog(path: Path, prometheus_url: str, slo: dict[str, float]) -> Path:
         "source": {"repo": REPO, "track_revision": True},
         "serving": {"max_model_len": 2048, "max_num_seqs": 32, "startup_timeout_s": 300},
         "slo": slo,
+        "benchmark": SMALL,
     }
     path.write_text(yaml.safe_dump({"platform": {"prometheus_url": prometheus_url}, "models": [model]}))
     return path
@@ -164,7 +166,7 @@ def topology(local_hub: LocalHub, tmp_path_factory: pytest.TempPathFactory) -> I
 def _promote(topology: Topology, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "llm_platform.cli", "promote", MODEL, "--dagster-url", topology.api.base_url,
-         "--benchmark-prompts", "6", "--benchmark-concurrency", "1,2", "--wait", *args],
+         "--wait", *args],
         cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=900,
     )  # fmt: skip
 
@@ -230,6 +232,8 @@ def test_every_job_runs_when_each_run_has_its_own_fresh_disk(topology: Topology)
     promoted = topology.submit(PROMOTE_JOB, redeploy)
     assert promoted.succeeded, promoted.failures
     assert topology.deployed()["gpu_memory_utilization"] == 0.92
+    smoke = latest_materialization(topology.instance, "smoke_benchmark", MODEL)  # sized by the catalog's section
+    assert smoke is not None and smoke.metadata["plan"].value["prompts_per_level"] == SMALL["prompts_per_level"]
 
     # 6. A new commit on the hub: the revision sensor's lifecycle run downloads and promotes it.
     (topology.source / "README.md").write_text("# tiny-topology, second revision\n")

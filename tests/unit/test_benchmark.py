@@ -32,6 +32,20 @@ def test_plan_levels_include_max_num_seqs_and_fit_the_context() -> None:
     assert plan_for(_model(max_model_len=64)).input_len + plan_for(_model(max_model_len=64)).output_len <= 64
 
 
+def test_the_catalogs_benchmark_section_sizes_every_promotion_and_a_run_overrides_it() -> None:
+    section = {"prompts_per_level": 6, "input_len": 100, "output_len": 7, "concurrency_levels": [4, 2]}
+    section["num_warmups"] = 0
+    data = {"name": "m", "source": {"repo": "o/m"}, "serving": {"max_model_len": 2048}, "benchmark": section}
+    model = parse_catalog({"models": [data]}).model("m")
+    assert plan_for(model) == BenchmarkPlan(
+        input_len=100, output_len=7, prompts_per_level=6, concurrency_levels=(2, 4), num_warmups=0
+    )
+    run = plan_for(model, prompts_per_level=3, concurrency_levels=[1], num_warmups=1, output_len=9)
+    assert (run.prompts_per_level, run.concurrency_levels, run.num_warmups, run.output_len, run.input_len) == (
+        3, (1,), 1, 9, 100,
+    )  # fmt: skip
+
+
 def test_plan_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="concurrency levels must be positive"):
         BenchmarkPlan(concurrency_levels=(0,))

@@ -37,6 +37,13 @@ def _catalog(platform: dict[str, Any] | None = None, **sections: Any) -> dict[st
 #: (id, catalog data, a fragment of the expected error)
 HOSTILE: list[tuple[str, Any, str]] = [
     ("name with newline", _catalog(name="m\n"), "name:"),
+    ("benchmark past the context", _catalog(benchmark={"input_len": 4000, "output_len": 200}), "benchmark.input_len"),
+    ("benchmark level zero", _catalog(benchmark={"concurrency_levels": [0, 8]}), "benchmark.concurrency_levels"),
+    ("benchmark levels empty", _catalog(benchmark={"concurrency_levels": []}), "benchmark.concurrency_levels"),
+    ("benchmark level twice", _catalog(benchmark={"concurrency_levels": [8, 8]}), "twice"),
+    ("benchmark level huge", _catalog(benchmark={"concurrency_levels": [2**40]}), "benchmark.concurrency_levels"),
+    ("benchmark no prompts", _catalog(benchmark={"prompts_per_level": 0}), "benchmark.prompts_per_level"),
+    ("benchmark unknown field", _catalog(benchmark={"prompts": 8}), "benchmark.prompts"),
     ("name with trailing newline only", _catalog(name="llama\n"), "printable ASCII"),
     ("name 100k chars", _catalog(name="a" * 100_000), "characters long"),
     ("name non-ascii", _catalog(name="lläma"), "name:"),
