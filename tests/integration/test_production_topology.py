@@ -232,8 +232,9 @@ def test_every_job_runs_when_each_run_has_its_own_fresh_disk(topology: Topology)
     promoted = topology.submit(PROMOTE_JOB, redeploy)
     assert promoted.succeeded, promoted.failures
     assert topology.deployed()["gpu_memory_utilization"] == 0.92
-    smoke = latest_materialization(topology.instance, "smoke_benchmark", MODEL)  # sized by the catalog's section
-    assert smoke is not None and smoke.metadata["plan"].value["prompts_per_level"] == SMALL["prompts_per_level"]
+    smoke = latest_materialization(topology.instance, "smoke_benchmark", MODEL)
+    plan = smoke.metadata["plan"].value if smoke is not None else None
+    assert isinstance(plan, dict) and plan["prompts_per_level"] == SMALL["prompts_per_level"]  # the catalog's size
 
     # 6. A new commit on the hub: the revision sensor's lifecycle run downloads and promotes it.
     (topology.source / "README.md").write_text("# tiny-topology, second revision\n")
