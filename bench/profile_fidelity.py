@@ -242,7 +242,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", help="the running server's weights directory (with --base-url)")
     parser.add_argument("--prometheus", help="a Prometheus scraping the running server (with --base-url)")
     parser.add_argument("--api-key-file", help="the key the running server requires (with --base-url)")
-    options = parse_options(parser, {"duration": 45.0, "rate": 5.0, "rounds": 1, "synthetic_prompts": 16})
+    options = parse_options(parser, {"duration": 26.0, "rate": 8.0, "rounds": 1, "synthetic_prompts": 16})
     if options.base_url and not (options.tokenizer and options.prometheus):
         parser.error("--base-url needs --tokenizer and --prometheus")
     if options.rate * options.duration < 200:
