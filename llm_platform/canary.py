@@ -32,6 +32,9 @@ class TrackFigures:
     itl_p95_ms: float
     error_ratio: float
     output_tokens_per_s: float
+    in_flight: float = math.nan
+    """Requests routed to the track and unfinished at the window's end (running plus waiting): what tells a canary
+    too slow to serve its share from one that was sent too little."""
 
 
 @dataclass(frozen=True)
@@ -88,12 +91,19 @@ def judge_step(
     served = 0.0 if math.isnan(canary.requests) else canary.requests
     unmeasured = [math.isnan(value) for value in (canary.ttft_p95_ms, canary.itl_p95_ms, canary.error_ratio)]
     if served < min_requests or any(unmeasured):
-        missing = (
-            f"too little traffic to judge ({served:.0f} requests, at least {min_requests} needed)"
-            if served < min_requests
-            else f"no figures for the canary yet (p95 TTFT {_ms(canary.ttft_p95_ms)}, p95 ITL "
-            f"{_ms(canary.itl_p95_ms)}, error ratio {canary.error_ratio:.3f})"
-        )
+        unfinished = 0.0 if math.isnan(canary.in_flight) else canary.in_flight
+        if served < min_requests and served + unfinished >= min_requests:  # sent enough, finished too few
+            missing = (
+                f"{'too slow to serve its share: ' if deadline_passed else ''}{served:.0f} requests finished, "
+                f"{unfinished:.0f} more running or waiting on the canary (at least {min_requests} finished needed)"
+            )
+        elif served < min_requests:
+            missing = f"too little traffic to judge ({served:.0f} requests, at least {min_requests} needed)"
+        else:
+            missing = (
+                f"no figures for the canary yet (p95 TTFT {_ms(canary.ttft_p95_ms)}, p95 ITL "
+                f"{_ms(canary.itl_p95_ms)}, error ratio {canary.error_ratio:.3f})"
+            )
         return Verdict("abort" if deadline_passed else "hold", missing)
 
     failures = [

@@ -272,14 +272,21 @@ def track_queries(model_name: str, window_s: int, metrics: EngineMetrics) -> dic
     model = f'{MODEL_NAME_LABEL}="{_label_value(model_name)}"'
     span, by = f"{window_s}s", f"by ({TRACK_METRIC_LABEL})"
 
+    def tracked(series: str) -> str:
+        """Each series labelled with its track (none: the stable one)."""
+        return f'label_replace({series}, "{TRACK_METRIC_LABEL}", "{STABLE_TRACK}", "{TRACK_METRIC_LABEL}", "")'
+
     def per_track(metric: str, matchers: str = "") -> str:
         """The increase of ``metric`` over the window, each series labelled with its track."""
-        increase = f"increase({selector(metric, ','.join(filter(None, [model, matchers])), metrics)}[{span}])"
-        return f'label_replace({increase}, "{TRACK_METRIC_LABEL}", "{STABLE_TRACK}", "{TRACK_METRIC_LABEL}", "")'
+        return tracked(f"increase({selector(metric, ','.join(filter(None, [model, matchers])), metrics)}[{span}])")
 
     def p95_ms(histogram: str) -> str:
         buckets = per_track(f"{histogram}_bucket")
         return f"histogram_quantile({TRACK_QUANTILE:g}, sum by ({TRACK_METRIC_LABEL}, le) ({buckets})) * 1000"
+
+    def now_per_track(gauge: str) -> str:
+        """The gauge at the window's end, summed per track."""
+        return f"sum {by} ({tracked(selector(gauge, model, metrics))})"
 
     finished = f"sum {by} ({per_track(metrics.requests_finished)})"
     failed = f"sum {by} ({per_track(metrics.requests_finished, metrics.failed_requests)})"
@@ -290,6 +297,7 @@ def track_queries(model_name: str, window_s: int, metrics: EngineMetrics) -> dic
         # No failure series yet is no failure: ``or`` fills a zero for every track that finished requests.
         "error_ratio": f"({failed} or 0 * {finished}) / ({finished} > 0)",
         "output_tokens_per_s": f"sum {by} ({per_track(metrics.generated_tokens_total)}) / {window_s}",
+        "in_flight": f"{now_per_track(metrics.requests_running)} + {now_per_track(metrics.requests_waiting)}",
     }
 
 

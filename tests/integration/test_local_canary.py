@@ -33,7 +33,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 #: 2.2-3.5 s), and one sequence at a time queues 7 callers behind
 #: MAX_TOKENS-token generations.
 #: The deadline for evidence is long: one sequence at a time finishes few 512-token requests on a loaded machine, and
-#: a run on two shared cores once saw 2 of the 4 needed in 90 s: an abort for too little traffic, not on its TTFT.
+#: a run on two shared cores once saw 2 of the 4 needed in 90 s: an abort for that (now "too slow to serve its
+#: share"), not on its TTFT.
 #: A config that serves its share reaches ``min_requests`` within ``step_seconds`` and never waits for it.
 ROLLOUT = {"strategy": "canary", "steps": [50, 100], "step_seconds": 30, "min_requests": 4, "max_wait_seconds": 240,
            "max_ttft_regression_pct": 1000, "max_itl_regression_pct": 1000}  # fmt: skip

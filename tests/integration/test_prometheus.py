@@ -106,6 +106,7 @@ def test_one_query_reads_the_canary_judges_figures_per_track(prometheus: str, se
     assert 0 < stable.ttft_p95_ms < 60_000 and 0 < stable.itl_p95_ms < 60_000
     assert stable.error_ratio == 0  # no failure series yet: zero, not "no data"
     assert stable.output_tokens_per_s > 0
+    assert stable.in_flight >= 0  # vLLM's running and waiting gauges, read (not NaN): nothing unfinished here
     # Another model's figures are not this one's.
     assert client.track_figures("not-served", 60, VLLM_METRICS) == {}
     assert 'model_name="tiny-llama"' in track_queries("tiny-llama", 60, VLLM_METRICS)["requests"]

@@ -61,6 +61,20 @@ def test_too_little_traffic_holds_the_step_then_aborts_at_the_deadline() -> None
     assert "0 requests" in judge_step(silent, STABLE, SLO, MARGINS, 50, deadline_passed=True).reason
 
 
+def test_a_canary_too_slow_to_finish_its_share_is_aborted_for_that_not_for_traffic() -> None:
+    """Sent enough but finished too few: the reason names the unfinished requests, never "too little traffic"."""
+    slow = dataclasses.replace(GOOD, requests=12, in_flight=40)
+    held = judge_step(slow, STABLE, SLO, MARGINS, 50, deadline_passed=False)
+    assert held.outcome == "hold"
+    assert held.reason == "12 requests finished, 40 more running or waiting on the canary (at least 50 finished needed)"
+    aborted = judge_step(slow, STABLE, SLO, MARGINS, 50, deadline_passed=True)
+    assert aborted.outcome == "abort" and aborted.reason == f"too slow to serve its share: {held.reason}"
+    sent_too_little = dataclasses.replace(slow, in_flight=37)  # 12 + 37 < 50: the traffic, not the canary
+    assert judge_step(sent_too_little, STABLE, SLO, MARGINS, 50, deadline_passed=True).reason.startswith(
+        "too little traffic to judge (12 requests"
+    )
+
+
 def test_a_canary_without_latency_samples_is_never_passed() -> None:
     blind = dataclasses.replace(GOOD, itl_p95_ms=math.nan)
     verdict = judge_step(blind, STABLE, SLO, MARGINS, 50, deadline_passed=False)
