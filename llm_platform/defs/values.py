@@ -96,12 +96,16 @@ def _outcome_to_json(outcome: BenchmarkOutcome) -> dict[str, Any]:
 
 
 def _benchmark_plan_from_json(data: Mapping[str, Any]) -> BenchmarkPlan:
+    """A recorded plan, read as input: no client arguments of its own (nothing records any, and the live benchmark
+    would pass them on), a request rate that is a number."""
+    if data["extra_args"]:
+        raise ValueError("the recorded benchmark plan carries client arguments, which no promotion records")
+    float(data["request_rate"])  # "inf" or a rate; anything else is not a plan this platform wrote
     return BenchmarkPlan(
         input_len=int(data["input_len"]), output_len=int(data["output_len"]),
         prompts_per_level=int(data["prompts_per_level"]),
         concurrency_levels=tuple(int(level) for level in data["concurrency_levels"]), seed=int(data["seed"]),
         num_warmups=int(data["num_warmups"]), request_rate=str(data["request_rate"]),
-        extra_args=tuple(str(arg) for arg in data["extra_args"]),
         requests=tuple((int(prompt), int(output)) for prompt, output in data["requests"]),
         workload=str(data["workload"]), served_name=str(data["served_name"]),
         peak_rate_rps=float(data["peak_rate_rps"]),

@@ -23,7 +23,7 @@ from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.defs.resources import PrometheusResource, WeightsResource
 from llm_platform.defs.sensors import build_drift_sensor
 from llm_platform.defs.storage import VALUE_METADATA_KEY, InstanceValueIOManager, latest_value
-from llm_platform.defs.values import DeploymentRecord, decode_value, encode_value
+from llm_platform.defs.values import DeploymentRecord, StoredValueError, decode_value, encode_value
 from llm_platform.tuning.policy import Crash
 from llm_platform.workload import MeasuredTraffic, TrafficProfile, build_profile, replay_lengths
 from tests.conftest import NO_PROMETHEUS, deployed_serving
@@ -456,6 +456,11 @@ def test_the_live_benchmark_runs_exactly_the_plan_of_the_promotion_benchmark(
     legacy = decode_value(stored, "a record of an earlier version")
     assert isinstance(legacy, DeploymentRecord)
     assert legacy.baseline.plan == dataclasses.replace(plan_for(record.choice.model), concurrency_levels=(2, 3))
+    # A recorded plan is read as input: client arguments (which the live benchmark would pass on) are refused.
+    hostile = encode_value(record)
+    hostile["value"]["baseline"]["plan"]["extra_args"] = ["--result-dir", "/etc"]
+    with pytest.raises(StoredValueError, match="client arguments"):
+        decode_value(hostile, "a tampered record")
 
 
 SQL_ADAPTER = {"name": "tiny-sql", "source": {"repo": "acme/tiny-sql-lora"}}
