@@ -94,14 +94,21 @@ def plan_for(
     levels = set(concurrency_levels or size.concurrency_levels or ())
     if not levels:
         levels = {1, 8} | ({model.serving.max_num_seqs} if model.serving.max_num_seqs is not None else set())
-    length = input_len or size.input_len or min(1024, model.serving.max_model_len // 4)
+    length = _given(
+        input_len, size.input_len if size.input_len is not None else min(1024, model.serving.max_model_len // 4)
+    )
     return BenchmarkPlan(
         input_len=length,
-        output_len=min(output_len or size.output_len, model.serving.max_model_len - length),
-        prompts_per_level=prompts_per_level or size.prompts_per_level,
+        output_len=min(_given(output_len, size.output_len), model.serving.max_model_len - length),
+        prompts_per_level=_given(prompts_per_level, size.prompts_per_level),
         concurrency_levels=tuple(sorted(levels)),
-        num_warmups=size.num_warmups if num_warmups is None else num_warmups,
+        num_warmups=_given(num_warmups, size.num_warmups),
     )
+
+
+def _given(value: int | None, default: int) -> int:
+    """``value`` when a caller set it (0 included, which the plan then refuses), else ``default``."""
+    return default if value is None else value
 
 
 def bench_serve_args(
