@@ -64,12 +64,17 @@ lint: $(VENV)/.installed
 	$(BIN)/lint-imports
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
+# Two steps. Every test whose verdict does not depend on the machine's speed, over two pytest-xdist workers (whole
+# files, the longest first: tests/conftest.py); then the tests that judge real latency, alone on the machine (a
+# server beside them would be measured with them). Both steps always run; either failing fails the target.
 test: lint $(OLAH) $(CHECKOV) system-packages
-	$(BIN)/pytest
+	status=0; \
+	$(BIN)/pytest -m "not latency" -n 2 --dist loadfile --no-loadscope-reorder || status=$$?; \
+	$(BIN)/pytest -m latency || status=$$?; \
+	exit $$status
 
 # The edit loop: lint, type checks, contracts, the unit tests and the wiring on the in-process fake target (no
-# vLLM, no services), over two pytest-xdist workers. `make test` runs these and the real-component tests in one
-# process (real servers beside each other would measure each other).
+# vLLM, no services), over two pytest-xdist workers.
 test-fast: lint
 	$(BIN)/pytest -m "not integration and not e2e" -n 2 --dist loadfile
 

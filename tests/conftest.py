@@ -26,6 +26,22 @@ from tests.kubeemu import RunningCluster, running_cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CATALOG = REPO_ROOT / "catalog" / "models.yaml"
+#: What a ``slow`` test without ``seconds=`` is assumed to take (a vLLM start and a benchmark).
+SLOW_DEFAULT_S = 60.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest test files first, by the ``seconds`` their ``slow`` marks state (the rest keep their order).
+
+    ``make test`` deals whole files to two pytest-xdist workers, each taking the next file when it is done with
+    one; starting the longest first is what keeps one worker from ending with the production topology alone
+    (longest-processing-time first)."""
+    weight: dict[str, float] = {}
+    for item in items:
+        mark = item.get_closest_marker("slow")
+        seconds = float(mark.kwargs.get("seconds", SLOW_DEFAULT_S)) if mark else 0.0
+        weight[str(item.path)] = weight.get(str(item.path), 0.0) + seconds
+    items.sort(key=lambda item: -weight[str(item.path)])
 
 
 def deployed_serving(instance: dg.DagsterInstance, model: str) -> dict[str, object]:

@@ -49,6 +49,8 @@ HELPERS = {"shortmode.py"}
 SERVER_BENCHES = {"benchmark_fidelity.py", "profile_fidelity.py"}
 #: ... and a Prometheus scraping it.
 PROMETHEUS_BENCHES = {"profile_fidelity.py"}
+#: The short runs that take minutes here (they drive the server at a fixed rate): marked slow, with their time.
+SLOW_SECONDS = {"profile_fidelity.py": 120, "benchmark_fidelity.py": 90}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,11 @@ def test_every_bench_script_has_a_short_run_here() -> None:
 
 @pytest.mark.integration
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("script", sorted(FIGURES))
+@pytest.mark.parametrize(
+    "script",
+    [pytest.param(name, marks=[pytest.mark.slow(seconds=SLOW_SECONDS[name])] if name in SLOW_SECONDS else [])
+     for name in sorted(FIGURES)],
+)  # fmt: skip
 def test_bench_short_mode_runs_and_prints_its_figures(script: str, request: pytest.FixtureRequest) -> None:
     extra: list[str] = []
     if script in SERVER_BENCHES:  # the session's tiny-llama server: what a start would add is not the bench's path

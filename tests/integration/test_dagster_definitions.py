@@ -95,11 +95,11 @@ def test_live_benchmark_schedule_skips_a_model_never_deployed_and_requests_a_dep
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 2 * * *", "Europe/Berlin")
     with dg.instance_for_test() as instance:
         at = datetime(2026, 11, 28, 2, 30, tzinfo=ZoneInfo("Europe/Berlin"))
-        context = dg.build_schedule_context(instance, scheduled_execution_time=at, repository_def=repository)
-        skipped = schedule.evaluate_tick(context)
-        assert skipped.skip_message == "model 'tiny' has never been deployed; nothing to benchmark"
-        instance.report_runless_asset_event(dg.AssetMaterialization("vllm_deployment", partition="tiny"))
-        (request,) = schedule.evaluate_tick(context).run_requests or []
+        with dg.build_schedule_context(instance, scheduled_execution_time=at, repository_def=repository) as context:
+            skipped = schedule.evaluate_tick(context)
+            assert skipped.skip_message == "model 'tiny' has never been deployed; nothing to benchmark"
+            instance.report_runless_asset_event(dg.AssetMaterialization("vllm_deployment", partition="tiny"))
+            (request,) = schedule.evaluate_tick(context).run_requests or []
     assert request.partition_key == "tiny"
     assert request.run_key == "tiny:2026-11-28T02:30:00+01:00"  # one run per tick, even if evaluated twice
     assert request.tags["llm-platform/trigger"] == "schedule"

@@ -78,7 +78,7 @@ def _promote(dev: DagsterDev, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=100)
 def test_promote_over_graphql_runs_the_lifecycle_on_the_local_target(dagster_dev: DagsterDev) -> None:
     result = _promote(dagster_dev, "--revision", "main", *SMALL, "--wait")
 

@@ -59,7 +59,7 @@ def _kubeconfig(path: Path, server: str) -> Path:
 # Five benchmark Jobs, each a fresh vLLM start with a cold compile cache (~80 s on two cores, then its levels): on a
 # loaded machine that crosses the suite's 10-minute default.
 @pytest.mark.timeout(1800)
-@pytest.mark.slow
+@pytest.mark.slow(seconds=380)
 def test_lifecycle_on_kubernetes_through_dagster(
     cluster: RunningCluster, served_tiny: ServedTiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

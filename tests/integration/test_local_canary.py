@@ -21,7 +21,7 @@ from llm_platform.processes import process_alive
 from llm_platform.targets.local_servers import LocalServers
 from tests.conftest import ServedTiny, running_prometheus, tiny_catalog
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=200), pytest.mark.latency]
 
 #: Two engines share two cores here, and a closed loop piles its callers up at the slower server: the stable server's
 #: p95 TTFT in a step swung from 331 to 3,550 ms across runs (and its ITL from 19 to 578 ms), so no margin against it
@@ -62,8 +62,11 @@ TRAFFIC_PLAN = {"prompts_per_level": 16, "input_len": 32, "output_len": 128, "co
 
 def _traffic(served: ServedTiny) -> Traffic:
     """Eight callers, each generation long enough that one sequence at a time queues the others behind it (a tiny
-    model on two cores decodes one sequence about as fast as a batch: only the queue shows the config's flaw)."""
-    return Traffic(served.endpoint, served.api_key, "tiny-llama", callers=8, max_tokens=MAX_TOKENS)
+    model on two cores decodes one sequence about as fast as a batch: only the queue shows the config's flaw). Each
+    waits for an answer as long as the edge does: a request queued on the flawed canary waited 144 s once, past the
+    generator's default 120 s, and counted as a failure the platform did not make."""
+    timeout_s = _catalog().model("tiny-llama").exposure.timeout_s
+    return Traffic(served.endpoint, served.api_key, "tiny-llama", callers=8, max_tokens=MAX_TOKENS, timeout_s=timeout_s)
 
 
 @pytest.fixture(scope="module")

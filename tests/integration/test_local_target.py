@@ -126,7 +126,7 @@ def test_a_too_strict_slo_fails_its_check_and_blocks_promotion(served_tiny: Serv
     assert status.healthy and status.active is not None and status.active.fingerprint == served_tiny.fingerprint
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=90)
 def test_blue_green_promotion_keeps_the_endpoint_answering(served_tiny: ServedTiny) -> None:
     catalog = tiny_catalog(serving={"max_model_len": 2048, "max_num_seqs": 16, "startup_timeout_s": 300})
     model = catalog.model("tiny-llama")
@@ -228,7 +228,7 @@ def test_cli_local_status_and_stop_of_an_unknown_state(tmp_path: Path) -> None:
     assert status.returncode == 0 and status.stdout.strip() == "no model is served by the local target"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=135)
 def test_overrides_are_benchmarked_promoted_and_benchmarked_live(served_tiny: ServedTiny, tmp_path: Path) -> None:
     """promote with an override (serving_config diff in metadata), then the benchmark_live job against the endpoint,
     compared with the promotion's benchmark; the original config is promoted back afterwards."""

@@ -62,6 +62,7 @@ def _adapter_rows(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, Any]
     return {str(record.data["adapter"]): dict(record.data) for record in table.records}
 
 
+@pytest.mark.slow(seconds=85)
 def test_an_adapter_is_downloaded_beside_its_base_and_served_under_its_own_name(
     served_tiny: ServedTiny, local_hub: LocalHub, tmp_path: Path
 ) -> None:

@@ -403,10 +403,10 @@ def test_the_live_schedule_skips_until_deployed_then_catches_a_regression(
     schedule = repository.get_schedule_def(schedule_name(MODEL))
 
     def tick() -> dg.ScheduleExecutionData:
-        context = dg.build_schedule_context(
+        with dg.build_schedule_context(
             instance, scheduled_execution_time=datetime.now(UTC), repository_def=repository
-        )
-        return schedule.evaluate_tick(context)
+        ) as context:
+            return schedule.evaluate_tick(context)
 
     assert tick().skip_message == "model 'tiny' has never been deployed; nothing to benchmark"
     assert platform.lifecycle().success
