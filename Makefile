@@ -65,12 +65,13 @@ lint: $(VENV)/.installed
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
 # Two steps. Every test whose verdict does not depend on the machine's speed, over two pytest-xdist workers (whole
-# files, the longest first: tests/conftest.py); then the tests that judge real latency, alone on the machine (a
-# server beside them would be measured with them). Both steps always run; either failing fails the target.
+# files, the longest first: tests/conftest.py); then the tests marked `timing`, whose verdicts compare measured
+# latency or throughput, one at a time (a server beside them would be measured with them). Both steps always run;
+# either failing fails the target.
 test: lint $(OLAH) $(CHECKOV) system-packages
 	status=0; \
-	$(BIN)/pytest -m "not latency" -n 2 --dist loadfile --no-loadscope-reorder || status=$$?; \
-	$(BIN)/pytest -m latency || status=$$?; \
+	$(BIN)/pytest -m "not timing" -n 2 --dist loadfile --no-loadscope-reorder || status=$$?; \
+	$(BIN)/pytest -m timing || status=$$?; \
 	exit $$status
 
 # The edit loop: lint, type checks, contracts, the unit tests and the wiring on the in-process fake target (no

@@ -21,7 +21,7 @@ from llm_platform.processes import process_alive
 from llm_platform.targets.local_servers import LocalServers
 from tests.conftest import ServedTiny, running_prometheus, tiny_catalog
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=200), pytest.mark.latency]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=200), pytest.mark.timing]
 
 #: Two engines share two cores here, and a closed loop piles its callers up at the slower server: the stable server's
 #: p95 TTFT in a step swung from 331 to 3,550 ms across runs (and its ITL from 19 to 578 ms), so no margin against it
