@@ -27,6 +27,7 @@ the defaults where the grid shows that headroom exists.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import statistics
 import sys
@@ -51,6 +52,7 @@ from llm_platform.tuning.search import (  # noqa: E402
     Candidate,
     SearchSpace,
     Trial,
+    TrialRunner,
     clamp_seqs,
     coordinate_search,
     grid_search,
@@ -100,8 +102,9 @@ def simulated(argv: list[str]) -> None:
     vLLM's auto_tune), the noise-aware search from the serving plan's best, and vLLM's defaults; then the three
     winners re-measured on the same seeds (``--confirm`` each), medians. ``tuned_vs_optimum``: what the tuner would
     deploy against the grid's best measured without noise (the best there is), both without noise. A flat surface
-    (one request at a time: every config serves it alike) must never be adopted. Figures: medians over the seeds,
-    per shape and over all shapes."""
+    (one request at a time: every config serves it alike) must never be adopted, nor the same flat surface while
+    a load slows the current config's first measurements and then lifts (``drift_adoptions``: a gain that is the
+    machine's, not the config's). Figures: medians over the seeds, per shape and over all shapes."""
     from llm_platform.perfmodel import engine_defaults, model_reference, open_perf_model, plan_model
     from llm_platform.planning.plan import PlanAxes
     from llm_platform.planning.trials import SimulatedTrials
@@ -142,7 +145,7 @@ def simulated(argv: list[str]) -> None:
     overall: dict[str, list[float]] = {"tuned_vs_defaults": [], "tuned_vs_grid": [], "trials_ratio": [],
                                        "tuned_vs_optimum": []}  # fmt: skip
     per_shape: dict[str, float] = {}
-    flat_adoptions = 0
+    flat_adoptions = drift_adoptions = 0
     for shape in options.shapes:
         lengths = shape_lengths(shape, requests, seed=0)
         mean_in = round(statistics.mean(p for p, _ in lengths))
@@ -182,13 +185,19 @@ def simulated(argv: list[str]) -> None:
             flat = noise_aware_search(space, trials(seed=30_000 + seed, load_high=1), start, current={},
                                       equivalent=clamp_seqs(1))  # fmt: skip
             flat_adoptions += int(flat.adopted)
+            # The same flat surface while a neighbour's load slows the first server start (the current config's
+            # repeats) by a third and then lifts: the gain is the load's, and adopting anything is the load.
+            lifted = noise_aware_search(space, LoadLiftsAfterFirstStart(trials(seed=40_000 + seed, load_high=1), 2 / 3),
+                                        start, current={}, equivalent=clamp_seqs(1))  # fmt: skip
+            drift_adoptions += int(lifted.adopted)
             low, high = outcome.gain_interval
             print(f"  seed {seed}: grid best {contenders['grid']} ({len(grid.trials)} trials), tuner "
                   f"{contenders['tuner']} ({outcome.trials} trials, spread {outcome.spread:.1%}, gain "
                   f"{outcome.gain:+.1%} [{low:+.1%}, {high:+.1%}], adopted {outcome.adopted}); optimum "
                   f"{optimum.best.candidate if optimum.best else {}}; confirmed tok/s "
                   f"{ {name: round(value) for name, value in confirmed.items()} }; flat surface adopted "
-                  f"{flat.adopted} ({time.monotonic() - started:.0f} s)", flush=True)  # fmt: skip
+                  f"{flat.adopted}, with a load that lifted {lifted.adopted} ({time.monotonic() - started:.0f} s)",
+                  flush=True)  # fmt: skip
         key = shape.replace("/", "_")
         for name, values in figures.items():
             overall[name].extend(values)
@@ -197,8 +206,26 @@ def simulated(argv: list[str]) -> None:
                                            for name, values in figures.items()), flush=True)  # fmt: skip
     print(" ".join(f"{name}={statistics.median(values):.3f}" for name, values in overall.items())
           + " " + " ".join(f"{name}={value:.3f}" for name, value in per_shape.items())
-          + f" flat_adoptions={flat_adoptions} seeds={options.seeds} grid_trials={len(space.grid())}"
-          + f" noise={options.noise:g}")  # fmt: skip
+          + f" flat_adoptions={flat_adoptions} drift_adoptions={drift_adoptions} seeds={options.seeds}"
+          + f" grid_trials={len(space.grid())} noise={options.noise:g}")  # fmt: skip
+
+
+class LoadLiftsAfterFirstStart(TrialRunner):
+    """A runner whose first server start is measured ``factor`` times as fast as the rest: another process on the
+    machine that finished after the current config's repeats were measured."""
+
+    def __init__(self, runner: TrialRunner, factor: float) -> None:
+        self.runner, self.factor, self.starts = runner, factor, 0
+
+    def __call__(self, candidate: Candidate) -> Trial:
+        return self.repeated(candidate, 1)[0]
+
+    def repeated(self, candidate: Candidate, times: int) -> list[Trial]:
+        self.starts += 1
+        trials = self.runner.repeated(candidate, times)
+        if self.starts > 1:
+            return trials
+        return [dataclasses.replace(trial, goodput=trial.goodput * self.factor) for trial in trials]
 
 
 def main() -> None:

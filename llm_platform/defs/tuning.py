@@ -184,10 +184,16 @@ def build_tuned_serving_config_asset(catalog: Catalog, partitions: dg.Partitions
         (work_dir / "pareto.png").write_bytes(png)
         gain = outcome.gain * 100
         low, high = (value * 100 for value in outcome.gain_interval)
+        # The current config measured again after the winner (only when the winner looked adoptable): the gain
+        # must hold against both measurements, so a load that moved between trials is not adopted as a gain.
+        remeasured = (
+            f"; the current config measured again after it: {statistics.median(outcome.confirmation):.1f} tok/s"
+            if outcome.confirmation else ""
+        )  # fmt: skip
         verdict = (
-            f"adopted {overrides} ({gain:+.1f}% goodput, interval {low:+.1f}% to {high:+.1f}%)" if adopted
+            f"adopted {overrides} ({gain:+.1f}% goodput, interval {low:+.1f}% to {high:+.1f}%{remeasured})" if adopted
             else f"kept the current config (best {gain:+.1f}%, interval {low:+.1f}% to {high:+.1f}%, margin "
-            f"{config.margin_pct:g}%)"
+            f"{config.margin_pct:g}%{remeasured})"
         )  # fmt: skip
         context.log.info(f"model '{name}': {len(result.trials)} trials; {verdict}")
         return dg.MaterializeResult(
@@ -204,6 +210,7 @@ def build_tuned_serving_config_asset(catalog: Catalog, partitions: dg.Partitions
                 ),
                 "noise_spread_pct": dg.MetadataValue.float(float(outcome.spread * 100)),
                 "current_goodputs": dg.MetadataValue.json([round(v, 3) for v in outcome.baseline]),
+                "current_goodputs_after": dg.MetadataValue.json([round(v, 3) for v in outcome.confirmation]),
                 "winner_goodputs": dg.MetadataValue.json([round(v, 3) for v in outcome.winner_goodputs]),
                 "start": dg.MetadataValue.json(dict(start)),
                 "trial_backend": dg.MetadataValue.text(config.trials),

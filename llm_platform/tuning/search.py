@@ -282,9 +282,11 @@ def coordinate_search(
 class NoisyOutcome:
     """What :func:`noise_aware_search` found, and how sure it is.
 
-    ``baseline`` and ``winner_goodputs`` are repeated measurements of the current config and of the winner;
-    ``gain_interval`` is a bootstrap interval on the winner's goodput relative to the current config's (0.2: 20 %
-    better); the winner is adopted only when the interval's lower end clears the margin."""
+    ``baseline`` and ``winner_goodputs`` are repeated measurements of the current config (before the search) and
+    of the winner; ``confirmation`` the current config measured again after the winner, when the winner looked
+    adoptable (empty otherwise). ``gain`` and ``gain_interval`` (a bootstrap interval on the winner's goodput
+    relative to the current config's; 0.2: 20 % better) are those of the weaker of the two comparisons; the winner
+    is adopted only when the interval's lower end clears the margin against both."""
 
     result: SearchResult
     baseline: tuple[float, ...]
@@ -294,6 +296,7 @@ class NoisyOutcome:
     gain: float
     gain_interval: tuple[float, float]
     adopted: bool
+    confirmation: tuple[float, ...] = ()
 
     @property
     def trials(self) -> int:
@@ -347,6 +350,11 @@ def noise_aware_search(
        with the highest median wins (one lucky trial cannot).
     4. The winner's gain over the current config gets a bootstrap interval; it is adopted only when the interval's
        lower end clears ``margin``.
+    5. Before adopting, the current config is measured ``repeats`` times again (one more server start): the
+       winner's measurements then lie between two sets of the current config's, and the gain must clear the margin
+       against both (an A/B/A order). The repeats of one config are back to back, but two configs are measured
+       minutes apart, so the noise estimate does not see a load that moved in between (a neighbour's process, a
+       throttled node); against one set it reads as a gain, against both a load that changed once cannot.
     """
     if repeats < 2:
         raise ValueError("repeats must be at least 2: one measurement says nothing about the noise")
@@ -359,22 +367,25 @@ def noise_aware_search(
     def record(candidate: Candidate, trial: Trial) -> Trial:
         key = _key(equivalent(candidate))
         result.trials.append(trial)
-        samples.setdefault(key, []).append(trial.score if trial.ok else 0.0)
+        samples.setdefault(key, []).append(_score(trial))
         first_trial.setdefault(key, trial)
         return trial
 
     def measure(candidate: Candidate) -> Trial:
         return record(candidate, runner(dict(candidate)))
 
+    def measured_again(candidate: Candidate, times: int) -> list[float]:
+        """``times`` new measurements of ``candidate`` (one ``repeated`` call: one server start)."""
+        trials = runner.repeated(dict(candidate), times)
+        if len(trials) != times:
+            raise ValueError(f"asked for {times} trials of {dict(candidate)}, the runner made {len(trials)}")
+        return [_score(record(candidate, trial)) for trial in trials]
+
     def measured(candidate: Candidate, times: int) -> list[float]:
         key = _key(equivalent(candidate))
         missing = times - len(samples.get(key, []))
         if missing > 0:
-            trials = runner.repeated(dict(candidate), missing)
-            if len(trials) != missing:
-                raise ValueError(f"asked for {missing} trials of {dict(candidate)}, the runner made {len(trials)}")
-            for trial in trials:
-                record(candidate, trial)
+            measured_again(candidate, missing)
         return samples[key]
 
     baseline_candidate = dict(current or {})
@@ -402,9 +413,15 @@ def noise_aware_search(
         return NoisyOutcome(result, tuple(baseline), None, (), spread, math.nan, (math.nan, math.nan), False)
     best_key = max(contenders, key=lambda key: median(samples[key]))
     winner_goodputs = tuple(samples[best_key])
-    gain = median(winner_goodputs) / median(baseline) - 1 if median(baseline) > 0 else math.inf
-    interval = gain_interval(winner_goodputs, baseline) if median(baseline) > 0 else (math.inf, math.inf)
+    gain, interval = _compared(winner_goodputs, baseline)
     adopted = best_key != _key(equivalent(baseline_candidate)) and interval[0] >= margin
+    confirmation: list[float] = []
+    if adopted:
+        confirmation = measured_again(baseline_candidate, repeats)
+        later_gain, later_interval = _compared(winner_goodputs, confirmation)
+        adopted = later_interval[0] >= margin
+        if later_interval[0] < interval[0]:
+            gain, interval = later_gain, later_interval
     winner = first_trial[best_key]
     return NoisyOutcome(
         result,
@@ -415,4 +432,17 @@ def noise_aware_search(
         gain,
         interval,
         adopted,
+        tuple(confirmation),
     )
+
+
+def _score(trial: Trial) -> float:
+    """A trial's goodput as a sample of its config: a failed trial counts as none."""
+    return trial.score if trial.ok else 0.0
+
+
+def _compared(winner: Sequence[float], current: Sequence[float]) -> tuple[float, tuple[float, float]]:
+    """The winner's median gain over ``current`` and its bootstrap interval (infinite when ``current`` is 0)."""
+    if median(current) <= 0:
+        return math.inf, (math.inf, math.inf)
+    return median(winner) / median(current) - 1, gain_interval(winner, current)

@@ -266,6 +266,42 @@ def test_the_repeats_of_one_config_are_one_server_start() -> None:
     assert [times for seqs, times in runner.starts if seqs == winner] in ([1, 2], [3])
 
 
+class _LoadLifts(_ServerStarts):
+    """A flat surface on a machine whose load lifts after the first ``slow_starts`` server starts: what another
+    process finishing does to the trials measured after it (they read ``factor`` times faster)."""
+
+    def __init__(self, slow_starts: int, factor: float) -> None:
+        super().__init__(lambda candidate: Trial(dict(candidate), 100.0 * self.speed))
+        self.slow_starts, self.factor = slow_starts, factor
+
+    @property
+    def speed(self) -> float:
+        return 1.0 if len(self.starts) <= self.slow_starts else self.factor
+
+
+def test_a_load_that_lifted_after_the_current_config_was_measured_is_not_a_gain() -> None:
+    space = SearchSpace({"max_num_seqs": (8.0, 16.0, 32.0, 64.0)})
+    runner = _LoadLifts(slow_starts=1, factor=2.0)  # the current config measured loaded, everything after not
+    outcome = noise_aware_search(space, runner, {"max_num_seqs": 16.0}, current={}, margin=0.1)
+    # Against the first measurements the winner is +100 %; measured again after the winner, the current config is
+    # as fast as it: the gain was the load, and nothing is adopted.
+    assert outcome.baseline == (100.0, 100.0, 100.0) and outcome.confirmation == (200.0, 200.0, 200.0)
+    assert not outcome.adopted and outcome.gain == pytest.approx(0.0)
+    assert runner.starts[-1] == (0.0, 3) and outcome.trials == sum(times for _, times in runner.starts)
+
+
+def test_a_real_gain_is_confirmed_against_the_current_config_measured_again() -> None:
+    runner = _ServerStarts(_noisy(SURFACE, 0.05, 1))
+    space = SearchSpace({"max_num_seqs": (8.0, 16.0, 32.0, 64.0, 128.0, 256.0)})
+    outcome = noise_aware_search(space, runner, {"max_num_seqs": 16.0}, current={}, margin=0.2)
+    assert outcome.adopted and len(outcome.confirmation) == 3 and runner.starts[-1] == (0.0, 3)
+    assert min(outcome.confirmation) > 90  # the current config's own goodput (100 ± 5 %), measured last
+    # A search that finds nothing worth adopting does not pay for the confirmation.
+    flat = _ServerStarts(_noisy(dict.fromkeys(SURFACE, 100.0), 0.05, 1))
+    kept = noise_aware_search(space, flat, {"max_num_seqs": 16.0}, current={}, margin=0.2)
+    assert not kept.adopted and kept.confirmation == () and flat.starts.count((0.0, 3)) == 1
+
+
 def test_a_runner_that_returns_too_few_repeats_is_an_error() -> None:
     class Short(_ServerStarts):
         def repeated(self, candidate: Candidate, times: int) -> list[Trial]:

@@ -142,6 +142,8 @@ def test_auto_tune_on_the_simulated_gpu_server_starts_at_the_plan_and_needs_one(
     low, high = event.metadata["gain_interval_pct"].value  # type: ignore[misc]
     assert low <= event.metadata["gain_pct"].value <= high  # type: ignore[operator]
     assert event.metadata["noise_spread_pct"].value > 0  # type: ignore[operator]
+    # An adopted winner was confirmed against the current config measured again after it (three more trials).
+    assert len(event.metadata["current_goodputs_after"].value) == (3 if event.metadata["adopted"].value else 0)  # type: ignore[arg-type]
     assert not cluster[1].deployed  # no server was started for a trial
     assert str(event.metadata["workload"].value).startswith("random dataset: 1024 prompt tokens")
 
