@@ -19,7 +19,7 @@ from llm_platform.dagster_api import DagsterApi
 from llm_platform.defs.jobs import promotion_request
 from llm_platform.processes import free_port
 from llm_platform.services import LocalServices
-from tests.conftest import REPO_ROOT, TINY_REPO, ServedTiny, local_servers
+from tests.conftest import REPO_ROOT, TINY_REPO, TINY_SERVING, ServedTiny, local_servers
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def _catalog_file(path: Path) -> Path:
     model = {
         "name": "tiny-llama",
         "source": {"repo": TINY_REPO},
-        "serving": {"max_model_len": 2048, "max_num_seqs": 32, "startup_timeout_s": 300},
+        "serving": TINY_SERVING,  # the session server's config: the benchmark reuses it
         "slo": {"ttft_p95_ms": 60000, "itl_p95_ms": 10000, "min_output_tokens_per_s": 0.1, "max_error_rate": 0},
     }
     path.write_text(yaml.safe_dump({"models": [model]}))

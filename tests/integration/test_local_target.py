@@ -17,7 +17,7 @@ from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.errors import BenchmarkError, TargetError
 from llm_platform.processes import children_of, command_line, process_alive
 from llm_platform.targets.local_servers import LocalServers, LocalTargetSettings
-from tests.conftest import ServedTiny, tiny_catalog
+from tests.conftest import TINY_SERVING, ServedTiny, tiny_catalog
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +128,7 @@ def test_a_too_strict_slo_fails_its_check_and_blocks_promotion(served_tiny: Serv
 
 @pytest.mark.slow(seconds=90)
 def test_blue_green_promotion_keeps_the_endpoint_answering(served_tiny: ServedTiny) -> None:
-    catalog = tiny_catalog(serving={"max_model_len": 2048, "max_num_seqs": 16, "startup_timeout_s": 300})
+    catalog = tiny_catalog(serving={**TINY_SERVING, "max_num_seqs": 16})
     model = catalog.model("tiny-llama")
     target = served_tiny.local_target.target()
     failures: list[str] = []

@@ -34,7 +34,7 @@ from llm_platform.dev.pod_runs import RUN_DIR_PREFIX
 from llm_platform.devhub import LocalHub, publish_model
 from llm_platform.processes import free_port
 from llm_platform.services import LocalServices
-from tests.conftest import REPO_ROOT, deployed_serving, local_servers
+from tests.conftest import REPO_ROOT, TINY_SERVING, deployed_serving, local_servers
 from tests.fakeprom import FakePrometheus
 from tests.integration.test_drift_sensor import SATURATED
 from tests.postgres import postgres_bin, running_postgres
@@ -92,7 +92,7 @@ def _catalog(path: Path, prometheus_url: str, slo: dict[str, float]) -> Path:
     model = {
         "name": MODEL,
         "source": {"repo": REPO, "track_revision": True},
-        "serving": {"max_model_len": 2048, "max_num_seqs": 32, "startup_timeout_s": 300},
+        "serving": TINY_SERVING,
         "slo": slo,
         "benchmark": SMALL,
     }
