@@ -184,10 +184,12 @@ def build_tuned_serving_config_asset(catalog: Catalog, partitions: dg.Partitions
         (work_dir / "pareto.png").write_bytes(png)
         gain = outcome.gain * 100
         low, high = (value * 100 for value in outcome.gain_interval)
-        # The current config measured again after the winner (only when the winner looked adoptable): the gain
-        # must hold against both measurements, so a load that moved between trials is not adopted as a gain.
+        # The current config measured again after the winner (only when the winner looked adoptable): a load that
+        # moved between trials moves it too, and is not adopted as a gain.
         remeasured = (
-            f"; the current config measured again after it: {statistics.median(outcome.confirmation):.1f} tok/s"
+            f"; measured again after the search, the current config moved {outcome.current_moved * 100:+.1f}% and "
+            f"the winner beats it by {outcome.gain_after * 100:+.1f}%"
+            + ("" if adopted else " (the machine's load changed during the search: run auto_tune again)")
             if outcome.confirmation else ""
         )  # fmt: skip
         verdict = (
@@ -204,13 +206,14 @@ def build_tuned_serving_config_asset(catalog: Catalog, partitions: dg.Partitions
                 "current_goodput_tok_s": dg.MetadataValue.float(float(baseline_goodput)),
                 "best_goodput_tok_s": dg.MetadataValue.float(float(best.goodput if best else 0.0)),
                 "gain_pct": dg.MetadataValue.float(float(gain)),
-                # JSON has no NaN or infinity (no finalist; a current config with no goodput): null.
-                "gain_interval_pct": dg.MetadataValue.json(
-                    [round(value, 2) if math.isfinite(value) else None for value in (low, high)]
-                ),
+                # Null ends: no finalist, or a current config with no goodput.
+                "gain_interval_pct": dg.MetadataValue.json([_percent(value) for value in outcome.gain_interval]),
                 "noise_spread_pct": dg.MetadataValue.float(float(outcome.spread * 100)),
                 "current_goodputs": dg.MetadataValue.json([round(v, 3) for v in outcome.baseline]),
                 "current_goodputs_after": dg.MetadataValue.json([round(v, 3) for v in outcome.confirmation]),
+                # NaN when the current config was measured once (nothing looked adoptable).
+                "current_moved_pct": dg.MetadataValue.float(outcome.current_moved * 100),
+                "gain_after_pct": dg.MetadataValue.float(outcome.gain_after * 100),
                 "winner_goodputs": dg.MetadataValue.json([round(v, 3) for v in outcome.winner_goodputs]),
                 "start": dg.MetadataValue.json(dict(start)),
                 "trial_backend": dg.MetadataValue.text(config.trials),
@@ -228,6 +231,11 @@ def build_tuned_serving_config_asset(catalog: Catalog, partitions: dg.Partitions
         )
 
     return tuned_serving_config
+
+
+def _percent(fraction: float) -> float | None:
+    """A fraction as a rounded percentage for JSON metadata, which has no NaN or infinity: null then."""
+    return round(fraction * 100, 2) if math.isfinite(fraction) else None
 
 
 def auto_tune_job() -> UnresolvedAssetJobDefinition:

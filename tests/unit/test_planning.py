@@ -284,9 +284,10 @@ def test_a_load_that_lifted_after_the_current_config_was_measured_is_not_a_gain(
     runner = _LoadLifts(slow_starts=1, factor=2.0)  # the current config measured loaded, everything after not
     outcome = noise_aware_search(space, runner, {"max_num_seqs": 16.0}, current={}, margin=0.1)
     # Against the first measurements the winner is +100 %; measured again after the winner, the current config is
-    # as fast as it: the gain was the load, and nothing is adopted.
+    # as fast as it: it moved by +100 % itself, the gain was the load's, and nothing is adopted.
     assert outcome.baseline == (100.0, 100.0, 100.0) and outcome.confirmation == (200.0, 200.0, 200.0)
-    assert not outcome.adopted and outcome.gain == pytest.approx(0.0)
+    assert outcome.current_moved == pytest.approx(1.0) and outcome.gain_after == pytest.approx(0.0)
+    assert outcome.gain == pytest.approx(1.0) and not outcome.adopted
     assert runner.starts[-1] == (0.0, 3) and outcome.trials == sum(times for _, times in runner.starts)
 
 
@@ -296,6 +297,7 @@ def test_a_real_gain_is_confirmed_against_the_current_config_measured_again() ->
     outcome = noise_aware_search(space, runner, {"max_num_seqs": 16.0}, current={}, margin=0.2)
     assert outcome.adopted and len(outcome.confirmation) == 3 and runner.starts[-1] == (0.0, 3)
     assert min(outcome.confirmation) > 90  # the current config's own goodput (100 ± 5 %), measured last
+    assert abs(outcome.current_moved) < 0.1 and outcome.gain_after >= 0.2
     # A search that finds nothing worth adopting does not pay for the confirmation.
     flat = _ServerStarts(_noisy(dict.fromkeys(SURFACE, 100.0), 0.05, 1))
     kept = noise_aware_search(space, flat, {"max_num_seqs": 16.0}, current={}, margin=0.2)
