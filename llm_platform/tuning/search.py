@@ -286,7 +286,7 @@ class NoisyOutcome:
     of the winner; ``gain_interval`` is a bootstrap interval on the winner's goodput relative to the current
     config's (0.2: 20 % better). ``confirmation`` is the current config measured again after the winner, when the
     interval's lower end cleared the margin (empty otherwise); the winner is adopted only when it also beats that
-    measurement by the margin (:attr:`gain_after`)."""
+    measurement, beyond its noise and by the margin (:attr:`gain_after`)."""
 
     result: SearchResult
     baseline: tuple[float, ...]
@@ -365,10 +365,10 @@ def noise_aware_search(
        winner's measurements lie between two sets of the current config's (an A/B/A order). The repeats of one
        config are back to back, but two configs are measured minutes apart, so the noise estimate does not see a
        load that moved in between (a neighbour's process, a throttled node): against the first set alone it reads
-       as a gain. The winner must also beat the second set by ``margin`` (median against median): a load that
-       changed once lifted or slowed the winner alike with one of the two sets, so it cannot pass both. A plain
-       comparison rather than a second interval: the interval has judged the noise already, and a second hurdle
-       of the same height would reject real gains as often as the first.
+       as a gain. The winner must also beat the second set: by ``margin`` median against median, and beyond the
+       noise (the interval against it above 0). A load that changed once lifted or slowed the winner alike with one
+       of the two sets, so it cannot pass both. Not a second interval above ``margin``: the first has judged the
+       gain's size, and a second hurdle of that height rejects real gains as often as the first does.
     """
     if repeats < 2:
         raise ValueError("repeats must be at least 2: one measurement says nothing about the noise")
@@ -432,7 +432,9 @@ def noise_aware_search(
     confirmation: list[float] = []
     if adopted:
         confirmation = measured_again(baseline_candidate, repeats)
-        adopted = _moved(confirmation, winner_goodputs) >= margin
+        adopted = (
+            _moved(confirmation, winner_goodputs) >= margin and gain_interval(winner_goodputs, confirmation)[0] > 0
+        )
     winner = first_trial[best_key]
     return NoisyOutcome(
         result,
