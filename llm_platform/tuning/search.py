@@ -432,9 +432,8 @@ def noise_aware_search(
     confirmation: list[float] = []
     if adopted:
         confirmation = measured_again(baseline_candidate, repeats)
-        adopted = (
-            _moved(confirmation, winner_goodputs) >= margin and gain_interval(winner_goodputs, confirmation)[0] > 0
-        )
+        gain_after, interval_after = _compared(winner_goodputs, confirmation)
+        adopted = gain_after >= margin and interval_after[0] > 0
     winner = first_trial[best_key]
     return NoisyOutcome(
         result,

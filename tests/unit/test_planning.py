@@ -266,22 +266,22 @@ def test_the_repeats_of_one_config_are_one_server_start() -> None:
     assert [times for seqs, times in runner.starts if seqs == winner] in ([1, 2], [3])
 
 
-class _LoadLifts(_ServerStarts):
-    """A flat surface on a machine whose load lifts after the first ``slow_starts`` server starts: what another
-    process finishing does to the trials measured after it (they read ``factor`` times faster)."""
+class _FirstStartSlowed(_ServerStarts):
+    """A machine whose load lifts after the first server start (the current config's repeats): those read
+    ``factor`` of their speed, what another process finishing does to the trials measured before and after it."""
 
-    def __init__(self, slow_starts: int, factor: float) -> None:
-        super().__init__(lambda candidate: Trial(dict(candidate), 100.0 * self.speed))
-        self.slow_starts, self.factor = slow_starts, factor
+    def __init__(self, evaluate: Callable[[dict[str, float]], Trial], factor: float) -> None:
+        super().__init__(evaluate)
+        self.factor = factor
 
-    @property
-    def speed(self) -> float:
-        return 1.0 if len(self.starts) <= self.slow_starts else self.factor
+    def repeated(self, candidate: Candidate, times: int) -> list[Trial]:
+        factor = self.factor if not self.starts else 1.0
+        return [Trial(trial.candidate, trial.goodput * factor) for trial in super().repeated(candidate, times)]
 
 
 def test_a_load_that_lifted_after_the_current_config_was_measured_is_not_a_gain() -> None:
     space = SearchSpace({"max_num_seqs": (8.0, 16.0, 32.0, 64.0)})
-    runner = _LoadLifts(slow_starts=1, factor=2.0)  # the current config measured loaded, everything after not
+    runner = _FirstStartSlowed(lambda candidate: Trial(candidate, 200.0), 0.5)  # a flat surface, noiseless
     outcome = noise_aware_search(space, runner, {"max_num_seqs": 16.0}, current={}, margin=0.1)
     # Against the first measurements the winner is +100 %; measured again after the winner, the current config is
     # as fast as it: it moved by +100 % itself, the gain was the load's, and nothing is adopted.
@@ -304,6 +304,17 @@ def test_a_real_gain_is_confirmed_against_the_current_config_measured_again() ->
     assert not kept.adopted and kept.confirmation == () and flat.starts.count((0.0, 3)) == 1
 
 
+def test_a_current_config_that_fails_is_replaced_by_a_winner_that_serves() -> None:
+    def evaluate(candidate: dict[str, float]) -> Trial:
+        if not candidate:  # the current config: vLLM refuses it
+            return Trial(candidate, error="vLLM exited with code 1 while starting: CUDA out of memory")
+        return Trial(candidate, 100.0)
+
+    space = SearchSpace({"max_num_seqs": (8.0, 16.0)})
+    outcome = noise_aware_search(space, _ServerStarts(evaluate), {"max_num_seqs": 16.0}, current={})
+    assert outcome.adopted and outcome.confirmation == (0.0, 0.0, 0.0)  # it failed again, measured after the winner
+
+
 def test_the_confirmation_costs_little_power_and_stops_most_lifted_loads() -> None:
     space = SearchSpace({"max_num_seqs": (8.0, 16.0, 32.0, 64.0, 128.0)})
     surface = {0.0: 100.0, 8.0: 100.0, 16.0: 110.0, 32.0: 120.0, 64.0: 120.0, 128.0: 110.0}  # +20 %, ±10 % noise
@@ -312,14 +323,9 @@ def test_the_confirmation_costs_little_power_and_stops_most_lifted_loads() -> No
     proposed = sum(bool(outcome.confirmation) for outcome in outcomes)  # what was adopted before the confirmation
     assert sum(outcome.adopted for outcome in outcomes) >= proposed - 6  # 43 of 46 when written
 
-    class Lifted(_ServerStarts):  # a flat surface, noisy; its first start (the current config) 40 % slower
-        def repeated(self, candidate: Candidate, times: int) -> list[Trial]:
-            factor = 0.6 if not self.starts else 1.0
-            return [Trial(trial.candidate, trial.goodput * factor) for trial in super().repeated(candidate, times)]
-
-    flat = dict.fromkeys(surface, 100.0)
-    lifted = [noise_aware_search(space, Lifted(_noisy(flat, 0.10, seed)), {"max_num_seqs": 16.0}, current={})
-              for seed in range(60)]  # fmt: skip
+    flat = dict.fromkeys(surface, 100.0)  # noisy, the current config's start 40 % slow
+    lifted = [noise_aware_search(space, _FirstStartSlowed(_noisy(flat, 0.10, seed), 0.6), {"max_num_seqs": 16.0},
+                                 current={}) for seed in range(60)]  # fmt: skip
     assert all(outcome.confirmation for outcome in lifted)  # each looked like a +67 % gain: all 60 adopted before
     # A winner chosen among noisy configs is lucky by a few per cent; against the second set it rarely clears both.
     assert sum(outcome.adopted for outcome in lifted) <= 9  # 7 of 60 when written
