@@ -462,4 +462,4 @@ def _compared(winner: Sequence[float], current: Sequence[float]) -> tuple[float,
     """The winner's median gain over ``current`` and its bootstrap interval (infinite when ``current`` is 0)."""
     if median(current) <= 0:
         return math.inf, (math.inf, math.inf)
-    return median(winner) / median(current) - 1, gain_interval(winner, current)
+    return _moved(current, winner), gain_interval(winner, current)
