@@ -177,6 +177,12 @@ class LocalTargetResource(TargetResource):
         default=LOCAL_DEFAULTS.omp_threads_bind,
         description="VLLM_CPU_OMP_THREADS_BIND (see LocalTargetSettings.omp_threads_bind for why 'nobind').",
     )
+    cpu_threads: int | None = Field(
+        default=LOCAL_DEFAULTS.cpu_threads,
+        ge=1,
+        description="OpenMP threads of each unpinned server (None: one per core); half the cores by default, see "
+        "LocalTargetSettings.cpu_threads for why.",
+    )
     startup_timeout_s: float | None = Field(
         default=None, description="Overrides the catalog's serving.startup_timeout_s."
     )
@@ -194,6 +200,7 @@ class LocalTargetResource(TargetResource):
                 python=self.python,
                 kv_cache_space_gib=self.kv_cache_space_gib,
                 omp_threads_bind=self.omp_threads_bind,
+                cpu_threads=self.cpu_threads,
                 startup_timeout_s=self.startup_timeout_s,
                 api_key_file=Path(self.api_key_file),
             )
@@ -208,11 +215,14 @@ class LocalTargetResource(TargetResource):
 
 
 def local_target_from_env(weights: WeightsResource | None = None) -> LocalTargetResource:
-    """KV cache size and thread binding from ``VLLM_CPU_KVCACHE_SPACE`` / ``VLLM_CPU_OMP_THREADS_BIND`` if set."""
+    """KV cache size, thread binding and thread count from ``VLLM_CPU_KVCACHE_SPACE``,
+    ``VLLM_CPU_OMP_THREADS_BIND`` and ``OMP_NUM_THREADS`` (a plain count; OpenMP's nested lists are left to it)."""
+    threads = os.environ.get("OMP_NUM_THREADS", "")
     return LocalTargetResource(
         weights=weights or weights_resource_from_env(),
         kv_cache_space_gib=int(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or LOCAL_DEFAULTS.kv_cache_space_gib),
         omp_threads_bind=os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or LOCAL_DEFAULTS.omp_threads_bind,
+        cpu_threads=int(threads) if threads.isdigit() and int(threads) > 0 else LOCAL_DEFAULTS.cpu_threads,
     )
 
 

@@ -225,9 +225,11 @@ class Engine(ABC):
         sets neither (what the planner and the simulator assume)."""
 
     @abstractmethod
-    def cpu_environment(self, *, kv_cache_space_gib: int, threads_bind: str | None) -> dict[str, str]:
-        """Environment of a server on CPU (the local target): its KV cache size and thread binding (None: the
-        engine's own)."""
+    def cpu_environment(
+        self, *, kv_cache_space_gib: int, threads_bind: str | None, threads: int | None = None
+    ) -> dict[str, str]:
+        """Environment of a server on CPU (the local target): its KV cache size, thread binding (None: the engine's
+        own) and thread count (None: one per core)."""
 
     @abstractmethod
     def extra_args_problems(self, args: Sequence[str]) -> list[str]:

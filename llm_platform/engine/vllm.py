@@ -178,12 +178,18 @@ class VllmEngine(Engine):
         """vLLM v1: 1024 sequences and 8192 tokens per step on GPUs of at least 70 GiB, 256 and 2048 below."""
         return (1024, 8192) if gpu_memory_bytes >= 70 * 2**30 else (256, 2048)
 
-    def cpu_environment(self, *, kv_cache_space_gib: int, threads_bind: str | None) -> dict[str, str]:
+    def cpu_environment(
+        self, *, kv_cache_space_gib: int, threads_bind: str | None, threads: int | None = None
+    ) -> dict[str, str]:
+        """A pinned server runs one OpenMP thread per core of its list (vLLM sets the count from it), an unpinned
+        one as many as ``OMP_NUM_THREADS`` says (``threads``; unset: one per core)."""
         env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_space_gib)}
         if threads_bind:
             env["VLLM_CPU_OMP_THREADS_BIND"] = threads_bind
         if threads_bind == UNBOUND_THREADS:
             env.update(SINGLE_DEVICE_CPU_ENVIRONMENT)
+            if threads is not None:
+                env["OMP_NUM_THREADS"] = str(threads)
         return env
 
     def extra_args_problems(self, args: Sequence[str]) -> list[str]:

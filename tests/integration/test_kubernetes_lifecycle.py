@@ -19,6 +19,7 @@ from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.defs.resources import KubernetesTargetResource, WeightsResource
 from llm_platform.engine import engine_for
 from llm_platform.rollout import Revision
+from llm_platform.targets.local_servers import half_the_cores
 from tests.conftest import ServedTiny, lifecycle_resources, tiny_catalog
 from tests.kubeemu import DEPLOYMENTS, JOBS, FakeDeploymentController, FakeKubelet, RunningCluster
 
@@ -77,7 +78,9 @@ def test_lifecycle_on_kubernetes_through_dagster(
     # The GPU node, played by this machine: vLLM on CPU as the local target runs it (one device: one engine process).
     node_env = {
         "PATH": f"{_vllm_image_shims(tmp_path / 'image-bin')}:{os.environ['PATH']}",
-        **engine_for(catalog.model("tiny-llama").serving).cpu_environment(kv_cache_space_gib=1, threads_bind="nobind"),
+        **engine_for(catalog.model("tiny-llama").serving).cpu_environment(
+            kv_cache_space_gib=1, threads_bind="nobind", threads=half_the_cores()
+        ),
     }
     pvc = tmp_path / "pvc"
     kubelet = FakeKubelet(cluster, namespace, {"model-weights": pvc}, tmp_path / "scratch", node_env)

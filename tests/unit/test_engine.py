@@ -90,10 +90,13 @@ def test_invocation_adds_listen_address_and_base_environment() -> None:
 def test_an_unpinned_cpu_server_runs_its_model_in_the_engine_process(
     threads_bind: str | None, one_process: bool
 ) -> None:
-    env = VLLM.cpu_environment(kv_cache_space_gib=2, threads_bind=threads_bind)
+    env = VLLM.cpu_environment(kv_cache_space_gib=2, threads_bind=threads_bind, threads=3)
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
     # vLLM pins OpenMP threads only from a worker process of their own, so pinned servers keep it.
     assert (env.items() >= SINGLE_DEVICE_CPU_ENVIRONMENT.items()) is one_process
+    # The thread count applies to an unpinned server; a pinned one runs a thread per core of its list.
+    assert env.get("OMP_NUM_THREADS") == ("3" if one_process else None)
+    assert "OMP_NUM_THREADS" not in VLLM.cpu_environment(kv_cache_space_gib=2, threads_bind=threads_bind)
 
 
 def test_fingerprint_changes_with_any_argument_and_only_then() -> None:

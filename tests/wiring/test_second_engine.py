@@ -84,7 +84,9 @@ class ToyEngine(Engine):
     def gpu_scheduler_defaults(self, gpu_memory_bytes: int) -> tuple[int, int]:
         return 48, 4096
 
-    def cpu_environment(self, *, kv_cache_space_gib: int, threads_bind: str | None) -> dict[str, str]:
+    def cpu_environment(
+        self, *, kv_cache_space_gib: int, threads_bind: str | None, threads: int | None = None
+    ) -> dict[str, str]:
         return {"TOY_CACHE_GIB": str(kv_cache_space_gib)}
 
     def extra_args_problems(self, args: Sequence[str]) -> list[str]:
