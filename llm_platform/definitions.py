@@ -11,7 +11,7 @@ import dagster as dg
 from llm_platform.catalog import Catalog
 from llm_platform.catalog_files import load_catalog
 from llm_platform.defs.canary import build_canary_rollback_job
-from llm_platform.defs.jobs import PROMOTE_JOB, lifecycle_jobs, live_benchmark_schedules
+from llm_platform.defs.jobs import PROMOTE_JOB, STEP_EXECUTOR, lifecycle_jobs, live_benchmark_schedules
 from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.defs.partitions import model_partitions
 from llm_platform.defs.resources import resources_from_env, target_kind_from_env
@@ -36,6 +36,7 @@ def build_definitions(catalog: Catalog, target_kind: str = "local") -> dg.Defini
             build_shape_sensor(catalog, [retune, promote]),
         ],
         resources=resources_from_env(catalog.platform, target_kind),
+        executor=STEP_EXECUTOR,
         metadata={
             "models": dg.MetadataValue.text(", ".join(model.name for model in catalog.models)),
             "target": dg.MetadataValue.text(target_kind),

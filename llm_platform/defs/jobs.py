@@ -20,6 +20,12 @@ BENCHMARK_LIVE_JOB = "benchmark_live"
 LIFECYCLE_ASSETS = list(conventions.LIFECYCLE_ASSETS)
 PROMOTE_ASSETS = list(conventions.PROMOTE_ASSETS)
 
+#: Every job's executor: Dagster's multiprocess executor, a process per step as by default, whose step processes
+#: fork from a server that imported the code location once (``forkserver``: Dagster preloads the job's module) instead
+#: of each spawning an interpreter that imports Dagster, the platform and the catalog again. Fixed here, not in run
+#: config: a run cannot choose how its steps execute.
+STEP_EXECUTOR = dg.multiprocess_executor.configured({"start_method": {"forkserver": {}}}, name="multiprocess")
+
 
 def lifecycle_jobs() -> list[UnresolvedAssetJobDefinition]:
     return [

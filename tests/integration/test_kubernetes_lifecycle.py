@@ -57,13 +57,10 @@ def _kubeconfig(path: Path, server: str) -> Path:
     return path
 
 
-# Five benchmark Jobs, each a fresh vLLM start with a cold compile cache (~80 s on two cores, then its levels): on a
-# loaded machine that crosses the suite's 10-minute default.
+# Five benchmark Jobs, each a fresh vLLM start and its levels: on a loaded machine that may cross the suite's
+# 10-minute default.
 @pytest.mark.timeout(1800)
-@pytest.mark.slow(seconds=380)
-# Its auto-tune compares trial Jobs' goodput: beside another worker's vLLM it once adopted a config +156 % "better"
-# (interval +107 to +206 %) than the equal current one, measured while the other worker's load had moved.
-@pytest.mark.timing
+@pytest.mark.slow(seconds=240)
 def test_lifecycle_on_kubernetes_through_dagster(
     cluster: RunningCluster, served_tiny: ServedTiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -102,8 +99,11 @@ def test_lifecycle_on_kubernetes_through_dagster(
         )
         bench_jobs = {name for name in cluster.emulator.stored(JOBS, namespace) if name.startswith("bench-")}
         # auto_tune on kubernetes: one benchmark Job per config measured, each measuring the load ladder 1, 2, 4.
+        # What this test shows is the Jobs, not the search's judgement (the unit tests pin that down on seeded
+        # noise): at a 1000 % margin nothing is adopted however the machine's load moves between two Jobs (at 50 %
+        # an equal config was once adopted at +156 %, measured while another worker's vLLM started beside it).
         search = {"max_num_seqs": [2, 8], "max_num_batched_tokens": [2048], "load_high": 4, "input_len": 32,
-                  "output_len": 8, "margin_pct": 50.0, "repeats": 2}  # fmt: skip
+                  "output_len": 8, "margin_pct": 1000.0, "repeats": 2}  # fmt: skip
         tuned = dg.materialize(
             assets,
             selection=[TUNED_ASSET],
@@ -144,10 +144,9 @@ def test_lifecycle_on_kubernetes_through_dagster(
     assert all(float(str(row["goodput_tok_s"])) > 0 and row["probes"] == 3 for row in rows)
     trial_jobs = {name for name in cluster.emulator.stored(JOBS, namespace) if name.startswith("bench-")} - bench_jobs
     # A config's repeats are rounds in one Job (one server start): the current config's two and the start's two
-    # are one Job each, and so are the current config's two measured again when a winner looked adoptable; every
-    # other measurement (the other candidate, a finalist's top-up) is its own Job.
-    remeasured = len(tuned_event.metadata["current_goodputs_after"].value)  # type: ignore[arg-type]
-    assert remeasured in (0, 2) and len(trial_jobs) == len(rows) - 2 - max(0, remeasured - 1)
-    # Equal configs at these loads: nothing beats the current one by 50 %, so nothing is adopted.
+    # are one Job each; every other measurement (the other candidate, a finalist's top-up) is its own Job. Nothing
+    # looked adoptable, so the current config was not measured again.
+    assert tuned_event.metadata["current_goodputs_after"].value == []
+    assert len(trial_jobs) == len(rows) - 2
     assert tuned_event.metadata["adopted"].value is False
     assert tuned_event.metadata["overrides"].value == {}

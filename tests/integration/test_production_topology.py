@@ -3,7 +3,7 @@ fresh, empty ``DAGSTER_HOME`` and working directory that are deleted when it end
 ``K8sRunLauncher`` pod gives a run). Nothing a run needs may sit on an earlier run's disk.
 
 For one model, in order, through Dagster's GraphQL API (a real ``dagster-webserver`` launching the runs):
-``lifecycle`` → ``promote`` with ``--set`` → ``benchmark_live`` from the schedule's run request → ``auto_tune`` →
+``lifecycle`` → ``auto_tune`` → ``promote`` with ``--set`` → ``benchmark_live`` from the schedule's run request →
 the drift sensor's promote run request → the revision sensor's lifecycle run request, each executed and
 successful; then a promotion that misses an SLO fails with that reason, never a storage error.
 """
@@ -171,7 +171,7 @@ def _promote(topology: Topology, *args: str) -> subprocess.CompletedProcess[str]
     )  # fmt: skip
 
 
-# Five vLLM starts (each run is a fresh pod) and an auto-tune search: past the suite's 10-minute default on a
+# Four vLLM starts (each run is a fresh pod) and an auto-tune search: past the suite's 10-minute default on a
 # loaded two-core machine. The runs' own deadlines (``follow``'s 900 s) still catch a hang.
 @pytest.mark.timeout(1800)
 @pytest.mark.slow(seconds=520)
@@ -182,7 +182,18 @@ def test_every_job_runs_when_each_run_has_its_own_fresh_disk(topology: Topology)
     assert topology.leftover_run_directories() == []
     assert type(topology.instance.run_storage).__name__ == "PostgresRunStorage"
 
-    # 2. promote with --set: reads the weights manifest the first run recorded, from the instance.
+    # 2. auto_tune, a small search (one candidate: the deployed max_num_seqs, so every trial measures the serving
+    #    process and none starts a server of its own), nothing adopted at a 1000 % margin.
+    search = {"max_num_seqs": [TINY_SERVING["max_num_seqs"]], "max_num_batched_tokens": [], "load_high": 2,
+              "input_len": 32, "repeats": 2, "output_len": 8, "margin_pct": 1000.0}  # fmt: skip
+    run_id = topology.api.submit(AUTO_TUNE_JOB, MODEL, {"ops": {TUNED_ASSET: {"config": search}}}, tags={})
+    tuned = topology.follow(run_id)
+    assert tuned.succeeded, tuned.failures
+    tuned_event = latest_materialization(topology.instance, TUNED_ASSET, MODEL)
+    assert tuned_event is not None and tuned_event.metadata["adopted"].value is False
+    assert (Path(str(tuned_event.metadata["artifacts"].value)) / "trials.csv").is_file()
+
+    # 3. promote with --set: reads the weights manifest the first run recorded, from the instance.
     second = _promote(topology, "--set", "max_num_seqs=16")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "Error occurred while loading input" not in second.stdout + second.stderr
@@ -191,7 +202,7 @@ def test_every_job_runs_when_each_run_has_its_own_fresh_disk(topology: Topology)
     definitions = topology.definitions()
     repository = definitions.get_repository_def()
 
-    # 3. benchmark_live from the nightly schedule's run request: reads the deployment record.
+    # 4. benchmark_live from the nightly schedule's run request: reads the deployment record.
     schedule = repository.get_schedule_def(schedule_name(MODEL))
     # A schedule's context opens an instance of its own from the instance's reference: closed with the context (left
     # open, it stayed the thread's current instance after it was gone, and the next Definitions built in that
@@ -207,16 +218,6 @@ def test_every_job_runs_when_each_run_has_its_own_fresh_disk(topology: Topology)
     assert live_event is not None
     artefacts = Path(str(live_event.metadata["artifacts"].value))
     assert artefacts.is_relative_to(topology.local_home) and (artefacts / "results.csv").is_file()
-
-    # 4. auto_tune, a small search (one candidate: the deployed max_num_seqs), nothing adopted at a 1000 % margin.
-    search = {"max_num_seqs": [16], "max_num_batched_tokens": [], "load_high": 2, "input_len": 32, "repeats": 2,
-              "output_len": 8, "margin_pct": 1000.0}  # fmt: skip
-    run_id = topology.api.submit(AUTO_TUNE_JOB, MODEL, {"ops": {TUNED_ASSET: {"config": search}}}, tags={})
-    tuned = topology.follow(run_id)
-    assert tuned.succeeded, tuned.failures
-    tuned_event = latest_materialization(topology.instance, TUNED_ASSET, MODEL)
-    assert tuned_event is not None and tuned_event.metadata["adopted"].value is False
-    assert (Path(str(tuned_event.metadata["artifacts"].value)) / "trials.csv").is_file()
 
     # 5. The drift sensor (Prometheus from the catalog) sees a saturated KV cache and requests a promotion. It is the
     #    code location's sensor, ticking an hour later (its lookback needs the deployed config to have served).
