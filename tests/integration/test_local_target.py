@@ -6,6 +6,9 @@ import json
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
@@ -17,7 +20,7 @@ from llm_platform.defs.lifecycle import lifecycle_assets
 from llm_platform.errors import BenchmarkError, TargetError
 from llm_platform.processes import children_of, command_line, process_alive
 from llm_platform.targets.local_servers import LocalServers, LocalTargetSettings
-from tests.conftest import TINY_SERVING, ServedTiny, tiny_catalog
+from tests.conftest import ServedTiny, tiny_catalog
 
 pytestmark = pytest.mark.integration
 
@@ -126,45 +129,6 @@ def test_a_too_strict_slo_fails_its_check_and_blocks_promotion(served_tiny: Serv
     assert status.healthy and status.active is not None and status.active.fingerprint == served_tiny.fingerprint
 
 
-@pytest.mark.slow(seconds=90)
-def test_blue_green_promotion_keeps_the_endpoint_answering(served_tiny: ServedTiny) -> None:
-    catalog = tiny_catalog(serving={**TINY_SERVING, "max_num_seqs": 16})
-    model = catalog.model("tiny-llama")
-    target = served_tiny.local_target.target()
-    failures: list[str] = []
-    answered = [0]
-    stop = threading.Event()
-
-    def keep_calling() -> None:
-        # A steady trickle of requests (not a flood: the new server must start on the same two cores).
-        while not stop.wait(0.5):
-            try:
-                _complete(served_tiny.endpoint, served_tiny.api_key, max_tokens=4)
-                answered[0] += 1
-            except Exception as error:
-                failures.append(repr(error))
-
-    caller = threading.Thread(target=keep_calling)
-    caller.start()
-    try:
-        status = target.promote(model, served_tiny.weights_path, log=lambda _: None)
-        status_after = target.promote(
-            served_tiny.catalog.model("tiny-llama"), served_tiny.weights_path, log=lambda _: None
-        )
-    finally:
-        stop.set()
-        caller.join()
-    assert failures == []
-    assert answered[0] > 10
-    assert status.active is not None and status.active.fingerprint != served_tiny.fingerprint
-    assert status.endpoint == served_tiny.endpoint
-    # Promoting the original config back leaves exactly one server: the new one replaced the old each time.
-    assert status_after.active is not None and [s.fingerprint for s in status_after.servers] == [
-        status_after.active.fingerprint
-    ]
-    assert not process_alive(status.active.pid)
-
-
 def _fake_interpreter(tmp_path: Path, body: str) -> str:
     script = tmp_path / "fake-python"
     script.write_text(f"#!/bin/sh\n{body}\n")
@@ -228,59 +192,103 @@ def test_cli_local_status_and_stop_of_an_unknown_state(tmp_path: Path) -> None:
     assert status.returncode == 0 and status.stdout.strip() == "no model is served by the local target"
 
 
+@dataclass
+class Calls:
+    answered: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def _kept_calling(served: ServedTiny) -> Iterator[Calls]:
+    """A steady trickle of requests at the endpoint while the body runs (not a flood: a new server must start on the
+    same two cores); what they met."""
+    calls = Calls()
+    stop = threading.Event()
+
+    def keep_calling() -> None:
+        while not stop.wait(0.5):
+            try:
+                _complete(served.endpoint, served.api_key, max_tokens=4)
+                calls.answered += 1
+            except Exception as error:
+                calls.failures.append(repr(error))
+
+    caller = threading.Thread(target=keep_calling)
+    caller.start()
+    try:
+        yield calls
+    finally:
+        stop.set()
+        caller.join()
+
+
 @pytest.mark.slow(seconds=135)
-def test_overrides_are_benchmarked_promoted_and_benchmarked_live(served_tiny: ServedTiny, tmp_path: Path) -> None:
+def test_an_override_is_promoted_blue_green_benchmarked_live_and_promoted_back(
+    served_tiny: ServedTiny, tmp_path: Path
+) -> None:
     """promote with an override (serving_config diff in metadata), then the benchmark_live job against the endpoint,
-    compared with the promotion's benchmark; the original config is promoted back afterwards."""
+    compared with the promotion's benchmark, then the catalog's config promoted back: two blue/green switches while
+    a caller keeps calling the endpoint. No request fails, and each switch leaves exactly one server."""
     catalog = tiny_catalog()
     assets = lifecycle_assets(catalog)
     resources = served_tiny.resources()
     plan = {"config": SMALL_PLAN}
-    try:
-        with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-            dg.materialize(assets, selection=["model_weights"], partition_key="tiny-llama", resources=resources,
-                           instance=instance)  # fmt: skip
-            promoted = dg.materialize(
-                assets,
-                selection=PROMOTE_ASSETS,
-                partition_key="tiny-llama",
-                resources=resources,
-                instance=instance,
-                run_config={
-                    "ops": {
-                        "serving_config": {"config": {"overrides": {"max_num_seqs": "8"}, "reason": "test"}},
-                        "smoke_benchmark": plan,
-                    }
-                },
-            )
-            (config_event,) = promoted.asset_materializations_for_node("serving_config")
-            diff = config_event.metadata["diff_vs_catalog"]
-            assert isinstance(diff, dg.TableMetadataValue)
-            assert [(r.data["field"], r.data["catalog"], r.data["effective"]) for r in diff.records] == [
-                ("max_num_seqs", "32", "8")
-            ]
-            assert "--max-num-seqs" in str(config_event.metadata["engine_args"].value)
-            new_server = promoted.asset_materializations_for_node("vllm_deployment")[0].metadata["server_fingerprint"]
-            assert new_server.value != served_tiny.fingerprint
+    target = served_tiny.local_target.target()
+    original = target.active("tiny-llama")
+    assert original is not None and original.fingerprint == served_tiny.fingerprint
+    with _kept_calling(served_tiny) as calls:
+        try:
+            with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+                dg.materialize(assets, selection=["model_weights"], partition_key="tiny-llama", resources=resources,
+                               instance=instance)  # fmt: skip
+                promoted = dg.materialize(
+                    assets,
+                    selection=PROMOTE_ASSETS,
+                    partition_key="tiny-llama",
+                    resources=resources,
+                    instance=instance,
+                    run_config={
+                        "ops": {
+                            "serving_config": {"config": {"overrides": {"max_num_seqs": "8"}, "reason": "test"}},
+                            "smoke_benchmark": plan,
+                        }
+                    },
+                )
+                overridden = target.status("tiny-llama")
+                live = dg.materialize(
+                    assets,
+                    selection=["live_benchmark"],
+                    partition_key="tiny-llama",
+                    resources=resources,
+                    instance=instance,
+                )
+        finally:
+            restored = target.promote(catalog.model("tiny-llama"), served_tiny.weights_path, log=lambda _: None)
 
-            live = dg.materialize(
-                assets,
-                selection=["live_benchmark"],
-                partition_key="tiny-llama",
-                resources=resources,
-                instance=instance,
-            )
-            (check,) = live.get_asset_check_evaluations()
-            assert check.check_name == "no_regression"
-            assert check.metadata["max_regression_pct"].value == 20.0
-            frame = live.output_for_node("live_benchmark")
-            assert list(frame["concurrency"]) == [1.0, 4.0] and (frame["failed"] == 0).all()
-            (live_event,) = live.asset_materializations_for_node("live_benchmark")
-            assert live_event.metadata["endpoint"].value == served_tiny.endpoint
-    finally:
-        served_tiny.local_target.target().promote(
-            served_tiny.catalog.model("tiny-llama"), served_tiny.weights_path, log=lambda _: None
-        )
+    (config_event,) = promoted.asset_materializations_for_node("serving_config")
+    diff = config_event.metadata["diff_vs_catalog"]
+    assert isinstance(diff, dg.TableMetadataValue)
+    assert [(r.data["field"], r.data["catalog"], r.data["effective"]) for r in diff.records] == [
+        ("max_num_seqs", "32", "8")
+    ]
+    assert "--max-num-seqs" in str(config_event.metadata["engine_args"].value)
+    new_server = promoted.asset_materializations_for_node("vllm_deployment")[0].metadata["server_fingerprint"]
+    assert new_server.value != served_tiny.fingerprint
+    (check,) = live.get_asset_check_evaluations()
+    assert check.check_name == "no_regression"
+    assert check.metadata["max_regression_pct"].value == 20.0
+    frame = live.output_for_node("live_benchmark")
+    assert list(frame["concurrency"]) == [1.0, 4.0] and (frame["failed"] == 0).all()
+    (live_event,) = live.asset_materializations_for_node("live_benchmark")
+    assert live_event.metadata["endpoint"].value == served_tiny.endpoint
+    # Both switches: the endpoint answered throughout, and the server switched away from stopped each time.
+    assert calls.failures == []
+    assert calls.answered > 10
+    assert overridden.active is not None and overridden.active.fingerprint == new_server.value
+    assert [s.fingerprint for s in overridden.servers] == [new_server.value] and not process_alive(original.pid)
+    assert restored.active is not None and restored.active.fingerprint == served_tiny.fingerprint
+    assert [s.fingerprint for s in restored.servers] == [served_tiny.fingerprint]
+    assert not process_alive(overridden.active.pid) and restored.endpoint == served_tiny.endpoint
 
 
 def test_a_bad_override_fails_with_the_catalogs_message(served_tiny: ServedTiny, tmp_path: Path) -> None:
