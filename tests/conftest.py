@@ -8,21 +8,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dagster as dg
 import pytest
 
-from llm_platform.catalog import Catalog, parse_catalog
-from llm_platform.catalog_files import load_catalog
-from llm_platform.conventions import BENCH_RUNS_FILE
-from llm_platform.defs.partitions import latest_materialization
-from llm_platform.defs.resources import LocalTargetResource, PrometheusResource, TargetResource, WeightsResource
-from llm_platform.defs.storage import InstanceValueIOManager
-from llm_platform.devhub import LocalHub, publish_model
-from llm_platform.processes import free_port
-from llm_platform.services import LocalServices
-from llm_platform.targets.local_servers import LocalServers, LocalTargetSettings
-from tests.kubeemu import RunningCluster, running_cluster
+# Imported where used: pytest-xdist's controller loads this file before it starts the workers, and Dagster with the
+# platform's resources is ~2.5 s of that, on the critical path of every run (the controller collects nothing).
+if TYPE_CHECKING:
+    import dagster as dg
+
+    from llm_platform.catalog import Catalog
+    from llm_platform.defs.resources import LocalTargetResource, TargetResource, WeightsResource
+    from llm_platform.devhub import LocalHub
+    from llm_platform.targets.local_servers import LocalServers
+    from tests.kubeemu import RunningCluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CATALOG = REPO_ROOT / "catalog" / "models.yaml"
@@ -46,6 +45,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def deployed_serving(instance: dg.DagsterInstance, model: str) -> dict[str, object]:
     """The serving section the newest ``vllm_deployment`` of ``model`` recorded (what serves now)."""
+    from llm_platform.defs.partitions import latest_materialization
+
     materialization = latest_materialization(instance, "vllm_deployment", model)
     assert materialization is not None, f"{model} was never deployed"
     value = materialization.metadata["serving"].value
@@ -55,12 +56,16 @@ def deployed_serving(instance: dg.DagsterInstance, model: str) -> dict[str, obje
 
 @pytest.fixture(scope="session")
 def example_catalog() -> Catalog:
+    from llm_platform.catalog_files import load_catalog
+
     return load_catalog(EXAMPLE_CATALOG)
 
 
 @pytest.fixture(scope="session")
 def local_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
     """One olah process for the session, serving git repositories published under its mirrors directory."""
+    from llm_platform.devhub import LocalHub
+
     root = tmp_path_factory.mktemp("local-hub")
     with LocalHub(root / "mirrors", log_path=root / "olah.log") as hub:
         yield hub
@@ -69,6 +74,8 @@ def local_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
 @pytest.fixture
 def cluster() -> Iterator[RunningCluster]:
     """A fresh Kubernetes API emulator on a real port (no controllers: tests play them)."""
+    from tests.kubeemu import running_cluster
+
     with running_cluster() as running:
         yield running
 
@@ -84,6 +91,9 @@ def lifecycle_resources(
     target: TargetResource, weights: WeightsResource | None = None, prometheus_url: str = NO_PROMETHEUS
 ) -> dict[str, object]:
     """Every resource the lifecycle assets take, as the code location configures them (values in the instance)."""
+    from llm_platform.defs.resources import PrometheusResource, WeightsResource
+    from llm_platform.defs.storage import InstanceValueIOManager
+
     return {
         "io_manager": InstanceValueIOManager(),
         "target": target,
@@ -94,6 +104,8 @@ def lifecycle_resources(
 
 def local_servers(state_dir: Path) -> LocalServers:
     """The local target's servers under ``state_dir`` (to inspect or stop them)."""
+    from llm_platform.targets.local_servers import LocalServers, LocalTargetSettings
+
     return LocalServers(LocalTargetSettings(state_dir=state_dir, file_sd_dir=state_dir / "file_sd"))
 
 
@@ -120,6 +132,8 @@ class ServedTiny:
 
 def client_runs(script: str) -> list[list[str]]:
     """The benchmark client's argument lists a benchmark Job's script carries (its runs file's here-document)."""
+    from llm_platform.conventions import BENCH_RUNS_FILE
+
     lines = script.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("cat > ") and BENCH_RUNS_FILE in line)
     runs: list[list[str]] = json.loads(lines[start + 1])
@@ -137,6 +151,8 @@ TINY_SERVING: dict[str, object] = {
 
 def tiny_catalog(platform: dict[str, object] | None = None, **sections: object) -> Catalog:
     """A one-model catalog of the tiny demo model; ``sections`` override slo/serving/... ."""
+    from llm_platform.catalog import parse_catalog
+
     model: dict[str, object] = {
         "name": "tiny-llama",
         "source": {"repo": TINY_REPO},
@@ -150,6 +166,9 @@ def tiny_catalog(platform: dict[str, object] | None = None, **sections: object) 
 @contextmanager
 def running_prometheus(file_sd_dir: Path, home: Path) -> Iterator[str]:
     """A real Prometheus (the Debian package) scraping the local target's file_sd files; its URL."""
+    from llm_platform.processes import free_port
+    from llm_platform.services import LocalServices
+
     if shutil.which("prometheus") is None:
         pytest.skip("prometheus is not installed (make test installs the Debian package)")
     services = LocalServices(home)
@@ -163,7 +182,9 @@ def running_prometheus(file_sd_dir: Path, home: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def served_tiny(local_hub: LocalHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedTiny]:
     """One real vLLM-on-CPU server for the whole session (the expensive fixture every serving test shares)."""
+    from llm_platform.defs.resources import LocalTargetResource, WeightsResource
     from llm_platform.dev.tiny_model import make_tiny_model
+    from llm_platform.devhub import publish_model
 
     root = tmp_path_factory.mktemp("served-tiny")
     publish_model(local_hub.mirrors_root, TINY_REPO, make_tiny_model(root / "source"))
