@@ -186,9 +186,12 @@ def test_every_job_runs_when_each_run_has_its_own_fresh_disk(topology: Topology)
     #    process and none starts a server of its own), nothing adopted at a 1000 % margin.
     search = {"max_num_seqs": [TINY_SERVING["max_num_seqs"]], "max_num_batched_tokens": [], "load_high": 2,
               "input_len": 32, "repeats": 2, "output_len": 8, "margin_pct": 1000.0}  # fmt: skip
+    server_logs = topology.local_home / "local-target" / "logs"
+    started_before = sorted(server_logs.iterdir())
     run_id = topology.api.submit(AUTO_TUNE_JOB, MODEL, {"ops": {TUNED_ASSET: {"config": search}}}, tags={})
     tuned = topology.follow(run_id)
     assert tuned.succeeded, tuned.failures
+    assert sorted(server_logs.iterdir()) == started_before  # no server started: the trials measured the serving one
     tuned_event = latest_materialization(topology.instance, TUNED_ASSET, MODEL)
     assert tuned_event is not None and tuned_event.metadata["adopted"].value is False
     assert (Path(str(tuned_event.metadata["artifacts"].value)) / "trials.csv").is_file()
