@@ -68,26 +68,31 @@ lint: $(VENV)/.installed
 	wait $$typecheck || status=$$?; \
 	exit $$status
 
-# Two steps. Every test whose verdict does not depend on the machine's speed, over two pytest-xdist workers (whole
-# files, the longest first: tests/conftest.py); then the tests marked `timing`, whose verdicts compare measured
-# latency or throughput, one at a time (a server beside them would be measured with them). Both steps always run;
-# either failing fails the target.
-test: lint $(OLAH) $(CHECKOV) system-packages
-	status=0; \
-	$(BIN)/pytest -m "not timing" -n 2 --dist loadfile --no-loadscope-reorder || status=$$?; \
+# $(call beside_the_checks,COMMAND): `make lint` in the background while COMMAND runs, the checks' output printed
+# after COMMAND's. The type check is one core's work for 15 s with a cold cache, and tests leave a core idle at their
+# start and end. Leaves $$status non-zero when either failed.
+define beside_the_checks
+status=0; checks_log=$$(mktemp); \
+	$(MAKE) --no-print-directory lint > $$checks_log 2>&1 & checks=$$!; \
+	$(1) || status=$$?; \
+	wait $$checks || status=$$?; \
+	cat $$checks_log; rm -f $$checks_log
+endef
+
+# Two steps, the checks beside the first. Every test whose verdict does not depend on the machine's speed, over two
+# pytest-xdist workers (whole files, the longest first: tests/conftest.py); then the tests marked `timing`, whose
+# verdicts compare measured latency or throughput, one at a time (a server beside them would be measured with them).
+# Every check and both steps always run; any failing fails the target.
+test: $(VENV)/.installed $(OLAH) $(CHECKOV) system-packages
+	$(call beside_the_checks,$(BIN)/pytest -m "not timing" -n 2 --dist loadfile --no-loadscope-reorder); \
 	$(BIN)/pytest -m timing || status=$$?; \
 	exit $$status
 
 # The edit loop: lint, type checks, contracts, the unit tests and the wiring on the in-process fake target (no
-# vLLM, no services), over two pytest-xdist workers. The checks run beside the tests (their output after the tests'):
-# the type check is one core's work for 15 s with a cold cache, and the tests leave a core idle at their start and
-# end. Every check and test runs; any failing fails the target.
+# vLLM, no services), over two pytest-xdist workers, the checks beside them. Every check and test runs; any failing
+# fails the target.
 test-fast: $(VENV)/.installed
-	status=0; checks_log=$$(mktemp); \
-	$(MAKE) --no-print-directory lint > $$checks_log 2>&1 & checks=$$!; \
-	$(BIN)/pytest -m "not integration and not e2e" -n 2 --dist loadfile || status=$$?; \
-	wait $$checks || status=$$?; \
-	cat $$checks_log; rm -f $$checks_log; \
+	$(call beside_the_checks,$(BIN)/pytest -m "not integration and not e2e" -n 2 --dist loadfile); \
 	exit $$status
 
 # The image's dependencies, pinned with hashes (pip-tools in its own virtualenv).

@@ -119,6 +119,15 @@ class ServedTiny:
     weights_path: str
     endpoint: str
     fingerprint: str
+    #: A test served another config or exposure: the next test that uses the server promotes the session's back first
+    #: (at its setup, not at the modifier's teardown: the last test of a run then costs no server start).
+    reconfigured: bool = False
+
+    def restore_session_config(self) -> None:
+        """The session's catalog serving again, if a test left another (a server start if the engine config differs)."""
+        if self.reconfigured:
+            self.local_target.target().promote(self.catalog.model("tiny-llama"), self.weights_path, log=lambda _: None)
+            self.reconfigured = False
 
     def resources(self, prometheus_url: str = NO_PROMETHEUS) -> dict[str, object]:
         """The lifecycle resources on this server's model store and local target."""
@@ -177,6 +186,14 @@ def running_prometheus(file_sd_dir: Path, home: Path) -> Iterator[str]:
         yield record.url
     finally:
         services.stop("prometheus")
+
+
+@pytest.fixture(autouse=True)
+def _served_tiny_in_its_session_config(request: pytest.FixtureRequest) -> None:
+    """Every test that uses the session's server finds it serving the session's catalog (see ``reconfigured``)."""
+    if "served_tiny" in request.fixturenames:
+        served: ServedTiny = request.getfixturevalue("served_tiny")
+        served.restore_session_config()
 
 
 @pytest.fixture(scope="session")

@@ -80,15 +80,14 @@ def _catalog() -> Catalog:
 
 
 @pytest.fixture
-def stable(served_tiny: ServedTiny) -> Iterator[LocalServers]:
+def stable(served_tiny: ServedTiny) -> LocalServers:
     """The session's server as this module's stable version, its edge enforcing this catalog's exposure (the same
-    config: the server is reused, only the edge reloads); the session's catalog is promoted back afterwards."""
+    config: the server is reused, only the edge reloads); the next test that uses the session's server gets the
+    session's catalog back first (a server start after a promoted canary: none when this test is the run's last)."""
     servers = served_tiny.local_target.target()
+    served_tiny.reconfigured = True
     servers.promote(_catalog().model("tiny-llama"), served_tiny.weights_path, log=lambda _: None)
-    try:
-        yield servers
-    finally:
-        servers.promote(served_tiny.catalog.model("tiny-llama"), served_tiny.weights_path, log=lambda _: None)
+    return servers
 
 
 def _promote(
@@ -152,7 +151,7 @@ def test_a_worse_canary_is_aborted_at_its_first_step_and_the_stable_server_keeps
 def test_a_good_canary_goes_through_every_step_and_serves_alone(
     served_tiny: ServedTiny, stable: LocalServers, prometheus: str, tmp_path: Path
 ) -> None:
-    """The stable fixture promotes the session's config back afterwards (a server start), for the tests after it."""
+    """The canary takes all the traffic step by step and then serves alone, the stable server stopped."""
     stable_pid = stable.active("tiny-llama").pid  # type: ignore[union-attr]
     with (
         dg.instance_for_test(temp_dir=str(tmp_path)) as instance,
