@@ -171,3 +171,5 @@ REPLAY_DATASET_FILE = "replay-dataset.jsonl"
 #: Beside a local benchmark's results: the ``vllm bench serve`` argument list of each level, in the order one child
 #: process runs them (``python -m llm_platform.engine.vllm_bench --runs FILE``).
 BENCH_RUNS_FILE = "bench-serve-runs.json"
+#: ... and what that process printed (vLLM's own lines: what a failed level's error quotes the tail of).
+BENCH_LOG_FILE = "bench-serve.log"

@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import multiprocessing
+import multiprocessing.context
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import pandas as pd
 from llm_platform.benchmark import replay_dataset
 from llm_platform.benchmark.parse import parse_result, results_frame
 from llm_platform.benchmark.plan import BenchmarkPlan, bench_serve_args, level_filename
-from llm_platform.conventions import BENCH_RUNS_FILE, REPLAY_DATASET_FILE, REPLAY_LENGTHS_FILE
+from llm_platform.conventions import BENCH_LOG_FILE, BENCH_RUNS_FILE, REPLAY_DATASET_FILE, REPLAY_LENGTHS_FILE
 from llm_platform.engine import Engine, vllm_bench
 from llm_platform.errors import BenchmarkError
 
@@ -111,41 +112,64 @@ def run_plan(
     base_url: str,
     tokenizer: str,
     work_dir: Path,
-    python: str = sys.executable,
     timeout_s: float = 1800,
     log: Callable[[str], None] = lambda _: None,
     api_key: str | None = None,
 ) -> tuple[pd.DataFrame, dict[int, dict[str, object]]]:
     """The benchmark table (one row per concurrency level) and the raw result JSON of each level.
 
-    Every level runs in one child process, in order (vLLM's import, ~15 s on CPU, is paid once per plan, not per
-    level); ``timeout_s`` bounds each level. The argument lists are kept in ``work_dir`` beside the results."""
+    Every level runs in one child process, in order, forked from a warm client (:func:`_client_processes`);
+    ``timeout_s`` bounds each level. The argument lists and the child's output are kept in ``work_dir`` beside the
+    results."""
     _write_dataset(plan, tokenizer, work_dir)
     levels = plan.concurrency_levels
     runs = [
         _level_args(plan, level, engine=engine, model=model, base_url=base_url, tokenizer=tokenizer, work_dir=work_dir)
         for level in levels
     ]
-    runs_file = work_dir / BENCH_RUNS_FILE
+    runs_file, log_file = work_dir / BENCH_RUNS_FILE, work_dir / BENCH_LOG_FILE
     runs_file.write_text(json.dumps(runs, indent=1))
     described = ", ".join(str(level) for level in levels)
     log(f"model '{model}': vllm bench serve at concurrency {described} ({plan.prompts_per_level} prompts each)")
-    try:
-        completed = subprocess.run(
-            [python, "-m", "llm_platform.engine.vllm_bench", vllm_bench.RUNS_FLAG, str(runs_file)],
-            capture_output=True, text=True, timeout=timeout_s * len(levels), check=False,
-            env={**os.environ, **({"OPENAI_API_KEY": api_key} if api_key else {})},
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
+    environment = {**os.environ, **({"OPENAI_API_KEY": api_key} if api_key else {})}
+    child = _client_processes().Process(
+        target=_run_client, args=(str(runs_file), environment, str(log_file)), name=f"vllm bench serve: {model}"
+    )
+    child.start()
+    child.join(timeout_s * len(levels))
+    if child.is_alive():
+        child.kill()
+        child.join()
         raise BenchmarkError(
             f"model '{model}': the benchmark ran past {timeout_s * len(levels):.0f} s ({timeout_s:.0f} s a level) "
             f"at concurrency {_first_unfinished(levels, work_dir)}"
-        ) from None
-    code, log_text = completed.returncode, completed.stdout + completed.stderr
+        )
+    code = child.exitcode if child.exitcode is not None else 1
+    log_text = log_file.read_text(errors="replace") if log_file.is_file() else ""
     if code != 0:  # the level that failed is the first without its result (the child stops there)
         raise _level_failed(model, _first_unfinished(levels, work_dir), code, log_text)
     raw = {level: _level_result(model, level, work_dir, code, log_text) for level in levels}
     return results_frame([parse_result(raw[level], level) for level in levels]), raw
+
+
+def _client_processes() -> multiprocessing.context.ForkServerContext:
+    """Where each plan's client process comes from: a fork server that imported vLLM's benchmark once, started by
+    the first plan of this process (a Dagster step, a test worker, a bench script) and gone with it. A fresh
+    interpreter importing vLLM for every plan was ~10 s of CPU per benchmark on two cores."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", __name__, *vllm_bench.PRELOAD])  # once started, this changes nothing
+    return context
+
+
+def _run_client(runs_file: str, environment: dict[str, str], log_file: str) -> None:
+    """The child: the caller's environment as it is now (the server's is as it was when it started), its output
+    into ``log_file``, then every run of ``runs_file`` in order (``SystemExit`` at the first that fails)."""
+    os.environ.clear()
+    os.environ.update(environment)
+    with Path(log_file).open("wb") as output:
+        for standard_stream in (1, 2):  # the descriptors: vLLM's loggers hold the streams of the server's start
+            os.dup2(output.fileno(), standard_stream)
+    sys.exit(vllm_bench.main([vllm_bench.RUNS_FLAG, runs_file]))
 
 
 def _first_unfinished(levels: tuple[int, ...], work_dir: Path) -> int:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 RUNS_FLAG = "--runs"
+#: What a warm client process imports once before it is forked for each benchmark (``llm_platform.benchmark.runner``).
+PRELOAD = ("vllm.benchmarks.serve",)
 
 
 def _in_process() -> Callable[[list[str]], None] | None:

@@ -368,7 +368,7 @@ def test_a_failing_level_is_named_and_the_later_levels_never_run(tmp_path: Path)
     nothing after it is measured."""
     from llm_platform.benchmark.plan import BenchmarkPlan, bench_serve_args, level_filename
     from llm_platform.benchmark.runner import run_plan
-    from llm_platform.conventions import BENCH_RUNS_FILE
+    from llm_platform.conventions import BENCH_LOG_FILE, BENCH_RUNS_FILE
     from llm_platform.engine.vllm import VLLM
 
     key, tokenizer, work_dir = "sk-secret-0123456789", tmp_path / "empty-weights", tmp_path / "bench"
@@ -387,3 +387,49 @@ def test_a_failing_level_is_named_and_the_later_levels_never_run(tmp_path: Path)
     ]  # fmt: skip
     assert json.loads((work_dir / BENCH_RUNS_FILE).read_text()) == expected
     assert not (work_dir / level_filename(1)).exists() and not (work_dir / level_filename(2)).exists()
+    assert "tokenizer" in (work_dir / BENCH_LOG_FILE).read_text()  # the child's output, kept beside its runs
+
+
+def test_every_plan_of_a_process_forks_its_client_from_one_warm_server(tmp_path: Path) -> None:
+    """vLLM's benchmark is imported once per process that benchmarks, by a fork server the first plan starts; every
+    plan's client is a fork of it that runs in the caller's environment as it is at that plan: each plan's key is
+    the one its requests carry (the server started with the first)."""
+    import contextlib
+    import http.server
+    import os
+
+    from llm_platform.benchmark.plan import BenchmarkPlan
+    from llm_platform.benchmark.runner import run_plan
+    from llm_platform.conventions import BENCH_LOG_FILE
+    from llm_platform.dev.tiny_model import make_tiny_model
+    from llm_platform.engine.vllm import VLLM
+
+    bearers: list[str] = []
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            if self.path.startswith("/v1/"):  # (vLLM's prompt alignment asks /tokenize, without a key)
+                bearers.append(self.headers.get("Authorization", ""))
+            self.send_error(503)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    endpoint = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+    tokenizer = make_tiny_model(tmp_path / "tiny")
+    plan = BenchmarkPlan(input_len=16, output_len=4, prompts_per_level=1, concurrency_levels=(1,), num_warmups=0)
+    keys, servers = ("sk-first-0123456789", "sk-second-0123456789"), []
+    try:
+        for run, key in enumerate(keys):
+            with contextlib.suppress(BenchmarkError):  # every request refused: a level of errors, or none at all
+                run_plan(plan, engine=VLLM, model="tiny-llama", base_url=f"http://127.0.0.1:{endpoint.server_port}",
+                         tokenizer=str(tokenizer), work_dir=tmp_path / str(run), api_key=key)  # fmt: skip
+            servers.append([pid for pid in children_of(os.getpid()) if "forkserver" in command_line(pid)])
+            assert key not in (tmp_path / str(run) / BENCH_LOG_FILE).read_text()
+    finally:
+        endpoint.shutdown()
+    assert sorted(set(bearers)) == [f"Bearer {key}" for key in keys]
+    assert len(servers[0]) == 1 and servers[1] == servers[0]
+    maps = Path(f"/proc/{servers[0][0]}/maps").read_text()
+    assert "libtorch" in maps  # vLLM's benchmark (and the torch under it) imported in the server, not per plan
