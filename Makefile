@@ -79,12 +79,17 @@ status=0; checks_log=$$(mktemp); \
 	cat $$checks_log; rm -f $$checks_log
 endef
 
-# Two steps, the checks beside the first. Every test whose verdict does not depend on the machine's speed, over two
-# pytest-xdist workers (whole files, the longest first: tests/conftest.py); then the tests marked `timing`, whose
-# verdicts compare measured latency or throughput, one at a time (a server beside them would be measured with them).
-# Every check and both steps always run; any failing fails the target.
+# Two steps, the checks beside the first. Every test whose verdict does not depend on the machine's speed, over
+# $(TEST_WORKERS) pytest-xdist workers (whole files, the longest first: tests/conftest.py); then the tests marked `timing`,
+# whose verdicts compare measured latency or throughput, one at a time (a server beside them would be measured with
+# them). Every check and both steps always run; any failing fails the target.
+#
+# One worker more than the cores: the real-component tests wait on servers, sockets and Prometheus scrapes for part
+# of their time, which a third worker fills. On two cores, first step: 765 s with two workers, 616 s with three
+# (docs/benchmarks.md). Each worker holds a vLLM server for the session: mind the memory before raising it.
+TEST_WORKERS ?= 3
 test: $(VENV)/.installed $(OLAH) $(CHECKOV) system-packages
-	$(call beside_the_checks,$(BIN)/pytest -m "not timing" -n 2 --dist loadfile --no-loadscope-reorder); \
+	$(call beside_the_checks,$(BIN)/pytest -m "not timing" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder); \
 	$(BIN)/pytest -m timing || status=$$?; \
 	exit $$status
 

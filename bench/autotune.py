@@ -31,7 +31,6 @@ import dataclasses
 import functools
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 
-from shortmode import parse_options  # noqa: E402
+from shortmode import parse_options, scratch_dir  # noqa: E402
 
 from llm_platform.benchmark.plan import BenchmarkPlan  # noqa: E402
 from llm_platform.catalog import parse_catalog  # noqa: E402
@@ -254,7 +253,7 @@ def main() -> None:
     parser.add_argument("--live-tuner", action="store_true", help="run the tuner's trials anew")
     options = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="autotune-"))
+    work = scratch_dir("autotune-")
     model_dir = str(make_tiny_model(work / "tiny"))
     slo = {"ttft_p95_ms": options.ttft_ms, "itl_p95_ms": options.itl_ms, "max_error_rate": 0}
     catalog = parse_catalog({"models": [{"name": "tiny-llama", "source": {"path": model_dir},

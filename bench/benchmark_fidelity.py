@@ -22,13 +22,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from shortmode import parse_options  # noqa: E402
+from shortmode import parse_options, scratch_dir  # noqa: E402
 
 from llm_platform.benchmark.plan import BenchmarkPlan  # noqa: E402
 from llm_platform.benchmark.runner import run_plan  # noqa: E402
@@ -69,7 +68,7 @@ def main() -> None:
     parser.add_argument("--api-key-file", help="the key the running server requires (with --base-url)")
     options = parse_options(parser, {"rounds": 1, "prompts": 8, "concurrency": 2})
 
-    work = Path(tempfile.mkdtemp(prefix="fidelity-"))
+    work = scratch_dir("fidelity-")
     if options.base_url and not options.tokenizer:
         parser.error("--base-url needs --tokenizer (the server's weights directory)")
     api_key = Path(options.api_key_file).read_text().strip() if options.api_key_file else None

@@ -31,7 +31,6 @@ import math
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,7 +43,7 @@ import aiohttp
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from shortmode import parse_options  # noqa: E402
+from shortmode import parse_options, scratch_dir  # noqa: E402
 
 from llm_platform.benchmark import replay_dataset  # noqa: E402
 from llm_platform.benchmark.plan import BenchmarkPlan, plan_for  # noqa: E402
@@ -249,7 +248,7 @@ def main() -> None:
         parser.error("rate x duration must send at least 200 requests (the profile's floor)")
     if options.rounds < 1:
         parser.error("--rounds must be at least 1")
-    work = Path(tempfile.mkdtemp(prefix="profile-fidelity-"))
+    work = scratch_dir("profile-fidelity-")
     model = tiny_model(str(work))
 
     @contextmanager

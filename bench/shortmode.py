@@ -5,8 +5,12 @@ The full mode (no ``--short``) is what docs/benchmarks.md quotes."""
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 
 def parse_options(
@@ -18,3 +22,11 @@ def parse_options(
     if "--short" in args:
         parser.set_defaults(**short)
     return parser.parse_args(args)
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A directory for the run's files (a tiny model, logs, results), removed when the script exits: ``make test``
+    runs every bench, and each run left its files in the temporary directory."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
