@@ -32,7 +32,7 @@ SLOW_DEFAULT_S = 60.0
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The longest test files first, by the ``seconds`` their ``slow`` marks state (the rest keep their order).
 
-    ``make test`` deals whole files to two pytest-xdist workers, each taking the next file when it is done with
+    ``make test`` deals whole files to its pytest-xdist workers, each taking the next file when it is done with
     one; starting the longest first is what keeps one worker from ending with the production topology alone
     (longest-processing-time first)."""
     weight: dict[str, float] = {}
