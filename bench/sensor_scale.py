@@ -110,6 +110,14 @@ def main() -> None:
             lookback = Lookback.of(TuningLimits(), catalog.platform.namespace)
             decided = client.snapshot(lookback)
             queries, recorded = client.queries_sent, client.recorded
+            federated: list[float] = []
+            queried: list[float] = []
+            frontend = PrometheusClient(prometheus.url, federation=False)
+            for _ in range(args.repeat):  # the recorded snapshot through /federate and through the query API
+                for reader, times in ((client, federated), (frontend, queried)):
+                    started = time.perf_counter()
+                    reader.snapshot(lookback)
+                    times.append(time.perf_counter() - started)
             raw = []
             for _ in range(max(1, args.repeat // 2)):  # what a tick costs where the rules are not loaded
                 started = time.perf_counter()
@@ -140,6 +148,9 @@ def main() -> None:
     print(f"sensor tick: median {tick:.3f} s over {len(ours)} ticks, {queries} queries")
     print(f"Prometheus: one evaluation of the recording rules {evaluation_s:.3f} s (every {RECORDING_INTERVAL_S} s); "
           f"the same snapshot queried over the raw samples {statistics.median(raw):.3f} s")  # fmt: skip
+    federation_s, query_api_s = statistics.median(federated), statistics.median(queried)
+    print(f"the recorded snapshot read through /federate {federation_s:.3f} s, through the query API "
+          f"{query_api_s:.3f} s (a query frontend without federation; every tick before 2026-12-07)")  # fmt: skip
     print(f"per-model reference: median {ref:.3f} s, {reference_queries} queries (measured on {len(sample)} models, "
           f"scaled to {len(names)})")  # fmt: skip
     print(f"cold tick (every deployment read): {ours[0]:.3f} s = instance {phases[0].instance_s:.3f} + Prometheus "
@@ -147,6 +158,7 @@ def main() -> None:
     print(f"models={args.models} queries={queries} tick_s={tick:.3f} instance_s={phase('instance_s'):.3f} "
           f"prometheus_s={phase('prometheus_s'):.3f} policy_s={phase('policy_s'):.3f} cold_tick_s={ours[0]:.3f} "
           f"rules_eval_s={evaluation_s:.3f} raw_snapshot_s={statistics.median(raw):.3f} "
+          f"federation_snapshot_s={federation_s:.3f} query_api_snapshot_s={query_api_s:.3f} "
           f"reference_queries={reference_queries} reference_s={ref:.3f} ratio={ref / tick:.1f}")  # fmt: skip
 
 

@@ -9,7 +9,10 @@ from the engines (``llm_platform.engine``: each registered engine's expressions 
 are disjoint); names an engine renamed are matched under all of them (``__name__=~"new|old"``), so a fleet with old
 and new engine releases reads the same.
 A canary step's figures (:func:`track_queries`) are the one exception to ``by (model_name)``: one model, ``by
-(track)``, also in one request.
+(track)``, also in one request. The drift snapshot the recording rules precompute is read from the federation
+endpoint (:data:`FEDERATION_PATH`), where the same series cost far less to write and to read than as JSON; the
+official client's parser (``prometheus_client.parser``) reads 100,000 lines in seconds, so :func:`parse_exposition`
+reads the format itself.
 Transient failures (connection errors, 5xx, 429) are retried with backoff; errors become :class:`PrometheusError`
 with the URL and what to do.
 """
@@ -21,7 +24,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 
@@ -249,11 +252,84 @@ def drift_recording_group(lookback: Lookback) -> dict[str, Any]:
     }
 
 
+def recorded_snapshot_selector(lookback: Lookback) -> str:
+    """The series the recording rules write for ``lookback`` (one per model and field)."""
+    return f'{RECORDED_SNAPSHOT}{{{LOOKBACK_LABEL}="{lookback.key}"}}'
+
+
 def recorded_snapshot_query(lookback: Lookback) -> str:
-    """The recorded snapshot of ``lookback`` and, as field :data:`EVALUATED_AT`, when it was evaluated."""
-    recorded = f'{RECORDED_SNAPSHOT}{{{LOOKBACK_LABEL}="{lookback.key}"}}'
+    """The recorded snapshot of ``lookback`` and, as field :data:`EVALUATED_AT`, when it was evaluated: what the
+    query API answers where Prometheus' federation endpoint is not served."""
     one_field = f'{RECORDED_SNAPSHOT}{{{LOOKBACK_LABEL}="{lookback.key}",{FIELD_LABEL}="coverage"}}'
-    return f'{recorded} or label_replace(min(timestamp({one_field})), "{FIELD_LABEL}", "{EVALUATED_AT}", "", "")'
+    evaluated = f'label_replace(min(timestamp({one_field})), "{FIELD_LABEL}", "{EVALUATED_AT}", "", "")'
+    return f"{recorded_snapshot_selector(lookback)} or {evaluated}"
+
+
+#: Prometheus' federation endpoint: the newest sample of every series a selector matches, in the text exposition
+#: format. The recorded snapshot is read there rather than through the query API: at 5,000 models it is 100,000
+#: series, and the text format costs Prometheus less to write and the sensor far less to read than the same series
+#: as JSON objects (docs/benchmarks.md); each line also carries its own sample's time.
+FEDERATION_PATH = "/federate"
+#: The exposition format asked of the federation endpoint (its default; protobuf is the alternative it offers).
+EXPOSITION_FORMAT = "text/plain;version=0.0.4"
+
+
+class Sample(NamedTuple):
+    """One series' newest sample, as the federation endpoint writes it (a tuple: 100,000 of them per tick)."""
+
+    labels: dict[str, str]
+    value: float
+    time_s: float
+    """When it was taken (NaN where the line has no timestamp)."""
+
+
+_EXPOSITION_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)",?')
+_EXPOSITION_ESCAPE = re.compile(r"\\(.)")
+
+
+def parse_exposition(text: str, source: str) -> list[Sample]:
+    """The samples of Prometheus' text exposition format (comments and blank lines skipped); a line in another
+    form is a :class:`PrometheusError` naming ``source`` and the line.
+
+    Label values without a backslash (model and field names: every line of the recorded snapshot) are split
+    directly, since a quote inside a value is always escaped; the others go through the full grammar and are
+    unescaped (``\\\\``, ``\\"``, ``\\n``)."""
+    samples = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line or line[0] == "#":
+            continue
+        try:
+            head, closed, rest = line.rpartition("} ")
+            if closed:  # name{labels} value [timestamp]
+                body = head.partition("{")[2]
+                labels = _exposition_labels(body) if "\\" in body or not body.endswith('"') else _plain_labels(body)
+            else:  # name value [timestamp]
+                labels, rest = {}, line.partition(" ")[2]
+            value, _, timestamp = rest.partition(" ")
+            samples.append(Sample(labels, float(value), int(timestamp) / 1000 if timestamp else math.nan))
+        except ValueError:
+            raise PrometheusError(
+                f"{source} answered line {number} in a form that is not Prometheus' text exposition format: "
+                f"{line[:120]!r}"
+            ) from None
+    return samples
+
+
+def _plain_labels(body: str) -> dict[str, str]:
+    """``a="x",b="y"`` without a backslash: no value holds a quote, so ``",`` separates the pairs."""
+    return dict(pair.split('="', 1) for pair in body[:-1].split('",'))
+
+
+def _exposition_labels(body: str) -> dict[str, str]:
+    """Labels by the format's grammar, their values unescaped (a body in another form is a ``ValueError``)."""
+    pairs = _EXPOSITION_LABEL.findall(body)
+    if "".join(f'{name}="{value}",' for name, value in pairs) != body.rstrip(",") + ",":
+        raise ValueError(body)
+    return {name: _EXPOSITION_ESCAPE.sub(_unescaped, value) for name, value in pairs}
+
+
+def _unescaped(escape: re.Match[str]) -> str:
+    return "\n" if escape.group(1) == "n" else escape.group(1)
 
 
 #: The latency quantile the canary judge compares (the SLO's: p95).
@@ -423,6 +499,9 @@ class PrometheusClient:
     queries_sent: int = 0
     recorded: bool | None = None
     """Whether the last snapshot was read from the recording rules (None: no snapshot yet)."""
+    federation: bool = True
+    """Read the recorded snapshot through Prometheus' federation endpoint where it is served; False: through the
+    query API alone (what a tick costs behind a query frontend, which ``bench/sensor_scale.py`` compares)."""
 
     def query(self, promql: str, at: float | None = None) -> list[tuple[dict[str, str], float]]:
         """``(labels, value)`` per series of an instant query (a scalar result is one series without labels)."""
@@ -444,12 +523,13 @@ class PrometheusClient:
             return None
         return parse_duration_s(str(flags.get("storage.tsdb.retention.time", "")))
 
-    def _get(self, path: str, params: dict[str, str]) -> requests.Response:
+    def _get(self, path: str, params: dict[str, str], accept: str | None = None) -> requests.Response:
         endpoint = f"{self.url.rstrip('/')}{path}"
+        headers = {"Accept": accept} if accept else None
         for attempt in range(self.retries + 1):
             self.queries_sent += 1
             try:
-                response = self.session.get(endpoint, params=params, timeout=self.timeout_s)
+                response = self.session.get(endpoint, params=params, headers=headers, timeout=self.timeout_s)
             except requests.RequestException as error:
                 failure = f"unreachable ({type(error).__name__})"
             else:
@@ -484,28 +564,61 @@ class PrometheusClient:
             return [({}, float(data["result"][1]))]
         return [(dict(item.get("metric", {})), float(item["value"][1])) for item in data.get("result", [])]
 
+    def newest_samples(self, selector: str) -> list[Sample] | None:
+        """The newest sample of every series ``selector`` matches, from Prometheus' federation endpoint in one
+        request; None where the endpoint is not served (a query frontend such as Thanos Query or Mimir: HTTP 404)."""
+        response = self._get(FEDERATION_PATH, {"match[]": selector}, accept=EXPOSITION_FORMAT)
+        if response.status_code in (404, 405):
+            return None
+        source = f"Prometheus at {self.url} ({FEDERATION_PATH})"
+        if response.status_code != 200:
+            reason = response.text.strip().splitlines()[:1] or ["no reason given"]
+            raise PrometheusError(f"{source} refused {selector!r}: HTTP {response.status_code} {reason[0][:200]}")
+        if not response.headers.get("Content-Type", "").startswith("text/plain"):
+            raise PrometheusError(f"{source} answered {response.headers.get('Content-Type')!r}; is it Prometheus?")
+        return parse_exposition(response.text, source)
+
     def snapshot(self, lookback: Lookback | None = None, at: float | None = None) -> dict[str, Snapshot]:
         """Every model's :class:`Snapshot` from :data:`QUERIES_PER_SNAPSHOT` queries (NaN where a query had no
         series for the model: "no data", never a zero that was not measured).
 
-        The recording rules' values for ``lookback`` when Prometheus has them (one instant vector, evaluated at
-        most :data:`RECORDING_INTERVAL_S` ago: the newest sample's age counts from the query time, not from the
-        evaluation); otherwise, the same expressions evaluated now over the raw samples."""
+        The recording rules' values for ``lookback`` when Prometheus has them (their newest evaluation, at most
+        :data:`RECORDING_INTERVAL_S` old: the newest sample's age counts to ``at``, not to the evaluation);
+        otherwise, the same expressions evaluated at ``at`` over the raw samples."""
         lookback = lookback or Lookback()
         sample_time = at if at is not None else time.time()
         fields = snapshot_queries(lookback)
-        values, evaluated_at = self._by_model(self.query(recorded_snapshot_query(lookback), sample_time), fields)
+        values = self._recorded_snapshot(lookback, fields, sample_time)
         self.recorded = bool(values)
-        if values:
-            for measured in values.values():
-                if "age_s" in measured and not math.isnan(evaluated_at):
-                    measured["age_s"] += max(0.0, sample_time - evaluated_at)
-        else:
+        if not values:
             values, _ = self._by_model(self.query(snapshot_query(lookback), sample_time), fields)
         nothing = {**dict.fromkeys(fields, math.nan), "coverage": 0.0}
         return {
             model: Snapshot(**{**nothing, **measured}, sample_time=sample_time) for model, measured in values.items()
         }
+
+    def _recorded_snapshot(
+        self, lookback: Lookback, fields: dict[str, str], sample_time: float
+    ) -> dict[str, dict[str, float]]:
+        """The recording rules' fields per model (empty where they are not loaded), through the federation
+        endpoint, else through the query API; ``age_s`` grows by the time since its evaluation."""
+        samples = self.newest_samples(recorded_snapshot_selector(lookback)) if self.federation else None
+        evaluated: dict[str, float] = {}  # model -> when its age_s was recorded
+        if samples is None:
+            values, evaluated_at = self._by_model(self.query(recorded_snapshot_query(lookback), sample_time), fields)
+            evaluated = dict.fromkeys(values, evaluated_at)
+        else:
+            values = {}
+            for sample in samples:
+                model, name = sample.labels.get(MODEL_NAME_LABEL), sample.labels.get(FIELD_LABEL)
+                if model and name in fields:
+                    values.setdefault(model, {})[name] = sample.value
+                    if name == "age_s":
+                        evaluated[model] = sample.time_s
+        for model, evaluated_at in evaluated.items():
+            if "age_s" in values[model] and not math.isnan(evaluated_at):
+                values[model]["age_s"] += max(0.0, sample_time - evaluated_at)
+        return values
 
     def track_figures(
         self, model_name: str, window_s: int, metrics: EngineMetrics, at: float | None = None

@@ -19,8 +19,9 @@ from llm_platform.definitions import build_definitions
 from llm_platform.defs.resources import PrometheusResource
 from llm_platform.defs.sensors import build_drift_sensor
 from llm_platform.defs.values import BenchmarkOutcome, DeploymentRecord, ServingChoice
-from llm_platform.prometheus import QUERIES_PER_SNAPSHOT
+from llm_platform.prometheus import QUERIES_PER_SNAPSHOT, Lookback, recorded_snapshot_query
 from llm_platform.targets.base import Deployment
+from llm_platform.tuning.policy import TuningLimits
 from llm_platform.weights.plan import SnapshotManifest
 from tests.deployments import record_deployment
 from tests.fakeprom import FakePrometheus
@@ -134,12 +135,30 @@ def test_without_the_recording_rules_the_tick_evaluates_the_raw_series_and_decid
     assert recorded.startswith("llm_platform:drift_snapshot{") and "quantile_over_time" in raw
 
 
-def test_a_recorded_snapshot_is_as_old_as_its_evaluation(catalog: Catalog, prometheus: FakePrometheus) -> None:
+def test_behind_a_query_frontend_the_recorded_snapshot_is_read_through_the_query_api(
+    catalog: Catalog, prometheus: FakePrometheus
+) -> None:
+    """Where ``/federate`` is not served (Thanos Query, Mimir), the same recorded series through ``/api/v1/query``:
+    the same decision, from one query."""
+    prometheus.models = {"hot": SATURATED, "calm": CALM}
+    prometheus.recording, prometheus.evaluated_at, prometheus.federation = True, time.time(), False
+    with dg.instance_for_test() as instance:
+        record_deployment(instance, "hot", _serving(catalog, "hot"))
+        record_deployment(instance, "calm", _serving(catalog, "calm"))
+        (request,) = _tick(catalog, instance, prometheus.url, None).run_requests or []
+    assert request.partition_key == "hot" and request.tags["llm-platform/rule"] == "kv_saturation"
+    assert prometheus.queries == [recorded_snapshot_query(Lookback.of(TuningLimits(), catalog.platform.namespace))]
+
+
+@pytest.mark.parametrize("federation", [True, False], ids=["federation", "query API"])
+def test_a_recorded_snapshot_is_as_old_as_its_evaluation(
+    catalog: Catalog, prometheus: FakePrometheus, federation: bool
+) -> None:
     """The rules ran 320 s before the tick on samples 10 s old: the newest sample is 330 s old, past the freshness
-    floor, so the sensor waits instead of acting on a stale recording."""
+    floor, so the sensor waits instead of acting on a stale recording (each route dates the samples its way)."""
     now = time.time()
     prometheus.models = {"hot": SATURATED}
-    prometheus.recording, prometheus.evaluated_at = True, now - 320
+    prometheus.recording, prometheus.evaluated_at, prometheus.federation = True, now - 320, federation
     with dg.instance_for_test() as instance:
         record_deployment(instance, "hot", _serving(catalog, "hot"))
         result = _tick(catalog, instance, prometheus.url, None, at=now)
