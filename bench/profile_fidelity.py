@@ -9,8 +9,10 @@ that traffic, and better than today's synthetic plan?
 3. Benchmark the same server with the platform's runner (``vllm bench serve``): (a) the profile replayed, as many
    seeded draws as the drive sent, at the profile's mean request rate; (b) today's synthetic plan (``plan_for``:
    a quarter of max_model_len in, 64 out, closed loop at concurrency 1, 8 and max_num_seqs), judged as the SLO gate
-   judges it (worst p95 TTFT, best output tokens/s over its levels).
-4. Steps 1-3 (the replay) are a round, done ``--rounds`` times; the synthetic plan runs once. Print the median over
+   judges it (worst p95 TTFT, best output tokens/s over its levels); (c) the drive's own requests replayed in
+   their order at their own times (vLLM's ``timed_trace``: what a replay of the window's trace would send), the
+   best a replay can do: it tells the spread of two draws of one shape from what the profile misses.
+4. Steps 1-3 (the replays) are a round, done ``--rounds`` times; the synthetic plan runs once. Print the median over
    the rounds of each benchmark's p95 TTFT and output tokens/s over its round's live figures (a replay follows its
    live drive at once: the shared machine's slower swings, which moved live p95 TTFT from 173 to 322 ms between two
    runs of the same workload, cancel). Goal: the profile's within +/-15 % of live on both, and closer than the
@@ -76,6 +78,9 @@ class LiveTraffic:
 
     ttft_s: list[float] = field(default_factory=list)
     output_tokens: int = 0
+    trace: list[tuple[int, int, float]] = field(default_factory=list)
+    """Every request sent, in order: its prompt and output tokens and when it was sent (s after the first drive
+    step): what a trace of the window would hold."""
     failed: int = 0
     first_sent: float = math.nan
     last_sent: float = math.nan
@@ -118,8 +123,8 @@ async def send(session: aiohttp.ClientSession, url: str, prompt: str, output: in
     live.last_done = done if math.isnan(live.last_done) else max(live.last_done, done)
 
 
-async def _drive(base_url: str, api_key: str | None, requests: list[dict[str, Any]], rate: float,
-                 rng: random.Random) -> LiveTraffic:  # fmt: skip
+async def _drive(base_url: str, api_key: str | None, requests: list[dict[str, Any]], lengths: list[list[int]],
+                 rate: float, rng: random.Random) -> LiveTraffic:  # fmt: skip
     """Poisson arrivals at ``rate``: each request a task on one pooled session, as a production client sends (and
     as vLLM's benchmark does: a thread and a new connection per request measured the client's own delays)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -129,10 +134,11 @@ async def _drive(base_url: str, api_key: str | None, requests: list[dict[str, An
         headers=headers, timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
     ) as session:
         live.first_sent = due = time.monotonic()
-        for entry in requests:
+        for entry, (prompt, output) in zip(requests, lengths, strict=True):
             due += rng.expovariate(rate)
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             url = f"{base_url}/v1/completions"
+            live.trace.append((prompt, output, time.monotonic() - live.first_sent))
             tasks.append(asyncio.create_task(send(session, url, entry["prompt"], entry["output_tokens"], live)))
         live.last_sent = time.monotonic()
         await asyncio.gather(*tasks)
@@ -151,7 +157,7 @@ def drive(base_url: str, api_key: str | None, tokenizer: str, rate: float, durat
         lengths.append([prompt, output])
     dataset = replay_dataset.write_dataset(lengths, tokenizer, seed, work / "live.jsonl")
     requests = [json.loads(line) for line in dataset.read_text().splitlines()]
-    return asyncio.run(_drive(base_url, api_key, requests, rate, rng))
+    return asyncio.run(_drive(base_url, api_key, requests, lengths, rate, rng))
 
 
 def replay_plan(
@@ -169,6 +175,16 @@ def replay_plan(
     return BenchmarkPlan(input_len=1, output_len=1, prompts_per_level=len(lengths), seed=seed, num_warmups=0,
                          concurrency_levels=(REPLAY_CONCURRENCY,), request_rate=f"{rate:.3f}", requests=lengths,
                          workload=profile.described)  # fmt: skip
+
+
+def trace_plan(live: LiveTraffic, seed: int) -> BenchmarkPlan:
+    """The drive's own requests replayed in their order at their times (vLLM's ``timed_trace``): what a replay of the
+    window's trace would send, the best a replay can do; the profile's replay is a fresh draw of the same shape."""
+    return BenchmarkPlan(input_len=1, output_len=1, prompts_per_level=len(live.trace), seed=seed, num_warmups=0,
+                         concurrency_levels=(REPLAY_CONCURRENCY,),
+                         requests=tuple((prompt, output) for prompt, output, _ in live.trace),
+                         arrivals_s=tuple(sent for _, _, sent in live.trace),
+                         workload="live drive's own requests")  # fmt: skip
 
 
 def server_ttft_ms(prometheus: str, since: float) -> tuple[float, float]:
@@ -211,13 +227,16 @@ def own_server(work: Path) -> Iterator[tuple[str, str, str, str | None]]:
 
 @dataclass(frozen=True)
 class Round:
-    """One round: the live figures, then the profile of its window replayed (each client's p95 TTFT ms and output
-    tok/s; the engine's own p95 and mean TTFT ms over each window)."""
+    """One round: the live figures, then the profile of its window replayed, then the window's own trace (each
+    client's p95 TTFT ms and output tok/s; the engine's own p95 and mean TTFT ms over each window)."""
 
     live: tuple[float, float]
     replayed: tuple[float, float]
     engine_live: tuple[float, float]
     engine_replayed: tuple[float, float]
+    traced: tuple[float, float]
+    """The drive's own requests replayed at their own times (:func:`trace_plan`)."""
+    engine_traced: tuple[float, float]
 
 
 def measure(plan: BenchmarkPlan, base_url: str, api_key: str | None, tokenizer: str, work: Path) -> tuple[float, float]:
@@ -228,6 +247,21 @@ def measure(plan: BenchmarkPlan, base_url: str, api_key: str | None, tokenizer: 
     print(f"  {work.name}: {plan.described}; levels {list(plan.concurrency_levels)}: p95 TTFT {figures[0]:.0f} ms "
           f"(mean {float(frame['mean_ttft_ms'].max()):.0f}), {figures[1]:.0f} output tok/s", flush=True)  # fmt: skip
     return figures
+
+
+def on_server(
+    plan: BenchmarkPlan, server: tuple[str, str | None, str, str], work: Path
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """``plan``'s client figures (:func:`measure`) on ``server`` (base URL, key, weights, Prometheus), then the
+    engine's own TTFT over its run."""
+    base_url, api_key, model_dir, prometheus = server
+    started = time.time()
+    figures = measure(plan, base_url, api_key, model_dir, work)
+    time.sleep(2 * SCRAPE_INTERVAL_S)
+    engine = server_ttft_ms(prometheus, started)
+    print(f"  the engine's own TTFT under the {work.name} replay: p95 {engine[0]:.0f} ms, mean {engine[1]:.0f} ms",
+          flush=True)  # fmt: skip
+    return figures, engine
 
 
 def main() -> None:
@@ -273,13 +307,11 @@ def main() -> None:
                   f"requests/s for {options.duration:g} s: p95 TTFT {live_figures[0]:.0f} ms "
                   f"(mean {live.mean_ttft_ms():.0f}), {live_figures[1]:.0f} output tok/s; the engine's own TTFT: "
                   f"p95 {engine_live[0]:.0f} ms, mean {engine_live[1]:.0f} ms", flush=True)  # fmt: skip
-            replay_started = time.time()
-            replayed = measure(replay, base_url, api_key, model_dir, work / f"profile-{index + 1}")
-            time.sleep(2 * SCRAPE_INTERVAL_S)
-            engine_replayed = server_ttft_ms(prometheus, replay_started)
-            print(f"  the engine's own TTFT under the replay: p95 {engine_replayed[0]:.0f} ms, mean "
-                  f"{engine_replayed[1]:.0f} ms", flush=True)  # fmt: skip
-            rounds.append(Round(live_figures, replayed, engine_live, engine_replayed))
+
+            server = (base_url, api_key, model_dir, prometheus)
+            replayed, engine_replayed = on_server(replay, server, work / f"profile-{index + 1}")
+            traced, engine_traced = on_server(trace_plan(live, seed + 1), server, work / f"trace-{index + 1}")
+            rounds.append(Round(live_figures, replayed, engine_live, engine_replayed, traced, engine_traced))
         synthetic = measure(plan_for(model, prompts_per_level=options.synthetic_prompts), base_url, api_key,
                             model_dir, work / "synthetic")  # fmt: skip
 
@@ -289,7 +321,8 @@ def main() -> None:
         return statistics.median(figures(one)[kind] / one.live[kind] for one in rounds)
 
     ratios = {f"{name}_{kind}_ratio": ratio(index, figures)
-              for name, figures in (("profile", lambda one: one.replayed), ("synthetic", lambda _: synthetic))
+              for name, figures in (("profile", lambda one: one.replayed), ("synthetic", lambda _: synthetic),
+                                    ("trace", lambda one: one.traced))
               for index, kind in enumerate(("ttft", "tok"))}  # fmt: skip
 
     def error(name: str) -> float:
@@ -299,9 +332,11 @@ def main() -> None:
     # The same instrument on both sides (the engine's TTFT histogram, as the platform reads live latency): whether
     # the replay loads the server as the traffic did, whatever each client's own delays on shared cores.
     engine = {
-        f"engine_{stat}_ttft_ratio": statistics.median(one.engine_replayed[i] / one.engine_live[i] for one in rounds)
+        f"engine_{prefix}{stat}_ttft_ratio": statistics.median(getattr(one, field)[i] / one.engine_live[i]
+                                                                for one in rounds)
+        for prefix, field in (("", "engine_replayed"), ("trace_", "engine_traced"))
         for i, stat in enumerate(("p95", "mean"))
-    }
+    }  # fmt: skip
     live_ttft = statistics.median(one.live[0] for one in rounds)
     live_tok = statistics.median(one.live[1] for one in rounds)
     print(

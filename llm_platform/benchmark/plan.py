@@ -7,6 +7,8 @@ Job (``vllm bench serve`` in the vLLM image), so both paths produce the same res
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -45,6 +47,9 @@ class BenchmarkPlan:
     peak_rate_rps: float = 0.0
     """Requests/s of one more run after the levels: open-loop arrivals at the per-server peak of the traffic the
     requests replay, capped at the top level's concurrency (0: none)."""
+    arrivals_s: tuple[float, ...] = ()
+    """When each of :attr:`requests` arrives, in seconds from the first: a trace replayed in its own order and
+    timing (vLLM's ``timed_trace``) rather than at :attr:`request_rate`; empty: no trace."""
 
     def __post_init__(self) -> None:
         if not self.concurrency_levels or min(self.concurrency_levels) < 1:
@@ -55,6 +60,13 @@ class BenchmarkPlan:
             raise ValueError("replayed requests need at least one prompt and one output token")
         if not self.peak_rate_rps >= 0:
             raise ValueError("the peak rate must be 0 (none) or positive")
+        arrivals = self.arrivals_s
+        if arrivals and (
+            len(arrivals) != len(self.requests)
+            or not all(0 <= arrival < math.inf for arrival in arrivals)
+            or any(later < earlier for earlier, later in itertools.pairwise(arrivals))
+        ):
+            raise ValueError("a trace's arrivals must be one per replayed request, from 0 s on, in order")
 
     def at_peak_rate(self) -> BenchmarkPlan:
         """The peak-rate run: the same requests arriving at :attr:`peak_rate_rps` (Poisson, seeded), at most the
@@ -65,14 +77,26 @@ class BenchmarkPlan:
         )  # fmt: skip
 
     @property
+    def replay_rows(self) -> list[list[float]]:
+        """What ``replay_dataset.py`` reads: ``[prompt, output]`` per request, ``[prompt, output, arrival s]`` in a
+        trace (empty: the random dataset)."""
+        if self.arrivals_s:
+            pairs = zip(self.requests, self.arrivals_s, strict=True)
+            return [[prompt, output, arrival] for (prompt, output), arrival in pairs]
+        return [[prompt, output] for prompt, output in self.requests]
+
+    @property
     def variant(self) -> str:
         """What tells this plan's runs from the default plan's on the same server (a served name, a rate): part of
         a benchmark Job's name, so that one run's succeeded Job is never read back as another's."""
-        return self.served_name + ("" if self.request_rate == "inf" else f"@{self.request_rate}")
+        timing = "@trace" if self.arrivals_s else "" if self.request_rate == "inf" else f"@{self.request_rate}"
+        return self.served_name + timing
 
     @property
     def described(self) -> str:
         """What the benchmark sends, in one line."""
+        if self.arrivals_s:
+            return f"replay of {len(self.requests)} requests at their own times from the {self.workload}"
         if self.requests:
             return f"replay of {len(self.requests)} requests drawn from the {self.workload}"
         return f"random dataset: {self.input_len} prompt tokens, {self.output_len} output tokens per request"

@@ -31,9 +31,9 @@ def _write_dataset(plan: BenchmarkPlan, tokenizer: str, work_dir: Path) -> None:
     """``work_dir`` with the replayed prompts of ``plan`` (written with the model's tokenizer), when it replays."""
     work_dir.mkdir(parents=True, exist_ok=True)
     if plan.requests:
-        lengths = [list(pair) for pair in plan.requests]
-        (work_dir / REPLAY_LENGTHS_FILE).write_text(json.dumps(lengths))
-        replay_dataset.write_dataset(lengths, tokenizer, plan.seed, work_dir / REPLAY_DATASET_FILE)
+        rows = plan.replay_rows
+        (work_dir / REPLAY_LENGTHS_FILE).write_text(json.dumps(rows))
+        replay_dataset.write_dataset(rows, tokenizer, plan.seed, work_dir / REPLAY_DATASET_FILE)
 
 
 def _level_args(

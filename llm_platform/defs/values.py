@@ -109,6 +109,7 @@ def _benchmark_plan_from_json(data: Mapping[str, Any]) -> BenchmarkPlan:
         requests=tuple((int(prompt), int(output)) for prompt, output in data["requests"]),
         workload=str(data["workload"]), served_name=str(data["served_name"]),
         peak_rate_rps=float(data["peak_rate_rps"]),
+        arrivals_s=tuple(float(arrival) for arrival in data.get("arrivals_s", ())),  # none before 2026-12-08
     )  # fmt: skip
 
 

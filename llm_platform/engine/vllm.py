@@ -228,10 +228,14 @@ class VllmEngine(Engine):
             "--served-model-name", served_model_name,
             "--tokenizer", tokenizer,
             *(
+                # A trace: each request at its own time (--self-timed, the default of timed_trace), its lengths
+                # exact (vLLM draws the prompt tokens).
+                ("--dataset-name", "timed_trace", "--dataset-path", f"{result_dir}/{REPLAY_DATASET_FILE}")
+                if workload.arrivals_s
                 # A replay: the prompts written beside the results (replay_dataset.py), each request with its own
                 # output length, sent as written.
-                ("--dataset-name", "custom", "--dataset-path", f"{result_dir}/{REPLAY_DATASET_FILE}",
-                 "--custom-output-len", "-1", "--skip-chat-template")
+                else ("--dataset-name", "custom", "--dataset-path", f"{result_dir}/{REPLAY_DATASET_FILE}",
+                      "--custom-output-len", "-1", "--skip-chat-template")
                 if workload.requests
                 else ("--dataset-name", "random", "--random-input-len", str(workload.input_len),
                       "--random-output-len", str(workload.output_len))

@@ -137,7 +137,7 @@ def _here_document(path: str, text: str) -> list[str]:
 def replay_dataset_lines(result_dir: str, plan: BenchmarkPlan, tokenizer: str) -> list[str]:
     """Lines that write the replay's prompts in the Job: its lengths and ``replay_dataset.py`` itself (the engine
     image has ``transformers``, not the platform) as here-documents, then the writer run with the plan's seed."""
-    lengths = json.dumps([list(pair) for pair in plan.requests])
+    lengths = json.dumps(plan.replay_rows)
     return [
         *_here_document(f"{result_dir}/{REPLAY_LENGTHS_FILE}", lengths),
         *_here_document(f"{result_dir}/replay_dataset.py", Path(replay_dataset.__file__).read_text()),

@@ -31,6 +31,8 @@ FIGURES = {
         "policy_s",
         "rules_eval_s",
         "raw_snapshot_s",
+        "federation_snapshot_s",
+        "query_api_snapshot_s",
         "reference_s",
         "ratio",
     ),
@@ -42,6 +44,8 @@ FIGURES = {
         "profile_tok_ratio",
         "synthetic_ttft_ratio",
         "synthetic_tok_ratio",
+        "trace_ttft_ratio",
+        "trace_tok_ratio",
     ),
 }
 HELPERS = {"shortmode.py"}
@@ -50,7 +54,7 @@ SERVER_BENCHES = {"benchmark_fidelity.py", "profile_fidelity.py"}
 #: ... and a Prometheus scraping it.
 PROMETHEUS_BENCHES = {"profile_fidelity.py"}
 #: The short runs that take minutes here (they drive the server at a fixed rate): marked slow, with their time.
-SLOW_SECONDS = {"profile_fidelity.py": 120, "benchmark_fidelity.py": 90}
+SLOW_SECONDS = {"profile_fidelity.py": 150, "benchmark_fidelity.py": 90}
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,19 +27,27 @@ PLAN = BenchmarkPlan(prompts_per_level=len(LENGTHS), concurrency_levels=(1, 4), 
                      workload="test profile")  # fmt: skip
 
 
+def _engine_image_path(tmp_path: Path) -> str:
+    """A ``PATH`` whose ``python3`` stands for the engine image's (here the test's interpreter)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (bin_dir / "python3").chmod(0o755)
+    return f"{bin_dir}:/usr/bin:/bin"
+
+
+def _run_lines(lines: list[str], path: str) -> subprocess.CompletedProcess[str]:
+    script = "set -eu\n" + "\n".join(lines) + "\n"
+    return subprocess.run([shutil.which("sh") or "/bin/sh", "-c", script], capture_output=True, text=True,
+                          check=False, env={"PATH": path})  # fmt: skip
+
+
 def test_the_jobs_lines_write_a_prompt_of_each_length_with_its_output_length(tmp_path: Path) -> None:
     tokenizer = tmp_path / "tokenizer"
     tokenizer.mkdir()
     train_tokenizer(tokenizer)
-    bin_dir = tmp_path / "bin"  # the engine image's python3, here the test's interpreter
-    bin_dir.mkdir()
-    (bin_dir / "python3").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
-    (bin_dir / "python3").chmod(0o755)
-    script = "set -eu\n" + "\n".join(replay_dataset_lines(str(tmp_path), PLAN, str(tokenizer))) + "\n"
-    completed = subprocess.run(
-        [shutil.which("sh") or "/bin/sh", "-c", script], capture_output=True, text=True, check=False,
-        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
-    )  # fmt: skip
+    path = _engine_image_path(tmp_path)
+    completed = _run_lines(replay_dataset_lines(str(tmp_path), PLAN, str(tokenizer)), path)
     assert completed.returncode == 0, completed.stderr
     rows = [json.loads(line) for line in (tmp_path / "replay-dataset.jsonl").read_text().splitlines()]
     assert [row["output_tokens"] for row in rows] == [output for _, output in LENGTHS]
@@ -49,8 +58,19 @@ def test_the_jobs_lines_write_a_prompt_of_each_length_with_its_output_length(tmp
         assert abs(len(counted(row["prompt"], add_special_tokens=False).input_ids) - prompt) <= max(2, prompt // 20)
     # The same seed writes the same prompts (runs are comparable); the writer read its lengths from the heredoc.
     first = (tmp_path / "replay-dataset.jsonl").read_text()
-    subprocess.run(["/bin/sh", "-c", script], check=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert _run_lines(replay_dataset_lines(str(tmp_path), PLAN, str(tokenizer)), path).returncode == 0
     assert (tmp_path / "replay-dataset.jsonl").read_text() == first
+
+
+def test_the_jobs_lines_write_a_trace_with_each_requests_time(tmp_path: Path) -> None:
+    """A trace needs no tokenizer of the Job's (vLLM draws its prompt tokens): the rows carry the arrivals."""
+    trace = replace(PLAN, arrivals_s=(0.0, 0.5, 0.5, 2.0))
+    completed = _run_lines(replay_dataset_lines(str(tmp_path), trace, "/no/tokenizer"), _engine_image_path(tmp_path))
+    assert completed.returncode == 0, completed.stderr
+    rows = [json.loads(line) for line in (tmp_path / "replay-dataset.jsonl").read_text().splitlines()]
+    assert [(row["input_length"], row["output_length"], row["timestamp"]) for row in rows] == [
+        (prompt, output, arrival) for (prompt, output), arrival in zip(LENGTHS, trace.arrivals_s, strict=True)
+    ]
 
 
 def test_the_job_copies_the_dataset_into_every_round_and_reads_it_per_request() -> None:

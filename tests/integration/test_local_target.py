@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -336,23 +337,29 @@ def test_deployment_refuses_a_config_that_was_not_benchmarked(served_tiny: Serve
     assert status.active is not None and status.active.fingerprint == served_tiny.fingerprint
 
 
+def _replayed(served_tiny: ServedTiny, work_dir: Path, **plan: Any) -> dict[str, Any]:
+    """One level of a replaying plan (``plan``: its fields) sent to the session's server by the platform's runner:
+    vLLM's result."""
+    from llm_platform.benchmark.plan import BenchmarkPlan
+    from llm_platform.benchmark.runner import run_plan
+    from llm_platform.engine.vllm import VLLM
+
+    replay = BenchmarkPlan(prompts_per_level=len(plan["requests"]), num_warmups=0, workload="test", **plan)
+    _, raw = run_plan(
+        replay, engine=VLLM, model="tiny-llama", base_url=served_tiny.endpoint, tokenizer=served_tiny.weights_path,
+        work_dir=work_dir, api_key=served_tiny.api_key,
+    )  # fmt: skip
+    (result,) = raw.values()
+    return dict(result)
+
+
 def test_a_replay_sends_every_request_with_its_own_prompt_and_output_length(
     served_tiny: ServedTiny, tmp_path: Path
 ) -> None:
     """What only vLLM's benchmark shows: the runner writes a prompt of each drawn length with the model's
     tokenizer, and vLLM's custom dataset sends each request with its own output length (EOS ignored)."""
-    from llm_platform.benchmark.plan import BenchmarkPlan
-    from llm_platform.benchmark.runner import run_plan
-    from llm_platform.engine.vllm import VLLM
-
     lengths = ((20, 5), (300, 40), (64, 12), (700, 3), (150, 25))
-    plan = BenchmarkPlan(prompts_per_level=len(lengths), concurrency_levels=(2,), num_warmups=0, requests=lengths,
-                         workload="test profile")  # fmt: skip
-    _, raw = run_plan(
-        plan, engine=VLLM, model="tiny-llama", base_url=served_tiny.endpoint, tokenizer=served_tiny.weights_path,
-        work_dir=tmp_path, api_key=served_tiny.api_key,
-    )  # fmt: skip
-    result = raw[2]
+    result = _replayed(served_tiny, tmp_path, requests=lengths, concurrency_levels=(2,))
     assert result["completed"] == len(lengths)
     assert result["total_output_tokens"] == sum(output for _, output in lengths)
     # A decode/encode round trip may merge a token or two, and the tokenizer adds BOS: within 3 % of the lengths.
@@ -360,6 +367,20 @@ def test_a_replay_sends_every_request_with_its_own_prompt_and_output_length(
     dataset = [json.loads(line) for line in (tmp_path / "replay-dataset.jsonl").read_text().splitlines()]
     assert [row["output_tokens"] for row in dataset] == [output for _, output in lengths]
     assert len({row["prompt"] for row in dataset}) == len(lengths)
+
+
+def test_a_trace_replay_sends_each_request_at_its_own_time_with_its_exact_lengths(
+    served_tiny: ServedTiny, tmp_path: Path
+) -> None:
+    """What only vLLM's benchmark shows: a trace (lengths and arrival times) written as vLLM's ``timed_trace`` is
+    sent request by request at its own times (the run lasts at least until the last arrival, however high the
+    concurrency) with exactly its prompt and output lengths."""
+    lengths, arrivals = ((20, 5), (300, 8), (64, 4)), (0.0, 0.2, 3.0)
+    result = _replayed(served_tiny, tmp_path, requests=lengths, arrivals_s=arrivals, concurrency_levels=(64,))
+    assert result["completed"] == len(lengths)
+    assert result["total_input_tokens"] == sum(prompt for prompt, _ in lengths)  # token ids: no round trip
+    assert result["total_output_tokens"] == sum(output for _, output in lengths)
+    assert float(result["duration"]) >= arrivals[-1]
 
 
 def test_a_failing_level_is_named_and_the_later_levels_never_run(tmp_path: Path) -> None:

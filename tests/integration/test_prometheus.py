@@ -86,34 +86,6 @@ def test_one_snapshot_reads_every_serving_metric_of_the_model(prometheus: str, s
     assert math.isnan(snapshot.oom_kills) and math.isnan(snapshot.rollout)  # kube-state-metrics is not scraped
 
 
-def test_the_recorded_snapshot_reads_alike_through_federation_and_the_query_api(
-    prometheus: str, served_tiny: ServedTiny
-) -> None:
-    """The shipped recording rules (the sensor's 30-min lookback) on the real Prometheus: ``/federate`` answers the
-    newest evaluation's series, each dated by it, as the query API answers them at that time; the sensor's snapshot
-    reads them in one request."""
-    client = PrometheusClient(prometheus)
-    lookback = Lookback.of(TuningLimits(), tiny_catalog().platform.namespace)
-    recorded = recorded_snapshot_selector(lookback)
-    deadline = time.monotonic() + 90  # the rule group's first evaluation comes within its interval (60 s)
-    samples = client.newest_samples(recorded)
-    while not samples and time.monotonic() < deadline:
-        time.sleep(2)
-        samples = client.newest_samples(recorded)
-    assert samples, f"Prometheus never evaluated {RECORDING_GROUP}"
-    (evaluated_at,) = {sample.time_s for sample in samples}  # one evaluation of one group
-
-    def by_series(series: Iterable[tuple[dict[str, str], float]]) -> dict[tuple[str, str], str]:
-        return {(labels.get("model_name", ""), labels[FIELD_LABEL]): repr(value) for labels, value in series}
-
-    federated = by_series((sample.labels, sample.value) for sample in samples)
-    assert federated == by_series(client.query(recorded, at=evaluated_at))
-    assert ("tiny-llama", "kv_cache_usage") in federated
-    before = client.queries_sent
-    assert "tiny-llama" in client.snapshot(lookback)
-    assert client.recorded is True and client.queries_sent - before == QUERIES_PER_SNAPSHOT
-
-
 def test_one_query_reads_the_canary_judges_figures_per_track(prometheus: str, served_tiny: ServedTiny) -> None:
     """The judge's figures from vLLM's own histograms and counters: the session's server has no track label, so
     it is the stable version; the query is one request whatever the tracks."""
@@ -230,3 +202,33 @@ def test_a_saturated_kv_cache_on_real_vllm_makes_the_sensor_request_a_promotion(
         assert request.run_config["ops"]["serving_config"]["config"]["overrides"] == {"gpu_memory_utilization": "0.92"}
     finally:
         target.stop_server("tiny-llama", server.fingerprint)
+
+
+def test_the_recorded_snapshot_reads_alike_through_federation_and_the_query_api(
+    prometheus: str, served_tiny: ServedTiny
+) -> None:
+    """The shipped recording rules (the sensor's 30-min lookback) on the real Prometheus: ``/federate`` answers the
+    newest evaluation's series, each dated by it, as the query API answers them at that time; the sensor's snapshot
+    reads them in one request."""
+    client = PrometheusClient(prometheus)
+    lookback = Lookback.of(TuningLimits(), tiny_catalog().platform.namespace)
+    recorded = recorded_snapshot_selector(lookback)
+    # The rule group's first evaluation comes within its interval (60 s) of Prometheus' start: last in the module,
+    # this test finds it done.
+    deadline = time.monotonic() + 90
+    samples = client.newest_samples(recorded)
+    while not samples and time.monotonic() < deadline:
+        time.sleep(2)
+        samples = client.newest_samples(recorded)
+    assert samples, f"Prometheus never evaluated {RECORDING_GROUP}"
+    (evaluated_at,) = {sample.time_s for sample in samples}  # one evaluation of one group
+
+    def by_series(series: Iterable[tuple[dict[str, str], float]]) -> dict[tuple[str, str], str]:
+        return {(labels.get("model_name", ""), labels[FIELD_LABEL]): repr(value) for labels, value in series}
+
+    federated = by_series((sample.labels, sample.value) for sample in samples)
+    assert federated == by_series(client.query(recorded, at=evaluated_at))
+    assert ("tiny-llama", "kv_cache_usage") in federated
+    before = client.queries_sent
+    assert "tiny-llama" in client.snapshot(lookback)
+    assert client.recorded is True and client.queries_sent - before == QUERIES_PER_SNAPSHOT

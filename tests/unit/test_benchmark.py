@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from llm_platform.benchmark import replay_dataset
 from llm_platform.benchmark.parse import COLUMNS, parse_result, results_frame
 from llm_platform.benchmark.plan import BenchmarkPlan, bench_serve_args, plan_for
 from llm_platform.benchmark.report import summary_markdown
@@ -69,6 +70,41 @@ def test_bench_serve_args_are_vllm_bench_serve_flags() -> None:
     assert pairs["--max-concurrency"] == "4" and pairs["--num-prompts"] == "10" and pairs["--seed"] == "7"
     assert pairs["--percentile-metrics"] == "ttft,tpot,itl,e2el" and pairs["--metric-percentiles"] == "50,95,99"
     assert "--ignore-eos" in args and "--save-result" in args
+
+
+TRACE = BenchmarkPlan(prompts_per_level=3, concurrency_levels=(8,), requests=((40, 5), (17, 2), (300, 9)),
+                      arrivals_s=(0.0, 0.5, 2.25), workload="trace of a window")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "arrivals",
+    [(0.0, 1.0), (0.0, 2.0, 1.0), (-1.0, 0.0, 1.0), (0.0, math.nan, 1.0), (0.0, 1.0, math.inf)],
+    ids=["one short", "out of order", "negative", "NaN", "infinite"],
+)
+def test_a_trace_needs_one_ordered_finite_arrival_per_request(arrivals: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError, match="a trace's arrivals must be one per replayed request, from 0 s on, in order"):
+        BenchmarkPlan(requests=TRACE.requests, arrivals_s=arrivals)
+
+
+def test_a_trace_is_replayed_by_vllms_timed_trace_at_its_own_times(tmp_path: Path) -> None:
+    """Each request's lengths and arrival as vLLM's ``timed_trace`` reads them, prompt chunks never shared (what
+    vLLM sends from the file: ``tests/integration/test_local_target.py``)."""
+    args = bench_serve_args(VLLM, TRACE, 8, base_url="http://h:1", served_model_name="m", tokenizer="/w",
+                            result_dir=str(tmp_path), result_filename="c8.json")  # fmt: skip
+    pairs = dict(itertools.pairwise(args))
+    assert pairs["--dataset-name"] == "timed_trace" and pairs["--dataset-path"] == f"{tmp_path}/replay-dataset.jsonl"
+    assert "--custom-output-len" not in args and "--ignore-eos" in args
+    assert TRACE.variant == "@trace" and TRACE.described == (
+        "replay of 3 requests at their own times from the trace of a window"
+    )
+    replay_dataset.write_dataset(TRACE.replay_rows, "/no/tokenizer/needed", 0, tmp_path / "replay-dataset.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "replay-dataset.jsonl").read_text().splitlines()]
+    assert [(row["input_length"], row["output_length"], row["timestamp"]) for row in rows] == [
+        (40, 5, 0.0), (17, 2, 0.5), (300, 9, 2.25)
+    ]  # fmt: skip
+    chunks = [row["hash_ids"] for row in rows]
+    assert [len(ids) for ids in chunks] == [3, 2, 19]  # 16 tokens per hash id
+    assert len({i for ids in chunks for i in ids}) == sum(len(ids) for ids in chunks)
 
 
 def test_parse_vllm_0_32_result() -> None:
