@@ -87,7 +87,7 @@ endef
 # One worker more than the cores: the real-component tests wait on servers, sockets and Prometheus scrapes for part
 # of their time, which a third worker fills. On two cores, first step: 765 s with two workers, 616 s with three
 # (docs/benchmarks.md). Each worker holds a vLLM server for the session: mind the memory before raising it.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 4
 test: $(VENV)/.installed $(OLAH) $(CHECKOV) system-packages
 	$(call beside_the_checks,$(BIN)/pytest -m "not timing" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder); \
 	$(BIN)/pytest -m timing || status=$$?; \
