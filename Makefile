@@ -84,9 +84,10 @@ endef
 # whose verdicts compare measured latency or throughput, one at a time (a server beside them would be measured with
 # them). Every check and both steps always run; any failing fails the target.
 #
-# One worker more than the cores: the real-component tests wait on servers, sockets and Prometheus scrapes for part
-# of their time, which a third worker fills. On two cores, first step: 765 s with two workers, 616 s with three
-# (docs/benchmarks.md). Each worker holds a vLLM server for the session: mind the memory before raising it.
+# Twice the cores: the real-component tests wait on servers, sockets and Prometheus scrapes for part of their time,
+# which more workers fill. On two cores, first step: 765 s with two workers, 616 s with three (2026-12-07); on a
+# slower day 714-724 s with three, 647 s with four (2026-12-08, fresh clones; docs/benchmarks.md). Each worker holds
+# a vLLM server for the session: mind the memory before raising it.
 TEST_WORKERS ?= 4
 test: $(VENV)/.installed $(OLAH) $(CHECKOV) system-packages
 	$(call beside_the_checks,$(BIN)/pytest -m "not timing" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder); \
