@@ -307,7 +307,6 @@ def main() -> None:
                   f"requests/s for {options.duration:g} s: p95 TTFT {live_figures[0]:.0f} ms "
                   f"(mean {live.mean_ttft_ms():.0f}), {live_figures[1]:.0f} output tok/s; the engine's own TTFT: "
                   f"p95 {engine_live[0]:.0f} ms, mean {engine_live[1]:.0f} ms", flush=True)  # fmt: skip
-
             server = (base_url, api_key, model_dir, prometheus)
             replayed, engine_replayed = on_server(replay, server, work / f"profile-{index + 1}")
             traced, engine_traced = on_server(trace_plan(live, seed + 1), server, work / f"trace-{index + 1}")
