@@ -603,20 +603,15 @@ class PrometheusClient:
         """The recording rules' fields per model (empty where they are not loaded), through the federation
         endpoint, else through the query API; ``age_s`` grows by the time since its evaluation."""
         samples = self.newest_samples(recorded_snapshot_selector(lookback)) if self.federation else None
-        evaluated: dict[str, float] = {}  # model -> when its age_s was recorded
         if samples is None:
             values, evaluated_at = self._by_model(self.query(recorded_snapshot_query(lookback), sample_time), fields)
-            evaluated = dict.fromkeys(values, evaluated_at)
+            evaluated = dict.fromkeys(values, evaluated_at)  # model -> when its age_s was recorded
         else:
-            values = {}
-            for sample in samples:
-                model, name = sample.labels.get(MODEL_NAME_LABEL), sample.labels.get(FIELD_LABEL)
-                if model and name in fields:
-                    values.setdefault(model, {})[name] = sample.value
-                    if name == "age_s":
-                        evaluated[model] = sample.time_s
+            values, _ = self._by_model([(sample.labels, sample.value) for sample in samples], fields)
+            ages = (sample for sample in samples if sample.labels.get(FIELD_LABEL) == "age_s")
+            evaluated = {sample.labels.get(MODEL_NAME_LABEL, ""): sample.time_s for sample in ages}
         for model, evaluated_at in evaluated.items():
-            if "age_s" in values[model] and not math.isnan(evaluated_at):
+            if "age_s" in values.get(model, {}) and not math.isnan(evaluated_at):
                 values[model]["age_s"] += max(0.0, sample_time - evaluated_at)
         return values
 
