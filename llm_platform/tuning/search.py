@@ -12,8 +12,10 @@ grid that ``benchmarks/auto_tune`` runs, because of how the knobs act on the eng
   requests until per-token latency or KV-cache preemption hits the SLO; a larger ``max_num_batched_tokens``
   prefills faster (TTFT) until long prefill steps stall decoding (ITL). A unimodal function over n sorted values is
   maximised by a ternary search in about 2·log₁.₅(n) trials instead of n.
-- The knobs interact weakly (the best token budget hardly moves with the batch size), so cycling over the axes from
-  the incumbent converges in one or two passes; a pass that changes nothing ends the search.
+- The knobs mostly interact weakly (the best token budget hardly moves with the batch size), so cycling over the
+  axes from the incumbent converges in one or two passes; a pass that changes nothing ends the search. Where they do
+  interact, each can hide the other's gain (more sequences pay only with a token budget that prefills them in time):
+  each line search sees a plateau, and a step raising the tied knobs together, one trial a pass, tries the ridge.
 - Equivalent configs are measured once: under a closed-loop load of at most ``load_high`` requests the engine
   never holds more sequences than that, so every ``max_num_seqs >= load_high`` behaves alike (:func:`clamp_seqs`).
 - Alternatives considered: Bayesian optimisation (Optuna's TPE, scikit-optimize) spends its first 10-20 trials on
@@ -203,6 +205,10 @@ class _Cache:
         self.result = SearchResult()
         self._seen: dict[tuple[tuple[str, float], ...], Trial] = {}
 
+    def measured(self, candidate: Candidate) -> Trial | None:
+        """The trial of ``candidate`` (or an equivalent) if one ran; never runs one."""
+        return self._seen.get(_key(self.equivalent(candidate)))
+
     def __call__(self, candidate: Candidate) -> Trial:
         key = _key(self.equivalent(candidate))
         if key not in self._seen:
@@ -256,7 +262,14 @@ def coordinate_search(
     max_passes: int = 3,
 ) -> SearchResult:
     """Cycle over the knobs from ``start`` (a grid point), line-searching each with the others held at the
-    incumbent, until a pass changes nothing or ``max_passes`` is reached."""
+    incumbent, until a pass changes nothing or ``max_passes`` is reached.
+
+    After each pass, a **step up the ridge**: the knobs whose line search scored a larger value as well as the
+    incumbent's (a tie, within ``tolerance``) are raised one value together, one trial. Knobs that bind in turn hide
+    each other's gain from a line search: with a token budget that prefills fast enough for more concurrent
+    requests, raising ``max_num_seqs`` pays, and with few sequences, a larger budget does not; each alone is flat,
+    both together are better. The step is taken when it scores better beyond ``tolerance``, as a line search's move
+    is."""
     run = _Cache(evaluate, equivalent)
     incumbent = dict(start)
     run(incumbent)
@@ -273,9 +286,34 @@ def coordinate_search(
             cheaper_tie = found < current and score(found) >= score(current) * (1 - tolerance)
             if better or cheaper_tie:  # a cheaper tie can unlock another knob (e.g. a smaller token budget, more seqs)
                 incumbent[knob] = found
+        ridge = _step_up_the_ridge(space, run, incumbent, tunable, tolerance)
+        if ridge is not None and run(ridge).score > run(incumbent).score * (1 + tolerance):
+            incumbent.update(ridge)
         if incumbent == before:
             break
     return run.result
+
+
+def _step_up_the_ridge(
+    space: SearchSpace, run: _Cache, incumbent: Mapping[str, float], knobs: Sequence[str], tolerance: float
+) -> dict[str, float] | None:
+    """``incumbent`` with every knob raised one value where its line search measured a larger value as a tie (a
+    plateau: under a unimodal score, the values between tie too), when at least two are (one alone, its line search
+    has tried); None otherwise or when that config ran already."""
+    base = run.measured(incumbent)
+    if base is None or not base.ok:
+        return None
+    raised = {}
+    for knob in knobs:
+        values = space.axes[knob]
+        at = values.index(incumbent[knob])
+        larger = (run.measured({**incumbent, knob: value}) for value in values[at + 1 :])
+        if any(step is not None and step.ok and step.score >= base.score * (1 - tolerance) for step in larger):
+            raised[knob] = values[at + 1]
+    ridge = {**incumbent, **raised}
+    if len(raised) < 2 or run.measured(ridge) is not None:
+        return None
+    return ridge
 
 
 @dataclass(frozen=True)

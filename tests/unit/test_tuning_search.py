@@ -154,3 +154,28 @@ def test_the_trial_table_and_pareto_plot() -> None:
     assert list(frame["status"]) == ["ok", "ok", "failed"] and list(frame["probes"]) == [1, 2, 0]
     assert "max_model_len" not in frame.columns  # knobs no trial set are left out
     assert pareto_png("m", trials, ["a", "b", "c"]).startswith(b"\x89PNG")
+
+
+def test_knobs_that_hide_each_others_gain_are_raised_together() -> None:
+    """More sequences pay only with a token budget that prefills them in time, and a larger budget only with more
+    sequences: each alone is flat from the start, and a line search per knob stays put. The step up the ridge
+    raises both where each tied upwards, and finds the better corner."""
+    seqs, tokens = (64.0, 128.0, 256.0, 512.0), (256.0, 512.0, 1024.0, 2048.0)
+    space = SearchSpace({"max_num_seqs": seqs, "max_num_batched_tokens": tokens})
+    calls: list[Candidate] = []
+
+    def run(candidate: Candidate) -> Trial:
+        calls.append(dict(candidate))
+        seqs, tokens = candidate["max_num_seqs"], candidate["max_num_batched_tokens"]
+        if tokens > 1024 or seqs < 128:
+            return Trial(candidate, goodput=80.0)  # prefill stalls decoding / too few sequences
+        return Trial(candidate, goodput=120.0 if seqs >= 256 and tokens >= 1024 else 100.0)
+
+    start = {"max_num_seqs": 128.0, "max_num_batched_tokens": 512.0}
+    result = coordinate_search(space, run, start)
+    assert result.best is not None and result.best.goodput == 120.0
+    assert result.best.candidate == {"max_num_seqs": 256.0, "max_num_batched_tokens": 1024.0}
+    # Each knob alone from the start gained nothing: the first better trial is the step raising both.
+    first_gain = next(trial for trial in result.trials if trial.goodput > 100.0)
+    assert first_gain.candidate == {"max_num_seqs": 256.0, "max_num_batched_tokens": 1024.0}
+    assert len(calls) < len(space.grid())
