@@ -20,7 +20,15 @@ BENCH = REPO_ROOT / "bench"
 FIGURES = {
     "render.py": ("models", "render_validate_s", "reference_ms_per_model", "ratio"),
     "gate.py": ("direct_ttfb_ms", "gate_ttfb_ms", "rps_ratio"),
-    "autotune.py": ("tuned_vs_defaults", "tuned_vs_grid", "trials_ratio", "flat_adoptions", "drift_adoptions"),
+    "autotune.py": (
+        "tuned_vs_defaults",
+        "tuned_vs_grid",
+        "trials_ratio",
+        "tuned_vs_optimum",
+        "grid_vs_optimum",
+        "flat_adoptions",
+        "drift_adoptions",
+    ),
     "download.py": ("repo_bytes", "ours_mb_s", "hf_mb_s", "ratio", "redownloaded_bytes_after_kill"),
     "sensor_scale.py": (
         "models",
