@@ -102,10 +102,10 @@ def simulated(argv: list[str]) -> None:
     winners re-measured on the same seeds (``--confirm`` each), medians. ``tuned_vs_optimum``: what the tuner would
     deploy against the grid's best measured without noise (the best there is), both without noise;
     ``grid_vs_optimum``: the grid's own pick on the same footing (what the reference reaches at four times the
-    trials). A flat surface
-    (one request at a time: every config serves it alike) must never be adopted, nor the same flat surface while
-    a load slows the current config's first measurements and then lifts (``drift_adoptions``: a gain that is the
-    machine's, not the config's). Figures: medians over the seeds, per shape and over all shapes."""
+    trials). A flat surface (one request at a time: every config serves it alike) must never be adopted, nor the
+    same flat surface while a load slows the current config's first measurements and then lifts
+    (``drift_adoptions``: a gain that is the machine's, not the config's). Figures: medians over the seeds, per shape
+    and over all shapes."""
     from llm_platform.perfmodel import engine_defaults, model_reference, open_perf_model, plan_model
     from llm_platform.planning.plan import PlanAxes
     from llm_platform.planning.trials import SimulatedTrials

@@ -160,8 +160,7 @@ def test_knobs_that_hide_each_others_gain_are_raised_together() -> None:
     """More sequences pay only with a token budget that prefills them in time, and a larger budget only with more
     sequences: each alone is flat from the start, and a line search per knob stays put. The step up the ridge
     raises both where each tied upwards, and finds the better corner."""
-    seqs, tokens = (64.0, 128.0, 256.0, 512.0), (256.0, 512.0, 1024.0, 2048.0)
-    space = SearchSpace({"max_num_seqs": seqs, "max_num_batched_tokens": tokens})
+    space = SearchSpace({"max_num_seqs": (64.0, 128.0, 256.0, 512.0), "max_num_batched_tokens": TOKENS[:4]})
     calls: list[Candidate] = []
 
     def run(candidate: Candidate) -> Trial:
