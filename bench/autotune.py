@@ -162,7 +162,8 @@ def simulated(argv: list[str]) -> None:
                                    load_high=options.load_high, prompts_per_load=options.prompts_per_load,
                                    noise=options.noise, lengths=lengths)  # fmt: skip
 
-        optimum = grid_search(space, trials(seed=0, noise=0.0))
+        noiseless = trials(seed=0, noise=0.0)
+        optimum = grid_search(space, noiseless)
         best_there_is = optimum.best.goodput if optimum.best else float("nan")
         figures: dict[str, list[float]] = {name: [] for name in overall}
         for seed in range(1, options.seeds + 1):
@@ -181,9 +182,9 @@ def simulated(argv: list[str]) -> None:
             figures["tuned_vs_defaults"].append(confirmed["tuner"] / confirmed["defaults"])
             figures["tuned_vs_grid"].append(confirmed["tuner"] / confirmed["grid"])
             figures["trials_ratio"].append(outcome.trials / len(grid.trials))
-            figures["tuned_vs_optimum"].append(trials(seed=0, noise=0.0)(tuned).goodput / best_there_is)
+            figures["tuned_vs_optimum"].append(noiseless(tuned).goodput / best_there_is)
             # The reference on the same footing: the grid's pick (one noisy trial per point) without noise.
-            figures["grid_vs_optimum"].append(trials(seed=0, noise=0.0)(contenders["grid"]).goodput / best_there_is)
+            figures["grid_vs_optimum"].append(noiseless(contenders["grid"]).goodput / best_there_is)
             # A flat surface: one request at a time, every config serves it alike; adopting anything is noise.
             flat = noise_aware_search(space, trials(seed=30_000 + seed, load_high=1), start, current={},
                                       equivalent=clamp_seqs(1))  # fmt: skip

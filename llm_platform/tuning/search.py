@@ -300,16 +300,15 @@ def _step_up_the_ridge(
     """``incumbent`` with every knob raised one value where its line search measured a larger value as a tie (a
     plateau: under a unimodal score, the values between tie too), when at least two are (one alone, its line search
     has tried); None otherwise or when that config ran already."""
-    base = run.measured(incumbent)
-    if base is None or not base.ok:
+    base = run(incumbent)  # measured already: the line searches held it
+    if not base.ok:
         return None
     raised = {}
     for knob in knobs:
-        values = space.axes[knob]
-        at = values.index(incumbent[knob])
-        larger = (run.measured({**incumbent, knob: value}) for value in values[at + 1 :])
-        if any(step is not None and step.ok and step.score >= base.score * (1 - tolerance) for step in larger):
-            raised[knob] = values[at + 1]
+        larger = [value for value in space.axes[knob] if value > incumbent[knob]]
+        steps = (run.measured({**incumbent, knob: value}) for value in larger)
+        if any(step is not None and step.ok and step.score >= base.score * (1 - tolerance) for step in steps):
+            raised[knob] = larger[0]
     ridge = {**incumbent, **raised}
     if len(raised) < 2 or run.measured(ridge) is not None:
         return None
